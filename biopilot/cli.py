@@ -1,0 +1,187 @@
+"""The `biopilot` command. Every sub-command has `--help`; bad input prints one line and exits with 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+
+from biopilot.config import SettingsError, load_settings
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, exit code 2, nothing written."""
+
+
+def _positive_int(name: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text}")
+        return value
+    return parse
+
+
+def _lake(args: argparse.Namespace) -> str:
+    if getattr(args, "lake", None):
+        return args.lake
+    try:
+        return load_settings().lake
+    except SettingsError as err:
+        raise UsageError(str(err)) from None
+
+
+# ---- commands -----------------------------------------------------------------------------------------
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from sources.scenarios import builtin_names, load_scenario
+
+    for name in builtin_names():
+        sc = load_scenario(name)
+        print(f"{name:28s} {sc.description}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from agents.overview import format_table, summarize
+    from biopilot.simulate import simulate_to_lake
+    from sources.scenarios import ScenarioError, load_scenario
+
+    try:
+        scenario = load_scenario(args.scenario)
+        if args.days is not None:
+            scenario = scenario.with_overrides(days=args.days)
+        if args.tick_s is not None:
+            scenario = scenario.with_overrides(tick_s=args.tick_s)
+    except ScenarioError as err:
+        raise UsageError(str(err)) from None
+    except ValueError as err:  # pydantic on overrides
+        raise UsageError(str(err).splitlines()[0]) from None
+    lake = _lake(args)
+    with tqdm(total=args.reactors * scenario.days, unit="reactor-day", desc=f"simulate {scenario.name}",
+              disable=args.quiet or not sys.stderr.isatty()) as bar:
+        result = simulate_to_lake(scenario, args.reactors, args.seed, lake, progress=bar.update)
+    for rid in result.run_ids:
+        print(rid)
+    if result.skipped:
+        print(f"{len(result.skipped)} run(s) already in {lake}: skipped", file=sys.stderr)
+    if result.written and not args.quiet:
+        print(f"wrote {len(result.written)} run(s), {result.ticks:,} ticks to {lake} in {result.seconds:.1f} s",
+              file=sys.stderr)
+        if len(result.written) <= 20:
+            print(format_table(summarize(lake, result.written)), file=sys.stderr)
+    return 0
+
+
+def cmd_overview(args: argparse.Namespace) -> int:
+    from agents.overview import format_table, plot_overview, summarize
+
+    lake = _lake(args)
+    summaries = summarize(lake, args.run or None)
+    if not summaries:
+        raise UsageError(f"no runs in {lake}: run `biopilot simulate` first")
+    print(format_table(summaries))
+    if args.png:
+        path = plot_overview(lake, [s.run_id for s in summaries], args.png)
+        print(f"overview picture: {path}")
+    return 0
+
+
+def cmd_bench_simulate(args: argparse.Namespace) -> int:
+    from biopilot.bench import simulate as bench
+
+    result = bench.run(reactors=args.reactors, days=args.days, seed=args.seed, lake=args.lake,
+                       baseline_reactors=args.baseline_reactors, baseline_days=args.baseline_days,
+                       progress=not args.json and sys.stderr.isatty())
+    print(json.dumps(bench.as_json(result)) if args.json else bench.format_report(result))
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="biopilot",
+        description="BioPilot: a streaming digital twin for CHO fed-batch biomanufacturing. "
+                    "Settings come from BIOPILOT_* variables, then biopilot.toml, then defaults.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("scenarios", help="list the built-in scenarios",
+                       description="List the built-in scenarios, one line each.")
+    p.set_defaults(func=cmd_scenarios)
+
+    p = sub.add_parser("simulate", help="simulate a fleet into Delta tables",
+                       description="Simulate N reactors of a scenario and write the Delta tables runs, ticks, "
+                                   "assays and labels. Run ids are deterministic: a rerun adds nothing. "
+                                   "Prints the run ids.")
+    p.add_argument("--scenario", default="normal", help="built-in name (see `biopilot scenarios`) or a TOML file")
+    p.add_argument("--reactors", type=_positive_int("--reactors"), default=1, help="number of reactors (default 1)")
+    p.add_argument("--days", type=_positive_float("--days"), default=None, help="run length (default: scenario's)")
+    p.add_argument("--tick-s", type=_positive_float("--tick-s"), default=None,
+                   help="seconds of process time per tick, 1-3600 (default: scenario's, 60)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
+    p.add_argument("--quiet", action="store_true", help="print only the run ids")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("overview", help="summary table and picture of stored runs",
+                       description="Print peak VCD, final titer, HCP and faults per run; optionally draw the key "
+                                   "signals with fault windows shaded.")
+    p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
+    p.add_argument("--run", action="append", help="a run id (repeatable; default: all runs)")
+    p.add_argument("--png", default=None, help="write the picture here")
+    p.set_defaults(func=cmd_overview)
+
+    bench = sub.add_parser("bench", help="measured figures, each beside its baseline",
+                           description="Benchmarks; each prints ours beside a baseline measured in the same run.")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    p = bench_sub.add_parser("simulate", help="fleet simulation into Delta vs a per-reactor solve_ivp loop",
+                             description="Simulate a fleet (noise, assays, faults) into Delta and time a "
+                                         "per-reactor scipy solve_ivp loop of the same model on a sample.")
+    p.add_argument("--reactors", type=_positive_int("--reactors"), default=1000)
+    p.add_argument("--days", type=_positive_float("--days"), default=14.0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--lake", default=None, help="keep the tables here (default: a temporary directory)")
+    p.add_argument("--baseline-reactors", type=_positive_int("--baseline-reactors"), default=2)
+    p.add_argument("--baseline-days", type=_positive_float("--baseline-days"), default=1.0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as err:
+        print(f"biopilot: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except tomllib.TOMLDecodeError as err:
+        print(f"biopilot: error: invalid TOML: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Settings: environment variables override `biopilot.toml`, which overrides the defaults (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+ENV_PREFIX = "BIOPILOT_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    nats_url: str | None = None  # None: start an embedded nats-server -js
+    redis_url: str | None = None  # None: start an embedded redis-server
+    lake: str = "./lake"  # local path or s3://bucket/prefix
+    llm: str = "offline"  # offline | openai
+    llm_model: str = "gpt-4o-mini"
+    secret: str | None = None  # None: generated once into the lake
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _coerce(name: str, value: object, kind: type) -> object:
+    if kind is int or kind == "int":
+        try:
+            return int(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise SettingsError(f"{name}: expected an integer, got {value!r}") from None
+    return None if value in ("", None) else str(value)
+
+
+def load_settings(toml_path: str | Path = "biopilot.toml", env: dict[str, str] | None = None) -> Settings:
+    """Defaults, then `biopilot.toml` (if present), then `BIOPILOT_*` environment variables."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    path = Path(toml_path)
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise SettingsError(f"{path}: invalid TOML: {err}") from None
+        known = {f.name for f in fields(Settings)}
+        for key, value in data.get("biopilot", data).items():
+            if key not in known:
+                raise SettingsError(f"{path}: unknown setting {key!r}; allowed: {', '.join(sorted(known))}")
+            values[key] = value
+    for f in fields(Settings):
+        env_value = env.get(ENV_PREFIX + f.name.upper())
+        if env_value is not None:
+            values[f.name] = env_value
+    coerced = {k: _coerce(k, v, int if k == "port" else str) for k, v in values.items()}
+    settings = replace(Settings(), **coerced)
+    if settings.llm not in ("offline", "openai"):
+        raise SettingsError(f"llm: {settings.llm!r} is not allowed; use offline or openai")
+    return settings

@@ -1,0 +1,98 @@
+"""Event schemas (DESIGN.md section 3) as Arrow schemas, with typed helpers.
+
+Units are in the column names. Timestamps are `timestamp[us, UTC]`; a missing reading is null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")
+
+TICK_SIGNALS: tuple[str, ...] = (
+    "do_pct", "ph", "temp_c", "agitation_rpm", "air_sccm", "o2_sccm", "co2_sccm", "base_ml", "feed_ml",
+    "volume_l", "our_mmol_l_h", "cer_mmol_l_h", "capacitance_pf_cm",
+)
+ASSAY_VALUES: tuple[str, ...] = (
+    "vcd_e6_per_ml", "viability_pct", "glucose_g_l", "lactate_g_l", "glutamine_mm", "ammonia_mm",
+    "osmolality_mosm_kg", "titer_g_l", "hcp_ng_ml",
+)
+
+TICKS = pa.schema(
+    [pa.field("run_id", pa.string(), False), pa.field("reactor_id", pa.string(), False),
+     pa.field("seq", pa.int64(), False), pa.field("ts", TS, False)]
+    + [pa.field(name, pa.float64()) for name in TICK_SIGNALS]
+)
+ASSAYS = pa.schema(
+    [pa.field("run_id", pa.string(), False), pa.field("reactor_id", pa.string(), False),
+     pa.field("sample_ts", TS, False), pa.field("reported_ts", TS, False)]
+    + [pa.field(name, pa.float64()) for name in ASSAY_VALUES]
+)
+LABELS = pa.schema([
+    pa.field("run_id", pa.string(), False), pa.field("reactor_id", pa.string(), False),
+    pa.field("fault", pa.string(), False), pa.field("start_ts", TS, False), pa.field("end_ts", TS, False),
+    pa.field("signals", pa.list_(pa.string())), pa.field("magnitude", pa.float64()),
+    pa.field("root_cause", pa.string()), pa.field("action", pa.string()),
+])
+RUNS = pa.schema([
+    pa.field("run_id", pa.string(), False), pa.field("reactor_id", pa.string(), False),
+    pa.field("plant", pa.string(), False), pa.field("scenario", pa.string(), False),
+    pa.field("seed", pa.int64(), False), pa.field("config_json", pa.string()),
+    pa.field("started_ts", TS, False), pa.field("ended_ts", TS),
+])
+
+SCHEMAS: dict[str, pa.Schema] = {"ticks": TICKS, "assays": ASSAYS, "labels": LABELS, "runs": RUNS}
+
+
+@dataclass(frozen=True)
+class Label:
+    """Ground truth of one injected fault."""
+
+    run_id: str
+    reactor_id: str
+    fault: str
+    start_ts: datetime
+    end_ts: datetime
+    signals: list[str]
+    magnitude: float
+    root_cause: str
+    action: str
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    reactor_id: str
+    plant: str
+    scenario: str
+    seed: int
+    config_json: str
+    started_ts: datetime
+    ended_ts: datetime | None = None
+
+
+@dataclass
+class Assay:
+    run_id: str
+    reactor_id: str
+    sample_ts: datetime
+    reported_ts: datetime
+    values: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict:
+        return {"run_id": self.run_id, "reactor_id": self.reactor_id, "sample_ts": self.sample_ts,
+                "reported_ts": self.reported_ts, **{k: self.values.get(k) for k in ASSAY_VALUES}}
+
+
+def to_table(rows: Iterable[Mapping | object], schema: pa.Schema) -> pa.Table:
+    """Rows (mappings or dataclasses) -> a table of `schema`; missing columns become null."""
+    dicts = [r if isinstance(r, Mapping) else (r.row() if hasattr(r, "row") else vars(r)) for r in rows]
+    return pa.Table.from_pylist(dicts, schema=schema)
+
+
+def utc(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)

@@ -1,0 +1,86 @@
+"""Delta Lake tables under the lake root (DESIGN.md section 3): append, read, delete runs, compact.
+
+Sensor readings are quantised to instrument resolution, so dictionary encoding keeps the files small; the
+writer streams record batches (a `RecordBatchReader`) so a fleet never has to sit in memory at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable, WriterProperties, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+
+WRITER = WriterProperties(compression="SNAPPY")
+
+
+def table_uri(lake: str | Path, name: str) -> str:
+    lake = str(lake)
+    return f"{lake.rstrip('/')}/{name}" if "://" in lake else str(Path(lake) / name)
+
+
+def open_table(lake: str | Path, name: str) -> DeltaTable | None:
+    try:
+        return DeltaTable(table_uri(lake, name))
+    except TableNotFoundError:
+        return None
+
+
+def append(lake: str | Path, name: str, data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
+           schema: pa.Schema) -> None:
+    """Append rows in one commit; `data` may be a stream of batches of `schema`."""
+    if not isinstance(data, pa.Table | pa.RecordBatchReader):
+        data = pa.RecordBatchReader.from_batches(schema, iter(data))
+    if isinstance(data, pa.Table):
+        if data.num_rows == 0:
+            return
+        data = data.cast(schema)
+    if "://" not in str(lake):
+        Path(lake).mkdir(parents=True, exist_ok=True)
+    write_deltalake(table_uri(lake, name), data, mode="append", writer_properties=WRITER)
+
+
+def read(lake: str | Path, name: str, columns: list[str] | None = None, run_ids: Iterable[str] | None = None,
+         ) -> pa.Table | None:
+    """The table (or None if it does not exist), optionally limited to some runs."""
+    table = open_table(lake, name)
+    if table is None:
+        return None
+    dataset = table.to_pyarrow_dataset()
+    flt = None
+    if run_ids is not None:
+        flt = pc.field("run_id").isin(pa.array(list(run_ids), pa.string()))
+    return dataset.to_table(columns=columns, filter=flt)
+
+
+def run_ids(lake: str | Path, name: str = "runs") -> set[str]:
+    table = read(lake, name, columns=["run_id"])
+    return set() if table is None else set(table.column("run_id").to_pylist())
+
+
+def delete_runs(lake: str | Path, names: Iterable[str], ids: Iterable[str]) -> None:
+    """Remove every row of these runs from these tables (used to clean up an interrupted write)."""
+    ids = sorted(ids)
+    if not ids:
+        return
+    quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
+    for name in names:
+        table = open_table(lake, name)
+        if table is not None:
+            table.delete(f"run_id IN ({quoted})")
+
+
+def optimize(lake: str | Path, names: Iterable[str]) -> dict[str, dict]:
+    """Compact small files and drop the files no longer referenced."""
+    report = {}
+    for name in names:
+        table = open_table(lake, name)
+        if table is None:
+            continue
+        metrics = table.optimize.compact(writer_properties=WRITER)
+        table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+        report[name] = metrics
+    return report
