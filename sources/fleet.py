@@ -151,6 +151,7 @@ class Fleet:
         y[K.S_HCO3] = pr.bicarbonate_mm
         y[K.S_DCO2] = pr.bicarbonate_mm / 10 ** (pr.ph_setpoint - KineticParams().pka_co2)
         y[K.S_TEMP] = pr.temp_setpoint_c
+        y[K.S_TEMP_ACCLIM] = pr.temp_setpoint_c
         self.y = np.tile(y, (self.n, 1))
         seed_vcd = np.array([pr.seed_vcd_e6_per_ml * math.exp(r[_STREAM_PARAMS].normal(0.0, 0.05))
                              for r in self.rngs])

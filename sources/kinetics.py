@@ -23,12 +23,12 @@ from numba import njit
 
 # ---- state vector -------------------------------------------------------------------------------------
 S_XV, S_XD, S_GLC, S_GLN, S_LAC, S_AMM, S_TITER, S_HCP, S_OSM_SALTS, S_VOL, S_DO, S_DCO2, S_HCO3, S_TEMP, \
-    S_BACT, S_FEED_ML, S_BASE_ML, S_QP_ADAPT, S_AGE_H = range(19)
-N_STATE = 19
+    S_BACT, S_FEED_ML, S_BASE_ML, S_QP_ADAPT, S_AGE_H, S_TEMP_ACCLIM = range(20)
+N_STATE = 20
 STATE_NAMES = (
     "vcd_e6_per_ml", "dead_e6_per_ml", "glucose_mm", "glutamine_mm", "lactate_mm", "ammonia_mm", "titer_g_l",
     "hcp_ng_ml", "osm_salts_mosm_kg", "volume_l", "do_mm", "dco2_mm", "hco3_mm", "temp_c", "bacteria_e6_per_ml",
-    "feed_ml", "base_ml", "qp_adapt", "culture_age_h",
+    "feed_ml", "base_ml", "qp_adapt", "culture_age_h", "temp_acclimated_c",
 )
 
 # ---- inputs from the control layer (per reactor, per step) --------------------------------------------
@@ -75,6 +75,7 @@ class KineticParams:
     lac_switch_k_1_mm: float = 0.6  # ... and steepness
     lac_switch_mu_1_h: float = 0.015  # ... times growth: production while growing, consumption when not
     q_lac_max_mmol_cell_h: float = 6e-11  # lactate consumption capacity
+    lac_overflow_glc_mm: float = 70.0  # glucose above which lactate keeps being produced (overflow)
     k_lac_uptake_mm: float = 2.0
     starve_death_1_h: float = 0.02  # death when glucose or glutamine is exhausted
     k_starve_mm: float = 0.3
@@ -106,6 +107,7 @@ class KineticParams:
     co2_sat_pure_mm: float = 24.0  # CO2 solubility at 1 atm, 37 C
     pka_co2: float = 6.1
     temp_tau_h: float = 0.25  # jacket response
+    temp_acclim_tau_h: float = 12.0  # cells acclimate to a new temperature within about a day
     feed_glc_mm: float = 666.0  # feed composition (overridden by the scenario's [feed])
     feed_gln_mm: float = 45.0
     feed_osm_salts_mosm_kg: float = 500.0
@@ -119,10 +121,10 @@ P = {name: i for i, name in enumerate(PARAM_NAMES)}
 # module constants so numba folds the indices at compile time
 (P_MU_MAX, P_MUD_MAX, P_MUD_AMM, P_KD_AMM_LATE, P_MUD_AGE, P_AGE_HALF, P_K_GLC, P_K_GLN, P_KI_LAC, P_KI_AMM, P_KD_LAC, P_KD_AMM, P_Y_X_GLC, P_Y_X_GLN, P_Y_LAC_GLC,
  P_Y_AMM_GLN, P_M_GLC, P_A1, P_A2, P_D_GLN, P_Q_O2, P_K_GLC_UP, P_LAC_SW_GLC, P_LAC_SW_K, P_LAC_SW_MU, P_Q_LAC_MAX,
- P_K_LAC_UP, P_STARVE, P_K_STARVE, P_LYSIS, P_T_OPT, P_T_WIDTH, P_HEAT_DEATH, P_OSM_INHIB, P_K_DO, P_QP,
+ P_LAC_OVERFLOW, P_K_LAC_UP, P_STARVE, P_K_STARVE, P_LYSIS, P_T_OPT, P_T_WIDTH, P_HEAT_DEATH, P_OSM_INHIB, P_K_DO, P_QP,
  P_QP_GAIN, P_QP_TAU, P_HCP_SEC, P_HCP_LYS, P_RQ, P_BACT_MU, P_BACT_QGLC, P_BACT_OUR, P_BACT_ACID, P_BACT_TOX,
  P_KLA_REF, P_KLA_AGIT_EXP, P_KLA_GAS_EXP, P_AGIT_REF, P_GAS_REF, P_KLA_CO2, P_DO_SAT, P_CO2_SAT, P_PKA,
- P_TEMP_TAU, P_FEED_GLC, P_FEED_GLN, P_FEED_OSM, P_BASE_HCO3, P_BASE_OSM) = range(N_PARAM)
+ P_TEMP_TAU, P_TEMP_ACCLIM_TAU, P_FEED_GLC, P_FEED_GLN, P_FEED_OSM, P_BASE_HCO3, P_BASE_OSM) = range(N_PARAM)
 
 
 def param_vector(params: KineticParams) -> np.ndarray:
@@ -178,7 +180,8 @@ def derivatives(y: np.ndarray, u: np.ndarray, p: np.ndarray, dydt: np.ndarray, f
     ks2 = p[P_K_STARVE] * p[P_K_STARVE]
     # Hill-2, sharp at depletion; glutamine starvation only stops growth (CHO can synthesise glutamine)
     starve = p[P_STARVE] * ks2 / (ks2 + glc * glc)
-    heat = p[P_HEAT_DEATH] * max(0.0, temp - 38.5)
+    # heat: above 38.5 C, and a heat shock when the broth is well above what the cells are acclimated to
+    heat = p[P_HEAT_DEATH] * (max(0.0, temp - 38.5) + max(0.0, temp - y[S_TEMP_ACCLIM] - 1.0))
     tox = p[P_BACT_TOX] * bact / (bact + 1.0)
     # Xing's death vanishes once lactate is consumed; ammonia toxicity on its own keeps the late decline
     amm_tox = amm / (p[P_KD_AMM] + amm)
@@ -192,7 +195,10 @@ def derivatives(y: np.ndarray, u: np.ndarray, p: np.ndarray, dydt: np.ndarray, f
     q_glc = (p[P_M_GLC] * f_temp_met + mu / p[P_Y_X_GLC]) * glc / (p[P_K_GLC_UP] + glc)
     q_gln = (p[P_A1] * gln / (p[P_A2] + gln) + mu / p[P_Y_X_GLN]) * gln / (0.05 + gln)
     # lactate shift: produce while glucose is plentiful and cells grow, consume otherwise; hypoxia adds lactate
-    sigma = (1.0 / (1.0 + math.exp(-p[P_LAC_SW_K] * (glc - p[P_LAC_SW_GLC])))) * (mu / (mu + p[P_LAC_SW_MU]))
+    growing = mu / (mu + p[P_LAC_SW_MU])
+    overflow = glc**4 / (p[P_LAC_OVERFLOW] ** 4 + glc**4)  # excess glucose keeps glycolysis overflowing
+    sigma = (1.0 / (1.0 + math.exp(-p[P_LAC_SW_K] * (glc - p[P_LAC_SW_GLC])))) * (
+        growing + (1.0 - growing) * overflow)
     sigma = min(1.0, sigma + 0.6 * (1.0 - f_do))
     q_lac = sigma * p[P_Y_LAC_GLC] * q_glc - (1.0 - sigma) * p[P_Q_LAC_MAX] * lac / (p[P_K_LAC_UP] + lac)
     q_o2 = p[P_Q_O2] * f_temp_met * f_do * (0.35 + 0.65 * q_glc / (q_glc + 5e-11))
@@ -239,6 +245,7 @@ def derivatives(y: np.ndarray, u: np.ndarray, p: np.ndarray, dydt: np.ndarray, f
     shift_target = min(1.0, max(0.0, (p[P_T_OPT] - temp) / 3.5))
     dydt[S_QP_ADAPT] = (shift_target - y[S_QP_ADAPT]) / p[P_QP_TAU]
     dydt[S_AGE_H] = 1.0
+    dydt[S_TEMP_ACCLIM] = (temp - y[S_TEMP_ACCLIM]) / p[P_TEMP_ACCLIM_TAU]
 
     flux[F_OUR] = our
     flux[F_CER] = cer_bio

@@ -101,7 +101,7 @@ def _control(r: int, y: np.ndarray, c: np.ndarray, mem: np.ndarray, p: np.ndarra
     if _active(faults, r, FLT_DO_LIMIT, t_h):  # sparger fouling + O2 supply loss
         m = faults[r, FLT_DO_LIMIT, 2]
         o2_max *= max(0.0, 1.0 - m)
-        kla_factor = max(0.05, 1.0 - 0.6 * m)
+        kla_factor = max(0.05, 1.0 - 0.85 * m)
     o2 = min(max(out - 2.0, 0.0), 1.0) * c[r, C_O2_MAX]
     o2 = min(o2, o2_max)
 
