@@ -17,6 +17,13 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line, exit code 2, nothing written."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage block is one `--help` away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive_int(name: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -75,8 +82,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             scenario = scenario.with_overrides(tick_s=args.tick_s)
     except ScenarioError as err:
         raise UsageError(str(err)) from None
-    except ValueError as err:  # pydantic on overrides
-        raise UsageError(str(err).splitlines()[0]) from None
     lake = _lake(args)
     with tqdm(total=args.reactors * scenario.days, unit="reactor-day", desc=f"simulate {scenario.name}",
               disable=args.quiet or not sys.stderr.isatty()) as bar:
@@ -119,7 +124,7 @@ def cmd_bench_simulate(args: argparse.Namespace) -> int:
 
 # ---- parser -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="biopilot",
         description="BioPilot: a streaming digital twin for CHO fed-batch biomanufacturing. "
                     "Settings come from BIOPILOT_* variables, then biopilot.toml, then defaults.")

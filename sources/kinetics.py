@@ -150,8 +150,9 @@ def o2_saturation_mm(p: np.ndarray, air: float, o2: float, co2: float) -> float:
 
 @njit(cache=True, inline="always")
 def ph_of(p: np.ndarray, hco3_mm: float, dco2_mm: float) -> float:
-    """Henderson-Hasselbalch over the bicarbonate buffer."""
-    return p[P_PKA] + math.log10(max(hco3_mm, 1e-3) / max(dco2_mm, 1e-3))
+    """Henderson-Hasselbalch over the bicarbonate buffer. Once acids have used up the bicarbonate, the media's
+    other buffers (phosphate, amino acids) hold the pH in the 5-6 range: modelled as a 0.5 mM floor."""
+    return p[P_PKA] + math.log10(max(hco3_mm, 0.5) / max(dco2_mm, 0.05))
 
 
 @njit(cache=True)

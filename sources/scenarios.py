@@ -145,7 +145,7 @@ class Scenario(_Strict):
         return v if v.tzinfo else v.replace(tzinfo=UTC)
 
     def with_overrides(self, **changes: object) -> Scenario:
-        return Scenario.model_validate({**self.model_dump(), **changes})
+        return parse_scenario({**self.model_dump(), **changes}, self.name)
 
 
 def builtin_names() -> list[str]:

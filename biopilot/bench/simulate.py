@@ -57,32 +57,36 @@ def _max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _baseline_reactor(scenario: Scenario, index: int, seed: int, n_ticks: int) -> np.ndarray:
+    """One reactor, the textbook way: solve_ivp between the control actions of each tick."""
+    fleet = Fleet(scenario, 1, seed=seed, first_index=index)
+    y, p = fleet.y[0].copy(), fleet.p[0]
+    u, dydt, flux = np.zeros(K.N_INPUT), np.zeros(K.N_STATE), np.zeros(K.N_FLUX)
+    out = np.empty((n_ticks, R.N_SIGNAL))
+    dt_h = scenario.tick_s / 3600.0
+
+    def rhs(_t: float, state: np.ndarray) -> np.ndarray:
+        K.derivatives(state, u, p, dydt, flux)
+        return dydt.copy()
+
+    t_h = 0.0
+    for i in range(n_ticks):
+        R._control(0, y, fleet.c, fleet.mem, p, fleet.bolus, fleet.faults, t_h, dt_h, u)
+        sol = solve_ivp(rhs, (t_h, t_h + dt_h), y, method="LSODA", rtol=1e-6, atol=1e-9)
+        y = np.maximum(sol.y[:, -1], 0.0)
+        t_h += dt_h
+        out[i, R.O_DO] = y[K.S_DO] / p[K.P_DO_SAT] * 100.0
+        out[i, R.O_PH] = K.ph_of(p, y[K.S_HCO3], y[K.S_DCO2])
+        out[i, R.O_OUR], out[i, R.O_CER] = flux[K.F_OUR], flux[K.F_CER]
+    return out + np.random.default_rng(index).standard_normal(out.shape) * 0.01  # noise, vectorised
+
+
 def baseline_seconds_per_tick(scenario: Scenario, reactors: int, days: float, seed: int) -> float:
     """Time the per-reactor solve_ivp loop; returns wall seconds per reactor-tick."""
-    n_ticks = int(days * 86400 / scenario.tick_s)
-    dt_h = scenario.tick_s / 3600.0
+    n_ticks = max(1, int(days * 86400 / scenario.tick_s))
     start = time.perf_counter()
     for index in range(reactors):
-        fleet = Fleet(scenario, 1, seed=seed, first_index=index)
-        y, p = fleet.y[0].copy(), fleet.p[0]
-        u, dydt, flux = np.zeros(K.N_INPUT), np.zeros(K.N_STATE), np.zeros(K.N_FLUX)
-        out = np.empty((n_ticks, R.N_SIGNAL))
-
-        def rhs(_t: float, state: np.ndarray) -> np.ndarray:
-            K.derivatives(state, u, p, dydt, flux)
-            return dydt.copy()
-
-        t_h = 0.0
-        for i in range(n_ticks):
-            R._control(0, y, fleet.c, fleet.mem, p, fleet.bolus, fleet.faults, t_h, dt_h, u)
-            sol = solve_ivp(rhs, (t_h, t_h + dt_h), y, method="LSODA", rtol=1e-6, atol=1e-9)
-            y = np.maximum(sol.y[:, -1], 0.0)
-            t_h += dt_h
-            out[i, R.O_DO] = y[K.S_DO] / p[K.P_DO_SAT] * 100.0
-            out[i, R.O_PH] = K.ph_of(p, y[K.S_HCO3], y[K.S_DCO2])
-            out[i, R.O_OUR], out[i, R.O_CER] = flux[K.F_OUR], flux[K.F_CER]
-        rng = np.random.default_rng(index)
-        out += rng.standard_normal(out.shape) * 0.01  # noise, vectorised (flatters the baseline)
+        _baseline_reactor(scenario, index, seed, n_ticks)
     return (time.perf_counter() - start) / (reactors * n_ticks)
 
 
