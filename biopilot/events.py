@@ -45,7 +45,28 @@ RUNS = pa.schema([
     pa.field("started_ts", TS, False), pa.field("ended_ts", TS),
 ])
 
-SCHEMAS: dict[str, pa.Schema] = {"ticks": TICKS, "assays": ASSAYS, "labels": LABELS, "runs": RUNS}
+SCORES = pa.schema([
+    pa.field("run_id", pa.string(), False), pa.field("reactor_id", pa.string(), False),
+    pa.field("seq", pa.int64(), False), pa.field("ts", TS, False), pa.field("detector", pa.string(), False),
+    pa.field("score", pa.float64()), pa.field("threshold", pa.float64()), pa.field("is_alarm", pa.bool_()),
+])
+CONTRIBUTION = pa.struct([pa.field("name", pa.string()), pa.field("contribution", pa.float64())])
+ALERTS = pa.schema([
+    pa.field("alert_id", pa.string(), False), pa.field("run_id", pa.string(), False),
+    pa.field("reactor_id", pa.string(), False), pa.field("ts", TS, False), pa.field("detector", pa.string()),
+    pa.field("score", pa.float64()), pa.field("threshold", pa.float64()), pa.field("severity", pa.string()),
+    pa.field("signals", pa.list_(CONTRIBUTION)), pa.field("emitted_at", TS),
+])
+LATE_TICKS = pa.schema(list(TICKS) + [pa.field("watermark_ts", TS), pa.field("arrived_at", TS)])
+DEADLETTER = pa.schema([
+    pa.field("received_at", TS, False), pa.field("subject", pa.string()), pa.field("stream_seq", pa.int64()),
+    pa.field("reason", pa.string(), False), pa.field("size_bytes", pa.int64()), pa.field("payload", pa.binary()),
+])
+
+SCHEMAS: dict[str, pa.Schema] = {"ticks": TICKS, "assays": ASSAYS, "labels": LABELS, "runs": RUNS,
+                                 "scores": SCORES, "alerts": ALERTS, "late_ticks": LATE_TICKS,
+                                 "deadletter": DEADLETTER}
+SEVERITIES = ("info", "warning", "critical")
 
 
 @dataclass(frozen=True)

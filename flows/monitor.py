@@ -1,0 +1,50 @@
+"""The monitoring dataflow: NATS JetStream -> decode/validate -> per-reactor event time + detectors -> sinks.
+
+Thin wiring only; the logic lives in `sources.telemetry` (routing, validation) and `detectors.monitor`.
+Run it with `python -m bytewax.run "flows.monitor:build_flow()" -r RECOVERY_DIR -s 1 -b 10`.
+Settings from the environment: BIOPILOT_NATS_URL (required), BIOPILOT_LAKE, BIOPILOT_LATENESS_S (300),
+BIOPILOT_FLOW_DURABLE (consumer name), BIOPILOT_FLUSH_ROWS (50000), BIOPILOT_FLUSH_S (1).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from biopilot.config import load_settings
+from detectors.monitor import MonitorConfig, monitor_step
+from sinks.lake_sink import LakeSink
+from sinks.nats_sink import NatsPublishSink, alert_json
+from sources.jetstream import JetStreamSource
+from sources.telemetry import REASON_HEADER, route
+
+
+def build_flow() -> Dataflow:
+    settings = load_settings()
+    if not settings.nats_url:
+        raise RuntimeError("BIOPILOT_NATS_URL must point at the broker the flow reads")
+    config = MonitorConfig(lateness_s=float(os.environ.get("BIOPILOT_LATENESS_S", "300")))
+    durable = os.environ.get("BIOPILOT_FLOW_DURABLE", "biopilot-monitor")
+
+    flow = Dataflow("biopilot-monitor")
+    messages = op.input("nats", flow, JetStreamSource(settings.nats_url, durable=durable))
+    routed = op.map("route", messages, route)
+    items = op.flat_map("items", routed, lambda r: r[0])
+    dead = op.filter_map("dead", routed, lambda r: r[1])
+    keyed = op.key_on("by_reactor", items, lambda item: item.reactor_id)
+    outputs = op.stateful_flat_map("monitor", keyed, partial(monitor_step, config=config))
+    tables = op.flat_map("tables", outputs, lambda kv: list(kv[1].tables.items()))
+    dead_rows = op.map("dead_rows", dead, lambda t: ("deadletter", t))
+    lake_items = op.key_on("to_lake", op.merge("lake_rows", tables, dead_rows), lambda _: "lake")
+    op.output("lake", lake_items, LakeSink(settings.lake, int(os.environ.get("BIOPILOT_FLUSH_ROWS", "50000")),
+                                           float(os.environ.get("BIOPILOT_FLUSH_S", "1"))))
+    alerts = op.flat_map("alerts", outputs, lambda kv: [
+        (f"biopilot.alerts.{a['reactor_id']}", alert_json(a), {"Nats-Msg-Id": a["alert_id"]}) for a in kv[1].alerts])
+    dead_msgs = op.flat_map("dead_msgs", dead, lambda t: [
+        ("biopilot.deadletter", row["payload"], {REASON_HEADER: row["reason"][:1000],
+                                                 "Nats-Msg-Id": f"dl-{row['stream_seq']}"}) for row in t.to_pylist()])
+    op.output("publish", op.merge("to_nats", alerts, dead_msgs), NatsPublishSink(settings.nats_url))
+    return flow

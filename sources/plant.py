@@ -1,0 +1,186 @@
+"""The continuous plant feed: N reactors run batch after batch at a speed factor and stream to NATS.
+
+Ticks go to `biopilot.telemetry.<reactor>` as Arrow IPC, assays to `biopilot.assays.<reactor>` when their lab
+result is reported (`reported_ts`, late as in a real lab). Commands on `biopilot.control.<reactor>` change the
+running process between steps:
+
+    {"type": "setpoint", "name": "do_setpoint_pct", "value": 50}
+    {"type": "feed", "volume_ml": 30}
+    {"type": "fault", "fault": "overfeed", "duration_h": 3, "magnitude": 2, "signal": null}
+    {"type": "stop"}                       # stop the whole feed
+
+An injected fault starts now and writes its label row. With `jitter_share > 0` that share of ticks is
+delivered out of order (shuffled within a few ticks), as a real network would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import nats
+import numpy as np
+import pyarrow as pa
+
+from biopilot.events import LABELS, Label, to_table
+from sources.fleet import Fleet, run_id_for
+from sources.publish import publish_assays, publish_ticks, publish_watermark, split_by_reactor
+from sources.scenarios import Scenario
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PlantStats:
+    batches: int = 0
+    ticks: int = 0
+    assays: int = 0
+    commands: int = 0
+    rejected_commands: list[str] = field(default_factory=list)
+
+
+def jitter(table: pa.Table, share: float, max_shift: int, rng: np.random.Generator) -> pa.Table:
+    """Move a `share` of rows up to `max_shift` positions later (out-of-order delivery)."""
+    n = table.num_rows
+    if share <= 0 or n < 2:
+        return table
+    key = np.arange(n, dtype=np.float64)
+    moved = rng.random(n) < share
+    key[moved] += rng.integers(1, max_shift + 1, int(moved.sum())) + 0.5
+    return table.take(pa.array(np.argsort(key, kind="stable")))
+
+
+class PlantFeed:
+    def __init__(self, nats_url: str, scenario: Scenario, reactors: int = 4, speed: float | None = 600.0,
+                 seed: int = 0, jitter_share: float = 0.0, step_s: float = 0.5, lateness_s: float = 300.0,
+                 max_batches: int | None = None, start: datetime | None = None,
+                 record: Callable[[str, pa.Table], None] | None = None) -> None:
+        """`record(table_name, rows)` stores the `labels` and `runs` rows (the caller's lake writer)."""
+        if speed is not None and speed <= 0:
+            raise ValueError("speed must be > 0 (or None for as fast as possible)")
+        self.nats_url, self.scenario = nats_url, scenario
+        self.record = record or (lambda name, rows: None)
+        self.reactors, self.speed, self.seed = reactors, speed, seed
+        self.jitter_share, self.step_s, self.lateness_s = jitter_share, step_s, lateness_s
+        self.max_batches = max_batches
+        self.start = start or datetime.now(UTC).replace(microsecond=0)
+        self.stats = PlantStats()
+        self.stopping = asyncio.Event()
+        self.commands: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
+        self.rng = np.random.default_rng(seed)
+
+    # ---- commands -------------------------------------------------------------------------------------
+    async def _on_control(self, msg: nats.aio.msg.Msg) -> None:
+        reactor = msg.subject.rsplit(".", 1)[-1]
+        try:
+            command = json.loads(msg.data)
+            if not isinstance(command, dict) or "type" not in command:
+                raise ValueError("a command is a JSON object with a 'type'")
+        except (ValueError, UnicodeDecodeError) as err:
+            self.stats.rejected_commands.append(f"{reactor}: {err}")
+            return
+        await self.commands.put((reactor, command))
+
+    def _apply(self, fleet: Fleet, reactor: str, command: dict) -> list[Label]:
+        self.stats.commands += 1
+        kind = command.get("type")
+        if kind == "stop":
+            self.stopping.set()
+            return []
+        if reactor not in fleet.reactor_ids:
+            raise ValueError(f"unknown reactor {reactor!r}")
+        k = fleet.reactor_ids.index(reactor)
+        if kind == "setpoint":
+            fleet.set_control(k, str(command["name"]), float(command["value"]))
+        elif kind == "feed":
+            fleet.add_bolus(k, float(command["volume_ml"]))
+        elif kind == "fault":
+            label = fleet.inject_fault(k, str(command["fault"]), float(fleet.t_h[k]),
+                                       float(command.get("duration_h", 4.0)), float(command.get("magnitude", 1.0)),
+                                       command.get("signal"))
+            return [label]
+        elif kind in ("pause", "resume"):
+            return []  # replay commands; the live plant does not pause
+        else:
+            raise ValueError(f"unknown command type {kind!r}; allowed: setpoint, feed, fault, stop")
+        return []
+
+    # ---- main loop ------------------------------------------------------------------------------------
+    def _new_fleet(self, batch: int, start: datetime) -> Fleet:
+        scenario = self.scenario.with_overrides(start=start)
+        seed = self.seed + batch
+        ids = [run_id_for(scenario, seed, i) for i in range(self.reactors)]
+        return Fleet(scenario, self.reactors, seed=seed, run_ids=ids)
+
+    async def run(self) -> PlantStats:
+        nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        js = nc.jetstream()
+        sub = await nc.subscribe("biopilot.control.*", cb=self._on_control)
+        try:
+            start = self.start
+            batch = 0
+            while not self.stopping.is_set() and (self.max_batches is None or batch < self.max_batches):
+                fleet = self._new_fleet(batch, start)
+                for spec_label in fleet.labels:
+                    log.info("scheduled fault %s on %s", spec_label.fault, spec_label.reactor_id)
+                if fleet.labels:
+                    self.record("labels", fleet.labels_table())
+                end_ts = await self._run_batch(js, fleet)
+                self.record("runs", fleet.runs_table())
+                self.stats.batches += 1
+                batch += 1
+                start = end_ts
+        finally:
+            await sub.unsubscribe()
+            await nc.drain()
+        return self.stats
+
+    async def _run_batch(self, js: nats.js.JetStreamContext, fleet: Fleet) -> datetime:
+        pending_assays: list[tuple[int, int, pa.Table]] = []  # heap of (reported_us, order, rows)
+        order = 0
+        ticks_per_step = fleet.remaining_ticks if self.speed is None else max(
+            1, int(round(self.speed * self.step_s / fleet.dt_s)))
+        ticks_per_step = min(ticks_per_step, 1440)
+        t_wall = time.monotonic()
+        now_us = 0
+        while not fleet.done and not self.stopping.is_set():
+            while not self.commands.empty():
+                reactor, command = self.commands.get_nowait()
+                try:
+                    labels = self._apply(fleet, reactor, command)
+                    if labels:
+                        self.record("labels", to_table(labels, LABELS))
+                except (ValueError, KeyError, TypeError) as err:
+                    self.stats.rejected_commands.append(f"{reactor}: {err}")
+                    log.warning("rejected command for %s: %s", reactor, err)
+            chunk = fleet.step(ticks_per_step)
+            ticks = pa.Table.from_batches([chunk.ticks])
+            now_us = int(ticks["ts"].cast(pa.int64()).to_numpy().max())
+            for reactor, rows in split_by_reactor(ticks).items():
+                await publish_ticks(js, reactor, jitter(rows, self.jitter_share, 5, self.rng))
+            self.stats.ticks += ticks.num_rows
+            for row in chunk.assays.to_pylist():
+                heapq.heappush(pending_assays, (int(row["reported_ts"].timestamp() * 1e6), order,
+                                                pa.Table.from_pylist([row], schema=chunk.assays.schema)))
+                order += 1
+            while pending_assays and pending_assays[0][0] <= now_us:
+                _, _, rows = heapq.heappop(pending_assays)
+                await publish_assays(js, rows["reactor_id"][0].as_py(), rows)
+                self.stats.assays += 1
+            if self.speed is not None:
+                t_wall += ticks_per_step * fleet.dt_s / self.speed
+                await asyncio.sleep(max(0.0, t_wall - time.monotonic()))
+            else:
+                await asyncio.sleep(0)
+        for _, _, rows in sorted(pending_assays):  # the lab reports what is left when the batch ends
+            await publish_assays(js, rows["reactor_id"][0].as_py(), rows)
+            self.stats.assays += 1
+        for reactor in fleet.reactor_ids:
+            await publish_watermark(js, reactor, now_us + int(self.lateness_s * 1e6) + 1)
+        return datetime.fromtimestamp(now_us / 1e6 + fleet.dt_s, UTC)

@@ -1,0 +1,57 @@
+"""Publishing ticks, assays and watermarks to NATS JetStream (shared by the plant feed, replay and tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from nats.js import JetStreamContext
+
+from biopilot.codec import ARROW_CONTENT_TYPE, encode_arrow
+from sources.telemetry import KIND_HEADER
+
+log = logging.getLogger(__name__)
+ARROW_HEADERS = {"Content-Type": ARROW_CONTENT_TYPE}
+
+
+async def publish_retrying(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str] | None = None,
+                           attempts: int = 300) -> None:
+    """Publish and wait for the JetStream ack; a broker restart is waited out (up to ~30 s)."""
+    for attempt in range(attempts):
+        try:
+            await js.publish(subject, data, headers=headers, timeout=2)
+            return
+        except Exception as err:  # noqa: BLE001 - every failure is retried; the last one is raised
+            if attempt == attempts - 1:
+                raise
+            log.debug("publish to %s failed (%s), retrying", subject, err)
+            await asyncio.sleep(0.1)
+
+
+def split_by_reactor(ticks: pa.Table | pa.RecordBatch) -> dict[str, pa.Table]:
+    table = ticks if isinstance(ticks, pa.Table) else pa.Table.from_batches([ticks])
+    reactors = table["reactor_id"]
+    ids = pc.unique(reactors).to_pylist()
+    if len(ids) == 1:
+        return {ids[0]: table}
+    return {r: table.filter(pc.equal(reactors, r)) for r in ids}
+
+
+async def publish_ticks(js: JetStreamContext, reactor_id: str, ticks: pa.Table, max_rows: int = 20_000) -> None:
+    for offset in range(0, ticks.num_rows, max_rows):
+        await publish_retrying(js, f"biopilot.telemetry.{reactor_id}", encode_arrow(ticks.slice(offset, max_rows)),
+                               ARROW_HEADERS)
+
+
+async def publish_assays(js: JetStreamContext, reactor_id: str, assays: pa.Table) -> None:
+    if assays.num_rows:
+        await publish_retrying(js, f"biopilot.assays.{reactor_id}", encode_arrow(assays), ARROW_HEADERS)
+
+
+async def publish_watermark(js: JetStreamContext, reactor_id: str, ts_us: int) -> None:
+    """Tell the flow that no tick at or before `ts_us` (event time) is still coming for this reactor."""
+    await publish_retrying(js, f"biopilot.telemetry.{reactor_id}", json.dumps({"ts": ts_us / 1e6}).encode(),
+                           {KIND_HEADER: "watermark"})
