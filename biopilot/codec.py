@@ -103,8 +103,8 @@ class Checked:
 
 
 def validate_ticks(table: pa.Table) -> Checked:
-    """Row checks: identity and event time present, readings finite and physically plausible, seq increasing
-    per run within the payload. NaN readings count as missing (null)."""
+    """Row checks: identity and event time present, readings finite and physically plausible, seq unique and
+    increasing with event time per run within the payload. NaN readings count as missing (null)."""
     n = table.num_rows
     reasons = np.full(n, "", dtype=object)
 
@@ -121,13 +121,20 @@ def validate_ticks(table: pa.Table) -> Checked:
         with np.errstate(invalid="ignore"):
             reject(~np.isnan(x) & ((x < lo) | (x > hi)), f"{name} outside the plausible range [{lo:g}, {hi:g}]")
         columns[name] = x
+    # seq is strictly increasing at the source: delivery may reorder rows, but sorted by seq a run's event
+    # times must increase too, and a seq appears once
     seq = table["seq"].fill_null(-1).to_numpy()
+    ts = table["ts"].cast(pa.int64()).fill_null(0).to_numpy()
     runs = table["run_id"].fill_null("").to_numpy(zero_copy_only=False)
+    reject(seq < 0, "seq is negative")
+    order = np.lexsort((seq, runs)) if n > 1 else np.arange(n)
     same_run = np.zeros(n, dtype=bool)
-    same_run[1:] = runs[1:] == runs[:-1]
-    back = np.zeros(n, dtype=bool)
-    back[1:] = same_run[1:] & (seq[1:] <= seq[:-1])
-    reject(back, "seq not increasing within the run")
+    same_run[1:] = runs[order][1:] == runs[order][:-1]
+    bad_pair = np.zeros(n, dtype=bool)
+    bad_pair[1:] = same_run[1:] & ((seq[order][1:] == seq[order][:-1]) | (ts[order][1:] <= ts[order][:-1]))
+    conflict = np.zeros(n, dtype=bool)
+    conflict[order] = bad_pair
+    reject(conflict, "seq repeated or not increasing with ts within the run")
     ok = reasons == ""
     if ok.all():
         good = table

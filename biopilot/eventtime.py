@@ -36,6 +36,7 @@ class ReorderBuffer:
     floor_us: int = NEVER  # explicit watermark from `advance_to`
     pending: pa.Table | None = None
     last_seq: dict[str, int] = field(default_factory=dict)  # per run: highest seq released
+    gaps: dict[str, set[int]] = field(default_factory=dict)  # per run: seqs below it never seen (yet)
 
     @property
     def watermark_us(self) -> int:
@@ -48,11 +49,14 @@ class ReorderBuffer:
         # watermark in force before each row: running max of everything seen before it
         prior = np.maximum.accumulate(np.concatenate(([self.max_ts_us], ts)))[:-1] - self.lateness_us
         prior = np.maximum(prior, self.floor_us)
-        released_seq = np.full(len(seq), -1, dtype=np.int64)
+        duplicate = np.zeros(len(seq), dtype=bool)
         for run in pc.unique(ticks["run_id"]).to_pylist():
             if run in self.last_seq:
-                released_seq[runs == run] = self.last_seq[run]
-        duplicate = seq <= released_seq
+                mask = runs == run
+                below = mask & (seq <= self.last_seq[run])
+                gaps = self.gaps.get(run, set())
+                # below the high-water mark: a gap being filled (late) or a tick released before (duplicate)
+                duplicate[below] = [int(x) not in gaps for x in seq[below]] if gaps else True
         duplicate |= _repeats(runs, seq)
         if self.pending is not None and self.pending.num_rows:
             duplicate |= _in(runs, seq, self.pending)
@@ -61,6 +65,8 @@ class ReorderBuffer:
         if len(ts):
             self.max_ts_us = max(self.max_ts_us, int(ts.max()))
         late_table = ticks.filter(pa.array(late)) if late.any() else None
+        if late_table is not None:
+            self.note_late(late_table)
         on_time = ticks if keep.all() else ticks.filter(pa.array(keep))
         if self.pending is not None and self.pending.num_rows:
             on_time = pa.concat_tables([self.pending, on_time])
@@ -87,9 +93,21 @@ class ReorderBuffer:
                                                                                 ("seq", "ascending")])
         runs = out["run_id"]
         for run in pc.unique(runs).to_pylist():
-            last = pc.max(out.filter(pc.equal(runs, run))["seq"]).as_py()
-            self.last_seq[run] = max(self.last_seq.get(run, -1), last)
+            seqs = out.filter(pc.equal(runs, run))["seq"].to_numpy()
+            high = self.last_seq.get(run)
+            start = int(seqs.min()) if high is None else high + 1
+            top = int(seqs.max())
+            if high is None or top > high:
+                missing = np.setdiff1d(np.arange(start, top + 1), seqs, assume_unique=False)
+                if missing.size:
+                    self.gaps.setdefault(run, set()).update(missing.tolist())
+                self.last_seq[run] = top
         return out
+
+    def note_late(self, late: pa.Table) -> None:
+        """A late tick fills its gap: seen once, so a second copy is a duplicate."""
+        for run, seq in zip(late["run_id"].to_pylist(), late["seq"].to_pylist(), strict=True):
+            self.gaps.get(run, set()).discard(seq)
 
 
 def _repeats(runs: np.ndarray, seq: np.ndarray) -> np.ndarray:

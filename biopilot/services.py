@@ -109,7 +109,9 @@ def start_nats(data_dir: Path, port: int | None = None) -> ManagedServer:
     conf = data_dir / "nats.conf"
     conf.write_text(
         f"listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD_BYTES}\n"
-        f'jetstream {{ store_dir: "{data_dir / "js"}", max_file_store: 8GB, max_memory_store: 256MB }}\n')
+        # sync_interval always: an acked message survives a broker crash or restart (default syncs every 2 min)
+        f'jetstream {{ store_dir: "{data_dir / "js"}", max_file_store: 8GB, max_memory_store: 256MB, '
+        f"sync_interval: always }}\n")
     log_path = data_dir / "nats.log"
     proc = _spawn([_binary("nats-server"), "-c", str(conf)], log_path)
     wait_port(port, proc=proc)

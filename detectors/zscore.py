@@ -34,7 +34,7 @@ class ZScoreState:
 
 @njit(cache=True, nogil=True)
 def _ewma_z(X: np.ndarray, mean: np.ndarray, var: np.ndarray, count: np.ndarray, alpha: float, warmup: int,
-            min_sd: np.ndarray, z: np.ndarray) -> None:
+            min_rel_sd: float, z: np.ndarray) -> None:
     n, m = X.shape
     for i in range(n):
         for j in range(m):
@@ -45,7 +45,7 @@ def _ewma_z(X: np.ndarray, mean: np.ndarray, var: np.ndarray, count: np.ndarray,
             if count[j] == 0:
                 mean[j] = x
                 var[j] = 0.0
-            sd = max(np.sqrt(var[j]), min_sd[j])
+            sd = max(np.sqrt(var[j]), min_rel_sd * abs(mean[j]), 1e-3)
             z[i, j] = (x - mean[j]) / sd if count[j] >= warmup else 0.0
             d = x - mean[j]
             mean[j] += alpha * d
@@ -74,8 +74,7 @@ class ZScore:
         """Also returns the per-signal z (the contributions)."""
         X = np.ascontiguousarray(X, dtype=np.float64)
         z = np.empty_like(X)
-        min_sd = np.maximum(self.min_rel_sd * np.abs(state.mean), 1e-3)
-        _ewma_z(X, state.mean, state.var, state.count, self.alpha, self.warmup, min_sd, z)
+        _ewma_z(X, state.mean, state.var, state.count, self.alpha, self.warmup, self.min_rel_sd, z)
         return state, (np.abs(z).max(axis=1) if X.shape[1] else np.zeros(len(X))), z
 
     def score_learn(self, state: ZScoreState, ts: np.ndarray, X: np.ndarray) -> tuple[ZScoreState, np.ndarray]:

@@ -1,0 +1,26 @@
+"""Shared fixtures: a real nats-server (JetStream) and redis-server per test, on free ports, in tmp dirs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from biopilot.services import ManagedServer, ensure_streams, start_nats, start_redis
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[ManagedServer]:
+    server = start_nats(tmp_path / "nats")
+    asyncio.run(ensure_streams(server.url))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[ManagedServer]:
+    server = start_redis(tmp_path / "redis")
+    yield server
+    server.stop()
