@@ -112,6 +112,80 @@ def cmd_overview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--speed must be a number or max, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--speed must be > 0, got {text}")
+    return value
+
+
+def _settings():
+    try:
+        return load_settings()
+    except SettingsError as err:
+        raise UsageError(str(err)) from None
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from biopilot.stack import run_up
+    from sources.scenarios import ScenarioError, load_scenario
+
+    if args.plant != "bioreactor":
+        raise UsageError(f"--plant {args.plant}: only the bioreactor plant is available in this version")
+    try:
+        scenario = load_scenario(args.scenario)
+    except ScenarioError as err:
+        raise UsageError(str(err)) from None
+    settings = _settings()
+    if args.lake:
+        settings = replace(settings, lake=args.lake)
+    return run_up(settings, scenario, args.reactors, args.speed, args.jitter, args.lateness_s, args.batches)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tqdm import tqdm
+
+    from sinks import delta
+    from sources.replay import Replay
+
+    settings = _settings()
+    if not settings.nats_url:
+        raise UsageError("no broker: set BIOPILOT_NATS_URL (the URL `biopilot up` prints)")
+    lake = args.lake or settings.lake
+    ticks = delta.read(lake, "ticks", run_ids=[args.run])
+    if ticks is None or ticks.num_rows == 0:
+        raise UsageError(f"run {args.run!r} has no ticks in {lake}")
+    assays = delta.read(lake, "assays", run_ids=[args.run])
+    replay = Replay(settings.nats_url, ticks, assays, speed=args.speed, as_run=args.as_run)
+    with tqdm(total=ticks.num_rows, unit="tick", desc=f"replay {args.run}", disable=not sys.stderr.isatty()) as bar:
+        n = asyncio.run(replay.run(progress=bar.update))
+    print(f"published {n:,} ticks of {args.as_run or args.run}")
+    return 0
+
+
+def cmd_lake_optimize(args: argparse.Namespace) -> int:
+    from biopilot.events import SCHEMAS
+    from sinks import delta
+
+    lake = _lake(args)
+    report = delta.optimize(lake, SCHEMAS)
+    if not report:
+        raise UsageError(f"no Delta tables in {lake}")
+    for name, metrics in report.items():
+        print(f"{name:12s} files removed {metrics.get('numFilesRemoved', 0):5d}, "
+              f"added {metrics.get('numFilesAdded', 0):4d}")
+    return 0
+
+
 def cmd_bench_simulate(args: argparse.Namespace) -> int:
     from biopilot.bench import simulate as bench
 
@@ -155,6 +229,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", action="append", help="a run id (repeatable; default: all runs)")
     p.add_argument("--png", default=None, help="write the picture here")
     p.set_defaults(func=cmd_overview)
+
+    p = sub.add_parser("up", help="start the whole stack (broker, flow, plant feed)",
+                       description="Start the embedded broker and cache (unless BIOPILOT_NATS_URL / "
+                                   "BIOPILOT_REDIS_URL are set), the monitoring flow and the plant feed. "
+                                   "Ctrl-C stops everything.")
+    p.add_argument("--reactors", type=_positive_int("--reactors"), default=4)
+    p.add_argument("--speed", type=_speed, default=600.0,
+                   help="simulated seconds per wall second, or max (default 600)")
+    p.add_argument("--plant", choices=["bioreactor", "patient"], default="bioreactor")
+    p.add_argument("--scenario", default="normal", help="scenario of every batch (default normal)")
+    p.add_argument("--jitter", type=float, default=0.0, help="share of ticks delivered out of order (0-1)")
+    p.add_argument("--lateness-s", type=_positive_float("--lateness-s"), default=300.0,
+                   help="allowed event-time lateness before a tick is late (default 300)")
+    p.add_argument("--batches", type=_positive_int("--batches"), default=None,
+                   help="stop after this many batches (default: run until Ctrl-C)")
+    p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("replay", help="publish a stored run to NATS",
+                       description="Publish a stored run's ticks (event-time spacing divided by --speed) and "
+                                   "assays to the broker in BIOPILOT_NATS_URL. While it runs, "
+                                   'biopilot.control.<reactor> takes {"type": "pause"|"resume"|"stop"}.')
+    p.add_argument("--run", required=True, help="run id (see `biopilot overview`)")
+    p.add_argument("--speed", type=_speed, default=600.0, help="speed factor or max (default 600)")
+    p.add_argument("--as-run", default=None, help="publish under another run id (the lake keeps one copy per id)")
+    p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
+    p.set_defaults(func=cmd_replay)
+
+    lake = sub.add_parser("lake", help="Delta table maintenance", description="Delta table maintenance.")
+    lake_sub = lake.add_subparsers(dest="lake_command", metavar="ACTION", required=True)
+    p = lake_sub.add_parser("optimize", help="compact small files",
+                            description="Compact the small files of every table and remove the old ones.")
+    p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
+    p.set_defaults(func=cmd_lake_optimize)
 
     bench = sub.add_parser("bench", help="measured figures, each beside its baseline",
                            description="Benchmarks; each prints ours beside a baseline measured in the same run.")

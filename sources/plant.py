@@ -59,7 +59,7 @@ def jitter(table: pa.Table, share: float, max_shift: int, rng: np.random.Generat
 class PlantFeed:
     def __init__(self, nats_url: str, scenario: Scenario, reactors: int = 4, speed: float | None = 600.0,
                  seed: int = 0, jitter_share: float = 0.0, step_s: float = 0.5, lateness_s: float = 300.0,
-                 max_batches: int | None = None, start: datetime | None = None,
+                 max_batches: int | None = None, start: datetime | None = None, turnaround_h: float = 12.0,
                  record: Callable[[str, pa.Table], None] | None = None) -> None:
         """`record(table_name, rows)` stores the `labels` and `runs` rows (the caller's lake writer)."""
         if speed is not None and speed <= 0:
@@ -69,11 +69,18 @@ class PlantFeed:
         self.reactors, self.speed, self.seed = reactors, speed, seed
         self.jitter_share, self.step_s, self.lateness_s = jitter_share, step_s, lateness_s
         self.max_batches = max_batches
+        self.turnaround_h = turnaround_h
         self.start = start or datetime.now(UTC).replace(microsecond=0)
         self.stats = PlantStats()
         self.stopping = asyncio.Event()
+        self.interrupted = False
         self.commands: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
         self.rng = np.random.default_rng(seed)
+
+    def interrupt(self) -> None:
+        """Ctrl-C: stop at the next step."""
+        self.interrupted = True
+        self.stopping.set()
 
     # ---- commands -------------------------------------------------------------------------------------
     async def _on_control(self, msg: nats.aio.msg.Msg) -> None:
@@ -183,4 +190,6 @@ class PlantFeed:
             self.stats.assays += 1
         for reactor in fleet.reactor_ids:
             await publish_watermark(js, reactor, now_us + int(self.lateness_s * 1e6) + 1)
-        return datetime.fromtimestamp(now_us / 1e6 + fleet.dt_s, UTC)
+        # the next batch starts after the turnaround (cleaning, sterilisation) and past the closing watermark
+        gap_s = max(self.turnaround_h * 3600.0, self.lateness_s + fleet.dt_s)
+        return datetime.fromtimestamp(now_us / 1e6 + gap_s, UTC)

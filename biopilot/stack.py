@@ -1,0 +1,94 @@
+"""`biopilot up`: the whole stack on one machine — broker and cache (embedded unless configured), the
+monitoring flow (its own process, with a recovery store), and the continuous plant feed. Ctrl-C stops all of
+it, children included."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from biopilot.config import Settings
+from biopilot.events import SCHEMAS
+from biopilot.services import start_flow, start_services
+from sinks import delta
+from sources.plant import PlantFeed
+from sources.scenarios import Scenario
+
+
+def _stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+async def drain(nats_url: str, durable: str = "biopilot-monitor", timeout_s: float = 300.0) -> None:
+    """Wait until the flow has acknowledged everything published. The flow acks a message one epoch after
+    processing it, when its sinks have committed that epoch, so an ack floor at the stream's end means done."""
+    import nats
+
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            last = (await js.stream_info("TELEMETRY")).state.last_seq
+            if (await js.consumer_info("TELEMETRY", durable)).ack_floor.stream_seq >= last:
+                return
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+def run_up(settings: Settings, scenario: Scenario, reactors: int, speed: float | None, jitter_share: float,
+           lateness_s: float, max_batches: int | None = None, out=sys.stdout) -> int:
+    lake = settings.lake
+    state = Path(lake) / ".services" if "://" not in lake else Path("/tmp/biopilot-state")
+    state.mkdir(parents=True, exist_ok=True)
+    services = start_services(lake, settings.nats_url, settings.redis_url)
+    flow = None
+    try:
+        flow = start_flow(services.nats_url, lake, state / "recovery", lateness_s, log_path=state / "flow.log")
+        print(f"broker     {services.nats_url}{' (embedded)' if settings.nats_url is None else ''}", file=out)
+        print(f"cache      {services.redis_url}{' (embedded)' if settings.redis_url is None else ''}", file=out)
+        print(f"flow       pid {flow.pid}, log {state / 'flow.log'}, recovery {state / 'recovery'}", file=out)
+        print(f"lake       {lake}", file=out)
+        print(f"plant      {reactors} reactor(s), scenario {scenario.name}, "
+              f"speed {'max' if speed is None else f'{speed:g}x'}", file=out)
+        print("Ctrl-C stops everything.", file=out, flush=True)
+
+        def record(name: str, rows) -> None:
+            delta.append(lake, name, rows, SCHEMAS[name])
+
+        feed = PlantFeed(services.nats_url, scenario, reactors, speed, jitter_share=jitter_share,
+                         lateness_s=lateness_s, max_batches=max_batches, record=record)
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(feed.run())
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, feed.interrupt)
+        try:
+            stats = loop.run_until_complete(task)
+        finally:
+            loop.close()
+        print(f"plant stopped: {stats.batches} batch(es), {stats.ticks:,} ticks, {stats.assays} assays published",
+              file=out, flush=True)
+        if not feed.interrupted:
+            asyncio.run(drain(services.nats_url))
+            print("flow drained", file=out)
+    finally:
+        if flow is not None:
+            _stop_process_group(flow)
+        services.stop()
+    return 0
