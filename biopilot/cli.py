@@ -196,6 +196,15 @@ def cmd_bench_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from biopilot.bench import pipeline as bench
+
+    result = bench.run(ticks=args.ticks, naive_ticks=args.naive_ticks, live_rate=args.live_rate,
+                       live_s=args.live_s, soak_s=args.soak_s, keep=args.keep)
+    print(json.dumps(bench.as_json(result)) if args.json else bench.format_report(result))
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
@@ -278,6 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-days", type=_positive_float("--baseline-days"), default=1.0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench_simulate)
+    p = bench_sub.add_parser("pipeline", help="streaming throughput and latency vs a bare copy and a naive flow",
+                             description="Throughput of (a) a bare NATS->Delta copy, (b) our flow, (c) a naive "
+                                         "per-event JSON + River HST flow; latency at a live rate; flow memory "
+                                         "over a soak at full rate.")
+    p.add_argument("--ticks", type=_positive_int("--ticks"), default=2_000_000)
+    p.add_argument("--naive-ticks", type=_positive_int("--naive-ticks"), default=20_000)
+    p.add_argument("--live-rate", type=_positive_float("--live-rate"), default=10_000.0, help="ticks/s")
+    p.add_argument("--live-s", type=_positive_float("--live-s"), default=20.0)
+    p.add_argument("--soak-s", type=_positive_float("--soak-s"), default=300.0)
+    p.add_argument("--keep", default=None, help="keep brokers' data, lakes and logs in this directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench_pipeline)
     return parser
 
 

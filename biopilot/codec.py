@@ -106,10 +106,13 @@ def validate_ticks(table: pa.Table) -> Checked:
     """Row checks: identity and event time present, readings finite and physically plausible, seq unique and
     increasing with event time per run within the payload. NaN readings count as missing (null)."""
     n = table.num_rows
-    reasons = np.full(n, "", dtype=object)
+    code = np.zeros(n, dtype=np.int16)  # 0 = fine, k = why[k - 1]; the first failed check is the reason
+    why: list[str] = []
 
-    def reject(mask: np.ndarray, why: str) -> None:
-        reasons[mask & (reasons == "")] = why
+    def reject(mask: np.ndarray, reason: str) -> None:
+        if mask.any():
+            why.append(reason)
+            code[mask & (code == 0)] = len(why)
 
     for name in ("run_id", "reactor_id", "seq", "ts"):
         reject(table[name].is_null().to_numpy(zero_copy_only=False), f"{name} is missing")
@@ -127,7 +130,8 @@ def validate_ticks(table: pa.Table) -> Checked:
     ts = table["ts"].cast(pa.int64()).fill_null(0).to_numpy()
     runs = table["run_id"].fill_null("").to_numpy(zero_copy_only=False)
     reject(seq < 0, "seq is negative")
-    order = np.lexsort((seq, runs)) if n > 1 else np.arange(n)
+    single_run = n == 0 or (runs == runs[0]).all()
+    order = np.arange(n) if single_run and np.all(np.diff(seq) > 0) else np.lexsort((seq, runs))
     same_run = np.zeros(n, dtype=bool)
     same_run[1:] = runs[order][1:] == runs[order][:-1]
     bad_pair = np.zeros(n, dtype=bool)
@@ -135,7 +139,7 @@ def validate_ticks(table: pa.Table) -> Checked:
     conflict = np.zeros(n, dtype=bool)
     conflict[order] = bad_pair
     reject(conflict, "seq repeated or not increasing with ts within the run")
-    ok = reasons == ""
+    ok = code == 0
     if ok.all():
         good = table
         if any(np.isnan(c).any() for c in columns.values()):
@@ -143,7 +147,7 @@ def validate_ticks(table: pa.Table) -> Checked:
         return Checked(good, table.slice(0, 0), [])
     mask = pa.array(ok)
     good = _nan_to_null(table.filter(mask), {k: v[ok] for k, v in columns.items()})
-    return Checked(good, table.filter(pc.invert(mask)), list(reasons[~ok]))
+    return Checked(good, table.filter(pc.invert(mask)), [why[c - 1] for c in code[~ok]])
 
 
 def _nan_to_null(table: pa.Table, columns: dict[str, np.ndarray]) -> pa.Table:

@@ -53,8 +53,8 @@ SCORES = pa.schema([
 CONTRIBUTION = pa.struct([pa.field("name", pa.string()), pa.field("contribution", pa.float64())])
 ALERTS = pa.schema([
     pa.field("alert_id", pa.string(), False), pa.field("run_id", pa.string(), False),
-    pa.field("reactor_id", pa.string(), False), pa.field("ts", TS, False), pa.field("detector", pa.string()),
-    pa.field("score", pa.float64()), pa.field("threshold", pa.float64()), pa.field("severity", pa.string()),
+    pa.field("reactor_id", pa.string(), False), pa.field("seq", pa.int64()), pa.field("ts", TS, False),
+    pa.field("detector", pa.string()), pa.field("score", pa.float64()), pa.field("threshold", pa.float64()), pa.field("severity", pa.string()),
     pa.field("signals", pa.list_(CONTRIBUTION)), pa.field("emitted_at", TS),
 ])
 LATE_TICKS = pa.schema(list(TICKS) + [pa.field("watermark_ts", TS), pa.field("arrived_at", TS)])

@@ -8,6 +8,9 @@ order of what is released, do not depend on how the ticks were batched or how fa
 
 A producer that knows no more ticks are coming (end of a run, end of a replay) advances the watermark
 explicitly with `advance_to` (an event time, not a clock reading).
+
+The common case (one run, in order, nothing seen before) takes a fast path with no sort and no set
+operations; out-of-order and repeated ticks take the general path.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class ReorderBuffer:
     lateness_us: int
     max_ts_us: int = NEVER
     floor_us: int = NEVER  # explicit watermark from `advance_to`
-    pending: pa.Table | None = None
+    pending: pa.Table | None = None  # sorted by (ts, seq)
+    pending_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     last_seq: dict[str, int] = field(default_factory=dict)  # per run: highest seq released
     gaps: dict[str, set[int]] = field(default_factory=dict)  # per run: seqs below it never seen (yet)
 
@@ -43,89 +47,111 @@ class ReorderBuffer:
         return max(self.max_ts_us - self.lateness_us, self.floor_us)
 
     def push(self, ticks: pa.Table) -> Released:
+        n = ticks.num_rows
+        if n == 0:
+            return Released(None, None, 0, self.watermark_us)
         ts = ticks["ts"].cast(pa.int64()).to_numpy()
         seq = ticks["seq"].to_numpy()
+        run_ids = pc.unique(ticks["run_id"]).to_pylist()
+        in_order = bool(np.all(np.diff(ts) > 0)) if n > 1 else True
+        fresh = len(run_ids) == 1 and seq.min() > max(self.last_seq.get(run_ids[0], -1), self._pending_max_seq(
+            run_ids[0]))
+        if in_order and fresh and ts[0] > self.watermark_us:
+            # fast path: nothing late (ts rise above the watermark), nothing seen before
+            self.max_ts_us = max(self.max_ts_us, int(ts[-1]))
+            self._append_pending(ticks, ts, sorted_after=self.pending_ts.size == 0 or ts[0] > self.pending_ts[-1])
+            return Released(self._release(), None, 0, self.watermark_us)
+        return self._push_general(ticks, ts, seq)
+
+    def _push_general(self, ticks: pa.Table, ts: np.ndarray, seq: np.ndarray) -> Released:
         runs = ticks["run_id"].to_numpy(zero_copy_only=False)
         # watermark in force before each row: running max of everything seen before it
         prior = np.maximum.accumulate(np.concatenate(([self.max_ts_us], ts)))[:-1] - self.lateness_us
         prior = np.maximum(prior, self.floor_us)
-        duplicate = np.zeros(len(seq), dtype=bool)
-        for run in pc.unique(ticks["run_id"]).to_pylist():
+        duplicate = _repeats(runs, seq)
+        for run in set(runs.tolist()):
+            mask = runs == run
             if run in self.last_seq:
-                mask = runs == run
                 below = mask & (seq <= self.last_seq[run])
                 gaps = self.gaps.get(run, set())
                 # below the high-water mark: a gap being filled (late) or a tick released before (duplicate)
-                duplicate[below] = [int(x) not in gaps for x in seq[below]] if gaps else True
-        duplicate |= _repeats(runs, seq)
-        if self.pending is not None and self.pending.num_rows:
-            duplicate |= _in(runs, seq, self.pending)
+                duplicate[below] |= [int(x) not in gaps for x in seq[below]] if gaps else True
+            if self.pending is not None:
+                p_runs = self.pending["run_id"].to_numpy(zero_copy_only=False)
+                duplicate[mask] |= np.isin(seq[mask], self.pending["seq"].to_numpy()[p_runs == run])
         late = ~duplicate & (ts <= prior)
         keep = ~duplicate & ~late
-        if len(ts):
-            self.max_ts_us = max(self.max_ts_us, int(ts.max()))
+        self.max_ts_us = max(self.max_ts_us, int(ts.max()))
         late_table = ticks.filter(pa.array(late)) if late.any() else None
         if late_table is not None:
-            self.note_late(late_table)
-        on_time = ticks if keep.all() else ticks.filter(pa.array(keep))
-        if self.pending is not None and self.pending.num_rows:
-            on_time = pa.concat_tables([self.pending, on_time])
-        return Released(self._release(on_time), late_table, int(duplicate.sum()), self.watermark_us)
+            for run, s in zip(late_table["run_id"].to_pylist(), late_table["seq"].to_pylist(), strict=True):
+                self.gaps.get(run, set()).discard(s)  # a late tick fills its gap; a second copy is a duplicate
+        if keep.any():
+            on_time = ticks if keep.all() else ticks.filter(pa.array(keep))
+            self._append_pending(on_time, ts[keep], sorted_after=False)
+        return Released(self._release(), late_table, int(duplicate.sum()), self.watermark_us)
 
     def advance_to(self, ts_us: int) -> Released:
         """Producer's word that no tick at or before `ts_us` is still coming."""
         self.floor_us = max(self.floor_us, ts_us)
-        pending = self.pending if self.pending is not None else None
-        return Released(self._release(pending) if pending is not None else None, None, 0, self.watermark_us)
+        return Released(self._release(), None, 0, self.watermark_us)
 
-    def _release(self, table: pa.Table | None) -> pa.Table | None:
-        if table is None or table.num_rows == 0:
-            self.pending = None
+    # ---- internals ----------------------------------------------------------------------------------------
+    def _pending_max_seq(self, run: str) -> int:
+        if self.pending is None:
+            return -1
+        p = self.pending.filter(pc.equal(self.pending["run_id"], run)) if self.pending.num_rows else self.pending
+        return int(pc.max(p["seq"]).as_py()) if p.num_rows else -1
+
+    def _append_pending(self, ticks: pa.Table, ts: np.ndarray, sorted_after: bool) -> None:
+        if self.pending is None:
+            table, all_ts = ticks, ts
+        else:
+            table = pa.concat_tables([self.pending, ticks])
+            all_ts = np.concatenate([self.pending_ts, ts])
+        if not sorted_after or not np.all(np.diff(ts) > 0):
+            order = np.lexsort((table["seq"].to_numpy(), all_ts))
+            table, all_ts = table.take(pa.array(order)), all_ts[order]
+        self.pending, self.pending_ts = table, all_ts
+
+    def _release(self) -> pa.Table | None:
+        if self.pending is None:
             return None
-        wm = self.watermark_us
-        ts = table["ts"].cast(pa.int64()).to_numpy()
-        ready = ts <= wm
-        if not ready.any():
-            self.pending = table
+        k = int(np.searchsorted(self.pending_ts, self.watermark_us, side="right"))
+        if k == 0:
             return None
-        self.pending = None if ready.all() else table.filter(pa.array(~ready))
-        out = (table if ready.all() else table.filter(pa.array(ready))).sort_by([("ts", "ascending"),
-                                                                                ("seq", "ascending")])
-        runs = out["run_id"]
-        for run in pc.unique(runs).to_pylist():
-            seqs = out.filter(pc.equal(runs, run))["seq"].to_numpy()
-            high = self.last_seq.get(run)
-            start = int(seqs.min()) if high is None else high + 1
-            top = int(seqs.max())
-            if high is None or top > high:
-                missing = np.setdiff1d(np.arange(start, top + 1), seqs, assume_unique=False)
-                if missing.size:
-                    self.gaps.setdefault(run, set()).update(missing.tolist())
-                self.last_seq[run] = top
+        out = self.pending.slice(0, k)
+        if k == self.pending.num_rows:
+            self.pending, self.pending_ts = None, np.zeros(0, dtype=np.int64)
+        else:
+            self.pending, self.pending_ts = self.pending.slice(k), self.pending_ts[k:]
+        self._note_released(out)
         return out
 
-    def note_late(self, late: pa.Table) -> None:
-        """A late tick fills its gap: seen once, so a second copy is a duplicate."""
-        for run, seq in zip(late["run_id"].to_pylist(), late["seq"].to_pylist(), strict=True):
-            self.gaps.get(run, set()).discard(seq)
+    def _note_released(self, out: pa.Table) -> None:
+        runs = pc.unique(out["run_id"]).to_pylist()
+        for run in runs:
+            seqs = (out if len(runs) == 1 else out.filter(pc.equal(out["run_id"], run)))["seq"].to_numpy()
+            high = self.last_seq.get(run)
+            top = int(seqs.max())
+            if high is not None and top <= high:
+                continue
+            start = int(seqs.min()) if high is None else high + 1
+            contiguous = seqs.size == top - start + 1 and seqs[0] == start and np.all(np.diff(seqs) == 1)
+            if not contiguous:
+                missing = np.setdiff1d(np.arange(start, top + 1), seqs)
+                if missing.size:
+                    self.gaps.setdefault(run, set()).update(missing.tolist())
+            self.last_seq[run] = top
 
 
 def _repeats(runs: np.ndarray, seq: np.ndarray) -> np.ndarray:
     """True for the second and later occurrence of a (run, seq) within one batch."""
+    out = np.zeros(len(seq), dtype=bool)
     if len(seq) < 2:
-        return np.zeros(len(seq), dtype=bool)
+        return out
     keys = seq if (runs == runs[0]).all() else np.char.add(runs.astype(str), np.char.add("#", seq.astype(str)))
     _, first = np.unique(keys, return_index=True)
-    out = np.ones(len(seq), dtype=bool)
+    out[:] = True
     out[first] = False
-    return out
-
-
-def _in(runs: np.ndarray, seq: np.ndarray, pending: pa.Table) -> np.ndarray:
-    p_runs = pending["run_id"].to_numpy(zero_copy_only=False)
-    p_seq = pending["seq"].to_numpy()
-    out = np.zeros(len(seq), dtype=bool)
-    for run in set(runs.tolist()):
-        mask = runs == run
-        out[mask] = np.isin(seq[mask], p_seq[p_runs == run])
     return out

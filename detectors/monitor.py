@@ -135,7 +135,8 @@ class ReactorMonitor:
         n = ticks.num_rows
         out.add("scores", pa.Table.from_arrays(
             [ticks["run_id"], ticks["reactor_id"], ticks["seq"], ticks["ts"],
-             pa.array(np.full(n, self.detector.name)), pa.array(scores), pa.array(np.full(n, self.config.alarm_on)),
+             pa.repeat(pa.scalar(self.detector.name), n), pa.array(scores),
+             pa.repeat(pa.scalar(self.config.alarm_on), n),
              pa.array(is_alarm)], schema=SCORES))
         for i in np.flatnonzero(fired):
             out.alerts.append(self._alert(ticks, int(i), float(scores[i]), None if contrib is None else contrib[i]))
@@ -150,7 +151,8 @@ class ReactorMonitor:
                 if weights[j] > 0:
                     signals.append({"name": DETECTOR_SIGNALS[j], "contribution": float(weights[j] / total)})
         alert_id = hashlib.sha1(f"{run_id}|{seq}|{self.detector.name}".encode()).hexdigest()[:16]
-        return {"alert_id": alert_id, "run_id": run_id, "reactor_id": self.reactor_id, "ts": ticks["ts"][i].as_py(),
+        return {"alert_id": alert_id, "run_id": run_id, "reactor_id": self.reactor_id, "seq": seq,
+                "ts": ticks["ts"][i].as_py(),
                 "detector": self.detector.name, "score": score, "threshold": self.config.alarm_on,
                 "severity": "critical" if score >= 2 * self.config.alarm_on else "warning", "signals": signals,
                 "emitted_at": datetime.now(UTC)}

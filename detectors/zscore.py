@@ -34,7 +34,7 @@ class ZScoreState:
 
 @njit(cache=True, nogil=True)
 def _ewma_z(X: np.ndarray, mean: np.ndarray, var: np.ndarray, count: np.ndarray, alpha: float, warmup: int,
-            min_rel_sd: float, z: np.ndarray) -> None:
+            min_rel_sd: float, clip: float, z: np.ndarray) -> None:
     n, m = X.shape
     for i in range(n):
         for j in range(m):
@@ -47,7 +47,8 @@ def _ewma_z(X: np.ndarray, mean: np.ndarray, var: np.ndarray, count: np.ndarray,
                 var[j] = 0.0
             sd = max(np.sqrt(var[j]), min_rel_sd * abs(mean[j]), 1e-3)
             z[i, j] = (x - mean[j]) / sd if count[j] >= warmup else 0.0
-            d = x - mean[j]
+            # learn robustly: an outlier moves the estimates by at most `clip` sd, so a fault keeps scoring
+            d = min(max(x - mean[j], -clip * sd), clip * sd)
             mean[j] += alpha * d
             var[j] = (1.0 - alpha) * (var[j] + alpha * d * d)
             count[j] += 1
@@ -55,13 +56,16 @@ def _ewma_z(X: np.ndarray, mean: np.ndarray, var: np.ndarray, count: np.ndarray,
 
 @register("zscore")
 class ZScore:
-    """EWMA z-score. `halflife_ticks` sets the memory; `min_sd` floors the sd (relative to |mean|, plus an
-    absolute 1e-3) so a perfectly flat signal does not turn its first wiggle into an infinite score."""
+    """EWMA z-score. `halflife_ticks` sets the memory; `min_rel_sd` floors the sd (relative to |mean|, plus an
+    absolute 1e-3) so a perfectly flat signal does not turn its first wiggle into an infinite score; updates
+    are clipped at `clip_sd` so an anomaly does not teach the detector that it is normal."""
 
     name = "zscore"
 
-    def __init__(self, halflife_ticks: float = 120.0, warmup_ticks: int = 60, min_rel_sd: float = 0.002) -> None:
+    def __init__(self, halflife_ticks: float = 120.0, warmup_ticks: int = 60, min_rel_sd: float = 0.002,
+                 clip_sd: float = 3.0) -> None:
         self.alpha = 1.0 - 0.5 ** (1.0 / halflife_ticks)
+        self.clip = clip_sd
         self.warmup = warmup_ticks
         self.min_rel_sd = min_rel_sd
 
@@ -74,7 +78,7 @@ class ZScore:
         """Also returns the per-signal z (the contributions)."""
         X = np.ascontiguousarray(X, dtype=np.float64)
         z = np.empty_like(X)
-        _ewma_z(X, state.mean, state.var, state.count, self.alpha, self.warmup, self.min_rel_sd, z)
+        _ewma_z(X, state.mean, state.var, state.count, self.alpha, self.warmup, self.min_rel_sd, self.clip, z)
         return state, (np.abs(z).max(axis=1) if X.shape[1] else np.zeros(len(X))), z
 
     def score_learn(self, state: ZScoreState, ts: np.ndarray, X: np.ndarray) -> tuple[ZScoreState, np.ndarray]:

@@ -43,11 +43,18 @@ class _Dedupe:
     def fresh(self, name: str, table: pa.Table) -> pa.Table:
         if name in SEQ_KEYED:
             high = self.high[name]
-            runs = table["run_id"].to_numpy(zero_copy_only=False)
+            run_ids = pc.unique(table["run_id"]).to_pylist()
             seq = table["seq"].to_numpy()
+            if len(run_ids) == 1:  # the common case: one run, no mask needed
+                run = run_ids[0]
+                keep_from = high.get(run, -1)
+                high[run] = max(keep_from, int(seq.max()))
+                return table if seq.min() > keep_from else table.filter(pa.array(seq > keep_from))
+            codes = pc.dictionary_encode(table["run_id"]).combine_chunks()
+            runs, names = codes.indices.to_numpy(), codes.dictionary.to_pylist()
             keep = np.ones(table.num_rows, dtype=bool)
-            for run in pc.unique(table["run_id"]).to_pylist():
-                mask = runs == run
+            for k, run in enumerate(names):
+                mask = runs == k
                 if run in high:
                     keep[mask] = seq[mask] > high[run]
                 high[run] = max(high.get(run, -1), int(seq[mask].max()))
@@ -87,7 +94,8 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
             if not tables:
                 continue
             schema = SCHEMAS[name]
-            table = self.dedupe.fresh(name, pa.concat_tables([t.cast(schema) for t in tables]))
+            table = pa.concat_tables([t if t.schema == schema else t.cast(schema) for t in tables])
+            table = self.dedupe.fresh(name, table)
             if table.num_rows:
                 delta.append(self.lake, name, table, schema)
                 self.committed_rows[name] += table.num_rows

@@ -1,0 +1,402 @@
+"""`biopilot bench pipeline`: throughput and latency of the streaming path, each beside its baselines.
+
+Throughput (ticks/s, steady state: rows committed between the first and the last commit we observe, over
+that time) for: (a) the floor, a bare NATS -> Delta copy with no engine and no detectors; (b) our flow
+(`flows.monitor`, z-score detector, alarms, idempotent Delta sink); (c) the naive baseline (`flows.naive`:
+one JSON message per tick, per-event operators, River HalfSpaceTrees per event). The data is published to
+JetStream before each consumer starts, so the publisher is not what is measured.
+
+Latency at a fixed live rate (default 10k ticks/s over 10 reactors): publish -> Delta commit (row counts
+polled every 50 ms) and publish -> alert (alerts received on `biopilot.alerts.>`; a step fault is injected
+into one reactor every second). Memory: the flow's RSS sampled during a soak at full rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nats
+import numpy as np
+import psutil
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+
+from biopilot.codec import encode_arrow
+from biopilot.events import TICKS
+from biopilot.services import ManagedServer, ensure_streams, start_flow, start_nats
+from sinks.delta import WRITER
+from sources.fleet import Fleet
+from sources.publish import ARROW_HEADERS, publish_watermark, split_by_reactor
+from sources.scenarios import load_scenario
+
+ROWS_PER_MESSAGE = 10_000
+
+
+@dataclass
+class PipelineBench:
+    ticks: int
+    naive_ticks: int
+    floor_ticks_per_s: float
+    ours_ticks_per_s: float
+    naive_ticks_per_s: float
+    ours_vs_naive: float
+    floor_vs_ours: float
+    live_rate_ticks_per_s: float
+    live_lateness_s: float
+    p50_publish_to_commit_ms: float
+    p99_publish_to_commit_ms: float
+    p50_publish_to_alert_ms: float
+    p99_publish_to_alert_ms: float
+    alerts_measured: int
+    flow_max_rss_mb: float
+    soak_s: float
+    soak_rss_mb: list[float] = field(default_factory=list)
+    soak_ticks_per_s: float = 0.0
+
+
+def fleet_ticks(n_ticks: int, seed: int = 3) -> pa.Table:
+    """Realistic ticks from the twin: enough reactors for whole 14-day runs."""
+    reactors = max(1, n_ticks // 20160 + (n_ticks % 20160 > 0))
+    fleet = Fleet(load_scenario("normal"), reactors, seed=seed)
+    batches = []
+    while not fleet.done:
+        batches.append(fleet.step(1440).ticks)
+    return pa.Table.from_batches(batches).slice(0, n_ticks)
+
+
+def _committed_rows(path: Path) -> int:
+    try:
+        actions = DeltaTable(str(path)).get_add_actions(flatten=True)
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+    return int(pa.compute.sum(pa.table(actions)["num_records"]).as_py() or 0)
+
+
+async def _prepublish_arrow(url: str, table: pa.Table) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for reactor, rows in split_by_reactor(table).items():
+        for offset in range(0, rows.num_rows, ROWS_PER_MESSAGE):
+            await js.publish(f"biopilot.telemetry.{reactor}", encode_arrow(rows.slice(offset, ROWS_PER_MESSAGE)),
+                             headers=ARROW_HEADERS, timeout=30)
+        await publish_watermark(js, reactor, 2**62)
+    await nc.close()
+
+
+async def _prepublish_json(url: str, table: pa.Table) -> None:
+    nc = await nats.connect(url)
+    for i, row in enumerate(table.to_pylist()):
+        row["ts"] = row["ts"].isoformat()
+        await nc.publish(f"biopilot.telemetry.{row['reactor_id']}", json.dumps(row).encode())
+        if i % 5000 == 4999:
+            await nc.flush()
+    await nc.flush()
+    await nc.close()
+
+
+def _delivered(url: str, durable: str) -> int:
+    async def ask() -> int:
+        nc = await nats.connect(url)
+        try:
+            return (await nc.jetstream().consumer_info("TELEMETRY", durable)).delivered.stream_seq
+        except Exception:  # noqa: BLE001 - consumer not created yet
+            return 0
+        finally:
+            await nc.close()
+    return asyncio.run(ask())
+
+
+def _wait_throughput(url: str, durable: str, path: Path, target: int, proc, timeout_s: float) -> float:
+    """Rows committed / time from the consumer's first delivery to the last commit."""
+    t_start = None
+    deadline = time.monotonic() + timeout_s
+    n = 0
+    while time.monotonic() < deadline:
+        if t_start is None and _delivered(url, durable) > 0:
+            t_start = time.monotonic()
+        n = _committed_rows(path)
+        if n >= target:
+            return n / (time.monotonic() - (t_start or time.monotonic() - 1e-6))
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("flow process died during the benchmark")
+        time.sleep(0.01)
+    return n / timeout_s
+
+
+def floor_copy(url: str, lake: Path, target: int) -> float:
+    """(a) NATS -> Delta with nothing in between: fetch, decode Arrow, write 50k-row micro-batches."""
+    async def run() -> float:
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        sub = await js.pull_subscribe("biopilot.telemetry.>", durable="bench-floor", stream="TELEMETRY")
+        buffer: list[pa.Table] = []
+        rows = written = 0
+        t_start = None
+        while written < target:
+            try:
+                msgs = await sub.fetch(32, timeout=0.5)
+            except nats.errors.TimeoutError:
+                continue
+            t_start = t_start or time.monotonic()
+            for m in msgs:
+                if m.headers and m.headers.get("BioPilot-Kind") == "watermark":
+                    continue
+                table = pa.ipc.open_stream(m.data).read_all()
+                buffer.append(table)
+                rows += table.num_rows
+                if rows >= 50_000:
+                    write_deltalake(str(lake / "ticks"), pa.concat_tables(buffer).cast(TICKS), mode="append",
+                                    writer_properties=WRITER)
+                    written += rows
+                    buffer, rows = [], 0
+            if buffer and written + rows >= target:
+                write_deltalake(str(lake / "ticks"), pa.concat_tables(buffer).cast(TICKS), mode="append",
+                                writer_properties=WRITER)
+                written += rows
+                buffer, rows = [], 0
+            if msgs:
+                await msgs[-1].ack()
+        await nc.close()
+        return written / (time.monotonic() - t_start)
+    return asyncio.run(run())
+
+
+def _flow_throughput(url: str, lake: Path, target: int, module: str, durable: str, log: Path,
+                     timeout_s: float) -> tuple[float, float]:
+    env = {"BIOPILOT_FLUSH_ROWS": "50000"}
+    proc = start_flow(url, str(lake), None, 300.0, durable=durable, log_path=log,
+                      extra_env=env) if module == "monitor" else _start_naive(url, lake, durable, log)
+    ps = psutil.Process(proc.pid)
+    try:
+        rate = _wait_throughput(url, durable, lake / "ticks", target, proc, timeout_s)
+        rss = ps.memory_info().rss / 1e6
+        return rate, rss
+    finally:
+        _stop(proc)
+
+
+def _start_naive(url: str, lake: Path, durable: str, log: Path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BIOPILOT_NATS_URL": url, "BIOPILOT_LAKE": str(lake), "BIOPILOT_FLOW_DURABLE": durable}
+    return subprocess.Popen([sys.executable, "-m", "bytewax.run", "flows.naive:build_flow()", "-s", "1"], env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except Exception:  # noqa: BLE001
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# ---- live latency ----------------------------------------------------------------------------------------
+def _live_ticks(reactors: int, per_reactor: int, step_every: int) -> pa.Table:
+    """Synthetic steady signals with a DO step fault in one reactor every `step_every` ticks."""
+    rng = np.random.default_rng(0)
+    n = reactors * per_reactor
+    cols: dict[str, object] = {
+        "run_id": pa.array(np.repeat([f"live-r{r + 1}" for r in range(reactors)], per_reactor)),
+        "reactor_id": pa.array(np.repeat([f"r{r + 1}" for r in range(reactors)], per_reactor)),
+        "seq": pa.array(np.tile(np.arange(per_reactor, dtype=np.int64), reactors)),
+        "ts": pa.array(np.tile(np.arange(per_reactor, dtype=np.int64) * 1_000_000 + 1_767_571_200_000_000,
+                               reactors)).cast(TICKS.field("ts").type),
+    }
+    base = {"do_pct": 40.0, "ph": 7.0, "temp_c": 36.8, "agitation_rpm": 150.0, "air_sccm": 30.0, "o2_sccm": 5.0,
+            "co2_sccm": 2.0, "base_ml": 10.0, "feed_ml": 100.0, "volume_l": 1.8, "our_mmol_l_h": 2.0,
+            "cer_mmol_l_h": 1.9, "capacitance_pf_cm": 10.0}
+    for name, level in base.items():
+        x = level + rng.normal(0, 0.01 * level + 0.01, n)
+        if name == "do_pct":
+            seq = np.tile(np.arange(per_reactor), reactors)
+            owner = np.repeat(np.arange(reactors), per_reactor)
+            fault = (seq % step_every >= step_every // 2) & (seq % step_every < step_every // 2 + 20) & (
+                (seq // step_every) % reactors == owner) & (seq > 200)
+            x[fault] = 2.0
+        cols[name] = pa.array(np.round(x, 3))
+    return pa.table(cols, schema=TICKS)
+
+
+async def _live(url: str, lake: Path, ticks: pa.Table, rate: float, rows_per_msg: int) -> tuple[list, list]:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    published: dict[tuple[str, int], float] = {}
+    alert_lat: list[float] = []
+
+    async def on_alert(msg) -> None:
+        alert = json.loads(msg.data)
+        key = (alert["run_id"], int(alert["seq"]))
+        if key in published:
+            alert_lat.append(time.monotonic() - published[key])
+
+    sub = await nc.subscribe("biopilot.alerts.>", cb=on_alert)
+    per_reactor = split_by_reactor(ticks)
+    n_per = min(t.num_rows for t in per_reactor.values())
+    commit_samples: list[tuple[float, int]] = []
+    publish_marks: list[tuple[float, int]] = []
+    sent = 0
+    t0 = time.monotonic()
+    stop = asyncio.Event()
+
+    async def poll_commits() -> None:
+        while not stop.is_set():
+            commit_samples.append((time.monotonic(), _committed_rows(lake / "ticks")))
+            await asyncio.sleep(0.05)
+
+    poller = asyncio.create_task(poll_commits())
+    for offset in range(0, n_per, rows_per_msg):
+        due = t0 + sent / rate
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        for reactor, rows in per_reactor.items():
+            chunk = rows.slice(offset, rows_per_msg)
+            now = time.monotonic()
+            for seq in chunk["seq"].to_pylist():
+                published[(chunk["run_id"][0].as_py(), seq)] = now
+            await js.publish(f"biopilot.telemetry.{reactor}", encode_arrow(chunk), headers=ARROW_HEADERS)
+            sent += chunk.num_rows
+        publish_marks.append((time.monotonic(), sent))
+    await asyncio.sleep(3.0)
+    stop.set()
+    await poller
+    await sub.unsubscribe()
+    await nc.close()
+    commit_lat = []
+    times = np.array([t for t, _ in commit_samples])
+    counts = np.array([c for _, c in commit_samples])
+    for t_pub, k in publish_marks:
+        idx = np.searchsorted(counts, k)
+        if idx < len(times):
+            commit_lat.append(times[idx] - t_pub)
+    return commit_lat, alert_lat
+
+
+def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10_000.0, live_s: float = 20.0,
+        soak_s: float = 300.0, keep: str | None = None) -> PipelineBench:
+    root = Path(keep or tempfile.mkdtemp(prefix="biopilot-bench-pipeline-"))
+    server: ManagedServer | None = None
+    try:
+        data = fleet_ticks(ticks)
+
+        def fresh_broker(name: str) -> str:
+            nonlocal server
+            if server:
+                server.stop()
+            server = start_nats(root / f"nats-{name}")
+            asyncio.run(ensure_streams(server.url))
+            return server.url
+
+        url = fresh_broker("floor")
+        asyncio.run(_prepublish_arrow(url, data))
+        floor = floor_copy(url, root / "floor", data.num_rows)
+
+        url = fresh_broker("ours")
+        asyncio.run(_prepublish_arrow(url, data))
+        ours, _ = _flow_throughput(url, root / "ours", data.num_rows, "monitor", "bench-ours",
+                                   root / "ours.log", 600)
+
+        url = fresh_broker("naive")
+        small = data.slice(0, naive_ticks)
+        asyncio.run(_prepublish_json(url, small))
+        naive, _ = _flow_throughput(url, root / "naive", small.num_rows, "naive", "bench-naive",
+                                    root / "naive.log", 600)
+
+        # live latency: lateness 0 here (in-order source), so latency is the pipeline's, not the lateness knob
+        url = fresh_broker("live")
+        reactors = 10
+        live = _live_ticks(reactors, int(live_rate * live_s / reactors), step_every=int(live_rate / reactors))
+        proc = start_flow(url, str(root / "live"), None, 0.0, durable="bench-live", log_path=root / "live.log",
+                          extra_env={"BIOPILOT_FLUSH_S": "0.2"})
+        try:
+            time.sleep(3.0)  # flow up and subscribed
+            commit_lat, alert_lat = asyncio.run(_live(url, root / "live", live, live_rate, 50))
+        finally:
+            _stop(proc)
+
+        # soak: full rate for soak_s, flow RSS sampled
+        url = fresh_broker("soak")
+        rss, soak_rate = _soak(url, root, data, soak_s)
+
+        def pct(values: list[float], q: float) -> float:
+            return float(np.percentile(np.array(values) * 1000, q)) if values else float("nan")
+
+        return PipelineBench(
+            data.num_rows, small.num_rows, floor, ours, naive, ours / naive, floor / ours, live_rate, 0.0,
+            pct(commit_lat, 50), pct(commit_lat, 99), pct(alert_lat, 50), pct(alert_lat, 99), len(alert_lat),
+            max(rss) if rss else float("nan"), soak_s, rss, soak_rate)
+    finally:
+        if server:
+            server.stop()
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _soak(url: str, root: Path, data: pa.Table, soak_s: float) -> tuple[list[float], float]:
+    proc = start_flow(url, str(root / "soak"), None, 300.0, durable="bench-soak", log_path=root / "soak.log")
+    ps = psutil.Process(proc.pid)
+    samples: list[float] = []
+    published = 0
+
+    async def pump() -> None:
+        nonlocal published
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        per_reactor = split_by_reactor(data)
+        t_end = time.monotonic() + soak_s
+        t_sample = 0.0
+        generation = 0
+        while time.monotonic() < t_end:
+            for reactor, rows in per_reactor.items():
+                renamed = rows.set_column(0, "run_id", pa.array([f"soak{generation}-{reactor}"] * rows.num_rows))
+                for offset in range(0, renamed.num_rows, ROWS_PER_MESSAGE):
+                    await js.publish(f"biopilot.telemetry.{reactor}",
+                                     encode_arrow(renamed.slice(offset, ROWS_PER_MESSAGE)), headers=ARROW_HEADERS,
+                                     timeout=30)
+                    published += min(ROWS_PER_MESSAGE, renamed.num_rows - offset)
+                    if time.monotonic() - t_sample >= 5.0:
+                        samples.append(ps.memory_info().rss / 1e6)
+                        t_sample = time.monotonic()
+                    if time.monotonic() >= t_end:
+                        break
+            generation += 1
+        await nc.close()
+
+    try:
+        time.sleep(3.0)
+        start = time.monotonic()
+        asyncio.run(pump())
+        committed = _committed_rows(root / "soak" / "ticks")
+        return samples, committed / (time.monotonic() - start)
+    finally:
+        _stop(proc)
+
+
+def format_report(b: PipelineBench) -> str:
+    return "\n".join([
+        f"(a) floor  NATS -> Delta copy          {b.floor_ticks_per_s:12,.0f} ticks/s  ({b.ticks:,} ticks)",
+        f"(b) ours   flow + z-score + alarms      {b.ours_ticks_per_s:12,.0f} ticks/s  ({b.ticks:,} ticks)",
+        f"(c) naive  JSON/tick, per-event, HST    {b.naive_ticks_per_s:12,.0f} ticks/s  ({b.naive_ticks:,} ticks)",
+        f"ratios     ours/naive {b.ours_vs_naive:.0f}x, floor/ours {b.floor_vs_ours:.2f}x",
+        f"live       {b.live_rate_ticks_per_s:,.0f} ticks/s, lateness {b.live_lateness_s:g} s: publish->commit p50 "
+        f"{b.p50_publish_to_commit_ms:.0f} ms p99 {b.p99_publish_to_commit_ms:.0f} ms; publish->alert p50 "
+        f"{b.p50_publish_to_alert_ms:.1f} ms p99 {b.p99_publish_to_alert_ms:.1f} ms ({b.alerts_measured} alerts)",
+        f"soak       {b.soak_s:.0f} s at full rate ({b.soak_ticks_per_s:,.0f} ticks/s committed): flow RSS "
+        f"{', '.join(f'{x:.0f}' for x in b.soak_rss_mb)} MB (max {b.flow_max_rss_mb:.0f})",
+    ])
+
+
+def as_json(b: PipelineBench) -> dict:
+    return asdict(b)

@@ -1,0 +1,33 @@
+"""The naive baseline of `biopilot bench pipeline` (not for production): one JSON message per tick,
+per-event Bytewax operators, River HalfSpaceTrees scored and learnt one event at a time, and the same
+micro-batched Delta sink as the real flow.
+
+Run with `python -m bytewax.run "flows.naive:build_flow()"`; BIOPILOT_NATS_URL, BIOPILOT_LAKE and
+BIOPILOT_FLOW_DURABLE as for `flows.monitor`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from biopilot.config import load_settings
+from detectors.naive import decode_json_tick, hst_step
+from sinks.lake_sink import LakeSink
+from sources.jetstream import JetStreamSource
+
+
+def build_flow() -> Dataflow:
+    settings = load_settings()
+    durable = os.environ.get("BIOPILOT_FLOW_DURABLE", "biopilot-naive")
+    flow = Dataflow("biopilot-naive")
+    messages = op.input("nats", flow, JetStreamSource(settings.nats_url, durable=durable, batch=1))
+    ticks = op.filter_map("decode", messages, decode_json_tick)
+    keyed = op.key_on("by_reactor", ticks, lambda t: t["reactor_id"])
+    scored = op.stateful_map("hst", keyed, partial(hst_step))
+    rows = op.map("rows", scored, lambda kv: ("lake", kv[1]))
+    op.output("lake", rows, LakeSink(settings.lake, max_rows=1000))
+    return flow
