@@ -108,7 +108,7 @@ def start_nats(data_dir: Path, port: int | None = None) -> ManagedServer:
     port = port or free_port()
     conf = data_dir / "nats.conf"
     conf.write_text(
-        f"listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD_BYTES}\n"
+        f"listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD_BYTES}\nwrite_deadline: \"30s\"\n"
         # sync_interval always: an acked message survives a broker crash or restart (default syncs every 2 min)
         f'jetstream {{ store_dir: "{data_dir / "js"}", max_file_store: 8GB, max_memory_store: 256MB, '
         f"sync_interval: always }}\n")

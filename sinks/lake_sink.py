@@ -2,7 +2,8 @@
 
 Items are `(table_name, pa.Table)`. Rows are buffered per table and committed when a table reaches
 `max_rows`, when the oldest buffered row is `max_age_s` old, and at the end of every epoch (so everything the
-flow acknowledged is durable before its input position is). A re-delivered row is recognised by its key and
+flow acknowledged is durable before its input position is). Commits happen on a writer thread, so scoring
+goes on while a micro-batch is written. A re-delivered row is recognised by its key and
 skipped: ticks, scores and late ticks by (run, seq) — the flow releases a run's ticks in seq order, so a
 per-run high-water mark is enough — alerts by alert id, assays by (run, sample time), dead letters by stream
 sequence. The keys already in the lake are read once when the partition starts.
@@ -10,6 +11,8 @@ sequence. The keys already in the lake are read once when the partition starts.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -78,8 +81,33 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
         self.rows: dict[str, int] = defaultdict(int)
         self.oldest: float | None = None
         self.committed_rows: dict[str, int] = defaultdict(int)
+        # commits run on a writer thread (the Delta writer releases the GIL), so the dataflow keeps scoring
+        # while a micro-batch is written; the small queue is the back-pressure
+        self.commits: queue.Queue[dict[str, pa.Table] | None] = queue.Queue(maxsize=2)
+        self.failure: BaseException | None = None
+        self.writer = threading.Thread(target=self._write_loop, name="biopilot-delta-writer", daemon=True)
+        self.writer.start()
+
+    def _write_loop(self) -> None:
+        while True:
+            tables = self.commits.get()
+            try:
+                if tables is None:
+                    return
+                for name, table in tables.items():
+                    delta.append(self.lake, name, table, SCHEMAS[name])
+                    self.committed_rows[name] += table.num_rows
+            except BaseException as err:  # surfaced on the dataflow's thread at the next call
+                self.failure = err
+            finally:
+                self.commits.task_done()
+
+    def _check(self) -> None:
+        if self.failure is not None:
+            raise RuntimeError(f"Delta write failed: {self.failure}") from self.failure
 
     def write_batch(self, values: list[tuple[str, pa.Table]]) -> None:
+        self._check()
         for name, table in values:
             self.buffers[name].append(table)
             self.rows[name] += table.num_rows
@@ -90,24 +118,31 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
             self.flush()
 
     def flush(self) -> None:
-        for name, tables in list(self.buffers.items()):
-            if not tables:
+        tables = {}
+        for name, parts in self.buffers.items():
+            if not parts:
                 continue
             schema = SCHEMAS[name]
-            table = pa.concat_tables([t if t.schema == schema else t.cast(schema) for t in tables])
+            table = pa.concat_tables([t if t.schema == schema else t.cast(schema) for t in parts])
             table = self.dedupe.fresh(name, table)
             if table.num_rows:
-                delta.append(self.lake, name, table, schema)
-                self.committed_rows[name] += table.num_rows
+                tables[name] = table
         self.buffers.clear()
         self.rows.clear()
         self.oldest = None
+        if tables:
+            self.commits.put(tables)
 
     def snapshot(self) -> None:
+        """End of an epoch: everything so far is committed before the epoch counts as done."""
         self.flush()
+        self.commits.join()
+        self._check()
 
     def close(self) -> None:
-        self.flush()
+        self.snapshot()
+        self.commits.put(None)
+        self.writer.join(30)
 
 
 class LakeSink(FixedPartitionedSink[tuple[str, pa.Table], None]):

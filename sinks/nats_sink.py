@@ -14,6 +14,8 @@ from datetime import datetime
 import nats
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from biopilot.aio import BackgroundLoop
+
 log = logging.getLogger(__name__)
 
 
@@ -27,9 +29,8 @@ def alert_json(alert: dict) -> bytes:
 
 class _Publisher(StatelessSinkPartition[tuple[str, bytes, dict[str, str]]]):
     def __init__(self, url: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.nc = self.loop.run_until_complete(nats.connect(url, max_reconnect_attempts=-1,
-                                                            reconnect_time_wait=0.2))
+        self.io = BackgroundLoop()
+        self.nc = self.io.run(nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2))
         self.js = self.nc.jetstream()
 
     async def _publish_all(self, items: list[tuple[str, bytes, dict[str, str]]]) -> None:
@@ -44,11 +45,11 @@ class _Publisher(StatelessSinkPartition[tuple[str, bytes, dict[str, str]]]):
                     await asyncio.sleep(0.1)
 
     def write_batch(self, items: list[tuple[str, bytes, dict[str, str]]]) -> None:
-        self.loop.run_until_complete(self._publish_all(items))
+        self.io.run(self._publish_all(items))
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.nc.close())
-        self.loop.close()
+        self.io.run(self.nc.close(), timeout=5)
+        self.io.close()
 
 
 class NatsPublishSink(DynamicSink[tuple[str, bytes, dict[str, str]]]):

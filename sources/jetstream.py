@@ -1,9 +1,10 @@
 """A Bytewax source over NATS JetStream: batched pulls from a durable consumer, resumable after a crash.
 
-The partition's snapshot is the last stream sequence it handed to the flow; Bytewax stores it with the
-epoch, and a resumed partition re-creates its consumer to start right after it. Without a recovery store the
-durable consumer's own ack floor is the resume point (messages are acked when an epoch closes), so a
-restarted flow still continues where the last one stopped. A broker outage is waited out, never fatal.
+The partition's snapshot is the stream sequence below which everything was handed to the flow; Bytewax
+stores it with the epoch, and a resumed partition re-creates its consumer to start right after it. Without a
+recovery store the durable consumer's acks are the resume point (messages are acked one epoch after they were
+handed over, when the sinks have committed them), so a restarted flow still continues where the last one
+stopped; a message lost in transit is redelivered after `ack_wait`. A broker outage is waited out.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 import nats
@@ -20,7 +22,11 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from biopilot.aio import BackgroundLoop
+
 log = logging.getLogger(__name__)
+NO_SNAPSHOT_S = 10.0  # no snapshot for this long: the flow runs without recovery
+AUTO_ACK_AFTER_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -34,23 +40,25 @@ class Message:
 class _Partition(StatefulSourcePartition[Message, int]):
     def __init__(self, url: str, stream: str, durable: str, subjects: list[str], batch: int, wait_s: float,
                  resume_seq: int | None) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.io = BackgroundLoop()
         self.url, self.stream, self.durable, self.subjects = url, stream, durable, subjects
         self.batch, self.wait_s = batch, wait_s
-        self.last_seq = resume_seq or 0
-        self.unacked = None
-        self.ack_next = None
+        self.floor = resume_seq or 0  # every stream sequence <= floor has been handed to the flow
+        self.above: set[int] = set()  # handed over, above the floor (a gap below them is still coming)
+        self.unacked: list[tuple[float, str]] = []  # (received at, reply subject): no payloads kept alive
+        self.ack_next: list[tuple[float, str]] = []
+        self.last_snapshot = time.monotonic()
         self.nc = None
         self.sub = None
-        self.loop.run_until_complete(self._connect(resume_seq))
+        self.io.run(self._connect(resume_seq))
 
     async def _connect(self, resume_seq: int | None) -> None:
         self.nc = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
-                                     connect_timeout=5)
+                                     connect_timeout=5, pending_size=256 * 1024 * 1024)
         js = self.nc.jetstream()
-        config = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.ALL, max_ack_pending=-1,
-                                filter_subjects=self.subjects, ack_wait=3600)
-        if resume_seq is not None:  # Bytewax recovery knows better than the consumer's ack floor
+        config = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT, max_ack_pending=-1,
+                                filter_subjects=self.subjects, ack_wait=60)
+        if resume_seq is not None:  # Bytewax recovery knows better than the consumer's ack state
             with contextlib.suppress(NotFoundError):
                 await js.delete_consumer(self.stream, self.durable)
             config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
@@ -78,30 +86,47 @@ class _Partition(StatefulSourcePartition[Message, int]):
             return []
 
     def next_batch(self) -> list[Message]:
-        msgs = self.loop.run_until_complete(self._fetch())
+        msgs = self.io.run(self._fetch())
         out = []
+        now = time.monotonic()
         for m in msgs:
             seq = m.metadata.sequence.stream
-            if seq <= self.last_seq:  # redelivered after a reconnect
+            self.unacked.append((now, m.reply))
+            if seq <= self.floor or seq in self.above:  # a redelivery of something already handed over
                 continue
-            self.last_seq = seq
+            self.above.add(seq)
             out.append(Message(m.subject, m.data, dict(m.headers or {}), seq))
-        if msgs:
-            self.unacked = msgs[-1]
+        while self.floor + 1 in self.above:
+            self.floor += 1
+            self.above.discard(self.floor)
+        if now - self.last_snapshot > NO_SNAPSHOT_S and self.unacked:
+            # run without a recovery store: Bytewax takes no snapshots, so ack what the sinks have had
+            # time to commit (they flush at least every second)
+            old = [r for t, r in self.unacked if now - t > AUTO_ACK_AFTER_S]
+            if old:
+                self.io.run(self._ack(old))
+                self.unacked = [(t, r) for t, r in self.unacked if now - t <= AUTO_ACK_AFTER_S]
         return out
+
+    async def _ack(self, replies: list[str]) -> None:
+        for reply in replies:
+            with contextlib.suppress(Exception):
+                await self.nc.publish(reply, b"+ACK")
+        with contextlib.suppress(Exception):
+            await self.nc.flush(timeout=5)
 
     def snapshot(self) -> int:
         # ack one epoch late: by the time epoch N+1 closes, the sinks have flushed what epoch N produced
-        if self.ack_next is not None:  # AckPolicy.ALL: acking the last acks everything before it
-            with contextlib.suppress(Exception):
-                self.loop.run_until_complete(self.ack_next.ack())
-        self.ack_next, self.unacked = self.unacked, None
-        return self.last_seq
+        if self.ack_next:
+            self.io.run(self._ack([r for _, r in self.ack_next]))
+        self.ack_next, self.unacked = self.unacked, []
+        self.last_snapshot = time.monotonic()
+        return self.floor
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.loop.run_until_complete(self.nc.close())
-        self.loop.close()
+            self.io.run(self.nc.close(), timeout=5)
+        self.io.close()
 
 
 class JetStreamSource(FixedPartitionedSource[Message, int]):
@@ -109,7 +134,7 @@ class JetStreamSource(FixedPartitionedSource[Message, int]):
     (a message is a batch of ticks: 32 x 10k-tick messages is ~40 MB in flight, which bounds memory)."""
 
     def __init__(self, url: str, stream: str = "TELEMETRY", durable: str = "biopilot-monitor",
-                 subjects: list[str] | None = None, batch: int = 32, wait_s: float = 0.05) -> None:
+                 subjects: list[str] | None = None, batch: int = 32, wait_s: float = 0.01) -> None:
         self.url, self.stream, self.durable = url, stream, durable
         self.subjects = subjects or ["biopilot.telemetry.>", "biopilot.assays.>"]
         self.batch, self.wait_s = batch, wait_s
