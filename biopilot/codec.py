@@ -80,12 +80,15 @@ def decode_rows(payload: bytes, schema: pa.Schema = TICKS) -> pa.Table:
         table = pa.ipc.open_stream(payload).read_all()
     except (pa.ArrowInvalid, OSError) as err:
         raise PayloadError(f"not Arrow IPC and not JSON: {err}") from None
-    missing = [n for n in schema.names if n not in table.column_names and not schema.field(n).nullable]
+    if table.schema.equals(schema):  # what our own producers send: nothing to convert
+        return table
+    present = set(table.column_names)
+    missing = [f.name for f in schema if f.name not in present and not f.nullable]
     if missing:
         raise PayloadError(f"missing required column(s): {', '.join(missing)}")
     columns = []
     for f in schema:
-        if f.name in table.column_names:
+        if f.name in present:
             try:
                 columns.append(table[f.name].cast(f.type))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:

@@ -28,6 +28,7 @@ import nats
 import numpy as np
 import psutil
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
 from biopilot.codec import encode_arrow
@@ -78,7 +79,7 @@ def _committed_rows(path: Path) -> int:
         actions = DeltaTable(str(path)).get_add_actions(flatten=True)
     except Exception:  # noqa: BLE001 - not created yet
         return 0
-    return int(pa.compute.sum(pa.table(actions)["num_records"]).as_py() or 0)
+    return int(pc.sum(pa.table(actions)["num_records"]).as_py() or 0)
 
 
 async def _prepublish_arrow(url: str, table: pa.Table) -> None:
@@ -318,8 +319,7 @@ def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10
         url = fresh_broker("live")
         reactors = 10
         live = _live_ticks(reactors, int(live_rate * live_s / reactors), step_every=int(live_rate / reactors))
-        proc = start_flow(url, str(root / "live"), None, 0.0, durable="bench-live", log_path=root / "live.log",
-                          extra_env={"BIOPILOT_FLUSH_S": "0.2"})
+        proc = start_flow(url, str(root / "live"), None, 0.0, durable="bench-live", log_path=root / "live.log")
         try:
             time.sleep(3.0)  # flow up and subscribed
             commit_lat, alert_lat = asyncio.run(_live(url, root / "live", live, live_rate, 50))
@@ -355,12 +355,17 @@ def _soak(url: str, root: Path, data: pa.Table, soak_s: float) -> tuple[list[flo
         nc = await nats.connect(url)
         js = nc.jetstream()
         per_reactor = split_by_reactor(data)
+        ts = data["ts"].cast(pa.int64())
+        span_us = int(pc.max(ts).as_py() - pc.min(ts).as_py()) + 86_400_000_000
         t_end = time.monotonic() + soak_s
         t_sample = 0.0
         generation = 0
         while time.monotonic() < t_end:
             for reactor, rows in per_reactor.items():
+                # a new run per generation, later in event time, as the plant's next batch would be
                 renamed = rows.set_column(0, "run_id", pa.array([f"soak{generation}-{reactor}"] * rows.num_rows))
+                shifted = pc.add(renamed["ts"].cast(pa.int64()), generation * span_us).cast(TICKS.field("ts").type)
+                renamed = renamed.set_column(3, "ts", shifted)
                 for offset in range(0, renamed.num_rows, ROWS_PER_MESSAGE):
                     await js.publish(f"biopilot.telemetry.{reactor}",
                                      encode_arrow(renamed.slice(offset, ROWS_PER_MESSAGE)), headers=ARROW_HEADERS,
