@@ -37,6 +37,7 @@ async def drain(nats_url: str, durable: str = "biopilot-monitor", timeout_s: flo
     """Wait until the flow has acknowledged everything published. The flow acks a message one epoch after
     processing it, when its sinks have committed that epoch, so an ack floor at the stream's end means done."""
     import nats
+    from nats.js.errors import NotFoundError
 
     nc = await nats.connect(nats_url)
     try:
@@ -45,8 +46,11 @@ async def drain(nats_url: str, durable: str = "biopilot-monitor", timeout_s: flo
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
             last = (await js.stream_info("TELEMETRY")).state.last_seq
-            if (await js.consumer_info("TELEMETRY", durable)).ack_floor.stream_seq >= last:
-                return
+            try:
+                if (await js.consumer_info("TELEMETRY", durable)).ack_floor.stream_seq >= last:
+                    return
+            except NotFoundError:  # the flow is still starting up
+                pass
             await asyncio.sleep(0.2)
     finally:
         await nc.close()

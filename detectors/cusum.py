@@ -51,9 +51,10 @@ def _cusum(X: np.ndarray, mean: np.ndarray, var: np.ndarray, count: np.ndarray, 
             out[i, j] = max(s_hi[j], s_lo[j])
             # the centre follows slowly and only while in control, so a shift keeps accumulating
             if out[i, j] < 5.0:
-                d = min(max(x - mean[j], -3.0 * sd), 3.0 * sd)
-                mean[j] += alpha * d
-                var[j] = (1.0 - alpha) * (var[j] + alpha * d * d)
+                a = max(alpha, 1.0 / (count[j] + 1.0))  # running mean/variance until the memory is filled
+                d = x - mean[j] if count[j] < warmup else min(max(x - mean[j], -3.0 * sd), 3.0 * sd)
+                mean[j] += a * d
+                var[j] = (1.0 - a) * (var[j] + a * d * d)
             count[j] += 1
 
 

@@ -7,8 +7,8 @@ the recent spread of those residuals (numba).
 >>> X = np.random.default_rng(1).normal(size=(300, 2))
 >>> X[200:, 0] += 8.0
 >>> state, scores = det.score_learn(det.init_state(["a", "b"]), np.arange(300), X)
->>> int(np.argmax(scores))
-200
+>>> bool(scores[200:205].min() > 3 * np.median(scores[100:200]))
+True
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def _ma_scores(X: np.ndarray, ring: np.ndarray, pos: int, resid_var: np.ndarray,
                 sd = max(np.sqrt(resid_var[j]), 1e-3 + 1e-3 * abs(total / k))
                 z[i, j] = resid / sd if count[j] >= warmup else 0.0
                 clipped = min(abs(resid), 3.0 * sd) if count[j] >= warmup else abs(resid)
-                resid_var[j] = (1.0 - alpha) * resid_var[j] + alpha * clipped * clipped
+                a = max(alpha, 1.0 / (count[j] + 1.0))  # running mean of squares until the memory is filled
+                resid_var[j] = (1.0 - a) * resid_var[j] + a * clipped * clipped
                 count[j] += 1
             ring[pos, j] = x
         pos = (pos + 1) % w

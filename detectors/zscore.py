@@ -47,10 +47,12 @@ def _ewma_z(X: np.ndarray, mean: np.ndarray, var: np.ndarray, count: np.ndarray,
                 var[j] = 0.0
             sd = max(np.sqrt(var[j]), min_rel_sd * abs(mean[j]), 1e-3)
             z[i, j] = (x - mean[j]) / sd if count[j] >= warmup else 0.0
-            # learn robustly: an outlier moves the estimates by at most `clip` sd, so a fault keeps scoring
-            d = min(max(x - mean[j], -clip * sd), clip * sd)
-            mean[j] += alpha * d
-            var[j] = (1.0 - alpha) * (var[j] + alpha * d * d)
+            # learn robustly: an outlier moves the estimates by at most `clip` sd, so a fault keeps scoring;
+            # a plain running mean/variance until the EWMA's memory is filled (no cold-start bias)
+            a = max(alpha, 1.0 / (count[j] + 1.0))
+            d = x - mean[j] if count[j] < warmup else min(max(x - mean[j], -clip * sd), clip * sd)
+            mean[j] += a * d
+            var[j] = (1.0 - a) * (var[j] + a * d * d)
             count[j] += 1
 
 

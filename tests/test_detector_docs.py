@@ -1,0 +1,17 @@
+"""Every detector's docstring example runs (River style: a runnable example per estimator)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["detectors.zscore", "detectors.moving_average", "detectors.cusum", "detectors.pca", "detectors.iforest",
+           "detectors.hst"]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_docstring_example_runs(module):
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
