@@ -24,37 +24,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(name: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {value}")
-        return value
-    return parse
+def _positive(name: str, kind: type = float, allow_max: bool = False) -> Callable[[str], float | int | None]:
+    """An argparse type: a number > 0 (an integer if `kind` is int), or the word max when `allow_max`."""
+    what = ("an integer" if kind is int else "a number") + (" or max" if allow_max else "")
 
-
-def _positive_float(name: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
+    def parse(text: str) -> float | int | None:
+        if allow_max and text == "max":
+            return None
         try:
-            value = float(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}") from None
         if not value > 0:
             raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text}")
         return value
     return parse
 
 
-def _lake(args: argparse.Namespace) -> str:
-    if getattr(args, "lake", None):
-        return args.lake
+def _settings():
     try:
-        return load_settings().lake
+        return load_settings()
     except SettingsError as err:
         raise UsageError(str(err)) from None
+
+
+def _lake(args: argparse.Namespace) -> str:
+    return getattr(args, "lake", None) or _settings().lake
 
 
 # ---- commands -----------------------------------------------------------------------------------------
@@ -110,25 +105,6 @@ def cmd_overview(args: argparse.Namespace) -> int:
         path = plot_overview(lake, [s.run_id for s in summaries], args.png)
         print(f"overview picture: {path}")
     return 0
-
-
-def _speed(text: str) -> float | None:
-    if text == "max":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--speed must be a number or max, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"--speed must be > 0, got {text}")
-    return value
-
-
-def _settings():
-    try:
-        return load_settings()
-    except SettingsError as err:
-        raise UsageError(str(err)) from None
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -222,9 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "assays and labels. Run ids are deterministic: a rerun adds nothing. "
                                    "Prints the run ids.")
     p.add_argument("--scenario", default="normal", help="built-in name (see `biopilot scenarios`) or a TOML file")
-    p.add_argument("--reactors", type=_positive_int("--reactors"), default=1, help="number of reactors (default 1)")
-    p.add_argument("--days", type=_positive_float("--days"), default=None, help="run length (default: scenario's)")
-    p.add_argument("--tick-s", type=_positive_float("--tick-s"), default=None,
+    p.add_argument("--reactors", type=_positive("--reactors", int), default=1, help="number of reactors (default 1)")
+    p.add_argument("--days", type=_positive("--days"), default=None, help="run length (default: scenario's)")
+    p.add_argument("--tick-s", type=_positive("--tick-s"), default=None,
                    help="seconds of process time per tick, 1-3600 (default: scenario's, 60)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
@@ -243,15 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Start the embedded broker and cache (unless BIOPILOT_NATS_URL / "
                                    "BIOPILOT_REDIS_URL are set), the monitoring flow and the plant feed. "
                                    "Ctrl-C stops everything.")
-    p.add_argument("--reactors", type=_positive_int("--reactors"), default=4)
-    p.add_argument("--speed", type=_speed, default=600.0,
+    p.add_argument("--reactors", type=_positive("--reactors", int), default=4)
+    p.add_argument("--speed", type=_positive("--speed", allow_max=True), default=600.0,
                    help="simulated seconds per wall second, or max (default 600)")
     p.add_argument("--plant", choices=["bioreactor", "patient"], default="bioreactor")
     p.add_argument("--scenario", default="normal", help="scenario of every batch (default normal)")
     p.add_argument("--jitter", type=float, default=0.0, help="share of ticks delivered out of order (0-1)")
-    p.add_argument("--lateness-s", type=_positive_float("--lateness-s"), default=300.0,
+    p.add_argument("--lateness-s", type=_positive("--lateness-s"), default=300.0,
                    help="allowed event-time lateness before a tick is late (default 300)")
-    p.add_argument("--batches", type=_positive_int("--batches"), default=None,
+    p.add_argument("--batches", type=_positive("--batches", int), default=None,
                    help="stop after this many batches (default: run until Ctrl-C)")
     p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
     p.set_defaults(func=cmd_up)
@@ -261,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "assays to the broker in BIOPILOT_NATS_URL. While it runs, "
                                    'biopilot.control.<reactor> takes {"type": "pause"|"resume"|"stop"}.')
     p.add_argument("--run", required=True, help="run id (see `biopilot overview`)")
-    p.add_argument("--speed", type=_speed, default=600.0, help="speed factor or max (default 600)")
+    p.add_argument("--speed", type=_positive("--speed", allow_max=True), default=600.0,
+                   help="speed factor or max (default 600)")
     p.add_argument("--as-run", default=None, help="publish under another run id (the lake keeps one copy per id)")
     p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
     p.set_defaults(func=cmd_replay)
@@ -279,23 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("simulate", help="fleet simulation into Delta vs a per-reactor solve_ivp loop",
                              description="Simulate a fleet (noise, assays, faults) into Delta and time a "
                                          "per-reactor scipy solve_ivp loop of the same model on a sample.")
-    p.add_argument("--reactors", type=_positive_int("--reactors"), default=1000)
-    p.add_argument("--days", type=_positive_float("--days"), default=14.0)
+    p.add_argument("--reactors", type=_positive("--reactors", int), default=1000)
+    p.add_argument("--days", type=_positive("--days"), default=14.0)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--lake", default=None, help="keep the tables here (default: a temporary directory)")
-    p.add_argument("--baseline-reactors", type=_positive_int("--baseline-reactors"), default=2)
-    p.add_argument("--baseline-days", type=_positive_float("--baseline-days"), default=1.0)
+    p.add_argument("--baseline-reactors", type=_positive("--baseline-reactors", int), default=2)
+    p.add_argument("--baseline-days", type=_positive("--baseline-days"), default=1.0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench_simulate)
     p = bench_sub.add_parser("pipeline", help="streaming throughput and latency vs a bare copy and a naive flow",
                              description="Throughput of (a) a bare NATS->Delta copy, (b) our flow, (c) a naive "
                                          "per-event JSON + River HST flow; latency at a live rate; flow memory "
                                          "over a soak at full rate.")
-    p.add_argument("--ticks", type=_positive_int("--ticks"), default=2_000_000)
-    p.add_argument("--naive-ticks", type=_positive_int("--naive-ticks"), default=20_000)
-    p.add_argument("--live-rate", type=_positive_float("--live-rate"), default=10_000.0, help="ticks/s")
-    p.add_argument("--live-s", type=_positive_float("--live-s"), default=20.0)
-    p.add_argument("--soak-s", type=_positive_float("--soak-s"), default=300.0)
+    p.add_argument("--ticks", type=_positive("--ticks", int), default=2_000_000)
+    p.add_argument("--naive-ticks", type=_positive("--naive-ticks", int), default=20_000)
+    p.add_argument("--live-rate", type=_positive("--live-rate"), default=10_000.0, help="ticks/s")
+    p.add_argument("--live-s", type=_positive("--live-s"), default=20.0)
+    p.add_argument("--soak-s", type=_positive("--soak-s"), default=300.0)
     p.add_argument("--keep", default=None, help="keep brokers' data, lakes and logs in this directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench_pipeline)

@@ -13,38 +13,26 @@ classical batch baseline. Score = the forest's anomaly score relative to the ref
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from sklearn.ensemble import IsolationForest
 
 from detectors.base import register
-from detectors.reference import ReferenceState, collect, reference_matrix, standardise
+from detectors.reference import ReferenceWindowDetector
 
 
 @register("iforest")
-class IForest:
+class IForest(ReferenceWindowDetector):
     name = "iforest"
 
     def __init__(self, reference_ticks: int = 1440, n_estimators: int = 100, seed: int = 0) -> None:
-        self.reference_ticks = reference_ticks
+        super().__init__(reference_ticks)
         self.n_estimators = n_estimators
         self.seed = seed
 
-    def init_state(self, signal_names: Sequence[str]) -> ReferenceState:
-        return ReferenceState()
+    def fit(self, Z: np.ndarray) -> tuple[IsolationForest, float]:
+        forest = IsolationForest(n_estimators=self.n_estimators, random_state=self.seed).fit(Z)
+        return forest, float(np.quantile(-forest.score_samples(Z), 0.995))
 
-    def score_learn(self, state: ReferenceState, ts: np.ndarray, X: np.ndarray) -> tuple[ReferenceState, np.ndarray]:
-        X = np.asarray(X, dtype=np.float64)
-        scores = np.zeros(len(X))
-        used = 0
-        if state.model is None:
-            used = collect(state, X, self.reference_ticks)
-            if state.n >= self.reference_ticks:
-                Z = reference_matrix(state)
-                forest = IsolationForest(n_estimators=self.n_estimators, random_state=self.seed).fit(Z)
-                state.model = (forest, float(np.quantile(-forest.score_samples(Z), 0.995)))
-        if state.model is not None and used < len(X):
-            forest, limit = state.model  # type: ignore[misc]
-            scores[used:] = -forest.score_samples(standardise(X[used:], state.mean, state.sd)) / limit
-        return state, scores
+    def score(self, model: tuple[IsolationForest, float], Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        forest, limit = model
+        return -forest.score_samples(Z) / limit, np.abs(Z)

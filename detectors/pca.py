@@ -15,14 +15,13 @@ the industrial SIMCA-style baseline. Score = max(T²/T²_limit, SPE/SPE_limit): 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
 from detectors.base import register
-from detectors.reference import ReferenceState, collect, reference_matrix, standardise
+from detectors.reference import ReferenceWindowDetector
 
 
 @dataclass
@@ -34,19 +33,15 @@ class PcaModel:
 
 
 @register("pca")
-class Pca:
+class Pca(ReferenceWindowDetector):
     name = "pca"
 
     def __init__(self, reference_ticks: int = 1440, explained: float = 0.9, alpha: float = 0.99) -> None:
-        self.reference_ticks = reference_ticks
+        super().__init__(reference_ticks)
         self.explained = explained
         self.alpha = alpha
 
-    def init_state(self, signal_names: Sequence[str]) -> ReferenceState:
-        return ReferenceState()
-
-    def _fit(self, state: ReferenceState) -> None:
-        Z = reference_matrix(state)
+    def fit(self, Z: np.ndarray) -> PcaModel:
         n, m = Z.shape
         _, s, vt = np.linalg.svd(Z, full_matrices=False)
         eig = s**2 / max(n - 1, 1)
@@ -54,32 +49,13 @@ class Pca:
         k = max(1, min(k, m - 1 if m > 1 else 1))
         P = vt[:k].T
         t2_limit = k * (n - 1) * (n + 1) / (n * max(n - k, 1)) * stats.f.ppf(self.alpha, k, max(n - k, 1))
-        resid = Z - Z @ P @ P.T
-        spe = (resid**2).sum(axis=1)
+        spe = ((Z - Z @ P @ P.T) ** 2).sum(axis=1)
         spe_limit = float(np.quantile(spe, self.alpha)) * 1.5 + 1e-9
-        state.model = PcaModel(P, np.maximum(eig[:k], 1e-9), float(t2_limit), spe_limit)
+        return PcaModel(P, np.maximum(eig[:k], 1e-9), float(t2_limit), spe_limit)
 
-    def score_learn_detail(self, state: ReferenceState, ts: np.ndarray, X: np.ndarray,
-                           ) -> tuple[ReferenceState, np.ndarray, np.ndarray]:
-        X = np.asarray(X, dtype=np.float64)
-        scores = np.zeros(len(X))
-        contrib = np.zeros_like(X)
-        used = 0
-        if state.model is None:
-            used = collect(state, X, self.reference_ticks)
-            if state.n >= self.reference_ticks:
-                self._fit(state)
-        if state.model is not None and used < len(X):
-            model: PcaModel = state.model  # type: ignore[assignment]
-            Z = standardise(X[used:], state.mean, state.sd)
-            T = Z @ model.loadings
-            t2 = (T**2 / model.eigvals).sum(axis=1)
-            resid = Z - T @ model.loadings.T
-            spe = (resid**2).sum(axis=1)
-            scores[used:] = np.maximum(t2 / model.t2_limit, spe / model.spe_limit)
-            contrib[used:] = resid**2
-        return state, scores, contrib
-
-    def score_learn(self, state: ReferenceState, ts: np.ndarray, X: np.ndarray) -> tuple[ReferenceState, np.ndarray]:
-        state, scores, _ = self.score_learn_detail(state, ts, X)
-        return state, scores
+    def score(self, model: PcaModel, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        T = Z @ model.loadings
+        t2 = (T**2 / model.eigvals).sum(axis=1)
+        resid = Z - T @ model.loadings.T
+        spe = (resid**2).sum(axis=1)
+        return np.maximum(t2 / model.t2_limit, spe / model.spe_limit), resid**2

@@ -40,3 +40,41 @@ def reference_matrix(state: ReferenceState) -> np.ndarray:
     sd = np.nanstd(R, axis=0)
     state.sd = np.where(np.isnan(sd) | (sd < 1e-6), 1.0, sd)
     return standardise(R, state.mean, state.sd)
+
+
+class ReferenceWindowDetector:
+    """Base of the detectors fitted once on the first `reference_ticks` of a run: subclasses give `fit` (the
+    standardised reference -> a model) and `score` (model, standardised rows -> scores, per-signal
+    contributions)."""
+
+    name = "reference"
+
+    def __init__(self, reference_ticks: int) -> None:
+        self.reference_ticks = reference_ticks
+
+    def init_state(self, signal_names: object) -> ReferenceState:
+        return ReferenceState()
+
+    def fit(self, Z: np.ndarray) -> object:
+        raise NotImplementedError
+
+    def score(self, model: object, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def score_learn_detail(self, state: ReferenceState, ts: np.ndarray, X: np.ndarray,
+                           ) -> tuple[ReferenceState, np.ndarray, np.ndarray]:
+        X = np.asarray(X, dtype=np.float64)
+        scores = np.zeros(len(X))
+        contrib = np.zeros_like(X)
+        used = 0
+        if state.model is None:
+            used = collect(state, X, self.reference_ticks)
+            if state.n >= self.reference_ticks:
+                state.model = self.fit(reference_matrix(state))
+        if state.model is not None and used < len(X):
+            scores[used:], contrib[used:] = self.score(state.model, standardise(X[used:], state.mean, state.sd))
+        return state, scores, contrib
+
+    def score_learn(self, state: ReferenceState, ts: np.ndarray, X: np.ndarray) -> tuple[ReferenceState, np.ndarray]:
+        state, scores, _ = self.score_learn_detail(state, ts, X)
+        return state, scores
