@@ -26,6 +26,7 @@ demo: install
 	$(BIN)/biopilot simulate --scenario overfeed --reactors 1 --seed 1 --lake $(LAKE) --quiet
 	$(BIN)/biopilot simulate --scenario contamination --reactors 1 --seed 1 --lake $(LAKE) --quiet
 	$(BIN)/biopilot overview --lake $(LAKE) --png $(LAKE)/overview.png
+	$(BIN)/biopilot up --lake $(LAKE) --reactors 4 --speed 600
 
 bench: install
 	$(BIN)/biopilot bench simulate
