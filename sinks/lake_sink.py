@@ -81,22 +81,27 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
         self.rows: dict[str, int] = defaultdict(int)
         self.oldest: float | None = None
         self.committed_rows: dict[str, int] = defaultdict(int)
-        # commits run on a writer thread (the Delta writer releases the GIL), so the dataflow keeps scoring
-        # while a micro-batch is written; the small queue is the back-pressure
-        self.commits: queue.Queue[dict[str, pa.Table] | None] = queue.Queue(maxsize=2)
+        # batch assembly, de-duplication and commits run on a writer thread (Arrow and the Delta writer release
+        # the GIL), so the dataflow thread only hands tables over and keeps scoring and alerting; the small
+        # queue is the back-pressure
+        self.commits: queue.Queue[dict[str, list[pa.Table]] | None] = queue.Queue(maxsize=2)
         self.failure: BaseException | None = None
         self.writer = threading.Thread(target=self._write_loop, name="biopilot-delta-writer", daemon=True)
         self.writer.start()
 
     def _write_loop(self) -> None:
         while True:
-            tables = self.commits.get()
+            parts = self.commits.get()
             try:
-                if tables is None:
+                if parts is None:
                     return
-                for name, table in tables.items():
-                    delta.append(self.lake, name, table, SCHEMAS[name])
-                    self.committed_rows[name] += table.num_rows
+                for name, tables in parts.items():
+                    schema = SCHEMAS[name]
+                    table = pa.concat_tables([t if t.schema == schema else t.cast(schema) for t in tables])
+                    table = self.dedupe.fresh(name, table)
+                    if table.num_rows:
+                        delta.append(self.lake, name, table, schema)
+                        self.committed_rows[name] += table.num_rows
             except BaseException as err:  # surfaced on the dataflow's thread at the next call
                 self.failure = err
             finally:
@@ -118,20 +123,11 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
             self.flush()
 
     def flush(self) -> None:
-        tables = {}
-        for name, parts in self.buffers.items():
-            if not parts:
-                continue
-            schema = SCHEMAS[name]
-            table = pa.concat_tables([t if t.schema == schema else t.cast(schema) for t in parts])
-            table = self.dedupe.fresh(name, table)
-            if table.num_rows:
-                tables[name] = table
-        self.buffers.clear()
+        if self.buffers:
+            self.commits.put(dict(self.buffers))
+        self.buffers = defaultdict(list)
         self.rows.clear()
         self.oldest = None
-        if tables:
-            self.commits.put(tables)
 
     def snapshot(self) -> None:
         """End of an epoch: everything so far is committed before the epoch counts as done."""
