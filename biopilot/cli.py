@@ -181,6 +181,52 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_detect(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from detectors import external
+
+    try:
+        table = external.read_table(args.input, args.sep)
+        train_rows = args.train_rows
+        if args.train_file:
+            train = external.read_table(args.train_file, args.sep)
+            try:
+                table = pa.concat_tables([train.select(table.column_names), table])
+            except (KeyError, pa.ArrowInvalid) as err:
+                raise external.InputError(f"--train-file columns do not match the input: {err}") from None
+            train_rows = train.num_rows
+        result = external.score(table, args.time_col, args.detectors.split(","), train_rows, args.label_col,
+                                set(args.ignore_cols.split(",")) if args.ignore_cols else set())
+    except external.InputError as err:
+        raise UsageError(str(err)) from None
+    out = result.table.slice(train_rows) if args.train_file else result.table  # the user's rows only
+    pq.write_table(out, args.out)
+    alarms = int(pa.compute.sum(out["is_alarm"]).as_py() or 0)
+    print(f"scored {out.num_rows:,} rows with {args.detectors} -> {args.out} ({alarms:,} alarm rows)")
+    if result.metrics:
+        m = result.metrics
+        print(f"F1 {m['f1']:.3f}  FAR {m['far_pct']:.2f} %  MAR {m['mar_pct']:.2f} %  (rows after the training part)")
+    return 0
+
+
+def cmd_bench_skab(args: argparse.Namespace) -> int:
+    from detectors import external
+
+    rows = []
+    for combo in args.detectors:
+        metrics, files = external.skab(args.data, combo.split(","))
+        rows.append({"detectors": combo, "files": files, **metrics})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print("| detectors | F1 | FAR % | MAR % |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['detectors']} | {r['f1']:.2f} | {r['far_pct']:.2f} | {r['mar_pct']:.2f} |")
+    return 0
+
+
 def cmd_bench_detectors(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -271,6 +317,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
     p.set_defaults(func=cmd_lake_optimize)
 
+    p = sub.add_parser("detect", help="score your own CSV/Parquet time series",
+                       description="Score a multivariate time series (e.g. a historian export): the output keeps "
+                                   "the time column and adds one score column per detector, the fused score and "
+                                   "is_alarm. Detectors learn in time order; thresholds and reference models come "
+                                   "from the training rows. With --label-col, prints F1, FAR and MAR.")
+    p.add_argument("--input", required=True, help="a .csv or .parquet file")
+    p.add_argument("--time-col", required=True, help="the time column (kept as is)")
+    p.add_argument("--sep", default=",", help="CSV separator (default ,)")
+    p.add_argument("--label-col", default=None, help="0/1 anomaly labels, for metrics")
+    p.add_argument("--ignore-cols", default="", help="comma-separated columns that are not signals")
+    p.add_argument("--train-rows", type=_positive("--train-rows", int), default=400,
+                   help="the first N rows are normal operation (default 400)")
+    p.add_argument("--train-file", default=None, help="normal-operation data in a separate file instead")
+    p.add_argument("--detectors", default="pca,zscore", help="comma-separated (default pca,zscore)")
+    p.add_argument("--out", required=True, help="output .parquet")
+    p.set_defaults(func=cmd_detect)
+
     bench = sub.add_parser("bench", help="measured figures, each beside its baseline",
                            description="Benchmarks; each prints ours beside a baseline measured in the same run.")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", required=True)
@@ -309,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/quality", help="where to write detectors.md/.json/.png")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench_detectors)
+    p = bench_sub.add_parser("skab", help="`biopilot detect` on SKAB with the leaderboard's protocol",
+                             description="Every anomalous SKAB file: train on the first 400 rows, score the rest, "
+                                         "F1/FAR/MAR over all test rows (the public leaderboard's protocol).")
+    p.add_argument("--data", default="../shared/data/skab", help="the SKAB folder (default ../shared/data/skab)")
+    p.add_argument("--detectors", nargs="+", default=["pca", "pca,zscore", "pca,zscore,ewma", "iforest"],
+                   help="detector sets to evaluate, each comma-separated")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_skab)
     return parser
 
 

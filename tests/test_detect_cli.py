@@ -1,0 +1,78 @@
+"""`biopilot detect` on a user's own file: output columns, metrics with labels, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+BIOPILOT = [sys.executable, "-m", "biopilot.cli"]
+
+
+@pytest.fixture
+def historian(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 1500
+    latent = rng.normal(size=n)
+    X = np.column_stack([latent, 2 * latent, -latent]) + 0.05 * rng.normal(size=(n, 3))
+    label = np.zeros(n)
+    X[1200:1300, 1] += 3.0  # breaks the correlation between the signals
+    label[1200:1300] = 1
+    table = pa.table({"time": pa.array(np.arange(n) * 1_000_000, pa.int64()).cast(pa.timestamp("us")),
+                      "flow": X[:, 0], "pressure": X[:, 1], "valve": X[:, 2], "anomaly": label})
+    path = tmp_path / "export.csv"
+    pacsv.write_csv(table, path, pacsv.WriteOptions(delimiter=";"))
+    return path
+
+
+def _detect(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*BIOPILOT, "detect", *args], capture_output=True, text=True)
+
+
+def test_scores_keep_time_add_columns_and_report_metrics(historian, tmp_path):
+    out = tmp_path / "scores.parquet"
+    res = _detect("--input", str(historian), "--sep", ";", "--time-col", "time", "--label-col", "anomaly",
+                  "--train-rows", "600", "--detectors", "pca", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    table = pq.read_table(out)
+    assert table.column_names == ["time", "score_pca", "score_fusion", "is_alarm"]
+    assert table.num_rows == 1500
+    alarm = table["is_alarm"].to_numpy()
+    assert alarm[1205:1300].mean() > 0.9 and alarm[600:1190].mean() < 0.05
+    assert "F1" in res.stdout and "FAR" in res.stdout and "MAR" in res.stdout
+
+
+def test_a_separate_training_file(historian, tmp_path):
+    table = pacsv.read_csv(historian, parse_options=pacsv.ParseOptions(delimiter=";"))
+    train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
+    pq.write_table(table.slice(0, 600), train)
+    pq.write_table(table.slice(600), test)
+    out = tmp_path / "scores.parquet"
+    res = _detect("--input", str(test), "--train-file", str(train), "--time-col", "time", "--ignore-cols",
+                  "anomaly", "--detectors", "pca", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert pq.read_table(out).num_rows == 900
+
+
+@pytest.mark.parametrize(("content", "args", "needle"), [
+    (None, ["--time-col", "nope"], "time column 'nope' not found"),
+    (None, ["--time-col", "time", "--label-col", "missing"], "label column 'missing' not found"),
+    ("time;a\n1;x\n2;y\n3;z\n", ["--time-col", "time", "--train-rows", "2"], "column 'a' is not numeric"),
+    ("time;a\n", ["--time-col", "time"], "no rows"),
+    (None, ["--time-col", "time", "--detectors", "magic"], "unknown detector(s) magic"),
+])
+def test_bad_input_is_one_line_and_exit_2(historian, tmp_path, content, args, needle):
+    path = historian
+    if content is not None:
+        path = tmp_path / "bad.csv"
+        path.write_text(content)
+    out = tmp_path / "o.parquet"
+    res = _detect("--input", str(path), "--sep", ";", "--out", str(out), *args)
+    assert res.returncode == 2
+    assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()
