@@ -249,6 +249,10 @@ def cmd_bench_detectors(args: argparse.Namespace) -> int:
 
 
 # ---- parser -------------------------------------------------------------------------------------------
+def _lake_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="biopilot",
@@ -270,14 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tick-s", type=_positive("--tick-s"), default=None,
                    help="seconds of process time per tick, 1-3600 (default: scenario's, 60)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
+    _lake_option(p)
     p.add_argument("--quiet", action="store_true", help="print only the run ids")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("overview", help="summary table and picture of stored runs",
                        description="Print peak VCD, final titer, HCP and faults per run; optionally draw the key "
                                    "signals with fault windows shaded.")
-    p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
+    _lake_option(p)
     p.add_argument("--run", action="append", help="a run id (repeatable; default: all runs)")
     p.add_argument("--png", default=None, help="write the picture here")
     p.set_defaults(func=cmd_overview)
@@ -296,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allowed event-time lateness before a tick is late (default 300)")
     p.add_argument("--batches", type=_positive("--batches", int), default=None,
                    help="stop after this many batches (default: run until Ctrl-C)")
-    p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
+    _lake_option(p)
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("replay", help="publish a stored run to NATS",
@@ -307,14 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=_positive("--speed", allow_max=True), default=600.0,
                    help="speed factor or max (default 600)")
     p.add_argument("--as-run", default=None, help="publish under another run id (the lake keeps one copy per id)")
-    p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
+    _lake_option(p)
     p.set_defaults(func=cmd_replay)
 
     lake = sub.add_parser("lake", help="Delta table maintenance", description="Delta table maintenance.")
     lake_sub = lake.add_subparsers(dest="lake_command", metavar="ACTION", required=True)
     p = lake_sub.add_parser("optimize", help="compact small files",
                             description="Compact the small files of every table and remove the old ones.")
-    p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
+    _lake_option(p)
     p.set_defaults(func=cmd_lake_optimize)
 
     p = sub.add_parser("detect", help="score your own CSV/Parquet time series",
