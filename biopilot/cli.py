@@ -238,7 +238,8 @@ def cmd_bench_detectors(args: argparse.Namespace) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     results = bench.run(seeds=args.seeds, normal_runs=args.normal_runs, calibration_runs=args.calibration_runs,
-                        grace_h=args.grace_h, with_speed=args.speed, progress=say)
+                        grace_h=args.grace_h, with_speed=args.speed,
+                        only=args.only.split(",") if args.only else None, progress=say)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "detectors.md").write_text(bench.markdown(results) + "\n")
@@ -374,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-runs", type=_positive("--calibration-runs", int), default=10)
     p.add_argument("--grace-h", type=float, default=2.0, help="hours after a fault's end still counted as inside")
     p.add_argument("--speed", action="store_true", help="also each detector's ticks/s at 12 signals")
+    p.add_argument("--only", default=None, help="comma-separated detectors to evaluate (default: all)")
     p.add_argument("--out", default="docs/quality", help="where to write detectors.md/.json/.png")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench_detectors)

@@ -37,7 +37,7 @@ ARCHETYPE_SCENARIOS = {
 }
 assert set(ARCHETYPE_SCENARIOS) == set(FAULT_NAMES)
 COMPOSITE = "overfeed_then_do_limitation"
-FUSION_MEMBERS = ("zscore", "moving_average", "ewma", "pca")
+FUSION_MEMBERS = ("golden", "zscore", "moving_average", "ewma", "pca")
 PERSIST, CLEAR = 5, 60
 
 
@@ -89,7 +89,8 @@ def alarm_openings(scores: np.ndarray, threshold: float) -> np.ndarray:
 
 def score_run(name: str, run: Run, params: dict | None = None) -> np.ndarray:
     det = make_detector(name, **(params or {}))
-    _, scores = det.score_learn(det.init_state(DETECTOR_SIGNALS), run.minutes, run.X)
+    ts_us = (run.minutes * 6e7).astype(np.int64)
+    _, scores = det.score_learn(det.init_state(DETECTOR_SIGNALS), ts_us, run.X)
     return scores
 
 
@@ -142,7 +143,7 @@ def speed(name: str, ticks: int = 20_000) -> float:
 
 
 def run(seeds: int = 5, normal_runs: int = 20, calibration_runs: int = 10, grace_h: float = 2.0,
-        with_speed: bool = False, write_calibration: bool = True,
+        with_speed: bool = False, write_calibration: bool = True, only: list[str] | None = None,
         progress: Callable[[str], None] | None = None) -> list[DetectorResult]:
     say = progress or (lambda _msg: None)
     plan = [(s, 100 + i) for s in ARCHETYPE_SCENARIOS.values() for i in range(seeds)]
@@ -151,7 +152,10 @@ def run(seeds: int = 5, normal_runs: int = 20, calibration_runs: int = 10, grace
     say(f"simulating {len(plan) + len(calib)} runs")
     runs = [simulate(s, seed) for s, seed in plan]
     cal_runs = [simulate(s, seed) for s, seed in calib]
-    names = sorted(n for n in REGISTRY if n != "fusion")
+    names = sorted(n for n in (only or REGISTRY) if n != "fusion")
+    missing = [n for n in FUSION_MEMBERS if n not in names]
+    if missing:
+        raise ValueError(f"the fusion needs its members scored too: add {', '.join(missing)}")
     thresholds: dict[str, float] = {}
     all_scores: dict[str, dict[tuple[str, int], np.ndarray]] = {}
     for name in names:
