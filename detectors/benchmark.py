@@ -37,7 +37,7 @@ ARCHETYPE_SCENARIOS = {
 }
 assert set(ARCHETYPE_SCENARIOS) == set(FAULT_NAMES)
 COMPOSITE = "overfeed_then_do_limitation"
-FUSION_MEMBERS = ("golden", "zscore", "moving_average", "ewma", "pca")
+FUSION_MEMBERS = ("golden", "zscore", "moving_average", "ewma", "pca", "flatline", "dropout")
 PERSIST, CLEAR = 5, 60
 
 
@@ -160,7 +160,9 @@ def run(seeds: int = 5, normal_runs: int = 20, calibration_runs: int = 10, grace
     all_scores: dict[str, dict[tuple[str, int], np.ndarray]] = {}
     for name in names:
         say(f"scoring {name}")
-        thresholds[name] = 1.05 * max(persistent_max(score_run(name, r)) for r in cal_runs)
+        # a detector may never fire on normal runs (a dropout counter stays at 0): its own floor then applies
+        floor = getattr(REGISTRY[name], "min_threshold", 1e-6)
+        thresholds[name] = max(1.05 * max(persistent_max(score_run(name, r)) for r in cal_runs), floor)
         all_scores[name] = {(r.scenario, r.seed): score_run(name, r) for r in runs}
     members = {n: thresholds[n] for n in FUSION_MEMBERS}
     say("scoring fusion")

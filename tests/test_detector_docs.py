@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["detectors.zscore", "detectors.moving_average", "detectors.cusum", "detectors.pca", "detectors.iforest",
-           "detectors.hst", "detectors.golden", "detectors.fusion"]
+           "detectors.hst", "detectors.golden", "detectors.fusion", "detectors.sensor_health"]
 
 
 @pytest.mark.parametrize("module", MODULES)
