@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+import detectors  # noqa: F401 - registers every detector
 from biopilot.events import ALERTS, LATE_TICKS, SCORES
 from biopilot.eventtime import ReorderBuffer
-from detectors import zscore  # noqa: F401 - registers the detector
 from detectors.alarm import AlarmState, Hysteresis
 from detectors.base import DETECTOR_SIGNALS, make_detector
 
@@ -25,13 +25,24 @@ LEVEL_SIGNALS = [s for s in DETECTOR_SIGNALS if not s.endswith("_per_tick")]
 
 @dataclass(frozen=True)
 class MonitorConfig:
+    """The flow's detector and alarm. Default: the calibrated fusion (its scores are ratios to the members'
+    thresholds, so it alarms at 1.0); `zscore` alone alarms at 12 sd."""
+
     lateness_s: float = 300.0
-    detector: str = "zscore"
+    detector: str = "fusion"
     detector_params: tuple[tuple[str, float], ...] = ()
-    alarm_on: float = 12.0
-    alarm_off: float = 5.0
+    alarm_on: float = 1.0
+    alarm_off: float = 0.6
     alarm_persist_ticks: int = 5
     alarm_clear_ticks: int = 60
+
+    @classmethod
+    def for_detector(cls, name: str, lateness_s: float = 300.0) -> MonitorConfig:
+        if name == "fusion":
+            return cls(lateness_s=lateness_s)
+        if name == "zscore":
+            return cls(lateness_s=lateness_s, detector="zscore", alarm_on=12.0, alarm_off=5.0)
+        raise ValueError(f"the flow runs 'fusion' or 'zscore', not {name!r}")
 
 
 @dataclass
