@@ -37,7 +37,7 @@ ARCHETYPE_SCENARIOS = {
 }
 assert set(ARCHETYPE_SCENARIOS) == set(FAULT_NAMES)
 COMPOSITE = "overfeed_then_do_limitation"
-FUSION_MEMBERS = ("golden", "zscore", "moving_average", "ewma", "pca", "flatline", "dropout")
+FUSION_MEMBERS = ("golden", "zscore", "moving_average", "flatline", "dropout")
 PERSIST, CLEAR = 5, 60
 
 
