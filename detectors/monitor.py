@@ -25,23 +25,23 @@ LEVEL_SIGNALS = [s for s in DETECTOR_SIGNALS if not s.endswith("_per_tick")]
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """The flow's detector and alarm. Default: the calibrated fusion (its scores are ratios to the members'
-    thresholds, so it alarms at 1.0); `zscore` alone alarms at 12 sd."""
+    """The flow's detector and alarm. Default: the streaming z-score (alarms at 12 sd); `fusion` is the
+    calibrated fusion (its scores are ratios to the members' thresholds, so it alarms at 1.0)."""
 
     lateness_s: float = 300.0
-    detector: str = "fusion"
+    detector: str = "zscore"
     detector_params: tuple[tuple[str, float], ...] = ()
-    alarm_on: float = 1.0
-    alarm_off: float = 0.6
+    alarm_on: float = 12.0
+    alarm_off: float = 5.0
     alarm_persist_ticks: int = 5
     alarm_clear_ticks: int = 60
 
     @classmethod
     def for_detector(cls, name: str, lateness_s: float = 300.0) -> MonitorConfig:
-        if name == "fusion":
-            return cls(lateness_s=lateness_s)
         if name == "zscore":
-            return cls(lateness_s=lateness_s, detector="zscore", alarm_on=12.0, alarm_off=5.0)
+            return cls(lateness_s=lateness_s)
+        if name == "fusion":
+            return cls(lateness_s=lateness_s, detector="fusion", alarm_on=1.0, alarm_off=0.6)
         raise ValueError(f"the flow runs 'fusion' or 'zscore', not {name!r}")
 
 
