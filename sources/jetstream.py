@@ -66,9 +66,18 @@ class _Partition(StatefulSourcePartition[Message, int]):
             await js.add_consumer(self.stream, config)
         else:
             try:
-                await js.consumer_info(self.stream, self.durable)
+                info = await js.consumer_info(self.stream, self.durable)
             except NotFoundError:
                 await js.add_consumer(self.stream, config)
+            else:
+                # a restart without recovery state: continue right after what was acknowledged, in stream
+                # order, now (messages delivered but never acked would otherwise wait out `ack_wait`)
+                start = info.ack_floor.stream_seq + 1
+                await js.delete_consumer(self.stream, self.durable)
+                config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+                config.opt_start_seq = start
+                await js.add_consumer(self.stream, config)
+                self.floor = start - 1
         self.sub = await js.pull_subscribe_bind(self.durable, self.stream)
 
     async def _fetch(self) -> list:
