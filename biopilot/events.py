@@ -6,8 +6,8 @@ Units are in the column names. Timestamps are `timestamp[us, UTC]`; a missing re
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 
 import pyarrow as pa
 
@@ -66,7 +66,6 @@ DEADLETTER = pa.schema([
 SCHEMAS: dict[str, pa.Schema] = {"ticks": TICKS, "assays": ASSAYS, "labels": LABELS, "runs": RUNS,
                                  "scores": SCORES, "alerts": ALERTS, "late_ticks": LATE_TICKS,
                                  "deadletter": DEADLETTER}
-SEVERITIES = ("info", "warning", "critical")
 
 
 @dataclass(frozen=True)
@@ -96,24 +95,8 @@ class Run:
     ended_ts: datetime | None = None
 
 
-@dataclass
-class Assay:
-    run_id: str
-    reactor_id: str
-    sample_ts: datetime
-    reported_ts: datetime
-    values: dict[str, float] = field(default_factory=dict)
-
-    def row(self) -> dict:
-        return {"run_id": self.run_id, "reactor_id": self.reactor_id, "sample_ts": self.sample_ts,
-                "reported_ts": self.reported_ts, **{k: self.values.get(k) for k in ASSAY_VALUES}}
-
-
 def to_table(rows: Iterable[Mapping | object], schema: pa.Schema) -> pa.Table:
     """Rows (mappings or dataclasses) -> a table of `schema`; missing columns become null."""
-    dicts = [r if isinstance(r, Mapping) else (r.row() if hasattr(r, "row") else vars(r)) for r in rows]
+    dicts = [r if isinstance(r, Mapping) else vars(r) for r in rows]
     return pa.Table.from_pylist(dicts, schema=schema)
 
-
-def utc(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)

@@ -90,12 +90,6 @@ class ManagedServer:
                 self.proc.kill()
                 self.proc.wait()
 
-    def kill(self) -> None:
-        """Abrupt stop (SIGKILL), as a crash would."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
 
 def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
     log = log_path.open("ab")

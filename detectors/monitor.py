@@ -20,8 +20,6 @@ from biopilot.eventtime import ReorderBuffer
 from detectors.alarm import AlarmState, Hysteresis
 from detectors.base import DETECTOR_SIGNALS, make_detector
 
-LEVEL_SIGNALS = [s for s in DETECTOR_SIGNALS if not s.endswith("_per_tick")]
-
 
 @dataclass(frozen=True)
 class MonitorConfig:

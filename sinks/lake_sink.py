@@ -80,7 +80,6 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
         self.buffers: dict[str, list[pa.Table]] = defaultdict(list)
         self.rows: dict[str, int] = defaultdict(int)
         self.oldest: float | None = None
-        self.committed_rows: dict[str, int] = defaultdict(int)
         # batch assembly, de-duplication and commits run on a writer thread (Arrow and the Delta writer release
         # the GIL), so the dataflow thread only hands tables over and keeps scoring and alerting; the small
         # queue is the back-pressure
@@ -101,7 +100,6 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
                     table = self.dedupe.fresh(name, table)
                     if table.num_rows:
                         delta.append(self.lake, name, table, schema)
-                        self.committed_rows[name] += table.num_rows
             except BaseException as err:  # surfaced on the dataflow's thread at the next call
                 self.failure = err
             finally:

@@ -117,7 +117,6 @@ class KineticParams:
 
 PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in fields(KineticParams))
 N_PARAM = len(PARAM_NAMES)
-P = {name: i for i, name in enumerate(PARAM_NAMES)}
 # module constants so numba folds the indices at compile time
 (P_MU_MAX, P_MUD_MAX, P_MUD_AMM, P_KD_AMM_LATE, P_MUD_AGE, P_AGE_HALF, P_K_GLC, P_K_GLN, P_KI_LAC, P_KI_AMM, P_KD_LAC, P_KD_AMM, P_Y_X_GLC, P_Y_X_GLN, P_Y_LAC_GLC,
  P_Y_AMM_GLN, P_M_GLC, P_A1, P_A2, P_D_GLN, P_Q_O2, P_K_GLC_UP, P_LAC_SW_GLC, P_LAC_SW_K, P_LAC_SW_MU, P_Q_LAC_MAX,

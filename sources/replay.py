@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import nats
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sources.publish import publish_assays, publish_ticks, publish_watermark
 
@@ -94,6 +93,3 @@ def _rename(table: pa.Table, run_id: str) -> pa.Table:
     idx = table.schema.get_field_index("run_id")
     return table.set_column(idx, table.schema.field("run_id"), pa.array([run_id] * table.num_rows, pa.string()))
 
-
-def run_rows(table: pa.Table | None, run_id: str) -> pa.Table | None:
-    return None if table is None else table.filter(pc.equal(table["run_id"], run_id))
