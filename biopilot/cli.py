@@ -55,8 +55,16 @@ def _lake(args: argparse.Namespace) -> str:
 
 # ---- commands -----------------------------------------------------------------------------------------
 def cmd_scenarios(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from sources.scenarios import builtin_names, load_scenario
 
+    if args.action == "propose":
+        from agents.scenario_agent import write
+
+        for path in write(args.n, Path(args.out), args.seed):
+            print(f"{path}  (labels: {path.with_suffix('.labels.json').name})")
+        return 0
     for name in builtin_names():
         sc = load_scenario(name)
         print(f"{name:28s} {sc.description}")
@@ -250,6 +258,93 @@ def cmd_bench_detectors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_findings(args: argparse.Namespace):  # noqa: ANN202
+    from agents.diagnose import RunNotFound, diagnose_stored
+
+    try:
+        return diagnose_stored(_lake(args), args.run)
+    except RunNotFound as err:
+        raise UsageError(str(err)) from None
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from agents.diagnose import findings_json, format_findings
+
+    findings = _run_findings(args)
+    print(findings_json(findings) if args.json else format_findings(findings))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agents import report
+    from agents.diagnose import RunNotFound
+
+    try:
+        out = report.write(_lake(args), args.run, args.format, Path(args.out))
+    except RunNotFound as err:
+        raise UsageError(str(err)) from None
+    print(out)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from agents.chat import ask
+    from agents.diagnose import RunNotFound
+    from agents.llm import make_backend
+
+    try:
+        for text in ask(_lake(args), args.run, args.question, make_backend(_settings()), args.incident):
+            print(text, flush=True)
+    except RunNotFound as err:
+        raise UsageError(str(err)) from None
+    return 0
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from agents.llm import make_backend
+    from agents.workers import run_workers
+
+    settings = _settings()
+    if not settings.nats_url or not settings.redis_url:
+        raise UsageError("biopilot agents joins a running stack: set BIOPILOT_NATS_URL and BIOPILOT_REDIS_URL "
+                         "(`biopilot up` starts the workers itself)")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"agents: monitoring + troubleshooting on {settings.nats_url} (llm {settings.llm}); Ctrl-C stops",
+              flush=True)
+        await run_workers(settings.nats_url, settings.redis_url, _lake(args), make_backend(settings), stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_bench_agents(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agents import benchmark as bench
+
+    def say(msg: str) -> None:
+        if not args.json:
+            print(msg, file=sys.stderr, flush=True)
+
+    res = bench.run(args.seeds, args.normal_runs, args.latency_alerts, progress=say)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "agents.md").write_text(bench.markdown(res) + "\n")
+    (out / "agents.json").write_text(json.dumps(res.as_json(), indent=2) + "\n")
+    print(json.dumps(res.as_json()) if args.json else bench.markdown(res))
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------------------------------
 def _lake_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
@@ -262,9 +357,49 @@ def build_parser() -> argparse.ArgumentParser:
                     "Settings come from BIOPILOT_* variables, then biopilot.toml, then defaults.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("scenarios", help="list the built-in scenarios",
-                       description="List the built-in scenarios, one line each.")
+    p = sub.add_parser("scenarios", help="list the built-in scenarios, or propose composite ones",
+                       description="`biopilot scenarios` lists the built-in scenarios, one line each. "
+                                   "`biopilot scenarios propose` has the scenario agent write realistic composite "
+                                   "fault scenarios (TOML for `biopilot simulate --scenario FILE`) with their "
+                                   "expected labels.")
+    p.add_argument("action", nargs="?", choices=["list", "propose"], default="list")
+    p.add_argument("--n", type=_positive("--n", int), default=3, help="how many to propose (default 3)")
+    p.add_argument("--out", default="scenarios", help="folder for proposed scenarios (default ./scenarios)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the proposals (default 0)")
     p.set_defaults(func=cmd_scenarios)
+
+    p = sub.add_parser("diagnose", help="incidents and ranked root causes of a stored run",
+                       description="Monitoring + troubleshooting over a stored run: its ticks are scored as the "
+                                   "flow would, alerts grouped into incidents, and each incident's causes ranked "
+                                   "from the evidence (signal, time, value against the golden batch).")
+    p.add_argument("--run", required=True, help="run id (see `biopilot overview`)")
+    _lake_option(p)
+    p.add_argument("--json", action="store_true", help="a JSON list of incidents with hypotheses")
+    p.set_defaults(func=cmd_diagnose)
+
+    p = sub.add_parser("report", help="batch-record style run report (Markdown, HTML or PDF)",
+                       description="Key figures, CPP excursions, incidents with causes and actions, plots of the "
+                                   "key signals with incidents shaded, and a short summary.")
+    p.add_argument("run", help="run id")
+    p.add_argument("--format", choices=["md", "html", "pdf"], default="md")
+    p.add_argument("--out", default="reports", help="output folder (default ./reports)")
+    _lake_option(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("chat", help="ask a question about a stored run",
+                       description="Answers from the troubleshooting evidence (BIOPILOT_LLM=offline phrases it "
+                                   "deterministically; openai uses OPENAI_BASE_URL with tool calls).")
+    p.add_argument("question")
+    p.add_argument("--run", required=True)
+    p.add_argument("--incident", default=None, help="limit the answer to one incident")
+    _lake_option(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("agents", help="run the agent workers on a running stack",
+                       description="Monitoring (alerts -> incidents) and troubleshooting (incidents -> streamed "
+                                   "explanations) workers in NATS queue groups; start several to share the load.")
+    _lake_option(p)
+    p.set_defaults(func=cmd_agents)
 
     p = sub.add_parser("simulate", help="simulate a fleet into Delta tables",
                        description="Simulate N reactors of a scenario and write the Delta tables runs, ticks, "
@@ -379,6 +514,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/quality", help="where to write detectors.md/.json/.png")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench_detectors)
+    p = bench_sub.add_parser("agents", help="root-cause accuracy and alert -> first chunk latency",
+                             description="Monitoring + troubleshooting over a labelled twin suite (top-1/top-3 per "
+                                         "archetype, abstentions, incidents on normal runs) and the live latency "
+                                         "from an alert to the first explanation chunk.")
+    p.add_argument("--seeds", type=_positive("--seeds", int), default=5, help="runs per archetype (default 5)")
+    p.add_argument("--normal-runs", type=_positive("--normal-runs", int), default=10)
+    p.add_argument("--latency-alerts", type=int, default=200, help="alerts for the latency part (0 skips it)")
+    p.add_argument("--out", default="docs/quality", help="where agents.md/json go (default docs/quality)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_agents)
     p = bench_sub.add_parser("skab", help="`biopilot detect` on SKAB with the leaderboard's protocol",
                              description="Every anomalous SKAB file: train on the first 400 rows, score the rest, "
                                          "F1/FAR/MAR over all test rows (the public leaderboard's protocol).")

@@ -17,6 +17,7 @@ class Settings:
     lake: str = "./lake"  # local path or s3://bucket/prefix
     llm: str = "offline"  # offline | openai
     llm_model: str = "gpt-4o-mini"
+    llm_timeout_s: int = 20  # per request to an OpenAI-compatible endpoint; past it the offline text is used
     secret: str | None = None  # None: generated once into the lake
     host: str = "127.0.0.1"
     port: int = 8000
@@ -54,7 +55,8 @@ def load_settings(toml_path: str | Path = "biopilot.toml", env: dict[str, str] |
         env_value = env.get(ENV_PREFIX + f.name.upper())
         if env_value is not None:
             values[f.name] = env_value
-    coerced = {k: _coerce(k, v, int if k == "port" else str) for k, v in values.items()}
+    defaults = Settings()
+    coerced = {k: _coerce(k, v, int if isinstance(getattr(defaults, k), int) else str) for k, v in values.items()}
     settings = replace(Settings(), **coerced)
     if settings.llm not in ("offline", "openai"):
         raise SettingsError(f"llm: {settings.llm!r} is not allowed; use offline or openai")

@@ -63,9 +63,27 @@ DEADLETTER = pa.schema([
     pa.field("reason", pa.string(), False), pa.field("size_bytes", pa.int64()), pa.field("payload", pa.binary()),
 ])
 
+INCIDENTS = pa.schema([  # one row per lifecycle event; key (incident_id, version)
+    pa.field("incident_id", pa.string(), False), pa.field("version", pa.int64(), False),
+    pa.field("event", pa.string(), False), pa.field("run_id", pa.string(), False),
+    pa.field("reactor_id", pa.string(), False), pa.field("status", pa.string(), False),
+    pa.field("start_ts", TS, False), pa.field("end_ts", TS), pa.field("severity", pa.string()),
+    pa.field("alert_count", pa.int64()), pa.field("signals", pa.list_(pa.string())), pa.field("emitted_at", TS),
+])
+AGENT_MESSAGES = pa.schema([  # streamed explanation chunks; the last one (done) carries the findings as JSON
+    pa.field("incident_id", pa.string(), False), pa.field("seq", pa.int64(), False),
+    pa.field("agent", pa.string(), False), pa.field("text", pa.string()), pa.field("done", pa.bool_()),
+    pa.field("findings_json", pa.string()), pa.field("emitted_at", TS),
+])
+AUDIT = pa.schema([
+    pa.field("ts", TS, False), pa.field("actor", pa.string(), False), pa.field("role", pa.string()),
+    pa.field("action", pa.string(), False), pa.field("target", pa.string()), pa.field("payload_json", pa.string()),
+])
+
 SCHEMAS: dict[str, pa.Schema] = {"ticks": TICKS, "assays": ASSAYS, "labels": LABELS, "runs": RUNS,
                                  "scores": SCORES, "alerts": ALERTS, "late_ticks": LATE_TICKS,
-                                 "deadletter": DEADLETTER}
+                                 "deadletter": DEADLETTER, "incidents": INCIDENTS,
+                                 "agent_messages": AGENT_MESSAGES, "audit": AUDIT}
 
 
 @dataclass(frozen=True)

@@ -27,15 +27,8 @@ from detectors.base import DETECTOR_SIGNALS, REGISTRY, make_detector
 from detectors.fusion import CALIBRATION
 from detectors.monitor import features
 from sources.fleet import Fleet
-from sources.reactor import FAULT_NAMES
-from sources.scenarios import load_scenario
+from sources.scenarios import ARCHETYPE_SCENARIOS, load_scenario
 
-ARCHETYPE_SCENARIOS = {
-    "overfeed": "overfeed", "underfeed": "pump_omission", "do_limitation": "do_limitation",
-    "ph_excursion": "ph_excursion", "temperature_spike": "temperature_spike", "sensor_drift": "sensor_drift",
-    "sensor_stuck": "sensor_stuck", "sensor_dropout": "sensor_dropout", "contamination": "contamination",
-}
-assert set(ARCHETYPE_SCENARIOS) == set(FAULT_NAMES)
 COMPOSITE = "overfeed_then_do_limitation"
 FUSION_MEMBERS = ("golden", "zscore", "moving_average", "flatline", "dropout")
 PERSIST, CLEAR = 5, 60

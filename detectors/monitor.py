@@ -49,6 +49,7 @@ class Outputs:
 
     tables: dict[str, pa.Table] = field(default_factory=dict)
     alerts: list[dict] = field(default_factory=list)
+    clears: list[dict] = field(default_factory=list)  # an open alert's alarm went quiet (incident lifecycle)
     duplicates: int = 0
 
     def add(self, name: str, table: pa.Table | None) -> None:
@@ -84,6 +85,8 @@ class ReactorMonitor:
         self.late_count = 0
         self.duplicate_count = 0
         self.latest_assay: dict | None = None
+        self.open_alert: dict | None = None
+        self.last_ts: datetime | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -126,6 +129,9 @@ class ReactorMonitor:
         for run in run_ids:
             part = ordered if len(run_ids) == 1 else ordered.filter(pc.equal(runs, run))
             if run != self.run_id:
+                if self.open_alert is not None:  # the run ended in alarm: its alert closes with it
+                    out.clears.append(alarm_clear(self.open_alert, self.last_ts))
+                    self.open_alert = None
                 self.run_id = run
                 self._reset()
             self._score_run(part, out)
@@ -140,6 +146,8 @@ class ReactorMonitor:
         else:
             self.det_state, scores = self.detector.score_learn(self.det_state, ts, X)
             contrib = None
+        self.last_ts = ticks["ts"][-1].as_py()
+        was_active = self.alarm.active
         is_alarm, fired = self.hysteresis.apply(self.alarm, scores)
         n = ticks.num_rows
         out.add("scores", pa.Table.from_arrays(
@@ -147,8 +155,14 @@ class ReactorMonitor:
              pa.repeat(pa.scalar(self.detector.name), n), pa.array(scores),
              pa.repeat(pa.scalar(self.config.alarm_on), n),
              pa.array(is_alarm)], schema=SCORES))
-        for i in np.flatnonzero(fired):
-            out.alerts.append(self._alert(ticks, int(i), float(scores[i]), None if contrib is None else contrib[i]))
+        previous = np.concatenate([[was_active], is_alarm[:-1]])
+        for i in np.flatnonzero(fired | (previous & ~is_alarm)):
+            if fired[i]:
+                self.open_alert = self._alert(ticks, int(i), float(scores[i]), None if contrib is None else contrib[i])
+                out.alerts.append(self.open_alert)
+            elif self.open_alert is not None:
+                out.clears.append(alarm_clear(self.open_alert, ticks["ts"][int(i)].as_py()))
+                self.open_alert = None
 
     def _alert(self, ticks: pa.Table, i: int, score: float, contrib: np.ndarray | None) -> dict:
         run_id, seq = ticks["run_id"][i].as_py(), ticks["seq"][i].as_py()
@@ -165,6 +179,12 @@ class ReactorMonitor:
                 "detector": self.detector.name, "score": score, "threshold": self.config.alarm_on,
                 "severity": "critical" if score >= 2 * self.config.alarm_on else "warning", "signals": signals,
                 "emitted_at": datetime.now(UTC)}
+
+
+def alarm_clear(alert: dict, ts: datetime) -> dict:
+    """The message that closes an alert: its alarm stayed below the off level for the clear period."""
+    return {"type": "clear", "alert_id": alert["alert_id"], "run_id": alert["run_id"],
+            "reactor_id": alert["reactor_id"], "ts": ts, "opened_ts": alert["ts"]}
 
 
 def _late_rows(late: pa.Table, watermark_us: int) -> pa.Table:

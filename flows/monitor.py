@@ -44,7 +44,9 @@ def build_flow() -> Dataflow:
     op.output("lake", lake_items, LakeSink(settings.lake, int(os.environ.get("BIOPILOT_FLUSH_ROWS", "50000")),
                                            float(os.environ.get("BIOPILOT_FLUSH_S", "1"))))
     alerts = op.flat_map("alerts", outputs, lambda kv: [
-        (f"biopilot.alerts.{a['reactor_id']}", alert_json(a), {"Nats-Msg-Id": a["alert_id"]}) for a in kv[1].alerts])
+        (f"biopilot.alerts.{a['reactor_id']}", alert_json(a), {"Nats-Msg-Id": a["alert_id"]}) for a in kv[1].alerts]
+        + [(f"biopilot.alerts.{c['reactor_id']}", alert_json(c), {"Nats-Msg-Id": f"clear-{c['alert_id']}"})
+           for c in kv[1].clears])
     dead_msgs = op.flat_map("dead_msgs", dead, lambda t: [
         ("biopilot.deadletter", row["payload"], {REASON_HEADER: row["reason"][:1000],
                                                  "Nats-Msg-Id": f"dl-{row['stream_seq']}"}) for row in t.to_pylist()])

@@ -27,6 +27,15 @@ assert FaultName.__args__ == FAULT_NAMES  # type: ignore[attr-defined]
 PositiveRange = tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]]
 
 
+# the built-in scenario that shows each fault archetype alone
+ARCHETYPE_SCENARIOS = {
+    "overfeed": "overfeed", "underfeed": "pump_omission", "do_limitation": "do_limitation",
+    "ph_excursion": "ph_excursion", "temperature_spike": "temperature_spike", "sensor_drift": "sensor_drift",
+    "sensor_stuck": "sensor_stuck", "sensor_dropout": "sensor_dropout", "contamination": "contamination",
+}
+assert tuple(ARCHETYPE_SCENARIOS) == FAULT_NAMES
+
+
 class ScenarioError(ValueError):
     """A scenario that cannot be run; the message is one line meant for the user."""
 

@@ -1,0 +1,153 @@
+"""Evidence for an incident: what each signal did in the window, against what the twin expected.
+
+The expectation is the golden batch (`detectors.golden`): the median and robust spread of normal runs of the
+twin at the same culture age. For each signal the evidence keeps its most extreme smoothed deviation in the
+window (signed z, the time, the reading and the expected value), the longest frozen and missing stretches of
+the watched sensors, the detectors' contributions and the latest assay drawn before the window ends. Plain
+functions over Arrow tables, shared by the live worker, `biopilot diagnose`, the chat and the reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy.signal import lfilter
+
+from detectors.base import DETECTOR_SIGNALS
+from detectors.golden import load_reference
+from detectors.monitor import features
+from detectors.sensor_health import WATCHED
+
+UNITS = {"do_pct": "% air sat.", "ph": "", "temp_c": "°C", "agitation_rpm": "rpm", "air_sccm": "sccm",
+         "o2_sccm": "sccm", "co2_sccm": "sccm", "base_ml_per_tick": "mL/min", "feed_ml_per_tick": "mL/min",
+         "our_mmol_l_h": "mmol/L/h", "cer_mmol_l_h": "mmol/L/h", "capacitance_pf_cm": "pF/cm"}
+SMOOTH_HALFLIFE_TICKS = 10.0
+LOOKBACK = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """A signal's most extreme smoothed deviation from the golden batch inside the window."""
+
+    signal: str
+    z: float  # signed: negative = below what normal runs show at this culture age
+    ts: datetime
+    value: float | None
+    expected: float
+
+    def sentence(self) -> str:
+        unit = UNITS.get(self.signal, "")
+        verb = "above" if self.z > 0 else "below"
+        value = "missing" if self.value is None else f"{self.value:.3g} {unit}".strip()
+        return (f"{self.signal} read {value} at {self.ts:%Y-%m-%d %H:%M} UTC, {verb} the {self.expected:.3g} "
+                f"{unit} normal runs show at that culture age (z = {self.z:+.1f})").replace("  ", " ")
+
+
+@dataclass(frozen=True)
+class SensorRun:
+    """The longest stretch of a watched sensor frozen at one value, or missing, inside the window."""
+
+    signal: str
+    kind: str  # "frozen" | "missing"
+    minutes: float
+    start_ts: datetime
+    value: float | None = None
+
+    def sentence(self) -> str:
+        what = f"frozen at {self.value:.4g}" if self.kind == "frozen" else "missing"
+        return f"{self.signal} was {what} for {self.minutes:.0f} min from {self.start_ts:%Y-%m-%d %H:%M} UTC"
+
+
+@dataclass
+class Evidence:
+    run_id: str
+    reactor_id: str
+    start_ts: datetime
+    end_ts: datetime
+    deviations: dict[str, Deviation] = field(default_factory=dict)
+    sensor_runs: list[SensorRun] = field(default_factory=list)
+    contributions: dict[str, float] = field(default_factory=dict)
+    assay: dict | None = None
+    ticks_seen: int = 0
+
+    def z(self, signal: str) -> float:
+        d = self.deviations.get(signal)
+        return 0.0 if d is None else d.z
+
+    def strongest(self, k: int = 4) -> list[Deviation]:
+        return sorted(self.deviations.values(), key=lambda d: -abs(d.z))[:k]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _smoothed_z(X: np.ndarray, minutes: np.ndarray) -> np.ndarray:
+    ref = load_reference()
+    bins = np.clip((minutes // ref.bin_min).astype(int), 0, len(ref.median) - 1)
+    z = (X - ref.median[bins]) / ref.scale[bins]
+    alpha = 1.0 - 0.5 ** (1.0 / SMOOTH_HALFLIFE_TICKS)
+    # a missing reading adds no deviation (as in the golden detector), so gaps do not pose as faults
+    return lfilter([alpha], [1.0, alpha - 1.0], np.nan_to_num(z), axis=0)
+
+
+def _longest_run(same: np.ndarray) -> tuple[int, int]:
+    """(length, start index) of the longest run of True in `same`."""
+    best, best_start, run, start = 0, 0, 0, 0
+    for i, flag in enumerate(same):
+        if flag:
+            if run == 0:
+                start = i
+            run += 1
+            if run > best:
+                best, best_start = run, start
+        else:
+            run = 0
+    return best, best_start
+
+
+def gather(ticks: pa.Table, start_ts: datetime, end_ts: datetime, assays: pa.Table | None = None,
+           contributions: dict[str, float] | None = None, dt_min: float | None = None) -> Evidence:
+    """Evidence over [start_ts - 10 min, end_ts] from one run's ticks (from the run's first tick on)."""
+    ticks = ticks.sort_by("seq")
+    run_id, reactor_id = ticks["run_id"][0].as_py(), ticks["reactor_id"][0].as_py()
+    ev = Evidence(run_id, reactor_id, start_ts, end_ts, contributions=dict(contributions or {}))
+    ts = ticks["ts"].cast(pa.int64()).to_numpy()
+    minutes = (ts - ts[0]) / 6e7
+    X = features(ticks, np.array([np.nan, np.nan]))
+    Z = _smoothed_z(X, minutes)
+    lo = np.searchsorted(ts, int((start_ts - LOOKBACK).timestamp() * 1e6))
+    hi = np.searchsorted(ts, int(end_ts.timestamp() * 1e6), side="right")
+    ev.ticks_seen = int(hi - lo)
+    if hi <= lo:
+        return ev
+    ref = load_reference()
+    step = dt_min or (float(np.median(np.diff(minutes))) if len(minutes) > 1 else 1.0)
+    for j, name in enumerate(DETECTOR_SIGNALS):
+        i = lo + int(np.argmax(np.abs(Z[lo:hi, j])))
+        b = min(int(minutes[i] // ref.bin_min), len(ref.median) - 1)
+        value = None if np.isnan(X[i, j]) else float(X[i, j])
+        ev.deviations[name] = Deviation(name, float(Z[i, j]), _dt(ts[i]), value, float(ref.median[b, j]))
+    for name in WATCHED:
+        x = X[lo:hi, DETECTOR_SIGNALS.index(name)]
+        missing = np.isnan(x)
+        n, at = _longest_run(missing)
+        if n >= 2:
+            ev.sensor_runs.append(SensorRun(name, "missing", n * step, _dt(ts[lo + at])))
+        frozen = np.concatenate([[False], (x[1:] == x[:-1]) & ~missing[1:]])
+        n, at = _longest_run(frozen)
+        if n >= 2:
+            ev.sensor_runs.append(SensorRun(name, "frozen", (n + 1) * step, _dt(ts[lo + at - 1]),
+                                            float(x[max(at - 1, 0)])))
+    if assays is not None and assays.num_rows:
+        drawn = assays.filter(pc.less_equal(assays["sample_ts"], pa.scalar(end_ts, assays["sample_ts"].type)))
+        if drawn.num_rows:
+            ev.assay = drawn.sort_by("sample_ts").slice(drawn.num_rows - 1).to_pylist()[0]
+    return ev
+
+
+def _dt(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1e6, tz=UTC)

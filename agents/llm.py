@@ -1,0 +1,109 @@
+"""Language backends: `offline` (deterministic, the default) and `openai` (any OpenAI-compatible endpoint).
+
+The troubleshooting ranking is code; a backend only phrases findings and answers questions. The `openai`
+backend goes through LangChain's `ChatOpenAI` (the official openai client underneath) with tool calls over the
+evidence (`list_incidents`, `get_incident`), streams tokens, honours `llm_timeout_s`, and falls back to the
+offline text on any error, so an explanation is never lost to a flaky endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from typing import Protocol
+
+from agents import phrasing
+from biopilot.config import Settings
+
+log = logging.getLogger(__name__)
+MAX_TOOL_ROUNDS = 3
+SYSTEM = ("You are the troubleshooting assistant of a CHO fed-batch bioreactor plant. Use the tools to read the "
+          "incidents. The ranking of causes is given: do not change it and do not invent facts. Every sentence "
+          "that states a fact must name its signal, its time and its value, as the evidence does. Be brief.")
+
+
+class Backend(Protocol):
+    name: str
+
+    def explain(self, finding: dict) -> Iterator[str]: ...
+
+    def answer(self, question: str, findings: list[dict]) -> Iterator[str]: ...
+
+
+class OfflineBackend:
+    name = "offline"
+
+    def explain(self, finding: dict) -> Iterator[str]:
+        yield from phrasing.explain(finding)
+
+    def answer(self, question: str, findings: list[dict]) -> Iterator[str]:
+        yield from phrasing.answer(question, findings)
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, model: str, base_url: str | None, api_key: str | None, timeout_s: float) -> None:
+        from langchain_openai import ChatOpenAI
+
+        self.llm = ChatOpenAI(model=model, base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s,
+                              max_retries=0, streaming=True)
+        self.offline = OfflineBackend()
+
+    def explain(self, finding: dict) -> Iterator[str]:
+        prompt = f"Explain incident {finding['incident_id']} to the operator: cause, evidence, actions."
+        yield from self._chat(prompt, [finding], lambda: self.offline.explain(finding))
+
+    def answer(self, question: str, findings: list[dict]) -> Iterator[str]:
+        yield from self._chat(question, findings, lambda: self.offline.answer(question, findings))
+
+    def _chat(self, prompt: str, findings: list[dict], fallback) -> Iterator[str]:  # noqa: ANN001
+        from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
+        from langchain_core.tools import tool
+
+        by_id = {f["incident_id"]: f for f in findings}
+
+        @tool
+        def list_incidents() -> str:
+            """List the incidents (id, reactor, start, severity, lead signals, top cause)."""
+            return json.dumps([{k: f[k] for k in ("incident_id", "reactor_id", "start_ts", "severity", "signals")}
+                               | {"top_cause": (f["hypotheses"] or [{}])[0].get("fault")} for f in findings])
+
+        @tool
+        def get_incident(incident_id: str) -> str:
+            """The full findings of one incident: ranked causes with their evidence, facts and actions."""
+            return json.dumps(by_id.get(incident_id, {"error": f"no incident {incident_id}"}))
+
+        tools = {"list_incidents": list_incidents, "get_incident": get_incident}
+        llm = self.llm.bind_tools(list(tools.values()))
+        messages = [SystemMessage(SYSTEM), HumanMessage(prompt)]
+        sent = False
+        try:
+            for _ in range(MAX_TOOL_ROUNDS + 1):
+                reply = None
+                for chunk in llm.stream(messages):
+                    reply = chunk if reply is None else reply + chunk
+                    if chunk.content:
+                        sent = True
+                        yield str(chunk.content)
+                if reply is None or not reply.tool_calls:
+                    return
+                messages.append(reply)
+                for call in reply.tool_calls:
+                    result = tools[call["name"]].invoke(call["args"]) if call["name"] in tools else "unknown tool"
+                    messages.append(ToolMessage(result, tool_call_id=call["id"]))
+            raise RuntimeError("the model kept calling tools")
+        except Exception as err:  # noqa: BLE001 - any endpoint failure falls back to the offline text
+            log.warning("openai backend failed (%s); using the offline text", err)
+            if sent:
+                yield "\n\n"
+            yield from fallback()
+
+
+def make_backend(settings: Settings) -> Backend:
+    if settings.llm == "openai":
+        return OpenAIBackend(settings.llm_model, os.environ.get("OPENAI_BASE_URL"), os.environ.get("OPENAI_API_KEY"),
+                             settings.llm_timeout_s)
+    return OfflineBackend()

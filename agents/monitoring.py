@@ -1,0 +1,142 @@
+"""Monitoring: group a reactor's alerts into incidents with an open -> updated -> resolved lifecycle.
+
+An alert joins the reactor's current incident when it is in the same run and comes within `merge_gap` of the
+incident's last activity, either soon after it (`near`) or sharing one of its lead signals; otherwise it opens
+a new incident. An incident resolves when every alert in it has cleared (the flow's hysteresis said the alarm
+stayed quiet); a related alert within `merge_gap` of that reopens it rather than opening a second one. So one
+excursion is one incident. Severity is the worst alert's, raised to critical for a long or repeated one.
+Plain Python with a JSON-able state (the workers keep it in Redis, so any worker of the queue group can go on).
+
+>>> from datetime import UTC, datetime, timedelta
+>>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
+>>> tracker = IncidentTracker()
+>>> alert = {"alert_id": "a1", "run_id": "run", "reactor_id": "r1", "ts": t0, "severity": "warning",
+...          "signals": [{"name": "do_pct", "contribution": 0.8}]}
+>>> [e["event"] for e in tracker.on_alert(alert)]
+['open']
+>>> [e["event"] for e in tracker.on_alert({**alert, "alert_id": "a2", "ts": t0 + timedelta(minutes=20)})]
+['update']
+>>> tracker.on_clear({"alert_id": "a1", "reactor_id": "r1", "ts": t0 + timedelta(hours=1)})
+[]
+>>> [e["status"] for e in tracker.on_clear({"alert_id": "a2", "reactor_id": "r1", "ts": t0 + timedelta(hours=2)})]
+['resolved']
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+@dataclass
+class Incident:
+    incident_id: str
+    run_id: str
+    reactor_id: str
+    start_ts: datetime
+    last_ts: datetime
+    severity: str
+    status: str = "open"  # open | updated | resolved
+    end_ts: datetime | None = None
+    version: int = 0
+    alert_ids: list[str] = field(default_factory=list)
+    open_alerts: list[str] = field(default_factory=list)
+    signals: dict[str, float] = field(default_factory=dict)  # lead signal -> its largest contribution
+
+    def event(self, kind: str) -> dict:
+        self.version += 1
+        return {"event": kind, "incident_id": self.incident_id, "version": self.version, "run_id": self.run_id,
+                "reactor_id": self.reactor_id, "status": self.status, "start_ts": self.start_ts,
+                "end_ts": self.end_ts, "severity": self.severity, "alert_count": len(self.alert_ids),
+                "signals": sorted(self.signals, key=lambda s: -self.signals[s]),
+                "emitted_at": datetime.now(UTC)}
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for k in ("start_ts", "last_ts", "end_ts"):
+            d[k] = d[k].isoformat() if d[k] else None
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Incident:
+        d = dict(d)
+        for k in ("start_ts", "last_ts", "end_ts"):
+            d[k] = datetime.fromisoformat(d[k]) if d[k] else None
+        return cls(**d)
+
+
+def incident_id_for(run_id: str, first_alert_id: str) -> str:
+    """Deterministic, so a re-delivered alert on another worker names the same incident."""
+    return hashlib.sha1(f"{run_id}|{first_alert_id}".encode()).hexdigest()[:12]
+
+
+def _ts(value: datetime | str) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+@dataclass
+class IncidentTracker:
+    merge_gap: timedelta = timedelta(hours=3)
+    near: timedelta = timedelta(minutes=45)
+    long: timedelta = timedelta(hours=6)
+    current: dict[str, Incident] = field(default_factory=dict)  # reactor -> its latest incident
+
+    def on_alert(self, alert: dict) -> list[dict]:
+        reactor, ts = alert["reactor_id"], _ts(alert["ts"])
+        lead = {s["name"]: float(s["contribution"]) for s in alert.get("signals") or [] if s["contribution"] >= 0.1}
+        inc = self.current.get(reactor)
+        if inc is not None and alert["alert_id"] in inc.alert_ids:
+            return []  # a re-delivered alert
+        joins = (inc is not None and inc.run_id == alert["run_id"] and ts - inc.last_ts <= self.merge_gap
+                 and (ts - inc.last_ts <= self.near or bool(set(lead) & set(inc.signals)) or not lead))
+        if not joins:
+            events = []
+            if inc is not None and inc.status != "resolved":  # a new run or an unrelated excursion
+                inc.status, inc.end_ts = "resolved", inc.last_ts
+                events.append(inc.event("resolve"))
+            inc = Incident(incident_id_for(alert["run_id"], alert["alert_id"]), alert["run_id"], reactor, ts, ts,
+                           alert.get("severity") or "warning")
+            self.current[reactor] = inc
+            self._add(inc, alert, ts, lead)
+            return [*events, inc.event("open")]
+        assert inc is not None
+        self._add(inc, alert, ts, lead)
+        inc.status, inc.end_ts = "updated", None
+        return [inc.event("update")]
+
+    def on_clear(self, clear: dict) -> list[dict]:
+        inc = self.current.get(clear["reactor_id"])
+        if inc is None or clear["alert_id"] not in inc.open_alerts:
+            return []
+        inc.open_alerts.remove(clear["alert_id"])
+        ts = _ts(clear["ts"])
+        inc.last_ts = max(inc.last_ts, ts)
+        if inc.open_alerts:
+            return []
+        inc.status, inc.end_ts = "resolved", ts
+        self._escalate(inc)
+        return [inc.event("resolve")]
+
+    def _add(self, inc: Incident, alert: dict, ts: datetime, lead: dict[str, float]) -> None:
+        inc.alert_ids.append(alert["alert_id"])
+        inc.open_alerts.append(alert["alert_id"])
+        inc.last_ts = max(inc.last_ts, ts)
+        for name, c in lead.items():
+            inc.signals[name] = max(inc.signals.get(name, 0.0), c)
+        if SEVERITY_RANK.get(alert.get("severity") or "warning", 1) > SEVERITY_RANK[inc.severity]:
+            inc.severity = alert["severity"]
+        self._escalate(inc)
+
+    def _escalate(self, inc: Incident) -> None:
+        if len(inc.alert_ids) >= 3 or inc.last_ts - inc.start_ts >= self.long:
+            inc.severity = "critical"
+
+    def to_json(self) -> dict:
+        return {r: inc.to_json() for r, inc in self.current.items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> IncidentTracker:
+        return cls(current={r: Incident.from_json(d) for r, d in data.items()})

@@ -1,0 +1,68 @@
+"""Deterministic text from structured findings (the `offline` language backend).
+
+Every sentence that states a fact comes from an evidence sentence, which names its signal, time and value.
+Findings are the dicts of `IncidentFinding.as_dict()`.
+
+>>> finding = {"incident_id": "abc", "reactor_id": "r1", "start_ts": "2026-01-05T12:00:00+00:00",
+...            "end_ts": None, "severity": "warning", "alert_count": 1, "signals": ["temp_c"],
+...            "abstained": False, "facts": [], "hypotheses": [{"fault": "temperature_spike",
+...            "confidence": 0.7, "match": 0.9, "root_cause": "jacket temperature control failure",
+...            "action": "switch the jacket to manual cooling",
+...            "evidence": ["temp_c read 36.2 °C at 2026-01-05 12:05 UTC, above the 33 °C normal runs show"]}]}
+>>> print(explain(finding)[1])
+Most likely cause: temperature_spike (confidence 0.70): jacket temperature control failure.
+"""
+
+from __future__ import annotations
+
+import re
+
+from agents.knowledge import SIGNATURES
+
+SIGNAL_WORDS = {"do": "do_pct", "oxygen": "do_pct", "ph": "ph", "temperature": "temp_c", "temp": "temp_c",
+                "feed": "feed_ml_per_tick", "base": "base_ml_per_tick", "co2": "co2_sccm", "o2": "o2_sccm",
+                "our": "our_mmol_l_h", "cer": "cer_mmol_l_h", "capacitance": "capacitance_pf_cm",
+                "agitation": "agitation_rpm", "air": "air_sccm"}
+
+
+def _hypotheses(finding: dict) -> list[dict]:
+    return [h for h in finding.get("hypotheses", []) if h.get("match", 0) > 0]
+
+
+def explain(finding: dict) -> list[str]:
+    """Paragraph-sized chunks: what happened, the cause (or an abstention), alternatives, actions."""
+    lead = ", ".join(finding.get("signals") or []) or "several signals"
+    chunks = [f"Incident {finding['incident_id']} on {finding['reactor_id']} opened at {finding['start_ts']} "
+              f"({finding['severity']}, {finding['alert_count']} alert(s)), driven by {lead}."]
+    hyps = _hypotheses(finding)
+    if finding.get("abstained") or not hyps:
+        facts = "; ".join(finding.get("facts") or []) or "no signal left its normal band by enough"
+        chunks.append(f"Insufficient evidence to name a cause. Strongest observations: {facts}.")
+        chunks.append("Recommended: pull an off-line sample (glucose, VCD, viability) and review the trend.")
+        return chunks
+    top = hyps[0]
+    chunks.append(f"Most likely cause: {top['fault']} (confidence {top['confidence']:.2f}): {top['root_cause']}.")
+    if top["evidence"]:
+        chunks.append("Evidence: " + "; ".join(top["evidence"]) + ".")
+    if len(hyps) > 1:
+        chunks.append("Less likely: " + ", ".join(f"{h['fault']} ({h['confidence']:.2f})" for h in hyps[1:3]) + ".")
+    checks = SIGNATURES[top["fault"]].checks
+    chunks.append(f"Recommended actions: {top['action']}" + (f"; confirm with: {', '.join(checks)}." if checks
+                                                             else "."))
+    return chunks
+
+
+def answer(question: str, findings: list[dict]) -> list[str]:
+    """A chat answer from the same findings: the incidents that involve the signal asked about, else all."""
+    if not findings:
+        return ["No incident was raised for this run: every signal stayed within its calibrated alarm limits."]
+    words = set(re.findall(r"[a-z0-9]+", question.lower()))
+    asked = {s for w, s in SIGNAL_WORDS.items() if w in words}
+    relevant = [f for f in findings if asked & set(f.get("signals") or [])
+                or any(asked & set(re.findall(r"[a-z0-9_]+", e)) for h in _hypotheses(f) for e in h["evidence"])]
+    chunks = []
+    if asked and not relevant:
+        chunks.append(f"No incident involved {', '.join(sorted(asked))}; the incidents of this run were:")
+    for f in relevant or findings:
+        chunks += explain(f)
+    return chunks

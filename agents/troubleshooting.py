@@ -1,0 +1,119 @@
+"""Troubleshooting: rank the fault archetypes for an incident from its evidence, or abstain.
+
+The ranking is code, not a language model. Each signature scores how well the evidence matches it, in [0, 1]:
+for a process fault, the weighted share of its expected moves that happened (a move counts fully at
+|z| >= `Z_FULL`, the golden batch's robust z), minus half the weight of moves in the opposite direction; for a
+sensor fault, how long the reading was frozen or missing, or how alone one reading wandered. Confidence is the
+match times its share of all matches. Below `ABSTAIN_BELOW` the agent says "insufficient evidence".
+
+>>> from datetime import UTC, datetime
+>>> from agents.evidence import Deviation, Evidence
+>>> t = datetime(2026, 1, 5, 12, tzinfo=UTC)
+>>> ev = Evidence("run", "r1", t, t)
+>>> ev.deviations = {"temp_c": Deviation("temp_c", 60.0, t, 36.2, 33.0),
+...                  "our_mmol_l_h": Deviation("our_mmol_l_h", 4.0, t, 9.1, 7.5)}
+>>> diagnosis = rank(ev)
+>>> diagnosis.hypotheses[0].fault, diagnosis.abstained
+('temperature_spike', False)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agents.evidence import Evidence
+from agents.knowledge import COUPLED, SIGNATURES, Signature
+
+Z_FULL = 8.0
+# a feed bolus a few minutes off the golden timing already reads z ~ 25; a real overfeed reads 500+, a missed
+# bolus -1000 or less
+Z_FULL_FOR = {"feed_ml_per_tick": 200.0}
+ABSTAIN_BELOW = 0.3
+FROZEN_FULL_MIN = 30.0
+MISSING_FULL_MIN = 10.0
+MENTION_ABOVE = 0.05  # a hypothesis matching less than this is not worth an operator's attention
+
+
+@dataclass
+class Hypothesis:
+    fault: str
+    confidence: float
+    match: float
+    evidence: list[str]
+    root_cause: str
+    action: str
+
+    def as_dict(self) -> dict:
+        return {"fault": self.fault, "confidence": round(self.confidence, 3), "match": round(self.match, 3),
+                "evidence": self.evidence, "root_cause": self.root_cause, "action": self.action}
+
+
+@dataclass
+class Diagnosis:
+    hypotheses: list[Hypothesis] = field(default_factory=list)
+    abstained: bool = True
+    facts: list[str] = field(default_factory=list)  # the strongest observations, whatever the ranking
+
+    def ranked(self, k: int = 3) -> list[Hypothesis]:
+        """The best `k` hypotheses worth mentioning."""
+        return [h for h in self.hypotheses[:k] if h.match >= MENTION_ABOVE]
+
+    @property
+    def top(self) -> Hypothesis | None:
+        return None if self.abstained or not self.hypotheses else self.hypotheses[0]
+
+    def as_dict(self) -> dict:
+        return {"abstained": self.abstained, "facts": self.facts,
+                "hypotheses": [h.as_dict() for h in self.hypotheses]}
+
+
+def _strength(z: float, signal: str = "") -> float:
+    return float(np.clip(z / Z_FULL_FOR.get(signal, Z_FULL), 0.0, 1.0))
+
+
+def _process_match(sig: Signature, ev: Evidence) -> tuple[float, list[str]]:
+    total = sum(abs(w) for w in sig.expect.values())
+    score, cited = 0.0, []
+    for signal, w in sig.expect.items():
+        z = ev.z(signal) * np.sign(w)
+        score += abs(w) * (_strength(z, signal) - 0.5 * _strength(-z, signal))
+        if _strength(z, signal) >= 0.25:
+            cited.append(ev.deviations[signal].sentence())
+    return max(score / total, 0.0), cited
+
+
+def _sensor_match(sig: Signature, ev: Evidence) -> tuple[float, list[str]]:
+    if sig.sensor in ("frozen", "missing"):
+        full = FROZEN_FULL_MIN if sig.sensor == "frozen" else MISSING_FULL_MIN
+        runs = [r for r in ev.sensor_runs if r.kind == sig.sensor]
+        if not runs:
+            return 0.0, []
+        worst = max(runs, key=lambda r: r.minutes)
+        return float(np.clip(worst.minutes / full, 0.0, 1.0)), [worst.sentence()]
+    # "lone": one watched reading far from normal while the signals coupled to it stay normal
+    best, cited = 0.0, []
+    for signal, coupled in COUPLED.items():
+        own = _strength(abs(ev.z(signal)))
+        echo = max((_strength(abs(ev.z(c))) for c in coupled), default=0.0)
+        match = own * (1.0 - echo) * 0.8  # never as sure as a direct observation
+        if match > best and signal in ev.deviations:
+            best, cited = match, [ev.deviations[signal].sentence() + ", while "
+                                  + ", ".join(c for c in coupled) + " stayed near normal"]
+    return best, cited
+
+
+def rank(ev: Evidence) -> Diagnosis:
+    """Hypotheses over every archetype, best first; abstains when none matches well enough."""
+    matches: list[tuple[str, float, list[str]]] = []
+    for fault, sig in SIGNATURES.items():
+        match, cited = (_sensor_match if sig.sensor else _process_match)(sig, ev)
+        matches.append((fault, match, cited))
+    total = sum(m for _, m, _ in matches) or 1.0
+    hyps = [Hypothesis(f, m * m / total, m, cited, SIGNATURES[f].root_cause, SIGNATURES[f].action)
+            for f, m, cited in matches]
+    hyps.sort(key=lambda h: (-h.match, h.fault))
+    facts = [d.sentence() for d in ev.strongest(3) if abs(d.z) >= 3.0] + [r.sentence() for r in ev.sensor_runs
+                                                                           if r.minutes >= 10]
+    return Diagnosis(hyps, not hyps or hyps[0].match < ABSTAIN_BELOW, facts)

@@ -1,0 +1,54 @@
+"""Troubleshooting ranks the right cause from evidence, cites signal/time/value, and abstains without evidence."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from agents.diagnose import diagnose_ticks
+from agents.evidence import Evidence
+from agents.troubleshooting import rank
+from detectors.monitor import MonitorConfig, ReactorMonitor
+from sources.scenarios import ARCHETYPE_SCENARIOS
+from tests.agent_helpers import simulated
+
+# sensor_drift is left out: the fusion does not detect a slow drift yet (docs/QUALITY.md), so there is no
+# incident to diagnose
+DIAGNOSABLE = [f for f in ARCHETYPE_SCENARIOS if f != "sensor_drift"]
+FACT = re.compile(r"^[a-z0-9_]+ (read|was) .*\d{4}-\d\d-\d\d \d\d:\d\d UTC")
+
+
+@pytest.mark.parametrize("fault", DIAGNOSABLE)
+def test_the_first_incident_of_each_fault_names_it_first_with_cited_evidence(fault):
+    ticks, assays, labels = simulated(ARCHETYPE_SCENARIOS[fault])
+    label = labels[0]
+    findings = diagnose_ticks(ticks, assays)
+    inside = [f for f in findings if label.start_ts <= f.incident["start_ts"] <= label.end_ts + timedelta(hours=2)]
+    assert inside, f"no incident inside the {fault} window"
+    diagnosis = inside[0].diagnosis
+    assert not diagnosis.abstained and diagnosis.top.fault == fault
+    assert diagnosis.top.evidence and all(FACT.match(e) for e in diagnosis.top.evidence)
+    assert 0 < diagnosis.top.confidence <= 1
+
+
+def test_a_normal_run_raises_no_incident():
+    ticks, assays, _ = simulated("normal", seed=12)
+    assert diagnose_ticks(ticks, assays) == []
+
+
+def test_no_deviation_means_insufficient_evidence():
+    t = datetime(2026, 1, 5, tzinfo=UTC)
+    diagnosis = rank(Evidence("run", "r1", t, t))
+    assert diagnosis.abstained and diagnosis.top is None
+
+
+def test_the_monitor_closes_each_alert_it_opened():
+    ticks, _, _ = simulated("do_limitation")
+    monitor = ReactorMonitor("r1", MonitorConfig.for_detector("fusion"))
+    out = monitor.on_ticks(ticks)
+    end = monitor.on_watermark(2**62)
+    alerts, clears = out.alerts + end.alerts, out.clears + end.clears
+    assert alerts and [c["alert_id"] for c in clears] == [a["alert_id"] for a in alerts][: len(clears)]
+    assert all(c["ts"] > c["opened_ts"] for c in clears)
