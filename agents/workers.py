@@ -15,12 +15,10 @@ import contextlib
 import json
 import logging
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import nats
-import pyarrow as pa
 import redis.asyncio as aioredis
 from nats.aio.msg import Msg
 
@@ -29,40 +27,14 @@ from agents.evidence import gather
 from agents.llm import Backend, OfflineBackend
 from agents.monitoring import IncidentTracker
 from agents.troubleshooting import rank
-from biopilot.events import SCHEMAS
 from sinks import delta
 from sinks.nats_sink import alert_json
+from sinks.table_writer import TableWriter
 
 log = logging.getLogger(__name__)
 STATE_KEY = "biopilot:incidents:{reactor}"
+SEQ_KEY = "biopilot:agent-seq:{incident_id}"
 EVIDENCE_WAIT_S = 5.0  # how long to wait for the flow to commit the ticks around a new incident
-
-
-class TableWriter:
-    """Rows queued by table name, appended to Delta in one commit per table every `every_s`."""
-
-    def __init__(self, lake: str, every_s: float = 0.5) -> None:
-        self.lake, self.every_s = lake, every_s
-        self.rows: dict[str, list[dict]] = defaultdict(list)
-        self.task: asyncio.Task | None = None
-
-    def put(self, name: str, row: dict) -> None:
-        self.rows[name].append(row)
-
-    async def flush(self) -> None:
-        batches, self.rows = self.rows, defaultdict(list)
-        for name, rows in batches.items():
-            try:
-                table = pa.Table.from_pylist(rows, schema=SCHEMAS[name])
-                await asyncio.to_thread(delta.append, self.lake, name, table, SCHEMAS[name])
-            except Exception:  # noqa: BLE001 - keep the rows for the next try rather than lose them
-                log.exception("could not write %d %s rows; retrying", len(rows), name)
-                self.rows[name][:0] = rows
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.every_s)
-            await self.flush()
 
 
 @dataclass
@@ -133,16 +105,16 @@ class Workers:
 
     async def _troubleshoot(self, event: dict) -> None:
         incident_id = event["incident_id"]
-        seq = 0
 
         async def send(text: str, done: bool = False, findings: dict | None = None) -> None:
-            nonlocal seq
+            # one sequence per incident across its events and workers
+            seq = await self.redis.incr(SEQ_KEY.format(incident_id=incident_id)) - 1
             chunk = {"incident_id": incident_id, "seq": seq, "agent": "troubleshooting", "text": text,
                      "done": done}
-            await self.nc.publish(f"biopilot.agent.{incident_id}", json.dumps(chunk).encode())
+            payload = chunk | ({"findings": findings} if findings else {})  # the last chunk carries them
+            await self.nc.publish(f"biopilot.agent.{incident_id}", json.dumps(payload, default=str).encode())
             self.writer.put("agent_messages", chunk | {"findings_json": json.dumps(findings) if findings else None,
                                                        "emitted_at": datetime.now(UTC)})
-            seq += 1
 
         if event["event"] == "resolve":
             await send(f"Incident {incident_id} on {event['reactor_id']} resolved at {event['end_ts']}: every "

@@ -131,6 +131,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.lake:
         settings = replace(settings, lake=args.lake)
+    if args.port is not None:
+        settings = replace(settings, port=args.port)
+    from biopilot.services import port_in_use
+
+    if port_in_use(settings.port, settings.host):
+        raise UsageError(f"port {settings.port} on {settings.host} is in use: pass --port or set BIOPILOT_PORT")
     return run_up(settings, scenario, args.reactors, args.speed, args.jitter, args.lateness_s, args.batches)
 
 
@@ -327,6 +333,24 @@ def cmd_agents(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from dashboard.auth import AuthError, create_token, secret_for
+
+    settings = _settings()
+    if args.lake:
+        settings = replace(settings, lake=args.lake)
+    try:
+        token = create_token(secret_for(settings), args.role, args.subject, int(args.ttl_days * 86400))
+    except AuthError as err:
+        raise UsageError(str(err)) from None
+    print(f"{args.role} token, valid {args.ttl_days:g} day(s); send it as 'Authorization: Bearer <token>':",
+          file=sys.stderr)
+    print(token)
+    return 0
+
+
 def cmd_bench_agents(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -395,6 +419,18 @@ def build_parser() -> argparse.ArgumentParser:
     _lake_option(p)
     p.set_defaults(func=cmd_chat)
 
+    token = sub.add_parser("token", help="dashboard/API tokens", description="Dashboard and API tokens.")
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    p = token_sub.add_parser("create", help="print a signed token for a role",
+                             description="Print a JWT for viewer (read + streams), operator (+ control, faults, "
+                                         "replay) or admin (+ tokens), signed with BIOPILOT_SECRET or the lake's "
+                                         "key. The token alone is on the last line.")
+    p.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    p.add_argument("--subject", default=None, help="who the token is for (written to the audit table)")
+    p.add_argument("--ttl-days", type=_positive("--ttl-days"), default=30.0, help="validity (default 30 days)")
+    _lake_option(p)
+    p.set_defaults(func=cmd_token_create)
+
     p = sub.add_parser("agents", help="run the agent workers on a running stack",
                        description="Monitoring (alerts -> incidents) and troubleshooting (incidents -> streamed "
                                    "explanations) workers in NATS queue groups; start several to share the load.")
@@ -433,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plant", choices=["bioreactor", "patient"], default="bioreactor")
     p.add_argument("--scenario", default="normal", help="scenario of every batch (default normal)")
     p.add_argument("--jitter", type=float, default=0.0, help="share of ticks delivered out of order (0-1)")
+    p.add_argument("--port", type=_positive("--port", int), default=None,
+                   help="dashboard port (default BIOPILOT_PORT or 8000)")
     p.add_argument("--lateness-s", type=_positive("--lateness-s"), default=300.0,
                    help="allowed event-time lateness before a tick is late (default 300)")
     p.add_argument("--batches", type=_positive("--batches", int), default=None,

@@ -45,6 +45,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def wait_port(port: int, host: str = "127.0.0.1", timeout_s: float = 15.0,
               proc: subprocess.Popen | None = None) -> None:
     """Poll until something accepts connections (connecting before that makes nats-py wait 2 s)."""

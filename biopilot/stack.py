@@ -1,6 +1,6 @@
 """`biopilot up`: the whole stack on one machine — broker and cache (embedded unless configured), the
-monitoring flow (its own process, with a recovery store), and the continuous plant feed. Ctrl-C stops all of
-it, children included."""
+monitoring flow (its own process, with a recovery store), the continuous plant feed, the agent workers and the
+dashboard (both on this process's event loop). Ctrl-C stops all of it, children included."""
 
 from __future__ import annotations
 
@@ -10,11 +10,18 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import uvicorn
+
+from agents.llm import make_backend
+from agents.workers import Workers
 from biopilot.config import Settings
 from biopilot.events import SCHEMAS
 from biopilot.services import start_flow, start_services
+from dashboard.app import create_app
+from dashboard.auth import create_token, secret_for
 from sinks import delta
 from sources.plant import PlantFeed
 from sources.scenarios import Scenario
@@ -56,6 +63,14 @@ async def drain(nats_url: str, durable: str = "biopilot-monitor", timeout_s: flo
         await nc.close()
 
 
+class _Dashboard(uvicorn.Server):
+    """uvicorn on our loop: Ctrl-C belongs to `biopilot up`, which stops the server itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # noqa: ANN201
+        yield
+
+
 def run_up(settings: Settings, scenario: Scenario, reactors: int, speed: float | None, jitter_share: float,
            lateness_s: float, max_batches: int | None = None, out=sys.stdout) -> int:
     lake = settings.lake
@@ -73,18 +88,31 @@ def run_up(settings: Settings, scenario: Scenario, reactors: int, speed: float |
               f"speed {'max' if speed is None else f'{speed:g}x'}", file=out)
         print("Ctrl-C stops everything.", file=out, flush=True)
 
+        settings = replace(settings, nats_url=services.nats_url, redis_url=services.redis_url)
+
         def record(name: str, rows) -> None:
             delta.append(lake, name, rows, SCHEMAS[name])
 
         feed = PlantFeed(services.nats_url, scenario, reactors, speed, jitter_share=jitter_share,
                          lateness_s=lateness_s, max_batches=max_batches, record=record)
         loop = asyncio.new_event_loop()
+        workers = Workers(services.nats_url, services.redis_url, lake, make_backend(settings))
+        loop.run_until_complete(workers.start())
+        server = _Dashboard(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                                           log_level="warning"))
+        web = loop.create_task(server.serve())
+        print(f"agents     monitoring + troubleshooting workers (llm {settings.llm})", file=out)
+        print(f"dashboard  http://{settings.host}:{settings.port}/login?token="
+              f"{create_token(secret_for(settings), 'admin', 'admin')}", file=out, flush=True)
         task = loop.create_task(feed.run())
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, feed.interrupt)
         try:
             stats = loop.run_until_complete(task)
         finally:
+            server.should_exit = True
+            loop.run_until_complete(asyncio.wait([web], timeout=10))
+            loop.run_until_complete(workers.stop())
             loop.close()
         print(f"plant stopped: {stats.batches} batch(es), {stats.ticks:,} ticks, {stats.assays} assays published",
               file=out, flush=True)

@@ -23,8 +23,8 @@ from detectors.base import DETECTOR_SIGNALS, make_detector
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """The flow's detector and alarm. Default: the streaming z-score (alarms at 12 sd); `fusion` is the
-    calibrated fusion (its scores are ratios to the members' thresholds, so it alarms at 1.0)."""
+    """A detector and its alarm. The flow runs `for_detector("fusion")`, the calibrated fusion (its scores are
+    ratios to the members' thresholds, so it alarms at 1.0); the bare default is the streaming z-score at 12 sd."""
 
     lateness_s: float = 300.0
     detector: str = "zscore"

@@ -3,7 +3,7 @@
 Thin wiring only; the logic lives in `sources.telemetry` (routing, validation) and `detectors.monitor`.
 Run it with `python -m bytewax.run "flows.monitor:build_flow()" -r RECOVERY_DIR -s 1 -b 10`.
 Settings from the environment: BIOPILOT_NATS_URL (required), BIOPILOT_LAKE, BIOPILOT_LATENESS_S (300),
-BIOPILOT_DETECTOR (zscore | fusion), BIOPILOT_FLOW_DURABLE (consumer name), BIOPILOT_FLUSH_ROWS (50000),
+BIOPILOT_DETECTOR (fusion, the default, | zscore), BIOPILOT_FLOW_DURABLE (consumer name), BIOPILOT_FLUSH_ROWS (50000),
 BIOPILOT_FLUSH_S (1).
 """
 
@@ -27,7 +27,7 @@ def build_flow() -> Dataflow:
     settings = load_settings()
     if not settings.nats_url:
         raise RuntimeError("BIOPILOT_NATS_URL must point at the broker the flow reads")
-    config = MonitorConfig.for_detector(os.environ.get("BIOPILOT_DETECTOR", "zscore"),
+    config = MonitorConfig.for_detector(os.environ.get("BIOPILOT_DETECTOR", "fusion"),
                                         float(os.environ.get("BIOPILOT_LATENESS_S", "300")))
     durable = os.environ.get("BIOPILOT_FLOW_DURABLE", "biopilot-monitor")
 

@@ -20,7 +20,8 @@ from sources.publish import publish_assays, publish_ticks, publish_watermark
 
 class Replay:
     def __init__(self, nats_url: str, ticks: pa.Table, assays: pa.Table | None = None, speed: float | None = None,
-                 batch_ticks: int = 500, lateness_s: float = 300.0, as_run: str | None = None) -> None:
+                 batch_ticks: int = 500, lateness_s: float = 300.0, as_run: str | None = None,
+                 as_reactor: str | None = None) -> None:
         if ticks.num_rows == 0:
             raise ValueError("the run has no ticks")
         if speed is not None and speed <= 0:
@@ -28,9 +29,10 @@ class Replay:
         self.nats_url = nats_url
         self.ticks = ticks.sort_by("seq")
         self.assays = assays.sort_by("reported_ts") if assays is not None and assays.num_rows else None
-        if as_run:
-            self.ticks = _rename(self.ticks, as_run)
-            self.assays = _rename(self.assays, as_run) if self.assays is not None else None
+        for column, value in (("run_id", as_run), ("reactor_id", as_reactor)):
+            if value:  # e.g. a dashboard replay beside a live plant must not share its reactor's stream
+                self.ticks = _rename(self.ticks, column, value)
+                self.assays = _rename(self.assays, column, value) if self.assays is not None else None
         self.reactor = self.ticks["reactor_id"][0].as_py()
         self.speed, self.batch_ticks, self.lateness_s = speed, batch_ticks, lateness_s
         self.paused = asyncio.Event()
@@ -89,7 +91,7 @@ class Replay:
         return self.published
 
 
-def _rename(table: pa.Table, run_id: str) -> pa.Table:
-    idx = table.schema.get_field_index("run_id")
-    return table.set_column(idx, table.schema.field("run_id"), pa.array([run_id] * table.num_rows, pa.string()))
+def _rename(table: pa.Table, column: str, value: str) -> pa.Table:
+    idx = table.schema.get_field_index(column)
+    return table.set_column(idx, table.schema.field(column), pa.array([value] * table.num_rows, pa.string()))
 

@@ -43,7 +43,7 @@ def test_every_published_tick_lands_exactly_once_with_its_scores(nats_server, la
 def _expected_scores(ticks: pa.Table, lateness_s: float) -> dict[tuple[str, int], float]:
     expected = {}
     for reactor, rows in by_reactor(ticks).items():
-        mon = ReactorMonitor(reactor, MonitorConfig(lateness_s=lateness_s))
+        mon = ReactorMonitor(reactor, MonitorConfig.for_detector("fusion", lateness_s))
         out = mon.on_ticks(rows)
         scores = [out.tables["scores"]] if "scores" in out.tables else []
         scores += [mon.on_watermark(2**62).tables["scores"]]

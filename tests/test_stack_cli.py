@@ -12,6 +12,7 @@ import time
 import nats
 import psutil
 
+from biopilot.services import free_port
 from sinks import delta
 
 BIOPILOT = [sys.executable, "-m", "biopilot.cli"]
@@ -36,10 +37,11 @@ def test_up_runs_batches_end_to_end_and_leaves_no_process(tmp_path):
     lake = tmp_path / "lake"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BIOPILOT_")}
     out = subprocess.run([*BIOPILOT, "up", "--reactors", "2", "--speed", "max", "--batches", "2", "--scenario",
-                          str(_short_scenario(tmp_path)), "--lake", str(lake)], capture_output=True, text=True,
+                          str(_short_scenario(tmp_path)), "--lake", str(lake), "--port", str(free_port())], capture_output=True, text=True,
                          timeout=240, env=env)
     assert out.returncode == 0, out.stderr
     assert "broker     nats://127.0.0.1:" in out.stdout and "flow drained" in out.stdout
+    assert "dashboard  http://127.0.0.1:" in out.stdout and "/login?token=" in out.stdout
     ticks = delta.read(lake, "ticks", columns=["run_id", "seq"])
     assert ticks.num_rows == 2 * 2 * 720
     runs = delta.read(lake, "runs")
@@ -51,7 +53,8 @@ def test_up_runs_batches_end_to_end_and_leaves_no_process(tmp_path):
 def test_up_stops_everything_on_ctrl_c(tmp_path):
     lake = tmp_path / "lake"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BIOPILOT_")}
-    proc = subprocess.Popen([*BIOPILOT, "up", "--reactors", "1", "--speed", "3000", "--lake", str(lake)],
+    proc = subprocess.Popen([*BIOPILOT, "up", "--reactors", "1", "--speed", "3000", "--lake", str(lake),
+                             "--port", str(free_port())],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 60
     while delta.read(lake, "ticks", columns=["seq"]) is None and time.monotonic() < deadline:

@@ -1,0 +1,47 @@
+"""Agent chat: a question about a run or an incident, answered from the evidence, streamed as SSE chunks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pyarrow.compute as pc
+from fastapi import APIRouter, Depends, HTTPException
+from sse_starlette import EventSourceResponse
+from starlette.concurrency import iterate_in_threadpool
+
+from agents.chat import ask
+from agents.diagnose import RunNotFound, load_run
+from dashboard.deps import Runtime, runtime, viewer
+from dashboard.models import ChatRequest
+from sinks import delta
+
+router = APIRouter(prefix="/api", tags=["agents"], dependencies=[viewer])
+
+
+def _run_of_incident(lake: str, incident_id: str) -> str | None:
+    incidents = delta.read(lake, "incidents", columns=["incident_id", "run_id"])
+    if incidents is None:
+        return None
+    rows = incidents.filter(pc.equal(incidents["incident_id"], incident_id))
+    return rows["run_id"][0].as_py() if rows.num_rows else None
+
+
+@router.post("/chat")
+def chat(body: ChatRequest, rt: Runtime = Depends(runtime)) -> EventSourceResponse:
+    """Streams `chunk` events ({"text"}) and a final `done` event."""
+    lake = rt.settings.lake
+    run_id = body.run_id or (_run_of_incident(lake, body.incident_id) if body.incident_id else None)
+    if run_id is None:
+        raise HTTPException(422, "name a run_id, or an incident_id the monitoring agent has recorded")
+    try:
+        load_run(lake, run_id)
+    except RunNotFound as err:
+        raise HTTPException(404, str(err)) from None
+
+    async def chunks() -> AsyncIterator[dict]:
+        async for text in iterate_in_threadpool(ask(lake, run_id, body.question, rt.backend, body.incident_id)):
+            yield {"event": "chunk", "data": json.dumps({"text": text})}
+        yield {"event": "done", "data": "{}"}
+
+    return EventSourceResponse(chunks())

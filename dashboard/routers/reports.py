@@ -1,0 +1,28 @@
+"""Run reports (the reporting agent) over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.responses import FileResponse
+
+from agents import report
+from agents.diagnose import RunNotFound
+from dashboard.deps import Runtime, runtime, viewer
+
+router = APIRouter(prefix="/api/reports", tags=["agents"], dependencies=[viewer])
+MEDIA = {"md": "text/markdown; charset=utf-8", "html": "text/html; charset=utf-8", "pdf": "application/pdf"}
+
+
+@router.get("/{run_id}")
+def get_report(run_id: str, format: Literal["html", "md", "pdf"] = "html",  # noqa: A002 - the public parameter
+               rt: Runtime = Depends(runtime)) -> FileResponse:
+    if "://" in rt.settings.lake:
+        raise HTTPException(501, "reports are written next to a local lake only")
+    try:
+        out = report.write(rt.settings.lake, run_id, format, Path(rt.settings.lake) / "reports")
+    except RunNotFound as err:
+        raise HTTPException(404, str(err)) from None
+    return FileResponse(out, media_type=MEDIA[format], filename=out.name if format == "pdf" else None)

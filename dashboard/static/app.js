@@ -1,0 +1,294 @@
+// BioPilot dashboard: live plots (uPlot) from SSE streams, controls, incidents, agent chat, replay.
+// No build step: plain browser JavaScript; the token travels in the http-only cookie set by /login.
+"use strict";
+
+const FAULTS = ["overfeed", "underfeed", "do_limitation", "ph_excursion", "temperature_spike", "sensor_drift",
+                "sensor_stuck", "sensor_dropout", "contamination"];
+const SIGNALS = ["do_pct", "ph", "temp_c", "agitation_rpm", "air_sccm", "o2_sccm", "co2_sccm", "base_ml", "feed_ml",
+                 "volume_l", "our_mmol_l_h", "cer_mmol_l_h", "capacitance_pf_cm"];
+const PANELS = [
+  {title: "DO (% air sat.)", series: ["do_pct"]},
+  {title: "pH", series: ["ph"]},
+  {title: "temperature (°C)", series: ["temp_c"]},
+  {title: "OUR / CER (mmol/L/h)", series: ["our_mmol_l_h", "cer_mmol_l_h"]},
+  {title: "gas flows (sccm)", series: ["air_sccm", "o2_sccm", "co2_sccm"]},
+  {title: "feed / base (mL, cumulative)", series: ["feed_ml", "base_ml"]},
+  {title: "capacitance (pF/cm)", series: ["capacitance_pf_cm"]},
+  {title: "assays: VCD (e6/mL), glucose (g/L), titer (g/L)", assays: ["vcd_e6_per_ml", "glucose_g_l", "titer_g_l"]},
+];
+const COLOURS = ["#1f6feb", "#d92d20", "#079455", "#f79009"];
+const MAX_POINTS = 5000;
+
+const state = {
+  reactor: null, follow: true, paused: false, dirty: true,
+  data: {},        // reactor -> {run, t: [], signals: {name: []}, assays: {t: [], name: []}}
+  incidents: {},   // incident_id -> latest incident event
+  alerts: [],
+  chunks: {},      // incident_id -> [chunk]
+  focus: null,     // incident shown in the agent panel
+  plots: [],
+};
+
+const $ = (id) => document.getElementById(id);
+
+async function api(path, options = {}) {
+  const reply = await fetch(path, {credentials: "same-origin", headers: {"Content-Type": "application/json"},
+                                   ...options});
+  if (!reply.ok) {
+    let message = `${reply.status}`;
+    try { const body = await reply.json(); message = body.message || body.detail || message; } catch (_) {}
+    throw new Error(typeof message === "string" ? message : JSON.stringify(message));
+  }
+  return reply.status === 204 ? null : reply.json();
+}
+
+function bufferFor(reactor) {
+  if (!state.data[reactor]) {
+    const signals = Object.fromEntries(SIGNALS.map((s) => [s, []]));
+    state.data[reactor] = {run: null, t: [], signals, assays: {t: [], vcd_e6_per_ml: [], glucose_g_l: [], titer_g_l: []}};
+    refreshReactors();
+  }
+  return state.data[reactor];
+}
+
+function onTick(event) {
+  const b = bufferFor(event.reactor_id);
+  if (b.run && b.run !== event.run_id) {  // a new batch: start its curves afresh
+    b.t.length = 0; SIGNALS.forEach((s) => (b.signals[s].length = 0));
+    Object.values(b.assays).forEach((a) => (a.length = 0));
+  }
+  b.run = event.run_id;
+  b.t.push(...event.t);
+  SIGNALS.forEach((s) => b.signals[s].push(...event.signals[s]));
+  if (b.t.length > MAX_POINTS) {
+    const cut = b.t.length - MAX_POINTS;
+    b.t.splice(0, cut); SIGNALS.forEach((s) => b.signals[s].splice(0, cut));
+  }
+  if (event.reactor_id === state.reactor) { state.dirty = true; $("run").textContent = event.run_id; }
+}
+
+function onAssay(event) {
+  const a = bufferFor(event.reactor_id).assays;
+  a.t.push(event.t);
+  ["vcd_e6_per_ml", "glucose_g_l", "titer_g_l"].forEach((k) => a[k].push(event.values[k] ?? null));
+  if (event.reactor_id === state.reactor) state.dirty = true;
+}
+
+// ---- plots -------------------------------------------------------------------------------------------
+function shadePlugin() {
+  return {hooks: {drawClear: (u) => {
+    const ctx = u.ctx, top = u.bbox.top, height = u.bbox.height;
+    ctx.save();
+    for (const inc of Object.values(state.incidents)) {
+      if (inc.reactor_id !== state.reactor) continue;
+      const x0 = u.valToPos(Date.parse(inc.start_ts) / 1000, "x", true);
+      const end = inc.end_ts ? Date.parse(inc.end_ts) / 1000 : u.scales.x.max;
+      const x1 = u.valToPos(end, "x", true);
+      ctx.fillStyle = inc.severity === "critical" ? "rgba(217,45,32,0.14)" : "rgba(247,144,9,0.16)";
+      ctx.fillRect(x0, top, Math.max(x1 - x0, 2), height);
+    }
+    ctx.restore();
+  }}};
+}
+
+function makePlots() {
+  const host = $("plots");
+  host.innerHTML = "";
+  state.plots = PANELS.map((panel) => {
+    const box = document.createElement("div");
+    box.className = "plot";
+    box.innerHTML = `<h3>${panel.title}</h3>`;
+    host.appendChild(box);
+    const names = panel.series || panel.assays;
+    const opts = {
+      width: Math.max(box.clientWidth - 12, 300), height: 170, plugins: [shadePlugin()],
+      cursor: {drag: {x: true, y: false}},
+      scales: {x: {time: true}},
+      legend: {live: false},
+      series: [{}, ...names.map((n, i) => ({label: n, stroke: COLOURS[i], width: 1.2,
+                                             points: {show: !!panel.assays, size: 5}}))],
+      axes: [{}, {size: 50}],
+      hooks: {setSelect: [() => { state.follow = false; $("follow").checked = false; }]},
+    };
+    const plot = new uPlot(opts, [[], ...names.map(() => [])], box);
+    return {panel, plot, box};
+  });
+  window.addEventListener("resize", () => state.plots.forEach((p) =>
+    p.plot.setSize({width: Math.max(p.box.clientWidth - 12, 300), height: 170})));
+}
+
+function render() {
+  if (state.paused || !state.dirty || !state.reactor) return;
+  const b = state.data[state.reactor];
+  if (!b) return;
+  state.dirty = false;
+  for (const {panel, plot} of state.plots) {
+    const data = panel.assays ? [b.assays.t, ...panel.assays.map((k) => b.assays[k])]
+                              : [b.t, ...panel.series.map((s) => b.signals[s])];
+    plot.setData(data, state.follow);
+  }
+  document.body.dataset.points = String(b.t.length);  // for the browser test: live points arrived
+}
+
+// ---- reactors, incidents, agent -----------------------------------------------------------------------
+async function refreshReactors() {
+  let live = {};
+  try { live = await api("/api/reactors"); } catch (_) {}
+  const names = [...new Set([...Object.keys(live), ...Object.keys(state.data)])].sort();
+  const select = $("reactor");
+  const current = select.value;
+  select.innerHTML = names.map((n) => `<option>${n}</option>`).join("");
+  if (names.length && !names.includes(current)) { select.value = names[0]; selectReactor(names[0]); }
+  else select.value = current;
+}
+
+function selectReactor(name) {
+  state.reactor = name; state.dirty = true; state.follow = true; $("follow").checked = true;
+  const b = state.data[name];
+  $("run").textContent = b && b.run ? b.run : "";
+  renderIncidents(); renderAgent();
+}
+
+function renderIncidents() {
+  const list = Object.values(state.incidents).filter((i) => i.reactor_id === state.reactor)
+    .sort((a, b) => (a.start_ts < b.start_ts ? 1 : -1));
+  $("alert-count").textContent = `${state.alerts.filter((a) => a.reactor_id === state.reactor).length} alerts`;
+  $("incidents").innerHTML = list.map((i) => `<li class="${i.severity} ${i.status}" data-id="${i.incident_id}">
+      <b>${i.status}</b> · ${i.severity} · ${i.start_ts.slice(0, 16).replace("T", " ")} · ${i.signals.join(", ")}
+      · ${i.alert_count} alert(s)</li>`).join("") || "<li class='muted'>no incident on this reactor</li>";
+  for (const li of $("incidents").querySelectorAll("li[data-id]")) {
+    li.onclick = () => { state.focus = li.dataset.id; renderAgent(); };
+  }
+  state.dirty = true;
+}
+
+function renderAgent() {
+  const mine = Object.values(state.incidents).filter((i) => i.reactor_id === state.reactor)
+    .sort((a, b) => (a.start_ts < b.start_ts ? 1 : -1));
+  const id = state.focus && state.incidents[state.focus]?.reactor_id === state.reactor ? state.focus : mine[0]?.incident_id;
+  const box = $("agent");
+  box.querySelectorAll("p.chunk").forEach((p) => p.remove());
+  if (!id) return;
+  for (const c of (state.chunks[id] || []).slice().sort((a, b) => a.seq - b.seq)) {
+    if (!c.text) continue;
+    const p = document.createElement("p");
+    p.className = "chunk"; p.textContent = c.text;
+    box.appendChild(p);
+  }
+  box.scrollTop = box.scrollHeight;
+}
+
+// ---- streams ------------------------------------------------------------------------------------------
+function stream(path, handlers) {
+  const source = new EventSource(path);  // reconnects by itself, sending Last-Event-ID: the server resumes
+  for (const [name, fn] of Object.entries(handlers)) source.addEventListener(name, (e) => fn(JSON.parse(e.data)));
+  source.onopen = () => { $("status").textContent = "live"; $("status").className = "pill live"; };
+  source.onerror = () => { $("status").textContent = "reconnecting…"; $("status").className = "pill down"; };
+  return source;
+}
+
+function startStreams() {
+  stream("/api/stream/telemetry", {tick: onTick, assay: onAssay});
+  stream("/api/stream/alerts", {alert: (a) => { state.alerts.push(a); renderIncidents(); }});
+  stream("/api/stream/incidents", {incident: (i) => { state.incidents[i.incident_id] = i; renderIncidents(); renderAgent(); }});
+  stream("/api/stream/agents", {chunk: (c) => {
+    (state.chunks[c.incident_id] ||= []).push(c);
+    renderAgent();
+  }});
+}
+
+// ---- controls -----------------------------------------------------------------------------------------
+function say(message, ok = true) {
+  $("control-msg").textContent = message;
+  $("control-msg").style.color = ok ? "" : "var(--crit)";
+}
+
+async function send(path, body, what) {
+  try { await api(path, {method: "POST", body: JSON.stringify(body)}); say(`${what} sent to ${state.reactor}`); }
+  catch (err) { say(`${what} refused: ${err.message}`, false); }
+}
+
+function wireControls() {
+  $("fault-name").innerHTML = FAULTS.map((f) => `<option>${f}</option>`).join("");
+  $("fault-signal").innerHTML = ["", ...SIGNALS].map((s) => `<option value="${s}">${s || "(sensor)"}</option>`).join("");
+  $("reactor").onchange = (e) => selectReactor(e.target.value);
+  $("follow").onchange = (e) => { state.follow = e.target.checked; state.dirty = true; };
+  $("pause").onclick = () => { state.paused = !state.paused; $("pause").textContent = state.paused ? "Resume" : "Pause"; state.dirty = true; };
+  $("setpoint-form").onsubmit = (e) => { e.preventDefault();
+    send(`/api/reactors/${state.reactor}/control`, {type: "setpoint", name: $("sp-name").value, value: Number($("sp-value").value)}, "setpoint"); };
+  $("feed-form").onsubmit = (e) => { e.preventDefault();
+    send(`/api/reactors/${state.reactor}/control`, {type: "feed", volume_ml: Number($("feed-ml").value)}, "feed"); };
+  $("fault-form").onsubmit = (e) => { e.preventDefault();
+    const body = {fault: $("fault-name").value, magnitude: Number($("fault-mag").value), duration_h: Number($("fault-dur").value)};
+    if ($("fault-signal").value) body.signal = $("fault-signal").value;
+    send(`/api/reactors/${state.reactor}/faults`, body, `fault ${body.fault}`); };
+  $("chat-form").onsubmit = (e) => { e.preventDefault(); ask($("chat-q").value); };
+  $("replay-form").onsubmit = async (e) => { e.preventDefault();
+    try {
+      const r = await api("/api/replay", {method: "POST", body: JSON.stringify({run_id: $("replay-run").value, speed: Number($("replay-speed").value)})});
+      say(`replay ${r.replay_id} started`); setTimeout(() => selectReactor(r.reactor_id), 1500);
+    } catch (err) { say(`replay refused: ${err.message}`, false); } };
+  $("report-link").onclick = (e) => {
+    const run = state.data[state.reactor]?.run;
+    if (!run) { e.preventDefault(); return; }
+    $("report-link").href = `/api/reports/${encodeURIComponent(run)}?format=html`;
+  };
+}
+
+async function ask(question) {
+  const run = state.data[state.reactor]?.run;
+  const box = $("agent");
+  const q = document.createElement("p"); q.className = "chunk q"; q.textContent = `» ${question}`; box.appendChild(q);
+  try {
+    const reply = await fetch("/api/chat", {method: "POST", credentials: "same-origin",
+      headers: {"Content-Type": "application/json"}, body: JSON.stringify({question, run_id: run, incident_id: state.focus})});
+    if (!reply.ok) throw new Error((await reply.json()).message || reply.status);
+    const reader = reply.body.getReader(); const decoder = new TextDecoder(); let buffer = "";
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, {stream: true});
+      let cut;
+      while ((cut = buffer.indexOf("\r\n\r\n")) >= 0 || (cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut); buffer = buffer.slice(cut + (buffer[cut] === "\r" ? 4 : 2));
+        const data = block.split(/\r?\n/).filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("");
+        if (block.includes("event: chunk") && data) {
+          const p = document.createElement("p"); p.className = "chunk"; p.textContent = JSON.parse(data).text; box.appendChild(p);
+          box.scrollTop = box.scrollHeight;
+        }
+      }
+    }
+  } catch (err) { const p = document.createElement("p"); p.className = "chunk"; p.textContent = `chat failed: ${err.message}`; box.appendChild(p); }
+}
+
+async function refreshReplays() {
+  try {
+    const replays = await api("/api/replay");
+    $("replays").innerHTML = replays.map((r) => `<div>${r.replay_id} · ${r.run_id} · ${r.state} · ${r.published}/${r.total}
+      <button data-a="pause" data-id="${r.replay_id}">⏸</button><button data-a="resume" data-id="${r.replay_id}">▶</button>
+      <button data-a="stop" data-id="${r.replay_id}">⏹</button></div>`).join("");
+    for (const b of $("replays").querySelectorAll("button")) {
+      b.onclick = () => api(`/api/replay/${b.dataset.id}/${b.dataset.a}`, {method: "POST"}).catch((e) => say(e.message, false));
+    }
+  } catch (_) {}
+}
+
+async function main() {
+  try {
+    const who = await api("/api/whoami");
+    $("who").textContent = `${who.subject} (${who.role})`;
+  } catch (err) {
+    $("status").textContent = "not signed in: open the URL biopilot up printed"; $("status").className = "pill down";
+    return;
+  }
+  wireControls();
+  makePlots();
+  startStreams();
+  refreshReactors();
+  api("/api/runs").then((runs) => { $("replay-run").innerHTML = runs.map((r) => `<option>${r.run_id}</option>`).join(""); }).catch(() => {});
+  setInterval(render, 250);
+  setInterval(refreshReactors, 5000);
+  setInterval(refreshReplays, 2000);
+}
+
+main();

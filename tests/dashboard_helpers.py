@@ -1,0 +1,65 @@
+"""A real dashboard (uvicorn on a free port) over the test's own nats-server, redis-server and Delta lake."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from biopilot.config import Settings
+from biopilot.services import free_port, wait_port
+from dashboard.app import create_app
+from dashboard.auth import create_token
+
+SECRET = "test-secret-for-the-dashboard-0123456789"
+
+
+@dataclass
+class Dashboard:
+    url: str
+    lake: str
+    tokens: dict[str, str]
+
+    def client(self, role: str | None = "admin", **kw) -> httpx.Client:  # noqa: ANN003
+        headers = {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
+        return httpx.Client(base_url=self.url, headers=headers | kw.pop("headers", {}), timeout=30, **kw)
+
+
+@contextmanager
+def running_dashboard(nats_url: str, redis_url: str, lake: Path) -> Iterator[Dashboard]:
+    settings = Settings(nats_url=nats_url, redis_url=redis_url, lake=str(lake), secret=SECRET)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_port(port)
+    try:
+        yield Dashboard(f"http://127.0.0.1:{port}", str(lake),
+                        {r: create_token(SECRET, r, f"test-{r}") for r in ("viewer", "operator", "admin")})
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def sse_events(response: httpx.Response, n: int, names: set[str] | None = None) -> list[dict]:
+    """Read `n` events (id, event, data) from a streaming SSE response; comments (heartbeats) are skipped."""
+    events, current = [], {}
+    for line in response.iter_lines():
+        if not line:
+            if current.get("data") is not None and (names is None or current.get("event") in names):
+                events.append(current)
+                if len(events) >= n:
+                    return events
+            current = {}
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        current[field] = value if field != "data" else (current.get("data", "") + value)
+    return events
