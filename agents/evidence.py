@@ -27,6 +27,7 @@ UNITS = {"do_pct": "% air sat.", "ph": "", "temp_c": "°C", "agitation_rpm": "rp
          "our_mmol_l_h": "mmol/L/h", "cer_mmol_l_h": "mmol/L/h", "capacitance_pf_cm": "pF/cm"}
 SMOOTH_HALFLIFE_TICKS = 10.0
 LOOKBACK = timedelta(minutes=10)
+ONSET_Z = 3.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Deviation:
     ts: datetime
     value: float | None
     expected: float
+    onset_min: float = 0.0  # how long the deviation took to build from |z| < 3 to its peak
 
     def sentence(self) -> str:
         unit = UNITS.get(self.signal, "")
@@ -130,7 +132,10 @@ def gather(ticks: pa.Table, start_ts: datetime, end_ts: datetime, assays: pa.Tab
         i = lo + int(np.argmax(np.abs(Z[lo:hi, j])))
         b = min(int(minutes[i] // ref.bin_min), len(ref.median) - 1)
         value = None if np.isnan(X[i, j]) else float(X[i, j])
-        ev.deviations[name] = Deviation(name, float(Z[i, j]), _dt(ts[i]), value, float(ref.median[b, j]))
+        calm = np.flatnonzero(np.abs(Z[: i + 1, j]) < ONSET_Z)
+        onset_min = float(minutes[i] - minutes[calm[-1]]) if len(calm) else float(minutes[i])
+        ev.deviations[name] = Deviation(name, float(Z[i, j]), _dt(ts[i]), value, float(ref.median[b, j]),
+                                        onset_min)
     for name in WATCHED:
         x = X[lo:hi, DETECTOR_SIGNALS.index(name)]
         missing = np.isnan(x)

@@ -3,7 +3,7 @@
 The ranking is code, not a language model. Each signature scores how well the evidence matches it, in [0, 1]:
 for a process fault, the weighted share of its expected moves that happened (a move counts fully at
 |z| >= `Z_FULL`, the golden batch's robust z), minus half the weight of moves in the opposite direction; for a
-sensor fault, how long the reading was frozen or missing, or how alone one reading wandered. Confidence is the
+sensor fault, how long the reading was frozen or missing, or how alone and how slowly one reading wandered. Confidence is the
 match times its share of all matches. Below `ABSTAIN_BELOW` the agent says "insufficient evidence".
 
 >>> from datetime import UTC, datetime
@@ -33,6 +33,7 @@ Z_FULL_FOR = {"feed_ml_per_tick": 200.0}
 ABSTAIN_BELOW = 0.3
 FROZEN_FULL_MIN = 30.0
 MISSING_FULL_MIN = 10.0
+DRIFT_FULL_MIN = 12 * 60.0
 MENTION_ABOVE = 0.05  # a hypothesis matching less than this is not worth an operator's attention
 
 
@@ -97,7 +98,9 @@ def _sensor_match(sig: Signature, ev: Evidence) -> tuple[float, list[str]]:
     for signal, coupled in COUPLED.items():
         own = _strength(abs(ev.z(signal)))
         echo = max((_strength(abs(ev.z(c))) for c in coupled), default=0.0)
-        match = own * (1.0 - echo) * 0.8  # never as sure as a direct observation
+        # a probe drifts over days: a deviation that built up within hours is the process, not the probe
+        slow = float(np.clip(ev.deviations[signal].onset_min / DRIFT_FULL_MIN, 0.0, 1.0)) if signal in ev.deviations else 0.0
+        match = own * (1.0 - echo) * slow * 0.8  # never as sure as a direct observation
         if match > best and signal in ev.deviations:
             best, cited = match, [ev.deviations[signal].sentence() + ", while "
                                   + ", ".join(c for c in coupled) + " stayed near normal"]

@@ -52,3 +52,16 @@ def test_the_monitor_closes_each_alert_it_opened():
     alerts, clears = out.alerts + end.alerts, out.clears + end.clears
     assert alerts and [c["alert_id"] for c in clears] == [a["alert_id"] for a in alerts][: len(clears)]
     assert all(c["ts"] > c["opened_ts"] for c in clears)
+
+
+def test_a_fast_temperature_rise_early_in_a_run_is_the_jacket_not_a_drifting_probe():
+    import pyarrow as pa
+
+    from sources.fleet import Fleet
+    from sources.scenarios import load_scenario
+
+    fleet = Fleet(load_scenario("normal"), 1, seed=21)
+    fleet.inject_fault(0, "temperature_spike", 6.0, 8.0, 4.0)  # hours 6-14: the culture is still tiny
+    chunk = fleet.step(int(24 * 3600 / fleet.dt_s))
+    findings = diagnose_ticks(pa.Table.from_batches([chunk.ticks]), chunk.assays)
+    assert findings and findings[0].diagnosis.top.fault == "temperature_spike"

@@ -1,0 +1,75 @@
+"""The dashboard in real headless Chromium (Debian `chromium`, driven by Playwright) on a real `biopilot up`:
+live points arrive, a fault injected from the page raises an incident, and the agent's explanation streams in."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from biopilot.services import free_port
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOT = Path(__file__).parent.parent / "docs" / "screenshots" / "dashboard.png"
+# flags for a closed network and a root user (see .ci/run)
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def stack(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIOPILOT_")}
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "biopilot.cli", "up", "--reactors", "2", "--speed", "1200",
+                             "--lake", str(tmp_path / "lake"), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = None
+    deadline = time.monotonic() + 90
+    lines = []
+    while url is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if m := re.search(r"(http://\S+/login\?token=\S+)", line):
+            url = m.group(1)
+    assert url, "".join(lines)
+    yield url
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)")
+def test_live_points_fault_injection_alert_and_agent_explanation(stack):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(stack)
+        expect(page.locator("#status")).to_have_text("live", timeout=30_000)
+        page.wait_for_function("Number(document.body.dataset.points || 0) > 20", timeout=60_000)
+        expect(page.locator("#reactor option")).to_have_count(2, timeout=30_000)
+
+        page.select_option("#fault-name", "temperature_spike")
+        page.fill("#fault-mag", "4")
+        page.fill("#fault-dur", "8")
+        page.click("#fault-form button")
+        expect(page.locator("#control-msg")).to_contain_text("fault temperature_spike sent", timeout=10_000)
+
+        expect(page.locator("#incidents li[data-id]").first).to_be_visible(timeout=90_000)
+        expect(page.locator("#agent")).to_contain_text("opened on", timeout=30_000)
+        expect(page.locator("#agent")).to_contain_text(re.compile("Most likely cause|Insufficient evidence"),
+                                                       timeout=60_000)
+        page.wait_for_timeout(1500)  # let the plots catch up for the picture
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        browser.close()
