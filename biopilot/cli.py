@@ -333,6 +333,39 @@ def cmd_agents(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import uvicorn
+
+    from dashboard.app import create_app
+    from dashboard.auth import create_token, secret_for
+
+    settings = _settings()
+    if args.lake:
+        settings = replace(settings, lake=args.lake)
+    if not settings.nats_url or not settings.redis_url:
+        raise UsageError("biopilot dashboard joins a running stack: set BIOPILOT_NATS_URL and BIOPILOT_REDIS_URL "
+                         "(`biopilot up` serves the dashboard itself)")
+    print(f"dashboard  http://{settings.host}:{settings.port}/login?token="
+          f"{create_token(secret_for(settings), 'admin', 'admin')}", flush=True)
+    uvicorn.run(create_app(settings, cors_origins=args.cors_origin), host=settings.host, port=settings.port,
+                log_level="warning")
+    return 0
+
+
+def cmd_bench_sse(args: argparse.Namespace) -> int:
+    from biopilot.bench import sse
+
+    def say(msg: str) -> None:
+        if not args.json:
+            print(msg, file=sys.stderr, flush=True)
+
+    res = sse.run(args.clients, args.slow, args.duration_s, say=say)
+    print(json.dumps(sse.as_json(res)) if args.json else sse.format_report(res))
+    return 0
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -430,6 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl-days", type=_positive("--ttl-days"), default=30.0, help="validity (default 30 days)")
     _lake_option(p)
     p.set_defaults(func=cmd_token_create)
+
+    p = sub.add_parser("dashboard", help="serve the dashboard on a running stack",
+                       description="Serve the dashboard (REST, SSE, page) against the broker and cache in "
+                                   "BIOPILOT_NATS_URL / BIOPILOT_REDIS_URL, on BIOPILOT_HOST:BIOPILOT_PORT. "
+                                   "Prints the URL with an admin token. CORS is closed unless --cors-origin.")
+    _lake_option(p)
+    p.add_argument("--cors-origin", action="append", default=None, help="allow this origin (repeatable)")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("agents", help="run the agent workers on a running stack",
                        description="Monitoring (alerts -> incidents) and troubleshooting (incidents -> streamed "
@@ -562,6 +603,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/quality", help="where agents.md/json go (default docs/quality)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_agents)
+    p = bench_sub.add_parser("sse", help="the dashboard under 200 SSE clients, 20 slow",
+                             description="Clients hold telemetry and alert streams at live rate; measures events/s, "
+                                         "alert latency on the fast clients (beside bare NATS), server RSS, errors.")
+    p.add_argument("--clients", type=_positive("--clients", int), default=200)
+    p.add_argument("--slow", type=int, default=20, help="how many of them read slowly (default 20)")
+    p.add_argument("--duration-s", type=_positive("--duration-s"), default=60.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_sse)
     p = bench_sub.add_parser("skab", help="`biopilot detect` on SKAB with the leaderboard's protocol",
                              description="Every anomalous SKAB file: train on the first 400 rows, score the rest, "
                                          "F1/FAR/MAR over all test rows (the public leaderboard's protocol).")

@@ -55,6 +55,6 @@ def test_a_full_queue_drops_the_oldest_ticks_but_never_alerts():
 
 @pytest.mark.parametrize("path", ["/api/stream/telemetry", "/api/stream/incidents", "/api/stream/agents"])
 def test_streams_answer_with_event_stream_and_heartbeat_headers(nats_server, redis_server, tmp_path, path):
-    with running_dashboard(nats_server.url, redis_server.url, tmp_path / "lake") as dash, dash.client("viewer") as c:
-        with c.stream("GET", path) as r:
-            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    with running_dashboard(nats_server.url, redis_server.url, tmp_path / "lake") as dash, \
+            dash.client("viewer") as c, c.stream("GET", path) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
