@@ -1,6 +1,18 @@
 """Online detectors behind one interface (detectors.base); importing the package registers them all."""
 
-from detectors import cusum, fusion, golden, hst, iforest, moving_average, pca, sensor_health, zscore  # noqa: F401 - registration
+from detectors import (  # noqa: F401 - registration
+    autoencoder,
+    cusum,
+    fusion,
+    golden,
+    hst,
+    iforest,
+    moving_average,
+    pca,
+    sensor_health,
+    twin_residual,
+    zscore,
+)
 from detectors.base import REGISTRY, make_detector  # noqa: E402
 
 __all__ = ["REGISTRY", "make_detector"]

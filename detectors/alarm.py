@@ -6,7 +6,7 @@ An alert opens when the score stays above `on` for `persist` consecutive ticks a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit
@@ -55,3 +55,34 @@ class Hysteresis:
             np.ascontiguousarray(scores, dtype=np.float64), self.on, self.off, self.persist, self.clear,
             state.active, state.above, state.below, is_alarm, fired)
         return is_alarm, fired
+
+
+@dataclass
+class MemberAlarms:
+    """One hysteresis alarm per fusion member, over its score ratio (1.0 = its calibrated threshold).
+
+    A member's alarm opening fires an alert even while another member's alarm is still on: a slow detector
+    holding its alarm for a day must not hide a new, different excursion that a fast one sees.
+    """
+
+    on: float = 1.0
+    off: float = 0.6
+    persist: int = 5
+    clear: int = 60
+    states: list[AlarmState] = field(default_factory=list)
+
+    def apply(self, ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """ratios [members, n] -> (any alarm on [n], fired [members, n], cleared [members, n])."""
+        k, n = ratios.shape
+        while len(self.states) < k:
+            self.states.append(AlarmState())
+        hyst = Hysteresis(self.on, self.off, self.persist, self.clear)
+        on = np.zeros((k, n), dtype=np.bool_)
+        fired = np.zeros((k, n), dtype=np.bool_)
+        cleared = np.zeros((k, n), dtype=np.bool_)
+        for j in range(k):
+            was = self.states[j].active
+            on[j], fired[j] = hyst.apply(self.states[j], ratios[j])
+            before = np.concatenate([[was], on[j, :-1]])
+            cleared[j] = before & ~on[j]
+        return on.any(axis=0), fired, cleared

@@ -2,7 +2,9 @@
 
 Each member's score is divided by its threshold (calibrated on normal runs for a target false-alarm rate), so
 1.0 means "at the member's alarm level" for all of them; the fused score is the largest of these ratios and
-the per-signal contributions are those of the member that drove it.
+the per-signal contributions are those of the member that drove it. The flow keeps one alarm per member
+(`detectors.alarm.MemberAlarms`): an alert fires when a member's own alarm opens, even while another member's
+alarm is still on, so a slow member holding its alarm for a day cannot hide a new excursion.
 
 >>> import numpy as np
 >>> from detectors.base import make_detector
@@ -53,8 +55,10 @@ class Fusion:
     def init_state(self, signal_names: Sequence[str]) -> FusionState:
         return FusionState({n: d.init_state(signal_names) for n, d in self.detectors.items()})
 
-    def score_learn_detail(self, state: FusionState, ts: np.ndarray, X: np.ndarray,
-                           ) -> tuple[FusionState, np.ndarray, np.ndarray]:
+    def score_learn_members(self, state: FusionState, ts: np.ndarray, X: np.ndarray,
+                            ) -> tuple[FusionState, np.ndarray, np.ndarray]:
+        """Each member's score over its threshold [members, n] and its per-signal contributions
+        [members, n, signals]; members in `self.thresholds` order."""
         ratios, contribs = [], []
         for name, det in self.detectors.items():
             if hasattr(det, "score_learn_detail"):
@@ -64,9 +68,12 @@ class Fusion:
                 c = np.zeros_like(np.asarray(X, dtype=np.float64))
             ratios.append(s / self.thresholds[name])
             contribs.append(np.abs(c))
-        R = np.stack(ratios)  # [members, n]
+        return state, np.stack(ratios), np.stack(contribs)
+
+    def score_learn_detail(self, state: FusionState, ts: np.ndarray, X: np.ndarray,
+                           ) -> tuple[FusionState, np.ndarray, np.ndarray]:
+        state, R, C = self.score_learn_members(state, ts, X)
         lead = R.argmax(axis=0)
-        C = np.stack(contribs)  # [members, n, m]
         return state, R.max(axis=0), C[lead, np.arange(len(lead))]
 
     def score_learn(self, state: FusionState, ts: np.ndarray, X: np.ndarray) -> tuple[FusionState, np.ndarray]:

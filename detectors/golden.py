@@ -40,6 +40,7 @@ class GoldenReference:
     median: np.ndarray  # [bins, signals]
     scale: np.ndarray  # [bins, signals]
     bin_min: float = BIN_MIN
+    drift_limit: np.ndarray | None = None  # [signals]: the twin_residual detector's per-signal limits
 
 
 def build_reference(runs: int = 30, seed: int = 500, days: float = 14.0) -> GoldenReference:
@@ -66,11 +67,27 @@ def build_reference(runs: int = 30, seed: int = 500, days: float = 14.0) -> Gold
         median[b], scale[b] = med, mad
     floor = np.nanmedian(scale, axis=0) * 0.5 + 1e-3  # a bin where all runs agree must not give infinite z
     scale = np.maximum(scale, floor)
-    return GoldenReference(np.nan_to_num(median), scale)
+    ref = GoldenReference(np.nan_to_num(median), scale)
+    return GoldenReference(ref.median, ref.scale, BIN_MIN, _drift_limits(ref, X, minutes))
+
+
+def _drift_limits(ref: GoldenReference, X: np.ndarray, minutes: np.ndarray) -> np.ndarray:
+    """Per signal, the largest slow (twin_residual) residual any of the normal runs reaches, floored at 1."""
+    from detectors.twin_residual import CLIP, HALFLIFE_MIN, _integrate
+
+    worst = np.zeros(X.shape[2])
+    ones = np.ones(X.shape[2])
+    for run in X:
+        acc, out, contrib = np.zeros(X.shape[2]), np.zeros(len(run)), np.zeros_like(run)
+        _integrate(np.ascontiguousarray(run), minutes, ref.bin_min, ref.median, ref.scale, ones, HALFLIFE_MIN, CLIP,
+                   -1.0, acc, out, contrib)
+        worst = np.maximum(worst, contrib.max(axis=0))
+    return np.maximum(worst, 1.0)
 
 
 def save_reference(ref: GoldenReference, path: Path = REFERENCE_PATH) -> None:
-    np.savez_compressed(path, median=ref.median, scale=ref.scale, bin_min=ref.bin_min)
+    np.savez_compressed(path, median=ref.median, scale=ref.scale, bin_min=ref.bin_min,
+                        drift_limit=ref.drift_limit if ref.drift_limit is not None else np.zeros(0))
 
 
 @lru_cache(maxsize=1)
@@ -78,7 +95,8 @@ def load_reference(path: Path = REFERENCE_PATH) -> GoldenReference:
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: run `python -m detectors.golden` to build it")
     data = np.load(path)
-    return GoldenReference(data["median"], data["scale"], float(data["bin_min"]))
+    limit = data["drift_limit"] if "drift_limit" in data and data["drift_limit"].size else None
+    return GoldenReference(data["median"], data["scale"], float(data["bin_min"]), limit)
 
 
 @dataclass
@@ -138,4 +156,5 @@ if __name__ == "__main__":
     ref = build_reference()
     save_reference(ref)
     print(f"golden batch: {ref.median.shape[0]} bins x {ref.median.shape[1]} signals -> {REFERENCE_PATH}")
+    print("drift limits:", dict(zip(DETECTOR_SIGNALS, np.round(ref.drift_limit, 2), strict=True)))
     assert len(DETECTOR_SIGNALS) == ref.median.shape[1]

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import detectors  # noqa: F401 - registers every detector
 from biopilot.events import ALERTS, LATE_TICKS, SCORES
 from biopilot.eventtime import ReorderBuffer
-from detectors.alarm import AlarmState, Hysteresis
+from detectors.alarm import MemberAlarms
 from detectors.base import DETECTOR_SIGNALS, make_detector
 
 
@@ -79,19 +79,19 @@ class ReactorMonitor:
         self.config = config
         self.reorder = ReorderBuffer(int(config.lateness_s * 1e6))
         self.detector = make_detector(config.detector, **dict(config.detector_params))
-        self.hysteresis = Hysteresis(config.alarm_on, config.alarm_off, config.alarm_persist_ticks,
-                                     config.alarm_clear_ticks)
         self.run_id: str | None = None
         self.late_count = 0
         self.duplicate_count = 0
         self.latest_assay: dict | None = None
-        self.open_alert: dict | None = None
+        self.open_alerts: dict[str, dict] = {}  # member -> its open alert
         self.last_ts: datetime | None = None
         self._reset()
 
     def _reset(self) -> None:
         self.det_state = self.detector.init_state(DETECTOR_SIGNALS)
-        self.alarm = AlarmState()
+        # alarms on score / alarm level, one per fusion member (a plain detector is one member)
+        self.alarms = MemberAlarms(1.0, self.config.alarm_off / self.config.alarm_on, self.config.alarm_persist_ticks,
+                                   self.config.alarm_clear_ticks)
         self.last_totals = np.array([np.nan, np.nan])
 
     # ---- inputs -----------------------------------------------------------------------------------------
@@ -129,54 +129,62 @@ class ReactorMonitor:
         for run in run_ids:
             part = ordered if len(run_ids) == 1 else ordered.filter(pc.equal(runs, run))
             if run != self.run_id:
-                if self.open_alert is not None:  # the run ended in alarm: its alert closes with it
-                    out.clears.append(alarm_clear(self.open_alert, self.last_ts))
-                    self.open_alert = None
+                for alert in self.open_alerts.values():  # the run ended in alarm: its alerts close with it
+                    out.clears.append(alarm_clear(alert, self.last_ts))
+                self.open_alerts = {}
                 self.run_id = run
                 self._reset()
             self._score_run(part, out)
         if out.alerts:
             out.tables["alerts"] = pa.Table.from_pylist(out.alerts, schema=ALERTS)
 
-    def _score_run(self, ticks: pa.Table, out: Outputs) -> None:
-        X = features(ticks, self.last_totals)
-        ts = ticks["ts"].cast(pa.int64()).to_numpy()
+    def _member_scores(self, ts: np.ndarray, X: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(names, score ratios [members, n], contributions [members, n, signals]); a plain detector is one
+        member scored against the configured alarm level."""
+        if hasattr(self.detector, "score_learn_members"):
+            self.det_state, R, C = self.detector.score_learn_members(self.det_state, ts, X)
+            return list(self.detector.thresholds), R, C
         if hasattr(self.detector, "score_learn_detail"):
             self.det_state, scores, contrib = self.detector.score_learn_detail(self.det_state, ts, X)
         else:
             self.det_state, scores = self.detector.score_learn(self.det_state, ts, X)
-            contrib = None
+            contrib = np.zeros_like(X)
+        return [self.detector.name], scores[None] / self.config.alarm_on, contrib[None]
+
+    def _score_run(self, ticks: pa.Table, out: Outputs) -> None:
+        X = features(ticks, self.last_totals)
+        ts = ticks["ts"].cast(pa.int64()).to_numpy()
+        names, R, C = self._member_scores(ts, X)
+        scores = R.max(axis=0) * self.config.alarm_on
         self.last_ts = ticks["ts"][-1].as_py()
-        was_active = self.alarm.active
-        is_alarm, fired = self.hysteresis.apply(self.alarm, scores)
+        is_alarm, fired, cleared = self.alarms.apply(R)
         n = ticks.num_rows
         out.add("scores", pa.Table.from_arrays(
             [ticks["run_id"], ticks["reactor_id"], ticks["seq"], ticks["ts"],
              pa.repeat(pa.scalar(self.detector.name), n), pa.array(scores),
              pa.repeat(pa.scalar(self.config.alarm_on), n),
              pa.array(is_alarm)], schema=SCORES))
-        previous = np.concatenate([[was_active], is_alarm[:-1]])
-        for i in np.flatnonzero(fired | (previous & ~is_alarm)):
-            if fired[i]:
-                self.open_alert = self._alert(ticks, int(i), float(scores[i]), None if contrib is None else contrib[i])
-                out.alerts.append(self.open_alert)
-            elif self.open_alert is not None:
-                out.clears.append(alarm_clear(self.open_alert, ticks["ts"][int(i)].as_py()))
-                self.open_alert = None
+        for i in np.flatnonzero((fired | cleared).any(axis=0)):
+            for j in np.flatnonzero(cleared[:, i]):
+                if names[j] in self.open_alerts:
+                    out.clears.append(alarm_clear(self.open_alerts.pop(names[j]), ticks["ts"][int(i)].as_py()))
+            for j in np.flatnonzero(fired[:, i]):
+                alert = self._alert(ticks, int(i), float(scores[i]), C[j, i], names[j])
+                self.open_alerts[names[j]] = alert
+                out.alerts.append(alert)
 
-    def _alert(self, ticks: pa.Table, i: int, score: float, contrib: np.ndarray | None) -> dict:
+    def _alert(self, ticks: pa.Table, i: int, score: float, contrib: np.ndarray, member: str) -> dict:
         run_id, seq = ticks["run_id"][i].as_py(), ticks["seq"][i].as_py()
         signals = []
-        if contrib is not None:
-            weights = np.abs(np.nan_to_num(contrib))
-            total = weights.sum() or 1.0
-            for j in np.argsort(-weights)[:5]:
-                if weights[j] > 0:
-                    signals.append({"name": DETECTOR_SIGNALS[j], "contribution": float(weights[j] / total)})
-        alert_id = hashlib.sha1(f"{run_id}|{seq}|{self.detector.name}".encode()).hexdigest()[:16]
+        weights = np.abs(np.nan_to_num(contrib))
+        total = weights.sum() or 1.0
+        for j in np.argsort(-weights)[:5]:
+            if weights[j] > 0:
+                signals.append({"name": DETECTOR_SIGNALS[j], "contribution": float(weights[j] / total)})
+        alert_id = hashlib.sha1(f"{run_id}|{seq}|{self.detector.name}|{member}".encode()).hexdigest()[:16]
         return {"alert_id": alert_id, "run_id": run_id, "reactor_id": self.reactor_id, "seq": seq,
                 "ts": ticks["ts"][i].as_py(),
-                "detector": self.detector.name, "score": score, "threshold": self.config.alarm_on,
+                "detector": self.detector.name, "member": member, "score": score, "threshold": self.config.alarm_on,
                 "severity": "critical" if score >= 2 * self.config.alarm_on else "warning", "signals": signals,
                 "emitted_at": datetime.now(UTC)}
 

@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 MODULES = ["detectors.zscore", "detectors.moving_average", "detectors.cusum", "detectors.pca", "detectors.iforest",
-           "detectors.hst", "detectors.golden", "detectors.fusion", "detectors.sensor_health"]
+           "detectors.hst", "detectors.golden", "detectors.fusion", "detectors.sensor_health", "detectors.autoencoder",
+           "detectors.twin_residual"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -2,13 +2,13 @@
 
 Throughput (ticks/s, steady state: rows committed between the first and the last commit we observe, over
 that time) for: (a) the floor, a bare NATS -> Delta copy with no engine and no detectors; (b) our flow
-(`flows.monitor`, z-score detector, alarms, idempotent Delta sink); (c) the naive baseline (`flows.naive`:
+(`flows.monitor` with its default detector, the calibrated fusion; alarms; idempotent Delta sink); (c) the naive baseline (`flows.naive`:
 one JSON message per tick, per-event operators, River HalfSpaceTrees per event). The data is published to
 JetStream before each consumer starts, so the publisher is not what is measured.
 
 Latency at a fixed live rate (default 10k ticks/s over 10 reactors): publish -> Delta commit (row counts
-polled every 50 ms) and publish -> alert (alerts received on `biopilot.alerts.>`; a step fault is injected
-into one reactor every second). Memory: the flow's RSS sampled during a soak at full rate.
+polled every 50 ms) and publish -> alert (alerts received on `biopilot.alerts.>`, timed from the publish of
+the tick that fired them; twin runs with jacket failures injected three times per reactor). Memory: the flow's RSS sampled during a soak at full rate.
 """
 
 from __future__ import annotations
@@ -206,30 +206,17 @@ def _stop(proc) -> None:
 
 
 # ---- live latency ----------------------------------------------------------------------------------------
-def _live_ticks(reactors: int, per_reactor: int, step_every: int) -> pa.Table:
-    """Synthetic steady signals with a DO step fault in one reactor every `step_every` ticks."""
-    rng = np.random.default_rng(0)
-    n = reactors * per_reactor
-    cols: dict[str, object] = {
-        "run_id": pa.array(np.repeat([f"live-r{r + 1}" for r in range(reactors)], per_reactor)),
-        "reactor_id": pa.array(np.repeat([f"r{r + 1}" for r in range(reactors)], per_reactor)),
-        "seq": pa.array(np.tile(np.arange(per_reactor, dtype=np.int64), reactors)),
-        "ts": pa.array(np.tile(np.arange(per_reactor, dtype=np.int64) * 1_000_000 + 1_767_571_200_000_000,
-                               reactors)).cast(TICKS.field("ts").type),
-    }
-    base = {"do_pct": 40.0, "ph": 7.0, "temp_c": 36.8, "agitation_rpm": 150.0, "air_sccm": 30.0, "o2_sccm": 5.0,
-            "co2_sccm": 2.0, "base_ml": 10.0, "feed_ml": 100.0, "volume_l": 1.8, "our_mmol_l_h": 2.0,
-            "cer_mmol_l_h": 1.9, "capacitance_pf_cm": 10.0}
-    for name, level in base.items():
-        x = level + rng.normal(0, 0.01 * level + 0.01, n)
-        if name == "do_pct":
-            seq = np.tile(np.arange(per_reactor), reactors)
-            owner = np.repeat(np.arange(reactors), per_reactor)
-            fault = (seq % step_every >= step_every // 2) & (seq % step_every < step_every // 2 + 20) & (
-                (seq // step_every) % reactors == owner) & (seq > 200)
-            x[fault] = 2.0
-        cols[name] = pa.array(np.round(x, 3))
-    return pa.table(cols, schema=TICKS)
+def _live_ticks(reactors: int, per_reactor: int, faults_per_reactor: int = 3) -> pa.Table:
+    """Twin runs (what the flow's golden-batch member expects) with jacket failures injected at spread-out
+    times: each alarm the flow raises on them is timed from the publish of the tick that fired it."""
+    scenario = load_scenario("normal").with_overrides(days=per_reactor * 60.0 / 86400.0)
+    fleet = Fleet(scenario, reactors, seed=11)
+    hours = per_reactor / 60.0
+    for k in range(reactors):
+        for j in range(faults_per_reactor):
+            start_h = hours * (j + 1) / (faults_per_reactor + 1) + k * 0.5
+            fleet.inject_fault(k, "temperature_spike", start_h, 4.0, 3.0)
+    return pa.Table.from_batches([fleet.step(per_reactor).ticks])
 
 
 async def _live(url: str, lake: Path, ticks: pa.Table, rate: float, rows_per_msg: int) -> tuple[list, list]:
@@ -240,6 +227,8 @@ async def _live(url: str, lake: Path, ticks: pa.Table, rate: float, rows_per_msg
 
     async def on_alert(msg) -> None:
         alert = json.loads(msg.data)
+        if alert.get("type") == "clear":
+            return
         key = (alert["run_id"], int(alert["seq"]))
         if key in published:
             alert_lat.append(time.monotonic() - published[key])
@@ -318,7 +307,7 @@ def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10
         # live latency: lateness 0 here (in-order source), so latency is the pipeline's, not the lateness knob
         url = fresh_broker("live")
         reactors = 10
-        live = _live_ticks(reactors, int(live_rate * live_s / reactors), step_every=int(live_rate / reactors))
+        live = _live_ticks(reactors, int(live_rate * live_s / reactors))
         proc = start_flow(url, str(root / "live"), None, 0.0, durable="bench-live", log_path=root / "live.log")
         try:
             time.sleep(3.0)  # flow up and subscribed
