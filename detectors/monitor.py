@@ -15,10 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import detectors  # noqa: F401 - registers every detector
-from biopilot.events import ALERTS, LATE_TICKS, SCORES
+from biopilot.events import ALERTS, LATE_TICKS, SCORES, SOFT_SENSORS
 from biopilot.eventtime import ReorderBuffer
 from detectors.alarm import MemberAlarms
 from detectors.base import DETECTOR_SIGNALS, make_detector
+from detectors.soft_sensors import SoftSensors
+
+FEED = DETECTOR_SIGNALS.index("feed_ml_per_tick")
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class ReactorMonitor:
         self.alarms = MemberAlarms(1.0, self.config.alarm_off / self.config.alarm_on, self.config.alarm_persist_ticks,
                                    self.config.alarm_clear_ticks)
         self.last_totals = np.array([np.nan, np.nan])
+        self.soft = SoftSensors()
 
     # ---- inputs -----------------------------------------------------------------------------------------
     def on_ticks(self, ticks: pa.Table) -> Outputs:
@@ -111,7 +115,11 @@ class ReactorMonitor:
         return out
 
     def on_assays(self, assays: pa.Table) -> Outputs:
-        """Assays join by event time: kept as the reactor's latest lab result (by sample time)."""
+        """Assays join by event time: kept as the reactor's latest lab result (by sample time), and they
+        correct the current run's soft sensors."""
+        for row in assays.sort_by("sample_ts").to_pylist():
+            if row["run_id"] == self.run_id:
+                self.soft.on_assay(int(row["sample_ts"].timestamp() * 1e6), row["vcd_e6_per_ml"], row["glucose_g_l"])
         latest = assays.sort_by("sample_ts").slice(assays.num_rows - 1).to_pylist()[0] if assays.num_rows else None
         if latest and (self.latest_assay is None or latest["sample_ts"] >= self.latest_assay["sample_ts"]):
             self.latest_assay = latest
@@ -159,6 +167,11 @@ class ReactorMonitor:
         self.last_ts = ticks["ts"][-1].as_py()
         is_alarm, fired, cleared = self.alarms.apply(R)
         n = ticks.num_rows
+        vcd, glucose = self.soft.update(ts, ticks["capacitance_pf_cm"].to_numpy(zero_copy_only=False),
+                                        np.nan_to_num(X[:, FEED]), ticks["volume_l"].to_numpy(zero_copy_only=False))
+        out.add("soft_sensors", pa.Table.from_arrays(
+            [ticks["run_id"], ticks["reactor_id"], ticks["seq"], ticks["ts"], pa.array(vcd), pa.array(glucose)],
+            schema=SOFT_SENSORS))
         out.add("scores", pa.Table.from_arrays(
             [ticks["run_id"], ticks["reactor_id"], ticks["seq"], ticks["ts"],
              pa.repeat(pa.scalar(self.detector.name), n), pa.array(scores),
