@@ -39,7 +39,17 @@ class IncidentFinding:
                 "start_ts": _iso(inc["start_ts"]), "end_ts": _iso(inc["end_ts"]), "status": inc["status"],
                 "severity": inc["severity"], "alert_count": inc["alert_count"], "signals": inc["signals"],
                 "abstained": self.diagnosis.abstained, "facts": self.diagnosis.facts,
-                "hypotheses": [h.as_dict() for h in self.diagnosis.ranked(3)]}
+                "hypotheses": [h.as_dict() for h in self.diagnosis.ranked(3)], "scorer": _scorer_view(self.evidence)}
+
+
+def _scorer_view(ev: Evidence) -> dict | None:
+    """The windowed scorer's two likeliest classes (with MC-dropout spread) and titer estimate."""
+    if ev.scorer is None:
+        return None
+    probs, spread = ev.scorer["class_probabilities"], ev.scorer["class_spread"]
+    top = sorted(probs, key=lambda c: -probs[c])[:2]
+    return {"classes": {c: [round(probs[c], 3), round(spread[c], 3)] for c in top},
+            "titer_g_l": round(ev.scorer["titer_g_l"], 2), "titer_g_l_spread": round(ev.scorer["titer_g_l_spread"], 2)}
 
 
 def _iso(ts: datetime | None) -> str | None:

@@ -3,7 +3,8 @@
 The expectation is the golden batch (`detectors.golden`): the median and robust spread of normal runs of the
 twin at the same culture age. For each signal the evidence keeps its most extreme smoothed deviation in the
 window (signed z, the time, the reading and the expected value), the longest frozen and missing stretches of
-the watched sensors, the detectors' contributions and the latest assay drawn before the window ends. Plain
+the watched sensors, the detectors' contributions, the windowed scorer's fault-class probabilities for the window's
+end, and the latest assay drawn before the window ends. Plain
 functions over Arrow tables, shared by the live worker, `biopilot diagnose`, the chat and the reports.
 """
 
@@ -11,16 +12,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.signal import lfilter
 
-from detectors.base import DETECTOR_SIGNALS
+from detectors.base import DETECTOR_SIGNALS, make_detector
 from detectors.golden import load_reference
 from detectors.monitor import features
 from detectors.sensor_health import WATCHED
+from detectors.transformer import WindowedScorer, classify_window
 
 UNITS = {"do_pct": "% air sat.", "ph": "", "temp_c": "°C", "agitation_rpm": "rpm", "air_sccm": "sccm",
          "o2_sccm": "sccm", "co2_sccm": "sccm", "base_ml_per_tick": "mL/min", "feed_ml_per_tick": "mL/min",
@@ -74,6 +77,7 @@ class Evidence:
     sensor_runs: list[SensorRun] = field(default_factory=list)
     contributions: dict[str, float] = field(default_factory=dict)
     assay: dict | None = None
+    scorer: dict | None = None  # the windowed scorer's fault-class probabilities and titer, with MC spread
     ticks_seen: int = 0
 
     def z(self, signal: str) -> float:
@@ -147,11 +151,18 @@ def gather(ticks: pa.Table, start_ts: datetime, end_ts: datetime, assays: pa.Tab
         if n >= 2:
             ev.sensor_runs.append(SensorRun(name, "frozen", (n + 1) * step, _dt(ts[lo + at - 1]),
                                             float(x[max(at - 1, 0)])))
+    if hi - lo >= 1 and hi >= _scorer().window:
+        ev.scorer = classify_window(_scorer(), ts[:hi], X[:hi], int(ts[0]))
     if assays is not None and assays.num_rows:
         drawn = assays.filter(pc.less_equal(assays["sample_ts"], pa.scalar(end_ts, assays["sample_ts"].type)))
         if drawn.num_rows:
             ev.assay = drawn.sort_by("sample_ts").slice(drawn.num_rows - 1).to_pylist()[0]
     return ev
+
+
+@lru_cache(maxsize=1)
+def _scorer() -> WindowedScorer:
+    return make_detector("transformer")  # type: ignore[return-value]
 
 
 def _dt(us: int) -> datetime:

@@ -46,6 +46,11 @@ def explain(finding: dict) -> list[str]:
         chunks.append("Evidence: " + "; ".join(top["evidence"]) + ".")
     if len(hyps) > 1:
         chunks.append("Less likely: " + ", ".join(f"{h['fault']} ({h['confidence']:.2f})" for h in hyps[1:3]) + ".")
+    if finding.get("scorer"):
+        view = finding["scorer"]
+        classes = ", ".join(f"{c} {p:.2f} (± {sd:.2f})" for c, (p, sd) in view["classes"].items())
+        chunks.append(f"The windowed scorer (a learned second opinion) reads this window as: {classes}; "
+                      f"final titer estimate {view['titer_g_l']:.2f} ± {view['titer_g_l_spread']:.2f} g/L.")
     checks = SIGNATURES[top["fault"]].checks
     chunks.append(f"Recommended actions: {top['action']}" + (f"; confirm with: {', '.join(checks)}." if checks
                                                              else "."))

@@ -8,6 +8,7 @@ import os
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from biopilot.config import SettingsError, load_settings
 
@@ -366,6 +367,20 @@ def cmd_bench_sse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_scorer(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from detectors.train_scorer import train
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    metrics = train(args.runs_per_fault, args.normal_runs, args.val_runs, args.epochs, args.stride,
+                    device=args.device, out=Path(args.out), seed=args.seed, progress=say)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -451,6 +466,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--incident", default=None, help="limit the answer to one incident")
     _lake_option(p)
     p.set_defaults(func=cmd_chat)
+
+    train = sub.add_parser("train", help="train the learned detectors", description="Train the learned detectors.")
+    train_sub = train.add_subparsers(dest="train_command", metavar="MODEL", required=True)
+    p = train_sub.add_parser("scorer", help="the windowed Transformer/BiLSTM scorer on simulated runs",
+                             description="Simulate labelled runs (every archetype, the composite, normal runs), "
+                                         "train the windowed scorer, print held-out metrics, write the checkpoint "
+                                         "the `transformer` detector loads.")
+    p.add_argument("--runs-per-fault", type=_positive("--runs-per-fault", int), default=4)
+    p.add_argument("--normal-runs", type=_positive("--normal-runs", int), default=12)
+    p.add_argument("--val-runs", type=_positive("--val-runs", int), default=1, help="held-out runs per scenario")
+    p.add_argument("--epochs", type=_positive("--epochs", int), default=6)
+    p.add_argument("--stride", type=_positive("--stride", int), default=16, help="window spacing outside faults")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(Path(__file__).parent.parent / "detectors" / "scorer.pt"),
+                   help="checkpoint path (default: the one the package ships)")
+    p.set_defaults(func=cmd_train_scorer)
 
     token = sub.add_parser("token", help="dashboard/API tokens", description="Dashboard and API tokens.")
     token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)

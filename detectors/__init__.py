@@ -10,6 +10,7 @@ from detectors import (  # noqa: F401 - registration
     moving_average,
     pca,
     sensor_health,
+    transformer,
     twin_residual,
     zscore,
 )

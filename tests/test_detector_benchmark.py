@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detectors.benchmark import Run, evaluate, persistent_max
+from detectors.benchmark import Run, alarm_openings, evaluate, persistent_max
 
 
 def _run(scenario: str, faults: list[tuple[str, float, float]], n: int = 2000) -> Run:
@@ -25,7 +25,8 @@ def test_detection_delay_false_alarms_and_f1():
     s_fault[200:210] = 5.0  # an alarm outside the window: a false positive
     s_normal = np.zeros(2000)
     s_normal[500:520] = 5.0  # one false alarm on a normal run (2000 min = 1.39 days)
-    res = evaluate("d", 1.0, {("x", 1): s_fault, ("normal", 1): s_normal}, [fault_run, normal], grace_h=0.0)
+    openings = {("x", 1): alarm_openings(s_fault, 1.0), ("normal", 1): alarm_openings(s_normal, 1.0)}
+    res = evaluate("d", 1.0, openings, [fault_run, normal], grace_h=0.0)
     assert res.detection_rate == {"overfeed": 1.0}
     assert res.median_delay_min["overfeed"] == 34.0  # opens on the 5th tick above threshold
     assert np.isclose(res.false_alarms_per_reactor_day, 1 / (2000 / 1440))
@@ -35,7 +36,7 @@ def test_detection_delay_false_alarms_and_f1():
 
 def test_a_missed_fault_counts_against_recall():
     run = _run("x", [("sensor_drift", 100.0, 200.0)])
-    res = evaluate("d", 1.0, {("x", 1): np.zeros(2000)}, [run], grace_h=2.0)
+    res = evaluate("d", 1.0, {("x", 1): alarm_openings(np.zeros(2000), 1.0)}, [run], grace_h=2.0)
     assert res.detection_rate == {"sensor_drift": 0.0}
     assert res.median_delay_min["sensor_drift"] is None
     assert res.recall == 0.0 and res.f1 == 0.0

@@ -9,7 +9,7 @@ import pytest
 
 MODULES = ["detectors.zscore", "detectors.moving_average", "detectors.cusum", "detectors.pca", "detectors.iforest",
            "detectors.hst", "detectors.golden", "detectors.fusion", "detectors.sensor_health", "detectors.autoencoder",
-           "detectors.twin_residual", "detectors.soft_sensors"]
+           "detectors.twin_residual", "detectors.soft_sensors", "detectors.transformer"]
 
 
 @pytest.mark.parametrize("module", MODULES)
