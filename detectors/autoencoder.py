@@ -1,7 +1,8 @@
 """Incremental autoencoder (torch): reconstruction error of the standardised signals, learnt online.
 
-Inputs are the streaming z-scores of each signal (the `zscore` detector's causal EWMA standardisation, so a
-missing reading is 0 and teaches nothing). A small bottleneck autoencoder (m -> 8 -> 3 -> 8 -> m) reconstructs
+Inputs are each signal's golden-batch z (its deviation from the twin's normal runs at the same culture age,
+clipped at +-10; a missing reading is 0 and teaches nothing), so the model learns how normal *deviations*
+move together rather than the fed-batch's own swings. A small bottleneck autoencoder (m -> 8 -> 3 -> 8 -> m) reconstructs
 them; the score of a tick is its mean squared reconstruction error under the weights learnt *before* it. The
 model learns on fixed mini-batches of `minibatch` ticks counted from the start of the stream (so the result
 does not depend on how the stream is batched), from ticks that look normal only (score below `learn_below`),
@@ -11,12 +12,11 @@ imported on first use: the flow does not pay for it unless this detector runs.
 >>> import numpy as np
 >>> from detectors.base import make_detector
 >>> det = make_detector("autoencoder", seed=0)
->>> rng = np.random.default_rng(1)
->>> latent = rng.normal(size=(3000, 1))
->>> X = np.hstack([latent, 2 * latent, -latent]) + 0.05 * rng.normal(size=(3000, 3))
->>> X[2900:2920, 1] = -2 * X[2900:2920, 0]  # the signals stop moving together
->>> state, scores = det.score_learn(det.init_state(["a", "b", "c"]), np.arange(3000), X)
->>> bool(scores[2900:2920].mean() > 5 * np.median(scores[2000:2900]))
+>>> ref, rng = det.reference, np.random.default_rng(1)
+>>> X = ref.median[:2000] + 0.5 * rng.normal(size=(2000, 12)) * ref.scale[:2000]  # a normal run, 10-min ticks
+>>> X[1900:1920, 0] -= 30.0  # DO falls 30 points
+>>> state, scores = det.score_learn(det.init_state(["s"] * 12), np.arange(2000) * 600_000_000, X)
+>>> bool(scores[1900:1920].mean() > 5 * np.median(scores[1000:1900]))
 True
 """
 
@@ -29,15 +29,16 @@ from typing import Any
 import numpy as np
 
 from detectors.base import register
-from detectors.zscore import ZScore, ZScoreState
+from detectors.golden import load_reference
 
 
 @dataclass
 class AutoencoderState:
-    standardise: ZScoreState
+    start_us: int | None
     model: Any  # torch.nn.Sequential
     optimizer: Any  # torch.optim.Adam
-    pending: np.ndarray  # standardised ticks waiting to fill the next mini-batch
+    pending: np.ndarray  # inputs waiting to fill the next mini-batch
+    pending_err: np.ndarray  # their scores (reconstruction errors before learning), to gate what is learnt
     learnt: int = 0  # mini-batches learnt from
 
 
@@ -45,12 +46,11 @@ class AutoencoderState:
 class Autoencoder:
     name = "autoencoder"
 
-    def __init__(self, hidden: int = 8, bottleneck: int = 3, minibatch: int = 64, lr: float = 1e-2,
-                 learn_below: float = 4.0, clip: float = 4.0, warmup_batches: int = 10, seed: int = 0,
-                 halflife_ticks: float = 720.0) -> None:
+    def __init__(self, hidden: int = 8, bottleneck: int = 3, minibatch: int = 128, lr: float = 1e-2,
+                 learn_below: float = 4.0, clip: float = 4.0, warmup_batches: int = 4, seed: int = 0) -> None:
         self.hidden, self.bottleneck, self.minibatch, self.lr = hidden, bottleneck, minibatch, lr
         self.learn_below, self.clip, self.warmup_batches, self.seed = learn_below, clip, warmup_batches, seed
-        self.standardiser = ZScore(halflife_ticks=halflife_ticks, warmup_ticks=60)
+        self.reference = load_reference()
 
     def init_state(self, signal_names: Sequence[str]) -> AutoencoderState:
         import torch
@@ -64,15 +64,8 @@ class Autoencoder:
         with torch.no_grad():
             for p in model.parameters():  # seeded initialisation: the same stream gives the same scores
                 p.copy_(torch.empty_like(p).uniform_(-0.3, 0.3, generator=gen))
-        return AutoencoderState(self.standardiser.init_state(signal_names), model,
-                                torch.optim.Adam(model.parameters(), lr=self.lr), np.zeros((0, m)))
-
-    def _errors(self, state: AutoencoderState, Z: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.no_grad():
-            x = torch.from_numpy(Z)
-            return ((state.model(x) - x) ** 2).mean(dim=1).numpy()
+        return AutoencoderState(None, model, torch.optim.Adam(model.parameters(), lr=self.lr), np.zeros((0, m)),
+                                np.zeros(0))
 
     def _learn(self, state: AutoencoderState, Z: np.ndarray, errors: np.ndarray) -> None:
         import torch
@@ -92,7 +85,13 @@ class Autoencoder:
         """Also returns the per-signal squared reconstruction errors (the contributions)."""
         import torch
 
-        state.standardise, _, Z = self.standardiser.score_learn_detail(state.standardise, ts, X)
+        from detectors.scorer_model import model_inputs
+
+        ts = np.asarray(ts, dtype=np.int64)
+        if state.start_us is None and len(ts):
+            state.start_us = int(ts[0])
+        Z = model_inputs(np.asarray(X, dtype=np.float64), (ts - (state.start_us or 0)) / 6e7,
+                         self.reference)[:, :-1].astype(np.float64)
         n = len(Z)
         scores = np.zeros(n)
         contrib = np.zeros_like(Z)
@@ -105,12 +104,15 @@ class Autoencoder:
                 x = torch.from_numpy(np.ascontiguousarray(seg))
                 sq = ((state.model(x) - x) ** 2).numpy()
             contrib[i:i + take] = sq
-            scores[i:i + take] = sq.mean(axis=1) if state.learnt >= self.warmup_batches else 0.0
+            err = sq.mean(axis=1)
+            scores[i:i + take] = err if state.learnt >= self.warmup_batches else 0.0
             state.pending = np.vstack([state.pending, seg])
+            state.pending_err = np.concatenate([state.pending_err, err])
             i += take
             if len(state.pending) == self.minibatch:
-                batch, state.pending = state.pending, state.pending[:0]
-                self._learn(state, batch, self._errors(state, batch))
+                batch, errors = state.pending, state.pending_err
+                state.pending, state.pending_err = batch[:0], errors[:0]
+                self._learn(state, batch, errors)
         return state, scores, contrib
 
     def score_learn(self, state: AutoencoderState, ts: np.ndarray,
