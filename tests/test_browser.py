@@ -58,6 +58,8 @@ def test_live_points_fault_injection_alert_and_agent_explanation(stack):
         expect(page.locator("#status")).to_have_text("live", timeout=30_000)
         page.wait_for_function("Number(document.body.dataset.points || 0) > 20", timeout=60_000)
         expect(page.locator("#reactor option")).to_have_count(2, timeout=30_000)
+        # the flow's soft-sensor estimates (VCD, glucose between assays) reach the assay panel
+        page.wait_for_function("() => (state.data[state.reactor]?.soft?.t?.length || 0) > 0", timeout=30_000)
 
         page.select_option("#fault-name", "temperature_spike")
         page.fill("#fault-mag", "4")

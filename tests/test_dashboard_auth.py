@@ -13,6 +13,7 @@ ROUTES = [
     ("GET", "/api/runs/none", None, "viewer"),
     ("GET", "/api/runs/none/ticks", None, "viewer"),
     ("GET", "/api/runs/none/alerts", None, "viewer"),
+    ("GET", "/api/runs/none/soft_sensors", None, "viewer"),
     ("GET", "/api/reactors", None, "viewer"),
     ("GET", "/api/stream/telemetry", None, "viewer"),
     ("GET", "/api/stream/alerts", None, "viewer"),

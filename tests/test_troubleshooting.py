@@ -50,7 +50,10 @@ def test_the_monitor_closes_each_alert_it_opened():
     out = monitor.on_ticks(ticks)
     end = monitor.on_watermark(2**62)
     alerts, clears = out.alerts + end.alerts, out.clears + end.clears
-    assert alerts and [c["alert_id"] for c in clears] == [a["alert_id"] for a in alerts][: len(clears)]
+    cleared = [c["alert_id"] for c in clears]
+    assert alerts and clears and len(set(cleared)) == len(cleared)  # each alert closes at most once
+    assert set(cleared) <= {a["alert_id"] for a in alerts}
+    assert len(alerts) - len(clears) <= len(monitor.open_alerts)  # the rest is still open at the end of the data
     assert all(c["ts"] > c["opened_ts"] for c in clears)
 
 

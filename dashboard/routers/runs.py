@@ -70,3 +70,16 @@ def get_alerts(run_id: str, rt: Runtime = Depends(runtime)) -> dict:
     return {"alerts": _rows(delta.read(lake, "alerts", run_ids=[run_id])),
             "incidents": _rows(delta.read(lake, "incidents", run_ids=[run_id])),
             "labels": _rows(delta.read(lake, "labels", run_ids=[run_id]))}
+
+
+@router.get("/{run_id}/soft_sensors")
+def get_soft_sensors(run_id: str, rt: Runtime = Depends(runtime),
+                     max_points: int = Query(600, ge=10, le=100_000)) -> dict:
+    """The flow's VCD and glucose estimates between assays, thinned to `max_points`."""
+    soft = delta.read(rt.settings.lake, "soft_sensors", run_ids=[run_id])
+    if soft is None or soft.num_rows == 0:
+        return {"run_id": run_id, "t": [], "vcd_e6_per_ml_est": [], "glucose_g_l_est": []}
+    soft = thin(soft.sort_by("seq"), max_points)
+    return {"run_id": run_id, "t": [v / 1e6 for v in soft["ts"].cast(pa.int64()).to_pylist()],
+            "vcd_e6_per_ml_est": [round(v, 3) for v in soft["vcd_e6_per_ml_est"].to_pylist()],
+            "glucose_g_l_est": [round(v, 3) for v in soft["glucose_g_l_est"].to_pylist()]}

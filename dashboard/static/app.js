@@ -14,7 +14,8 @@ const PANELS = [
   {title: "gas flows (sccm)", series: ["air_sccm", "o2_sccm", "co2_sccm"]},
   {title: "feed / base (mL, cumulative)", series: ["feed_ml", "base_ml"]},
   {title: "capacitance (pF/cm)", series: ["capacitance_pf_cm"]},
-  {title: "assays: VCD (e6/mL), glucose (g/L), titer (g/L)", assays: ["vcd_e6_per_ml", "glucose_g_l", "titer_g_l"]},
+  {title: "assays (points) and soft sensors (lines): VCD (e6/mL), glucose (g/L), titer (g/L)",
+   assays: ["vcd_e6_per_ml", "glucose_g_l", "titer_g_l"], soft: ["vcd_e6_per_ml_est", "glucose_g_l_est"]},
 ];
 const COLOURS = ["#1f6feb", "#d92d20", "#079455", "#f79009"];
 const MAX_POINTS = 5000;
@@ -45,7 +46,8 @@ async function api(path, options = {}) {
 function bufferFor(reactor) {
   if (!state.data[reactor]) {
     const signals = Object.fromEntries(SIGNALS.map((s) => [s, []]));
-    state.data[reactor] = {run: null, t: [], signals, assays: {t: [], vcd_e6_per_ml: [], glucose_g_l: [], titer_g_l: []}};
+    state.data[reactor] = {run: null, t: [], signals, assays: {t: [], vcd_e6_per_ml: [], glucose_g_l: [], titer_g_l: []},
+                           soft: {t: [], vcd_e6_per_ml_est: [], glucose_g_l_est: []}};
     refreshReactors();
   }
   return state.data[reactor];
@@ -56,6 +58,7 @@ function onTick(event) {
   if (b.run && b.run !== event.run_id) {  // a new batch: start its curves afresh
     b.t.length = 0; SIGNALS.forEach((s) => (b.signals[s].length = 0));
     Object.values(b.assays).forEach((a) => (a.length = 0));
+    b.soft = {t: [], vcd_e6_per_ml_est: [], glucose_g_l_est: []};
   }
   b.run = event.run_id;
   b.t.push(...event.t);
@@ -99,14 +102,19 @@ function makePlots() {
     box.className = "plot";
     box.innerHTML = `<h3>${panel.title}</h3>`;
     host.appendChild(box);
-    const names = panel.series || panel.assays;
+    const names = panel.series || [...panel.assays, ...panel.soft];
     const opts = {
       width: Math.max(box.clientWidth - 12, 300), height: 170, plugins: [shadePlugin()],
       cursor: {drag: {x: true, y: false}},
       scales: {x: {time: true}},
       legend: {live: false},
-      series: [{}, ...names.map((n, i) => ({label: n, stroke: COLOURS[i], width: 1.2,
-                                             points: {show: !!panel.assays, size: 5}}))],
+      series: [{}, ...names.map((n, i) => {
+        const assay = panel.assays && i < panel.assays.length;
+        const colour = panel.assays ? COLOURS[i % panel.assays.length] : COLOURS[i];  // estimate = its assay's colour
+        return {label: n, stroke: colour, width: 1.2, spanGaps: true,
+                points: {show: !!assay, size: 6},
+                ...(!panel.assays ? {} : assay ? {paths: () => null} : {dash: [4, 3]})};  // assays: points only
+      })],
       axes: [{}, {size: 50}],
       hooks: {setSelect: [() => { state.follow = false; $("follow").checked = false; }]},
     };
@@ -123,8 +131,10 @@ function render() {
   if (!b) return;
   state.dirty = false;
   for (const {panel, plot} of state.plots) {
-    const data = panel.assays ? [b.assays.t, ...panel.assays.map((k) => b.assays[k])]
-                              : [b.t, ...panel.series.map((s) => b.signals[s])];
+    const data = panel.assays
+      ? uPlot.join([[b.assays.t, ...panel.assays.map((k) => b.assays[k])],
+                    [b.soft.t, ...panel.soft.map((k) => b.soft[k])]])
+      : [b.t, ...panel.series.map((s) => b.signals[s])];
     plot.setData(data, state.follow);
   }
   document.body.dataset.points = String(b.t.length);  // for the browser test: live points arrived
@@ -261,6 +271,15 @@ async function ask(question) {
   } catch (err) { const p = document.createElement("p"); p.className = "chunk"; p.textContent = `chat failed: ${err.message}`; box.appendChild(p); }
 }
 
+async function refreshSoftSensors() {
+  const b = state.data[state.reactor];
+  if (!b || !b.run) return;
+  try {
+    const soft = await api(`/api/runs/${encodeURIComponent(b.run)}/soft_sensors?max_points=600`);
+    if (soft.run_id === b.run) { b.soft = soft; state.dirty = true; }
+  } catch (_) {}
+}
+
 async function refreshReplays() {
   try {
     const replays = await api("/api/replay");
@@ -289,6 +308,7 @@ async function main() {
   setInterval(render, 250);
   setInterval(refreshReactors, 5000);
   setInterval(refreshReplays, 2000);
+  setInterval(refreshSoftSensors, 5000);
 }
 
 main();
