@@ -50,6 +50,14 @@ def _settings():
         raise UsageError(str(err)) from None
 
 
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+    """Progress lines on stderr, unless the command prints JSON."""
+    def say(msg: str) -> None:
+        if not getattr(args, "json", False):
+            print(msg, file=sys.stderr, flush=True)
+    return say
+
+
 def _lake(args: argparse.Namespace) -> str:
     return getattr(args, "lake", None) or _settings().lake
 
@@ -248,9 +256,7 @@ def cmd_bench_detectors(args: argparse.Namespace) -> int:
 
     from detectors import benchmark as bench
 
-    def say(msg: str) -> None:
-        if not args.json:
-            print(msg, file=sys.stderr, flush=True)
+    say = _progress(args)
 
     results = bench.run(seeds=args.seeds, normal_runs=args.normal_runs, calibration_runs=args.calibration_runs,
                         grace_h=args.grace_h, with_speed=args.speed,
@@ -358,9 +364,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_bench_sse(args: argparse.Namespace) -> int:
     from biopilot.bench import sse
 
-    def say(msg: str) -> None:
-        if not args.json:
-            print(msg, file=sys.stderr, flush=True)
+    say = _progress(args)
 
     res = sse.run(args.clients, args.slow, args.duration_s, say=say)
     print(json.dumps(sse.as_json(res)) if args.json else sse.format_report(res))
@@ -372,8 +376,7 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
 
     from detectors.train_scorer import train
 
-    def say(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+    say = _progress(args)
 
     metrics = train(args.runs_per_fault, args.normal_runs, args.val_runs, args.epochs, args.stride,
                     device=args.device, out=Path(args.out), seed=args.seed, progress=say)
@@ -404,9 +407,7 @@ def cmd_bench_agents(args: argparse.Namespace) -> int:
 
     from agents import benchmark as bench
 
-    def say(msg: str) -> None:
-        if not args.json:
-            print(msg, file=sys.stderr, flush=True)
+    say = _progress(args)
 
     res = bench.run(args.seeds, args.normal_runs, args.latency_alerts, progress=say)
     out = Path(args.out)

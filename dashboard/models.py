@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sources.reactor import CONTROL_NAMES, FAULT_NAMES, SIGNAL_NAMES
+from sources.reactor import CONTROL_NAMES, FAULT_NAMES
+from sources.scenarios import known_signal, sensor_fault_names_its_signal
 
 Severity = Literal["info", "warning", "critical"]
 
@@ -55,14 +56,11 @@ class FaultInjection(_Strict):
     @field_validator("signal")
     @classmethod
     def _known_signal(cls, v: str | None) -> str | None:
-        if v is not None and v not in SIGNAL_NAMES:
-            raise ValueError(f"unknown signal {v!r}; allowed: {', '.join(SIGNAL_NAMES)}")
-        return v
+        return known_signal(v)
 
     @model_validator(mode="after")
     def _sensor_named(self) -> FaultInjection:
-        if self.fault.startswith("sensor_") and self.signal is None:
-            raise ValueError(f"{self.fault} needs the faulty sensor's signal")
+        sensor_fault_names_its_signal(self.fault, self.signal)
         return self
 
 

@@ -6,7 +6,8 @@ move together rather than the fed-batch's own swings. A small bottleneck autoenc
 them; the score of a tick is its mean squared reconstruction error under the weights learnt *before* it. The
 model learns on fixed mini-batches of `minibatch` ticks counted from the start of the stream (so the result
 does not depend on how the stream is batched), from ticks that look normal only (score below `learn_below`),
-with their inputs clipped at `clip` sd, so a fault does not teach the model that it is normal. torch is
+with their inputs clipped at `clip` sd, so a fault does not teach the model that it is normal; after
+`settle_batches` it goes on learning from one mini-batch in `learn_every` (training dominates its cost). torch is
 imported on first use: the flow does not pay for it unless this detector runs.
 
 >>> import numpy as np
@@ -39,6 +40,7 @@ class AutoencoderState:
     optimizer: Any  # torch.optim.Adam
     pending: np.ndarray  # inputs waiting to fill the next mini-batch
     pending_err: np.ndarray  # their scores (reconstruction errors before learning), to gate what is learnt
+    weights: list[tuple[np.ndarray, np.ndarray]]  # the model's layers as numpy, for scoring without torch overhead
     learnt: int = 0  # mini-batches learnt from
 
 
@@ -47,9 +49,11 @@ class Autoencoder:
     name = "autoencoder"
 
     def __init__(self, hidden: int = 8, bottleneck: int = 3, minibatch: int = 128, lr: float = 1e-2,
-                 learn_below: float = 4.0, clip: float = 4.0, warmup_batches: int = 4, seed: int = 0) -> None:
+                 learn_below: float = 4.0, clip: float = 4.0, warmup_batches: int = 4, seed: int = 0,
+                 settle_batches: int = 40, learn_every: int = 4) -> None:
         self.hidden, self.bottleneck, self.minibatch, self.lr = hidden, bottleneck, minibatch, lr
         self.learn_below, self.clip, self.warmup_batches, self.seed = learn_below, clip, warmup_batches, seed
+        self.settle_batches, self.learn_every = settle_batches, learn_every
         self.reference = load_reference()
 
     def init_state(self, signal_names: Sequence[str]) -> AutoencoderState:
@@ -64,14 +68,16 @@ class Autoencoder:
         with torch.no_grad():
             for p in model.parameters():  # seeded initialisation: the same stream gives the same scores
                 p.copy_(torch.empty_like(p).uniform_(-0.3, 0.3, generator=gen))
-        return AutoencoderState(None, model, torch.optim.Adam(model.parameters(), lr=self.lr), np.zeros((0, m)),
-                                np.zeros(0))
+        return AutoencoderState(None, model, torch.optim.Adam(model.parameters(), lr=self.lr, foreach=True),
+                                np.zeros((0, m)), np.zeros(0), _numpy_layers(model))
 
     def _learn(self, state: AutoencoderState, Z: np.ndarray, errors: np.ndarray) -> None:
         import torch
 
         keep = errors < self.learn_below if state.learnt >= self.warmup_batches else np.ones(len(Z), bool)
         state.learnt += 1
+        if state.learnt > self.settle_batches and state.learnt % self.learn_every:
+            return  # settled: keep adapting, on one mini-batch in `learn_every` (a training step costs ~0.5 ms)
         if keep.sum() < 2:
             return
         x = torch.from_numpy(np.clip(Z[keep], -self.clip, self.clip))
@@ -79,12 +85,11 @@ class Autoencoder:
         loss = ((state.model(x) - x) ** 2).mean()
         loss.backward()
         state.optimizer.step()
+        state.weights = _numpy_layers(state.model)
 
     def score_learn_detail(self, state: AutoencoderState, ts: np.ndarray, X: np.ndarray,
                            ) -> tuple[AutoencoderState, np.ndarray, np.ndarray]:
         """Also returns the per-signal squared reconstruction errors (the contributions)."""
-        import torch
-
         from detectors.scorer_model import model_inputs
 
         ts = np.asarray(ts, dtype=np.int64)
@@ -100,9 +105,7 @@ class Autoencoder:
             # score up to the next mini-batch boundary with the current weights, then learn from that batch
             take = min(self.minibatch - len(state.pending), n - i)
             seg = Z[i:i + take]
-            with torch.no_grad():
-                x = torch.from_numpy(np.ascontiguousarray(seg))
-                sq = ((state.model(x) - x) ** 2).numpy()
+            sq = (_reconstruct(state.weights, seg) - seg) ** 2
             contrib[i:i + take] = sq
             err = sq.mean(axis=1)
             scores[i:i + take] = err if state.learnt >= self.warmup_batches else 0.0
@@ -119,3 +122,17 @@ class Autoencoder:
                     X: np.ndarray) -> tuple[AutoencoderState, np.ndarray]:
         state, scores, _ = self.score_learn_detail(state, ts, X)
         return state, scores
+
+
+def _numpy_layers(model: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in model
+            if hasattr(m, "weight")]
+
+
+def _reconstruct(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
+    """The autoencoder's forward pass in numpy (tanh between the linear layers), as torch computes it."""
+    for k, (w, b) in enumerate(layers):
+        x = x @ w.T + b
+        if k < len(layers) - 1:
+            x = np.tanh(x)
+    return x

@@ -44,6 +44,11 @@ class Replay:
             kind = json.loads(msg.data).get("type")
         except (ValueError, AttributeError):
             return
+        if kind in ("pause", "resume", "stop"):
+            self.command(kind)
+
+    def command(self, kind: str) -> None:
+        """pause, resume or stop (also from the control subject)."""
         if kind == "pause":
             self.paused.set()
         elif kind == "resume":
@@ -51,6 +56,8 @@ class Replay:
         elif kind == "stop":
             self.stopped = True
             self.paused.clear()
+        else:
+            raise ValueError(f"unknown replay command {kind!r}; use pause, resume or stop")
 
     async def run(self, progress: Callable[[int], None] | None = None) -> int:
         nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)

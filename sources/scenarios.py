@@ -36,6 +36,17 @@ ARCHETYPE_SCENARIOS = {
 assert tuple(ARCHETYPE_SCENARIOS) == FAULT_NAMES
 
 
+def known_signal(signal: str | None) -> str | None:
+    if signal is not None and signal not in SIGNAL_NAMES:
+        raise ValueError(f"unknown signal {signal!r}; allowed: {', '.join(SIGNAL_NAMES)}")
+    return signal
+
+
+def sensor_fault_names_its_signal(fault: str, signal: str | None) -> None:
+    if fault.startswith("sensor_") and signal is None:
+        raise ValueError(f"{fault} needs the faulty sensor's signal, one of {', '.join(SIGNAL_NAMES)}")
+
+
 class ScenarioError(ValueError):
     """A scenario that cannot be run; the message is one line meant for the user."""
 
@@ -113,14 +124,11 @@ class FaultSpec(_Strict):
     @field_validator("signal")
     @classmethod
     def _known_signal(cls, v: str | None) -> str | None:
-        if v is not None and v not in SIGNAL_NAMES:
-            raise ValueError(f"unknown signal {v!r}; allowed: {', '.join(SIGNAL_NAMES)}")
-        return v
+        return known_signal(v)
 
     @model_validator(mode="after")
     def _signal_for_sensor_faults(self) -> FaultSpec:
-        if self.fault.startswith("sensor_") and self.signal is None:
-            raise ValueError(f"{self.fault} needs signal = one of {', '.join(SIGNAL_NAMES)}")
+        sensor_fault_names_its_signal(self.fault, self.signal)
         for name in ("start_day", "duration_h", "magnitude"):
             v = getattr(self, name)
             if isinstance(v, tuple) and v[0] > v[1]:

@@ -96,15 +96,9 @@ async def replay_action(replay_id: str, action: str, rt: Runtime = Depends(runti
     entry = rt.replays.get(replay_id)
     if entry is None:
         raise HTTPException(404, f"no replay {replay_id!r}")
-    replay: Replay = entry["replay"]
-    if action == "pause":
-        replay.paused.set()
-    elif action == "resume":
-        replay.paused.clear()
-    elif action == "stop":
-        replay.stopped = True
-        replay.paused.clear()
-    else:
-        raise HTTPException(422, f"unknown action {action!r}; use pause, resume or stop")
+    try:
+        entry["replay"].command(action)
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from None
     rt.audit(who, f"replay_{action}", replay_id, {})
     return _status(replay_id, entry)
