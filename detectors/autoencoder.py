@@ -48,9 +48,9 @@ class AutoencoderState:
 class Autoencoder:
     name = "autoencoder"
 
-    def __init__(self, hidden: int = 8, bottleneck: int = 3, minibatch: int = 128, lr: float = 1e-2,
-                 learn_below: float = 4.0, clip: float = 4.0, warmup_batches: int = 4, seed: int = 0,
-                 settle_batches: int = 40, learn_every: int = 4) -> None:
+    def __init__(self, hidden: int = 8, bottleneck: int = 3, minibatch: int = 512, lr: float = 1e-2,
+                 learn_below: float = 4.0, clip: float = 4.0, warmup_batches: int = 1, seed: int = 0,
+                 settle_batches: int = 10, learn_every: int = 2) -> None:
         self.hidden, self.bottleneck, self.minibatch, self.lr = hidden, bottleneck, minibatch, lr
         self.learn_below, self.clip, self.warmup_batches, self.seed = learn_below, clip, warmup_batches, seed
         self.settle_batches, self.learn_every = settle_batches, learn_every
@@ -58,6 +58,9 @@ class Autoencoder:
 
     def init_state(self, signal_names: Sequence[str]) -> AutoencoderState:
         import torch
+
+        # a 12-8-3 network gains nothing from intra-op threads; spinning ones slow the flow's other threads
+        torch.set_num_threads(1)
 
         m = len(signal_names)
         gen = torch.Generator().manual_seed(self.seed)
