@@ -2,13 +2,14 @@
 
 Inputs are each signal's golden-batch z (its deviation from the twin's normal runs at the same culture age,
 clipped at +-10; a missing reading is 0 and teaches nothing), so the model learns how normal *deviations*
-move together rather than the fed-batch's own swings. A small bottleneck autoencoder (m -> 8 -> 3 -> 8 -> m) reconstructs
-them; the score of a tick is its mean squared reconstruction error under the weights learnt *before* it. The
-model learns on fixed mini-batches of `minibatch` ticks counted from the start of the stream (so the result
-does not depend on how the stream is batched), from ticks that look normal only (score below `learn_below`),
-with their inputs clipped at `clip` sd, so a fault does not teach the model that it is normal; after
-`settle_batches` it goes on learning from one mini-batch in `learn_every` (training dominates its cost). torch is
-imported on first use: the flow does not pay for it unless this detector runs.
+move together rather than the fed-batch's own swings. A small bottleneck autoencoder (m -> 8 -> 3 -> 8 -> m)
+reconstructs them; the score of a tick is its mean squared reconstruction error under the weights learnt
+*before* it. It starts from weights pretrained the same way on normal twin runs (`python -m
+detectors.autoencoder` writes `autoencoder_init.npz`) and goes on learning on fixed mini-batches of
+`minibatch` ticks counted from the start of the stream (so the result does not depend on how the stream is
+batched), one in `learn_every` once settled (a training step dominates its cost), from ticks that look normal
+only (score below `learn_below`), inputs clipped at `clip` sd: a fault does not teach the model that it is
+normal. torch is imported on first use: a flow without this detector does not pay for it.
 
 >>> import numpy as np
 >>> from detectors.base import make_detector
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,11 +53,12 @@ class Autoencoder:
 
     def __init__(self, hidden: int = 8, bottleneck: int = 3, minibatch: int = 512, lr: float = 1e-2,
                  learn_below: float = 4.0, clip: float = 4.0, warmup_batches: int = 1, seed: int = 0,
-                 settle_batches: int = 10, learn_every: int = 2) -> None:
+                 settle_batches: int = 10, learn_every: int = 4, pretrained: bool = True) -> None:
         self.hidden, self.bottleneck, self.minibatch, self.lr = hidden, bottleneck, minibatch, lr
         self.learn_below, self.clip, self.warmup_batches, self.seed = learn_below, clip, warmup_batches, seed
         self.settle_batches, self.learn_every = settle_batches, learn_every
         self.reference = load_reference()
+        self.initial = _load_pretrained() if pretrained else None
 
     def init_state(self, signal_names: Sequence[str]) -> AutoencoderState:
         import torch
@@ -68,11 +72,14 @@ class Autoencoder:
                   torch.nn.Tanh(), torch.nn.Linear(self.bottleneck, self.hidden), torch.nn.Tanh(),
                   torch.nn.Linear(self.hidden, m)]
         model = torch.nn.Sequential(*layers).double()
+        shapes = [tuple(p.shape) for p in model.parameters()]
+        start = self.initial if self.initial and [w.shape for w in self.initial] == shapes else None
         with torch.no_grad():
-            for p in model.parameters():  # seeded initialisation: the same stream gives the same scores
-                p.copy_(torch.empty_like(p).uniform_(-0.3, 0.3, generator=gen))
+            for k, p in enumerate(model.parameters()):  # seeded or pretrained: the same stream, the same scores
+                p.copy_(torch.from_numpy(start[k]) if start else torch.empty_like(p).uniform_(-0.3, 0.3, generator=gen))
         return AutoencoderState(None, model, torch.optim.Adam(model.parameters(), lr=self.lr, foreach=True),
-                                np.zeros((0, m)), np.zeros(0), _numpy_layers(model))
+                                np.zeros((0, m)), np.zeros(0), _numpy_layers(model),
+                                learnt=self.settle_batches if start else 0)  # pretrained: already settled
 
     def _learn(self, state: AutoencoderState, Z: np.ndarray, errors: np.ndarray) -> None:
         import torch
@@ -139,3 +146,43 @@ def _reconstruct(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> 
         if k < len(layers) - 1:
             x = np.tanh(x)
     return x
+
+
+PRETRAINED = Path(__file__).parent / "autoencoder_init.npz"
+
+
+@lru_cache(maxsize=1)
+def _load_pretrained() -> list[np.ndarray] | None:
+    if not PRETRAINED.exists():
+        return None
+    data = np.load(PRETRAINED)
+    return [data[f"p{k}"] for k in range(len(data.files))]
+
+
+def pretrain(runs: int = 10, seed: int = 600) -> list[np.ndarray]:
+    """Weights learnt online, as in the flow, over `runs` normal runs of the twin one after another: the
+    autoencoder then starts every run knowing what normal deviations look like."""
+    import pyarrow as pa
+
+    from detectors.base import DETECTOR_SIGNALS
+    from detectors.monitor import features
+    from sources.fleet import Fleet
+    from sources.scenarios import load_scenario
+
+    det = Autoencoder(pretrained=False)
+    state = det.init_state(DETECTOR_SIGNALS)
+    fleet = Fleet(load_scenario("normal"), runs, seed=seed)
+    ticks = pa.Table.from_batches([fleet.step(fleet.total_ticks).ticks])
+    X = features(ticks, np.array([np.nan, np.nan])).reshape(runs, fleet.total_ticks, -1)
+    ts = ticks["ts"].cast(pa.int64()).to_numpy().reshape(runs, fleet.total_ticks)
+    for k in range(runs):
+        state.start_us = None  # each run from its own inoculation
+        for i in range(0, fleet.total_ticks, 1440):
+            state, _ = det.score_learn(state, ts[k, i:i + 1440], X[k, i:i + 1440])
+    return [p.detach().numpy().copy() for p in state.model.parameters()]
+
+
+if __name__ == "__main__":
+    weights = pretrain()
+    np.savez_compressed(PRETRAINED, **{f"p{k}": w for k, w in enumerate(weights)})
+    print(f"autoencoder: {sum(w.size for w in weights)} pretrained weights -> {PRETRAINED}")
