@@ -49,6 +49,8 @@ SCORES = pa.schema([
     pa.field("run_id", pa.string(), False), pa.field("reactor_id", pa.string(), False),
     pa.field("seq", pa.int64(), False), pa.field("ts", TS, False), pa.field("detector", pa.string(), False),
     pa.field("score", pa.float64()), pa.field("threshold", pa.float64()), pa.field("is_alarm", pa.bool_()),
+    # soft sensors (detectors/soft_sensors.py), written with the scores: one table write per tick, not two
+    pa.field("vcd_e6_per_ml_est", pa.float64()), pa.field("glucose_g_l_est", pa.float64()),
 ])
 CONTRIBUTION = pa.struct([pa.field("name", pa.string()), pa.field("contribution", pa.float64())])
 ALERTS = pa.schema([
@@ -63,11 +65,6 @@ DEADLETTER = pa.schema([
     pa.field("reason", pa.string(), False), pa.field("size_bytes", pa.int64()), pa.field("payload", pa.binary()),
 ])
 
-SOFT_SENSORS = pa.schema([  # estimates between assays (detectors/soft_sensors.py), one row per tick
-    pa.field("run_id", pa.string(), False), pa.field("reactor_id", pa.string(), False),
-    pa.field("seq", pa.int64(), False), pa.field("ts", TS, False),
-    pa.field("vcd_e6_per_ml_est", pa.float64()), pa.field("glucose_g_l_est", pa.float64()),
-])
 INCIDENTS = pa.schema([  # one row per lifecycle event; key (incident_id, version)
     pa.field("incident_id", pa.string(), False), pa.field("version", pa.int64(), False),
     pa.field("event", pa.string(), False), pa.field("run_id", pa.string(), False),
@@ -87,7 +84,7 @@ AUDIT = pa.schema([
 
 SCHEMAS: dict[str, pa.Schema] = {"ticks": TICKS, "assays": ASSAYS, "labels": LABELS, "runs": RUNS,
                                  "scores": SCORES, "alerts": ALERTS, "late_ticks": LATE_TICKS,
-                                 "deadletter": DEADLETTER, "soft_sensors": SOFT_SENSORS, "incidents": INCIDENTS,
+                                 "deadletter": DEADLETTER, "incidents": INCIDENTS,
                                  "agent_messages": AGENT_MESSAGES, "audit": AUDIT}
 
 

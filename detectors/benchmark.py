@@ -30,7 +30,7 @@ from sources.fleet import Fleet
 from sources.scenarios import ARCHETYPE_SCENARIOS, load_scenario
 
 COMPOSITE = "overfeed_then_do_limitation"
-FUSION_MEMBERS = ("golden", "twin_residual", "autoencoder", "zscore", "moving_average", "flatline", "dropout")
+FUSION_MEMBERS = ("golden", "twin_residual", "autoencoder", "zscore", "flatline", "dropout")
 PERSIST, CLEAR = 5, 60
 
 

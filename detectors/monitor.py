@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import detectors  # noqa: F401 - registers every detector
-from biopilot.events import ALERTS, LATE_TICKS, SCORES, SOFT_SENSORS
+from biopilot.events import ALERTS, LATE_TICKS, SCORES
 from biopilot.eventtime import ReorderBuffer
 from detectors.alarm import MemberAlarms
 from detectors.base import DETECTOR_SIGNALS, make_detector
@@ -169,14 +169,11 @@ class ReactorMonitor:
         n = ticks.num_rows
         vcd, glucose = self.soft.update(ts, ticks["capacitance_pf_cm"].to_numpy(zero_copy_only=False),
                                         np.nan_to_num(X[:, FEED]), ticks["volume_l"].to_numpy(zero_copy_only=False))
-        out.add("soft_sensors", pa.Table.from_arrays(
-            [ticks["run_id"], ticks["reactor_id"], ticks["seq"], ticks["ts"], pa.array(vcd), pa.array(glucose)],
-            schema=SOFT_SENSORS))
         out.add("scores", pa.Table.from_arrays(
             [ticks["run_id"], ticks["reactor_id"], ticks["seq"], ticks["ts"],
              pa.repeat(pa.scalar(self.detector.name), n), pa.array(scores),
              pa.repeat(pa.scalar(self.config.alarm_on), n),
-             pa.array(is_alarm)], schema=SCORES))
+             pa.array(is_alarm), pa.array(vcd), pa.array(glucose)], schema=SCORES))
         for i in np.flatnonzero((fired | cleared).any(axis=0)):
             for j in np.flatnonzero(cleared[:, i]):
                 if names[j] in self.open_alerts:

@@ -20,8 +20,8 @@ def test_estimates_before_each_assay_beat_the_last_assay_held(scenario):
         upto = int(np.searchsorted(ts, int(assay["reported_ts"].timestamp() * 1e6)))
         out = monitor.on_ticks(ticks.slice(pos, upto - pos))
         pos = upto
-        if "soft_sensors" in out.tables:
-            estimates.append(out.tables["soft_sensors"])
+        if "scores" in out.tables:
+            estimates.append(out.tables["scores"])
         monitor.on_assays(pa.Table.from_pylist([assay], schema=assays.schema))
     soft = pa.concat_tables(estimates)
     soft_us = soft["ts"].cast(pa.int64()).to_numpy()

@@ -75,8 +75,9 @@ def get_alerts(run_id: str, rt: Runtime = Depends(runtime)) -> dict:
 @router.get("/{run_id}/soft_sensors")
 def get_soft_sensors(run_id: str, rt: Runtime = Depends(runtime),
                      max_points: int = Query(600, ge=10, le=100_000)) -> dict:
-    """The flow's VCD and glucose estimates between assays, thinned to `max_points`."""
-    soft = delta.read(rt.settings.lake, "soft_sensors", run_ids=[run_id])
+    """The flow's VCD and glucose estimates between assays (columns of `scores`), thinned to `max_points`."""
+    soft = delta.read(rt.settings.lake, "scores", columns=["seq", "ts", "vcd_e6_per_ml_est", "glucose_g_l_est"],
+                      run_ids=[run_id])
     if soft is None or soft.num_rows == 0:
         return {"run_id": run_id, "t": [], "vcd_e6_per_ml_est": [], "glucose_g_l_est": []}
     soft = thin(soft.sort_by("seq"), max_points)
