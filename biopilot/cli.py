@@ -533,9 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", default=None, help="write the picture here")
     p.set_defaults(func=cmd_overview)
 
-    p = sub.add_parser("up", help="start the whole stack (broker, flow, plant feed)",
+    p = sub.add_parser("up", help="start the whole stack (broker, flow, plant, agents, dashboard)",
                        description="Start the embedded broker and cache (unless BIOPILOT_NATS_URL / "
-                                   "BIOPILOT_REDIS_URL are set), the monitoring flow and the plant feed. "
+                                   "BIOPILOT_REDIS_URL are set), the monitoring flow, the plant feed, the agent "
+                                   "workers and the dashboard; prints the dashboard URL with an admin token. "
                                    "Ctrl-C stops everything.")
     p.add_argument("--reactors", type=_positive("--reactors", int), default=4)
     p.add_argument("--speed", type=_positive("--speed", allow_max=True), default=600.0,

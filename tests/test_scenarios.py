@@ -29,7 +29,7 @@ def test_a_scenario_file_by_path(tmp_path):
     ({"name": "x", "faults": [{"fault": "meltdown", "start_day": 2}]}, "faults.0.fault"),
     ({"name": "x", "process": {"working_volume_l": -1}}, "process.working_volume_l"),
     ({"name": "x", "days": 0}, "days: Input should be greater than 0"),
-    ({"name": "x", "faults": [{"fault": "sensor_drift", "start_day": 2}]}, "needs signal"),
+    ({"name": "x", "faults": [{"fault": "sensor_drift", "start_day": 2}]}, "needs the faulty sensor's signal"),
     ({"name": "x", "faults": [{"fault": "sensor_stuck", "start_day": 2, "signal": "voltage"}]}, "unknown signal"),
     ({"name": "x", "kinetics": {"mu_maxx": 1}}, "unknown kinetic parameter 'mu_maxx'"),
     ({"name": "x", "feed": {"colour": "blue"}}, "feed.colour"),

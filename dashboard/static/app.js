@@ -14,6 +14,8 @@ const PANELS = [
   {title: "gas flows (sccm)", series: ["air_sccm", "o2_sccm", "co2_sccm"]},
   {title: "feed / base (mL, cumulative)", series: ["feed_ml", "base_ml"]},
   {title: "capacitance (pF/cm)", series: ["capacitance_pf_cm"]},
+  {title: "agitation (rpm)", series: ["agitation_rpm"]},
+  {title: "volume (L)", series: ["volume_l"]},
   {title: "assays (points) and soft sensors (lines): VCD (e6/mL), glucose (g/L), titer (g/L)",
    assays: ["vcd_e6_per_ml", "glucose_g_l", "titer_g_l"], soft: ["vcd_e6_per_ml_est", "glucose_g_l_est"]},
 ];
