@@ -39,7 +39,16 @@ class IncidentFinding:
                 "start_ts": _iso(inc["start_ts"]), "end_ts": _iso(inc["end_ts"]), "status": inc["status"],
                 "severity": inc["severity"], "alert_count": inc["alert_count"], "signals": inc["signals"],
                 "abstained": self.diagnosis.abstained, "facts": self.diagnosis.facts,
-                "hypotheses": [h.as_dict() for h in self.diagnosis.ranked(3)], "scorer": _scorer_view(self.evidence)}
+                "hypotheses": [h.as_dict() for h in self.diagnosis.ranked(3)], "scorer": _scorer_view(self.evidence),
+                "soft_sensors": _soft_view(self.evidence)}
+
+
+def _soft_view(ev: Evidence) -> dict | None:
+    if ev.soft is None:
+        return None
+    return {**ev.soft, "ts": ev.soft["ts"].isoformat()} | (
+        {"last_assay_sample_ts": ev.assay["sample_ts"].isoformat(), "last_assay_vcd_e6_per_ml":
+         ev.assay["vcd_e6_per_ml"], "last_assay_glucose_g_l": ev.assay["glucose_g_l"]} if ev.assay else {})
 
 
 def _scorer_view(ev: Evidence) -> dict | None:

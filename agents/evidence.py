@@ -3,8 +3,8 @@
 The expectation is the golden batch (`detectors.golden`): the median and robust spread of normal runs of the
 twin at the same culture age. For each signal the evidence keeps its most extreme smoothed deviation in the
 window (signed z, the time, the reading and the expected value), the longest frozen and missing stretches of
-the watched sensors, the detectors' contributions, the windowed scorer's fault-class probabilities for the window's
-end, and the latest assay drawn before the window ends. Plain
+the watched sensors, the detectors' contributions, the windowed scorer's fault-class probabilities and the soft
+sensors' VCD and glucose for the window's end, and the latest assay reported by then. Plain
 functions over Arrow tables, shared by the live worker, `biopilot diagnose`, the chat and the reports.
 """
 
@@ -21,8 +21,9 @@ from scipy.signal import lfilter
 
 from detectors.base import DETECTOR_SIGNALS, make_detector
 from detectors.golden import load_reference
-from detectors.monitor import features
+from detectors.monitor import FEED, features
 from detectors.sensor_health import WATCHED
+from detectors.soft_sensors import SoftSensors
 from detectors.transformer import WindowedScorer, classify_window
 
 UNITS = {"do_pct": "% air sat.", "ph": "", "temp_c": "°C", "agitation_rpm": "rpm", "air_sccm": "sccm",
@@ -78,6 +79,7 @@ class Evidence:
     contributions: dict[str, float] = field(default_factory=dict)
     assay: dict | None = None
     scorer: dict | None = None  # the windowed scorer's fault-class probabilities and titer, with MC spread
+    soft: dict | None = None  # soft-sensor VCD and glucose at the window's end, from what was known by then
     ticks_seen: int = 0
 
     def z(self, signal: str) -> float:
@@ -153,11 +155,30 @@ def gather(ticks: pa.Table, start_ts: datetime, end_ts: datetime, assays: pa.Tab
                                             float(x[max(at - 1, 0)])))
     if hi - lo >= 1 and hi >= _scorer().window:
         ev.scorer = classify_window(_scorer(), ts[:hi], X[:hi], int(ts[0]))
+    known = None  # the lab results reported by the window's end: what an operator had then
     if assays is not None and assays.num_rows:
-        drawn = assays.filter(pc.less_equal(assays["sample_ts"], pa.scalar(end_ts, assays["sample_ts"].type)))
-        if drawn.num_rows:
-            ev.assay = drawn.sort_by("sample_ts").slice(drawn.num_rows - 1).to_pylist()[0]
+        known = assays.filter(pc.less_equal(assays["reported_ts"], pa.scalar(end_ts, assays["reported_ts"].type)))
+        if known.num_rows:
+            ev.assay = known.sort_by("sample_ts").slice(known.num_rows - 1).to_pylist()[0]
+    ev.soft = _soft_sensors(ticks, ts, X, hi, known)
     return ev
+
+
+def _soft_sensors(ticks: pa.Table, ts: np.ndarray, X: np.ndarray, hi: int, known: pa.Table | None) -> dict:
+    """The flow's soft sensors replayed over the run up to tick `hi`, corrected by each result when it came."""
+    soft = SoftSensors()
+    cap = ticks["capacitance_pf_cm"].to_numpy(zero_copy_only=False)[:hi]
+    volume = ticks["volume_l"].to_numpy(zero_copy_only=False)[:hi]
+    feed = np.nan_to_num(X[:hi, FEED])
+    pos = 0
+    for row in (known.sort_by("reported_ts").to_pylist() if known is not None else []):
+        upto = min(int(np.searchsorted(ts[:hi], int(row["reported_ts"].timestamp() * 1e6))), hi - 1)
+        soft.update(ts[pos:upto], cap[pos:upto], feed[pos:upto], volume[pos:upto])
+        pos = max(pos, upto)
+        soft.on_assay(int(row["sample_ts"].timestamp() * 1e6), row["vcd_e6_per_ml"], row["glucose_g_l"])
+    vcd, glucose = soft.update(ts[pos:hi], cap[pos:hi], feed[pos:hi], volume[pos:hi])
+    return {"ts": _dt(ts[hi - 1]), "vcd_e6_per_ml_est": round(float(vcd[-1]), 2),
+            "glucose_g_l_est": round(float(glucose[-1]), 2)}
 
 
 @lru_cache(maxsize=1)

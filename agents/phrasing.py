@@ -51,6 +51,14 @@ def explain(finding: dict) -> list[str]:
         classes = ", ".join(f"{c} {p:.2f} (± {sd:.2f})" for c, (p, sd) in view["classes"].items())
         chunks.append(f"The windowed scorer (a learned second opinion) reads this window as: {classes}; "
                       f"final titer estimate {view['titer_g_l']:.2f} ± {view['titer_g_l_spread']:.2f} g/L.")
+    if finding.get("soft_sensors"):
+        soft = finding["soft_sensors"]
+        text = (f"Soft sensors at {soft['ts'][:16].replace('T', ' ')} UTC: VCD ≈ {soft['vcd_e6_per_ml_est']:.2f} e6/mL, "
+                f"glucose ≈ {soft['glucose_g_l_est']:.2f} g/L")
+        if "last_assay_sample_ts" in soft:
+            text += (f" (last assay, sampled {soft['last_assay_sample_ts'][:16].replace('T', ' ')} UTC: VCD "
+                     f"{soft['last_assay_vcd_e6_per_ml']:.2f}, glucose {soft['last_assay_glucose_g_l']:.2f})")
+        chunks.append(text + ".")
     checks = SIGNATURES[top["fault"]].checks
     chunks.append(f"Recommended actions: {top['action']}" + (f"; confirm with: {', '.join(checks)}." if checks
                                                              else "."))

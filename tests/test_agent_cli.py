@@ -38,6 +38,9 @@ def test_diagnose_json_lists_incidents_with_ranked_causes(lake):
     assert {"reactor_id", "start_ts", "end_ts", "hypotheses"} <= set(first)
     assert first["hypotheses"][0]["fault"] == "do_limitation"
     assert {"fault", "confidence", "evidence"} <= set(first["hypotheses"][0])
+    # the soft sensors and the windowed scorer's second opinion are part of the evidence
+    assert first["soft_sensors"]["vcd_e6_per_ml_est"] > 0 and first["soft_sensors"]["glucose_g_l_est"] >= 0
+    assert sum(p for p, _ in first["scorer"]["classes"].values()) > 0.5
     text = _cli("diagnose", "--run", run, "--lake", root)
     assert "1. do_limitation" in text.stdout and "action:" in text.stdout
 
