@@ -16,7 +16,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from biopilot.config import load_settings
-from detectors.monitor import MonitorConfig, monitor_step
+from detectors.monitor import MonitorConfig, ReactorMonitor, monitor_step
 from sinks.lake_sink import LakeSink
 from sinks.nats_sink import NatsPublishSink, alert_json
 from sources.jetstream import JetStreamSource
@@ -30,6 +30,7 @@ def build_flow() -> Dataflow:
     config = MonitorConfig.for_detector(os.environ.get("BIOPILOT_DETECTOR", "fusion"),
                                         float(os.environ.get("BIOPILOT_LATENESS_S", "300")))
     durable = os.environ.get("BIOPILOT_FLOW_DURABLE", "biopilot-monitor")
+    ReactorMonitor("warm-up", config)  # load models and their imports now, not on the first tick (~2 s with torch)
 
     flow = Dataflow("biopilot-monitor")
     messages = op.input("nats", flow, JetStreamSource(settings.nats_url, durable=durable))
