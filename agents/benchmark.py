@@ -22,12 +22,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from agents.diagnose import diagnose_ticks
 from agents.monitoring import incident_id_for
-from sources.fleet import Fleet
-from sources.scenarios import ARCHETYPE_SCENARIOS, load_scenario
+from sources.fleet import simulate_run
+from sources.scenarios import ARCHETYPE_SCENARIOS
 
 COMPOSITE = "overfeed_then_do_limitation"
 
@@ -75,12 +74,6 @@ class AgentResult:
         }
 
 
-def _run(scenario: str, seed: int) -> tuple[pa.Table, pa.Table, list, datetime]:
-    fleet = Fleet(load_scenario(scenario), 1, seed=seed)
-    chunk = fleet.step(fleet.total_ticks)
-    return pa.Table.from_batches([chunk.ticks]), chunk.assays, fleet.labels, fleet.started[0]
-
-
 def evaluate_suite(seeds: int = 5, normal_runs: int = 10, grace_h: float = 2.0,
                    progress: Callable[[str], None] | None = None) -> AgentResult:
     say = progress or (lambda _m: None)
@@ -89,8 +82,9 @@ def evaluate_suite(seeds: int = 5, normal_runs: int = 10, grace_h: float = 2.0,
     plan += [("normal", 700 + i) for i in range(normal_runs)]
     for k, (scenario, seed) in enumerate(plan, 1):
         say(f"[{k}/{len(plan)}] {scenario} seed {seed}")
-        ticks, assays, labels, _ = _run(scenario, seed)
-        findings = diagnose_ticks(ticks, assays)
+        sim = simulate_run(scenario, seed)
+        labels = sim.labels
+        findings = diagnose_ticks(sim.ticks, sim.assays)
         if scenario == "normal":
             res.incidents_on_normal_runs += len(findings)
             continue
@@ -116,10 +110,11 @@ def latency(alerts: int, rate_per_s: float, say: Callable[[str], None]) -> list[
 
     with tempfile.TemporaryDirectory() as tmp:
         lake = str(Path(tmp) / "lake")
-        ticks, _, _, t0 = _run("normal", 42)
-        delta.append(lake, "ticks", ticks, ticks.schema)
+        sim = simulate_run("normal", 42)
+        delta.append(lake, "ticks", sim.ticks, sim.ticks.schema)
         with start_services(lake) as services:
-            return asyncio.run(_latency(services, lake, ticks["run_id"][0].as_py(), t0, alerts, rate_per_s, say))
+            return asyncio.run(_latency(services, lake, sim.ticks["run_id"][0].as_py(), sim.started, alerts,
+                                        rate_per_s, say))
 
 
 async def _latency(services, lake: str, run_id: str, t0: datetime, alerts: int, rate_per_s: float,  # noqa: ANN001

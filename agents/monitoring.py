@@ -28,7 +28,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
-SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+from biopilot.events import SEVERITY_RANK
 
 
 @dataclass

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import nats
+import pyarrow.compute as pc
 import redis.asyncio as aioredis
 from nats.aio.msg import Msg
 
@@ -139,14 +140,15 @@ class Workers:
     def _diagnose(self, event: dict) -> IncidentFinding | None:
         start = datetime.fromisoformat(event["start_ts"])
         deadline = time.monotonic() + EVIDENCE_WAIT_S
-        while True:
-            ticks = delta.read(self.lake, "ticks", run_ids=[event["run_id"]])
-            latest = None if ticks is None or ticks.num_rows == 0 else max(ticks["ts"].to_pylist())
+        while True:  # wait for the flow's commit by polling the event times only, then read the run once
+            seen = delta.read(self.lake, "ticks", columns=["ts"], run_ids=[event["run_id"]])
+            latest = None if seen is None or seen.num_rows == 0 else pc.max(seen["ts"]).as_py()
             if latest is not None and (latest >= start or time.monotonic() > deadline):
                 break
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.2)
+        ticks = delta.read(self.lake, "ticks", run_ids=[event["run_id"]])
         assays = delta.read(self.lake, "assays", run_ids=[event["run_id"]])
         ev = gather(ticks, start, min(start + self.horizon, latest), assays,
                     {s: 1.0 for s in event["signals"]})

@@ -52,6 +52,7 @@ SCORES = pa.schema([
     # soft sensors (detectors/soft_sensors.py), written with the scores: one table write per tick, not two
     pa.field("vcd_e6_per_ml_est", pa.float64()), pa.field("glucose_g_l_est", pa.float64()),
 ])
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}  # alert and incident severities, least to worst
 CONTRIBUTION = pa.struct([pa.field("name", pa.string()), pa.field("contribution", pa.float64())])
 ALERTS = pa.schema([
     pa.field("alert_id", pa.string(), False), pa.field("run_id", pa.string(), False),

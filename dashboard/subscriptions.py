@@ -18,11 +18,11 @@ import secrets
 import httpx
 import redis.asyncio as aioredis
 
+from biopilot.events import SEVERITY_RANK
 from dashboard.hub import Hub
 
 log = logging.getLogger(__name__)
 KEY = "biopilot:subscriptions"
-SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 RETRIES = (0.5, 1.0, 2.0, 4.0)
 
 
@@ -38,6 +38,19 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def matches(event: dict, reactor: str | None = None, severity: str | None = None, detector: str | None = None,
+            incident: str | None = None) -> bool:
+    """The stream filters: reactor, minimum severity (a clear always passes), detector, incident."""
+    if reactor and event.get("reactor_id") != reactor:
+        return False
+    if severity and event.get("type") != "clear" and \
+            SEVERITY_RANK.get(event.get("severity") or "info", 0) < SEVERITY_RANK[severity]:
+        return False
+    if detector and event.get("detector", detector) != detector:
+        return False
+    return not (incident and event.get("incident_id") != incident)
+
+
 def diagnosis_fault(event: dict) -> str | None:
     findings = event.get("findings") or {}
     hyps = findings.get("hypotheses") or []
@@ -51,9 +64,7 @@ def accepts(sub: dict, channel: str, event: dict) -> bool:
         return bool(sub.get("fault")) and event.get("done") and diagnosis_fault(event) == sub["fault"]
     if event.get("type") == "clear" or sub.get("fault"):
         return False
-    if sub.get("severity") and SEVERITY_RANK.get(event.get("severity") or "info", 0) < SEVERITY_RANK[sub["severity"]]:
-        return False
-    return not (sub.get("detector") and event.get("detector") != sub["detector"])
+    return matches(event, severity=sub.get("severity"), detector=sub.get("detector"))
 
 
 async def load_all(redis: aioredis.Redis) -> dict[str, dict]:

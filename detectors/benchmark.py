@@ -19,15 +19,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 import detectors  # noqa: F401 - registers every detector
 from detectors.alarm import AlarmState, Hysteresis, MemberAlarms
 from detectors.base import DETECTOR_SIGNALS, REGISTRY, make_detector
 from detectors.fusion import CALIBRATION
 from detectors.monitor import features
-from sources.fleet import Fleet
-from sources.scenarios import ARCHETYPE_SCENARIOS, load_scenario
+from sources.fleet import simulate_run
+from sources.scenarios import ARCHETYPE_SCENARIOS
 
 COMPOSITE = "overfeed_then_do_limitation"
 FUSION_MEMBERS = ("golden", "twin_residual", "autoencoder", "zscore", "flatline", "dropout")
@@ -57,14 +56,12 @@ class DetectorResult:
 
 
 def simulate(scenario: str, seed: int) -> Run:
-    fleet = Fleet(load_scenario(scenario), 1, seed=seed)
-    ticks = pa.Table.from_batches([fleet.step(fleet.total_ticks).ticks])
-    minutes = ticks["seq"].to_numpy() * fleet.dt_s / 60.0
-    t0 = fleet.started[0]
+    sim = simulate_run(scenario, seed)
+    t0 = sim.started
     tag = " (composite)" if scenario == COMPOSITE else ""
     faults = [(lab.fault + tag, (lab.start_ts - t0) / timedelta(minutes=1), (lab.end_ts - t0) / timedelta(minutes=1))
-              for lab in fleet.labels]
-    return Run(scenario, seed, features(ticks, np.array([np.nan, np.nan])), minutes, faults)
+              for lab in sim.labels]
+    return Run(scenario, seed, features(sim.ticks, np.array([np.nan, np.nan])), sim.minutes(), faults)
 
 
 def persistent_max(scores: np.ndarray, persist: int = PERSIST) -> float:

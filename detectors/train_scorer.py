@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch import nn
 
 from detectors.monitor import features
 from detectors.scorer_model import CHECKPOINT, CLASSES, HybridScorer, ScorerConfig, model_inputs, save
-from sources.fleet import Fleet
-from sources.scenarios import ARCHETYPE_SCENARIOS, load_scenario
+from sources.fleet import simulate_run
+from sources.scenarios import ARCHETYPE_SCENARIOS
 
 COMPOSITE = "overfeed_then_do_limitation"
 
@@ -36,18 +35,16 @@ class RunData:
     titer_g_l: float
 
 
-def simulate_run(scenario: str, seed: int) -> RunData:
-    fleet = Fleet(load_scenario(scenario), 1, seed=seed)
-    chunk = fleet.step(fleet.total_ticks)
-    ticks = pa.Table.from_batches([chunk.ticks])
-    minutes = ticks["seq"].to_numpy() * fleet.dt_s / 60.0
-    X = features(ticks, np.array([np.nan, np.nan]))
+def simulate_labelled(scenario: str, seed: int) -> RunData:
+    sim = simulate_run(scenario, seed)
+    minutes = sim.minutes()
+    X = features(sim.ticks, np.array([np.nan, np.nan]))
     classes = np.zeros(len(minutes), dtype=np.int64)
-    t0 = fleet.started[0]
-    for lab in fleet.labels:
-        start, end = ((lab.start_ts - t0).total_seconds() / 60.0, (lab.end_ts - t0).total_seconds() / 60.0)
+    for lab in sim.labels:
+        start, end = ((lab.start_ts - sim.started).total_seconds() / 60.0,
+                      (lab.end_ts - sim.started).total_seconds() / 60.0)
         classes[(minutes >= start) & (minutes <= end)] = CLASSES.index(lab.fault)
-    assays = chunk.assays.sort_by("sample_ts")
+    assays = sim.assays.sort_by("sample_ts")
     return RunData(model_inputs(X, minutes), classes, float(assays["titer_g_l"][-1].as_py()))
 
 
@@ -106,8 +103,8 @@ def train(runs_per_fault: int = 4, normal_runs: int = 12, val_runs: int = 1, epo
     val_plan = [(s, 3000 + i) for s in [*scenarios, "normal"] for i in range(val_runs)]
     say(f"simulating {len(plan)} training and {len(val_plan)} validation runs")
     t0 = time.perf_counter()
-    runs = [simulate_run(s, k) for s, k in plan]
-    val = [simulate_run(s, k) for s, k in val_plan]
+    runs = [simulate_labelled(s, k) for s, k in plan]
+    val = [simulate_labelled(s, k) for s, k in val_plan]
     index = [(r, int(e)) for r, run in enumerate(runs) for e in window_index(run, cfg.window, stride)]
     val_index = [(r, int(e)) for r, run in enumerate(val) for e in window_index(run, cfg.window, stride)]
     counts = np.bincount([runs[r].classes[e] for r, e in index], minlength=len(CLASSES)).astype(np.float32)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +34,7 @@ from sources.measurement import (
     measure,
     noise_table,
 )
-from sources.scenarios import FaultSpec, Scenario
+from sources.scenarios import FaultSpec, Scenario, load_scenario
 
 assert R.SIGNAL_NAMES == TICK_SIGNALS
 
@@ -302,3 +302,27 @@ class Fleet:
 
     def labels_table(self) -> pa.Table:
         return to_table(self.labels, LABELS)
+
+
+@dataclass(frozen=True)
+class SimulatedRun:
+    """One reactor's whole batch, in memory."""
+
+    ticks: pa.Table
+    assays: pa.Table
+    labels: tuple[Label, ...]
+    started: datetime
+    dt_s: float
+
+    def minutes(self) -> np.ndarray:
+        """Minutes since inoculation, per tick."""
+        return self.ticks["seq"].to_numpy() * self.dt_s / 60.0
+
+
+def simulate_run(scenario: str | Scenario, seed: int) -> SimulatedRun:
+    """A single reactor of `scenario` (a built-in name, a file or a Scenario) run to its end: what the
+    benchmarks, the scorer's training and the tests need without a lake."""
+    fleet = Fleet(scenario if isinstance(scenario, Scenario) else load_scenario(scenario), 1, seed=seed)
+    chunk = fleet.step(fleet.total_ticks)
+    return SimulatedRun(pa.Table.from_batches([chunk.ticks]), chunk.assays, tuple(fleet.labels), fleet.started[0],
+                        fleet.dt_s)

@@ -6,13 +6,11 @@ from functools import lru_cache
 
 import pyarrow as pa
 
-from sources.fleet import Fleet
-from sources.scenarios import load_scenario
+from sources.fleet import simulate_run
 
 
 @lru_cache(maxsize=32)
 def simulated(scenario: str, seed: int = 11) -> tuple[pa.Table, pa.Table, tuple]:
     """(ticks, assays, labels) of one 14-day reactor."""
-    fleet = Fleet(load_scenario(scenario), 1, seed=seed)
-    chunk = fleet.step(fleet.total_ticks)
-    return pa.Table.from_batches([chunk.ticks]), chunk.assays, tuple(fleet.labels)
+    sim = simulate_run(scenario, seed)
+    return sim.ticks, sim.assays, sim.labels

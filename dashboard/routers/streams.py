@@ -11,22 +11,10 @@ from sse_starlette import EventSourceResponse
 from dashboard.deps import Runtime, runtime, viewer
 from dashboard.hub import Overflow
 from dashboard.models import Severity
+from dashboard.subscriptions import matches
 
 router = APIRouter(prefix="/api/stream", tags=["streams"], dependencies=[viewer])
-SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 HEARTBEAT_S = 10
-
-
-def matches(event: dict, reactor: str | None = None, severity: str | None = None, detector: str | None = None,
-            incident: str | None = None) -> bool:
-    if reactor and event.get("reactor_id") != reactor:
-        return False
-    if severity and event.get("type") != "clear" and \
-            SEVERITY_RANK.get(event.get("severity") or "info", 0) < SEVERITY_RANK[severity]:
-        return False
-    if detector and event.get("detector", detector) != detector:
-        return False
-    return not (incident and event.get("incident_id") != incident)
 
 
 def sse(request: Request, rt: Runtime, channel: str, accept: Callable[[dict], bool],
