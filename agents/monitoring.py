@@ -1,8 +1,8 @@
 """Monitoring: group a reactor's alerts into incidents with an open -> updated -> resolved lifecycle.
 
-An alert joins the reactor's current incident when it is in the same run and comes within `merge_gap` of the
-incident's last activity, either soon after it (`near`) or sharing one of its lead signals; otherwise it opens
-a new incident. An incident resolves when every alert in it has cleared (the flow's hysteresis said the alarm
+An alert joins the reactor's current incident when it is in the same run, related to it (soon after its last
+activity, `near`, or sharing one of its lead signals) and the incident is live: its last activity within
+`merge_gap`, or an alarm of it still on and the alert led by one of its signals. Otherwise it opens a new one. An incident resolves when every alert in it has cleared (the flow's hysteresis said the alarm
 stayed quiet); a related alert within `merge_gap` of that reopens it rather than opening a second one. So one
 excursion is one incident. Severity is the worst alert's, raised to critical for a long or repeated one.
 Plain Python with a JSON-able state (the workers keep it in Redis, so any worker of the queue group can go on).
@@ -83,6 +83,9 @@ class IncidentTracker:
     near: timedelta = timedelta(minutes=45)
     long: timedelta = timedelta(hours=6)
     current: dict[str, Incident] = field(default_factory=dict)  # reactor -> its latest incident
+    # Workers in a queue group can take a clear before the alert it clears; keep it until that alert comes.
+    early_clears: dict[str, dict[str, str]] = field(default_factory=dict)  # reactor -> alert id -> clear ts
+    max_early_clears: int = 64
 
     def on_alert(self, alert: dict) -> list[dict]:
         reactor, ts = alert["reactor_id"], _ts(alert["ts"])
@@ -90,8 +93,23 @@ class IncidentTracker:
         inc = self.current.get(reactor)
         if inc is not None and alert["alert_id"] in inc.alert_ids:
             return []  # a re-delivered alert
-        joins = (inc is not None and inc.run_id == alert["run_id"] and ts - inc.last_ts <= self.merge_gap
-                 and (ts - inc.last_ts <= self.near or bool(set(lead) & set(inc.signals)) or not lead))
+        events = self._on_new_alert(alert, reactor, ts, lead)
+        cleared_at = self.early_clears.get(reactor, {}).pop(alert["alert_id"], None)
+        if cleared_at is not None:
+            events += self.on_clear({"alert_id": alert["alert_id"], "reactor_id": reactor, "ts": cleared_at})
+        return events
+
+    def _on_new_alert(self, alert: dict, reactor: str, ts: datetime, lead: dict[str, float]) -> list[dict]:
+        inc = self.current.get(reactor)
+        if inc is None or inc.run_id != alert["run_id"]:
+            joins = False
+        else:
+            gap = ts - inc.last_ts
+            related = gap <= self.near or bool(set(lead) & set(inc.signals)) or not lead
+            # An alarm still on keeps the incident live past the gap for alerts led by one of its signals:
+            # the gap alone split a day-long excursion in two (and only when its clears came late).
+            still_on = bool(inc.open_alerts) and (not lead or max(lead, key=lead.__getitem__) in inc.signals)
+            joins = related and (gap <= self.merge_gap or still_on)
         if not joins:
             events = []
             if inc is not None and inc.status != "resolved":  # a new run or an unrelated excursion
@@ -108,9 +126,16 @@ class IncidentTracker:
         return [inc.event("update")]
 
     def on_clear(self, clear: dict) -> list[dict]:
-        inc = self.current.get(clear["reactor_id"])
-        if inc is None or clear["alert_id"] not in inc.open_alerts:
+        reactor = clear["reactor_id"]
+        inc = self.current.get(reactor)
+        if inc is None or clear["alert_id"] not in inc.alert_ids:
+            early = self.early_clears.setdefault(reactor, {})
+            early[clear["alert_id"]] = _ts(clear["ts"]).isoformat()
+            while len(early) > self.max_early_clears:  # clears of alerts that went to an older incident
+                early.pop(next(iter(early)))
             return []
+        if clear["alert_id"] not in inc.open_alerts:
+            return []  # a re-delivered clear
         inc.open_alerts.remove(clear["alert_id"])
         ts = _ts(clear["ts"])
         inc.last_ts = max(inc.last_ts, ts)
@@ -135,8 +160,9 @@ class IncidentTracker:
             inc.severity = "critical"
 
     def to_json(self) -> dict:
-        return {r: inc.to_json() for r, inc in self.current.items()}
+        return {"current": {r: inc.to_json() for r, inc in self.current.items()}, "early_clears": self.early_clears}
 
     @classmethod
     def from_json(cls, data: dict) -> IncidentTracker:
-        return cls(current={r: Incident.from_json(d) for r, d in data.items()})
+        return cls(current={r: Incident.from_json(d) for r, d in data.get("current", {}).items()},
+                   early_clears=data.get("early_clears", {}))

@@ -87,10 +87,9 @@ class Workers:
         key = STATE_KEY.format(reactor=reactor)
         async with self.redis.lock(f"{key}:lock", timeout=10, blocking_timeout=10):
             raw = await self.redis.get(key)
-            tracker = IncidentTracker.from_json({reactor: json.loads(raw)} if raw else {})
+            tracker = IncidentTracker.from_json(json.loads(raw) if raw else {})
             events = tracker.on_clear(message) if message.get("type") == "clear" else tracker.on_alert(message)
-            if events:
-                await self.redis.set(key, json.dumps(tracker.to_json()[reactor]))
+            await self.redis.set(key, json.dumps(tracker.to_json()))
         for event in events:
             await self.js.publish(f"biopilot.incidents.{reactor}", alert_json(event),
                                   headers={"Nats-Msg-Id": f"{event['incident_id']}-{event['version']}"})

@@ -48,11 +48,13 @@ def test_lifecycle_open_update_resolve_and_reopen_within_the_merge_gap():
     assert reopened["end_ts"] is None
 
 
-def test_a_redelivered_alert_or_an_unknown_clear_changes_nothing():
+def test_a_redelivered_alert_or_clear_changes_nothing():
     tracker = IncidentTracker()
     tracker.on_alert(_alert(1, 0))
+    tracker.on_alert(_alert(2, 5))
     assert tracker.on_alert(_alert(1, 0)) == []
-    assert tracker.on_clear(_clear(99, 10)) == []
+    assert tracker.on_clear(_clear(1, 10)) == []
+    assert tracker.on_clear(_clear(1, 10)) == []
 
 
 def test_a_new_run_on_the_reactor_never_joins_the_old_runs_incident():
@@ -75,3 +77,34 @@ def test_state_handed_between_workers_as_json_gives_the_same_incidents():
         state = tracker.to_json()
     strip = [{k: v for k, v in e.items() if k != "emitted_at"} for e in expected]
     assert [{k: v for k, v in e.items() if k != "emitted_at"} for e in got] == strip
+
+
+def test_an_alert_whose_alarm_is_still_on_keeps_its_incident_live_past_the_merge_gap():
+    tracker = IncidentTracker()
+    opened = tracker.on_alert(_alert(1, 0))[0]
+    later = tracker.on_alert(_alert(2, 5 * 60))  # 5 h on, a1 never cleared: the same long excursion
+    assert [e["event"] for e in later] == ["update"] and later[0]["incident_id"] == opened["incident_id"]
+
+
+def test_an_alarm_still_on_does_not_absorb_a_later_alert_led_by_another_signal():
+    tracker = IncidentTracker()
+    tracker.on_alert(_alert(1, 0, "feed_ml_per_tick"))
+    later = {**_alert(2, 20 * 60, "ph"), "signals": [{"name": "ph", "contribution": 0.6},
+                                                     {"name": "feed_ml_per_tick", "contribution": 0.2}]}
+    assert [e["event"] for e in tracker.on_alert(later)] == ["resolve", "open"]
+
+
+def test_a_clear_taken_before_its_alert_resolves_the_incident_when_the_alert_comes():
+    # two workers of a queue group can swap an alert and its clear
+    tracker = IncidentTracker()
+    assert tracker.on_clear(_clear(1, 60)) == []
+    events = tracker.on_alert(_alert(1, 0))
+    assert [e["event"] for e in events] == ["open", "resolve"]
+    assert events[1]["end_ts"] == T0 + timedelta(minutes=60)
+
+
+def test_early_clears_that_never_meet_their_alert_are_bounded():
+    tracker = IncidentTracker(max_early_clears=4)
+    for k in range(10):
+        tracker.on_clear(_clear(k, k))
+    assert list(tracker.early_clears["r1"]) == ["a6", "a7", "a8", "a9"]
