@@ -8,9 +8,10 @@ import os
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-from biopilot.config import SettingsError, load_settings
+from biopilot.config import DetectOptions, SettingsError, load_settings
 
 EXIT_USAGE = 2
 
@@ -222,11 +223,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 raise external.InputError(f"--train-file columns do not match the input: {err}") from None
             train_rows = train.num_rows
         result = external.score(table, args.time_col, args.detectors.split(","), train_rows, args.label_col,
-                                set(args.ignore_cols.split(",")) if args.ignore_cols else set())
+                                set(args.ignore_cols.split(",")) if args.ignore_cols else set(), _detect_options(args))
     except external.InputError as err:
         raise UsageError(str(err)) from None
     out = result.table.slice(train_rows) if args.train_file else result.table  # the user's rows only
     pq.write_table(out, args.out)
+    if result.left_out:
+        print(f"left out {len(result.left_out)} signal(s) whose level wanders on the training rows "
+              f"(roughness < {args.min_roughness}): {', '.join(result.left_out)}; keep them with --min-roughness 0")
     alarms = int(pa.compute.sum(out["is_alarm"]).as_py() or 0)
     print(f"scored {out.num_rows:,} rows with {args.detectors} -> {args.out} ({alarms:,} alarm rows)")
     if result.metrics:
@@ -238,16 +242,35 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_bench_skab(args: argparse.Namespace) -> int:
     from detectors import external
 
+    try:
+        files = external.skab_files(args.data)
+    except external.InputError as err:
+        raise UsageError(str(err)) from None
+    options = _detect_options(args)
     rows = []
     for combo in args.detectors:
-        metrics, files = external.skab(args.data, combo.split(","))
-        rows.append({"detectors": combo, "files": files, **metrics})
+        rows.append({"detectors": combo, "files": len(files), **asdict(options),
+                     **external.skab(files, combo.split(","), options)})
+    checks = []
+    if args.cross_check:
+        grid = {"smooth_rows": (5, 10, 20, 30), "min_roughness": (0.4, 0.5, 0.6), "margin": (1.5, 2.0, 2.5, 3.0)}
+        checks = external.skab_cross_check(args.data, grid, ["pca"], progress=lambda m: print(m, file=sys.stderr))
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps({"results": rows, "cross_check": checks}))
         return 0
+    print(f"{len(files)} files; smooth_rows {args.smooth_rows}, min_roughness {args.min_roughness}, "
+          f"margin {args.margin}\n")
     print("| detectors | F1 | FAR % | MAR % |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {r['detectors']} | {r['f1']:.2f} | {r['far_pct']:.2f} | {r['mar_pct']:.2f} |")
+        print(f"| {r['detectors']} | {r['f1']:.3f} | {r['far_pct']:.2f} | {r['mar_pct']:.2f} |")
+    if checks:
+        print("\n| settings chosen on | settings | F1 / FAR there | tested on | F1 | FAR % | MAR % |\n"
+              "|---|---|---|---|---|---|---|")
+        for c in checks:
+            a, b = c["chosen_on_metrics"], c["tested_on_metrics"]
+            settings = ", ".join(f"{k} {v}" for k, v in c["settings"].items())
+            print(f"| {c['chosen_on']} | {settings} | {a['f1']:.3f} / {a['far_pct']:.1f} % | {c['tested_on']} "
+                  f"| {b['f1']:.3f} | {b['far_pct']:.2f} | {b['mar_pct']:.2f} |")
     return 0
 
 
@@ -423,6 +446,21 @@ def _lake_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
 
 
+def _conditioning_options(p: argparse.ArgumentParser) -> None:
+    d = DetectOptions()
+    p.add_argument("--smooth-rows", type=_positive("--smooth-rows", int), default=d.smooth_rows,
+                   help=f"causal EWMA span applied to every signal first; 1 = none (default {d.smooth_rows})")
+    p.add_argument("--min-roughness", type=float, default=d.min_roughness,
+                   help="leave out signals whose level wanders on the training rows: roughness = sd(differences) / "
+                        f"(sqrt 2 sd) below this; 0 keeps every signal (default {d.min_roughness})")
+    p.add_argument("--margin", type=_positive("--margin"), default=d.margin,
+                   help=f"alarm threshold = this x the highest score held on the training rows (default {d.margin})")
+
+
+def _detect_options(args: argparse.Namespace) -> DetectOptions:
+    return DetectOptions(smooth_rows=args.smooth_rows, min_roughness=args.min_roughness, margin=args.margin)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="biopilot",
@@ -585,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the first N rows are normal operation (default 400)")
     p.add_argument("--train-file", default=None, help="normal-operation data in a separate file instead")
     p.add_argument("--detectors", default="pca,zscore", help="comma-separated (default pca,zscore)")
+    _conditioning_options(p)
     p.add_argument("--out", required=True, help="output .parquet")
     p.set_defaults(func=cmd_detect)
 
@@ -651,6 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="../shared/data/skab", help="the SKAB folder (default ../shared/data/skab)")
     p.add_argument("--detectors", nargs="+", default=["pca", "pca,zscore", "pca,zscore,ewma", "iforest"],
                    help="detector sets to evaluate, each comma-separated")
+    _conditioning_options(p)
+    p.add_argument("--cross-check", action="store_true",
+                   help="also pick settings on half the files and score the other half with them (a few minutes)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_skab)
     return parser

@@ -23,6 +23,17 @@ class Settings:
     port: int = 8000
 
 
+@dataclass(frozen=True)
+class DetectOptions:
+    """How `biopilot detect` conditions a user's signals and sets its alarm thresholds (detectors/external.py)."""
+
+    smooth_rows: int = 20  # causal EWMA span over every signal; 1 = none
+    # leave out signals whose level wanders on the training rows (roughness below this; 0 keeps all).
+    # SKAB's temperatures: 0.03-0.63 on their training rows; its other signals: medians 0.8-1.06
+    min_roughness: float = 0.6
+    margin: float = 2.0  # alarm threshold = margin x the highest score held on the training rows
+
+
 class SettingsError(ValueError):
     pass
 

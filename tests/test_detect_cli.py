@@ -76,3 +76,37 @@ def test_bad_input_is_one_line_and_exit_2(historian, tmp_path, content, args, ne
     assert res.returncode == 2
     assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_wandering_signal_is_left_out_and_named_so_its_drift_raises_no_alarm(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 1500
+    latent = rng.normal(size=n)
+    flow = latent + 0.05 * rng.normal(size=n)
+    pressure = 2 * latent + 0.05 * rng.normal(size=n)
+    temp_c = 30 + 0.004 * np.arange(n) + 0.001 * rng.normal(size=n)  # creeps up all run: no level to learn
+    table = pa.table({"time": np.arange(n), "flow": flow, "pressure": pressure, "temp_c": temp_c})
+    path = tmp_path / "drift.parquet"
+    pq.write_table(table, path)
+    alarms = {}
+    for keep in (False, True):
+        out = tmp_path / f"scores-{keep}.parquet"
+        extra = ["--min-roughness", "0"] if keep else []
+        res = _detect("--input", str(path), "--time-col", "time", "--detectors", "pca", "--out", str(out), *extra)
+        assert res.returncode == 0, res.stderr
+        assert ("left out 1 signal(s)" in res.stdout and "temp_c" in res.stdout) is not keep
+        alarms[keep] = pq.read_table(out)["is_alarm"].to_numpy()[400:].mean()
+    assert alarms[False] < 0.02 and alarms[True] > 0.5
+
+
+def test_smoothing_is_causal_and_carries_over_missing_readings():
+    from detectors.external import smoothed
+
+    x = np.array([[np.nan], [1.0], [1.0], [np.nan], [5.0], [5.0]])
+    out = smoothed(x, 3)  # alpha 0.5
+    assert np.isnan(out[0, 0]) and np.isnan(out[3, 0])  # a gap stays a gap
+    assert out[1, 0] == 1.0 and out[2, 0] == 1.0  # a leading gap starts the mean at the first reading
+    assert out[4, 0] == 3.0 and out[5, 0] == 4.0  # the gap carried 1.0; then halfway to 5 each row
+    changed = x.copy()
+    changed[5, 0] = 100.0
+    assert np.array_equal(smoothed(changed, 3)[:5], out[:5], equal_nan=True)  # no look-ahead
