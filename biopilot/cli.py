@@ -645,11 +645,16 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Throughput of (a) a bare NATS->Delta copy, (b) our flow, (c) a naive "
                                          "per-event JSON + River HST flow; latency at a live rate; flow memory "
                                          "over a soak at full rate.")
-    p.add_argument("--ticks", type=_positive("--ticks", int), default=2_000_000)
-    p.add_argument("--naive-ticks", type=_positive("--naive-ticks", int), default=20_000)
-    p.add_argument("--live-rate", type=_positive("--live-rate"), default=10_000.0, help="ticks/s")
-    p.add_argument("--live-s", type=_positive("--live-s"), default=20.0)
-    p.add_argument("--soak-s", type=_positive("--soak-s"), default=300.0)
+    p.add_argument("--ticks", type=_positive("--ticks", int), default=2_000_000,
+                   help="ticks published for the floor and for our flow (default 2,000,000)")
+    p.add_argument("--naive-ticks", type=_positive("--naive-ticks", int), default=20_000,
+                   help="ticks for the naive flow, which is ~300x slower (default 20,000)")
+    p.add_argument("--live-rate", type=_positive("--live-rate"), default=10_000.0,
+                   help="ticks/s for the latency phase (default 10,000)")
+    p.add_argument("--live-s", type=_positive("--live-s"), default=20.0,
+                   help="seconds of the latency phase (default 20)")
+    p.add_argument("--soak-s", type=_positive("--soak-s"), default=300.0,
+                   help="seconds of the memory soak at full rate (default 300)")
     p.add_argument("--keep", default=None, help="keep brokers' data, lakes and logs in this directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench_pipeline)

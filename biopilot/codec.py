@@ -29,6 +29,10 @@ PLAUSIBLE: dict[str, tuple[float, float]] = {
 }
 
 
+_PLAUSIBLE_LO = np.array([PLAUSIBLE[name][0] for name in TICK_SIGNALS])
+_PLAUSIBLE_HI = np.array([PLAUSIBLE[name][1] for name in TICK_SIGNALS])
+
+
 class PayloadError(ValueError):
     """A payload that cannot become rows; the message is the dead-letter reason."""
 
@@ -118,20 +122,27 @@ def validate_ticks(table: pa.Table) -> Checked:
             code[mask & (code == 0)] = len(why)
 
     for name in ("run_id", "reactor_id", "seq", "ts"):
-        reject(table[name].is_null().to_numpy(zero_copy_only=False), f"{name} is missing")
-    columns = {}
-    for name in TICK_SIGNALS:
-        x = table[name].to_numpy(zero_copy_only=False).astype(np.float64)
-        reject(np.isinf(x), f"{name} is infinite")
-        lo, hi = PLAUSIBLE[name]
-        with np.errstate(invalid="ignore"):
-            reject(~np.isnan(x) & ((x < lo) | (x > hi)), f"{name} outside the plausible range [{lo:g}, {hi:g}]")
-        columns[name] = x
+        if table[name].null_count:
+            reject(table[name].is_null().to_numpy(zero_copy_only=False), f"{name} is missing")
+    # all readings at once (a live message is ~50 rows: per-column numpy calls were most of its cost)
+    X = np.column_stack([table[name].to_numpy(zero_copy_only=False) for name in TICK_SIGNALS]).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        infinite = np.isinf(X)
+        implausible = ~np.isnan(X) & ((X < _PLAUSIBLE_LO) | (X > _PLAUSIBLE_HI))
+    if infinite.any() or implausible.any():  # name the reasons, signal by signal as listed
+        for j, name in enumerate(TICK_SIGNALS):
+            lo, hi = PLAUSIBLE[name]
+            reject(infinite[:, j], f"{name} is infinite")
+            reject(implausible[:, j], f"{name} outside the plausible range [{lo:g}, {hi:g}]")
+    columns = {name: X[:, j] for j, name in enumerate(TICK_SIGNALS)}
     # seq is strictly increasing at the source: delivery may reorder rows, but sorted by seq a run's event
     # times must increase too, and a seq appears once
-    seq = table["seq"].fill_null(-1).to_numpy()
-    ts = table["ts"].cast(pa.int64()).fill_null(0).to_numpy()
-    runs = table["run_id"].fill_null("").to_numpy(zero_copy_only=False)
+    def filled(col: pa.ChunkedArray, value: object) -> pa.ChunkedArray:
+        return col.fill_null(value) if col.null_count else col
+
+    seq = filled(table["seq"], -1).to_numpy()
+    ts = filled(table["ts"].cast(pa.int64()), 0).to_numpy()
+    runs = filled(table["run_id"], "").to_numpy(zero_copy_only=False)
     reject(seq < 0, "seq is negative")
     single_run = n == 0 or (runs == runs[0]).all()
     order = np.arange(n) if single_run and np.all(np.diff(seq) > 0) else np.lexsort((seq, runs))
@@ -145,7 +156,7 @@ def validate_ticks(table: pa.Table) -> Checked:
     ok = code == 0
     if ok.all():
         good = table
-        if any(np.isnan(c).any() for c in columns.values()):
+        if np.isnan(X).any():
             good = _nan_to_null(table, columns)
         return Checked(good, table.slice(0, 0), [])
     mask = pa.array(ok)

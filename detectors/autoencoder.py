@@ -38,13 +38,21 @@ from detectors.golden import load_reference
 
 @dataclass
 class AutoencoderState:
+    """Plain numpy: the flow snapshots every reactor's state each epoch, and a torch module with its optimiser
+    took ~2 ms to deep-copy (most of the snapshot); torch works on these arrays in place when it learns."""
+
     start_us: int | None
-    model: Any  # torch.nn.Sequential
-    optimizer: Any  # torch.optim.Adam
+    params: list[np.ndarray]  # the torch model's parameters in its order (weight, bias per layer), float64
+    adam_avg: list[np.ndarray]  # Adam's moment estimates for them
+    adam_avg_sq: list[np.ndarray]
+    adam_steps: int
     pending: np.ndarray  # inputs waiting to fill the next mini-batch
     pending_err: np.ndarray  # their scores (reconstruction errors before learning), to gate what is learnt
-    weights: list[tuple[np.ndarray, np.ndarray]]  # the model's layers as numpy, for scoring without torch overhead
     learnt: int = 0  # mini-batches learnt from
+
+    @property
+    def layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return list(zip(self.params[::2], self.params[1::2], strict=True))
 
 
 @register("autoencoder")
@@ -63,22 +71,17 @@ class Autoencoder:
     def init_state(self, signal_names: Sequence[str]) -> AutoencoderState:
         import torch
 
-        # a 12-8-3 network gains nothing from intra-op threads; spinning ones slow the flow's other threads
-        torch.set_num_threads(1)
-
         m = len(signal_names)
-        gen = torch.Generator().manual_seed(self.seed)
-        layers = [torch.nn.Linear(m, self.hidden), torch.nn.Tanh(), torch.nn.Linear(self.hidden, self.bottleneck),
-                  torch.nn.Tanh(), torch.nn.Linear(self.bottleneck, self.hidden), torch.nn.Tanh(),
-                  torch.nn.Linear(self.hidden, m)]
-        model = torch.nn.Sequential(*layers).double()
+        model, _ = _workspace(m, self.hidden, self.bottleneck, self.lr)  # torch and its optimiser load now
         shapes = [tuple(p.shape) for p in model.parameters()]
         start = self.initial if self.initial and [w.shape for w in self.initial] == shapes else None
-        with torch.no_grad():
-            for k, p in enumerate(model.parameters()):  # seeded or pretrained: the same stream, the same scores
-                p.copy_(torch.from_numpy(start[k]) if start else torch.empty_like(p).uniform_(-0.3, 0.3, generator=gen))
-        return AutoencoderState(None, model, torch.optim.Adam(model.parameters(), lr=self.lr, foreach=True),
-                                np.zeros((0, m)), np.zeros(0), _numpy_layers(model),
+        gen = torch.Generator().manual_seed(self.seed)
+        # seeded or pretrained: the same stream, the same scores
+        params = [np.array(start[k], dtype=np.float64) if start else
+                  torch.empty(shape, dtype=torch.float64).uniform_(-0.3, 0.3, generator=gen).numpy()
+                  for k, shape in enumerate(shapes)]
+        return AutoencoderState(None, params, [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params],
+                                0, np.zeros((0, m)), np.zeros(0),
                                 learnt=self.settle_batches if start else 0)  # pretrained: already settled
 
     def _learn(self, state: AutoencoderState, Z: np.ndarray, errors: np.ndarray) -> None:
@@ -90,12 +93,20 @@ class Autoencoder:
             return  # settled: keep adapting, on one mini-batch in `learn_every` (a training step costs ~0.5 ms)
         if keep.sum() < 2:
             return
+        model, optimizer = _workspace(Z.shape[1], self.hidden, self.bottleneck, self.lr)
+        # this reactor's parameters and Adam moments, shared with torch (no copy): the step updates them in place
+        optimizer.state.clear()
+        for p, w, avg, avg_sq in zip(model.parameters(), state.params, state.adam_avg, state.adam_avg_sq,
+                                     strict=True):
+            p.data = torch.from_numpy(w)
+            optimizer.state[p] = {"step": torch.tensor(float(state.adam_steps)), "exp_avg": torch.from_numpy(avg),
+                                  "exp_avg_sq": torch.from_numpy(avg_sq)}
         x = torch.from_numpy(np.clip(Z[keep], -self.clip, self.clip))
-        state.optimizer.zero_grad()
-        loss = ((state.model(x) - x) ** 2).mean()
+        optimizer.zero_grad()
+        loss = ((model(x) - x) ** 2).mean()
         loss.backward()
-        state.optimizer.step()
-        state.weights = _numpy_layers(state.model)
+        optimizer.step()
+        state.adam_steps += 1
 
     def score_learn_detail(self, state: AutoencoderState, ts: np.ndarray, X: np.ndarray,
                            ) -> tuple[AutoencoderState, np.ndarray, np.ndarray]:
@@ -115,7 +126,7 @@ class Autoencoder:
             # score up to the next mini-batch boundary with the current weights, then learn from that batch
             take = min(self.minibatch - len(state.pending), n - i)
             seg = Z[i:i + take]
-            sq = (_reconstruct(state.weights, seg) - seg) ** 2
+            sq = (_reconstruct(state.layers, seg) - seg) ** 2
             contrib[i:i + take] = sq
             err = sq.mean(axis=1)
             scores[i:i + take] = err if state.learnt >= self.warmup_batches else 0.0
@@ -134,9 +145,17 @@ class Autoencoder:
         return state, scores
 
 
-def _numpy_layers(model: Any) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in model
-            if hasattr(m, "weight")]
+@lru_cache(maxsize=8)
+def _workspace(m: int, hidden: int, bottleneck: int, lr: float) -> tuple[Any, Any]:
+    """One torch model and Adam per shape for the whole process; each reactor's numbers live in its state."""
+    import torch
+
+    # a 12-8-3 network gains nothing from intra-op threads; spinning ones slow the flow's other threads
+    torch.set_num_threads(1)
+    model = torch.nn.Sequential(torch.nn.Linear(m, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, bottleneck),
+                                torch.nn.Tanh(), torch.nn.Linear(bottleneck, hidden), torch.nn.Tanh(),
+                                torch.nn.Linear(hidden, m)).double()
+    return model, torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
 
 
 def _reconstruct(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
@@ -179,7 +198,7 @@ def pretrain(runs: int = 10, seed: int = 600) -> list[np.ndarray]:
         state.start_us = None  # each run from its own inoculation
         for i in range(0, fleet.total_ticks, 1440):
             state, _ = det.score_learn(state, ts[k, i:i + 1440], X[k, i:i + 1440])
-    return [p.detach().numpy().copy() for p in state.model.parameters()]
+    return [w.copy() for w in state.params]
 
 
 if __name__ == "__main__":

@@ -7,6 +7,14 @@ goes on while a micro-batch is written. A re-delivered row is recognised by its 
 skipped: ticks, scores and late ticks by (run, seq) — the flow releases a run's ticks in seq order, so a
 per-run high-water mark is enough — alerts by alert id, assays by (run, sample time), dead letters by stream
 sequence. The keys already in the lake are read once when the partition starts.
+
+At the end of an epoch (Bytewax's snapshot) the rows the flow has handed over must survive a crash. When few
+rows of this epoch are still in flight (live rates), the snapshot *is* those rows — Bytewax stores them in its
+recovery store and a resumed partition commits them first — so the dataflow thread does not wait ~100-600 ms
+for a Delta commit once a second (that wait was much of the publish -> alert tail). Rows of earlier epochs are
+always committed by then (waited for if need be): the source acknowledges a message one epoch after it handed
+it over, and without a recovery store those acknowledgements are the resume point. When many rows are in
+flight (full rate), pickling them would cost more than the commit, so the snapshot waits and holds nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ from biopilot.events import SCHEMAS
 from sinks import delta
 
 SEQ_KEYED = ("ticks", "scores")
+SNAPSHOT_INLINE_ROWS = 25_000  # in-flight rows a snapshot carries rather than waiting for their commit
+
+Parts = dict[str, list[pa.Table]]
 
 
 class _Dedupe:
@@ -73,20 +84,25 @@ class _Dedupe:
         return table if all(keep) else table.filter(pa.array(keep))
 
 
-class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
-    def __init__(self, lake: str, max_rows: int, max_age_s: float) -> None:
+class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], Parts | None]):
+    def __init__(self, lake: str, max_rows: int, max_age_s: float, resume_state: Parts | None = None) -> None:
         self.lake, self.max_rows, self.max_age_s = lake, max_rows, max_age_s
         self.dedupe = _Dedupe(lake)
-        self.buffers: dict[str, list[pa.Table]] = defaultdict(list)
+        self.buffers: Parts = defaultdict(list)
         self.rows: dict[str, int] = defaultdict(int)
         self.oldest: float | None = None
         # batch assembly, de-duplication and commits run on a writer thread (Arrow and the Delta writer release
         # the GIL), so the dataflow thread only hands tables over and keeps scoring and alerting; the small
         # queue is the back-pressure
-        self.commits: queue.Queue[dict[str, list[pa.Table]] | None] = queue.Queue(maxsize=2)
+        self.commits: queue.Queue[Parts | None] = queue.Queue(maxsize=2)
+        self.epoch = 0
+        self.in_flight: list[tuple[int, Parts]] = []  # (epoch, rows) handed to the writer, not committed yet
+        self.committed = threading.Condition()
         self.failure: BaseException | None = None
         self.writer = threading.Thread(target=self._write_loop, name="biopilot-delta-writer", daemon=True)
         self.writer.start()
+        if resume_state:  # the last snapshot's rows in flight: commit them first (what already landed is skipped)
+            self._hand_over(dict(resume_state))
 
     def _write_loop(self) -> None:
         while True:
@@ -100,10 +116,18 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
                     table = self.dedupe.fresh(name, table)
                     if table.num_rows:
                         delta.append(self.lake, name, table, schema)
+                with self.committed:
+                    self.in_flight = [(e, p) for e, p in self.in_flight if p is not parts]
+                    self.committed.notify_all()
             except BaseException as err:  # surfaced on the dataflow's thread at the next call
                 self.failure = err
             finally:
                 self.commits.task_done()
+
+    def _hand_over(self, parts: Parts) -> None:
+        with self.committed:
+            self.in_flight.append((self.epoch, parts))
+        self.commits.put(parts)
 
     def _check(self) -> None:
         if self.failure is not None:
@@ -122,24 +146,39 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
 
     def flush(self) -> None:
         if self.buffers:
-            self.commits.put(dict(self.buffers))
+            self._hand_over(dict(self.buffers))
         self.buffers = defaultdict(list)
         self.rows.clear()
         self.oldest = None
 
-    def snapshot(self) -> None:
-        """End of an epoch: everything so far is committed before the epoch counts as done."""
+    def snapshot(self) -> Parts | None:
+        """End of an epoch: every row handed over so far is either committed or in the returned state."""
+        self.flush()
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        with self.committed:  # earlier epochs' rows: committed (normally long since)
+            while self.failure is None and any(e < epoch for e, _ in self.in_flight):
+                self.committed.wait(0.1)
+            pending = [p for _, p in self.in_flight]
+        self._check()
+        if sum(t.num_rows for p in pending for ts in p.values() for t in ts) <= SNAPSHOT_INLINE_ROWS:
+            merged: Parts = defaultdict(list)
+            for p in pending:
+                for name, tables in p.items():
+                    merged[name].extend(tables)
+            return dict(merged) or None
+        self.commits.join()
+        self._check()
+        return None
+
+    def close(self) -> None:
         self.flush()
         self.commits.join()
         self._check()
-
-    def close(self) -> None:
-        self.snapshot()
         self.commits.put(None)
         self.writer.join(30)
 
 
-class LakeSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
+class LakeSink(FixedPartitionedSink[tuple[str, pa.Table], Parts | None]):
     def __init__(self, lake: str | Path, max_rows: int = 50_000, max_age_s: float = 1.0) -> None:
         self.lake, self.max_rows, self.max_age_s = str(lake), max_rows, max_age_s
 
@@ -149,5 +188,5 @@ class LakeSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
     def part_fn(self, item_key: str) -> int:
         return 0
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _LakePartition:
-        return _LakePartition(self.lake, self.max_rows, self.max_age_s)
+    def build_part(self, step_id: str, for_part: str, resume_state: Parts | None) -> _LakePartition:
+        return _LakePartition(self.lake, self.max_rows, self.max_age_s, resume_state)
