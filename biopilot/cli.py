@@ -201,7 +201,7 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     from biopilot.bench import pipeline as bench
 
     result = bench.run(ticks=args.ticks, naive_ticks=args.naive_ticks, live_rate=args.live_rate,
-                       live_s=args.live_s, soak_s=args.soak_s, keep=args.keep)
+                       live_s=args.live_s, soak_s=args.soak_s, keep=args.keep, detector=args.detector)
     print(json.dumps(bench.as_json(result)) if args.json else bench.format_report(result))
     return 0
 
@@ -655,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of the latency phase (default 20)")
     p.add_argument("--soak-s", type=_positive("--soak-s"), default=300.0,
                    help="seconds of the memory soak at full rate (default 300)")
+    p.add_argument("--detector", choices=["fusion", "zscore"], default="fusion",
+                   help="what our flow runs: the calibrated fusion (default, what `biopilot up` runs) or the "
+                        "streaming z-score alone")
     p.add_argument("--keep", default=None, help="keep brokers' data, lakes and logs in this directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench_pipeline)

@@ -62,6 +62,7 @@ class PipelineBench:
     soak_s: float
     soak_rss_mb: list[float] = field(default_factory=list)
     soak_ticks_per_s: float = 0.0
+    detector: str = "fusion"  # what our flow ran: the calibrated fusion, or the z-score alone
 
 
 def fleet_ticks(n_ticks: int, seed: int = 3) -> pa.Table:
@@ -172,8 +173,8 @@ def floor_copy(url: str, lake: Path, target: int) -> float:
 
 
 def _flow_throughput(url: str, lake: Path, target: int, module: str, durable: str, log: Path,
-                     timeout_s: float) -> tuple[float, float]:
-    env = {"BIOPILOT_FLUSH_ROWS": "50000"}
+                     timeout_s: float, detector: str = "fusion") -> tuple[float, float]:
+    env = {"BIOPILOT_FLUSH_ROWS": "50000", "BIOPILOT_DETECTOR": detector}
     proc = start_flow(url, str(lake), None, 300.0, durable=durable, log_path=log,
                       extra_env=env) if module == "monitor" else _start_naive(url, lake, durable, log)
     ps = psutil.Process(proc.pid)
@@ -296,7 +297,7 @@ async def _live(url: str, lake: Path, ticks: pa.Table, rate: float, rows_per_msg
 
 
 def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10_000.0, live_s: float = 20.0,
-        soak_s: float = 300.0, keep: str | None = None) -> PipelineBench:
+        soak_s: float = 300.0, keep: str | None = None, detector: str = "fusion") -> PipelineBench:
     root = Path(keep or tempfile.mkdtemp(prefix="biopilot-bench-pipeline-"))
     server: ManagedServer | None = None
     try:
@@ -317,7 +318,7 @@ def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10
         url = fresh_broker("ours")
         asyncio.run(_prepublish_arrow(url, data))
         ours, _ = _flow_throughput(url, root / "ours", data.num_rows, "monitor", "bench-ours",
-                                   root / "ours.log", 600)
+                                   root / "ours.log", 600, detector)
 
         url = fresh_broker("naive")
         small = data.slice(0, naive_ticks)
@@ -329,7 +330,8 @@ def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10
         url = fresh_broker("live")
         reactors = 40
         live = _live_ticks(reactors, int(live_rate * live_s / reactors))
-        proc = start_flow(url, str(root / "live"), None, 0.0, durable="bench-live", log_path=root / "live.log")
+        proc = start_flow(url, str(root / "live"), None, 0.0, durable="bench-live", log_path=root / "live.log",
+                          extra_env={"BIOPILOT_DETECTOR": detector})
         try:
             _wait_for_consumer(url, "bench-live")  # the flow warms its models up before it subscribes
             commit_lat, alert_lat = asyncio.run(_live(url, root / "live", live, live_rate, 50))
@@ -338,7 +340,7 @@ def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10
 
         # soak: full rate for soak_s, flow RSS sampled
         url = fresh_broker("soak")
-        rss, soak_rate = _soak(url, root, data, soak_s)
+        rss, soak_rate = _soak(url, root, data, soak_s, detector)
 
         def pct(values: list[float], q: float) -> float:
             return float(np.percentile(np.array(values) * 1000, q)) if values else float("nan")
@@ -346,7 +348,7 @@ def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10
         return PipelineBench(
             data.num_rows, small.num_rows, floor, ours, naive, ours / naive, floor / ours, live_rate, 0.0,
             pct(commit_lat, 50), pct(commit_lat, 99), pct(alert_lat, 50), pct(alert_lat, 99), len(alert_lat),
-            max(rss) if rss else float("nan"), soak_s, rss, soak_rate)
+            max(rss) if rss else float("nan"), soak_s, rss, soak_rate, detector)
     finally:
         if server:
             server.stop()
@@ -354,8 +356,9 @@ def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _soak(url: str, root: Path, data: pa.Table, soak_s: float) -> tuple[list[float], float]:
-    proc = start_flow(url, str(root / "soak"), None, 300.0, durable="bench-soak", log_path=root / "soak.log")
+def _soak(url: str, root: Path, data: pa.Table, soak_s: float, detector: str) -> tuple[list[float], float]:
+    proc = start_flow(url, str(root / "soak"), None, 300.0, durable="bench-soak", log_path=root / "soak.log",
+                      extra_env={"BIOPILOT_DETECTOR": detector})
     ps = psutil.Process(proc.pid)
     samples: list[float] = []
     published = 0
@@ -402,7 +405,7 @@ def _soak(url: str, root: Path, data: pa.Table, soak_s: float) -> tuple[list[flo
 def format_report(b: PipelineBench) -> str:
     return "\n".join([
         f"(a) floor  NATS -> Delta copy          {b.floor_ticks_per_s:12,.0f} ticks/s  ({b.ticks:,} ticks)",
-        f"(b) ours   flow + z-score + alarms      {b.ours_ticks_per_s:12,.0f} ticks/s  ({b.ticks:,} ticks)",
+        f"(b) ours   flow + {b.detector:<8} + alarms {b.ours_ticks_per_s:12,.0f} ticks/s  ({b.ticks:,} ticks)",
         f"(c) naive  JSON/tick, per-event, HST    {b.naive_ticks_per_s:12,.0f} ticks/s  ({b.naive_ticks:,} ticks)",
         f"ratios     ours/naive {b.ours_vs_naive:.0f}x, floor/ours {b.floor_vs_ours:.2f}x",
         f"live       {b.live_rate_ticks_per_s:,.0f} ticks/s, lateness {b.live_lateness_s:g} s: publish->commit p50 "
