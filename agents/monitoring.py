@@ -2,9 +2,10 @@
 
 An alert joins the reactor's current incident when it is in the same run, related to it (soon after its last
 activity, `near`, or sharing one of its lead signals) and the incident is live: its last activity within
-`merge_gap`, or an alarm of it still on and the alert led by one of its signals. Otherwise it opens a new one. An incident resolves when every alert in it has cleared (the flow's hysteresis said the alarm
-stayed quiet); a related alert within `merge_gap` of that reopens it rather than opening a second one. So one
-excursion is one incident. Severity is the worst alert's, raised to critical for a long or repeated one.
+`merge_gap`, or an alarm of it still on and the alert led by one of its signals. Otherwise it opens a new one.
+An incident resolves when every alert in it has cleared (the flow's hysteresis said the alarm stayed quiet); a
+related alert within `merge_gap` of that reopens it rather than opening a second one. So one excursion is one
+incident. Severity is the worst alert's, raised to critical for a long or repeated one.
 Plain Python with a JSON-able state (the workers keep it in Redis, so any worker of the queue group can go on).
 
 >>> from datetime import UTC, datetime, timedelta
@@ -93,14 +94,13 @@ class IncidentTracker:
         inc = self.current.get(reactor)
         if inc is not None and alert["alert_id"] in inc.alert_ids:
             return []  # a re-delivered alert
-        events = self._on_new_alert(alert, reactor, ts, lead)
+        events = self._on_new_alert(alert, inc, ts, lead)
         cleared_at = self.early_clears.get(reactor, {}).pop(alert["alert_id"], None)
         if cleared_at is not None:
             events += self.on_clear({"alert_id": alert["alert_id"], "reactor_id": reactor, "ts": cleared_at})
         return events
 
-    def _on_new_alert(self, alert: dict, reactor: str, ts: datetime, lead: dict[str, float]) -> list[dict]:
-        inc = self.current.get(reactor)
+    def _on_new_alert(self, alert: dict, inc: Incident | None, ts: datetime, lead: dict[str, float]) -> list[dict]:
         if inc is None or inc.run_id != alert["run_id"]:
             joins = False
         else:
@@ -115,9 +115,9 @@ class IncidentTracker:
             if inc is not None and inc.status != "resolved":  # a new run or an unrelated excursion
                 inc.status, inc.end_ts = "resolved", inc.last_ts
                 events.append(inc.event("resolve"))
-            inc = Incident(incident_id_for(alert["run_id"], alert["alert_id"]), alert["run_id"], reactor, ts, ts,
-                           alert.get("severity") or "warning")
-            self.current[reactor] = inc
+            inc = Incident(incident_id_for(alert["run_id"], alert["alert_id"]), alert["run_id"],
+                           alert["reactor_id"], ts, ts, alert.get("severity") or "warning")
+            self.current[alert["reactor_id"]] = inc
             self._add(inc, alert, ts, lead)
             return [*events, inc.event("open")]
         assert inc is not None

@@ -160,20 +160,23 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], Parts | None]):
                 self.committed.wait(0.1)
             pending = [p for _, p in self.in_flight]
         self._check()
-        if sum(t.num_rows for p in pending for ts in p.values() for t in ts) <= SNAPSHOT_INLINE_ROWS:
+        if sum(t.num_rows for p in pending for tables in p.values() for t in tables) <= SNAPSHOT_INLINE_ROWS:
             merged: Parts = defaultdict(list)
             for p in pending:
                 for name, tables in p.items():
                     merged[name].extend(tables)
             return dict(merged) or None
-        self.commits.join()
-        self._check()
+        self._drain()
         return None
 
-    def close(self) -> None:
+    def _drain(self) -> None:
+        """Everything handed over so far is committed."""
         self.flush()
         self.commits.join()
         self._check()
+
+    def close(self) -> None:
+        self._drain()
         self.commits.put(None)
         self.writer.join(30)
 

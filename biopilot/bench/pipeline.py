@@ -255,7 +255,7 @@ async def _live(url: str, lake: Path, ticks: pa.Table, rate: float, rows_per_msg
     nc = await nats.connect(url)
     js = nc.jetstream()
     published: dict[tuple[str, int], float] = {}
-    alert_lat: list[tuple[str, float]] = []
+    alerts: list[tuple[str, float]] = []
 
     async def on_alert(msg) -> None:
         alert = json.loads(msg.data)
@@ -263,7 +263,7 @@ async def _live(url: str, lake: Path, ticks: pa.Table, rate: float, rows_per_msg
             return
         key = (alert["run_id"], int(alert["seq"]))
         if key in published:
-            alert_lat.append((alert["run_id"], time.monotonic() - published[key]))
+            alerts.append((alert["run_id"], time.monotonic() - published[key]))
 
     sub = await nc.subscribe("biopilot.alerts.>", cb=on_alert)
     per_reactor = split_by_reactor(ticks)
@@ -303,7 +303,7 @@ async def _live(url: str, lake: Path, ticks: pa.Table, rate: float, rows_per_msg
         idx = np.searchsorted(counts, k)
         if idx < len(times):
             commit_lat.append(times[idx] - t_pub)
-    return commit_lat, alert_lat
+    return commit_lat, alerts
 
 
 def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10_000.0, live_s: float = 20.0,
