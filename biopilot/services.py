@@ -197,7 +197,8 @@ def start_flow(nats_url: str, lake: str, recovery_dir: Path | None = None, laten
                extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """The monitoring flow as its own process (`python -m bytewax.run`), with a recovery store if given."""
     env = {**os.environ, "BIOPILOT_NATS_URL": nats_url, "BIOPILOT_LAKE": lake,
-           "BIOPILOT_LATENESS_S": str(lateness_s), "BIOPILOT_FLOW_DURABLE": durable, **(extra_env or {})}
+           "BIOPILOT_LATENESS_S": str(lateness_s), "BIOPILOT_FLOW_DURABLE": durable,
+           "BIOPILOT_FLOW_RECOVERY": "0" if recovery_dir is None else "1", **(extra_env or {})}
     cmd = [sys.executable, "-m", "bytewax.run", "flows.monitor:build_flow()"]
     if recovery_dir is not None:
         if not recovery_dir.exists() or not any(recovery_dir.iterdir()):

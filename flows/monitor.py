@@ -4,7 +4,8 @@ Thin wiring only; the logic lives in `sources.telemetry` (routing, validation) a
 Run it with `python -m bytewax.run "flows.monitor:build_flow()" -r RECOVERY_DIR -s 1 -b 10`.
 Settings from the environment: BIOPILOT_NATS_URL (required), BIOPILOT_LAKE, BIOPILOT_LATENESS_S (300),
 BIOPILOT_DETECTOR (fusion, the default, | zscore), BIOPILOT_FLOW_DURABLE (consumer name), BIOPILOT_FLUSH_ROWS (50000),
-BIOPILOT_FLUSH_S (1).
+BIOPILOT_FLUSH_S (1), BIOPILOT_FLOW_RECOVERY (1, the default: the run has a recovery store `-r`; 0: it has none,
+so the sink's snapshots need not hold or wait for the rows in flight).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def build_flow() -> Dataflow:
     dead_rows = op.map("dead_rows", dead, lambda t: ("deadletter", t))
     lake_items = op.key_on("to_lake", op.merge("lake_rows", tables, dead_rows), lambda _: "lake")
     op.output("lake", lake_items, LakeSink(settings.lake, int(os.environ.get("BIOPILOT_FLUSH_ROWS", "50000")),
-                                           float(os.environ.get("BIOPILOT_FLUSH_S", "1"))))
+                                           float(os.environ.get("BIOPILOT_FLUSH_S", "1")),
+                                           recovery=os.environ.get("BIOPILOT_FLOW_RECOVERY", "1") != "0"))
     alerts = op.flat_map("alerts", outputs, lambda kv: [
         (f"biopilot.alerts.{a['reactor_id']}", alert_json(a), {"Nats-Msg-Id": a["alert_id"]}) for a in kv[1].alerts]
         + [(f"biopilot.alerts.{c['reactor_id']}", alert_json(c), {"Nats-Msg-Id": f"clear-{c['alert_id']}"})
@@ -51,5 +53,6 @@ def build_flow() -> Dataflow:
     dead_msgs = op.flat_map("dead_msgs", dead, lambda t: [
         ("biopilot.deadletter", row["payload"], {REASON_HEADER: row["reason"][:1000],
                                                  "Nats-Msg-Id": f"dl-{row['stream_seq']}"}) for row in t.to_pylist()])
-    op.output("publish", op.merge("to_nats", alerts, dead_msgs), NatsPublishSink(settings.nats_url))
+    nats_items = op.key_on("to_nats", op.merge("nats_msgs", alerts, dead_msgs), lambda _: "nats")
+    op.output("publish", nats_items, NatsPublishSink(settings.nats_url))
     return flow

@@ -16,6 +16,7 @@ from deltalake import DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 WRITER = WriterProperties(compression="SNAPPY")
+CHECKPOINT_INTERVAL = 100  # Delta's default `delta.checkpointInterval`: a checkpoint every 100 commits
 
 
 def table_uri(lake: str | Path, name: str) -> str:
@@ -30,18 +31,63 @@ def open_table(lake: str | Path, name: str) -> DeltaTable | None:
         return None
 
 
+def _prepared(data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch], schema: pa.Schema,
+              ) -> pa.Table | pa.RecordBatchReader | None:
+    """`data` as the writer takes it (None if there is nothing to write)."""
+    if not isinstance(data, pa.Table | pa.RecordBatchReader):
+        return pa.RecordBatchReader.from_batches(schema, iter(data))
+    if isinstance(data, pa.Table):
+        return data.cast(schema) if data.num_rows else None
+    return data
+
+
 def append(lake: str | Path, name: str, data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
            schema: pa.Schema) -> None:
     """Append rows in one commit; `data` may be a stream of batches of `schema`."""
-    if not isinstance(data, pa.Table | pa.RecordBatchReader):
-        data = pa.RecordBatchReader.from_batches(schema, iter(data))
-    if isinstance(data, pa.Table):
-        if data.num_rows == 0:
-            return
-        data = data.cast(schema)
+    data = _prepared(data, schema)
+    if data is None:
+        return
     if "://" not in str(lake):
         Path(lake).mkdir(parents=True, exist_ok=True)
     write_deltalake(table_uri(lake, name), data, mode="append", writer_properties=WRITER)
+
+
+class Appender:
+    """Appends to a lake's tables through handles kept open, for writers that commit again and again (the
+    flow's sink: a micro-batch a second per table). Opening a table re-reads its log since the last checkpoint,
+    which cost as much as writing a 50k-row micro-batch; an open handle moves on with its own commits (and
+    reads only newer log entries if another writer committed in between). But a handle also replays every
+    commit since the checkpoint it was opened at, so it is reopened every 100 commits, just after Delta writes
+    a checkpoint: kept for good, the 1,000th 20k-row commit took 165 ms (reopened: 47 ms; opened afresh
+    for each commit: 83 ms).
+
+    >>> import tempfile
+    >>> appender = Appender(tempfile.mkdtemp())
+    >>> schema = pa.schema([("x", pa.int64())])
+    >>> for k in range(3):
+    ...     appender.append("numbers", pa.table({"x": [k]}), schema)
+    >>> sorted(read(appender.lake, "numbers")["x"].to_pylist())
+    [0, 1, 2]
+    """
+
+    def __init__(self, lake: str | Path) -> None:
+        self.lake = lake
+        self.tables: dict[str, DeltaTable] = {}
+
+    def append(self, name: str, data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
+               schema: pa.Schema) -> None:
+        table = self.tables.get(name)
+        if table is None:
+            table = open_table(self.lake, name)
+            if table is None:  # the first commit creates the table
+                append(self.lake, name, data, schema)
+                return
+            self.tables[name] = table
+        data = _prepared(data, schema)
+        if data is not None:
+            write_deltalake(table, data, mode="append", writer_properties=WRITER)
+            if table.version() % CHECKPOINT_INTERVAL == 0:  # a checkpoint was just written: reopen from it
+                del self.tables[name]
 
 
 def read(lake: str | Path, name: str, columns: list[str] | None = None, run_ids: Iterable[str] | None = None,

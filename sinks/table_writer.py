@@ -20,6 +20,7 @@ class TableWriter:
 
     def __init__(self, lake: str, every_s: float = 0.5) -> None:
         self.lake, self.every_s = lake, every_s
+        self.appender = delta.Appender(lake)
         self.rows: dict[str, list[dict]] = defaultdict(list)
         self.task: asyncio.Task | None = None
 
@@ -31,7 +32,7 @@ class TableWriter:
         for name, rows in batches.items():
             try:
                 table = pa.Table.from_pylist(rows, schema=SCHEMAS[name])
-                await asyncio.to_thread(delta.append, self.lake, name, table, SCHEMAS[name])
+                await asyncio.to_thread(self.appender.append, name, table, SCHEMAS[name])
             except Exception:  # noqa: BLE001 - keep the rows for the next try rather than lose them
                 log.exception("could not write %d %s rows; retrying", len(rows), name)
                 self.rows[name][:0] = rows

@@ -51,6 +51,9 @@ class _Partition(StatefulSourcePartition[Message, int]):
         self.nc = None
         self.sub = None
         self.io.run(self._connect(resume_seq))
+        # the next pull is always in flight while the flow works on the last one's messages: waiting for each
+        # round trip (8 x 1 MB at full rate) had the dataflow thread idle a fifth of the time
+        self.prefetch = self.io.submit(self._fetch())
 
     async def _connect(self, resume_seq: int | None) -> None:
         self.nc = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
@@ -95,7 +98,8 @@ class _Partition(StatefulSourcePartition[Message, int]):
             return []
 
     def next_batch(self) -> list[Message]:
-        msgs = self.io.run(self._fetch())
+        msgs = self.prefetch.result()
+        self.prefetch = self.io.submit(self._fetch())
         out = []
         now = time.monotonic()
         for m in msgs:
@@ -133,6 +137,8 @@ class _Partition(StatefulSourcePartition[Message, int]):
         return self.floor
 
     def close(self) -> None:
+        # a prefetched batch was never handed over nor acked: the consumer delivers it again after a restart
+        self.prefetch.cancel()
         with contextlib.suppress(Exception):
             self.io.run(self.nc.close(), timeout=5)
         self.io.close()

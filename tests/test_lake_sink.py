@@ -21,7 +21,7 @@ def _ticks(n: int):
 def _held_writer(monkeypatch):
     """Delta appends wait for `gate`; with `crashed` set they fail instead, as a killed process never commits."""
     gate, crashed, entered = (lake_sink.threading.Event() for _ in range(3))
-    real_append = delta.append
+    real_append = delta.Appender.append
 
     def append(*args, **kwargs):  # noqa: ANN202
         entered.set()
@@ -30,7 +30,7 @@ def _held_writer(monkeypatch):
             raise RuntimeError("the process is gone")
         return real_append(*args, **kwargs)
 
-    monkeypatch.setattr(lake_sink.delta, "append", append)
+    monkeypatch.setattr(lake_sink.delta.Appender, "append", append)
     return gate, crashed, entered
 
 
@@ -91,3 +91,32 @@ def test_an_epochs_snapshot_waits_for_the_rows_of_the_epochs_before_it(tmp_path,
     assert delta.read(lake, "ticks").num_rows >= 300
     part.close()
     assert delta.read(lake, "ticks").num_rows == 600
+
+
+def test_without_a_recovery_store_a_snapshot_hands_rows_over_without_waiting(tmp_path, monkeypatch):
+    # nothing keeps the snapshot, so it must not hold the dataflow up; the rows still all land
+    lake = str(tmp_path / "lake")
+    ticks = _ticks(600)
+    part = LakeSink(lake, max_rows=10_000, max_age_s=3600, recovery=False).build_part("lake", "lake", None)
+    gate, _, entered = _held_writer(monkeypatch)
+    part.write_batch([("ticks", ticks.slice(0, 300))])
+    assert part.snapshot() is None
+    assert entered.wait(10)  # handed to the writer, which is still held
+    part.write_batch([("ticks", ticks.slice(300))])
+    assert part.snapshot() is None  # returns although epoch 0's rows are not committed
+    gate.set()
+    part.close()
+    assert sorted(delta.read(lake, "ticks", columns=["seq"])["seq"].to_pylist()) == ticks["seq"].to_pylist()
+
+
+def test_an_appender_commits_through_its_open_handle_between_other_writers_commits(tmp_path):
+    lake = str(tmp_path / "lake")
+    ticks = _ticks(90)
+    appender = delta.Appender(lake)
+    appender.append("ticks", ticks.slice(0, 30), TICKS)  # creates the table
+    appender.append("ticks", ticks.slice(30, 20), TICKS)  # through the handle
+    delta.append(lake, "ticks", ticks.slice(50, 20), TICKS)  # another writer moves the table on
+    appender.append("ticks", ticks.slice(70), TICKS)  # the handle is behind: it must not lose that commit
+    appender.append("ticks", ticks.slice(0, 0), TICKS)  # nothing to write: no commit
+    assert sorted(delta.read(lake, "ticks", columns=["seq"])["seq"].to_pylist()) == ticks["seq"].to_pylist()
+    assert delta.open_table(lake, "ticks").version() == 3
