@@ -5,7 +5,8 @@ Run it with `python -m bytewax.run "flows.monitor:build_flow()" -r RECOVERY_DIR 
 Settings from the environment: BIOPILOT_NATS_URL (required), BIOPILOT_LAKE, BIOPILOT_LATENESS_S (300),
 BIOPILOT_DETECTOR (fusion, the default, | zscore), BIOPILOT_FLOW_DURABLE (consumer name), BIOPILOT_FLUSH_ROWS (50000),
 BIOPILOT_FLUSH_S (1), BIOPILOT_FLOW_RECOVERY (1, the default: the run has a recovery store `-r`; 0: it has none,
-so the sink's snapshots need not hold or wait for the rows in flight).
+so nothing keeps a snapshot: the monitors are not copied at each epoch and the Delta sink does not wait for
+the rows in flight).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def build_flow() -> Dataflow:
     settings = load_settings()
     if not settings.nats_url:
         raise RuntimeError("BIOPILOT_NATS_URL must point at the broker the flow reads")
+    recovery = os.environ.get("BIOPILOT_FLOW_RECOVERY", "1") != "0"
     config = MonitorConfig.for_detector(os.environ.get("BIOPILOT_DETECTOR", "fusion"),
-                                        float(os.environ.get("BIOPILOT_LATENESS_S", "300")))
+                                        float(os.environ.get("BIOPILOT_LATENESS_S", "300")), snapshots_kept=recovery)
     durable = os.environ.get("BIOPILOT_FLOW_DURABLE", "biopilot-monitor")
     ReactorMonitor("warm-up", config)  # load models and their imports now, not on the first tick (~2 s with torch)
 
@@ -45,7 +47,7 @@ def build_flow() -> Dataflow:
     lake_items = op.key_on("to_lake", op.merge("lake_rows", tables, dead_rows), lambda _: "lake")
     op.output("lake", lake_items, LakeSink(settings.lake, int(os.environ.get("BIOPILOT_FLUSH_ROWS", "50000")),
                                            float(os.environ.get("BIOPILOT_FLUSH_S", "1")),
-                                           recovery=os.environ.get("BIOPILOT_FLOW_RECOVERY", "1") != "0"))
+                                           recovery=recovery))
     alerts = op.flat_map("alerts", outputs, lambda kv: [
         (f"biopilot.alerts.{a['reactor_id']}", alert_json(a), {"Nats-Msg-Id": a["alert_id"]}) for a in kv[1].alerts]
         + [(f"biopilot.alerts.{c['reactor_id']}", alert_json(c), {"Nats-Msg-Id": f"clear-{c['alert_id']}"})

@@ -43,3 +43,15 @@ def test_a_restored_monitor_goes_on_with_the_same_scores():
     assert a.num_rows == b.num_rows == 1500
     for name in ("score", "vcd_e6_per_ml_est", "glucose_g_l_est"):
         assert np.allclose(a[name].to_numpy(), b[name].to_numpy(), equal_nan=True)
+
+
+def test_a_monitor_is_copied_at_each_epoch_only_when_a_recovery_store_keeps_the_copy():
+    ticks = make_ticks(reactors=1, ticks=500)
+    kept = ReactorMonitor("r1", MonitorConfig.for_detector("fusion", 0))
+    kept.on_ticks(ticks)
+    clone = copy.deepcopy(kept)
+    assert clone is not kept and clone.det_state is not kept.det_state
+    assert clone.soft.history["us"] is not kept.soft.history["us"]
+    unkept = ReactorMonitor("r1", MonitorConfig.for_detector("fusion", 0, snapshots_kept=False))
+    unkept.on_ticks(ticks)
+    assert copy.deepcopy(unkept) is unkept  # Bytewax's per-epoch copy would be thrown away
