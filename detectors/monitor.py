@@ -102,6 +102,8 @@ class ReactorMonitor:
             return self
         clone = object.__new__(type(self))
         memo[id(self)] = clone
+        # settings, not state (detectors keep theirs in `det_state`): the copies share them, a quarter of the cost
+        memo[id(self.detector)], memo[id(self.config)] = self.detector, self.config
         clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
         return clone
 

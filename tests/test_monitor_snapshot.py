@@ -52,6 +52,7 @@ def test_a_monitor_is_copied_at_each_epoch_only_when_a_recovery_store_keeps_the_
     clone = copy.deepcopy(kept)
     assert clone is not kept and clone.det_state is not kept.det_state
     assert clone.soft.history["us"] is not kept.soft.history["us"]
+    assert clone.detector is kept.detector and clone.config is kept.config  # settings, shared
     unkept = ReactorMonitor("r1", MonitorConfig.for_detector("fusion", 0, snapshots_kept=False))
     unkept.on_ticks(ticks)
     assert copy.deepcopy(unkept) is unkept  # Bytewax's per-epoch copy would be thrown away
