@@ -8,17 +8,14 @@ skipped: ticks, scores and late ticks by (run, seq) — the flow releases a run'
 per-run high-water mark is enough — alerts by alert id, assays by (run, sample time), dead letters by stream
 sequence. The keys already in the lake are read once when the partition starts.
 
-At the end of an epoch (Bytewax's snapshot) the rows the flow has handed over must survive a crash. When few
-rows of this epoch are still in flight (live rates), the snapshot *is* those rows — Bytewax stores them in its
-recovery store and a resumed partition commits them first — so the dataflow thread does not wait ~100-600 ms
-for a Delta commit once a second (that wait was much of the publish -> alert tail). Rows of earlier epochs are
-always committed by then (waited for if need be): the source acknowledges a message one epoch after it handed
-it over, and without a recovery store those acknowledgements are the resume point. When many rows are in
-flight (full rate), pickling them would cost more than the commit, so the snapshot waits and holds nothing.
-A flow run without a recovery store (`recovery=False`) keeps no snapshot at all, so its snapshots only hand
-the buffer to the writer: waiting there for commits held the dataflow thread up a fifth of the time at full
-rate, and the writer's bounded queue (two micro-batches, well under the epoch by which the source's
-acknowledgements lag) already keeps the commits close behind.
+At the end of an epoch (Bytewax's snapshot) with a recovery store, every row handed over so far is committed
+before the snapshot returns, so the epoch the store records is durable in Delta; the partition's state is
+nothing. (Carrying the rows still in flight in the snapshot instead, to spare the dataflow thread the wait,
+cost far more: Bytewax pickled them into its store every epoch, and the live publish -> alert p99 with a
+recovery store was ~560 ms against ~110 ms waiting.) Without a recovery store (`recovery=False`) nothing keeps
+a snapshot, so it only hands the buffer to the writer: waiting there held the dataflow thread up a fifth of
+the time at full rate, and the writer's bounded queue (two micro-batches, well under the epoch by which the
+source's acknowledgements lag) keeps the commits close behind.
 """
 
 from __future__ import annotations
@@ -38,7 +35,6 @@ from biopilot.events import SCHEMAS
 from sinks import delta
 
 SEQ_KEYED = ("ticks", "scores")
-SNAPSHOT_INLINE_ROWS = 25_000  # in-flight rows a snapshot carries rather than waiting for their commit
 
 Parts = dict[str, list[pa.Table]]
 
@@ -88,9 +84,8 @@ class _Dedupe:
         return table if all(keep) else table.filter(pa.array(keep))
 
 
-class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], Parts | None]):
-    def __init__(self, lake: str, max_rows: int, max_age_s: float, recovery: bool = True,
-                 resume_state: Parts | None = None) -> None:
+class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
+    def __init__(self, lake: str, max_rows: int, max_age_s: float, recovery: bool = True) -> None:
         self.lake, self.max_rows, self.max_age_s, self.recovery = lake, max_rows, max_age_s, recovery
         self.dedupe = _Dedupe(lake)
         self.appender = delta.Appender(lake)
@@ -101,14 +96,9 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], Parts | None]):
         # the GIL), so the dataflow thread only hands tables over and keeps scoring and alerting; the small
         # queue is the back-pressure
         self.commits: queue.Queue[Parts | None] = queue.Queue(maxsize=2)
-        self.epoch = 0
-        self.in_flight: list[tuple[int, Parts]] = []  # (epoch, rows) handed to the writer, not committed yet
-        self.committed = threading.Condition()
         self.failure: BaseException | None = None
         self.writer = threading.Thread(target=self._write_loop, name="biopilot-delta-writer", daemon=True)
         self.writer.start()
-        if resume_state:  # the last snapshot's rows in flight: commit them first (what already landed is skipped)
-            self._hand_over(dict(resume_state))
 
     def _write_loop(self) -> None:
         while True:
@@ -122,18 +112,10 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], Parts | None]):
                     table = self.dedupe.fresh(name, table)
                     if table.num_rows:
                         self.appender.append(name, table, schema)
-                with self.committed:
-                    self.in_flight = [(e, p) for e, p in self.in_flight if p is not parts]
-                    self.committed.notify_all()
             except BaseException as err:  # surfaced on the dataflow's thread at the next call
                 self.failure = err
             finally:
                 self.commits.task_done()
-
-    def _hand_over(self, parts: Parts) -> None:
-        with self.committed:
-            self.in_flight.append((self.epoch, parts))
-        self.commits.put(parts)
 
     def _check(self) -> None:
         if self.failure is not None:
@@ -152,44 +134,27 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], Parts | None]):
 
     def flush(self) -> None:
         if self.buffers:
-            self._hand_over(dict(self.buffers))
+            self.commits.put(dict(self.buffers))
         self.buffers = defaultdict(list)
         self.rows.clear()
         self.oldest = None
 
-    def snapshot(self) -> Parts | None:
-        """End of an epoch: every row handed over so far is either committed or in the returned state."""
+    def snapshot(self) -> None:
+        """End of an epoch: with a recovery store, every row handed over so far is committed."""
         self.flush()
-        if not self.recovery:  # nothing keeps the snapshot: no need to hold the dataflow up for it
-            return None
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        with self.committed:  # earlier epochs' rows: committed (normally long since)
-            while self.failure is None and any(e < epoch for e, _ in self.in_flight):
-                self.committed.wait(0.1)
-            pending = [p for _, p in self.in_flight]
-        self._check()
-        if sum(t.num_rows for p in pending for tables in p.values() for t in tables) <= SNAPSHOT_INLINE_ROWS:
-            merged: Parts = defaultdict(list)
-            for p in pending:
-                for name, tables in p.items():
-                    merged[name].extend(tables)
-            return dict(merged) or None
-        self._drain()
-        return None
-
-    def _drain(self) -> None:
-        """Everything handed over so far is committed."""
-        self.flush()
-        self.commits.join()
+        if self.recovery:
+            self.commits.join()
         self._check()
 
     def close(self) -> None:
-        self._drain()
+        self.flush()
+        self.commits.join()
+        self._check()
         self.commits.put(None)
         self.writer.join(30)
 
 
-class LakeSink(FixedPartitionedSink[tuple[str, pa.Table], Parts | None]):
+class LakeSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
     """`recovery`: whether the flow runs with a Bytewax recovery store (only then are snapshots kept)."""
 
     def __init__(self, lake: str | Path, max_rows: int = 50_000, max_age_s: float = 1.0, recovery: bool = True,
@@ -202,5 +167,5 @@ class LakeSink(FixedPartitionedSink[tuple[str, pa.Table], Parts | None]):
     def part_fn(self, item_key: str) -> int:
         return 0
 
-    def build_part(self, step_id: str, for_part: str, resume_state: Parts | None) -> _LakePartition:
-        return _LakePartition(self.lake, self.max_rows, self.max_age_s, self.recovery, resume_state)
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _LakePartition:
+        return _LakePartition(self.lake, self.max_rows, self.max_age_s, self.recovery)
