@@ -15,7 +15,7 @@ def test_a_tiny_pipeline_bench_reports_every_figure():
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout)
     for key in ("ours_ticks_per_s", "floor_ticks_per_s", "naive_ticks_per_s", "p99_publish_to_alert_ms",
-                "flow_max_rss_mb", "p99_publish_to_alert_burst_ms"):
+                "flow_max_rss_mb", "p99_publish_to_alert_burst_ms", "p99_publish_to_alert_recovery_ms"):
         assert key in out
     assert out["detector"] == "zscore"
     assert out["ours_ticks_per_s"] > 0 and out["floor_ticks_per_s"] > 0 and out["naive_ticks_per_s"] > 0

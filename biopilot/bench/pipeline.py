@@ -10,11 +10,12 @@ so the publisher is not what is measured.
 Latency at a fixed live rate (default 10k ticks/s over 40 reactors in 50-tick messages): publish -> Delta
 commit (row counts polled every 50 ms) and publish -> alert (alerts received on `biopilot.alerts.>`, timed
 from the publish of the tick that fired them; 40 twin runs, each with a jacket failure, the failures spread
-over the window), over all alerts and over each run's first. Twice, with a fresh flow each time: with the
+over the window), over all alerts and over each run's first. Three times, with a fresh flow each time: with the
 reactors' messages staggered evenly over each 0.2 s round (independent plants, each on its own clock: the
-headline figures), and in bursts (every reactor's message in the same instant, as our simulated fleet steps
-in lockstep: the last of 40 waits for the 39 before it). Memory: the flow's RSS sampled every 5 s during a
-soak at full rate.
+headline figures), in bursts (every reactor's message in the same instant, as our simulated fleet steps in
+lockstep: the last of 40 waits for the 39 before it), and staggered with a Bytewax recovery store (as
+`biopilot up` runs the flow: each epoch's end waits for its Delta commits). Memory: the flow's RSS sampled
+every 5 s during a soak at full rate.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class PipelineBench:
     p50_publish_to_alert_burst_ms: float
     p99_publish_to_alert_burst_ms: float
     alerts_measured_burst: int
+    # staggered again, with a Bytewax recovery store (as `biopilot up` runs the flow): epochs wait for commits
+    p50_publish_to_alert_recovery_ms: float
+    p99_publish_to_alert_recovery_ms: float
     flow_max_rss_mb: float
     soak_s: float
     soak_rss_mb: list[float] = field(default_factory=list)
@@ -362,18 +366,20 @@ def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10
         reactors = 40
         live = _live_ticks(reactors, int(live_rate * live_s / reactors))
         measured = {}
-        for arrivals in ("staggered", "burst"):
-            url = fresh_broker(f"live-{arrivals}")
-            proc = start_flow(url, str(root / f"live-{arrivals}"), None, 0.0, durable="bench-live",
-                              log_path=root / f"live-{arrivals}.log", extra_env={"BIOPILOT_DETECTOR": detector})
+        for mode in ("staggered", "burst", "recovery"):  # recovery: staggered, with a recovery store (`biopilot up`)
+            url = fresh_broker(f"live-{mode}")
+            recovery = root / f"live-{mode}-recovery" if mode == "recovery" else None
+            proc = start_flow(url, str(root / f"live-{mode}"), recovery, 0.0, durable="bench-live",
+                              log_path=root / f"live-{mode}.log", extra_env={"BIOPILOT_DETECTOR": detector})
             try:
                 _wait_for_consumer(url, "bench-live")  # the flow warms its models up before it subscribes
-                measured[arrivals] = asyncio.run(_live(url, root / f"live-{arrivals}", live, live_rate, 50,
-                                                       staggered=arrivals == "staggered"))
+                measured[mode] = asyncio.run(_live(url, root / f"live-{mode}", live, live_rate, 50,
+                                                   staggered=mode != "burst"))
             finally:
                 _stop(proc)
         commit_lat, alerts = measured["staggered"]
         burst_lat = [lat for _, lat in measured["burst"][1]]
+        recovery_lat = [lat for _, lat in measured["recovery"][1]]
 
         # soak: full rate for soak_s, flow RSS sampled
         url = fresh_broker("soak")
@@ -392,7 +398,7 @@ def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10
             data.num_rows, small.num_rows, floor, ours, naive, ours / naive, floor / ours, live_rate, 0.0,
             pct(commit_lat, 50), pct(commit_lat, 99), pct(alert_lat, 50), pct(alert_lat, 99), len(alert_lat),
             pct(first_lat, 50), pct(first_lat, 99), len(first_lat),
-            pct(burst_lat, 50), pct(burst_lat, 99), len(burst_lat),
+            pct(burst_lat, 50), pct(burst_lat, 99), len(burst_lat), pct(recovery_lat, 50), pct(recovery_lat, 99),
             max(rss) if rss else float("nan"), soak_s, rss, soak_rate, detector)
     finally:
         if server:
@@ -459,7 +465,8 @@ def format_report(b: PipelineBench) -> str:
         f"each run's first alert p50 {b.p50_publish_to_first_alert_ms:.1f} ms p99 "
         f"{b.p99_publish_to_first_alert_ms:.1f} ms ({b.first_alerts_measured}); in bursts (every reactor at once) "
         f"p50 {b.p50_publish_to_alert_burst_ms:.1f} ms p99 {b.p99_publish_to_alert_burst_ms:.1f} ms "
-        f"({b.alerts_measured_burst})",
+        f"({b.alerts_measured_burst}); with a recovery store p50 {b.p50_publish_to_alert_recovery_ms:.1f} ms p99 "
+        f"{b.p99_publish_to_alert_recovery_ms:.1f} ms",
         f"soak       {b.soak_s:.0f} s at full rate ({b.soak_ticks_per_s:,.0f} ticks/s committed): flow RSS "
         f"{', '.join(f'{x:.0f}' for x in b.soak_rss_mb)} MB (max {b.flow_max_rss_mb:.0f})",
     ])
