@@ -25,7 +25,7 @@ from nats.js.errors import NotFoundError
 from biopilot.aio import BackgroundLoop
 
 log = logging.getLogger(__name__)
-NO_SNAPSHOT_S = 10.0  # no snapshot for this long: the flow runs without recovery
+NO_SNAPSHOT_S = 10.0  # no snapshot for this long: the engine has stopped taking them
 AUTO_ACK_AFTER_S = 5.0
 
 
@@ -113,8 +113,8 @@ class _Partition(StatefulSourcePartition[Message, int]):
             self.floor += 1
             self.above.discard(self.floor)
         if now - self.last_snapshot > NO_SNAPSHOT_S and self.unacked:
-            # run without a recovery store: Bytewax takes no snapshots, so ack what the sinks have had
-            # time to commit (they flush at least every second)
+            # a safety net: Bytewax 0.21 snapshots a source at every epoch, recovery store or not (checked), but
+            # should it stop, ack what the sinks have had time to commit (they flush at least every second)
             old = [r for t, r in self.unacked if now - t > AUTO_ACK_AFTER_S]
             if old:
                 self.io.run(self._ack(old))
