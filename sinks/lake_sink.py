@@ -12,7 +12,7 @@ At the end of an epoch (Bytewax's snapshot) with a recovery store, every row han
 before the snapshot returns, so the epoch the store records is durable in Delta; the partition's state is
 nothing. (Carrying the rows still in flight in the snapshot instead, to spare the dataflow thread the wait,
 cost far more: Bytewax pickled them into its store every epoch, and the live publish -> alert p99 with a
-recovery store was ~560 ms against ~110 ms waiting.) Without a recovery store (`recovery=False`) nothing keeps
+recovery store was ~560 ms against 110-225 ms waiting.) Without a recovery store (`recovery=False`) nothing keeps
 a snapshot, so it only hands the buffer to the writer: waiting there held the dataflow thread up a fifth of
 the time at full rate, and the writer's bounded queue (two micro-batches, well under the epoch by which the
 source's acknowledgements lag) keeps the commits close behind.
