@@ -141,15 +141,19 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
 
     def snapshot(self) -> None:
         """End of an epoch: with a recovery store, every row handed over so far is committed."""
-        self.flush()
         if self.recovery:
-            self.commits.join()
-        self._check()
+            self._drain()
+        else:
+            self.flush()
+            self._check()
 
-    def close(self) -> None:
+    def _drain(self) -> None:
         self.flush()
         self.commits.join()
         self._check()
+
+    def close(self) -> None:
+        self._drain()
         self.commits.put(None)
         self.writer.join(30)
 

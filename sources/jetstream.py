@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 
 import nats
@@ -25,8 +24,6 @@ from nats.js.errors import NotFoundError
 from biopilot.aio import BackgroundLoop
 
 log = logging.getLogger(__name__)
-NO_SNAPSHOT_S = 10.0  # no snapshot for this long: the engine has stopped taking them
-AUTO_ACK_AFTER_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -45,9 +42,8 @@ class _Partition(StatefulSourcePartition[Message, int]):
         self.batch, self.wait_s = batch, wait_s
         self.floor = resume_seq or 0  # every stream sequence <= floor has been handed to the flow
         self.above: set[int] = set()  # handed over, above the floor (a gap below them is still coming)
-        self.unacked: list[tuple[float, str]] = []  # (received at, reply subject): no payloads kept alive
-        self.ack_next: list[tuple[float, str]] = []
-        self.last_snapshot = time.monotonic()
+        self.unacked: list[str] = []  # reply subjects: no payloads kept alive
+        self.ack_next: list[str] = []
         self.nc = None
         self.sub = None
         self.io.run(self._connect(resume_seq))
@@ -101,10 +97,9 @@ class _Partition(StatefulSourcePartition[Message, int]):
         msgs = self.prefetch.result()
         self.prefetch = self.io.submit(self._fetch())
         out = []
-        now = time.monotonic()
         for m in msgs:
             seq = m.metadata.sequence.stream
-            self.unacked.append((now, m.reply))
+            self.unacked.append(m.reply)
             if seq <= self.floor or seq in self.above:  # a redelivery of something already handed over
                 continue
             self.above.add(seq)
@@ -112,13 +107,6 @@ class _Partition(StatefulSourcePartition[Message, int]):
         while self.floor + 1 in self.above:
             self.floor += 1
             self.above.discard(self.floor)
-        if now - self.last_snapshot > NO_SNAPSHOT_S and self.unacked:
-            # a safety net: Bytewax 0.21 snapshots a source at every epoch, recovery store or not (checked), but
-            # should it stop, ack what the sinks have had time to commit (they flush at least every second)
-            old = [r for t, r in self.unacked if now - t > AUTO_ACK_AFTER_S]
-            if old:
-                self.io.run(self._ack(old))
-                self.unacked = [(t, r) for t, r in self.unacked if now - t <= AUTO_ACK_AFTER_S]
         return out
 
     async def _ack(self, replies: list[str]) -> None:
@@ -131,9 +119,8 @@ class _Partition(StatefulSourcePartition[Message, int]):
     def snapshot(self) -> int:
         # ack one epoch late: by the time epoch N+1 closes, the sinks have flushed what epoch N produced
         if self.ack_next:
-            self.io.run(self._ack([r for _, r in self.ack_next]))
+            self.io.run(self._ack(self.ack_next))
         self.ack_next, self.unacked = self.unacked, []
-        self.last_snapshot = time.monotonic()
         return self.floor
 
     def close(self) -> None:
