@@ -194,17 +194,23 @@ def start_services(lake: str, nats_url: str | None = None, redis_url: str | None
 
 def start_flow(nats_url: str, lake: str, recovery_dir: Path | None = None, lateness_s: float = 300.0,
                durable: str = "biopilot-monitor", log_path: Path | None = None,
-               extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    """The monitoring flow as its own process (`python -m bytewax.run`), with a recovery store if given."""
+               extra_env: dict[str, str] | None = None, snapshot_s: float = 5.0) -> subprocess.Popen:
+    """The monitoring flow as its own process (`python -m bytewax.run`), with a recovery store if given.
+
+    With a store, an epoch lasts `snapshot_s`: each epoch's end pickles every reactor's monitor into the store,
+    which held the alerts then in flight up by ~40 ms (40 reactors); once a second that was the live alert p99
+    (~70 ms), every 5 s it is not (~40 ms), and a crash then replays at most 5 s of input from the broker.
+    Without a store, epochs of 1 s: the consumer's acks, then the resume point, trail by one epoch."""
     env = {**os.environ, "BIOPILOT_NATS_URL": nats_url, "BIOPILOT_LAKE": lake,
            "BIOPILOT_LATENESS_S": str(lateness_s), "BIOPILOT_FLOW_DURABLE": durable,
            "BIOPILOT_FLOW_RECOVERY": "0" if recovery_dir is None else "1", **(extra_env or {})}
     cmd = [sys.executable, "-m", "bytewax.run", "flows.monitor:build_flow()"]
     if recovery_dir is not None:
-        if not recovery_dir.exists() or not any(recovery_dir.iterdir()):
+        env.setdefault("BIOPILOT_FLOW_WAL", str(recovery_dir / "lake-wal"))  # the sink's log, beside the store
+        if not any(recovery_dir.glob("*.sqlite3")):
             recovery_dir.mkdir(parents=True, exist_ok=True)
             subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery_dir), "1"], check=True, env=env)
-        cmd += ["-r", str(recovery_dir), "-s", "1", "-b", "30"]
+        cmd += ["-r", str(recovery_dir), "-s", f"{snapshot_s:g}", "-b", "30"]
     else:
         cmd += ["-s", "1"]
     log = (log_path or Path(os.devnull)).open("ab")

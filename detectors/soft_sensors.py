@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-HISTORY_TICKS = 4 * 1440  # enough to find the sample time of a result reported up to days later
+HISTORY_US = 4 * 86_400_000_000  # enough to find the sample time of a result reported up to days later
+EXACT_US = 12 * 3_600_000_000  # every tick for this long (lab delays are hours); older, one tick per bucket
+BUCKET_US = 600_000_000
 
 
 @dataclass
@@ -67,13 +69,31 @@ class SoftSensors:
         fed = self.fed + np.cumsum(np.nan_to_num(added))
         self.last_vcd, self.integral, self.fed, self.last_us = float(vcd[-1]), float(integral[-1]), float(fed[-1]), \
             int(ts_us[-1])
+        self._remember(ts_us, capacitance, integral, fed)
         h = self.history
-        for key, values in (("us", ts_us), ("cap", capacitance), ("integral", integral), ("fed", fed)):
-            h[key] = np.concatenate([h[key], values])[-HISTORY_TICKS:]
         i = self._at(self.anchor_us)
         i_a, f_a = (h["integral"][i], h["fed"][i]) if i is not None else (0.0, 0.0)
         glucose = np.maximum(self.anchor_glucose + (fed - f_a) - self.q * (integral - i_a), 0.0)
         return vcd, glucose
+
+    def _remember(self, ts_us: np.ndarray, capacitance: np.ndarray, integral: np.ndarray, fed: np.ndarray,
+                  ) -> None:
+        """Append to the history, keeping every tick of the last `EXACT_US` and the first tick of each
+        `BUCKET_US` before (a result reported that late is matched to within ten minutes). The history is in
+        every recovery snapshot of the monitor: four days of every tick made it 180 kB of a reactor's 250."""
+        h = {key: np.concatenate([self.history[key], values]) for key, values in (
+            ("us", ts_us), ("cap", np.asarray(capacitance, dtype=np.float64)), ("integral", integral), ("fed", fed))}
+        us = h["us"]
+        old = int(np.searchsorted(us, us[-1] - EXACT_US))
+        keep_from = int(np.searchsorted(us, us[-1] - HISTORY_US))
+        if old > keep_from:
+            bucket = us[keep_from:old] // BUCKET_US
+            kept = np.concatenate([keep_from + np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]]),
+                                   np.arange(old, len(us))])
+            h = {key: values[kept] for key, values in h.items()}
+        elif keep_from:
+            h = {key: values[keep_from:] for key, values in h.items()}
+        self.history = h
 
     def _at(self, us: int) -> int | None:
         i = int(np.searchsorted(self.history["us"], us, side="right")) - 1

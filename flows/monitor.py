@@ -1,12 +1,13 @@
 """The monitoring dataflow: NATS JetStream -> decode/validate -> per-reactor event time + detectors -> sinks.
 
 Thin wiring only; the logic lives in `sources.telemetry` (routing, validation) and `detectors.monitor`.
-Run it with `python -m bytewax.run "flows.monitor:build_flow()" -r RECOVERY_DIR -s 1 -b 10`.
+Run it with `python -m bytewax.run "flows.monitor:build_flow()" -r RECOVERY_DIR -s 5 -b 30` (as `start_flow` does).
 Settings from the environment: BIOPILOT_NATS_URL (required), BIOPILOT_LAKE, BIOPILOT_LATENESS_S (300),
 BIOPILOT_DETECTOR (fusion, the default, | zscore), BIOPILOT_FLOW_DURABLE (consumer name), BIOPILOT_FLUSH_ROWS (50000),
 BIOPILOT_FLUSH_S (1), BIOPILOT_FLOW_RECOVERY (1, the default: the run has a recovery store `-r`; 0: it has none,
-so nothing keeps a snapshot: the monitors are not copied at each epoch and the Delta sink does not wait for
-the rows in flight).
+so nothing keeps a snapshot: the monitors are not copied at each epoch and the Delta sink keeps no write-ahead
+log), BIOPILOT_FLOW_WAL (the Delta sink's write-ahead log with a recovery store: a local directory beside the
+store; `start_flow` puts it in the store's directory, the default is `<lake>/.flow-wal/<consumer>`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,20 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from biopilot.config import load_settings
-from detectors.monitor import MonitorConfig, ReactorMonitor, monitor_step
+from detectors.monitor import MonitorConfig, monitor_step, warm_up
 from sinks.lake_sink import LakeSink
 from sinks.nats_sink import NatsPublishSink, alert_json
 from sources.jetstream import JetStreamSource
 from sources.telemetry import REASON_HEADER, route
+
+
+def _wal_dir(lake: str, durable: str) -> str:
+    if os.environ.get("BIOPILOT_FLOW_WAL"):
+        return os.environ["BIOPILOT_FLOW_WAL"]
+    if "://" in lake:
+        raise RuntimeError("with a recovery store and a remote lake, set BIOPILOT_FLOW_WAL to a local directory "
+                           "beside the store (the Delta sink's write-ahead log)")
+    return os.path.join(lake, ".flow-wal", durable)
 
 
 def build_flow() -> Dataflow:
@@ -33,7 +43,8 @@ def build_flow() -> Dataflow:
     config = MonitorConfig.for_detector(os.environ.get("BIOPILOT_DETECTOR", "fusion"),
                                         float(os.environ.get("BIOPILOT_LATENESS_S", "300")), snapshots_kept=recovery)
     durable = os.environ.get("BIOPILOT_FLOW_DURABLE", "biopilot-monitor")
-    ReactorMonitor("warm-up", config)  # load models and their imports now, not on the first tick (~2 s with torch)
+    wal_dir = _wal_dir(settings.lake, durable) if recovery else None
+    warm_up(config)
 
     flow = Dataflow("biopilot-monitor")
     messages = op.input("nats", flow, JetStreamSource(settings.nats_url, durable=durable))
@@ -47,7 +58,7 @@ def build_flow() -> Dataflow:
     lake_items = op.key_on("to_lake", op.merge("lake_rows", tables, dead_rows), lambda _: "lake")
     op.output("lake", lake_items, LakeSink(settings.lake, int(os.environ.get("BIOPILOT_FLUSH_ROWS", "50000")),
                                            float(os.environ.get("BIOPILOT_FLUSH_S", "1")),
-                                           recovery=recovery))
+                                           wal_dir=wal_dir))
     alerts = op.flat_map("alerts", outputs, lambda kv: [
         (f"biopilot.alerts.{a['reactor_id']}", alert_json(a), {"Nats-Msg-Id": a["alert_id"]}) for a in kv[1].alerts]
         + [(f"biopilot.alerts.{c['reactor_id']}", alert_json(c), {"Nats-Msg-Id": f"clear-{c['alert_id']}"})

@@ -82,8 +82,9 @@ class Flow:
 
 def run_flow(url: str, lake: Path, lateness_s: float = 300.0, recovery: bool = True, name: str = "flow") -> Flow:
     log = lake.parent / f"{name}.log"
+    # epochs of 1 s: a test's short stream then crosses several stored snapshots
     proc = start_flow(url, str(lake), lake.parent / f"{name}-recovery" if recovery else None, lateness_s,
-                      log_path=log)
+                      log_path=log, snapshot_s=1.0)
     return Flow(proc, log)
 
 

@@ -182,6 +182,9 @@ def test_kill_9_mid_stream_then_restart_gives_every_tick_exactly_once(nats_serve
         assert wait_rows(lake, "ticks", ticks.num_rows, flow, timeout_s=90) == ticks.num_rows
         keys = _keys(lake)
         assert len(keys) == len(set(keys)) == ticks.num_rows
+        assert wait_rows(lake, "scores", ticks.num_rows, flow, timeout_s=30) == ticks.num_rows
+        scored = _keys(lake, "scores")
+        assert len(scored) == len(set(scored)) == ticks.num_rows
     finally:
         flow.stop()
 

@@ -1,6 +1,6 @@
-"""The flow's Delta sink without the engine: with a recovery store an epoch's snapshot returns once every row
-handed over is committed; without one it does not wait, and every row still lands; appends go through
-kept-open table handles."""
+"""The flow's Delta sink without the engine: an epoch's snapshot never waits for a commit; with a write-ahead
+log (a recovery store) the rows it acknowledged survive a crash and land exactly once after the restart;
+without one every row still lands; appends go through kept-open table handles."""
 
 from __future__ import annotations
 
@@ -33,25 +33,47 @@ def _held_writer(monkeypatch):
     return gate, crashed, entered
 
 
-def test_with_a_recovery_store_a_snapshot_returns_once_every_row_handed_over_is_committed(tmp_path, monkeypatch):
-    # the epoch the store records must be durable in Delta: the snapshot waits for the writer
-    lake = str(tmp_path / "lake")
-    ticks = _ticks(600)
-    part = LakeSink(lake, max_rows=10_000, max_age_s=3600).build_part("lake", "lake", None)
-    gate, _, entered = _held_writer(monkeypatch)
+def _seqs(lake: str) -> list[int]:
+    return sorted(delta.read(lake, "ticks", columns=["seq"])["seq"].to_pylist())
+
+
+def test_with_a_write_ahead_log_a_snapshot_does_not_wait_and_a_restart_commits_what_the_crash_left(
+        tmp_path, monkeypatch):
+    lake, wal = str(tmp_path / "lake"), tmp_path / "wal"
+    ticks = _ticks(900)
+    sink = LakeSink(lake, max_rows=10_000, max_age_s=3600, wal_dir=wal)
+    part = sink.build_part("lake", "lake", None)
     part.write_batch([("ticks", ticks.slice(0, 300))])
-    part.write_batch([("ticks", ticks.slice(300))])
-    result = {}
-    waiter = lake_sink.threading.Thread(target=lambda: result.setdefault("state", part.snapshot()))
-    waiter.start()
+    part.snapshot()
+    part.commits.join()  # epoch 0 is in Delta
+    gate, crashed, entered = _held_writer(monkeypatch)
+    part.write_batch([("ticks", ticks.slice(300, 300))])
+    part.snapshot()  # returns although the writer is held: epoch 1 is only in the log
     assert entered.wait(10)
-    waiter.join(0.5)
-    assert waiter.is_alive()  # the writer is held: the epoch is not durable yet
+    part.write_batch([("ticks", ticks.slice(600))])
+    part.snapshot()
+    crashed.set()  # the process dies before it commits epochs 1 and 2
     gate.set()
-    waiter.join(10)
-    assert not waiter.is_alive() and result["state"] is None
-    assert sorted(delta.read(lake, "ticks", columns=["seq"])["seq"].to_pylist()) == ticks["seq"].to_pylist()
+    part.commits.join()
+    assert _seqs(lake) == ticks["seq"].to_pylist()[:300]
+    (wal / "000000000099.tmp").write_bytes(b"torn")  # a segment the crash cut short
+    monkeypatch.undo()
+    restarted = sink.build_part("lake", "lake", None)
+    assert _seqs(lake) == ticks["seq"].to_pylist()  # every row once: the log's batches, in order
+    assert not any(wal.iterdir())
+    restarted.write_batch([("ticks", ticks.slice(600))])  # the replayed epoch adds nothing
+    restarted.close()
+    assert _seqs(lake) == ticks["seq"].to_pylist()
+
+
+def test_an_unreadable_write_ahead_segment_is_skipped_with_a_warning(tmp_path, caplog):
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    (wal / "000000000000.batch").write_bytes(b"not a batch")
+    part = LakeSink(str(tmp_path / "lake"), wal_dir=wal).build_part("lake", "lake", None)
     part.close()
+    assert "unreadable write-ahead segment" in caplog.text
+    assert not any(wal.iterdir())
 
 
 def test_a_failed_commit_surfaces_on_the_dataflow_thread(tmp_path, monkeypatch):
@@ -60,15 +82,17 @@ def test_a_failed_commit_surfaces_on_the_dataflow_thread(tmp_path, monkeypatch):
     crashed.set()
     gate.set()
     part.write_batch([("ticks", _ticks(10))])
+    part.snapshot()
+    part.commits.join()
     with pytest.raises(RuntimeError, match="Delta write failed"):
-        part.snapshot()
+        part.write_batch([("ticks", _ticks(10))])
 
 
 def test_without_a_recovery_store_a_snapshot_hands_rows_over_without_waiting(tmp_path, monkeypatch):
     # nothing keeps the snapshot, so it must not hold the dataflow up; the rows still all land
     lake = str(tmp_path / "lake")
     ticks = _ticks(600)
-    part = LakeSink(lake, max_rows=10_000, max_age_s=3600, recovery=False).build_part("lake", "lake", None)
+    part = LakeSink(lake, max_rows=10_000, max_age_s=3600).build_part("lake", "lake", None)
     gate, _, entered = _held_writer(monkeypatch)
     part.write_batch([("ticks", ticks.slice(0, 300))])
     assert part.snapshot() is None

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from detectors.monitor import MonitorConfig, ReactorMonitor
+from detectors.soft_sensors import SoftSensors
 from tests.agent_helpers import simulated
 
 
@@ -37,3 +38,21 @@ def test_estimates_before_each_assay_beat_the_last_assay_held(scenario):
     vcd_soft, vcd_hold, glc_soft, glc_hold = np.mean(errors, axis=0)
     assert len(errors) >= 8
     assert vcd_soft < 0.75 * vcd_hold and glc_soft < glc_hold
+
+
+def test_the_history_keeps_every_tick_of_half_a_day_then_one_per_ten_minutes_up_to_four_days():
+    soft = SoftSensors()
+    minute_us = 60_000_000
+    for day in range(5):
+        us = (day * 1440 + np.arange(1440)) * minute_us
+        soft.update(us, np.full(1440, 2.0), np.zeros(1440), np.full(1440, 1.6))
+    minutes = soft.history["us"] // minute_us
+    end = 5 * 1440 - 1
+    recent = minutes >= end - 720
+    assert np.array_equal(minutes[recent], np.arange(end - 720, end + 1))  # the last 12 h, every tick
+    older = minutes[~recent]
+    assert older[0] >= end - 4 * 1440 and np.all(np.diff(older) == 10)  # one per 10-minute bucket, four days
+    assert all(len(v) == len(minutes) for v in soft.history.values())
+    k_before = soft.k
+    soft.on_assay(int((end - 2 * 1440 + 3) * minute_us), 3.0, None)  # a result reported two days late
+    assert soft.k > k_before  # matched to the capacitance of its ten minutes (2.0 pF/cm, so k moves to 1.5)
