@@ -1,7 +1,8 @@
 """Per-reactor online monitoring: event-time reordering, features, detectors, alarm hysteresis -> outputs.
 
 Plain Python (the Bytewax flow only keys the stream by reactor and calls these methods), so it is tested
-without the engine. The whole object pickles: it is the flow's recovery state for one reactor.
+without the engine. The whole object pickles: held in a `MonitorState`, it is the flow's recovery state for one
+reactor.
 """
 
 from __future__ import annotations
