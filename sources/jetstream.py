@@ -10,15 +10,18 @@ stopped; a message lost in transit is redelivered after `ack_wait`. A broker out
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import json
 import logging
+import threading
+import time
 from dataclasses import dataclass
 
 import nats
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from nats.errors import ConnectionClosedError, NoServersError
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.aio.msg import Msg
+from nats.js.api import DEFAULT_PREFIX, AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from biopilot.aio import BackgroundLoop
@@ -34,6 +37,94 @@ class Message:
     stream_seq: int
 
 
+class ContinuousPull:
+    """Keeps a pull consumer's messages flowing into a local buffer, as the newer NATS clients' `consume` does
+    (nats-py has only `fetch`). Pull requests ask for up to `window` messages in all, minus what is buffered,
+    and each message is available the moment it arrives. A `fetch(8)` instead holds the messages it has until
+    its batch is full or it expires: at live rates (one ~50-tick message at a time) up to its whole timeout.
+
+    Runs on `io`'s loop; `take` is called from the dataflow thread. A request lives `expires_s`; the server ends
+    it with a 408 status that says how many of its messages it did not send. A request that never gets its
+    status (a connection lost in between) is written off a second after it should have ended, and asked again."""
+
+    def __init__(self, io: BackgroundLoop, nc: nats.NATS, api_subject: str, window: int, expires_s: float) -> None:
+        self.io, self.nc, self.api_subject = io, nc, api_subject
+        self.window, self.expires_s = window, expires_s
+        self.buffer: collections.deque = collections.deque()
+        self.ready = threading.Event()
+        self.requests: collections.deque[list] = collections.deque()  # [deadline, messages still to come], oldest first
+        self.inbox = nc.new_inbox()
+        self.sub = None
+        self.ticker: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.sub = await self.nc.subscribe(self.inbox, cb=self._on_msg, pending_bytes_limit=0, pending_msgs_limit=0)
+        self.ticker = asyncio.get_running_loop().create_task(self._tick())
+        await self._top_up()
+
+    def _outstanding(self) -> int:
+        return sum(r[1] for r in self.requests)
+
+    async def _top_up(self) -> None:
+        wanted = self.window - len(self.buffer) - self._outstanding()
+        if wanted < max(1, self.window // 2):  # ask in halves, not message by message
+            return
+        self.requests.append([time.monotonic() + self.expires_s + 1.0, wanted])
+        body = json.dumps({"batch": wanted, "expires": int(self.expires_s * 1e9)}).encode()
+        try:
+            await self.nc.publish(self.api_subject, body, reply=self.inbox)
+        except Exception as err:  # noqa: BLE001 - broker away: the ticker asks again
+            self.requests.pop()
+            log.warning("NATS pull request failed (%s); retrying", err)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is None:
+            if self.requests:
+                self.requests[0][1] -= 1
+                if self.requests[0][1] <= 0:
+                    self.requests.popleft()
+            self.buffer.append(msg)
+            self.ready.set()
+        elif status in ("408", "409"):  # a request ended (expired, or refused: then it asked for nothing)
+            if self.requests:
+                self.requests.popleft()
+            if status == "409":
+                log.warning("NATS pull request ended: %s", msg.headers.get("Description", ""))
+                await asyncio.sleep(0.1)
+        else:  # 100 heartbeats and the like
+            return
+        await self._top_up()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.expires_s / 2))
+            now = time.monotonic()
+            while self.requests and self.requests[0][0] < now:  # its end never came: written off
+                self.requests.popleft()
+            await self._top_up()
+
+    def take(self, limit: int, wait_s: float) -> list[Msg]:
+        """Up to `limit` buffered messages, waiting up to `wait_s` for the first (dataflow thread)."""
+        if not self.buffer:
+            self.ready.clear()
+            if not self.buffer:
+                self.ready.wait(wait_s)
+        out = []
+        while self.buffer and len(out) < limit:
+            out.append(self.buffer.popleft())
+        if out:
+            asyncio.run_coroutine_threadsafe(self._top_up(), self.io.loop)
+        return out
+
+    async def stop(self) -> None:
+        if self.ticker:
+            self.ticker.cancel()
+        if self.sub:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+
+
 class _Partition(StatefulSourcePartition[Message, int]):
     def __init__(self, url: str, stream: str, durable: str, subjects: list[str], batch: int, wait_s: float,
                  resume_seq: int | None) -> None:
@@ -45,11 +136,8 @@ class _Partition(StatefulSourcePartition[Message, int]):
         self.unacked: list[str] = []  # reply subjects: no payloads kept alive
         self.ack_next: list[str] = []
         self.nc = None
-        self.sub = None
+        self.pull: ContinuousPull | None = None
         self.io.run(self._connect(resume_seq))
-        # the next pull is always in flight while the flow works on the last one's messages: waiting for each
-        # round trip (8 x 1 MB at full rate) had the dataflow thread idle a fifth of the time
-        self.prefetch = self.io.submit(self._fetch())
 
     async def _connect(self, resume_seq: int | None) -> None:
         self.nc = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
@@ -77,25 +165,14 @@ class _Partition(StatefulSourcePartition[Message, int]):
                 config.opt_start_seq = start
                 await js.add_consumer(self.stream, config)
                 self.floor = start - 1
-        self.sub = await js.pull_subscribe_bind(self.durable, self.stream)
-
-    async def _fetch(self) -> list:
-        try:
-            return await self.sub.fetch(self.batch, timeout=self.wait_s)
-        except (TimeoutError, NatsTimeout):
-            return []
-        except (ConnectionClosedError, NoServersError, OSError) as err:  # broker away: try again later
-            log.warning("NATS fetch failed (%s); retrying", err)
-            await asyncio.sleep(0.2)
-            return []
-        except Exception as err:  # a flow must outlive its broker's hiccups
-            log.warning("NATS fetch error (%s: %s); retrying", err.__class__.__name__, err)
-            await asyncio.sleep(0.2)
-            return []
+        # the window: the next messages are on their way while the flow works on the last ones (waiting for
+        # each round trip, 8 x 1 MB at full rate, had the dataflow thread idle a fifth of the time)
+        self.pull = ContinuousPull(self.io, self.nc, f"{DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}",
+                                   window=2 * self.batch, expires_s=5.0)
+        await self.pull.start()
 
     def next_batch(self) -> list[Message]:
-        msgs = self.prefetch.result()
-        self.prefetch = self.io.submit(self._fetch())
+        msgs = self.pull.take(self.batch, self.wait_s)
         out = []
         for m in msgs:
             seq = m.metadata.sequence.stream
@@ -125,18 +202,18 @@ class _Partition(StatefulSourcePartition[Message, int]):
         return self.floor
 
     def close(self) -> None:
-        # a prefetched batch was never handed over nor acked: the consumer delivers it again after a restart
-        self.prefetch.cancel()
+        # buffered messages were never handed over nor acked: the consumer delivers them again after a restart
         with contextlib.suppress(Exception):
+            self.io.run(self.pull.stop(), timeout=5)
             self.io.run(self.nc.close(), timeout=5)
         self.io.close()
 
 
 class JetStreamSource(FixedPartitionedSource[Message, int]):
-    """One partition per consumer (`durable`), reading `subjects` of `stream` in batches of up to `batch`
-    messages. A message is itself a batch of ticks, so 8 is enough for throughput (8 x 10k ticks at full rate)
-    while at live rates (~50-tick messages) an alert waits for at most 7 other messages of its fetch; 32 made
-    that wait the bulk of the publish -> alert median."""
+    """One partition per consumer (`durable`), handing `subjects` of `stream` to the flow in batches of up to
+    `batch` messages as they arrive, with up to twice that many buffered or on their way. A message is itself a
+    batch of ticks, so 8 is enough for throughput (8 x 10k ticks at full rate) while at live rates (~50-tick
+    messages) a message waits for at most 7 others. `wait_s`: how long an idle `next_batch` waits for one."""
 
     def __init__(self, url: str, stream: str = "TELEMETRY", durable: str = "biopilot-monitor",
                  subjects: list[str] | None = None, batch: int = 8, wait_s: float = 0.01) -> None:

@@ -1,0 +1,75 @@
+"""The flow's JetStream source pulls continuously: every message once, in stream order, as it arrives, with a
+bounded number buffered, and pull requests renewed as they expire (real nats-server)."""
+
+from __future__ import annotations
+
+import time
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from biopilot.aio import BackgroundLoop
+from biopilot.services import ManagedServer
+from sources.jetstream import ContinuousPull
+
+
+def _pull(server: ManagedServer, window: int, expires_s: float, published: int) -> tuple[BackgroundLoop, object,
+                                                                                           ContinuousPull]:
+    io = BackgroundLoop()
+
+    async def setup() -> tuple[object, ContinuousPull]:
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        await js.add_consumer("TELEMETRY", ConsumerConfig(durable_name="test", ack_policy=AckPolicy.EXPLICIT,
+                                                          filter_subjects=["biopilot.telemetry.>"]))
+        for k in range(published):
+            await js.publish("biopilot.telemetry.r1", str(k).encode())
+        pull = ContinuousPull(io, nc, "$JS.API.CONSUMER.MSG.NEXT.TELEMETRY.test", window, expires_s)
+        await pull.start()
+        return nc, pull
+
+    nc, pull = io.run(setup(), timeout=10)
+    return io, nc, pull
+
+
+def _close(io: BackgroundLoop, nc: object, pull: ContinuousPull) -> None:
+    io.run(pull.stop(), timeout=5)
+    io.run(nc.close(), timeout=5)  # type: ignore[attr-defined]
+    io.close()
+
+
+def test_continuous_pull_hands_over_every_message_once_in_order_with_a_bounded_buffer(
+        nats_server: ManagedServer) -> None:
+    io, nc, pull = _pull(nats_server, window=8, expires_s=5.0, published=40)
+    try:
+        deadline = time.monotonic() + 5
+        while len(pull.buffer) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # more would have come by now if the window let them
+        assert len(pull.buffer) == 8
+        got = []
+        while len(got) < 40 and time.monotonic() < deadline:
+            got += [m.data.decode() for m in pull.take(3, wait_s=0.5)]
+            assert len(pull.buffer) <= 8
+        assert got == [str(k) for k in range(40)]
+        assert pull.take(3, wait_s=0.2) == []
+    finally:
+        _close(io, nc, pull)
+
+
+def test_continuous_pull_renews_its_requests_as_they_expire(nats_server: ManagedServer) -> None:
+    io, nc, pull = _pull(nats_server, window=4, expires_s=0.2, published=0)
+    try:
+        time.sleep(1.0)  # several requests expire unused meanwhile
+        assert 0 < pull._outstanding() <= 4
+        # renewed when the server ended the last one (every 0.2 s), not written off 1.2 s after it was made
+        made_s_ago = 0.2 + 1.0 - (pull.requests[0][0] - time.monotonic())
+        assert made_s_ago < 0.6
+
+        async def publish() -> None:
+            await nc.jetstream().publish("biopilot.telemetry.r1", b"late")  # type: ignore[attr-defined]
+
+        io.run(publish(), timeout=5)
+        assert [m.data for m in pull.take(4, wait_s=2.0)] == [b"late"]
+    finally:
+        _close(io, nc, pull)
