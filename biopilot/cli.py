@@ -651,8 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ticks for the naive flow, which is ~300x slower (default 20,000)")
     p.add_argument("--live-rate", type=_positive("--live-rate"), default=10_000.0,
                    help="ticks/s for the latency phase (default 10,000)")
-    p.add_argument("--live-s", type=_positive("--live-s"), default=20.0,
-                   help="seconds of the latency phase (default 20)")
+    p.add_argument("--live-s", type=_positive("--live-s"), default=60.0,
+                   help="seconds of each latency phase (default 60: ~250 alerts with the fusion, three faults "
+                        "per reactor)")
     p.add_argument("--soak-s", type=_positive("--soak-s"), default=300.0,
                    help="seconds of the memory soak at full rate (default 300)")
     p.add_argument("--detector", choices=["fusion", "zscore"], default="fusion",
