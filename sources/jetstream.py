@@ -45,7 +45,8 @@ class ContinuousPull:
 
     Runs on `io`'s loop; `take` is called from the dataflow thread. A request lives `expires_s`; the server ends
     it with a 408 status that says how many of its messages it did not send. A request that never gets its
-    status (a connection lost in between) is written off a second after it should have ended, and asked again."""
+    status is written off a second after it should have ended, and asked again; a new connection (after a
+    broker restart) asks again at once."""
 
     def __init__(self, io: BackgroundLoop, nc: nats.NATS, api_subject: str, window: int, expires_s: float) -> None:
         self.io, self.nc, self.api_subject = io, nc, api_subject
@@ -96,6 +97,11 @@ class ContinuousPull:
             return
         await self._top_up()
 
+    async def reconnected(self) -> None:
+        """A new connection: the requests the broker held for the last one may be gone with it."""
+        self.requests.clear()
+        await self._top_up()
+
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.expires_s / 2))
@@ -140,8 +146,12 @@ class _Partition(StatefulSourcePartition[Message, int]):
         self.io.run(self._connect(resume_seq))
 
     async def _connect(self, resume_seq: int | None) -> None:
+        async def reconnected() -> None:
+            if self.pull:
+                await self.pull.reconnected()
+
         self.nc = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
-                                     connect_timeout=5, pending_size=256 * 1024 * 1024)
+                                     connect_timeout=5, pending_size=256 * 1024 * 1024, reconnected_cb=reconnected)
         js = self.nc.jetstream()
         config = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT, max_ack_pending=-1,
                                 filter_subjects=self.subjects, ack_wait=60)
@@ -205,6 +215,7 @@ class _Partition(StatefulSourcePartition[Message, int]):
         # buffered messages were never handed over nor acked: the consumer delivers them again after a restart
         with contextlib.suppress(Exception):
             self.io.run(self.pull.stop(), timeout=5)
+        with contextlib.suppress(Exception):
             self.io.run(self.nc.close(), timeout=5)
         self.io.close()
 

@@ -3,14 +3,15 @@ bounded number buffered, and pull requests renewed as they expire (real nats-ser
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from biopilot.aio import BackgroundLoop
-from biopilot.services import ManagedServer
-from sources.jetstream import ContinuousPull
+from biopilot.services import ManagedServer, restart
+from sources.jetstream import ContinuousPull, JetStreamSource
 
 
 def _pull(server: ManagedServer, window: int, expires_s: float, published: int) -> tuple[BackgroundLoop, object,
@@ -73,3 +74,27 @@ def test_continuous_pull_renews_its_requests_as_they_expire(nats_server: Managed
         assert [m.data for m in pull.take(4, wait_s=2.0)] == [b"late"]
     finally:
         _close(io, nc, pull)
+
+
+def test_after_a_broker_crash_the_source_asks_again_at_once(nats_server: ManagedServer) -> None:
+    source = JetStreamSource(nats_server.url, durable="restart-test")
+    part = source.build_part("nats", "restart-test", None)
+    try:
+        nats_server.proc.kill()  # no goodbye: the pull requests it held are gone without a word
+        nats_server.proc.wait()
+        server = restart(nats_server)
+
+        async def publish() -> None:
+            nc = await nats.connect(server.url)
+            await nc.jetstream().publish("biopilot.telemetry.r1", b"after")
+            await nc.close()
+
+        asyncio.run(publish())
+        start, got = time.monotonic(), []
+        while not got and time.monotonic() - start < 10:
+            got = part.next_batch()
+        # the lost requests would be written off only 6 s after they were made, had the source not noticed
+        assert [m.data for m in got] == [b"after"]
+        assert time.monotonic() - start < 4
+    finally:
+        part.close()

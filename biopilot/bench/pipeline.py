@@ -268,7 +268,7 @@ def _live_ticks(reactors: int, per_reactor: int) -> pa.Table:
     """Twin runs (what the flow's golden-batch member expects), each with three faults (a jacket failure, a
     stuck CO2 valve, an O2 supply loss) of 4 h, the fleet's faults spread evenly over the window: each alarm
     the flow raises is timed from the publish of the tick that fired it, at independent times rather than in
-    one burst, and ~300 alerts make a p99 that is not just the second-worst alert."""
+    one burst, and ~250 (fusion) to ~525 (z-score) alerts in 60 s make a p99 that is not just the second-worst."""
     scenario = load_scenario("normal").with_overrides(days=per_reactor * 60.0 / 86400.0)
     fleet = Fleet(scenario, reactors, seed=11)
     hours = per_reactor / 60.0
