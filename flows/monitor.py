@@ -21,19 +21,10 @@ from bytewax.dataflow import Dataflow
 
 from biopilot.config import load_settings
 from detectors.monitor import MonitorConfig, monitor_step, warm_up
-from sinks.lake_sink import LakeSink
+from sinks.lake_sink import LakeSink, default_wal_dir
 from sinks.nats_sink import NatsPublishSink, alert_json
 from sources.jetstream import JetStreamSource
 from sources.telemetry import REASON_HEADER, route
-
-
-def _wal_dir(lake: str, durable: str) -> str:
-    if os.environ.get("BIOPILOT_FLOW_WAL"):
-        return os.environ["BIOPILOT_FLOW_WAL"]
-    if "://" in lake:
-        raise RuntimeError("with a recovery store and a remote lake, set BIOPILOT_FLOW_WAL to a local directory "
-                           "beside the store (the Delta sink's write-ahead log)")
-    return os.path.join(lake, ".flow-wal", durable)
 
 
 def build_flow() -> Dataflow:
@@ -44,7 +35,7 @@ def build_flow() -> Dataflow:
     config = MonitorConfig.for_detector(os.environ.get("BIOPILOT_DETECTOR", "fusion"),
                                         float(os.environ.get("BIOPILOT_LATENESS_S", "300")), snapshots_kept=recovery)
     durable = os.environ.get("BIOPILOT_FLOW_DURABLE", "biopilot-monitor")
-    wal_dir = _wal_dir(settings.lake, durable) if recovery else None
+    wal_dir = (os.environ.get("BIOPILOT_FLOW_WAL") or default_wal_dir(settings.lake, durable)) if recovery else None
     warm_up(config)
     # the modules, models and kernels loaded so far (~450k objects) never become garbage: a full collection
     # scanning them stopped the flow for ~260 ms, whenever one came; frozen, they are not scanned again

@@ -37,7 +37,9 @@ def _prepared(data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch], 
     if not isinstance(data, pa.Table | pa.RecordBatchReader):
         return pa.RecordBatchReader.from_batches(schema, iter(data))
     if isinstance(data, pa.Table):
-        return data.cast(schema) if data.num_rows else None
+        if not data.num_rows:
+            return None
+        return data if data.schema == schema else data.cast(schema)  # the flow's sink has cast its batches
     return data
 
 

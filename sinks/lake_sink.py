@@ -123,6 +123,14 @@ class WriteAheadLog:
         return path
 
 
+def default_wal_dir(lake: str, consumer: str) -> str:
+    """Where a flow's write-ahead log goes when none is set: under a local lake, one per consumer."""
+    if "://" in lake:
+        raise RuntimeError("with a recovery store and a remote lake, set BIOPILOT_FLOW_WAL to a local directory "
+                           "beside the store (the Delta sink's write-ahead log)")
+    return os.path.join(lake, ".flow-wal", consumer)
+
+
 class _Dedupe:
     def __init__(self, lake: str | Path) -> None:
         self.high: dict[str, dict[str, int]] = {name: {} for name in SEQ_KEYED}
