@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numba import njit
 
 from biopilot.events import ASSAYS, TICK_SIGNALS, TICKS
 
@@ -109,59 +110,79 @@ class Checked:
     reasons: list[str]
 
 
+_ID_COLUMNS = ("run_id", "reactor_id", "seq", "ts")
+# every reason a row can get, in the order the checks run: a row gets the first that applies
+_REASONS = ([f"{name} is missing" for name in _ID_COLUMNS]
+            + [reason for name in TICK_SIGNALS for reason in (
+                f"{name} is infinite", f"{name} outside the plausible range [{PLAUSIBLE[name][0]:g}, {PLAUSIBLE[name][1]:g}]")]
+            + ["seq is negative", "seq repeated or not increasing with ts within the run"])
+_READINGS_FROM = len(_ID_COLUMNS) + 1  # the code of the first signal's first check
+_SEQ_NEGATIVE = _READINGS_FROM + 2 * len(TICK_SIGNALS)
+
+
+@njit(cache=True, nogil=True)
+def _check_readings(x: np.ndarray, lo: float, hi: float, infinite_code: int, code: np.ndarray) -> bool:
+    """Mark the still unmarked rows whose reading is infinite (`infinite_code`) or implausible (the next code);
+    whether any reading is NaN. One pass per signal, with no copy of the column."""
+    has_nan = False
+    for i in range(x.shape[0]):
+        v = x[i]
+        if np.isnan(v):
+            has_nan = True
+        elif code[i] == 0:
+            if np.isinf(v):
+                code[i] = infinite_code
+            elif v < lo or v > hi:
+                code[i] = infinite_code + 1
+    return has_nan
+
+
 def validate_ticks(table: pa.Table) -> Checked:
     """Row checks: identity and event time present, readings finite and physically plausible, seq unique and
     increasing with event time per run within the payload. NaN readings count as missing (null)."""
     n = table.num_rows
-    code = np.zeros(n, dtype=np.int16)  # 0 = fine, k = why[k - 1]; the first failed check is the reason
-    why: list[str] = []
-
-    def reject(mask: np.ndarray, reason: str) -> None:
-        if mask.any():
-            why.append(reason)
-            code[mask & (code == 0)] = len(why)
-
-    for name in ("run_id", "reactor_id", "seq", "ts"):
+    code = np.zeros(n, dtype=np.int16)  # 0 = fine, k = _REASONS[k - 1]
+    for k, name in enumerate(_ID_COLUMNS):
         if table[name].null_count:
-            reject(table[name].is_null().to_numpy(zero_copy_only=False), f"{name} is missing")
-    # all readings at once (a live message is ~50 rows: per-column numpy calls were most of its cost)
-    X = np.column_stack([table[name].to_numpy(zero_copy_only=False) for name in TICK_SIGNALS]).astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        infinite = np.isinf(X)
-        implausible = ~np.isnan(X) & ((X < _PLAUSIBLE_LO) | (X > _PLAUSIBLE_HI))
-    if infinite.any() or implausible.any():  # name the reasons, signal by signal as listed
-        for j, name in enumerate(TICK_SIGNALS):
-            lo, hi = PLAUSIBLE[name]
-            reject(infinite[:, j], f"{name} is infinite")
-            reject(implausible[:, j], f"{name} outside the plausible range [{lo:g}, {hi:g}]")
-    columns = {name: X[:, j] for j, name in enumerate(TICK_SIGNALS)}
-    # seq is strictly increasing at the source: delivery may reorder rows, but sorted by seq a run's event
-    # times must increase too, and a seq appears once
-    def filled(col: pa.ChunkedArray, value: object) -> pa.ChunkedArray:
-        return col.fill_null(value) if col.null_count else col
-
-    seq = filled(table["seq"], -1).to_numpy()
-    ts = filled(table["ts"].cast(pa.int64()), 0).to_numpy()
-    runs = filled(table["run_id"], "").to_numpy(zero_copy_only=False)
-    reject(seq < 0, "seq is negative")
-    single_run = n == 0 or (runs == runs[0]).all()
-    order = np.arange(n) if single_run and np.all(np.diff(seq) > 0) else np.lexsort((seq, runs))
-    same_run = np.zeros(n, dtype=bool)
-    same_run[1:] = runs[order][1:] == runs[order][:-1]
-    bad_pair = np.zeros(n, dtype=bool)
-    bad_pair[1:] = same_run[1:] & ((seq[order][1:] == seq[order][:-1]) | (ts[order][1:] <= ts[order][:-1]))
-    conflict = np.zeros(n, dtype=bool)
-    conflict[order] = bad_pair
-    reject(conflict, "seq repeated or not increasing with ts within the run")
+            missing = table[name].is_null().to_numpy(zero_copy_only=False)
+            code[missing & (code == 0)] = k + 1
+    columns = {name: table[name].to_numpy(zero_copy_only=False) for name in TICK_SIGNALS}  # views, unless nulls
+    has_nan = False
+    for j, name in enumerate(TICK_SIGNALS):
+        has_nan |= _check_readings(columns[name], _PLAUSIBLE_LO[j], _PLAUSIBLE_HI[j], _READINGS_FROM + 2 * j, code)
+    seq = table["seq"].fill_null(-1).to_numpy() if table["seq"].null_count else table["seq"].to_numpy()
+    code[(seq < 0) & (code == 0)] = _SEQ_NEGATIVE
+    _check_order(table, seq, code)
     ok = code == 0
     if ok.all():
-        good = table
-        if np.isnan(X).any():
-            good = _nan_to_null(table, columns)
-        return Checked(good, table.slice(0, 0), [])
+        return Checked(_nan_to_null(table, columns) if has_nan else table, table.slice(0, 0), [])
     mask = pa.array(ok)
-    good = _nan_to_null(table.filter(mask), {k: v[ok] for k, v in columns.items()})
-    return Checked(good, table.filter(pc.invert(mask)), [why[c - 1] for c in code[~ok]])
+    good = table.filter(mask)
+    if has_nan:
+        good = _nan_to_null(good, {name: x[ok] for name, x in columns.items()})
+    return Checked(good, table.filter(pc.invert(mask)), [_REASONS[c - 1] for c in code[~ok]])
+
+
+def _check_order(table: pa.Table, seq: np.ndarray, code: np.ndarray) -> None:
+    """seq is strictly increasing at the source: delivery may reorder rows, but sorted by seq a run's event
+    times must increase too, and a seq appears once. Rows without an identity or with a negative seq are left
+    out (they are rejected already, and must not take a good neighbour with them)."""
+    usable = np.flatnonzero((code == 0) | ((code >= _READINGS_FROM) & (code < _SEQ_NEGATIVE))) if code.any() else None
+    part = table if usable is None else table.take(usable)
+    if part.num_rows < 2:
+        return
+    s = seq if usable is None else seq[usable]
+    ts = part["ts"].cast(pa.int64()).to_numpy()
+    runs = part["run_id"].combine_chunks().dictionary_encode()
+    if len(runs.dictionary) == 1 and np.all(np.diff(s) > 0):  # the common case: one run, in order
+        bad = np.flatnonzero(np.diff(ts) <= 0) + 1
+    else:
+        run = runs.indices.to_numpy()
+        order = np.lexsort((s, run))
+        run, s, ts = run[order], s[order], ts[order]
+        bad = order[np.flatnonzero((run[1:] == run[:-1]) & ((s[1:] == s[:-1]) | (ts[1:] <= ts[:-1]))) + 1]
+    rows = bad if usable is None else usable[bad]
+    code[rows[code[rows] == 0]] = _SEQ_NEGATIVE + 1
 
 
 def _nan_to_null(table: pa.Table, columns: dict[str, np.ndarray]) -> pa.Table:

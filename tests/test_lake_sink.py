@@ -1,8 +1,10 @@
 """The flow's Delta sink without the engine: an epoch's snapshot never waits for a commit; with a write-ahead
 log (a recovery store) the rows it acknowledged survive a crash and land exactly once after the restart;
-without one every row still lands; appends go through kept-open table handles."""
+without one every row still lands; rows land by age when the input pauses; appends go through kept-open table handles."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -45,7 +47,7 @@ def test_with_a_write_ahead_log_a_snapshot_does_not_wait_and_a_restart_commits_w
     part = sink.build_part("lake", "lake", None)
     part.write_batch([("ticks", ticks.slice(0, 300))])
     part.snapshot()
-    part.commits.join()  # epoch 0 is in Delta
+    part.wait_committed()  # epoch 0 is in Delta
     gate, crashed, entered = _held_writer(monkeypatch)
     part.write_batch([("ticks", ticks.slice(300, 300))])
     part.snapshot()  # returns although the writer is held: epoch 1 is only in the log
@@ -54,7 +56,7 @@ def test_with_a_write_ahead_log_a_snapshot_does_not_wait_and_a_restart_commits_w
     part.snapshot()
     crashed.set()  # the process dies before it commits epochs 1 and 2
     gate.set()
-    part.commits.join()
+    part.wait_committed()
     assert _seqs(lake) == ticks["seq"].to_pylist()[:300]
     (wal / "000000000099.tmp").write_bytes(b"torn")  # a segment the crash cut short
     monkeypatch.undo()
@@ -83,7 +85,7 @@ def test_a_failed_commit_surfaces_on_the_dataflow_thread(tmp_path, monkeypatch):
     gate.set()
     part.write_batch([("ticks", _ticks(10))])
     part.snapshot()
-    part.commits.join()
+    part.wait_committed()
     with pytest.raises(RuntimeError, match="Delta write failed"):
         part.write_batch([("ticks", _ticks(10))])
 
@@ -102,6 +104,19 @@ def test_without_a_recovery_store_a_snapshot_hands_rows_over_without_waiting(tmp
     gate.set()
     part.close()
     assert sorted(delta.read(lake, "ticks", columns=["seq"])["seq"].to_pylist()) == ticks["seq"].to_pylist()
+
+
+def test_rows_land_by_age_when_the_input_pauses(tmp_path):
+    # no more rows and no epoch's end: the age limit alone must bring them to Delta
+    lake = str(tmp_path / "lake")
+    part = LakeSink(lake, max_rows=10_000, max_age_s=0.2).build_part("lake", "lake", None)
+    part.write_batch([("ticks", _ticks(10))])
+    deadline = time.monotonic() + 10
+    while delta.open_table(lake, "ticks") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert delta.open_table(lake, "ticks") is not None, "the rows waited for more input"
+    assert len(_seqs(lake)) == 10
+    part.close()
 
 
 def test_an_appender_commits_through_its_open_handle_between_other_writers_commits(tmp_path):
