@@ -17,19 +17,18 @@ dataflow thread up ~60 ms at each epoch's end, alerts included; carrying the row
 process leaves them in the page cache, and against a power cut the stack is no stronger than its broker,
 whose JetStream file store syncs every two minutes by default (an fsync each epoch cost 6-15 ms).
 Without a recovery store (`wal_dir=None`) nothing keeps a snapshot and delivery around a crash is best effort:
-the snapshot only hands the buffer to the writer, whose bounded queue (two micro-batches) keeps the commits
-close behind.
+the snapshot only hands the buffer to the writer; at most two sealed micro-batches wait for it (the dataflow
+thread waits beyond that), which keeps the commits close behind.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import struct
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -189,9 +188,14 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
             for batch in self.wal.leftovers():  # what the last process had acknowledged but not committed
                 self._commit(batch)
         # batch assembly, de-duplication and commits run on a writer thread (Arrow and the Delta writer release
-        # the GIL), so the dataflow thread only hands tables over and keeps scoring and alerting; the small
-        # queue is the back-pressure
-        self.commits: queue.Queue[_Batch | None] = queue.Queue(maxsize=2)
+        # the GIL), so the dataflow thread only hands tables over and keeps scoring and alerting. The writer also
+        # keeps the age limit: when the input pauses (a run ends, a replay is paused) the last rows land
+        # `max_age_s` later rather than at the end of the epoch, up to 5 s on. At most two sealed batches wait:
+        # the back-pressure. One condition guards the buffers, the log's open segment and the sealed batches.
+        self.changed = threading.Condition()
+        self.sealed: deque[_Batch] = deque()
+        self.committing = False
+        self.closing = False
         self.failure: BaseException | None = None
         self.writer = threading.Thread(target=self._write_loop, name="biopilot-delta-writer", daemon=True)
         self.writer.start()
@@ -206,54 +210,89 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
         if batch.segment is not None:
             batch.segment.unlink()
 
+    def _next_batch(self) -> _Batch | None:
+        """The oldest sealed batch, sealing the buffers once their oldest row is `max_age_s` old; None at the
+        close (writer thread, with the condition held)."""
+        while True:
+            if self.sealed:
+                self.changed.notify_all()  # room for the dataflow thread
+                return self.sealed.popleft()
+            if self.closing:
+                return None
+            if self.oldest is None:
+                self.changed.wait()
+                continue
+            due = self.oldest + self.max_age_s - time.monotonic()
+            if due <= 0:
+                self._seal()
+            else:
+                self.changed.wait(due)
+
     def _write_loop(self) -> None:
         while True:
-            batch = self.commits.get()
-            try:
+            with self.changed:
+                batch = self._next_batch()
                 if batch is None:
                     return
+                self.committing = True
+            try:
                 if self.failure is None:  # after a failure the segments stay for the next process
                     self._commit(batch)
             except BaseException as err:  # surfaced on the dataflow's thread at the next call
                 self.failure = err
             finally:
-                self.commits.task_done()
+                with self.changed:
+                    self.committing = False
+                    self.changed.notify_all()
 
     def _check(self) -> None:
         if self.failure is not None:
             raise RuntimeError(f"Delta write failed: {self.failure}") from self.failure
 
-    def write_batch(self, values: list[tuple[str, pa.Table]]) -> None:
-        self._check()
-        for name, table in values:
-            self.buffers[name].append(table)
-            self.rows[name] += table.num_rows
-            if self.wal is not None:
-                self.wal.append(name, table)
-        if self.oldest is None and values:
-            self.oldest = time.monotonic()
-        if any(n >= self.max_rows for n in self.rows.values()) or (
-                self.oldest is not None and time.monotonic() - self.oldest >= self.max_age_s):
-            self.flush()
-
-    def flush(self) -> None:
+    def _seal(self) -> None:
+        """Hand the buffered rows to the writer (with the condition held)."""
         if self.buffers:
-            self.commits.put(_Batch(dict(self.buffers), None if self.wal is None else self.wal.seal()))
+            self.sealed.append(_Batch(dict(self.buffers), None if self.wal is None else self.wal.seal()))
+            self.changed.notify_all()
         self.buffers = defaultdict(list)
         self.rows.clear()
         self.oldest = None
 
+    def write_batch(self, values: list[tuple[str, pa.Table]]) -> None:
+        self._check()
+        with self.changed:
+            for name, table in values:
+                self.buffers[name].append(table)
+                self.rows[name] += table.num_rows
+                if self.wal is not None:
+                    self.wal.append(name, table)
+            if self.oldest is None and values:
+                self.oldest = time.monotonic()
+                self.changed.notify_all()  # the writer's age clock starts
+            if any(n >= self.max_rows for n in self.rows.values()):
+                self._seal()
+                self.changed.wait_for(lambda: len(self.sealed) <= 2 or self.failure is not None)
+
     def snapshot(self) -> None:
         """End of an epoch: every row handed over so far is on its way to Delta, and with a write-ahead log it is
         in a sealed segment, so it survives a crash of the process."""
-        self.flush()
+        with self.changed:
+            self._seal()
         self._check()
 
+    def wait_committed(self) -> None:
+        """Until every sealed batch is in Delta (or failed)."""
+        with self.changed:
+            self.changed.wait_for(lambda: not self.sealed and not self.committing)
+
     def close(self) -> None:
-        self.flush()
-        self.commits.join()
+        with self.changed:
+            self._seal()
+        self.wait_committed()
         self._check()
-        self.commits.put(None)
+        with self.changed:
+            self.closing = True
+            self.changed.notify_all()
         self.writer.join(30)
 
 
