@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import detectors  # noqa: F401 - registers every detector
-from biopilot.codec import PLAUSIBLE
+from biopilot.codec import PLAUSIBLE, validate_ticks
 from biopilot.events import ALERTS, LATE_TICKS, SCORES, TICK_SIGNALS, TICKS
 from biopilot.eventtime import ReorderBuffer
 from detectors.alarm import MemberAlarms
@@ -221,15 +221,15 @@ def _late_rows(late: pa.Table, watermark_us: int) -> pa.Table:
 
 
 def warm_up(config: MonitorConfig) -> Outputs:
-    """Score a few synthetic ticks, so that the models, the compiled kernels and their imports load now (a few
-    seconds), not on the first real tick."""
+    """Validate and score a few synthetic ticks, so that the models, the compiled kernels and their imports
+    load now (a few seconds), not on the first real tick."""
     n = 10
     start_us = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1e6)
     ts = pa.array(start_us + 60_000_000 * np.arange(n), pa.int64()).cast(TICKS.field("ts").type)
     readings = {name: [min(max(PLAUSIBLE[name][0], 1.0), PLAUSIBLE[name][1])] * n for name in TICK_SIGNALS}
     ticks = pa.table({"run_id": ["warm-up"] * n, "reactor_id": ["warm-up"] * n, "seq": np.arange(n), "ts": ts,
                       **readings}, schema=TICKS)
-    return ReactorMonitor("warm-up", config).on_ticks(ticks)
+    return ReactorMonitor("warm-up", config).on_ticks(validate_ticks(ticks).good)
 
 
 class MonitorState:

@@ -3,7 +3,7 @@
 Thin wiring only; the logic lives in `sources.telemetry` (routing, validation) and `detectors.monitor`.
 Run it with `python -m bytewax.run "flows.monitor:build_flow()" -r RECOVERY_DIR -s 5 -b 30` (as `start_flow` does).
 Settings from the environment: BIOPILOT_NATS_URL (required), BIOPILOT_LAKE, BIOPILOT_LATENESS_S (300),
-BIOPILOT_DETECTOR (fusion, the default, | zscore), BIOPILOT_FLOW_DURABLE (consumer name), BIOPILOT_FLUSH_ROWS (50000),
+BIOPILOT_DETECTOR (fusion, the default, | zscore), BIOPILOT_FLOW_DURABLE (consumer name), BIOPILOT_FLUSH_ROWS (250000),
 BIOPILOT_FLUSH_S (1), BIOPILOT_FLOW_RECOVERY (1, the default: the run has a recovery store `-r`; 0: it has none,
 so nothing keeps a snapshot: the monitors are not copied at each epoch and the Delta sink keeps no write-ahead
 log), BIOPILOT_FLOW_WAL (the Delta sink's write-ahead log with a recovery store: a local directory beside the
@@ -21,7 +21,7 @@ from bytewax.dataflow import Dataflow
 
 from biopilot.config import load_settings
 from detectors.monitor import MonitorConfig, monitor_step, warm_up
-from sinks.lake_sink import LakeSink, default_wal_dir
+from sinks.lake_sink import MAX_ROWS, LakeSink, default_wal_dir
 from sinks.nats_sink import NatsPublishSink, alert_json
 from sources.jetstream import JetStreamSource
 from sources.telemetry import REASON_HEADER, route
@@ -51,7 +51,7 @@ def build_flow() -> Dataflow:
     tables = op.flat_map("tables", outputs, lambda kv: list(kv[1].tables.items()))
     dead_rows = op.map("dead_rows", dead, lambda t: ("deadletter", t))
     lake_items = op.key_on("to_lake", op.merge("lake_rows", tables, dead_rows), lambda _: "lake")
-    op.output("lake", lake_items, LakeSink(settings.lake, int(os.environ.get("BIOPILOT_FLUSH_ROWS", "50000")),
+    op.output("lake", lake_items, LakeSink(settings.lake, int(os.environ.get("BIOPILOT_FLUSH_ROWS", str(MAX_ROWS))),
                                            float(os.environ.get("BIOPILOT_FLUSH_S", "1")),
                                            wal_dir=wal_dir))
     alerts = op.flat_map("alerts", outputs, lambda kv: [

@@ -43,6 +43,9 @@ from biopilot.events import SCHEMAS
 from sinks import delta
 
 SEQ_KEYED = ("ticks", "scores")
+# a micro-batch's rows: a Delta commit costs ~8 ms of CPU whatever its size, and encoding 250k rows costs ~35 %
+# less per row than 5 x 50k; at live rates the age limit (1 s, ~10k rows) closes the batches long before
+MAX_ROWS = 250_000
 
 Parts = dict[str, list[pa.Table]]
 log = logging.getLogger(__name__)
@@ -300,7 +303,7 @@ class LakeSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
     """`wal_dir`: where the write-ahead log lives; give one (beside the store) whenever the flow runs with a
     recovery store, or rows in flight at a crash are lost."""
 
-    def __init__(self, lake: str | Path, max_rows: int = 50_000, max_age_s: float = 1.0,
+    def __init__(self, lake: str | Path, max_rows: int = MAX_ROWS, max_age_s: float = 1.0,
                  wal_dir: str | Path | None = None) -> None:
         self.lake, self.max_rows, self.max_age_s, self.wal_dir = str(lake), max_rows, max_age_s, wal_dir
 
