@@ -71,15 +71,17 @@ def features(ticks: pa.Table, last_totals: np.ndarray) -> np.ndarray:
     """Detector inputs [n, 12]: the level signals and per-tick increments of the base and feed totalisers."""
     n = ticks.num_rows
     X = np.empty((n, len(DETECTOR_SIGNALS)))
+    if n == 0:
+        return X
     for j, name in enumerate(DETECTOR_SIGNALS):
         if name.endswith("_per_tick"):
-            total = ticks[name.removesuffix("_per_tick")].to_numpy(zero_copy_only=False).astype(np.float64)
+            total = ticks[name.removesuffix("_per_tick")].to_numpy(zero_copy_only=False)
             k = 0 if name.startswith("base") else 1
-            X[:, j] = np.diff(total, prepend=last_totals[k] if n else 0.0)
-            if n:
-                last_totals[k] = total[-1]
+            X[0, j] = total[0] - last_totals[k]
+            np.subtract(total[1:], total[:-1], out=X[1:, j])
+            last_totals[k] = total[-1]
         else:
-            X[:, j] = ticks[name].to_numpy(zero_copy_only=False).astype(np.float64)
+            X[:, j] = ticks[name].to_numpy(zero_copy_only=False)
     return X
 
 
