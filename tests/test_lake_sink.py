@@ -1,6 +1,6 @@
 """The flow's Delta sink without the engine: an epoch's snapshot never waits for a commit; with a write-ahead
 log (a recovery store) the rows it acknowledged survive a crash and land exactly once after the restart;
-without one every row still lands; rows land by age when the input pauses; appends go through kept-open table handles."""
+without one every row still lands; rows land by age when the input pauses; appends go through kept-open table handles and keep the Delta log bounded."""
 
 from __future__ import annotations
 
@@ -130,3 +130,18 @@ def test_an_appender_commits_through_its_open_handle_between_other_writers_commi
     appender.append("ticks", ticks.slice(0, 0), TICKS)  # nothing to write: no commit
     assert sorted(delta.read(lake, "ticks", columns=["seq"])["seq"].to_pylist()) == ticks["seq"].to_pylist()
     assert delta.open_table(lake, "ticks").version() == 3
+
+
+def test_the_delta_log_stays_bounded_and_an_older_table_gets_the_retention(tmp_path, monkeypatch):
+    # every commit lists the whole log, so it must not grow for good; a zero retention makes the checkpoints'
+    # clean-up visible at once (the real one is 10 minutes)
+    monkeypatch.setattr(delta, "LOG_RETENTION", {"delta.logRetentionDuration": "interval 0 seconds"})
+    lake = str(tmp_path / "lake")
+    ticks = _ticks(1)
+    delta.write_deltalake(delta.table_uri(lake, "ticks"), ticks, mode="append")  # created without the property
+    appender = delta.Appender(lake)
+    for _ in range(2 * delta.CHECKPOINT_INTERVAL + 10):
+        appender.append("ticks", ticks, TICKS)
+    log = list((tmp_path / "lake" / "ticks" / "_delta_log").glob("*.json"))
+    assert len(log) <= delta.CHECKPOINT_INTERVAL
+    assert delta.read(lake, "ticks").num_rows == 2 * delta.CHECKPOINT_INTERVAL + 11
