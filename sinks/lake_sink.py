@@ -274,6 +274,7 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
                 self.changed.notify_all()  # the writer's age clock starts
             if any(n >= self.max_rows for n in self.rows.values()):
                 self._seal()
+            if len(self.sealed) > 2:  # the writer is behind (batches sealed by size, age or epoch): wait for it
                 self.changed.wait_for(lambda: len(self.sealed) <= 2 or self.failure is not None)
 
     def snapshot(self) -> None:

@@ -107,6 +107,29 @@ def test_without_a_recovery_store_a_snapshot_hands_rows_over_without_waiting(tmp
     assert sorted(delta.read(lake, "ticks", columns=["seq"])["seq"].to_pylist()) == ticks["seq"].to_pylist()
 
 
+def test_a_writer_that_falls_behind_holds_the_dataflow_up(tmp_path, monkeypatch):
+    # batches sealed at each epoch's end must not pile up in memory while Delta is slow
+    lake = str(tmp_path / "lake")
+    ticks = _ticks(500)
+    part = LakeSink(lake, max_rows=10_000, max_age_s=3600).build_part("lake", "lake", None)
+    gate, _, entered = _held_writer(monkeypatch)
+    for k in range(4):  # one in the writer's hands, two waiting, one more sealed
+        part.write_batch([("ticks", ticks.slice(100 * k, 100))])
+        part.snapshot()
+        if k == 0:
+            assert entered.wait(10)
+    returned = lake_sink.threading.Event()
+    waiter = lake_sink.threading.Thread(target=lambda: (part.write_batch([("ticks", ticks.slice(400))]),
+                                                        returned.set()))
+    waiter.start()
+    assert not returned.wait(0.5), "the dataflow went on although three batches were waiting"
+    gate.set()
+    assert returned.wait(10)
+    waiter.join()
+    part.close()
+    assert _seqs(lake) == ticks["seq"].to_pylist()
+
+
 def test_rows_land_by_age_when_the_input_pauses(tmp_path):
     # no more rows and no epoch's end: the age limit alone must bring them to Delta
     lake = str(tmp_path / "lake")
