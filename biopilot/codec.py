@@ -113,8 +113,8 @@ class Checked:
 _ID_COLUMNS = ("run_id", "reactor_id", "seq", "ts")
 # every reason a row can get, in the order the checks run: a row gets the first that applies
 _REASONS = ([f"{name} is missing" for name in _ID_COLUMNS]
-            + [reason for name in TICK_SIGNALS for reason in (
-                f"{name} is infinite", f"{name} outside the plausible range [{PLAUSIBLE[name][0]:g}, {PLAUSIBLE[name][1]:g}]")]
+            + [reason for name, (lo, hi) in ((n, PLAUSIBLE[n]) for n in TICK_SIGNALS)
+               for reason in (f"{name} is infinite", f"{name} outside the plausible range [{lo:g}, {hi:g}]")]
             + ["seq is negative", "seq repeated or not increasing with ts within the run"])
 _READINGS_FROM = len(_ID_COLUMNS) + 1  # the code of the first signal's first check
 _SEQ_NEGATIVE = _READINGS_FROM + 2 * len(TICK_SIGNALS)
@@ -149,7 +149,8 @@ def validate_ticks(table: pa.Table) -> Checked:
     columns = {name: table[name].to_numpy(zero_copy_only=False) for name in TICK_SIGNALS}  # views, unless nulls
     has_nan = False
     for j, name in enumerate(TICK_SIGNALS):
-        has_nan |= _check_readings(columns[name], _PLAUSIBLE_LO[j], _PLAUSIBLE_HI[j], _READINGS_FROM + 2 * j, code)
+        first_code = _READINGS_FROM + 2 * j
+        has_nan |= _check_readings(columns[name], _PLAUSIBLE_LO[j], _PLAUSIBLE_HI[j], first_code, code)
     seq = table["seq"].fill_null(-1).to_numpy() if table["seq"].null_count else table["seq"].to_numpy()
     code[(seq < 0) & (code == 0)] = _SEQ_NEGATIVE
     _check_order(table, seq, code)
@@ -167,7 +168,10 @@ def _check_order(table: pa.Table, seq: np.ndarray, code: np.ndarray) -> None:
     """seq is strictly increasing at the source: delivery may reorder rows, but sorted by seq a run's event
     times must increase too, and a seq appears once. Rows without an identity or with a negative seq are left
     out (they are rejected already, and must not take a good neighbour with them)."""
-    usable = np.flatnonzero((code == 0) | ((code >= _READINGS_FROM) & (code < _SEQ_NEGATIVE))) if code.any() else None
+    if code.any():
+        usable = np.flatnonzero((code == 0) | ((code >= _READINGS_FROM) & (code < _SEQ_NEGATIVE)))
+    else:
+        usable = None
     part = table if usable is None else table.take(usable)
     if part.num_rows < 2:
         return

@@ -51,9 +51,9 @@ def build_flow() -> Dataflow:
     tables = op.flat_map("tables", outputs, lambda kv: list(kv[1].tables.items()))
     dead_rows = op.map("dead_rows", dead, lambda t: ("deadletter", t))
     lake_items = op.key_on("to_lake", op.merge("lake_rows", tables, dead_rows), lambda _: "lake")
-    op.output("lake", lake_items, LakeSink(settings.lake, int(os.environ.get("BIOPILOT_FLUSH_ROWS", str(MAX_ROWS))),
-                                           float(os.environ.get("BIOPILOT_FLUSH_S", "1")),
-                                           wal_dir=wal_dir))
+    max_rows = int(os.environ.get("BIOPILOT_FLUSH_ROWS", str(MAX_ROWS)))
+    max_age_s = float(os.environ.get("BIOPILOT_FLUSH_S", "1"))
+    op.output("lake", lake_items, LakeSink(settings.lake, max_rows, max_age_s, wal_dir=wal_dir))
     alerts = op.flat_map("alerts", outputs, lambda kv: [
         (f"biopilot.alerts.{a['reactor_id']}", alert_json(a), {"Nats-Msg-Id": a["alert_id"]}) for a in kv[1].alerts]
         + [(f"biopilot.alerts.{c['reactor_id']}", alert_json(c), {"Nats-Msg-Id": f"clear-{c['alert_id']}"})

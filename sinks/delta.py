@@ -56,7 +56,8 @@ def append(lake: str | Path, name: str, data: pa.Table | pa.RecordBatchReader | 
         return
     if "://" not in str(lake):
         Path(lake).mkdir(parents=True, exist_ok=True)
-    write_deltalake(table_uri(lake, name), data, mode="append", writer_properties=WRITER, configuration=LOG_RETENTION)
+    write_deltalake(table_uri(lake, name), data, mode="append", writer_properties=WRITER,
+                    configuration=LOG_RETENTION)
 
 
 class Appender:

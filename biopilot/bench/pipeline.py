@@ -1,8 +1,8 @@
 """`biopilot bench pipeline`: throughput and latency of the streaming path, each beside its baselines.
 
 Throughput (ticks/s in steady state, from each table's own commit log: see `steady_rate`; the drain rate, all
-rows over the time from the first delivery to the last commit, is reported beside it) for: (a) the floor, a bare NATS -> Delta copy with no engine and no detectors; (b) our flow
-(`flows.monitor` with `--detector`: the calibrated fusion by default, or the z-score alone; alarms;
+rows over the time from the first delivery to the last commit, is reported beside it) for: (a) the floor, a
+bare NATS -> Delta copy with no engine and no detectors; (b) our flow (`flows.monitor` with `--detector`: the calibrated fusion by default, or the z-score alone; alarms;
 idempotent Delta sink); (c) the naive baseline (`flows.naive`: one JSON message per tick, per-event
 operators, River HalfSpaceTrees per event). The data is published to JetStream before each consumer starts,
 so the publisher is not what is measured.
@@ -433,7 +433,8 @@ def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10
             pct(commit_lat, 50), pct(commit_lat, 99), pct(alert_lat, 50), pct(alert_lat, 99), len(alert_lat),
             pct(first_lat, 50), pct(first_lat, 99), len(first_lat),
             pct(burst_lat, 50), pct(burst_lat, 99), len(burst_lat), pct(recovery_lat, 50), pct(recovery_lat, 99),
-            max(rss) if rss else float("nan"), soak_s, rss, soak_rate, detector, floor_drain, ours_drain, naive_drain)
+            max(rss) if rss else float("nan"), soak_s, rss, soak_rate, detector,
+            floor_drain, ours_drain, naive_drain)
     finally:
         if server:
             server.stop()
