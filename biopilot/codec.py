@@ -111,11 +111,18 @@ class Checked:
 
 
 _ID_COLUMNS = ("run_id", "reactor_id", "seq", "ts")
-# every reason a row can get, in the order the checks run: a row gets the first that applies
-_REASONS = ([f"{name} is missing" for name in _ID_COLUMNS]
-            + [reason for name, (lo, hi) in ((n, PLAUSIBLE[n]) for n in TICK_SIGNALS)
-               for reason in (f"{name} is infinite", f"{name} outside the plausible range [{lo:g}, {hi:g}]")]
-            + ["seq is negative", "seq repeated or not increasing with ts within the run"])
+
+
+def _reasons() -> list[str]:
+    """Every reason a row can get, in the order the checks run: a row gets the first that applies."""
+    reasons = [f"{name} is missing" for name in _ID_COLUMNS]
+    for name in TICK_SIGNALS:
+        lo, hi = PLAUSIBLE[name]
+        reasons += [f"{name} is infinite", f"{name} outside the plausible range [{lo:g}, {hi:g}]"]
+    return reasons + ["seq is negative", "seq repeated or not increasing with ts within the run"]
+
+
+_REASONS = _reasons()
 _READINGS_FROM = len(_ID_COLUMNS) + 1  # the code of the first signal's first check
 _SEQ_NEGATIVE = _READINGS_FROM + 2 * len(TICK_SIGNALS)
 

@@ -103,24 +103,21 @@ class ReorderBuffer:
 
     # ---- internals ----------------------------------------------------------------------------------------
     def _pending_max_seq(self, run: str) -> int:
+        return self._pending_seq_index().get(run, -1)
+
+    def _pending_seq_index(self) -> dict[str, int]:
         if self.pending is None:
-            return -1
+            return {}
         if self.pending_seq_max is None:
-            agg = self.pending.group_by("run_id").aggregate([("seq", "max")])
-            self.pending_seq_max = dict(zip(agg["run_id"].to_pylist(), agg["seq_max"].to_pylist(), strict=True))
-        return self.pending_seq_max.get(run, -1)
+            self.pending_seq_max = _seq_max_by_run(self.pending)
+        return self.pending_seq_max
 
     def _append_pending(self, ticks: pa.Table, ts: np.ndarray, sorted_after: bool,
                         seq_max: dict[str, int] | None = None) -> None:
         """Add rows to the pending ones; `seq_max`: their highest seq per run, if the caller knows it."""
-        if seq_max is None:
-            agg = ticks.group_by("run_id").aggregate([("seq", "max")])
-            seq_max = dict(zip(agg["run_id"].to_pylist(), agg["seq_max"].to_pylist(), strict=True))
-        known = {} if self.pending is None else self.pending_seq_max
-        if known is None:
-            self._pending_max_seq("")  # worked out before the new rows join
-            known = self.pending_seq_max
-        self.pending_seq_max = {**known, **{r: max(known.get(r, -1), s) for r, s in seq_max.items()}}
+        known = self._pending_seq_index()  # before the new rows join
+        new = _seq_max_by_run(ticks) if seq_max is None else seq_max
+        self.pending_seq_max = {**known, **{r: max(known.get(r, -1), s) for r, s in new.items()}}
         if self.pending is None:
             table, all_ts = ticks, ts
         else:
@@ -160,6 +157,11 @@ class ReorderBuffer:
                 if missing.size:
                     self.gaps.setdefault(run, set()).update(missing.tolist())
             self.last_seq[run] = top
+
+
+def _seq_max_by_run(ticks: pa.Table) -> dict[str, int]:
+    agg = ticks.group_by("run_id").aggregate([("seq", "max")])
+    return dict(zip(agg["run_id"].to_pylist(), agg["seq_max"].to_pylist(), strict=True))
 
 
 def _repeats(runs: np.ndarray, seq: np.ndarray) -> np.ndarray:

@@ -120,7 +120,7 @@ class ContinuousPull:
         while self.buffer and len(out) < limit:
             out.append(self.buffer.popleft())
         if out:
-            asyncio.run_coroutine_threadsafe(self._top_up(), self.io.loop)
+            self.io.submit(self._top_up())
         return out
 
     async def stop(self) -> None:
