@@ -21,10 +21,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 HISTORY_US = 4 * 86_400_000_000  # enough to find the sample time of a result reported up to days later
 EXACT_US = 12 * 3_600_000_000  # every tick for this long (lab delays are hours); older, one tick per bucket
 BUCKET_US = 600_000_000
+
+
+@njit(cache=True, nogil=True)
+def _integrate(ts_us: np.ndarray, capacitance: np.ndarray, feed_ml: np.ndarray, volume_l: np.ndarray, k: float,
+               feed_glucose_g_l: float, last_us: int, last_vcd: float, integral0: float, fed0: float,
+               vcd: np.ndarray, integral: np.ndarray, fed: np.ndarray) -> None:
+    """Per tick, in one pass: VCD = k x capacitance (a missing reading carries the last estimate forward), the
+    running integral of VCD dt (h) and the running glucose the feed brought (g/L; none without a volume)."""
+    v, acc, brought, prev_us = last_vcd, 0.0, 0.0, last_us
+    for i in range(ts_us.shape[0]):
+        if not np.isnan(capacitance[i]):
+            v = max(k * capacitance[i], 0.0)
+        vcd[i] = v
+        acc += v * ((ts_us[i] - prev_us) / 3.6e9)
+        prev_us = ts_us[i]
+        integral[i] = integral0 + acc  # the batch's sum, then the carried total: as a cumsum rounds
+        if volume_l[i] > 0 and not np.isnan(feed_ml[i]):
+            brought += feed_ml[i] * feed_glucose_g_l / (volume_l[i] * 1000.0)
+        fed[i] = fed0 + brought
 
 
 @dataclass
@@ -55,18 +75,13 @@ class SoftSensors:
         if n == 0:
             return np.zeros(0), np.zeros(0)
         ts_us = np.asarray(ts_us, dtype=np.int64)
+        capacitance = np.asarray(capacitance, dtype=np.float64)
         if self.anchor_us is None:
             self.anchor_us, self.anchor_glucose = int(ts_us[0]), self.initial_glucose_g_l
-        # VCD: k x capacitance, a missing reading carries the last estimate forward
-        raw = np.maximum(self.k * np.asarray(capacitance, dtype=np.float64), 0.0)
-        idx = np.where(np.isnan(raw), -1, np.arange(n))
-        np.maximum.accumulate(idx, out=idx)
-        vcd = np.where(idx >= 0, raw[np.maximum(idx, 0)], self.last_vcd)
-        dt_h = np.diff(ts_us, prepend=self.last_us if self.last_us is not None else ts_us[0]) / 3.6e9
-        integral = self.integral + np.cumsum(vcd * dt_h)
-        volume = np.asarray(volume_l, dtype=np.float64)
-        added = np.where(volume > 0, np.nan_to_num(feed_ml) * self.feed_glucose_g_l / (volume * 1000.0), 0.0)
-        fed = self.fed + np.cumsum(np.nan_to_num(added))
+        vcd, integral, fed = np.empty(n), np.empty(n), np.empty(n)
+        _integrate(ts_us, capacitance, np.asarray(feed_ml, dtype=np.float64), np.asarray(volume_l, dtype=np.float64),
+                   self.k, self.feed_glucose_g_l, self.last_us if self.last_us is not None else int(ts_us[0]),
+                   self.last_vcd, self.integral, self.fed, vcd, integral, fed)
         self.last_vcd, self.integral, self.fed, self.last_us = float(vcd[-1]), float(integral[-1]), float(fed[-1]), \
             int(ts_us[-1])
         self._remember(ts_us, capacitance, integral, fed)

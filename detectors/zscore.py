@@ -34,9 +34,10 @@ class ZScoreState:
 
 @njit(cache=True, nogil=True)
 def _ewma_z(X: np.ndarray, mean: np.ndarray, var: np.ndarray, count: np.ndarray, alpha: float, warmup: int,
-            min_rel_sd: float, clip: float, z: np.ndarray) -> None:
+            min_rel_sd: float, clip: float, z: np.ndarray, score: np.ndarray) -> None:
     n, m = X.shape
     for i in range(n):
+        top = 0.0
         for j in range(m):
             x = X[i, j]
             if np.isnan(x):
@@ -47,6 +48,7 @@ def _ewma_z(X: np.ndarray, mean: np.ndarray, var: np.ndarray, count: np.ndarray,
                 var[j] = 0.0
             sd = max(np.sqrt(var[j]), min_rel_sd * abs(mean[j]), 1e-3)
             z[i, j] = (x - mean[j]) / sd if count[j] >= warmup else 0.0
+            top = max(top, abs(z[i, j]))
             # learn robustly: an outlier moves the estimates by at most `clip` sd, so a fault keeps scoring;
             # a plain running mean/variance until the EWMA's memory is filled (no cold-start bias)
             a = max(alpha, 1.0 / (count[j] + 1.0))
@@ -54,6 +56,7 @@ def _ewma_z(X: np.ndarray, mean: np.ndarray, var: np.ndarray, count: np.ndarray,
             mean[j] += a * d
             var[j] = (1.0 - a) * (var[j] + a * d * d)
             count[j] += 1
+        score[i] = top
 
 
 @register("zscore")
@@ -79,9 +82,10 @@ class ZScore:
                            ) -> tuple[ZScoreState, np.ndarray, np.ndarray]:
         """Also returns the per-signal z (the contributions)."""
         X = np.ascontiguousarray(X, dtype=np.float64)
-        z = np.empty_like(X)
-        _ewma_z(X, state.mean, state.var, state.count, self.alpha, self.warmup, self.min_rel_sd, self.clip, z)
-        return state, (np.abs(z).max(axis=1) if X.shape[1] else np.zeros(len(X))), z
+        z, scores = np.empty_like(X), np.empty(len(X))
+        _ewma_z(X, state.mean, state.var, state.count, self.alpha, self.warmup, self.min_rel_sd, self.clip, z,
+                scores)
+        return state, scores, z
 
     def score_learn(self, state: ZScoreState, ts: np.ndarray, X: np.ndarray) -> tuple[ZScoreState, np.ndarray]:
         state, scores, _ = self.score_learn_detail(state, ts, X)
