@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -121,3 +122,17 @@ def to_table(rows: Iterable[Mapping | object], schema: pa.Schema) -> pa.Table:
     dicts = [r if isinstance(r, Mapping) else vars(r) for r in rows]
     return pa.Table.from_pylist(dicts, schema=schema)
 
+
+
+def distinct(column: pa.ChunkedArray | pa.Array) -> list:
+    """A column's distinct values in order of first appearance. The rows of a message or a release nearly
+    always share one run and one reactor: comparing every value with the first costs a third of hashing them.
+
+    >>> distinct(pa.array(["run-1", "run-1"])), distinct(pa.array(["run-1", "run-2", "run-1"]))
+    (['run-1'], ['run-1', 'run-2'])
+    """
+    if len(column) and not column.null_count:
+        first = column[0]
+        if pc.all(pc.equal(column, first)).as_py():
+            return [first.as_py()]
+    return pc.unique(column).to_pylist()

@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from biopilot.events import distinct
+
 NEVER = np.iinfo(np.int64).min // 2
 
 
@@ -56,7 +58,7 @@ class ReorderBuffer:
             return Released(None, None, 0, self.watermark_us)
         ts = ticks["ts"].cast(pa.int64()).to_numpy()
         seq = ticks["seq"].to_numpy()
-        run_ids = pc.unique(ticks["run_id"]).to_pylist()
+        run_ids = distinct(ticks["run_id"])
         in_order = bool(np.all(np.diff(ts) > 0)) if n > 1 else True
         fresh = len(run_ids) == 1 and seq.min() > max(self.last_seq.get(run_ids[0], -1), self._pending_max_seq(
             run_ids[0]))
@@ -143,7 +145,7 @@ class ReorderBuffer:
         return out
 
     def _note_released(self, out: pa.Table) -> None:
-        runs = pc.unique(out["run_id"]).to_pylist()
+        runs = distinct(out["run_id"])
         for run in runs:
             seqs = (out if len(runs) == 1 else out.filter(pc.equal(out["run_id"], run)))["seq"].to_numpy()
             high = self.last_seq.get(run)

@@ -18,13 +18,14 @@ import pyarrow.compute as pc
 
 import detectors  # noqa: F401 - registers every detector
 from biopilot.codec import PLAUSIBLE, validate_ticks
-from biopilot.events import ALERTS, LATE_TICKS, SCORES, TICK_SIGNALS, TICKS
+from biopilot.events import ALERTS, LATE_TICKS, SCORES, TICK_SIGNALS, TICKS, distinct
 from biopilot.eventtime import ReorderBuffer
 from detectors.alarm import MemberAlarms
 from detectors.base import DETECTOR_SIGNALS, make_detector
 from detectors.soft_sensors import SoftSensors
 
 FEED = DETECTOR_SIGNALS.index("feed_ml_per_tick")
+CAPACITANCE = DETECTOR_SIGNALS.index("capacitance_pf_cm")
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,10 @@ def features(ticks: pa.Table, last_totals: np.ndarray) -> np.ndarray:
             np.subtract(total[1:], total[:-1], out=X[1:, j])
             last_totals[k] = total[-1]
         else:
-            X[:, j] = ticks[name].to_numpy(zero_copy_only=False)
+            at = 0
+            for chunk in ticks[name].chunks:  # chunk by chunk: concatenating first would copy them twice
+                X[at:at + len(chunk), j] = chunk.to_numpy(zero_copy_only=False)
+                at += len(chunk)
     return X
 
 
@@ -142,7 +146,7 @@ class ReactorMonitor:
             return
         out.add("ticks", ordered)
         runs = ordered["run_id"]
-        run_ids = pc.unique(runs).to_pylist()  # in order of first appearance: runs follow each other in time
+        run_ids = distinct(runs)  # in order of first appearance: runs follow each other in time
         for run in run_ids:
             part = ordered if len(run_ids) == 1 else ordered.filter(pc.equal(runs, run))
             if run != self.run_id:
@@ -176,8 +180,8 @@ class ReactorMonitor:
         self.last_ts = ticks["ts"][-1].as_py()
         is_alarm, fired, cleared = self.alarms.apply(R)
         n = ticks.num_rows
-        vcd, glucose = self.soft.update(ts, ticks["capacitance_pf_cm"].to_numpy(zero_copy_only=False),
-                                        np.nan_to_num(X[:, FEED]), ticks["volume_l"].to_numpy(zero_copy_only=False))
+        vcd, glucose = self.soft.update(ts, X[:, CAPACITANCE], np.nan_to_num(X[:, FEED]),
+                                        ticks["volume_l"].to_numpy(zero_copy_only=False))
         out.add("scores", pa.Table.from_arrays(
             [ticks["run_id"], ticks["reactor_id"], ticks["seq"], ticks["ts"],
              pa.repeat(pa.scalar(self.detector.name), n), pa.array(scores),

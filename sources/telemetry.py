@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from biopilot.codec import PayloadError, decode_assays, decode_rows, validate_ticks
-from biopilot.events import DEADLETTER
+from biopilot.events import DEADLETTER, distinct
 from sources.jetstream import Message
 
 KIND_HEADER = "BioPilot-Kind"
@@ -59,7 +58,7 @@ def route(msg: Message) -> tuple[list[Item], pa.Table | None]:
         return [], _dead(msg, str(err))
     except (ValueError, KeyError, TypeError) as err:
         return [], _dead(msg, f"{err.__class__.__name__}: {err}")
-    wrong_reactor = checked.good.num_rows and pc.unique(checked.good["reactor_id"]).to_pylist() != [reactor]
+    wrong_reactor = checked.good.num_rows and distinct(checked.good["reactor_id"]) != [reactor]
     if wrong_reactor:
         return [], _dead(msg, f"reactor_id in the rows does not match the subject's {reactor!r}")
     dead = None

@@ -1,5 +1,5 @@
 """Row checks of a decoded tick batch: each bad row is rejected with the first reason that applies, the good
-rows of the same batch pass untouched, NaN readings become nulls."""
+rows of the same batch pass untouched, NaN readings become nulls; a message travels as one record batch."""
 
 from __future__ import annotations
 
@@ -73,3 +73,14 @@ def test_nan_readings_become_nulls(ticks):
     assert checked.bad.num_rows == 0
     assert checked.good["ph"].null_count == 1 and checked.good["ph"][4].as_py() is None
     assert checked.good["temp_c"].equals(ticks["temp_c"])
+
+
+def test_a_message_is_one_record_batch_and_a_payload_of_several_decodes_to_one_chunk(ticks):
+    parts = pa.concat_tables([ticks.slice(0, 30), ticks.slice(30)])  # two chunks per column
+    assert pa.ipc.open_stream(encode_arrow(parts)).read_all()["seq"].num_chunks == 1
+    sink = pa.BufferOutputStream()  # another producer's payload: one record batch per chunk
+    with pa.ipc.new_stream(sink, parts.schema) as writer:
+        writer.write_table(parts)
+    decoded = decode_rows(sink.getvalue().to_pybytes())
+    assert all(column.num_chunks == 1 for column in decoded.columns)
+    assert decoded.equals(ticks)
