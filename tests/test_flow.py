@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -233,3 +235,26 @@ def test_replay_at_scaled_speed_and_at_max_gives_identical_scores_and_alerts(nat
     assert scores_a == scores_b
     assert alerts_a == alerts_b
     assert alerts_a, "the contaminated run raises at least one alert"
+
+
+def test_the_flow_process_reuses_freed_memory_instead_of_faulting_it_in_again():
+    # a fresh interpreter: the malloc settings are per process
+    code = """
+import resource
+import numpy as np
+from flows.monitor import keep_freed_memory
+
+def page_faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        np.ones(8 << 20)  # 64 MB, freed at once: past glibc's own limit for keeping blocks
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+plain = page_faults()
+assert keep_freed_memory()
+page_faults()  # the heap grows once
+print(plain, page_faults())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    plain, kept = map(int, out.stdout.split())
+    assert plain > 500 and kept < 50, (plain, kept)
