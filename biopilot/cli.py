@@ -201,7 +201,8 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     from biopilot.bench import pipeline as bench
 
     result = bench.run(ticks=args.ticks, naive_ticks=args.naive_ticks, live_rate=args.live_rate,
-                       live_s=args.live_s, soak_s=args.soak_s, keep=args.keep, detector=args.detector)
+                       live_s=args.live_s, soak_s=args.soak_s, keep=args.keep, detector=args.detector,
+                       repeats=args.repeats)
     print(json.dumps(bench.as_json(result)) if args.json else bench.format_report(result))
     return 0
 
@@ -659,6 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", choices=["fusion", "zscore"], default="fusion",
                    help="what our flow runs: the calibrated fusion (default, what `biopilot up` runs) or the "
                         "streaming z-score alone")
+    p.add_argument("--repeats", type=_positive("--repeats", int), default=3,
+                   help="throughput runs of the floor and of our flow, in turns; their medians are reported, as "
+                        "one run on a shared 2-core machine can be off by 20 %% (default 3)")
     p.add_argument("--keep", default=None, help="keep brokers' data, lakes and logs in this directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench_pipeline)
