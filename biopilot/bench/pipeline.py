@@ -239,6 +239,7 @@ def _flow_throughput(url: str, lake: Path, target: int, module: str, durable: st
                       extra_env=env) if module == "monitor" else _start_naive(url, lake, durable, log)
     ps = psutil.Process(proc.pid)
     try:
+        _wait_for_consumer(url, durable, timeout_s)  # not polling the broker while the flow starts up
         rate = _wait_throughput(url, durable, lake / "ticks", target, proc, timeout_s)
         rss = ps.memory_info().rss / 1e6
         return rate, rss
