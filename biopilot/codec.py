@@ -38,11 +38,17 @@ class PayloadError(ValueError):
     """A payload that cannot become rows; the message is the dead-letter reason."""
 
 
+def _one_chunk(table: pa.Table) -> pa.Table:
+    """`table` with one array per column, so that every reader can use the columns in place (a column of
+    several chunks is copied together by each `to_numpy`)."""
+    return table.combine_chunks() if table.num_rows and any(c.num_chunks > 1 for c in table.columns) else table
+
+
 def encode_arrow(batch: pa.RecordBatch | pa.Table) -> bytes:
-    """One Arrow IPC stream holding one record batch, so the reader gets each column as one array it can use
-    in place (a table of several chunks is copied together here, once, rather than by every reader)."""
-    if isinstance(batch, pa.Table) and batch.num_rows and any(c.num_chunks > 1 for c in batch.columns):
-        batch = batch.combine_chunks()
+    """One Arrow IPC stream holding one record batch (a table of several chunks is copied together here, once,
+    rather than by every reader)."""
+    if isinstance(batch, pa.Table):
+        batch = _one_chunk(batch)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write(batch)
@@ -89,8 +95,7 @@ def decode_rows(payload: bytes, schema: pa.Schema = TICKS) -> pa.Table:
         table = pa.ipc.open_stream(payload).read_all()
     except (pa.ArrowInvalid, OSError) as err:
         raise PayloadError(f"not Arrow IPC and not JSON: {err}") from None
-    if table.num_rows and any(c.num_chunks > 1 for c in table.columns):  # several record batches: copy them
-        table = table.combine_chunks()  # together once; every check and detector then reads them in place
+    table = _one_chunk(table)  # another producer's several record batches: copied together once
     if table.schema.equals(schema):  # what our own producers send: nothing to convert
         return table
     present = set(table.column_names)

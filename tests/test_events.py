@@ -1,21 +1,12 @@
-"""The shared vocabulary's docstring examples run: `distinct` (the values of a column in order of first
-appearance), and the Delta appender's example."""
+"""`distinct`: the values of a column in order of first appearance (its docstring example runs with the others,
+tests/test_docstring_examples.py)."""
 
 from __future__ import annotations
-
-import doctest
-import importlib
 
 import pyarrow as pa
 import pytest
 
 from biopilot.events import distinct
-
-
-@pytest.mark.parametrize("module", ["biopilot.events", "sinks.delta"])
-def test_docstring_examples_run(module):
-    result = doctest.testmod(importlib.import_module(module))
-    assert result.attempted > 0 and result.failed == 0
 
 
 @pytest.mark.parametrize(("values", "expected"), [
