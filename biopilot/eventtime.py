@@ -103,6 +103,14 @@ class ReorderBuffer:
         self.floor_us = max(self.floor_us, ts_us)
         return Released(self._release(), None, 0, self.watermark_us)
 
+    def __getstate__(self) -> dict:
+        """Pickled (each epoch's snapshot in the flow) with only the pending rows' bytes: a slice pickles the
+        whole buffers of the message it came from (5 rows of a 3,000-tick message: 218 kB instead of 1 kB)."""
+        state = dict(self.__dict__)
+        if self.pending is not None and self.pending.get_total_buffer_size() > 2 * self.pending.nbytes:
+            state["pending"] = self.pending.take(pa.array(np.arange(self.pending.num_rows)))
+        return state
+
     # ---- internals ----------------------------------------------------------------------------------------
     def _pending_max_seq(self, run: str) -> int:
         return self._pending_seq_index().get(run, -1)

@@ -1,5 +1,5 @@
 """Every detector's docstring example runs (River style: a runnable example per estimator), and those of the
-shared pieces the flow is built from."""
+shared pieces the flow is built from and its bench."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 MODULES = ["detectors.zscore", "detectors.moving_average", "detectors.cusum", "detectors.pca", "detectors.iforest",
            "detectors.hst", "detectors.golden", "detectors.fusion", "detectors.sensor_health", "detectors.autoencoder",
            "detectors.twin_residual", "detectors.soft_sensors", "detectors.transformer", "biopilot.events",
-           "sinks.delta"]
+           "sinks.delta", "biopilot.bench.pipeline"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -76,3 +76,11 @@ def test_a_snapshot_from_before_the_pending_seq_index_still_detects_duplicates()
     del old.__dict__["pending_seq_max"]  # as pickled by the previous version
     assert old.push(_ticks([35, 36])).duplicates == 2
     assert old.push(_ticks([40, 41])).duplicates == 0
+
+
+def test_a_snapshot_holds_the_pending_rows_not_the_message_they_were_sliced_from():
+    buffer = ReorderBuffer(5 * MINUTE_US)
+    buffer.push(_ticks(list(range(3000))))  # the last 5 minutes stay pending, slices of the 3,000-tick message
+    restored = pickle.loads(snapshot := pickle.dumps(buffer))
+    assert buffer.pending.num_rows == 5 and len(snapshot) < 5_000 < buffer.pending.get_total_buffer_size()
+    assert _drain(restored, [_ticks([3002, 3000, 3001])]) == _drain(buffer, [_ticks([3002, 3000, 3001])])

@@ -93,6 +93,28 @@ class PipelineBench:
     repeats: int = 1
     floor_runs_ticks_per_s: list[float] = field(default_factory=list)
     ours_runs_ticks_per_s: list[float] = field(default_factory=list)
+    # the soak's RSS rise: the last minute's median less the second minute's (see `rss_rise_mb`)
+    soak_rss_rise_mb: float = float("nan")
+
+
+SOAK_SAMPLE_S = 5.0
+
+
+def rss_rise_mb(samples: list[float], sample_s: float = SOAK_SAMPLE_S, window_s: float = 60.0) -> float:
+    """How much the flow's memory rose over a soak: the median of the last `window_s` of RSS samples less the
+    median of the window after the first (the first is start-up: models loading, arenas and caches filling).
+    Medians, because single samples swing by ±50 MB with the micro-batch in hand. NaN for fewer than three
+    windows.
+
+    >>> rss_rise_mb([500.0] * 12 + [900.0, 950.0] * 6 + [900.0] * 12 + [960.0, 990.0] * 6)
+    50.0
+    >>> rss_rise_mb([900.0] * 20)
+    nan
+    """
+    k = int(window_s // sample_s)
+    if len(samples) < 3 * k:
+        return float("nan")
+    return float(np.median(samples[-k:]) - np.median(samples[k:2 * k]))
 
 
 def fleet_ticks(n_ticks: int, seed: int = 3) -> pa.Table:
@@ -448,7 +470,7 @@ def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10
             pct(first_lat, 50), pct(first_lat, 99), len(first_lat),
             pct(burst_lat, 50), pct(burst_lat, 99), len(burst_lat), pct(recovery_lat, 50), pct(recovery_lat, 99),
             max(rss) if rss else float("nan"), soak_s, rss, soak_rate, detector,
-            floor_drain, ours_drain, naive_drain, repeats, floors, ours_runs)
+            floor_drain, ours_drain, naive_drain, repeats, floors, ours_runs, rss_rise_mb(rss))
     finally:
         if server:
             server.stop()
@@ -484,7 +506,7 @@ def _soak(url: str, root: Path, data: pa.Table, soak_s: float, detector: str) ->
                                      encode_arrow(renamed.slice(offset, ROWS_PER_MESSAGE)), headers=ARROW_HEADERS,
                                      timeout=30)
                     published += min(ROWS_PER_MESSAGE, renamed.num_rows - offset)
-                    if time.monotonic() - t_sample >= 5.0:
+                    if time.monotonic() - t_sample >= SOAK_SAMPLE_S:
                         samples.append(ps.memory_info().rss / 1e6)
                         t_sample = time.monotonic()
                     if time.monotonic() >= t_end:
@@ -522,7 +544,8 @@ def format_report(b: PipelineBench) -> str:
         f"({b.alerts_measured_burst}); with a recovery store p50 {b.p50_publish_to_alert_recovery_ms:.1f} ms p99 "
         f"{b.p99_publish_to_alert_recovery_ms:.1f} ms",
         f"soak       {b.soak_s:.0f} s at full rate ({b.soak_ticks_per_s:,.0f} ticks/s committed): flow RSS "
-        f"{', '.join(f'{x:.0f}' for x in b.soak_rss_mb)} MB (max {b.flow_max_rss_mb:.0f})",
+        f"{', '.join(f'{x:.0f}' for x in b.soak_rss_mb)} MB (max {b.flow_max_rss_mb:.0f}; last minute's median "
+        f"less the second's {b.soak_rss_rise_mb:+.0f} MB)",
     ])
 
 
