@@ -133,10 +133,20 @@ def default_wal_dir(lake: str, consumer: str) -> str:
     return os.path.join(lake, ".flow-wal", consumer)
 
 
+# A redelivered batch comes within an epoch of its first delivery (the broker's unacknowledged messages, the
+# write-ahead log's sealed segments), so the keys of rows without a seq are remembered for this many commits of
+# their table, not for good: in a 260 s soak the alerts' and late ticks' keys grew by 72k (~4 MB) and would not stop
+SEEN_COMMITS = 100
+
+
 class _Dedupe:
     def __init__(self, lake: str | Path) -> None:
         self.high: dict[str, dict[str, int]] = {name: {} for name in SEQ_KEYED}
-        self.seen: dict[str, set] = defaultdict(set)
+        # per table: each remembered key with the number of the last batch that had it, and the batches' keys in
+        # order, to forget a batch's keys SEEN_COMMITS batches on (the keys read at the start count as one batch)
+        self.seen: dict[str, dict[tuple, int]] = defaultdict(dict)
+        self.batches: dict[str, deque[tuple[int, list[tuple]]]] = defaultdict(deque)
+        self.counter = 0
         for name in SEQ_KEYED:
             table = delta.read(lake, name, columns=["run_id", "seq"])
             if table is not None and table.num_rows:
@@ -146,7 +156,7 @@ class _Dedupe:
                            ("assays", ["run_id", "sample_ts"]), ("deadletter", ["stream_seq"])):
             table = delta.read(lake, name, columns=cols)
             if table is not None:
-                self.seen[name] = set(zip(*(table[c].to_pylist() for c in cols), strict=True))
+                self._remember(name, list(zip(*(table[c].to_pylist() for c in cols), strict=True)))
 
     def fresh(self, name: str, table: pa.Table) -> pa.Table:
         if name in SEQ_KEYED:
@@ -173,8 +183,19 @@ class _Dedupe:
         seen = self.seen[name]
         keys = list(zip(*(table[c].to_pylist() for c in cols), strict=True))
         keep = [k not in seen for k in keys]
-        seen.update(keys)
+        self._remember(name, keys)
         return table if all(keep) else table.filter(pa.array(keep))
+
+    def _remember(self, name: str, keys: list[tuple]) -> None:
+        seen, batches = self.seen[name], self.batches[name]
+        self.counter += 1
+        seen.update(dict.fromkeys(keys, self.counter))
+        batches.append((self.counter, keys))
+        if len(batches) > SEEN_COMMITS:
+            number, old = batches.popleft()
+            for key in old:
+                if seen.get(key) == number:  # not seen again since
+                    del seen[key]
 
 
 class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):

@@ -215,3 +215,18 @@ def test_a_redelivered_batch_mixing_runs_adds_only_the_rows_the_lake_lacks(tmp_p
     assert landed.num_rows == ticks.num_rows
     assert landed.sort_by([("run_id", "ascending"), ("seq", "ascending")]).equals(
         ticks.sort_by([("run_id", "ascending"), ("seq", "ascending")]))
+
+
+def test_keys_of_rows_without_a_seq_are_remembered_for_a_window_of_commits_not_for_good(tmp_path, monkeypatch):
+    monkeypatch.setattr(lake_sink, "SEEN_COMMITS", 3)
+    dedupe = lake_sink._Dedupe(tmp_path)
+
+    def late(seqs: list[int]) -> pa.Table:
+        return pa.table({"run_id": ["run-a"] * len(seqs), "seq": seqs})
+
+    assert dedupe.fresh("late_ticks", late([1, 2])).num_rows == 2
+    assert dedupe.fresh("late_ticks", late([2, 3])).num_rows == 1  # a redelivered row is dropped
+    dedupe.fresh("late_ticks", late([4]))
+    dedupe.fresh("late_ticks", late([5]))  # the fourth batch: the first one's keys are forgotten
+    assert set(dedupe.seen["late_ticks"]) == {("run-a", s) for s in (2, 3, 4, 5)}  # 2 came again in batch two
+    assert dedupe.fresh("late_ticks", late([1, 2, 5])).num_rows == 1
