@@ -17,7 +17,8 @@ first. Three times, with a fresh flow each time: with the reactors' messages sta
 round (independent plants, each on its own clock: the headline figures), in bursts (every reactor's message
 in the same instant, as our simulated fleet steps in lockstep: the last of 40 waits for the 39 before it),
 and staggered with a Bytewax recovery store (as `biopilot up` runs the flow: 5 s epochs, each ending with a
-snapshot of every reactor's monitor). Memory: the flow's RSS sampled every 5 s during a soak at full rate.
+snapshot of every reactor's monitor). Memory: the flow's RSS sampled every 5 s during a soak at full rate,
+and its rise (`rss_rise_mb`: the last minute's median less the second's).
 """
 
 from __future__ import annotations
