@@ -135,7 +135,7 @@ def default_wal_dir(lake: str, consumer: str) -> str:
 
 # A redelivered batch comes within an epoch of its first delivery (the broker's unacknowledged messages, the
 # write-ahead log's sealed segments), so the keys of rows without a seq are remembered for this many commits of
-# their table, not for good: in a 260 s soak the alerts' and late ticks' keys grew by 72k (~4 MB) and would not stop
+# their table, not for good: in a 260 s z-score soak they grew by 72k (~4 MB) and would never have stopped
 SEEN_COMMITS = 100
 
 
