@@ -43,6 +43,9 @@ from biopilot.events import SCHEMAS
 from sinks import delta
 
 SEQ_KEYED = ("ticks", "scores")
+# the other tables' row keys
+KEY_COLUMNS = {"alerts": ["alert_id"], "late_ticks": ["run_id", "seq"], "assays": ["run_id", "sample_ts"],
+               "deadletter": ["stream_seq"]}
 # a micro-batch's rows: a Delta commit costs ~8 ms of CPU whatever its size, and encoding 250k rows costs ~35 %
 # less per row than 5 x 50k; at live rates the age limit (1 s, ~10k rows) closes the batches long before
 MAX_ROWS = 250_000
@@ -152,8 +155,7 @@ class _Dedupe:
             if table is not None and table.num_rows:
                 agg = table.group_by("run_id").aggregate([("seq", "max")])
                 self.high[name] = dict(zip(agg["run_id"].to_pylist(), agg["seq_max"].to_pylist(), strict=True))
-        for name, cols in (("alerts", ["alert_id"]), ("late_ticks", ["run_id", "seq"]),
-                           ("assays", ["run_id", "sample_ts"]), ("deadletter", ["stream_seq"])):
+        for name, cols in KEY_COLUMNS.items():
             table = delta.read(lake, name, columns=cols)
             if table is not None:
                 self._remember(name, list(zip(*(table[c].to_pylist() for c in cols), strict=True)))
@@ -176,8 +178,7 @@ class _Dedupe:
                     keep[mask] = seq[mask] > high[run]
                 high[run] = max(high.get(run, -1), int(seq[mask].max()))
             return table if keep.all() else table.filter(pa.array(keep))
-        cols = {"alerts": ["alert_id"], "late_ticks": ["run_id", "seq"], "assays": ["run_id", "sample_ts"],
-                "deadletter": ["stream_seq"]}.get(name)
+        cols = KEY_COLUMNS.get(name)
         if cols is None:
             return table
         seen = self.seen[name]
