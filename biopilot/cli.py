@@ -606,7 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
     lake = sub.add_parser("lake", help="Delta table maintenance", description="Delta table maintenance.")
     lake_sub = lake.add_subparsers(dest="lake_command", metavar="ACTION", required=True)
     p = lake_sub.add_parser("optimize", help="compact small files",
-                            description="Compact the small files of every table and remove the old ones.")
+                            description="Compact every table's files into ~100 MB ones and delete the files no "
+                                        "longer referenced, at once (stop readers first). Running writers (the "
+                                        "flow, the agents) already merge their own tables' small files every "
+                                        "600 commits and delete what they replaced an hour later.")
     _lake_option(p)
     p.set_defaults(func=cmd_lake_optimize)
 

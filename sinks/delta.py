@@ -6,6 +6,8 @@ writer streams record batches (a `RecordBatchReader`) so a fleet never has to si
 
 from __future__ import annotations
 
+import logging
+from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import ColumnProperties, DeltaTable, WriterProperties, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 
 # Quantised sensor readings and ids stay dictionary-encoded (Parquet's default). Building a dictionary is wasted on
 # columns with a new value in nearly every row: run-wise increasing `seq` and `ts` take delta encoding, the
@@ -25,12 +27,24 @@ WRITER = WriterProperties(compression="SNAPPY", column_properties={
     "seq": _INCREASING, "ts": _INCREASING,
     "score": _CONTINUOUS, "vcd_e6_per_ml_est": _CONTINUOUS, "glucose_g_l_est": _CONTINUOUS,
 })
+log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 100  # Delta's default `delta.checkpointInterval`: a checkpoint every 100 commits
 # Delta keeps each commit's log entry for 30 days by default, and every commit lists the whole log: through the
 # flow's reopened handles a commit cost 8 ms of CPU at first, 41 ms after 3,600 entries (an hour at one a
 # second), and would cost most of a second after a day. Entries past the retention are removed with each
-# checkpoint, so the log stays at a few hundred; nothing here reads versions that old.
-LOG_RETENTION = {"delta.logRetentionDuration": "interval 10 minutes"}
+# checkpoint, so the log stays at a few hundred; nothing here reads versions that old. The files compaction
+# replaces are listed (as removed) in every checkpoint for as long as they may be vacuumed: an hour, not a week.
+TABLE_PROPERTIES = {"delta.logRetentionDuration": "interval 10 minutes",
+                    "delta.deletedFileRetentionDuration": "interval 1 hours"}
+# A live micro-batch is a second of a few reactors: a file of a few kB per table and second. Each file costs every
+# later commit and read, and the writer's memory (3,200 200-row commits: +63 MB and 16.5 s per 400 commits at the
+# end, against +10 MB and ~10 s compacted every 400). So every COMPACT_EVERY commits of a table an `Appender`
+# merges its files smaller than SMALL_FILE_BYTES (a full-rate 250k-row micro-batch of ticks is ~2.7 MB: left as
+# it is, or given a bin's small files) and deletes the files replaced over VACUUM_AFTER_HOURS ago (an hour:
+# a reader listing a snapshot before the compaction still finds its files).
+COMPACT_EVERY = 600
+SMALL_FILE_BYTES = 4 << 20
+VACUUM_AFTER_HOURS = 1
 
 
 def table_uri(lake: str | Path, name: str) -> str:
@@ -66,7 +80,7 @@ def append(lake: str | Path, name: str, data: pa.Table | pa.RecordBatchReader | 
     if "://" not in str(lake):
         Path(lake).mkdir(parents=True, exist_ok=True)
     write_deltalake(table_uri(lake, name), data, mode="append", writer_properties=WRITER,
-                    configuration=LOG_RETENTION)
+                    configuration=TABLE_PROPERTIES)
 
 
 class Appender:
@@ -76,20 +90,21 @@ class Appender:
     reads only newer log entries if another writer committed in between). But a handle also replays every
     commit since the checkpoint it was opened at, so it is reopened every 100 commits, just after Delta writes
     a checkpoint: kept for good, the 1,000th 20k-row commit took 165 ms (reopened: 47 ms; opened afresh
-    for each commit: 83 ms).
+    for each commit: 83 ms). Every `compact_every` commits of a table its small files are compacted.
 
     >>> import tempfile
-    >>> appender = Appender(tempfile.mkdtemp())
+    >>> appender = Appender(tempfile.mkdtemp(), compact_every=2)
     >>> schema = pa.schema([("x", pa.int64())])
     >>> for k in range(3):
     ...     appender.append("numbers", pa.table({"x": [k]}), schema)
-    >>> sorted(read(appender.lake, "numbers")["x"].to_pylist())
-    [0, 1, 2]
+    >>> sorted(read(appender.lake, "numbers")["x"].to_pylist()), len(open_table(appender.lake, "numbers").file_uris())
+    ([0, 1, 2], 2)
     """
 
-    def __init__(self, lake: str | Path) -> None:
-        self.lake = lake
+    def __init__(self, lake: str | Path, compact_every: int = COMPACT_EVERY) -> None:
+        self.lake, self.compact_every = lake, compact_every
         self.tables: dict[str, DeltaTable] = {}
+        self.commits: dict[str, int] = defaultdict(int)  # per table, since its last compaction
 
     def append(self, name: str, data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
                schema: pa.Schema) -> None:
@@ -98,15 +113,25 @@ class Appender:
             table = open_table(self.lake, name)
             if table is None:  # the first commit creates the table
                 append(self.lake, name, data, schema)
+                self.commits[name] += 1
                 return
-            if any(table.metadata().configuration.get(k) != v for k, v in LOG_RETENTION.items()):
-                table.alter.set_table_properties(LOG_RETENTION)  # a table from before the retention was set
+            if any(table.metadata().configuration.get(k) != v for k, v in TABLE_PROPERTIES.items()):
+                table.alter.set_table_properties(TABLE_PROPERTIES)  # a table from before they were set
             self.tables[name] = table
         data = _prepared(data, schema)
-        if data is not None:
-            write_deltalake(table, data, mode="append", writer_properties=WRITER)
-            if table.version() % CHECKPOINT_INTERVAL == 0:  # a checkpoint was just written: reopen from it
-                del self.tables[name]
+        if data is None:
+            return
+        write_deltalake(table, data, mode="append", writer_properties=WRITER)
+        self.commits[name] += 1
+        if self.commits[name] >= self.compact_every:
+            self.commits[name] = 0
+            del self.tables[name]  # reopened from the newest checkpoint, whatever version the compaction reached
+            try:
+                _compact(table, SMALL_FILE_BYTES, VACUUM_AFTER_HOURS)
+            except DeltaError as err:  # upkeep, not a write: another writer's commit in between, say
+                log.warning("compacting %s failed (%s); the next round tries again", name, err)
+        elif table.version() % CHECKPOINT_INTERVAL == 0:  # a checkpoint was just written: reopen from it
+            del self.tables[name]
 
 
 def read(lake: str | Path, name: str, columns: list[str] | None = None, run_ids: Iterable[str] | None = None,
@@ -142,14 +167,19 @@ def delete_runs(lake: str | Path, names: Iterable[str], ids: Iterable[str]) -> N
             table.delete(f"run_id IN ({quoted})")
 
 
+def _compact(table: DeltaTable, target_size: int | None, vacuum_after_hours: int) -> dict:
+    """Merge the files smaller than `target_size` (Delta's default, 100 MB, if None) and delete the files that
+    were replaced `vacuum_after_hours` or longer ago."""
+    metrics = table.optimize.compact(target_size=target_size, writer_properties=WRITER)
+    table.vacuum(retention_hours=vacuum_after_hours, enforce_retention_duration=False, dry_run=False)
+    return metrics
+
+
 def optimize(lake: str | Path, names: Iterable[str]) -> dict[str, dict]:
     """Compact small files and drop the files no longer referenced."""
     report = {}
     for name in names:
         table = open_table(lake, name)
-        if table is None:
-            continue
-        metrics = table.optimize.compact(writer_properties=WRITER)
-        table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
-        report[name] = metrics
+        if table is not None:
+            report[name] = _compact(table, None, 0)
     return report

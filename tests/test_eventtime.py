@@ -78,9 +78,20 @@ def test_a_snapshot_from_before_the_pending_seq_index_still_detects_duplicates()
     assert old.push(_ticks([40, 41])).duplicates == 0
 
 
-def test_a_snapshot_holds_the_pending_rows_not_the_message_they_were_sliced_from():
+def test_pending_rows_do_not_keep_the_message_they_were_sliced_from_alive():
     buffer = ReorderBuffer(5 * MINUTE_US)
-    buffer.push(_ticks(list(range(3000))))  # the last 5 minutes stay pending, slices of the 3,000-tick message
-    restored = pickle.loads(snapshot := pickle.dumps(buffer))
-    assert buffer.pending.num_rows == 5 and len(snapshot) < 5_000 < buffer.pending.get_total_buffer_size()
+    message = _ticks(list(range(3000)))
+    buffer.push(message)  # the last 5 minutes stay pending: 5 rows of the 3,000-tick message
+    assert buffer.pending.num_rows == 5
+    assert buffer.pending.get_total_buffer_size() < 5_000 < message.get_total_buffer_size()
+    restored = pickle.loads(snapshot := pickle.dumps(buffer))  # an epoch's snapshot: the 5 rows, not the message
+    assert len(snapshot) < 5_000
     assert _drain(restored, [_ticks([3002, 3000, 3001])]) == _drain(buffer, [_ticks([3002, 3000, 3001])])
+
+
+def test_a_small_message_stays_pending_as_it_came():
+    buffer = ReorderBuffer(5 * MINUTE_US)
+    message = _ticks(list(range(50)))
+    buffer.push(message)
+    first = buffer.pending.column("seq").chunk(0)
+    assert first.buffers()[1].address == message.column("seq").chunk(0).buffers()[1].address  # not copied

@@ -1,11 +1,12 @@
 """The flow's Delta sink without the engine: an epoch's snapshot never waits for a commit; with a write-ahead
 log (a recovery store) the rows it acknowledged survive a crash and land exactly once after the restart;
 without one every row still lands; rows land by age when the input pauses; appends go through kept-open table
-handles and keep the Delta log bounded; increasing keys and continuous scores are written without a dictionary,
+handles and keep the Delta log bounded, and compact small files as they go; increasing keys and continuous scores are written without a dictionary,
 losslessly."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -163,7 +164,7 @@ def test_an_appender_commits_through_its_open_handle_between_other_writers_commi
 def test_the_delta_log_stays_bounded_and_an_older_table_gets_the_retention(tmp_path, monkeypatch):
     # every commit lists the whole log, so it must not grow for good; a zero retention makes the checkpoints'
     # clean-up visible at once (the real one is 10 minutes)
-    monkeypatch.setattr(delta, "LOG_RETENTION", {"delta.logRetentionDuration": "interval 0 seconds"})
+    monkeypatch.setattr(delta, "TABLE_PROPERTIES", {"delta.logRetentionDuration": "interval 0 seconds"})
     lake = str(tmp_path / "lake")
     ticks = _ticks(1)
     delta.write_deltalake(delta.table_uri(lake, "ticks"), ticks, mode="append")  # created without the property
@@ -173,6 +174,50 @@ def test_the_delta_log_stays_bounded_and_an_older_table_gets_the_retention(tmp_p
     log = list((tmp_path / "lake" / "ticks" / "_delta_log").glob("*.json"))
     assert len(log) <= delta.CHECKPOINT_INTERVAL
     assert delta.read(lake, "ticks").num_rows == 2 * delta.CHECKPOINT_INTERVAL + 11
+
+
+def test_an_appender_compacts_small_files_every_so_many_commits_and_readers_keep_their_files(tmp_path):
+    lake = str(tmp_path / "lake")
+    ticks = _ticks(250)
+    appender = delta.Appender(lake, compact_every=10)
+    for k in range(9):
+        appender.append("ticks", ticks.slice(10 * k, 10), TICKS)
+    before = delta.open_table(lake, "ticks")  # a reader's snapshot of 9 small files
+    for k in range(9, 25):
+        appender.append("ticks", ticks.slice(10 * k, 10), TICKS)
+    table = delta.open_table(lake, "ticks")
+    assert [h["operation"] for h in table.history()].count("OPTIMIZE") == 2  # after the 10th and 20th commits
+    assert len(table.file_uris()) == 6  # commits 1-20 in one file, 21-25 as they came
+    assert sorted(delta.read(lake, "ticks", columns=["seq"])["seq"].to_pylist()) == ticks["seq"].to_pylist()
+    old_files = pq.ParquetDataset(before.file_uris()).read(columns=["seq"])  # replaced, but not yet deleted
+    assert sorted(old_files["seq"].to_pylist()) == list(range(90))
+
+
+def test_files_of_a_full_micro_batch_are_not_rewritten_by_the_compaction(tmp_path, monkeypatch):
+    lake = str(tmp_path / "lake")
+    ticks = _ticks(2_000)
+    appender = delta.Appender(lake, compact_every=3)
+    appender.append("ticks", ticks.slice(0, 1_900), TICKS)
+    [big] = delta.open_table(lake, "ticks").file_uris()
+    monkeypatch.setattr(delta, "SMALL_FILE_BYTES", int(0.9 * os.path.getsize(big)))
+    for k in range(2):
+        appender.append("ticks", ticks.slice(1_900 + 50 * k, 50), TICKS)
+    files = delta.open_table(lake, "ticks").file_uris()
+    assert big in files and len(files) == 2  # the two small ones merged, the big one as it was
+
+
+def test_a_failed_compaction_is_logged_and_the_appends_go_on(tmp_path, monkeypatch, caplog):
+    def conflict(*args):  # noqa: ANN202
+        raise delta.DeltaError("another writer's commit came in between")
+
+    monkeypatch.setattr(delta, "_compact", conflict)
+    lake = str(tmp_path / "lake")
+    ticks = _ticks(40)
+    appender = delta.Appender(lake, compact_every=2)
+    for k in range(4):
+        appender.append("ticks", ticks.slice(10 * k, 10), TICKS)
+    assert "compacting ticks failed" in caplog.text
+    assert sorted(delta.read(lake, "ticks", columns=["seq"])["seq"].to_pylist()) == ticks["seq"].to_pylist()
 
 
 def test_increasing_keys_and_continuous_scores_skip_the_dictionary_and_read_back_exactly(tmp_path):
