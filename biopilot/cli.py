@@ -609,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Compact every table's files into ~100 MB ones and delete the files no "
                                         "longer referenced, at once (stop readers first). Running writers (the "
                                         "flow, the agents) already merge their own tables' small files every "
-                                        "600 commits and delete what they replaced an hour later.")
+                                        "100 commits and delete what they replaced an hour later.")
     _lake_option(p)
     p.set_defaults(func=cmd_lake_optimize)
 

@@ -38,12 +38,12 @@ TABLE_PROPERTIES = {"delta.logRetentionDuration": "interval 10 minutes",
                     "delta.deletedFileRetentionDuration": "interval 1 hours"}
 # A live micro-batch is a second of a few reactors: a file of a few kB per table and second. Each file costs every
 # later commit and read, and the writer's memory (3,200 200-row commits: +63 MB and 16.5 s per 400 commits at the
-# end, against +10 MB and ~10 s compacted every 400). So every COMPACT_EVERY commits of a table an `Appender`
-# merges its files smaller than SMALL_FILE_BYTES (a full-rate 250k-row micro-batch of ticks is ~2.7 MB: left as
-# it is, or given a bin's small files) and deletes the files replaced over VACUUM_AFTER_HOURS ago (an hour:
-# a reader listing a snapshot before the compaction still finds its files).
-COMPACT_EVERY = 600
-SMALL_FILE_BYTES = 4 << 20
+# end, against +10 MB and ~10 s compacted every 400). So every COMPACT_EVERY commits of a table an `Appender` merges its files smaller than SMALL_FILE_BYTES, on one thread, and
+# deletes the files replaced over VACUUM_AFTER_HOURS ago (a reader listing a snapshot before the compaction still
+# finds its files). A round rewrites at most 100 small files, so it stays short on the writer's thread (at
+# 10k ticks/s: ~10 MB); a full-rate 250k-row micro-batch of ticks (~2.7 MB) is never rewritten.
+COMPACT_EVERY = CHECKPOINT_INTERVAL
+SMALL_FILE_BYTES = 2 << 20
 VACUUM_AFTER_HOURS = 1
 
 
@@ -170,7 +170,7 @@ def delete_runs(lake: str | Path, names: Iterable[str], ids: Iterable[str]) -> N
 def _compact(table: DeltaTable, target_size: int | None, vacuum_after_hours: int) -> dict:
     """Merge the files smaller than `target_size` (Delta's default, 100 MB, if None) and delete the files that
     were replaced `vacuum_after_hours` or longer ago."""
-    metrics = table.optimize.compact(target_size=target_size, writer_properties=WRITER)
+    metrics = table.optimize.compact(target_size=target_size, writer_properties=WRITER, max_concurrent_tasks=1)
     table.vacuum(retention_hours=vacuum_after_hours, enforce_retention_duration=False, dry_run=False)
     return metrics
 
