@@ -149,7 +149,7 @@ class ReorderBuffer:
     def _compact_pending(self) -> None:
         """Copy the pending rows out of the messages they were sliced from once those hold > 64 kB more: a slice
         keeps its whole message alive. At full rate every reactor kept the last one or two 1.5 MB messages for
-        the few rows of its lateness window (87 MB of payloads alive in a z-score soak over 100 reactors), and an
+        the few rows of its lateness window (~100 MB of payloads alive in a z-score soak, 100 reactors), and an
         epoch's snapshot pickled them whole (5 rows of a 3,000-tick message: 218 kB, 3 kB copied). Copying costs
         ~70 us; a live message's rows (a few kB) are kept as they are."""
         if self.pending.get_total_buffer_size() - self.pending.nbytes > 1 << 16:

@@ -17,6 +17,8 @@ import pyarrow.dataset as ds
 from deltalake import ColumnProperties, DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
+log = logging.getLogger(__name__)
+
 # Quantised sensor readings and ids stay dictionary-encoded (Parquet's default). Building a dictionary is wasted on
 # columns with a new value in nearly every row: run-wise increasing `seq` and `ts` take delta encoding, the
 # detectors' continuous outputs byte-stream-split. On a 250k-row micro-batch of ticks plus its z-scores that cut
@@ -27,7 +29,6 @@ WRITER = WriterProperties(compression="SNAPPY", column_properties={
     "seq": _INCREASING, "ts": _INCREASING,
     "score": _CONTINUOUS, "vcd_e6_per_ml_est": _CONTINUOUS, "glucose_g_l_est": _CONTINUOUS,
 })
-log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 100  # Delta's default `delta.checkpointInterval`: a checkpoint every 100 commits
 # Delta keeps each commit's log entry for 30 days by default, and every commit lists the whole log: through the
 # flow's reopened handles a commit cost 8 ms of CPU at first, 41 ms after 3,600 entries (an hour at one a
@@ -38,10 +39,11 @@ TABLE_PROPERTIES = {"delta.logRetentionDuration": "interval 10 minutes",
                     "delta.deletedFileRetentionDuration": "interval 1 hours"}
 # A live micro-batch is a second of a few reactors: a file of a few kB per table and second. Each file costs every
 # later commit and read, and the writer's memory (3,200 200-row commits: +63 MB and 16.5 s per 400 commits at the
-# end, against +10 MB and ~10 s compacted every 400). So every COMPACT_EVERY commits of a table an `Appender` merges its files smaller than SMALL_FILE_BYTES, on one thread, and
-# deletes the files replaced over VACUUM_AFTER_HOURS ago (a reader listing a snapshot before the compaction still
-# finds its files). A round rewrites at most 100 small files, so it stays short on the writer's thread (at
-# 10k ticks/s: ~10 MB); a full-rate 250k-row micro-batch of ticks (~2.7 MB) is never rewritten.
+# end, against +10 MB and ~10 s compacted every 400). So every COMPACT_EVERY commits of a table an `Appender`
+# merges its files smaller than SMALL_FILE_BYTES, on one thread, and deletes the files replaced over
+# VACUUM_AFTER_HOURS ago (a reader listing a snapshot before the compaction still finds its files). A round
+# rewrites ~100 small files, short enough for the writer's thread (at 10k ticks/s ~10 MB, 0.3-0.4 s, the GIL
+# released); a full-rate 250k-row micro-batch of ticks (~2.7 MB) is never rewritten.
 COMPACT_EVERY = CHECKPOINT_INTERVAL
 SMALL_FILE_BYTES = 2 << 20
 VACUUM_AFTER_HOURS = 1
