@@ -30,6 +30,7 @@ def test_a_tiny_pipeline_bench_reports_every_figure():
     assert out["ours_ticks_per_s"] > 0 and out["floor_ticks_per_s"] > 0 and out["naive_ticks_per_s"] > 0
     assert out["soak_rss_mb"] and out["flow_max_rss_mb"] > 0
     assert "soak_rss_rise_mb" in out  # NaN: a 6 s soak has no second and last minute
+    assert out["soak_lost_messages"] == 0
     assert out["repeats"] == 2 and len(out["ours_runs_ticks_per_s"]) == len(out["floor_runs_ticks_per_s"]) == 2
     assert out["ours_ticks_per_s"] == pytest.approx(np.median(out["ours_runs_ticks_per_s"]))
     assert out["floor_vs_ours"] == pytest.approx(out["floor_ticks_per_s"] / out["ours_ticks_per_s"])

@@ -95,3 +95,34 @@ def test_a_small_message_stays_pending_as_it_came():
     buffer.push(message)
     first = buffer.pending.column("seq").chunk(0)
     assert first.buffers()[1].address == message.column("seq").chunk(0).buffers()[1].address  # not copied
+
+
+def test_a_lost_message_is_one_gap_range_and_its_late_ticks_still_close_it():
+    buffer = ReorderBuffer(5 * MINUTE_US)
+    released, late, _ = _drain(buffer, [_ticks(list(range(0, 100))), _ticks(list(range(10_100, 10_200)))])
+    assert released == list(range(100)) + list(range(10_100, 10_200))
+    gaps = buffer.gaps["run-a"]
+    assert (gaps.starts.tolist(), gaps.ends.tolist()) == ([100], [10_100])  # one range, not 10,000 seqs
+    assert len(pickle.dumps(buffer)) < 5_000
+    lost = buffer.push(_ticks(list(range(100, 10_100))))  # redelivered at last: late, none a duplicate
+    assert lost.late.num_rows == 10_000 and lost.duplicates == 0
+    assert "run-a" not in buffer.gaps
+    assert buffer.push(_ticks([5_000, 7_000])).duplicates == 2
+
+
+def test_a_gap_filled_in_the_middle_splits_and_the_rest_still_counts_as_late():
+    buffer = ReorderBuffer(MINUTE_US)
+    _drain(buffer, [_ticks(list(range(0, 10))), _ticks(list(range(20, 30)))])
+    assert buffer.push(_ticks([12, 15])).late["seq"].to_pylist() == [12, 15]
+    again = buffer.push(_ticks([10, 11, 12, 13, 14, 15, 19]))
+    assert again.late["seq"].to_pylist() == [10, 11, 13, 14, 19] and again.duplicates == 2
+
+
+def test_a_snapshot_with_gaps_as_a_set_of_seqs_still_tells_late_from_duplicate():
+    buffer = ReorderBuffer(MINUTE_US)
+    _drain(buffer, [_ticks(list(range(0, 10))), _ticks(list(range(20, 30)))])
+    state = buffer.__dict__ | {"gaps": {"run-a": set(range(10, 20))}}  # as pickled by the previous version
+    old = ReorderBuffer.__new__(ReorderBuffer)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    out = old.push(_ticks([5, 15]))
+    assert out.late["seq"].to_pylist() == [15] and out.duplicates == 1

@@ -17,8 +17,10 @@ first. Three times, with a fresh flow each time: with the reactors' messages sta
 round (independent plants, each on its own clock: the headline figures), in bursts (every reactor's message
 in the same instant, as our simulated fleet steps in lockstep: the last of 40 waits for the 39 before it),
 and staggered with a Bytewax recovery store (as `biopilot up` runs the flow: 5 s epochs, each ending with a
-snapshot of every reactor's monitor). Memory: the flow's RSS sampled every 5 s during a soak at full rate,
-and its rise (`rss_rise_mb`: the last minute's median less the second's).
+snapshot of every reactor's monitor). Memory: the flow's RSS sampled every 5 s during a soak at full rate (the
+publisher staying at most `SOAK_BACKLOG_MESSAGES` ahead of the flow, so the broker never discards what the flow
+has not read: `soak_lost_messages` counts what it did), and its rise (`rss_rise_mb`: the last minute's median
+less the second's).
 """
 
 from __future__ import annotations
@@ -96,9 +98,15 @@ class PipelineBench:
     ours_runs_ticks_per_s: list[float] = field(default_factory=list)
     # the soak's RSS rise: the last minute's median less the second minute's (see `rss_rise_mb`)
     soak_rss_rise_mb: float = float("nan")
+    # messages the broker discarded (the stream's size limit) before the flow read them: 0, or the soak was lossy
+    soak_lost_messages: int = 0
 
 
 SOAK_SAMPLE_S = 5.0
+# the soak's publisher waits while this many messages (~300 MB) are published and not yet delivered: enough to
+# keep the flow busy, far below the stream's limit. Unchecked, it ran ahead of the flow until the stream was
+# full (4 GB, after ~30 s) and the broker discarded the oldest messages before the flow had read them
+SOAK_BACKLOG_MESSAGES = 200
 
 
 def rss_rise_mb(samples: list[float], sample_s: float = SOAK_SAMPLE_S, window_s: float = 60.0) -> float:
@@ -454,7 +462,7 @@ def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10
 
         # soak: full rate for soak_s, flow RSS sampled
         url = fresh_broker("soak")
-        rss, soak_rate = _soak(url, root, data, soak_s, detector)
+        rss, soak_rate, soak_lost = _soak(url, root, data, soak_s, detector)
 
         alert_lat = [lat for _, lat in alerts]
         first: dict[str, float] = {}
@@ -471,7 +479,7 @@ def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10
             pct(first_lat, 50), pct(first_lat, 99), len(first_lat),
             pct(burst_lat, 50), pct(burst_lat, 99), len(burst_lat), pct(recovery_lat, 50), pct(recovery_lat, 99),
             max(rss) if rss else float("nan"), soak_s, rss, soak_rate, detector,
-            floor_drain, ours_drain, naive_drain, repeats, floors, ours_runs, rss_rise_mb(rss))
+            floor_drain, ours_drain, naive_drain, repeats, floors, ours_runs, rss_rise_mb(rss), soak_lost)
     finally:
         if server:
             server.stop()
@@ -479,17 +487,24 @@ def run(ticks: int = 2_000_000, naive_ticks: int = 20_000, live_rate: float = 10
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _soak(url: str, root: Path, data: pa.Table, soak_s: float, detector: str) -> tuple[list[float], float]:
+def _soak(url: str, root: Path, data: pa.Table, soak_s: float, detector: str) -> tuple[list[float], float, int]:
+    """The flow at full rate for `soak_s`: its RSS every `SOAK_SAMPLE_S`, its committed ticks/s, and how many
+    messages the broker discarded unread (0 unless the flow fell a whole stream behind)."""
     proc = start_flow(url, str(root / "soak"), None, 300.0, durable="bench-soak", log_path=root / "soak.log",
                       extra_env={"BIOPILOT_DETECTOR": detector})
     ps = psutil.Process(proc.pid)
     samples: list[float] = []
-    published = 0
+    published, messages, lost = 0, 0, 0
 
     async def pump() -> None:
-        nonlocal published
+        nonlocal published, messages, lost
         nc = await nats.connect(url)
         js = nc.jetstream()
+
+        async def wait_for_the_flow() -> None:
+            while (await js.consumer_info("TELEMETRY", "bench-soak")).num_pending > SOAK_BACKLOG_MESSAGES:
+                await asyncio.sleep(0.05)
+
         per_reactor = split_by_reactor(data)
         ts = data["ts"].cast(pa.int64())
         span_us = int(pc.max(ts).as_py() - pc.min(ts).as_py()) + 86_400_000_000
@@ -507,12 +522,17 @@ def _soak(url: str, root: Path, data: pa.Table, soak_s: float, detector: str) ->
                                      encode_arrow(renamed.slice(offset, ROWS_PER_MESSAGE)), headers=ARROW_HEADERS,
                                      timeout=30)
                     published += min(ROWS_PER_MESSAGE, renamed.num_rows - offset)
+                    messages += 1
+                    await wait_for_the_flow()
                     if time.monotonic() - t_sample >= SOAK_SAMPLE_S:
                         samples.append(ps.memory_info().rss / 1e6)
                         t_sample = time.monotonic()
                     if time.monotonic() >= t_end:
                         break
             generation += 1
+        # the stream keeps its last 4 GB whether read or not: what it dropped unread was never delivered
+        consumer = await js.consumer_info("TELEMETRY", "bench-soak")
+        lost = max(0, messages - consumer.delivered.consumer_seq - consumer.num_pending)
         await nc.close()
 
     try:
@@ -520,7 +540,7 @@ def _soak(url: str, root: Path, data: pa.Table, soak_s: float, detector: str) ->
         start = time.monotonic()
         asyncio.run(pump())
         committed = _CommittedRows(root / "soak" / "ticks")()
-        return samples, committed / (time.monotonic() - start)
+        return samples, committed / (time.monotonic() - start), lost
     finally:
         _stop(proc)
 
@@ -546,7 +566,7 @@ def format_report(b: PipelineBench) -> str:
         f"{b.p99_publish_to_alert_recovery_ms:.1f} ms",
         f"soak       {b.soak_s:.0f} s at full rate ({b.soak_ticks_per_s:,.0f} ticks/s committed): flow RSS "
         f"{', '.join(f'{x:.0f}' for x in b.soak_rss_mb)} MB (max {b.flow_max_rss_mb:.0f}; last minute's median "
-        f"less the second's {b.soak_rss_rise_mb:+.0f} MB)",
+        f"less the second's {b.soak_rss_rise_mb:+.0f} MB; {b.soak_lost_messages} messages lost)",
     ])
 
 
