@@ -141,6 +141,8 @@ class _Partition(StatefulSourcePartition[Message, int]):
         self.above: set[int] = set()  # handed over, above the floor (a gap below them is still coming)
         self.unacked: list[str] = []  # reply subjects: no payloads kept alive
         self.ack_next: list[str] = []
+        self.stream_first_seq = 0  # the stream's oldest message, as last asked (an epoch ago)
+        self.discarded = 0  # messages the broker dropped before the flow read them
         self.nc = None
         self.pull: ContinuousPull | None = None
         self.io.run(self._connect(resume_seq))
@@ -191,10 +193,35 @@ class _Partition(StatefulSourcePartition[Message, int]):
                 continue
             self.above.add(seq)
             out.append(Message(m.subject, m.data, dict(m.headers or {}), seq))
+        self._advance_floor()
+        return out
+
+    def _advance_floor(self) -> None:
         while self.floor + 1 in self.above:
             self.floor += 1
             self.above.discard(self.floor)
-        return out
+
+    def _skip_discarded(self) -> None:
+        """A stream at its size limit drops its oldest messages, read or not. One dropped before the flow read
+        it never comes: the resume point moves past it (else it waited for it for good, and every later
+        message stayed in `above`) and the loss is logged. The stream's first sequence was asked an epoch ago,
+        so what was delivered before then is buffered or handed over by now; buffered ones are not skipped."""
+        buffered = [m.metadata.sequence.stream for m in list(self.pull.buffer)] if self.pull else []
+        target = min([self.stream_first_seq - 1, *(seq - 1 for seq in buffered)])
+        if target <= self.floor:
+            return
+        lost = target - self.floor - sum(1 for seq in self.above if seq <= target)
+        self.above = {seq for seq in self.above if seq > target}
+        self.floor = target
+        self._advance_floor()
+        if lost:
+            self.discarded += lost
+            log.error("the broker discarded %d message(s) of stream %s before the flow read them (%d in all): "
+                      "the flow is further behind than the stream's limits hold", lost, self.stream, self.discarded)
+
+    async def _ask_first_seq(self) -> None:
+        with contextlib.suppress(Exception):  # broker away: asked again at the next epoch
+            self.stream_first_seq = (await self.nc.jetstream().stream_info(self.stream)).state.first_seq
 
     async def _ack(self, replies: list[str]) -> None:
         for reply in replies:
@@ -209,6 +236,8 @@ class _Partition(StatefulSourcePartition[Message, int]):
         if self.ack_next:
             self.io.submit(self._ack(self.ack_next))
         self.ack_next, self.unacked = self.unacked, []
+        self._skip_discarded()
+        self.io.submit(self._ask_first_seq())
         return self.floor
 
     def close(self) -> None:

@@ -4,10 +4,11 @@ bounded number buffered, and pull requests renewed as they expire (real nats-ser
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import nats
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, StreamConfig
 
 from biopilot.aio import BackgroundLoop
 from biopilot.services import ManagedServer, restart
@@ -96,5 +97,35 @@ def test_after_a_broker_crash_the_source_asks_again_at_once(nats_server: Managed
         # the lost requests would be written off only 6 s after they were made, had the source not noticed
         assert [m.data for m in got] == [b"after"]
         assert time.monotonic() - start < 4
+    finally:
+        part.close()
+
+
+def test_messages_the_broker_discarded_unread_are_skipped_and_logged(nats_server: ManagedServer, caplog) -> None:
+    async def setup() -> None:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name="SMALL", subjects=["small.>"], max_msgs=5,
+                                         discard=DiscardPolicy.OLD))
+        for k in range(10):  # the first 5 are dropped to keep 5
+            await js.publish("small.r1", str(k).encode())
+        await nc.close()
+
+    asyncio.run(setup())
+    part = JetStreamSource(nats_server.url, stream="SMALL", durable="small", subjects=["small.>"]).build_part(
+        "nats", "small", None)
+    try:
+        got, deadline = [], time.monotonic() + 5
+        while len(got) < 5 and time.monotonic() < deadline:
+            got += [m.stream_seq for m in part.next_batch()]
+        assert got == [6, 7, 8, 9, 10]
+        assert part.snapshot() == 0  # 1-5 not yet known to be gone: waited for
+        deadline = time.monotonic() + 5
+        while part.stream_first_seq == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with caplog.at_level(logging.ERROR, logger="sources.jetstream"):
+            assert part.snapshot() == 10  # resumes after what is there, not before what is gone
+        assert part.discarded == 5 and not part.above
+        assert "discarded 5 message(s) of stream SMALL" in caplog.text
     finally:
         part.close()

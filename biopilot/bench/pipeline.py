@@ -494,10 +494,10 @@ def _soak(url: str, root: Path, data: pa.Table, soak_s: float, detector: str) ->
                       extra_env={"BIOPILOT_DETECTOR": detector})
     ps = psutil.Process(proc.pid)
     samples: list[float] = []
-    published, messages, lost = 0, 0, 0
+    messages, lost = 0, 0
 
     async def pump() -> None:
-        nonlocal published, messages, lost
+        nonlocal messages, lost
         nc = await nats.connect(url)
         js = nc.jetstream()
 
@@ -521,7 +521,6 @@ def _soak(url: str, root: Path, data: pa.Table, soak_s: float, detector: str) ->
                     await js.publish(f"biopilot.telemetry.{reactor}",
                                      encode_arrow(renamed.slice(offset, ROWS_PER_MESSAGE)), headers=ARROW_HEADERS,
                                      timeout=30)
-                    published += min(ROWS_PER_MESSAGE, renamed.num_rows - offset)
                     messages += 1
                     await wait_for_the_flow()
                     if time.monotonic() - t_sample >= SOAK_SAMPLE_S:
