@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -143,6 +144,7 @@ class _Partition(StatefulSourcePartition[Message, int]):
         self.ack_next: list[str] = []
         self.stream_first_seq = 0  # the stream's oldest message, as last asked (an epoch ago)
         self.discarded = 0  # messages the broker dropped before the flow read them
+        self.asking: concurrent.futures.Future | None = None
         self.nc = None
         self.pull: ContinuousPull | None = None
         self.io.run(self._connect(resume_seq))
@@ -237,11 +239,14 @@ class _Partition(StatefulSourcePartition[Message, int]):
             self.io.submit(self._ack(self.ack_next))
         self.ack_next, self.unacked = self.unacked, []
         self._skip_discarded()
-        self.io.submit(self._ask_first_seq())
+        self.asking = self.io.submit(self._ask_first_seq())
         return self.floor
 
     def close(self) -> None:
         # buffered messages were never handed over nor acked: the consumer delivers them again after a restart
+        if self.asking is not None:  # an answer on its way: not left pending on a stopped loop
+            with contextlib.suppress(Exception):
+                self.asking.result(timeout=2)
         with contextlib.suppress(Exception):
             self.io.run(self.pull.stop(), timeout=5)
         with contextlib.suppress(Exception):

@@ -8,6 +8,7 @@ import logging
 import time
 
 import nats
+import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, StreamConfig
 
 from biopilot.aio import BackgroundLoop
@@ -101,7 +102,8 @@ def test_after_a_broker_crash_the_source_asks_again_at_once(nats_server: Managed
         part.close()
 
 
-def test_messages_the_broker_discarded_unread_are_skipped_and_logged(nats_server: ManagedServer, caplog) -> None:
+def test_messages_the_broker_discarded_unread_are_skipped_and_logged(nats_server: ManagedServer,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     async def setup() -> None:
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream()
