@@ -81,6 +81,7 @@ def test_continuous_pull_renews_its_requests_as_they_expire(nats_server: Managed
 def test_after_a_broker_crash_the_source_asks_again_at_once(nats_server: ManagedServer) -> None:
     source = JetStreamSource(nats_server.url, durable="restart-test")
     part = source.build_part("nats", "restart-test", None)
+    server = None
     try:
         nats_server.proc.kill()  # no goodbye: the pull requests it held are gone without a word
         nats_server.proc.wait()
@@ -100,6 +101,8 @@ def test_after_a_broker_crash_the_source_asks_again_at_once(nats_server: Managed
         assert time.monotonic() - start < 4
     finally:
         part.close()
+        if server is not None:  # the fixture stops only the server it started
+            server.stop()
 
 
 def test_messages_the_broker_discarded_unread_are_skipped_and_logged(nats_server: ManagedServer,
