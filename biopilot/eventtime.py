@@ -145,8 +145,7 @@ class ReorderBuffer:
         keep = ~duplicate & ~late
         self.max_ts_us = max(self.max_ts_us, int(ts.max()))
         late_table = ticks.filter(pa.array(late)) if late.any() else None
-        for run in [] if late_table is None else set(self.gaps) & set(distinct(late_table["run_id"])):
-            # a late tick fills its gap; a second copy is a duplicate
+        for run in set(self.gaps) & set(runs[late].tolist()):  # a late tick fills its gap; a second copy is a duplicate
             self.gaps[run].remove(seq[late & (runs == run)])
             if not len(self.gaps[run]):
                 del self.gaps[run]

@@ -208,6 +208,8 @@ class _Partition(StatefulSourcePartition[Message, int]):
         it never comes: the resume point moves past it (else it waited for it for good, and every later
         message stayed in `above`) and the loss is logged. The stream's first sequence was asked an epoch ago,
         so what was delivered before then is buffered or handed over by now; buffered ones are not skipped."""
+        if self.stream_first_seq - 1 <= self.floor:  # nothing dropped unread: the usual case, every epoch
+            return
         buffered = [m.metadata.sequence.stream for m in list(self.pull.buffer)] if self.pull else []
         target = min([self.stream_first_seq - 1, *(seq - 1 for seq in buffered)])
         if target <= self.floor:
