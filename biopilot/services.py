@@ -23,6 +23,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import BadRequestError
 
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+FLOW_DURABLE = "biopilot-monitor"  # the monitoring flow's durable consumer on TELEMETRY
 
 STREAMS: dict[str, StreamConfig] = {
     "TELEMETRY": StreamConfig(
@@ -193,7 +194,7 @@ def start_services(lake: str, nats_url: str | None = None, redis_url: str | None
 
 
 def start_flow(nats_url: str, lake: str, recovery_dir: Path | None = None, lateness_s: float = 300.0,
-               durable: str = "biopilot-monitor", log_path: Path | None = None,
+               durable: str = FLOW_DURABLE, log_path: Path | None = None,
                extra_env: dict[str, str] | None = None, snapshot_s: float = 5.0) -> subprocess.Popen:
     """The monitoring flow as its own process (`python -m bytewax.run`), with a recovery store if given.
 

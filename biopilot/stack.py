@@ -19,7 +19,7 @@ from agents.llm import make_backend
 from agents.workers import Workers
 from biopilot.config import Settings
 from biopilot.events import SCHEMAS
-from biopilot.services import start_flow, start_services
+from biopilot.services import FLOW_DURABLE, start_flow, start_services
 from dashboard.app import create_app
 from dashboard.auth import create_token, secret_for
 from sinks import delta
@@ -40,7 +40,7 @@ def _stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         proc.wait()
 
 
-async def drain(nats_url: str, durable: str = "biopilot-monitor", timeout_s: float = 300.0) -> None:
+async def drain(nats_url: str, durable: str = FLOW_DURABLE, timeout_s: float = 300.0) -> None:
     """Wait until the flow has acknowledged everything published. The flow acks a message one epoch after
     processing it, when its sinks have committed that epoch, so an ack floor at the stream's end means done."""
     import nats

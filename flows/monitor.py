@@ -21,6 +21,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from biopilot.config import load_settings
+from biopilot.services import FLOW_DURABLE
 from detectors.monitor import MonitorConfig, monitor_step, warm_up
 from sinks.lake_sink import MAX_ROWS, LakeSink, default_wal_dir
 from sinks.nats_sink import NatsPublishSink, alert_json
@@ -49,7 +50,7 @@ def build_flow() -> Dataflow:
     recovery = os.environ.get("BIOPILOT_FLOW_RECOVERY", "1") != "0"
     config = MonitorConfig.for_detector(os.environ.get("BIOPILOT_DETECTOR", "fusion"),
                                         float(os.environ.get("BIOPILOT_LATENESS_S", "300")), snapshots_kept=recovery)
-    durable = os.environ.get("BIOPILOT_FLOW_DURABLE", "biopilot-monitor")
+    durable = os.environ.get("BIOPILOT_FLOW_DURABLE", FLOW_DURABLE)
     wal_dir = (os.environ.get("BIOPILOT_FLOW_WAL") or default_wal_dir(settings.lake, durable)) if recovery else None
     warm_up(config)
     # the modules, models and kernels loaded so far (~450k objects) never become garbage: a full collection

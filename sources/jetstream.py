@@ -26,6 +26,7 @@ from nats.js.api import DEFAULT_PREFIX, AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from biopilot.aio import BackgroundLoop
+from biopilot.services import FLOW_DURABLE
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ class JetStreamSource(FixedPartitionedSource[Message, int]):
     batch of ticks, so 8 is enough for throughput (8 x 10k ticks at full rate) while at live rates (~50-tick
     messages) a message waits for at most 7 others. `wait_s`: how long an idle `next_batch` waits for one."""
 
-    def __init__(self, url: str, stream: str = "TELEMETRY", durable: str = "biopilot-monitor",
+    def __init__(self, url: str, stream: str = "TELEMETRY", durable: str = FLOW_DURABLE,
                  subjects: list[str] | None = None, batch: int = 8, wait_s: float = 0.01) -> None:
         self.url, self.stream, self.durable = url, stream, durable
         self.subjects = subjects or ["biopilot.telemetry.>", "biopilot.assays.>"]

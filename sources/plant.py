@@ -10,7 +10,8 @@ running process between steps:
     {"type": "stop"}                       # stop the whole feed
 
 An injected fault starts now and writes its label row. With `jitter_share > 0` that share of ticks is
-delivered out of order (shuffled within a few ticks), as a real network would.
+delivered out of order (shuffled within a few ticks), as a real network would. The plant waits while the flow's
+consumer `flow_durable` is more than 1 GB behind (`sources.backpressure`: at `max` it could outrun the flow).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 
 from biopilot.events import LABELS, Label, to_table
+from biopilot.services import FLOW_DURABLE
+from sources.backpressure import Backpressure
 from sources.fleet import Fleet, run_id_for
 from sources.publish import publish_assays, publish_ticks, publish_watermark, split_by_reactor
 from sources.scenarios import Scenario
@@ -60,7 +63,7 @@ class PlantFeed:
     def __init__(self, nats_url: str, scenario: Scenario, reactors: int = 4, speed: float | None = 600.0,
                  seed: int = 0, jitter_share: float = 0.0, step_s: float = 0.5, lateness_s: float = 300.0,
                  max_batches: int | None = None, start: datetime | None = None, turnaround_h: float = 12.0,
-                 record: Callable[[str, pa.Table], None] | None = None) -> None:
+                 record: Callable[[str, pa.Table], None] | None = None, flow_durable: str = FLOW_DURABLE) -> None:
         """`record(table_name, rows)` stores the `labels` and `runs` rows (the caller's lake writer)."""
         if speed is not None and speed <= 0:
             raise ValueError("speed must be > 0 (or None for as fast as possible)")
@@ -76,6 +79,8 @@ class PlantFeed:
         self.interrupted = False
         self.commands: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
         self.rng = np.random.default_rng(seed)
+        self.flow_durable = flow_durable
+        self.backpressure: Backpressure | None = None  # while it runs
 
     def interrupt(self) -> None:
         """Ctrl-C: stop at the next step."""
@@ -128,6 +133,7 @@ class PlantFeed:
     async def run(self) -> PlantStats:
         nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         js = nc.jetstream()
+        self.backpressure = Backpressure(js, self.flow_durable)
         sub = await nc.subscribe("biopilot.control.*", cb=self._on_control)
         try:
             start = self.start
@@ -176,7 +182,8 @@ class PlantFeed:
                 # the last of 40 reactors' messages waited in the flow for the 39 before it (alert p99 75-99 ms
                 # against 24-46 ms staggered, `biopilot bench pipeline`)
                 await asyncio.sleep(max(0.0, t_wall + step_wall_s * k / len(per_reactor) - time.monotonic()))
-                await publish_ticks(js, reactor, jitter(rows, self.jitter_share, 5, self.rng))
+                await publish_ticks(js, reactor, jitter(rows, self.jitter_share, 5, self.rng),
+                                    backpressure=self.backpressure)
             self.stats.ticks += ticks.num_rows
             for row in chunk.assays.to_pylist():
                 heapq.heappush(pending_assays, (int(row["reported_ts"].timestamp() * 1e6), order,

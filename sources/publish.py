@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 from nats.js import JetStreamContext
 
 from biopilot.codec import ARROW_CONTENT_TYPE, encode_arrow
+from sources.backpressure import Backpressure
 from sources.telemetry import KIND_HEADER
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,14 @@ def split_by_reactor(ticks: pa.Table | pa.RecordBatch) -> dict[str, pa.Table]:
     return {r: table.filter(pc.equal(reactors, r)) for r in ids}
 
 
-async def publish_ticks(js: JetStreamContext, reactor_id: str, ticks: pa.Table, max_rows: int = 20_000) -> None:
+async def publish_ticks(js: JetStreamContext, reactor_id: str, ticks: pa.Table, max_rows: int = 20_000,
+                        backpressure: Backpressure | None = None) -> None:
+    """Ticks as Arrow IPC messages of at most `max_rows`; with `backpressure`, held while the flow is behind."""
     for offset in range(0, ticks.num_rows, max_rows):
-        await publish_retrying(js, f"biopilot.telemetry.{reactor_id}", encode_arrow(ticks.slice(offset, max_rows)),
-                               ARROW_HEADERS)
+        payload = encode_arrow(ticks.slice(offset, max_rows))
+        await publish_retrying(js, f"biopilot.telemetry.{reactor_id}", payload, ARROW_HEADERS)
+        if backpressure is not None:
+            await backpressure.published(len(payload))
 
 
 async def publish_assays(js: JetStreamContext, reactor_id: str, assays: pa.Table) -> None:

@@ -1,6 +1,9 @@
 """Replay a stored run to NATS: its ticks at their event-time spacing divided by `speed` (or as fast as
 possible), its assays when their lab results were reported, and a closing watermark.
 
+At `max` (or any speed faster than the flow) it waits while the flow's consumer `flow_durable` is more than
+`max_behind_bytes` (1 GB) behind (`sources.backpressure`), so that the broker never drops what the flow has not read.
+
 `biopilot.control.<reactor>` accepts `{"type": "pause"}`, `{"type": "resume"}` and `{"type": "stop"}` while a
 replay runs.
 """
@@ -15,13 +18,16 @@ from collections.abc import Callable
 import nats
 import pyarrow as pa
 
+from biopilot.services import FLOW_DURABLE
+from sources.backpressure import DEFAULT_MAX_BYTES, Backpressure
 from sources.publish import publish_assays, publish_ticks, publish_watermark
 
 
 class Replay:
     def __init__(self, nats_url: str, ticks: pa.Table, assays: pa.Table | None = None, speed: float | None = None,
                  batch_ticks: int = 500, lateness_s: float = 300.0, as_run: str | None = None,
-                 as_reactor: str | None = None) -> None:
+                 as_reactor: str | None = None, flow_durable: str = FLOW_DURABLE,
+                 max_behind_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if ticks.num_rows == 0:
             raise ValueError("the run has no ticks")
         if speed is not None and speed <= 0:
@@ -38,6 +44,8 @@ class Replay:
         self.paused = asyncio.Event()
         self.stopped = False
         self.published = 0
+        self.flow_durable, self.max_behind_bytes = flow_durable, max_behind_bytes
+        self.backpressure: Backpressure | None = None  # while it runs
 
     async def _on_control(self, msg: nats.aio.msg.Msg) -> None:
         try:
@@ -62,6 +70,7 @@ class Replay:
     async def run(self, progress: Callable[[int], None] | None = None) -> int:
         nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         js = nc.jetstream()
+        self.backpressure = Backpressure(js, self.flow_durable, max_bytes=self.max_behind_bytes)
         sub = await nc.subscribe(f"biopilot.control.{self.reactor}", cb=self._on_control)
         ts = self.ticks["ts"].cast(pa.int64()).to_numpy()
         reported = (self.assays["reported_ts"].cast(pa.int64()).to_numpy() if self.assays is not None else [])
@@ -81,7 +90,7 @@ class Replay:
                 if self.speed is not None:  # keep event-time spacing, divided by the speed
                     due = t0_wall + paused_for + (last_ts - t0_event) / 1e6 / self.speed
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
-                await publish_ticks(js, self.reactor, batch)
+                await publish_ticks(js, self.reactor, batch, backpressure=self.backpressure)
                 while next_assay < len(reported) and reported[next_assay] <= last_ts:
                     await publish_assays(js, self.reactor, self.assays.slice(next_assay, 1))
                     next_assay += 1

@@ -11,7 +11,7 @@ import pytest
 MODULES = ["detectors.zscore", "detectors.moving_average", "detectors.cusum", "detectors.pca", "detectors.iforest",
            "detectors.hst", "detectors.golden", "detectors.fusion", "detectors.sensor_health", "detectors.autoencoder",
            "detectors.twin_residual", "detectors.soft_sensors", "detectors.transformer", "biopilot.events",
-           "biopilot.eventtime", "sinks.delta", "biopilot.bench.pipeline"]
+           "biopilot.eventtime", "sinks.delta", "biopilot.bench.pipeline", "sources.backpressure"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -18,9 +18,9 @@ round (independent plants, each on its own clock: the headline figures), in burs
 in the same instant, as our simulated fleet steps in lockstep: the last of 40 waits for the 39 before it),
 and staggered with a Bytewax recovery store (as `biopilot up` runs the flow: 5 s epochs, each ending with a
 snapshot of every reactor's monitor). Memory: the flow's RSS sampled every 5 s during a soak at full rate (the
-publisher staying at most `SOAK_BACKLOG_MESSAGES` ahead of the flow, so the broker never discards what the flow
-has not read: `soak_lost_messages` counts what it did), and its rise (`rss_rise_mb`: the last minute's median
-less the second's).
+publisher held at most `SOAK_BACKLOG_BYTES` ahead of the flow by `sources.backpressure`, so the broker never
+discards what the flow has not read: `soak_lost_messages` counts what it did), and its rise (`rss_rise_mb`: the
+last minute's median less the second's).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from biopilot.events import TICKS
 from biopilot.services import ManagedServer, ensure_streams, start_flow, start_nats
 from sinks.delta import Appender
 from sinks.lake_sink import MAX_ROWS
+from sources.backpressure import Backpressure
 from sources.fleet import Fleet
 from sources.publish import ARROW_HEADERS, publish_watermark, split_by_reactor
 from sources.scenarios import load_scenario
@@ -103,10 +104,10 @@ class PipelineBench:
 
 
 SOAK_SAMPLE_S = 5.0
-# the soak's publisher waits while this many messages (~300 MB) are published and not yet delivered: enough to
+# the soak's publisher waits while this much (~200 messages) is published and not yet delivered: enough to
 # keep the flow busy, far below the stream's limit. Unchecked, it ran ahead of the flow until the stream was
 # full (4 GB, after ~30 s) and the broker discarded the oldest messages before the flow had read them
-SOAK_BACKLOG_MESSAGES = 200
+SOAK_BACKLOG_BYTES = 300_000_000
 
 
 def rss_rise_mb(samples: list[float], sample_s: float = SOAK_SAMPLE_S, window_s: float = 60.0) -> float:
@@ -501,10 +502,9 @@ def _soak(url: str, root: Path, data: pa.Table, soak_s: float, detector: str) ->
         nc = await nats.connect(url)
         js = nc.jetstream()
 
-        async def wait_for_the_flow() -> None:
-            while (await js.consumer_info("TELEMETRY", "bench-soak")).num_pending > SOAK_BACKLOG_MESSAGES:
-                await asyncio.sleep(0.05)
-
+        # asked after every message, and never given up on: a stalled soak flow shows as a low rate
+        backpressure = Backpressure(js, "bench-soak", max_bytes=SOAK_BACKLOG_BYTES, check_every_s=0.0,
+                                    stall_s=float("inf"))
         per_reactor = split_by_reactor(data)
         ts = data["ts"].cast(pa.int64())
         span_us = int(pc.max(ts).as_py() - pc.min(ts).as_py()) + 86_400_000_000
@@ -518,11 +518,10 @@ def _soak(url: str, root: Path, data: pa.Table, soak_s: float, detector: str) ->
                 shifted = pc.add(renamed["ts"].cast(pa.int64()), generation * span_us).cast(TICKS.field("ts").type)
                 renamed = renamed.set_column(3, "ts", shifted)
                 for offset in range(0, renamed.num_rows, ROWS_PER_MESSAGE):
-                    await js.publish(f"biopilot.telemetry.{reactor}",
-                                     encode_arrow(renamed.slice(offset, ROWS_PER_MESSAGE)), headers=ARROW_HEADERS,
-                                     timeout=30)
+                    payload = encode_arrow(renamed.slice(offset, ROWS_PER_MESSAGE))
+                    await js.publish(f"biopilot.telemetry.{reactor}", payload, headers=ARROW_HEADERS, timeout=30)
                     messages += 1
-                    await wait_for_the_flow()
+                    await backpressure.published(len(payload))
                     if time.monotonic() - t_sample >= SOAK_SAMPLE_S:
                         samples.append(ps.memory_info().rss / 1e6)
                         t_sample = time.monotonic()
