@@ -29,6 +29,7 @@ import asyncio
 import logging
 import time
 
+import nats.errors
 from nats.js.errors import NotFoundError
 
 from biopilot.services import FLOW_DURABLE, STREAMS
@@ -86,7 +87,12 @@ class Backpressure:
         """(bytes the consumer has not been delivered, its delivered stream seq), or None: nothing to wait for."""
         try:
             consumer = await self.js.consumer_info(self.stream, self.durable)
+            state = (await self.js.stream_info(self.stream)).state if consumer.num_pending else None
         except NotFoundError:
+            return None
+        except (TimeoutError, nats.errors.Error, OSError) as err:
+            # the broker is away (a restart): the publish itself waits it out; asked again at the next check
+            log.debug("could not ask the broker how far the flow is behind: %s", err)
             return None
         seq = consumer.delivered.stream_seq
         if self._stalled_at is not None:
@@ -94,7 +100,6 @@ class Backpressure:
                 return None
             self._stalled_at = None
             log.info("the flow's consumer %r reads again: producers wait for it again", self.durable)
-        if not consumer.num_pending:
+        if state is None:
             return 0.0, seq
-        state = (await self.js.stream_info(self.stream)).state
         return consumer.num_pending * state.bytes / max(1, state.messages), seq

@@ -9,8 +9,8 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from sources.backpressure import Backpressure
-from sources.replay import Replay
 from sources.publish import publish_ticks
+from sources.replay import Replay
 from tests.stream_helpers import make_ticks
 
 TICKS = make_ticks(reactors=1, ticks=4000)  # 40 messages of 100 ticks, ~10 kB each
@@ -100,3 +100,16 @@ def test_a_replay_at_max_waits_for_the_flow(nats_server):
     assert replay.backpressure.holds >= 3
     # a check per second or per 6 kB (an eighth of 50 kB), whichever comes first: at most one message over
     assert most_pending <= 7
+
+
+def test_a_broker_that_cannot_answer_does_not_stop_the_producer(nats_server):
+    async def run() -> Backpressure:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await _flow_consumer(js)
+        await nc.close()  # every question now fails, as while the broker restarts
+        gate = Backpressure(js, "flow", max_bytes=1, check_every_s=0.0)
+        await gate.published(10_000)
+        return gate
+
+    assert asyncio.run(run()).holds == 0
