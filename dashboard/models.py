@@ -85,6 +85,7 @@ class ReplayStatus(BaseModel):
     state: Literal["running", "paused", "done", "stopped", "failed"]
     published: int
     total: int
+    held_s: float = 0.0  # how long the replay waited for the flow to catch up (back-pressure)
 
 
 class ChatRequest(_Strict):
