@@ -30,6 +30,7 @@ import logging
 import time
 
 import nats.errors
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from biopilot.services import FLOW_DURABLE, STREAMS
@@ -41,7 +42,7 @@ DEFAULT_MAX_BYTES = STREAMS["TELEMETRY"].max_bytes // 4
 
 
 class Backpressure:
-    def __init__(self, js, durable: str = FLOW_DURABLE, stream: str = "TELEMETRY",
+    def __init__(self, js: JetStreamContext, durable: str = FLOW_DURABLE, stream: str = "TELEMETRY",
                  max_bytes: int = DEFAULT_MAX_BYTES, check_every_s: float = 1.0, stall_s: float = 30.0,
                  poll_s: float = 0.05) -> None:
         """`js`: a JetStream context. The broker is asked at most every `check_every_s`, or after `max_bytes / 8`
@@ -55,11 +56,16 @@ class Backpressure:
         self._since_check = 0
         self._checked_at = float("-inf")
         self._stalled_at: int | None = None  # the consumer's delivered stream seq when it was found stalled
+        self._released = False
+
+    def release(self) -> None:
+        """The producer is stopping (Ctrl-C, a stop command): a hold ends at once, and none follows."""
+        self._released = True
 
     async def published(self, nbytes: int) -> None:
         """Call after each message: returns at once, or when the flow is no more than `max_bytes` behind."""
         self._since_check += nbytes
-        if (self._since_check < self.max_bytes // 8
+        if self._released or (self._since_check < self.max_bytes // 8
                 and time.monotonic() - self._checked_at < self.check_every_s):
             return
         self._since_check, self._checked_at = 0, time.monotonic()
@@ -69,7 +75,7 @@ class Backpressure:
         self.holds += 1
         start = progress_at = time.monotonic()
         last_seq = behind[1]
-        while behind is not None and behind[0] > self.max_bytes:
+        while behind is not None and behind[0] > self.max_bytes and not self._released:
             if behind[1] != last_seq:
                 last_seq, progress_at = behind[1], time.monotonic()
             elif time.monotonic() - progress_at >= self.stall_s:

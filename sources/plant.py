@@ -86,6 +86,8 @@ class PlantFeed:
         """Ctrl-C: stop at the next step."""
         self.interrupted = True
         self.stopping.set()
+        if self.backpressure is not None:
+            self.backpressure.release()
 
     # ---- commands -------------------------------------------------------------------------------------
     async def _on_control(self, msg: nats.aio.msg.Msg) -> None:
@@ -97,6 +99,8 @@ class PlantFeed:
         except (ValueError, UnicodeDecodeError) as err:
             self.stats.rejected_commands.append(f"{reactor}: {err}")
             return
+        if command["type"] == "stop" and self.backpressure is not None:
+            self.backpressure.release()  # a step held for the flow would apply the stop only once it caught up
         await self.commands.put((reactor, command))
 
     def _apply(self, fleet: Fleet, reactor: str, command: dict) -> list[Label]:

@@ -64,6 +64,8 @@ class Replay:
         elif kind == "stop":
             self.stopped = True
             self.paused.clear()
+            if self.backpressure is not None:
+                self.backpressure.release()
         else:
             raise ValueError(f"unknown replay command {kind!r}; use pause, resume or stop")
 

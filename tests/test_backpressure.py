@@ -113,3 +113,23 @@ def test_a_broker_that_cannot_answer_does_not_stop_the_producer(nats_server):
         return gate
 
     assert asyncio.run(run()).holds == 0
+
+
+def test_a_stopping_producer_is_released_at_once(nats_server):
+    async def run() -> tuple[float, Backpressure]:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await _flow_consumer(js)  # never read, and never given up on below
+        gate = Backpressure(js, "flow", max_bytes=50_000, check_every_s=0.0, stall_s=60.0, poll_s=0.01)
+        producer = asyncio.create_task(_publish_all(js, gate))
+        await asyncio.sleep(0.5)
+        assert not producer.done()  # held
+        released_at = asyncio.get_running_loop().time()
+        gate.release()
+        await asyncio.wait_for(producer, 5)
+        waited = asyncio.get_running_loop().time() - released_at
+        await nc.close()
+        return waited, gate
+
+    waited, gate = asyncio.run(run())
+    assert gate.holds == 1 and waited < 1.0
