@@ -581,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Ctrl-C stops everything.")
     p.add_argument("--reactors", type=_positive("--reactors", int), default=4)
     p.add_argument("--speed", type=_positive("--speed", allow_max=True), default=600.0,
-                   help="simulated seconds per wall second, or max (default 600)")
+                   help="simulated seconds per wall second, or max (default 600; the plant waits while the "
+                        "flow is more than 1 GB behind)")
     p.add_argument("--plant", choices=["bioreactor", "patient"], default="bioreactor")
     p.add_argument("--scenario", default="normal", help="scenario of every batch (default normal)")
     p.add_argument("--jitter", type=float, default=0.0, help="share of ticks delivered out of order (0-1)")
@@ -597,7 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="publish a stored run to NATS",
                        description="Publish a stored run's ticks (event-time spacing divided by --speed) and "
                                    "assays to the broker in BIOPILOT_NATS_URL. While it runs, "
-                                   'biopilot.control.<reactor> takes {"type": "pause"|"resume"|"stop"}.')
+                                   'biopilot.control.<reactor> takes {"type": "pause"|"resume"|"stop"}. '
+                                   "It waits while the monitoring flow is more than 1 GB behind, so the broker "
+                                   "never drops what the flow has not read (not for a flow that has stopped).")
     p.add_argument("--run", required=True, help="run id (see `biopilot overview`)")
     p.add_argument("--speed", type=_positive("--speed", allow_max=True), default=600.0,
                    help="speed factor or max (default 600)")
