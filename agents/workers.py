@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 STATE_KEY = "biopilot:incidents:{reactor}"
 SEQ_KEY = "biopilot:agent-seq:{incident_id}"
 EVIDENCE_WAIT_S = 5.0  # how long to wait for the flow to commit the ticks around a new incident
+OPEN_WAIT_S = 5.0  # how long an incident's resolve waits for its open's first chunk (another worker's)
 
 
 @dataclass
@@ -117,6 +118,7 @@ class Workers:
                                                        "emitted_at": datetime.now(UTC)})
 
         if event["event"] == "resolve":
+            await self._opened_first(incident_id)
             await send(f"Incident {incident_id} on {event['reactor_id']} resolved at {event['end_ts']}: every "
                        f"alarm in it stayed quiet for the clear period.", done=True)
             return
@@ -135,6 +137,15 @@ class Workers:
         for text in await asyncio.to_thread(lambda: list(self.backend.explain(findings))):
             await send(text)
         await send("", done=True, findings=findings)
+
+    async def _opened_first(self, incident_id: str) -> None:
+        """A short incident's open and resolve reach the two workers at once, and the resolve's chunk could take
+        seq 0: the incident's stream would begin with "resolved". Its chunk waits until the open's first one has
+        taken its seq (at most `OPEN_WAIT_S`: an open handled before this process started may leave no trace)."""
+        key = SEQ_KEY.format(incident_id=incident_id)
+        deadline = time.monotonic() + OPEN_WAIT_S
+        while not await self.redis.exists(key) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     def _diagnose(self, event: dict) -> IncidentFinding | None:
         start = datetime.fromisoformat(event["start_ts"])

@@ -122,3 +122,38 @@ def test_an_undecodable_alert_is_skipped_and_the_next_one_handled(nats_server, r
 
     got = asyncio.run(go())
     assert [e["event"] for e in got] == ["open"]
+
+
+def test_an_incident_stream_begins_with_its_open_even_when_its_resolve_arrives_first(nats_server, redis_server,
+                                                                                     tmp_path):
+    # a short incident: its open and resolve reach two workers at once, and the resolve may be handled first
+    ticks, _, _ = simulated("do_limitation")
+    resolve = incidents_of(ticks)[0][0]
+    opened = resolve | {"event": "open", "status": "open", "end_ts": None}
+
+    async def go() -> list[dict]:
+        w = Workers(nats_server.url, redis_server.url, str(tmp_path / "lake"), OfflineBackend())
+        await w.start()
+        nc = await nats.connect(nats_server.url)
+        chunks: list[dict] = []
+
+        async def on_chunk(msg) -> None:  # noqa: ANN001
+            chunks.append(json.loads(msg.data))
+
+        await nc.subscribe(f"biopilot.agent.{resolve['incident_id']}", cb=on_chunk)
+        await nc.flush()
+        await nc.publish("biopilot.incidents.r1", alert_json(resolve))
+        await asyncio.sleep(0.3)
+        await nc.publish("biopilot.incidents.r1", alert_json(opened))
+        for _ in range(100):  # the open's diagnosis ends after the evidence wait (no telemetry in this lake)
+            if sum(c["done"] for c in chunks) == 2:
+                break
+            await asyncio.sleep(0.1)
+        await nc.close()
+        await w.stop()
+        return sorted(chunks, key=lambda c: c["seq"])
+
+    stream = asyncio.run(go())
+    assert [c["seq"] for c in stream] == list(range(len(stream)))
+    assert stream[0]["text"].startswith(f"Incident {resolve['incident_id']} opened")
+    assert stream[1]["text"].startswith(f"Incident {resolve['incident_id']} on r1 resolved")
