@@ -114,7 +114,7 @@ def run_up(settings: Settings, scenario: Scenario, reactors: int, speed: float |
             loop.run_until_complete(asyncio.wait([web], timeout=10))
             loop.run_until_complete(workers.stop())
             loop.close()
-        held_s = feed.backpressure.held_s if feed.backpressure else 0.0
+        held_s = feed.backpressure.held_s
         print(f"plant stopped: {stats.batches} batch(es), {stats.ticks:,} ticks, {stats.assays} assays published"
               + (f", held {held_s:.1f} s while the flow caught up" if held_s >= 0.05 else ""), file=out, flush=True)
         if not feed.interrupted:

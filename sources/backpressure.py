@@ -42,10 +42,11 @@ DEFAULT_MAX_BYTES = STREAMS["TELEMETRY"].max_bytes // 4
 
 
 class Backpressure:
-    def __init__(self, js: JetStreamContext, durable: str = FLOW_DURABLE, stream: str = "TELEMETRY",
+    def __init__(self, js: JetStreamContext | None, durable: str = FLOW_DURABLE, stream: str = "TELEMETRY",
                  max_bytes: int = DEFAULT_MAX_BYTES, check_every_s: float = 1.0, stall_s: float = 30.0,
                  poll_s: float = 0.05) -> None:
-        """`js`: a JetStream context. The broker is asked at most every `check_every_s`, or after `max_bytes / 8`
+        """`js`: a JetStream context, or None until the producer connects (then set `js`; no wait without one).
+        The broker is asked at most every `check_every_s`, or after `max_bytes / 8`
         published since it was last asked, so a fast producer overshoots `max_bytes` by at most an eighth."""
         if max_bytes <= 0:
             raise ValueError("max_bytes must be > 0")
@@ -91,6 +92,8 @@ class Backpressure:
 
     async def _behind(self) -> tuple[float, int] | None:
         """(bytes the consumer has not been delivered, its delivered stream seq), or None: nothing to wait for."""
+        if self.js is None:
+            return None
         try:
             consumer = await self.js.consumer_info(self.stream, self.durable)
             state = (await self.js.stream_info(self.stream)).state if consumer.num_pending else None

@@ -79,15 +79,13 @@ class PlantFeed:
         self.interrupted = False
         self.commands: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
         self.rng = np.random.default_rng(seed)
-        self.flow_durable = flow_durable
-        self.backpressure: Backpressure | None = None  # while it runs
+        self.backpressure = Backpressure(None, flow_durable)  # connected by `run`
 
     def interrupt(self) -> None:
         """Ctrl-C: stop at the next step."""
         self.interrupted = True
         self.stopping.set()
-        if self.backpressure is not None:
-            self.backpressure.release()
+        self.backpressure.release()
 
     # ---- commands -------------------------------------------------------------------------------------
     async def _on_control(self, msg: nats.aio.msg.Msg) -> None:
@@ -99,7 +97,7 @@ class PlantFeed:
         except (ValueError, UnicodeDecodeError) as err:
             self.stats.rejected_commands.append(f"{reactor}: {err}")
             return
-        if command["type"] == "stop" and self.backpressure is not None:
+        if command["type"] == "stop":
             self.backpressure.release()  # a step held for the flow would apply the stop only once it caught up
         await self.commands.put((reactor, command))
 
@@ -137,7 +135,7 @@ class PlantFeed:
     async def run(self) -> PlantStats:
         nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         js = nc.jetstream()
-        self.backpressure = Backpressure(js, self.flow_durable)
+        self.backpressure.js = js
         sub = await nc.subscribe("biopilot.control.*", cb=self._on_control)
         try:
             start = self.start

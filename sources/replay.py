@@ -2,7 +2,8 @@
 possible), its assays when their lab results were reported, and a closing watermark.
 
 At `max` (or any speed faster than the flow) it waits while the flow's consumer `flow_durable` is more than
-`max_behind_bytes` (1 GB) behind (`sources.backpressure`), so that the broker never drops what the flow has not read.
+`max_behind_bytes` (1 GB) behind (`sources.backpressure`), so that the broker never drops what the flow has not
+read.
 
 `biopilot.control.<reactor>` accepts `{"type": "pause"}`, `{"type": "resume"}` and `{"type": "stop"}` while a
 replay runs.
@@ -44,8 +45,7 @@ class Replay:
         self.paused = asyncio.Event()
         self.stopped = False
         self.published = 0
-        self.flow_durable, self.max_behind_bytes = flow_durable, max_behind_bytes
-        self.backpressure: Backpressure | None = None  # while it runs
+        self.backpressure = Backpressure(None, flow_durable, max_bytes=max_behind_bytes)  # connected by `run`
 
     async def _on_control(self, msg: nats.aio.msg.Msg) -> None:
         try:
@@ -64,15 +64,14 @@ class Replay:
         elif kind == "stop":
             self.stopped = True
             self.paused.clear()
-            if self.backpressure is not None:
-                self.backpressure.release()
+            self.backpressure.release()
         else:
             raise ValueError(f"unknown replay command {kind!r}; use pause, resume or stop")
 
     async def run(self, progress: Callable[[int], None] | None = None) -> int:
         nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         js = nc.jetstream()
-        self.backpressure = Backpressure(js, self.flow_durable, max_bytes=self.max_behind_bytes)
+        self.backpressure.js = js
         sub = await nc.subscribe(f"biopilot.control.{self.reactor}", cb=self._on_control)
         ts = self.ticks["ts"].cast(pa.int64()).to_numpy()
         reported = (self.assays["reported_ts"].cast(pa.int64()).to_numpy() if self.assays is not None else [])

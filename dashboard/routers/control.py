@@ -56,7 +56,7 @@ def _status(replay_id: str, entry: dict) -> ReplayStatus:
         state = "paused"
     return ReplayStatus(replay_id=replay_id, run_id=entry["run_id"], as_run=entry["as_run"], reactor_id=r.reactor,
                         speed=r.speed, state=state, published=r.published, total=r.ticks.num_rows,
-                        held_s=r.backpressure.held_s if r.backpressure else 0.0)
+                        held_s=r.backpressure.held_s)
 
 
 @router.post("/replay", status_code=status.HTTP_202_ACCEPTED, response_model=ReplayStatus)
