@@ -83,6 +83,18 @@ def _from_json(payload: bytes, schema: pa.Schema) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
+def _pooled(payload: bytes) -> pa.Buffer:
+    """`payload` copied into Arrow's memory pool (~50 us for a 1.5 MB message). The rows read from it are used in
+    place, and the flow's Delta sink holds them until their micro-batch commits, a second or more: read from the
+    `bytes` the NATS client made, they held those in glibc's heap, between that thread's short-lived buffers,
+    and glibc's high-water mark (the flow's RSS) rose with every peak of rows in flight. Arrow's pool gives back
+    what it frees."""
+    buffer = pa.allocate_buffer(len(payload))
+    with pa.FixedSizeBufferWriter(buffer) as writer:
+        writer.write(payload)
+    return buffer
+
+
 def decode_rows(payload: bytes, schema: pa.Schema = TICKS) -> pa.Table:
     """Arrow IPC stream or JSON (object or array) -> a table cast to `schema`."""
     if len(payload) > MAX_PAYLOAD_BYTES:
@@ -92,7 +104,7 @@ def decode_rows(payload: bytes, schema: pa.Schema = TICKS) -> pa.Table:
     if payload[:1] in (b"{", b"[") or payload[:1].isspace():
         return _from_json(payload, schema)
     try:
-        table = pa.ipc.open_stream(payload).read_all()
+        table = pa.ipc.open_stream(_pooled(payload)).read_all()
     except (pa.ArrowInvalid, OSError) as err:
         raise PayloadError(f"not Arrow IPC and not JSON: {err}") from None
     table = _one_chunk(table)  # another producer's several record batches: copied together once

@@ -184,9 +184,9 @@ class ReactorMonitor:
                                         ticks["volume_l"].to_numpy(zero_copy_only=False))
         out.add("scores", pa.Table.from_arrays(
             [ticks["run_id"], ticks["reactor_id"], ticks["seq"], ticks["ts"],
-             pa.repeat(pa.scalar(self.detector.name), n), pa.array(scores),
+             pa.repeat(pa.scalar(self.detector.name), n), _held(scores),
              pa.repeat(pa.scalar(self.config.alarm_on), n),
-             pa.array(is_alarm), pa.array(vcd), pa.array(glucose)], schema=SCORES))
+             pa.array(is_alarm), _held(vcd), _held(glucose)], schema=SCORES))
         for i in np.flatnonzero((fired | cleared).any(axis=0)):
             for j in np.flatnonzero(cleared[:, i]):
                 if names[j] in self.open_alerts:
@@ -210,6 +210,14 @@ class ReactorMonitor:
                 "detector": self.detector.name, "member": member, "score": score, "threshold": self.config.alarm_on,
                 "severity": "critical" if score >= 2 * self.config.alarm_on else "warning", "signals": signals,
                 "emitted_at": datetime.now(UTC)}
+
+
+def _held(values: np.ndarray) -> pa.Array:
+    """`values` copied into Arrow's memory pool, for rows the Delta sink holds until their micro-batch commits
+    (a second or more). `pa.array` would wrap numpy's buffer, which comes from glibc's heap: held that long
+    between the step's short-lived arrays, such buffers fragmented it, and the flow's RSS rose with each peak of
+    rows in flight. Arrow's pool gives back what it frees."""
+    return pa.concat_arrays([pa.array(values)])
 
 
 def alarm_clear(alert: dict, ts: datetime) -> dict:
