@@ -213,10 +213,8 @@ class ReactorMonitor:
 
 
 def _held(values: np.ndarray) -> pa.Array:
-    """`values` copied into Arrow's memory pool, for rows the Delta sink holds until their micro-batch commits
-    (a second or more). `pa.array` would wrap numpy's buffer, which comes from glibc's heap: held that long
-    between the step's short-lived arrays, such buffers fragmented it, and the flow's RSS rose with each peak of
-    rows in flight. Arrow's pool gives back what it frees."""
+    """`values` copied into Arrow's memory pool: `pa.array` would wrap numpy's buffer, glibc memory, for as long as
+    the Delta sink holds the rows (why that matters: `biopilot.codec._pooled`)."""
     return pa.concat_arrays([pa.array(values)])
 
 
