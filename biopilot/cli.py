@@ -169,9 +169,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     replay = Replay(settings.nats_url, ticks, assays, speed=args.speed, as_run=args.as_run)
     with tqdm(total=ticks.num_rows, unit="tick", desc=f"replay {args.run}", disable=not sys.stderr.isatty()) as bar:
         n = asyncio.run(replay.run(progress=bar.update))
-    held = replay.backpressure.held_s
-    print(f"published {n:,} ticks of {args.as_run or args.run}"
-          + (f" (held {held:.1f} s while the flow caught up)" if held >= 0.05 else ""))
+    held = replay.backpressure.held_text()
+    print(f"published {n:,} ticks of {args.as_run or args.run}" + (f" ({held})" if held else ""))
     return 0
 
 

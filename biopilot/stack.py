@@ -114,9 +114,9 @@ def run_up(settings: Settings, scenario: Scenario, reactors: int, speed: float |
             loop.run_until_complete(asyncio.wait([web], timeout=10))
             loop.run_until_complete(workers.stop())
             loop.close()
-        held_s = feed.backpressure.held_s
+        held = feed.backpressure.held_text()
         print(f"plant stopped: {stats.batches} batch(es), {stats.ticks:,} ticks, {stats.assays} assays published"
-              + (f", held {held_s:.1f} s while the flow caught up" if held_s >= 0.05 else ""), file=out, flush=True)
+              + (f", {held}" if held else ""), file=out, flush=True)
         if not feed.interrupted:
             asyncio.run(drain(services.nats_url))
             print("flow drained", file=out)

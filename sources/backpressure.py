@@ -46,8 +46,8 @@ class Backpressure:
                  max_bytes: int = DEFAULT_MAX_BYTES, check_every_s: float = 1.0, stall_s: float = 30.0,
                  poll_s: float = 0.05) -> None:
         """`js`: a JetStream context, or None until the producer connects (then set `js`; no wait without one).
-        The broker is asked at most every `check_every_s`, or after `max_bytes / 8`
-        published since it was last asked, so a fast producer overshoots `max_bytes` by at most an eighth."""
+        The broker is asked at most every `check_every_s`, or after `max_bytes / 8` published since it was last
+        asked, so a fast producer overshoots `max_bytes` by at most an eighth."""
         if max_bytes <= 0:
             raise ValueError("max_bytes must be > 0")
         self.js, self.durable, self.stream = js, durable, stream
@@ -96,19 +96,23 @@ class Backpressure:
             return None
         try:
             consumer = await self.js.consumer_info(self.stream, self.durable)
-            state = (await self.js.stream_info(self.stream)).state if consumer.num_pending else None
+            seq = consumer.delivered.stream_seq
+            if self._stalled_at is not None:
+                if seq == self._stalled_at:
+                    return None
+                self._stalled_at = None
+                log.info("the flow's consumer %r reads again: producers wait for it again", self.durable)
+            if not consumer.num_pending:
+                return 0.0, seq
+            state = (await self.js.stream_info(self.stream)).state
         except NotFoundError:
             return None
         except (TimeoutError, nats.errors.Error, OSError) as err:
             # the broker is away (a restart): the publish itself waits it out; asked again at the next check
             log.debug("could not ask the broker how far the flow is behind: %s", err)
             return None
-        seq = consumer.delivered.stream_seq
-        if self._stalled_at is not None:
-            if seq == self._stalled_at:
-                return None
-            self._stalled_at = None
-            log.info("the flow's consumer %r reads again: producers wait for it again", self.durable)
-        if state is None:
-            return 0.0, seq
         return consumer.num_pending * state.bytes / max(1, state.messages), seq
+
+    def held_text(self) -> str:
+        """"held 2.3 s while the flow caught up", or "" when it never held the producer noticeably."""
+        return f"held {self.held_s:.1f} s while the flow caught up" if self.held_s >= 0.05 else ""
