@@ -30,13 +30,25 @@ WRITER = WriterProperties(compression="SNAPPY", column_properties={
     "score": _CONTINUOUS, "vcd_e6_per_ml_est": _CONTINUOUS, "glucose_g_l_est": _CONTINUOUS,
 })
 CHECKPOINT_INTERVAL = 100  # Delta's default `delta.checkpointInterval`: a checkpoint every 100 commits
-# Delta keeps each commit's log entry for 30 days by default, and every commit lists the whole log: through the
-# flow's reopened handles a commit cost 8 ms of CPU at first, 41 ms after 3,600 entries (an hour at one a
-# second), and would cost most of a second after a day. Entries past the retention are removed with each
-# checkpoint, so the log stays at a few hundred; nothing here reads versions that old. The files compaction
-# replaces are listed (as removed) in every checkpoint for as long as they may be vacuumed: an hour, not a week.
-TABLE_PROPERTIES = {"delta.logRetentionDuration": "interval 10 minutes",
+# Every commit lists the table's whole log directory (a stat per entry), and Delta keeps each commit's entry for
+# 30 days by default: a 1-row commit cost 8 ms of CPU at first, 41 ms after 3,600 entries (an hour at one a
+# second), and would cost most of a second after a day. Each checkpoint removes the entries past the retention
+# (those before the newest checkpoint that is older than it). At full rate a table commits ~4 times a second:
+# 10 minutes of log was 2,400 entries, and with the files' statistics (below) a commit of ticks slowed 76 ->
+# 90 ms over the first 10 minutes of a soak, the sink's queue (the flow's memory) rising with it. One minute
+# keeps a few hundred. Nothing here reads a version older than its table's newest checkpoint, and one being
+# opened needs its entries only for the milliseconds that takes. The files compaction replaces are listed (as
+# removed) in every checkpoint for as long as they may be vacuumed: an hour, not a week.
+TABLE_PROPERTIES = {"delta.logRetentionDuration": "interval 1 minute",
                     "delta.deletedFileRetentionDuration": "interval 1 hours"}
+# Delta keeps each file's min, max and null count for the first 32 columns, in the log, in every checkpoint and
+# in every open handle, and a commit's cost grows with them: over 2,000 1-row commits of ticks (the log kept
+# short) a commit's CPU went 10.5 -> 17.6 ms and the writer's RSS +40 MB; with statistics for the four key
+# columns only, 8.4 -> 10.2 ms and +21 MB (scratch `commitcost2.py`). At full rate the ticks and the scores gain
+# a file every quarter second each, so they keep statistics for the columns readers select on; the other tables
+# are small and keep Delta's default.
+FULL_RATE_STATS = {"delta.dataSkippingStatsColumns": "run_id,reactor_id,seq,ts"}
+FULL_RATE_TABLES = ("ticks", "scores", "late_ticks")
 # A live micro-batch is a second of a few reactors: a file of a few kB per table and second. Each file costs every
 # later commit and read, and the writer's memory (3,200 200-row commits: +63 MB and 16.5 s per 400 commits at the
 # end, against +10 MB and ~10 s compacted every 400). So every COMPACT_EVERY commits of a table an `Appender`
@@ -52,6 +64,11 @@ VACUUM_AFTER_HOURS = 1
 def table_uri(lake: str | Path, name: str) -> str:
     lake = str(lake)
     return f"{lake.rstrip('/')}/{name}" if "://" in lake else str(Path(lake) / name)
+
+
+def table_properties(name: str) -> dict[str, str]:
+    """The Delta properties a lake table is created with (and an older one is given when a sink opens it)."""
+    return {**TABLE_PROPERTIES, **FULL_RATE_STATS} if name in FULL_RATE_TABLES else TABLE_PROPERTIES
 
 
 def open_table(lake: str | Path, name: str) -> DeltaTable | None:
@@ -82,7 +99,7 @@ def append(lake: str | Path, name: str, data: pa.Table | pa.RecordBatchReader | 
     if "://" not in str(lake):
         Path(lake).mkdir(parents=True, exist_ok=True)
     write_deltalake(table_uri(lake, name), data, mode="append", writer_properties=WRITER,
-                    configuration=TABLE_PROPERTIES)
+                    configuration=table_properties(name))
 
 
 class Appender:
@@ -117,8 +134,9 @@ class Appender:
                 append(self.lake, name, data, schema)
                 self.commits[name] += 1
                 return
-            if any(table.metadata().configuration.get(k) != v for k, v in TABLE_PROPERTIES.items()):
-                table.alter.set_table_properties(TABLE_PROPERTIES)  # a table from before they were set
+            properties = table_properties(name)
+            if any(table.metadata().configuration.get(k) != v for k, v in properties.items()):
+                table.alter.set_table_properties(properties)  # a table from before they were set
             self.tables[name] = table
         data = _prepared(data, schema)
         if data is None:

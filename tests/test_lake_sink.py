@@ -6,6 +6,7 @@ are written without a dictionary, losslessly."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -163,7 +164,7 @@ def test_an_appender_commits_through_its_open_handle_between_other_writers_commi
 
 def test_the_delta_log_stays_bounded_and_an_older_table_gets_the_retention(tmp_path, monkeypatch):
     # every commit lists the whole log, so it must not grow for good; a zero retention makes the checkpoints'
-    # clean-up visible at once (the real one is 10 minutes)
+    # clean-up visible at once (the real one is a minute)
     monkeypatch.setattr(delta, "TABLE_PROPERTIES", {"delta.logRetentionDuration": "interval 0 seconds"})
     lake = str(tmp_path / "lake")
     ticks = _ticks(1)
@@ -174,6 +175,31 @@ def test_the_delta_log_stays_bounded_and_an_older_table_gets_the_retention(tmp_p
     log = list((tmp_path / "lake" / "ticks" / "_delta_log").glob("*.json"))
     assert len(log) <= delta.CHECKPOINT_INTERVAL
     assert delta.read(lake, "ticks").num_rows == 2 * delta.CHECKPOINT_INTERVAL + 11
+
+
+def test_the_full_rate_tables_keep_statistics_for_their_key_columns_only(tmp_path):
+    # each file's statistics cost every later commit and the writer's memory; the ticks gain four files a second
+    lake = str(tmp_path / "lake")
+    ticks = _ticks(10)
+    delta.write_deltalake(delta.table_uri(lake, "ticks"), ticks, mode="append")  # created with Delta's default
+    appender = delta.Appender(lake)
+    appender.append("ticks", ticks, TICKS)  # an older table gets the property when the sink opens it
+    appender.append("late_ticks", ticks, TICKS)
+    some = ticks.select(["run_id", "ts", "temp_c"])
+    appender.append("assays", some, some.schema)
+
+    def stats(name: str) -> list[set[str]]:
+        """The columns each commit's file has a minimum for, from the log as written."""
+        log = sorted((tmp_path / "lake" / name / "_delta_log").glob("*.json"))
+        adds = [json.loads(line)["add"] for path in log for line in path.read_text().splitlines() if '"add"' in line]
+        return [set(json.loads(add["stats"])["minValues"]) for add in adds]
+
+    old, new = stats("ticks")
+    assert "temp_c" in old  # written before the property: Delta's default, every column
+    assert new == {"run_id", "reactor_id", "seq", "ts"}
+    assert stats("late_ticks") == [new]
+    [assays] = stats("assays")  # a small table keeps the default
+    assert assays == {"run_id", "ts", "temp_c"}
 
 
 def test_an_appender_compacts_small_files_every_so_many_commits_and_readers_keep_their_files(tmp_path):
