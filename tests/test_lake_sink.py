@@ -1,8 +1,9 @@
 """The flow's Delta sink without the engine: an epoch's snapshot never waits for a commit; with a write-ahead
 log (a recovery store) the rows it acknowledged survive a crash and land exactly once after the restart;
 without one every row still lands; rows land by age when the input pauses; appends go through kept-open table
-handles, keep the Delta log bounded and compact small files as they go; increasing keys and continuous scores
-are written without a dictionary, losslessly."""
+handles, keep the Delta log bounded, keep per-file statistics of the full-rate tables' key columns only and
+compact small files as they go; increasing keys and continuous scores are written without a dictionary,
+losslessly."""
 
 from __future__ import annotations
 
