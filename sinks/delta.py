@@ -37,8 +37,9 @@ CHECKPOINT_INTERVAL = 100  # Delta's default `delta.checkpointInterval`: a check
 # 10 minutes of log was 2,400 entries, and with the files' statistics (below) a commit of ticks slowed 76 ->
 # 90 ms over the first 10 minutes of a soak, the sink's queue (the flow's memory) rising with it. One minute
 # keeps a few hundred. Nothing here reads a version older than its table's newest checkpoint, and a reader
-# opening the newest needs the entries after that checkpoint only for the milliseconds it takes. The files compaction replaces are listed (as
-# removed) in every checkpoint for as long as they may be vacuumed: an hour, not a week.
+# opening the newest needs the entries after that checkpoint only for the milliseconds it takes. The files
+# compaction replaces are listed (as removed) in every checkpoint for as long as they may be vacuumed: an hour,
+# not a week.
 TABLE_PROPERTIES = {"delta.logRetentionDuration": "interval 1 minute",
                     "delta.deletedFileRetentionDuration": "interval 1 hours"}
 # Delta keeps each file's min, max and null count for the first 32 columns, in the log, in every checkpoint and

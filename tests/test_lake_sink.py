@@ -192,7 +192,8 @@ def test_the_full_rate_tables_keep_statistics_for_their_key_columns_only(tmp_pat
     def stats(name: str) -> list[set[str]]:
         """The columns each commit's file has a minimum for, from the log as written."""
         log = sorted((tmp_path / "lake" / name / "_delta_log").glob("*.json"))
-        adds = [json.loads(line)["add"] for path in log for line in path.read_text().splitlines() if '"add"' in line]
+        lines = [line for path in log for line in path.read_text().splitlines()]
+        adds = [json.loads(line)["add"] for line in lines if '"add"' in line]
         return [set(json.loads(add["stats"])["minValues"]) for add in adds]
 
     old, new = stats("ticks")
