@@ -2,8 +2,9 @@
 
 The troubleshooting ranking is code; a backend only phrases findings and answers questions. The `openai`
 backend goes through LangChain's `ChatOpenAI` (the official openai client underneath) with tool calls over the
-evidence (`list_incidents`, `get_incident`), streams tokens, honours `llm_timeout_s`, and falls back to the
-offline text on any error, so an explanation is never lost to a flaky endpoint.
+evidence (`list_incidents`, `get_incident`), streams tokens, and falls back to the offline text on any error,
+so an explanation is never lost to a flaky endpoint. `llm_timeout_s` bounds each read and the whole answer,
+tool rounds and streaming included: an endpoint that stalls or dribbles tokens forever is cut at it.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
-from typing import Protocol
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Protocol, TypeVar
 
 from agents import phrasing
 from biopilot.config import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MAX_TOOL_ROUNDS = 3
 SYSTEM = ("You are the troubleshooting assistant of a CHO fed-batch bioreactor plant. Use the tools to read the "
           "incidents. The ranking of causes is given: do not change it and do not invent facts. Every sentence "
@@ -48,6 +53,7 @@ class OpenAIBackend:
     def __init__(self, model: str, base_url: str | None, api_key: str | None, timeout_s: float) -> None:
         from langchain_openai import ChatOpenAI
 
+        self.timeout_s = timeout_s
         self.llm = ChatOpenAI(model=model, base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s,
                               max_retries=0, streaming=True)
         self.offline = OfflineBackend()
@@ -80,10 +86,11 @@ class OpenAIBackend:
         llm = self.llm.bind_tools(list(tools.values()))
         messages = [SystemMessage(SYSTEM), HumanMessage(prompt)]
         sent = False
+        deadline = time.monotonic() + self.timeout_s
         try:
             for _ in range(MAX_TOOL_ROUNDS + 1):
                 reply = None
-                for chunk in llm.stream(messages):
+                for chunk in until(deadline, llm.stream(messages)):
                     reply = chunk if reply is None else reply + chunk
                     if chunk.content:
                         sent = True
@@ -100,6 +107,47 @@ class OpenAIBackend:
             if sent:
                 yield "\n\n"
             yield from fallback()
+
+
+def until(deadline: float, items: Iterable[T]) -> Iterator[T]:
+    """The items of `items` until `time.monotonic()` reaches `deadline`, then TimeoutError. A thread does the
+    blocking reads, so neither a stalled read nor an endpoint that keeps sending holds the caller past the
+    deadline; the thread stops (closing the stream) at its next item, or when its read times out."""
+    handoff: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def read() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                if stop.is_set():
+                    break
+                handoff.put(("item", item))
+            handoff.put(("end", None))
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            handoff.put(("error", err))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    threading.Thread(target=read, name="llm-stream", daemon=True).start()
+    try:
+        while True:
+            left_s = deadline - time.monotonic()
+            try:
+                if left_s <= 0:
+                    raise queue.Empty
+                kind, value = handoff.get(timeout=left_s)
+            except queue.Empty:
+                raise TimeoutError("the answer ran past its deadline") from None
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
 
 
 def make_backend(settings: Settings) -> Backend:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +22,28 @@ import pyarrow as pa  # noqa: E402
 
 from agents.diagnose import IncidentFinding, diagnose_ticks, load_run  # noqa: E402
 from agents.overview import RunSummary, summarize  # noqa: E402
+from biopilot.events import ID_PATTERN  # noqa: E402
 
 # CPP limits for a CHO fed-batch (REFERENCES.md: typical process ranges)
 CPP_LIMITS = {"do_pct": (20.0, 80.0), "ph": (6.8, 7.3), "temp_c": (30.0, 37.5)}
 PANELS = (("do_pct", "DO (% air sat.)"), ("ph", "pH"), ("temp_c", "temperature (°C)"),
           ("our_mmol_l_h", "OUR (mmol/L/h)"), ("feed_ml", "feed (mL)"))
 FORMATS = ("md", "html", "pdf")
+
+
+class UnsafeRunId(ValueError):
+    """A run id that could not name a file inside the report folder; the message is one line."""
+
+
+def report_path(out_dir: Path, run_id: str, suffix: str) -> Path:
+    """`<out_dir>/<run_id>.<suffix>`, refused unless the run id is an id (`ID_PATTERN`: no separators) and the
+    file, links followed, lies in `out_dir` itself: the run id comes from the command line or the API."""
+    if not re.fullmatch(ID_PATTERN, run_id):
+        raise UnsafeRunId(f"run id {run_id!r} is not an id: letters, digits, '.', '_' or '-', 1-128 of them")
+    out = out_dir / f"{run_id}.{suffix}"
+    if out.resolve().parent != out_dir.resolve():
+        raise UnsafeRunId(f"{out} leads outside the report folder {out_dir}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -118,7 +135,7 @@ def build(lake: str | Path, run_id: str, out_dir: Path) -> RunReport:
     findings = diagnose_ticks(ticks, assays)
     summary = next(iter(summarize(lake, [run_id])), None)
     return RunReport(run_id, summary, excursions(ticks, dt_min), findings,
-                     plot(ticks, findings, out_dir / f"{run_id}.png"))
+                     plot(ticks, findings, report_path(out_dir, run_id, "png")))
 
 
 def markdown(r: RunReport, image: str) -> str:
@@ -212,10 +229,10 @@ def to_pdf(md: str, png: Path, out: Path) -> Path:
 def write(lake: str | Path, run_id: str, fmt: str, out_dir: Path) -> Path:
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: use one of {', '.join(FORMATS)}")
+    out = report_path(out_dir, run_id, fmt)  # before anything is read or written
     out_dir.mkdir(parents=True, exist_ok=True)
     report = build(lake, run_id, out_dir)
     md = markdown(report, report.plot.name)
-    out = out_dir / f"{run_id}.{fmt}"
     if fmt == "md":
         out.write_text(md)
     elif fmt == "html":

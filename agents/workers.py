@@ -1,9 +1,14 @@
 """The agent workers on NATS: monitoring (alerts -> incidents) and troubleshooting (incidents -> explanations).
 
-Both subscribe in queue groups, so several `biopilot agents` processes share the load. The incident tracker's
-state lives in Redis under a per-reactor lock, so whichever worker gets a reactor's next alert carries on
-from the same incidents. The troubleshooting worker sends a first chunk at once (what opened, which signals
-drove it), then reads the run's ticks from the lake, ranks the causes and streams the backend's explanation to
+Both read the JetStream `ALERTS` stream through durable consumers with a deliver group (`MONITORING_DURABLE`,
+`TROUBLESHOOTING_DURABLE`), so several `biopilot agents` processes share the load, and alerts published while
+every worker was down are handled when one comes back. A message is acked once handled; one that fails on an
+outage (Redis, NATS) is redelivered until it goes through, one that fails otherwise is given up (terminated,
+logged) after `POISON_DELIVERIES` tries. Redelivery is safe: the incident tracker's state lives in Redis under
+a per-reactor lock with the stream sequences it has handled, so whichever worker gets a reactor's next alert
+carries on from the same incidents and a redelivered alert changes nothing; an explanation is not sent twice.
+The troubleshooting worker sends a first chunk at once (what opened, which signals drove it), then reads the
+run's ticks from the lake, ranks the causes and streams the backend's explanation to
 `biopilot.agent.<incident_id>`. Every incident event and chunk is also written to Delta (`incidents`,
 `agent_messages`) by a batching writer that never holds up the messages.
 """
@@ -20,14 +25,17 @@ from datetime import UTC, datetime, timedelta
 
 import nats
 import pyarrow.compute as pc
-import redis.asyncio as aioredis
 from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import BadRequestError
+from redis.exceptions import RedisError
 
 from agents.diagnose import HORIZON, IncidentFinding
 from agents.evidence import gather
 from agents.llm import Backend, OfflineBackend
 from agents.monitoring import IncidentTracker
 from agents.troubleshooting import rank
+from biopilot.services import redis_client, wait_port
 from sinks import delta
 from sinks.nats_sink import alert_json
 from sinks.table_writer import TableWriter
@@ -35,6 +43,16 @@ from sinks.table_writer import TableWriter
 log = logging.getLogger(__name__)
 STATE_KEY = "biopilot:incidents:{reactor}"
 SEQ_KEY = "biopilot:agent-seq:{incident_id}"
+EXPLAINED_KEY = "biopilot:explained:{incident_id}:{event}:{version}"  # set once its explanation is sent
+# an incident can stay open for days, a redelivery come as late as the stream keeps it: refreshed on write
+KEY_TTL_S = 7 * 86400
+HANDLED_KEEP = 256  # stream sequences of the latest alerts a reactor's state remembers (to skip redeliveries)
+MONITORING_DURABLE = "biopilot-monitoring"
+TROUBLESHOOTING_DURABLE = "biopilot-troubleshooting"
+ACK_WAIT_S = 30.0  # a message still being handled tells JetStream so every third of this
+POISON_DELIVERIES = 5
+RETRY_MAX_S = 30.0
+OUTAGES = (RedisError, nats.errors.Error, OSError)  # retried without limit: the message is not at fault
 EVIDENCE_WAIT_S = 5.0  # how long to wait for the flow to commit the ticks around a new incident
 OPEN_WAIT_S = 5.0  # how long an incident's resolve waits for its open's first chunk (another worker's)
 
@@ -46,24 +64,79 @@ class Workers:
     lake: str
     backend: Backend = field(default_factory=OfflineBackend)
     horizon: timedelta = HORIZON
+    retry_s: float = 1.0  # redelivery delay after a failure, doubling with each delivery up to RETRY_MAX_S
 
     async def start(self) -> None:
         from urllib.parse import urlparse
 
         port = urlparse(self.nats_url).port
         if port:  # connecting before the broker listens prints a traceback and stalls 2 s
-            from biopilot.services import wait_port
-
             await asyncio.to_thread(wait_port, port)
         self.nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         self.js = self.nc.jetstream()
-        self.redis = aioredis.from_url(self.redis_url)
+        self.redis = redis_client(self.redis_url)
         self.writer = TableWriter(self.lake)
         self.tasks: set[asyncio.Task] = set()
         self.diagnosing = asyncio.Semaphore(4)  # lake reads in parallel, bounded
         self.writer.task = asyncio.create_task(self.writer.run())
-        self.subs = [await self.nc.subscribe("biopilot.alerts.>", queue="monitoring", cb=self._on_alert),
-                     await self.nc.subscribe("biopilot.incidents.>", queue="troubleshooting", cb=self._on_incident)]
+        self.subs = [
+            await self._durable("biopilot.alerts.>", MONITORING_DURABLE, self._on_alert, 1000),
+            await self._durable("biopilot.incidents.>", TROUBLESHOOTING_DURABLE, self._on_incident, 64)]
+
+    async def _durable(self, subject: str, name: str, cb, max_ack_pending: int):  # noqa: ANN001, ANN202
+        """Bind to the shared durable consumer `name`, creating it (new messages only) if it is not there."""
+        async def subscribe():  # noqa: ANN202
+            config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S, max_deliver=-1,
+                                    max_ack_pending=max_ack_pending)
+            return await self.js.subscribe(subject, queue=name, stream="ALERTS", cb=cb, manual_ack=True,
+                                           config=config, deliver_policy=DeliverPolicy.NEW)
+
+        try:
+            return await subscribe()
+        except BadRequestError:  # another worker created it at the same moment: bind to theirs
+            return await subscribe()
+
+    async def _handle(self, msg: Msg, work, what: str, required: tuple[str, ...]) -> None:  # noqa: ANN001
+        """`await work(message, stream_seq)`, then ack; on failure, nak (retried later) or, for a message at
+        fault, term after `POISON_DELIVERIES` tries. Tells JetStream it is in progress while `work` runs."""
+        try:
+            message = json.loads(msg.data)
+            if not isinstance(message, dict):
+                raise ValueError("not a JSON object")
+            if missing := [k for k in required if k not in message]:
+                raise ValueError(f"no {', '.join(missing)}")
+        except (ValueError, TypeError) as err:  # it will never decode: no point retrying
+            log.warning("ignoring an undecodable %s on %s: %s", what, msg.subject, err)
+            await msg.term()
+            return
+        meta = msg.metadata
+        retry_s = min(RETRY_MAX_S, self.retry_s * 2 ** min(meta.num_delivered - 1, 16))
+        alive = asyncio.create_task(self._in_progress(msg))
+        try:
+            await work(message, meta.sequence.stream)
+        except OUTAGES as err:
+            log.warning("%s %d: %s; it will be redelivered", what, meta.sequence.stream, err)
+            await msg.nak(delay=retry_s)
+            return
+        except Exception:
+            if meta.num_delivered >= POISON_DELIVERIES:
+                log.exception("giving up on %s %d after %d deliveries: %s", what, meta.sequence.stream,
+                              meta.num_delivered, msg.data[:500])
+                await msg.term()
+            else:
+                log.exception("%s %d failed (delivery %d); it will be redelivered", what,
+                              meta.sequence.stream, meta.num_delivered)
+                await msg.nak(delay=retry_s)
+            return
+        finally:
+            alive.cancel()
+        await msg.ack()
+
+    @staticmethod
+    async def _in_progress(msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(ACK_WAIT_S / 3)
+            await msg.in_progress()
 
     async def stop(self) -> None:
         for sub in self.subs:
@@ -79,37 +152,56 @@ class Workers:
 
     # ---- monitoring --------------------------------------------------------------------------------------
     async def _on_alert(self, msg: Msg) -> None:
-        try:
-            message = json.loads(msg.data)
-            reactor = message["reactor_id"]
-        except (ValueError, KeyError, TypeError) as err:
-            log.warning("ignoring an undecodable alert on %s: %s", msg.subject, err)
-            return
+        await self._handle(msg, self._monitor, "alert", ("reactor_id", "alert_id"))
+
+    async def _monitor(self, message: dict, stream_seq: int) -> None:
+        reactor = message["reactor_id"]
         key = STATE_KEY.format(reactor=reactor)
         async with self.redis.lock(f"{key}:lock", timeout=10, blocking_timeout=10):
             raw = await self.redis.get(key)
-            tracker = IncidentTracker.from_json(json.loads(raw) if raw else {})
+            state = json.loads(raw) if raw else {}
+            handled = state.get("handled", [])
+            if stream_seq in handled:  # redelivered after it was handled (its ack was lost)
+                return
+            tracker = IncidentTracker.from_json(state)
             events = tracker.on_clear(message) if message.get("type") == "clear" else tracker.on_alert(message)
-            await self.redis.set(key, json.dumps(tracker.to_json()))
-        for event in events:
-            await self.js.publish(f"biopilot.incidents.{reactor}", alert_json(event),
-                                  headers={"Nats-Msg-Id": f"{event['incident_id']}-{event['version']}"})
-            self.writer.put("incidents", event)
+            # published before the state is saved: a crash in between handles the alert again from the old
+            # state, to the same events, which JetStream de-duplicates by their id
+            for event in events:
+                await self.js.publish(f"biopilot.incidents.{reactor}", alert_json(event),
+                                      headers={"Nats-Msg-Id": f"{event['incident_id']}-{event['version']}"})
+                self.writer.put("incidents", event)
+            state = tracker.to_json() | {"handled": [*handled, stream_seq][-HANDLED_KEEP:]}
+            await self.redis.set(key, json.dumps(state), ex=KEY_TTL_S)
 
     # ---- troubleshooting ---------------------------------------------------------------------------------
     async def _on_incident(self, msg: Msg) -> None:
         # nats-py runs a subscription's callbacks one after another: the diagnosis (lake reads) runs as its
         # own task so the next incident's first chunk does not wait for it
-        task = asyncio.create_task(self._troubleshoot(json.loads(msg.data)))
+        task = asyncio.create_task(self._handle(msg, self._troubleshoot, "incident",
+                                                ("incident_id", "event", "version", "reactor_id")))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _troubleshoot(self, event: dict) -> None:
+    async def _troubleshoot(self, event: dict, _stream_seq: int) -> None:
+        if event["event"] not in ("open", "resolve"):
+            return
+        explained = EXPLAINED_KEY.format(incident_id=event["incident_id"], event=event["event"],
+                                         version=event["version"])
+        if await self.redis.exists(explained):  # redelivered after it was explained (its ack was lost)
+            return
+        await self._explain(event)
+        await self.redis.set(explained, 1, ex=KEY_TTL_S)
+
+    async def _explain(self, event: dict) -> None:
         incident_id = event["incident_id"]
 
         async def send(text: str, done: bool = False, findings: dict | None = None) -> None:
             # one sequence per incident across its events and workers
-            seq = await self.redis.incr(SEQ_KEY.format(incident_id=incident_id)) - 1
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.incr(SEQ_KEY.format(incident_id=incident_id))
+                pipe.expire(SEQ_KEY.format(incident_id=incident_id), KEY_TTL_S)
+                seq = (await pipe.execute())[0] - 1
             chunk = {"incident_id": incident_id, "seq": seq, "agent": "troubleshooting", "text": text,
                      "done": done}
             payload = chunk | ({"findings": findings} if findings else {})  # the last chunk carries them
@@ -121,8 +213,6 @@ class Workers:
             await self._opened_first(incident_id)
             await send(f"Incident {incident_id} on {event['reactor_id']} resolved at {event['end_ts']}: every "
                        f"alarm in it stayed quiet for the clear period.", done=True)
-            return
-        if event["event"] != "open":
             return
         lead = ", ".join(event["signals"]) or "several signals"
         await send(f"Incident {incident_id} opened on {event['reactor_id']} at {event['start_ts']} "

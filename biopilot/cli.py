@@ -321,7 +321,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     try:
         out = report.write(_lake(args), args.run, args.format, Path(args.out))
-    except RunNotFound as err:
+    except (RunNotFound, report.UnsafeRunId) as err:
         raise UsageError(str(err)) from None
     print(out)
     return 0
@@ -357,7 +357,10 @@ def cmd_agents(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        print(f"agents: monitoring + troubleshooting on {settings.nats_url} (llm {settings.llm}); Ctrl-C stops",
+        from biopilot.services import without_credentials
+
+        print(f"agents: monitoring + troubleshooting on {without_credentials(settings.nats_url)} "
+              f"(llm {settings.llm}); Ctrl-C stops",
               flush=True)
         await run_workers(settings.nats_url, settings.redis_url, _lake(args), make_backend(settings), stop)
 
@@ -371,7 +374,6 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     import uvicorn
 
     from dashboard.app import create_app
-    from dashboard.auth import create_token, secret_for
 
     settings = _settings()
     if args.lake:
@@ -379,10 +381,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if not settings.nats_url or not settings.redis_url:
         raise UsageError("biopilot dashboard joins a running stack: set BIOPILOT_NATS_URL and BIOPILOT_REDIS_URL "
                          "(`biopilot up` serves the dashboard itself)")
-    print(f"dashboard  http://{settings.host}:{settings.port}/login?token="
-          f"{create_token(secret_for(settings), 'admin', 'admin')}", flush=True)
-    uvicorn.run(create_app(settings, cors_origins=args.cors_origin), host=settings.host, port=settings.port,
-                log_level="warning")
+    app = create_app(settings, cors_origins=args.cors_origin)  # first: it refuses a weak signing key
+    print(f"dashboard  {_login_link(settings, 'admin', 'admin')}", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     return 0
 
 
@@ -409,21 +410,102 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token_create(args: argparse.Namespace) -> int:
+def _token_settings(args: argparse.Namespace):  # noqa: ANN202 - Settings, imported lazily
     from dataclasses import replace
 
-    from dashboard.auth import AuthError, create_token, secret_for
-
     settings = _settings()
-    if args.lake:
-        settings = replace(settings, lake=args.lake)
+    return replace(settings, lake=args.lake) if getattr(args, "lake", None) else settings
+
+
+def _cli_audit(settings, action: str, target: str, payload: dict, result: str) -> None:  # noqa: ANN001
+    """An audit row for what the key's holder did here, chained like the dashboard's."""
+    import getpass
+    import socket
+    from datetime import UTC, datetime
+
+    from sinks.audit import AuditLog
+
+    AuditLog(settings.lake).append({
+        "ts": datetime.now(UTC), "actor": f"cli:{getpass.getuser()}", "role": "admin", "token_id": None,
+        "action": action, "target": target, "payload_json": json.dumps(payload, sort_keys=True),
+        "request_id": None, "client": socket.gethostname(), "result": result})
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from dashboard.auth import AuthError, create_token, new_token_id, secret_for
+
+    settings = _token_settings(args)
+    cap_h = settings.token_ttl_h
+    ttl_h = cap_h if args.ttl_h is None else args.ttl_h
+    if ttl_h > cap_h:
+        raise UsageError(f"--ttl-h {ttl_h:g} is past the cap of {cap_h} h (BIOPILOT_TOKEN_TTL_H)")
+    jti = new_token_id()
     try:
-        token = create_token(secret_for(settings), args.role, args.subject, int(args.ttl_days * 86400))
+        token = create_token(secret_for(settings), args.role, args.subject, int(ttl_h * 3600), jti=jti)
     except AuthError as err:
         raise UsageError(str(err)) from None
-    print(f"{args.role} token, valid {args.ttl_days:g} day(s); send it as 'Authorization: Bearer <token>':",
+    _cli_audit(settings, "token_create", jti, {"role": args.role, "subject": args.subject, "ttl_h": ttl_h},
+               "minted")
+    print(f"{args.role} token {jti}, valid {ttl_h:g} h; send it as 'Authorization: Bearer <token>':",
           file=sys.stderr)
     print(token)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from dashboard.auth import AuthError, Revocations, revocation_target, secret_for
+
+    settings = _token_settings(args)
+    try:
+        jti, exp = revocation_target(secret_for(settings), args.token)
+    except AuthError as err:
+        raise UsageError(str(err)) from None
+    revocations = Revocations.for_settings(settings)
+    revocations.add(jti, exp)
+    _cli_audit(settings, "token_revoke", jti, {}, "revoked")
+    print(f"revoked token {jti} (listed in {revocations.path}; the dashboard refuses it from its next request)")
+    return 0
+
+
+def _login_link(settings, role: str, subject: str) -> str:  # noqa: ANN001 - Settings
+    """A one-time login link for the page, its code stored in the stack's cache."""
+    from dashboard.auth import LOGIN_CODE_TTL_S, AuthError, issue_login_code
+
+    try:
+        code = issue_login_code(settings.redis_url, role, subject)
+    except AuthError as err:
+        raise UsageError(str(err)) from None
+    return (f"http://{settings.host}:{settings.port}/login?code={code}  "
+            f"(one-time login link, {LOGIN_CODE_TTL_S // 60} min)")
+
+
+def cmd_token_login_link(args: argparse.Namespace) -> int:
+    settings = _token_settings(args)
+    if not settings.redis_url:
+        raise UsageError("a login link needs the stack's cache: set BIOPILOT_REDIS_URL (`biopilot up` prints it)")
+    print(_login_link(settings, args.role, args.subject))
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from sinks.audit import verify
+
+    verdict = verify(_lake(args))
+    if not verdict.intact:
+        print(f"biopilot: audit chain broken: {verdict.message}", file=sys.stderr)
+        return 1
+    print(verdict.message)
+    return 0
+
+
+def cmd_audit_tail(args: argparse.Namespace) -> int:
+    from sinks.audit import tail
+
+    for row in tail(_lake(args), args.n):
+        seq = "-" if row.get("seq") is None else row["seq"]
+        print(f"{seq:>6} {row['ts']:%Y-%m-%d %H:%M:%S} {row['actor']} ({row['role'] or '-'}) {row['action']} "
+              f"{row['target'] or '-'} -> {row.get('result') or '-'}  client {row.get('client') or '-'} "
+              f"request {row.get('request_id') or '-'}")
     return 0
 
 
@@ -529,18 +611,45 @@ def build_parser() -> argparse.ArgumentParser:
     token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     p = token_sub.add_parser("create", help="print a signed token for a role",
                              description="Print a JWT for viewer (read + streams), operator (+ control, faults, "
-                                         "replay) or admin (+ tokens), signed with BIOPILOT_SECRET or the lake's "
-                                         "key. The token alone is on the last line.")
+                                         "replay) or admin (+ tokens), signed with BIOPILOT_SECRET or the key in "
+                                         "BIOPILOT_SECRET_FILE (default ~/.config/biopilot/secret), audited in the "
+                                         "lake. The token alone is on the last line.")
     p.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
     p.add_argument("--subject", default=None, help="who the token is for (written to the audit table)")
-    p.add_argument("--ttl-days", type=_positive("--ttl-days"), default=30.0, help="validity (default 30 days)")
+    p.add_argument("--ttl-h", type=_positive("--ttl-h"), default=None,
+                   help="lifetime in hours (default and most: BIOPILOT_TOKEN_TTL_H, 12)")
     _lake_option(p)
     p.set_defaults(func=cmd_token_create)
+    p = token_sub.add_parser("revoke", help="refuse a token from now on",
+                             description="Put a token (given whole, or its id: the jti `create` prints) on the "
+                                         "revocation list beside the signing key; the dashboard refuses it from its "
+                                         "next request. Audited in the lake.")
+    p.add_argument("token", metavar="JTI|TOKEN")
+    _lake_option(p)
+    p.set_defaults(func=cmd_token_revoke)
+    p = token_sub.add_parser("login-link", help="print a one-time login link for the page",
+                             description="A /login?code= link for the stack in BIOPILOT_REDIS_URL: one use, "
+                                         "10 minutes; it sets the page's cookie with a token of the role.")
+    p.add_argument("--role", default="admin", choices=["viewer", "operator", "admin"])
+    p.add_argument("--subject", default="admin", help="who signs in (default admin)")
+    p.set_defaults(func=cmd_token_login_link)
+
+    audit = sub.add_parser("audit", help="the audit trail", description="The dashboard's hash-chained audit table.")
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    p = audit_sub.add_parser("verify", help="check that no audit row was removed or edited",
+                             description="Walk the audit table's hash chain: exit 0 when intact, 1 with the seq of "
+                                         "the first break (a removed row: a gap; an edited row: a hash mismatch).")
+    _lake_option(p)
+    p.set_defaults(func=cmd_audit_verify)
+    p = audit_sub.add_parser("tail", help="print the newest audit rows", description="Print the newest audit rows.")
+    p.add_argument("-n", type=_positive("-n", int), default=20, help="how many (default 20)")
+    _lake_option(p)
+    p.set_defaults(func=cmd_audit_tail)
 
     p = sub.add_parser("dashboard", help="serve the dashboard on a running stack",
                        description="Serve the dashboard (REST, SSE, page) against the broker and cache in "
                                    "BIOPILOT_NATS_URL / BIOPILOT_REDIS_URL, on BIOPILOT_HOST:BIOPILOT_PORT. "
-                                   "Prints the URL with an admin token. CORS is closed unless --cors-origin.")
+                                   "Prints a one-time admin login link. CORS is closed unless --cors-origin.")
     _lake_option(p)
     p.add_argument("--cors-origin", action="append", default=None, help="allow this origin (repeatable)")
     p.set_defaults(func=cmd_dashboard)
@@ -576,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="start the whole stack (broker, flow, plant, agents, dashboard)",
                        description="Start the embedded broker and cache (unless BIOPILOT_NATS_URL / "
                                    "BIOPILOT_REDIS_URL are set), the monitoring flow, the plant feed, the agent "
-                                   "workers and the dashboard; prints the dashboard URL with an admin token. "
+                                   "workers and the dashboard; prints a one-time admin login link. "
                                    "Ctrl-C stops everything.")
     p.add_argument("--reactors", type=_positive("--reactors", int), default=4)
     p.add_argument("--speed", type=_positive("--speed", allow_max=True), default=600.0,
@@ -723,7 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UsageError as err:
+    except (UsageError, SettingsError) as err:  # SettingsError: also a bad signing key (dashboard.auth)
         print(f"biopilot: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except tomllib.TOMLDecodeError as err:

@@ -17,10 +17,19 @@ class Settings:
     lake: str = "./lake"  # local path or s3://bucket/prefix
     llm: str = "offline"  # offline | openai
     llm_model: str = "gpt-4o-mini"
-    llm_timeout_s: int = 20  # per request to an OpenAI-compatible endpoint; past it the offline text is used
+    llm_timeout_s: int = 20  # the whole of one openai answer, tool rounds included; past it: the offline text
     secret: str | None = None  # None: generated once into the lake
     host: str = "127.0.0.1"
     port: int = 8000
+    # hardening (docs/RELIABILITY.md)
+    secret_file: str = ""  # "" : ~/.config/biopilot/secret (outside the lake), mode 0600
+    token_ttl_h: int = 12  # the longest lifetime a minted token may have
+    webhook_allow_hosts: str = ""  # comma-separated hosts webhooks may reach although private/loopback
+    max_body_bytes: int = 1_000_000  # request bodies above this are refused (413) before auth runs
+    rate_limit_per_min: int = 120  # mutating requests and chats per token per minute
+    sse_max_per_token: int = 16  # open SSE streams per token
+    chat_max_per_user: int = 2  # chat answers streaming at once per subject
+    event_horizon_h: int = 48  # watermarks and ticks further than this from a unit's recent event time: dead letters
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 TS = pa.timestamp("us", tz="UTC")
+# run, reactor, replay, incident and subscription ids: safe in a URL, a file name and an HTML text node
+ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 
 TICK_SIGNALS: tuple[str, ...] = (
     "do_pct", "ph", "temp_c", "agitation_rpm", "air_sccm", "o2_sccm", "co2_sccm", "base_ml", "feed_ml",
@@ -79,9 +81,12 @@ AGENT_MESSAGES = pa.schema([  # streamed explanation chunks; the last one (done)
     pa.field("agent", pa.string(), False), pa.field("text", pa.string()), pa.field("done", pa.bool_()),
     pa.field("findings_json", pa.string()), pa.field("emitted_at", TS),
 ])
-AUDIT = pa.schema([
+AUDIT = pa.schema([  # hash-chained (sinks/audit.py); the columns after payload_json are null in rows from before
     pa.field("ts", TS, False), pa.field("actor", pa.string(), False), pa.field("role", pa.string()),
     pa.field("action", pa.string(), False), pa.field("target", pa.string()), pa.field("payload_json", pa.string()),
+    pa.field("seq", pa.int64()), pa.field("token_id", pa.string()), pa.field("request_id", pa.string()),
+    pa.field("client", pa.string()), pa.field("result", pa.string()), pa.field("prev_hash", pa.string()),
+    pa.field("hash", pa.string()),
 ])
 
 SCHEMAS: dict[str, pa.Schema] = {"ticks": TICKS, "assays": ASSAYS, "labels": LABELS, "runs": RUNS,

@@ -9,6 +9,9 @@ order of what is released, do not depend on how the ticks were batched or how fa
 A producer that knows no more ticks are coming (end of a run, end of a replay) advances the watermark
 explicitly with `advance_to` (an event time, not a clock reading).
 
+Both only ever move forward, so one far-future time (a clock gone wrong, a crafted message) would make every
+later tick late for good. `beyond_horizon` finds such times, for the caller to refuse before they get here.
+
 The common case (one run, in order, nothing seen before) takes a fast path with no sort and no set
 operations; out-of-order and repeated ticks take the general path.
 """
@@ -106,6 +109,12 @@ class ReorderBuffer:
     @property
     def watermark_us(self) -> int:
         return max(self.max_ts_us - self.lateness_us, self.floor_us)
+
+    @property
+    def latest_us(self) -> int | None:
+        """The latest event time this buffer has taken in (a tick or an explicit watermark); None before any."""
+        latest = max(self.max_ts_us, self.floor_us)
+        return None if latest == NEVER else latest
 
     def push(self, ticks: pa.Table) -> Released:
         n = ticks.num_rows
@@ -226,6 +235,32 @@ class ReorderBuffer:
                 if missing.size:
                     self.gaps.setdefault(run, SeqGaps()).add(missing)
             self.last_seq[run] = top
+
+
+def beyond_horizon(ts_us: np.ndarray, reference_us: int, horizon_us: int) -> np.ndarray | None:
+    """Which of one message's event times are too far ahead to believe: those not reached from `reference_us`
+    (the unit's latest event time) by steps of at most `horizon_us` through the message's own times, in time
+    order. So a message spanning days in small steps (a replay's or a benchmark's thousands of ticks) passes,
+    while a jump past the horizon, and every time beyond it, does not. Only the future is bounded: a time in
+    the past moves nothing forward (a tick there is merely late). None: every time passes (the usual case,
+    decided by one max).
+
+    >>> hour = 3_600_000_000
+    >>> beyond_horizon(np.array([1, 2, 3]) * hour, 0, 48 * hour) is None
+    True
+    >>> beyond_horizon(np.array([10, 40, 70, 100]) * hour, 0, 48 * hour) is None
+    True
+    >>> beyond_horizon(np.array([10, 10_000, 40, 10_001]) * hour, 0, 48 * hour).tolist()
+    [False, True, False, True]
+    """
+    if not ts_us.size or int(ts_us.max()) <= reference_us + horizon_us:
+        return None
+    ordered = np.sort(ts_us)
+    jumps = np.diff(ordered, prepend=reference_us) > horizon_us
+    jumps[1:] = ordered[1:] - np.maximum(ordered[:-1], reference_us) > horizon_us
+    if not jumps.any():
+        return None
+    return ts_us >= ordered[int(np.argmax(jumps))]
 
 
 def _seq_max_by_run(ticks: pa.Table) -> dict[str, int]:

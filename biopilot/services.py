@@ -3,13 +3,19 @@
 Used by `biopilot up` when BIOPILOT_NATS_URL / BIOPILOT_REDIS_URL are unset, and by the tests' fixtures. Each
 server listens on a free loopback port with its data under a directory we own, is waited for until it accepts
 connections, and is stopped cleanly (SIGTERM, then SIGKILL after a grace period).
+
+With credentials (`biopilot up` generates them at each start; the tests' servers have none), the broker has one
+user per component, allowed only the subjects that component needs (`NATS_PERMISSIONS`), and the cache a
+password. The servers' config files hold them and are written with mode 0600.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -17,13 +23,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
+import redis.asyncio as aioredis
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 FLOW_DURABLE = "biopilot-monitor"  # the monitoring flow's durable consumer on TELEMETRY
+PROCESSES_KEY = "biopilot:processes"  # Redis hash: the state of each process `biopilot up` supervises
 
 STREAMS: dict[str, StreamConfig] = {
     "TELEMETRY": StreamConfig(
@@ -38,6 +49,53 @@ STREAMS: dict[str, StreamConfig] = {
         max_age=7 * 24 * 3600, max_bytes=1024**3, max_msg_size=MAX_PAYLOAD_BYTES, storage=StorageType.FILE,
         discard=DiscardPolicy.OLD),
 }
+
+
+# What each component may publish and subscribe on an embedded broker with users. Besides these, every user
+# publishes on the JetStream API ($JS.API.>: stream publishes' and consumers' requests) and acks ($JS.ACK.>), and
+# subscribes to _INBOX.> for the replies. Nobody but the dashboard publishes control; nobody but `admin`
+# (`biopilot up` itself: it creates the streams) and the dashboard (its subscriptions' key-value bucket, and it
+# lives in `up`'s process) may create, change or delete a stream.
+NATS_PERMISSIONS: dict[str, dict[str, list[str]]] = {
+    "admin": {"publish": [">"], "subscribe": [">"]},
+    # control, the replays it runs and its subscriptions' bucket; it reads everything it shows
+    "dashboard": {"publish": ["biopilot.control.>", "biopilot.telemetry.>", "biopilot.assays.>", "$KV.>"],
+                  "subscribe": ["biopilot.>"]},
+    "flow": {"publish": ["biopilot.alerts.>", "biopilot.deadletter"], "subscribe": []},
+    "plant": {"publish": ["biopilot.telemetry.>", "biopilot.assays.>"], "subscribe": ["biopilot.control.>"]},
+    "agents": {"publish": ["biopilot.incidents.>", "biopilot.agent.>"],
+               "subscribe": ["biopilot.alerts.>", "biopilot.incidents.>"]},
+}
+_JS_STREAM_ADMIN = [f"$JS.API.STREAM.{op}.>" for op in ("CREATE", "UPDATE", "DELETE", "PURGE", "MSG.DELETE",
+                                                          "RESTORE", "SNAPSHOT")]
+
+
+def _nats_user(name: str, password: str) -> dict:
+    allowed = NATS_PERMISSIONS[name]
+    deny = [] if name == "dashboard" else ["biopilot.control.>"]
+    deny += [] if name in ("admin", "dashboard") else _JS_STREAM_ADMIN
+    return {"user": name, "password": password, "permissions": {
+        "publish": {"allow": [*allowed["publish"], "$JS.API.>", "$JS.ACK.>"], "deny": deny},
+        "subscribe": {"allow": [*allowed["subscribe"], "_INBOX.>"]}}}
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(24)  # URL-safe: it goes into the services' URLs as it is
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds passwords), created so from the start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)  # an older file keeps its mode through O_CREAT
+        f.write(text)
+
+
+def without_credentials(url: str) -> str:
+    """`url` fit to print: no user name, no password."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def free_port() -> int:
@@ -90,6 +148,17 @@ class ManagedServer:
     data_dir: Path
     proc: subprocess.Popen = field(repr=False)
     log_path: Path | None = None
+    # NATS: password per user; Redis: {"default": password}. Empty: no auth
+    passwords: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def url_for(self, user: str = "default") -> str:
+        """The URL with `user`'s credentials in it (Redis has one password); the bare URL without auth."""
+        if not self.passwords:
+            return self.url
+        scheme, rest = self.url.split("://", 1)
+        if self.name == "redis":
+            return f"{scheme}://:{self.passwords['default']}@{rest}"
+        return f"{scheme}://{user}:{self.passwords[user]}@{rest}"
 
     def stop(self, grace_s: float = 5.0) -> None:
         if self.proc.poll() is None:
@@ -101,42 +170,64 @@ class ManagedServer:
                 self.proc.wait()
 
 
-def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
-    log = log_path.open("ab")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A child in its own session (a Ctrl-C at the terminal reaches only its parent, which stops it), its output
+    appended to `log_path`."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
 
 
-def start_nats(data_dir: Path, port: int | None = None) -> ManagedServer:
+def start_nats(data_dir: Path, port: int | None = None, users: dict[str, str] | None = None) -> ManagedServer:
+    """`users`: password per component of `NATS_PERMISSIONS`, each with its permissions; None: no auth."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    conf = data_dir / "nats.conf"
-    conf.write_text(
-        f"listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD_BYTES}\nwrite_deadline: \"30s\"\n"
-        # sync_interval always: an acked message survives a broker crash or restart (default syncs every 2 min)
-        f'jetstream {{ store_dir: "{data_dir / "js"}", max_file_store: 8GB, max_memory_store: 256MB, '
-        f"sync_interval: always }}\n")
+    auth = f"authorization {{ users = {json.dumps([_nats_user(n, p) for n, p in users.items()])} }}\n" if users else ""
+    write_private(data_dir / "nats.conf",
+                  f"listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD_BYTES}\nwrite_deadline: \"30s\"\n"
+                  # sync_interval always: an acked message survives a broker crash or restart (default: every 2 min)
+                  f'jetstream {{ store_dir: "{data_dir / "js"}", max_file_store: 8GB, max_memory_store: 256MB, '
+                  f"sync_interval: always }}\n{auth}")
     log_path = data_dir / "nats.log"
-    proc = _spawn([_binary("nats-server"), "-c", str(conf)], log_path)
+    proc = spawn([_binary("nats-server"), "-c", str(data_dir / "nats.conf")], log_path)
     wait_port(port, proc=proc)
-    return ManagedServer("nats", f"nats://127.0.0.1:{port}", port, data_dir, proc, log_path)
+    return ManagedServer("nats", f"nats://127.0.0.1:{port}", port, data_dir, proc, log_path, dict(users or {}))
 
 
 def restart(server: ManagedServer) -> ManagedServer:
-    """Start the same server again on the same port and data (after `stop` or `kill`)."""
+    """Start the same server again on the same port, data and credentials (after `stop` or `kill`)."""
     if server.name == "nats":
-        return start_nats(server.data_dir, server.port)
-    return start_redis(server.data_dir, server.port)
+        return start_nats(server.data_dir, server.port, server.passwords or None)
+    return start_redis(server.data_dir, server.port, server.passwords.get("default"))
 
 
-def start_redis(data_dir: Path, port: int | None = None) -> ManagedServer:
+def start_redis(data_dir: Path, port: int | None = None, password: str | None = None) -> ManagedServer:
+    """`password`: required of every client (`requirepass`, in a config file: not on the command line, where
+    any local user could read it); None: no auth."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log_path = data_dir / "redis.log"
-    proc = _spawn([_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-                   "--save", "", "--appendonly", "no", "--protected-mode", "yes"], log_path)
+    conf = data_dir / "redis.conf"
+    write_private(conf, f"requirepass {password}\n" if password else "")
+    proc = spawn([_binary("redis-server"), str(conf), "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                  str(data_dir), "--save", "", "--appendonly", "no", "--protected-mode", "yes"], log_path)
     wait_port(port, proc=proc)
-    return ManagedServer("redis", f"redis://127.0.0.1:{port}/0", port, data_dir, proc, log_path)
+    return ManagedServer("redis", f"redis://127.0.0.1:{port}/0", port, data_dir, proc, log_path,
+                         {"default": password} if password else {})
+
+
+REDIS_SOCKET_TIMEOUT_S = 5.0  # longer than any blocking read we issue (the SSE hub's XREAD BLOCK)
+REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_HEALTH_CHECK_S = 30  # a pooled connection idle this long is pinged before use
+
+
+def redis_client(url: str, socket_timeout_s: float = REDIS_SOCKET_TIMEOUT_S) -> aioredis.Redis:
+    """An asyncio Redis client that cannot hang on a stopped or unreachable server: connects, reads and writes
+    time out, and the client retries nothing by itself (a retried XADD would be written twice): callers that
+    retry choose how."""
+    return aioredis.from_url(url, socket_timeout=socket_timeout_s,
+                             socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+                             health_check_interval=REDIS_HEALTH_CHECK_S, retry=Retry(NoBackoff(), 0))
 
 
 async def ensure_streams(nats_url: str) -> None:
@@ -157,9 +248,15 @@ async def ensure_streams(nats_url: str) -> None:
 class Services:
     """The broker and cache BioPilot talks to: embedded ones are started, configured ones just used."""
 
-    nats_url: str
+    nats_url: str  # with an embedded broker's users: `admin`'s
     redis_url: str
     servers: list[ManagedServer] = field(default_factory=list)
+    component_urls: dict[str, str] = field(default_factory=dict, repr=False)  # NATS URL per component, if users
+
+    def nats_url_for(self, component: str) -> str:
+        """The broker URL `component` connects with: its own user's on an embedded broker with users, else
+        the one URL (a configured broker's users are its operator's to set: docs/STREAMING.md)."""
+        return self.component_urls.get(component, self.nats_url)
 
     def stop(self) -> None:
         for server in reversed(self.servers):
@@ -173,30 +270,43 @@ class Services:
         self.stop()
 
 
-def start_services(lake: str, nats_url: str | None = None, redis_url: str | None = None) -> Services:
-    """Start what is not configured; data of embedded servers lives under `<lake>/.services`."""
+def start_services(lake: str, nats_url: str | None = None, redis_url: str | None = None,
+                   credentials: bool = False) -> Services:
+    """Start what is not configured; data of embedded servers lives under `<lake>/.services`. `credentials`:
+    embedded servers get new ones (a user per component, a Redis password), made for this start only."""
     root = Path(lake) / ".services" if "://" not in lake else Path(os.environ.get("TMPDIR", "/tmp")) / "biopilot"
     servers: list[ManagedServer] = []
+    component_urls: dict[str, str] = {}
     try:
         if nats_url is None:
-            servers.append(start_nats(root / "nats"))
-            nats_url = servers[-1].url
+            users = {name: new_password() for name in NATS_PERMISSIONS} if credentials else None
+            servers.append(start_nats(root / "nats", users=users))
+            nats_url = servers[-1].url_for("admin")
+            component_urls = {name: servers[-1].url_for(name) for name in users or {}}
         if redis_url is None:
-            servers.append(start_redis(root / "redis"))
-            redis_url = servers[-1].url
+            servers.append(start_redis(root / "redis", password=new_password() if credentials else None))
+            redis_url = servers[-1].url_for()
         asyncio.run(ensure_streams(nats_url))
     except BaseException:
         for server in servers:
             with contextlib.suppress(Exception):
                 server.stop()
         raise
-    return Services(nats_url, redis_url, servers)
+    return Services(nats_url, redis_url, servers, component_urls)
 
 
 def start_flow(nats_url: str, lake: str, recovery_dir: Path | None = None, lateness_s: float = 300.0,
                durable: str = FLOW_DURABLE, log_path: Path | None = None,
                extra_env: dict[str, str] | None = None, snapshot_s: float = 5.0) -> subprocess.Popen:
-    """The monitoring flow as its own process (`python -m bytewax.run`), with a recovery store if given.
+    """The monitoring flow as its own process (`python -m bytewax.run`), with a recovery store if given."""
+    cmd, env = flow_command(nats_url, lake, recovery_dir, lateness_s, durable, extra_env, snapshot_s)
+    return spawn(cmd, log_path or Path(os.devnull), env)
+
+
+def flow_command(nats_url: str, lake: str, recovery_dir: Path | None = None, lateness_s: float = 300.0,
+                 durable: str = FLOW_DURABLE, extra_env: dict[str, str] | None = None,
+                 snapshot_s: float = 5.0) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run the monitoring flow (the recovery store is made if missing).
 
     With a store, an epoch lasts `snapshot_s`: each epoch's end pickles every reactor's monitor into the store,
     which stops the dataflow thread ~30-60 ms with 40 reactors. Once a second, that set the live alert p99
@@ -214,6 +324,4 @@ def start_flow(nats_url: str, lake: str, recovery_dir: Path | None = None, laten
         cmd += ["-r", str(recovery_dir), "-s", f"{snapshot_s:g}", "-b", "30"]
     else:
         cmd += ["-s", "1"]
-    log = (log_path or Path(os.devnull)).open("ab")
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    return cmd, env

@@ -1,43 +1,37 @@
-"""`biopilot up`: the whole stack on one machine — broker and cache (embedded unless configured), the
-monitoring flow (its own process, with a recovery store), the continuous plant feed, the agent workers and the
-dashboard (both on this process's event loop). Ctrl-C stops all of it, children included."""
+"""`biopilot up`: the whole stack on one machine — broker and cache (embedded unless configured, with credentials
+made for this start), the monitoring flow, the continuous plant feed and the agent workers (each its own process,
+restarted by `biopilot.supervisor` when it dies) and the dashboard (on this process's event loop, serving
+`/healthz` with the children's state). Ctrl-C stops all of it, children included."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
-import subprocess
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import uvicorn
 
-from agents.llm import make_backend
-from agents.workers import Workers
 from biopilot.config import Settings
-from biopilot.events import SCHEMAS
-from biopilot.services import FLOW_DURABLE, start_flow, start_services
+from biopilot.plant_process import Progress, prepare
+from biopilot.services import (
+    FLOW_DURABLE,
+    PROCESSES_KEY,
+    Services,
+    flow_command,
+    start_services,
+    without_credentials,
+    write_private,
+)
+from biopilot.supervisor import Child, Supervisor
 from dashboard.app import create_app
-from dashboard.auth import create_token, secret_for
-from sinks import delta
-from sources.plant import PlantFeed
+from dashboard.auth import issue_login_code
 from sources.scenarios import Scenario
-
-
-def _stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 async def drain(nats_url: str, durable: str = FLOW_DURABLE, timeout_s: float = 300.0) -> None:
@@ -71,57 +65,92 @@ class _Dashboard(uvicorn.Server):
         yield
 
 
+def _children(services: Services, lake: str, state: Path, reactors: int, speed: float | None, jitter_share: float,
+              lateness_s: float) -> list[Child]:
+    """The flow, the plant feed and the agent workers, each connecting as its own broker user."""
+    def env(component: str) -> dict[str, str]:
+        return {**os.environ, "BIOPILOT_NATS_URL": services.nats_url_for(component),
+                "BIOPILOT_REDIS_URL": services.redis_url, "BIOPILOT_LAKE": lake}
+
+    flow_cmd, flow_env = flow_command(services.nats_url_for("flow"), lake, state / "recovery", lateness_s)
+    plant_cmd = [sys.executable, "-m", "biopilot.plant_process", "--progress", str(state / "plant.json"),
+                 "--scenario-json", str(state / "scenario.json"), "--lake", lake, "--reactors", str(reactors),
+                 "--speed", "max" if speed is None else f"{speed:g}", "--jitter", f"{jitter_share:g}",
+                 "--lateness-s", f"{lateness_s:g}"]
+    return [Child("flow", flow_cmd, flow_env, state / "flow.log"),
+            Child("plant", plant_cmd, env("plant"), state / "plant.log", finishes=True),
+            Child("agents", [sys.executable, "-m", "biopilot.cli", "agents", "--lake", lake], env("agents"),
+                  state / "agents.log")]
+
+
 def run_up(settings: Settings, scenario: Scenario, reactors: int, speed: float | None, jitter_share: float,
            lateness_s: float, max_batches: int | None = None, out=sys.stdout) -> int:
     lake = settings.lake
     state = Path(lake) / ".services" if "://" not in lake else Path("/tmp/biopilot-state")
     state.mkdir(parents=True, exist_ok=True)
-    services = start_services(lake, settings.nats_url, settings.redis_url)
-    flow = None
+    services = start_services(lake, settings.nats_url, settings.redis_url, credentials=True)
     try:
-        flow = start_flow(services.nats_url, lake, state / "recovery", lateness_s, log_path=state / "flow.log")
-        print(f"broker     {services.nats_url}{' (embedded)' if settings.nats_url is None else ''}", file=out)
-        print(f"cache      {services.redis_url}{' (embedded)' if settings.redis_url is None else ''}", file=out)
-        print(f"flow       pid {flow.pid}, log {state / 'flow.log'}, recovery {state / 'recovery'}", file=out)
+        embedded = " (embedded; a user per component" if services.component_urls else ""
+        if services.component_urls:  # for tools joining this stack (e.g. `biopilot replay` as the plant)
+            write_private(state / "credentials.json", json.dumps(
+                {"nats": services.component_urls, "redis": services.redis_url}, indent=1))
+            embedded += f", credentials in {state / 'credentials.json'}, mode 0600)"
+        print(f"broker     {without_credentials(services.nats_url)}{embedded}", file=out)
+        print(f"cache      {without_credentials(services.redis_url)}"
+              f"{' (embedded, with a password)' if settings.redis_url is None else ''}", file=out)
+        print(f"flow       log {state / 'flow.log'}, recovery {state / 'recovery'}", file=out)
         print(f"lake       {lake}", file=out)
         print(f"plant      {reactors} reactor(s), scenario {scenario.name}, "
-              f"speed {'max' if speed is None else f'{speed:g}x'}", file=out)
+              f"speed {'max' if speed is None else f'{speed:g}x'}, log {state / 'plant.log'}", file=out)
+        print(f"agents     monitoring + troubleshooting workers (llm {settings.llm}), log {state / 'agents.log'}",
+              file=out)
         print("Ctrl-C stops everything.", file=out, flush=True)
-
-        settings = replace(settings, nats_url=services.nats_url, redis_url=services.redis_url)
-
-        def record(name: str, rows) -> None:
-            delta.append(lake, name, rows, SCHEMAS[name])
-
-        feed = PlantFeed(services.nats_url, scenario, reactors, speed, jitter_share=jitter_share,
-                         lateness_s=lateness_s, max_batches=max_batches, record=record)
-        loop = asyncio.new_event_loop()
-        workers = Workers(services.nats_url, services.redis_url, lake, make_backend(settings))
-        loop.run_until_complete(workers.start())
-        server = _Dashboard(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                                           log_level="warning"))
-        web = loop.create_task(server.serve())
-        print(f"agents     monitoring + troubleshooting workers (llm {settings.llm})", file=out)
-        print(f"dashboard  http://{settings.host}:{settings.port}/login?token="
-              f"{create_token(secret_for(settings), 'admin', 'admin')}", file=out, flush=True)
-        task = loop.create_task(feed.run())
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, feed.interrupt)
-        try:
-            stats = loop.run_until_complete(task)
-        finally:
-            server.should_exit = True
-            loop.run_until_complete(asyncio.wait([web], timeout=10))
-            loop.run_until_complete(workers.stop())
-            loop.close()
-        held = feed.backpressure.held_text()
-        print(f"plant stopped: {stats.batches} batch(es), {stats.ticks:,} ticks, {stats.assays} assays published"
-              + (f", {held}" if held else ""), file=out, flush=True)
-        if not feed.interrupted:
-            asyncio.run(drain(services.nats_url))
-            print("flow drained", file=out)
+        write_private(state / "scenario.json", scenario.model_dump_json())
+        prepare(state / "plant.json", max_batches, datetime.now(UTC).replace(microsecond=0))
+        children = _children(services, lake, state, reactors, speed, jitter_share, lateness_s)
+        settings = replace(settings, nats_url=services.nats_url_for("dashboard"), redis_url=services.redis_url)
+        return asyncio.run(_serve(settings, services, Supervisor(children, services.redis_url, out),
+                                  state / "plant.json", out))
     finally:
-        if flow is not None:
-            _stop_process_group(flow)
         services.stop()
+
+
+async def _serve(settings: Settings, services: Services, supervisor: Supervisor, progress: Path, out) -> int:
+    """Supervise the children and serve the dashboard until the plant is done (then let the flow drain) or a
+    Ctrl-C comes."""
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted.set)
+    server = _Dashboard(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                                       log_level="warning"))
+    supervisor.start()
+    watching = asyncio.create_task(supervisor.run())
+    web = asyncio.create_task(server.serve())
+    print(f"supervisor flow, plant and agents restart when they die; their state: Redis {PROCESSES_KEY}, /healthz",
+          file=out)
+    try:
+        print(f"dashboard  http://{settings.host}:{settings.port}/login?code={issue_login_code(settings.redis_url)}"
+              "  (one-time login link, 10 min)", file=out, flush=True)
+        ending = [asyncio.create_task(supervisor.finished.wait()), asyncio.create_task(interrupted.wait())]
+        await asyncio.wait(ending, return_when=asyncio.FIRST_COMPLETED)
+        for task in ending:
+            task.cancel()
+        done = Progress.load(progress)
+        print(f"plant stopped: {done.batches} batch(es), {done.ticks:,} ticks, {done.assays} assays published",
+              file=out, flush=True)
+        if not interrupted.is_set():  # the flow, still supervised, takes in what the plant published
+            draining = asyncio.create_task(drain(services.nats_url))
+            await asyncio.wait([draining, asyncio.create_task(interrupted.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
+            if draining.done():
+                draining.result()
+                print("flow drained", file=out, flush=True)
+            else:
+                draining.cancel()
+    finally:
+        server.should_exit = True
+        await asyncio.wait([web], timeout=10)
+        await supervisor.stop()
+        await watching
     return 0

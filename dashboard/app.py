@@ -14,8 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import nats
-import redis.asyncio as aioredis
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
@@ -23,12 +22,15 @@ from fastapi.staticfiles import StaticFiles
 
 from agents.llm import make_backend
 from biopilot.config import Settings
-from dashboard.auth import COOKIE, AuthError, secret_for, verify
-from dashboard.deps import Runtime
+from biopilot.services import redis_client
+from dashboard.auth import COOKIE, Principal, create_token, redeem_login_code, secret_for, ttl_cap_s
+from dashboard.deps import Runtime, is_viewer
 from dashboard.hub import Hub
+from dashboard.limits import BodyLimit, RequestId
 from dashboard.relay import Relay
 from dashboard.routers import admin, chat, control, reports, runs, streams, subscriptions
-from dashboard.subscriptions import dispatch_webhooks
+from dashboard.security import SecurityHeaders
+from dashboard.webhooks import WebhookSender, allowed_hosts
 from sinks.table_writer import TableWriter
 
 STATIC = Path(__file__).parent / "static"
@@ -42,7 +44,7 @@ def create_app(settings: Settings, cors_origins: list[str] | None = None, relay:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nc = await nats.connect(settings.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-        redis = aioredis.from_url(settings.redis_url)
+        redis = redis_client(settings.redis_url)
         hub = Hub(redis)
         hub.start()
         writer = TableWriter(settings.lake)
@@ -52,17 +54,18 @@ def create_app(settings: Settings, cors_origins: list[str] | None = None, relay:
         relayer = Relay(settings.nats_url, hub) if relay else None
         if relayer:
             await relayer.start()
-        webhooks = asyncio.create_task(dispatch_webhooks(hub, redis))
+        rt.webhooks = WebhookSender(nc, rt.js, allowed_hosts(settings.webhook_allow_hosts))
+        await rt.webhooks.start()
         try:
             yield
         finally:
-            webhooks.cancel()
+            await rt.webhooks.stop()
             if relayer:
                 await relayer.stop()
             for task in list(rt.tasks):
                 task.cancel()
             for replay in rt.replays.values():
-                replay["replay"].stopped = True
+                replay.stop()
             writer.task.cancel()
             await writer.flush()
             await hub.stop()
@@ -77,6 +80,9 @@ def create_app(settings: Settings, cors_origins: list[str] | None = None, relay:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # runs before any route, auth included
+    app.add_middleware(SecurityHeaders)  # CSP and friends, on refusals too
+    app.add_middleware(RequestId)  # outermost: a refused request has its id too
 
     @app.exception_handler(RequestValidationError)
     async def clear_422(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -94,21 +100,26 @@ def create_app(settings: Settings, cors_origins: list[str] | None = None, relay:
         return FileResponse(STATIC / "index.html")
 
     @app.get("/login", include_in_schema=False)
-    async def login(token: str) -> RedirectResponse:
-        """The URL `biopilot up` prints: keeps the token in an http-only cookie, then opens the page."""
-        try:
-            verify(secret, token)
-        except AuthError as err:
-            return RedirectResponse(f"/?error={err}", status_code=303)
+    async def login(request: Request, code: str = "") -> RedirectResponse:
+        """The link `biopilot up` prints: takes its one-time code (gone after this), keeps a fresh token in an
+        http-only cookie, then opens the page. No token in the URL: URLs end up in logs and history."""
+        rt: Runtime = app.state.runtime
+        who = await redeem_login_code(rt.redis, code) if code else None
+        if who is None:
+            await rt.audit(request, None, "login", "code", {}, "refused: unknown, expired or used code")
+            return RedirectResponse("/?error=login+link+unknown,+expired+or+used", status_code=303)
+        ttl_s = ttl_cap_s(settings)
+        token = create_token(secret, who.role, who.subject, ttl_s, jti=who.token_id)
+        await rt.audit(request, who, "login", "code", {}, "signed in")
         reply = RedirectResponse("/", status_code=303)
-        reply.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=30 * 86400)
+        # Secure when the request came over TLS: the scheme uvicorn reports, which honours X-Forwarded-Proto
+        # from the proxies it trusts only (--forwarded-allow-ips, default 127.0.0.1)
+        reply.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=ttl_s,
+                         secure=request.url.scheme == "https")
         return reply
 
     @app.get("/api/whoami", tags=["admin"])
-    async def whoami(request: Request) -> dict:
-        from dashboard.deps import principal
-
-        who = principal(request, app.state.runtime)
-        return {"subject": who.subject, "role": who.role}
+    async def whoami(who: Principal = Depends(is_viewer)) -> dict:
+        return {"subject": who.subject, "role": who.role, "token_id": who.token_id}
 
     return app

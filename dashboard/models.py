@@ -1,67 +1,35 @@
-"""Request and response models of the HTTP API (DESIGN.md section 6)."""
+"""Request and response models of the HTTP API (DESIGN.md section 6). The control and fault commands live in
+`sources.commands`: the plant validates what arrives on its NATS control subject with the same models."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field
 
-from sources.reactor import CONTROL_NAMES, FAULT_NAMES
-from sources.scenarios import known_signal, sensor_fault_names_its_signal
+from biopilot.events import ID_PATTERN
+from sources.reactor import FAULT_NAMES
 
 Severity = Literal["info", "warning", "critical"]
+# every id the API takes (runs, reactors, replays, incidents, subscriptions): no markup, no path separators
+ID_DESCRIPTION = "letters, digits, '.', '_' or '-', 1-128 of them"
+Id = Annotated[str, Field(pattern=ID_PATTERN, description=ID_DESCRIPTION)]
+IdPath = Annotated[str, Path(pattern=ID_PATTERN, description=ID_DESCRIPTION)]  # the same, as a path parameter
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Health(BaseModel):
-    status: str
+    status: Literal["ok", "degraded"]
     nats: bool
     redis: bool
     sse_clients: int
-
-
-class ControlCommand(_Strict):
-    """A setpoint change (`name`, `value`), a feed bolus (`volume_ml`) or a stop."""
-
-    type: Literal["setpoint", "feed", "stop"]
-    name: str | None = Field(None, description=f"setpoint name, one of: {', '.join(CONTROL_NAMES)}")
-    value: float | None = None
-    volume_ml: float | None = Field(None, gt=0, le=2000)
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str | None) -> str | None:
-        if v is not None and v not in CONTROL_NAMES:
-            raise ValueError(f"unknown setpoint {v!r}; allowed: {', '.join(CONTROL_NAMES)}")
-        return v
-
-    @model_validator(mode="after")
-    def _complete(self) -> ControlCommand:
-        if self.type == "setpoint" and (self.name is None or self.value is None):
-            raise ValueError("a setpoint command needs name and value")
-        if self.type == "feed" and self.volume_ml is None:
-            raise ValueError("a feed command needs volume_ml")
-        return self
-
-
-class FaultInjection(_Strict):
-    fault: Literal[FAULT_NAMES]  # type: ignore[valid-type]
-    duration_h: float = Field(4.0, gt=0, le=24 * 14)
-    magnitude: float = Field(1.0, ge=0, le=1000)
-    signal: str | None = Field(None, description="the faulty sensor, for sensor_* faults")
-
-    @field_validator("signal")
-    @classmethod
-    def _known_signal(cls, v: str | None) -> str | None:
-        return known_signal(v)
-
-    @model_validator(mode="after")
-    def _sensor_named(self) -> FaultInjection:
-        sensor_fault_names_its_signal(self.fault, self.signal)
-        return self
+    problems: list[str] = Field(default_factory=list, description="why the status is degraded")
+    webhooks: dict[str, Any] = Field(default_factory=dict, description="the webhook sender: state, lag, failures")
+    processes: dict[str, Any] = Field(default_factory=dict, description="the processes `biopilot up` supervises")
 
 
 class Accepted(BaseModel):
@@ -71,9 +39,9 @@ class Accepted(BaseModel):
 
 
 class ReplayRequest(_Strict):
-    run_id: str
+    run_id: Id
     speed: float | None = Field(600.0, gt=0, description="simulated seconds per wall second; null = max")
-    as_run: str | None = Field(None, description="publish under another run id (default: <run_id>-replay-N)")
+    as_run: Id | None = Field(None, description="publish under another run id (default: <run_id>-replay-N)")
 
 
 class ReplayStatus(BaseModel):
@@ -90,29 +58,50 @@ class ReplayStatus(BaseModel):
 
 class ChatRequest(_Strict):
     question: str = Field(min_length=1, max_length=2000)
-    run_id: str | None = None
-    incident_id: str | None = None
+    run_id: Id | None = None
+    incident_id: Id | None = None
 
 
 class SubscriptionIn(_Strict):
-    reactor: str | None = None
+    reactor: Id | None = None
     severity: Severity | None = Field(None, description="minimum severity")
-    detector: str | None = None
+    detector: Id | None = None
     fault: Literal[FAULT_NAMES] | None = Field(None, description="fault class of the diagnosis")  # type: ignore[valid-type]
-    webhook_url: str | None = Field(None, pattern=r"^https?://")
+    webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2048,
+                                    description="public http(s) address; private, loopback and link-local "
+                                                "ones are refused unless an admin allowed the host")
 
 
 class Subscription(SubscriptionIn):
-    id: str
-    secret: str | None = Field(None, description="HMAC-SHA256 key of the webhook's X-BioPilot-Signature")
+    id: Id
+    owner: str = Field(description="the subject of the token that created it")
     stream_url: str
+
+
+class SubscriptionCreated(Subscription):
+    """The only answer that carries the secret: it is never listed again."""
+
+    secret: str | None = Field(None, description="HMAC-SHA256 key of the webhook's X-BioPilot-Signature "
+                                                 "(over `<X-BioPilot-Timestamp>.<body>`)")
 
 
 class TokenRequest(_Strict):
     role: Literal["viewer", "operator", "admin"]
-    subject: str | None = None
+    subject: Id | None = Field(None, description="who the token is for (default: <role>-<random>)")
+    ttl_h: int | None = Field(None, gt=0, description="lifetime in hours (default and most: token_ttl_h)")
 
 
 class TokenOut(BaseModel):
     token: str
     role: str
+    token_id: str = Field(description="the token's jti: what POST /api/tokens/revoke takes")
+    expires_in_s: int
+
+
+class TokenRevoke(_Strict):
+    token: str = Field(min_length=1, max_length=4096, description="a token, or its id (jti)")
+
+
+class StreamTicket(BaseModel):
+    ticket: str = Field(description="pass as ?ticket= to an SSE route; valid for expires_in_s")
+    expires_in_s: int

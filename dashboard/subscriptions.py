@@ -1,29 +1,34 @@
-"""Alert subscriptions: filters stored in Redis, each with its own SSE stream and an optional webhook.
+"""Alert subscriptions: filters with an owner, kept in a JetStream key-value bucket, each with its own SSE
+stream and an optional webhook (the sender is `dashboard/webhooks.py`).
 
-A subscription matches alerts (reactor, minimum severity, detector) and, for a fault class, the troubleshooting
-agent's final diagnosis chunks whose leading cause is that fault. Webhooks get a JSON POST with an
-`X-BioPilot-Signature: sha256=<hex HMAC of the body>` header, retried with backoff (0.5, 1, 2, 4 s) on a
-connection error or a 5xx; a 4xx is the receiver's final word.
+A subscription matches alerts (reactor, minimum severity, detector) and, for a fault class, the
+troubleshooting agent's final diagnosis chunks whose leading cause is that fault.
+
+The bucket (`biopilot_subscriptions`, file storage) is on the broker's disk rather than in Redis: Redis here
+is a cache without persistence, and a subscription is configuration that has to outlive a cache restart. One
+key per subscription id; the value is the JSON record, the webhook's HMAC secret included (the API never
+lists it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
-import logging
 import secrets
 
-import httpx
-import redis.asyncio as aioredis
+from nats.js import JetStreamContext
+from nats.js.api import StorageType
+from nats.js.errors import BucketNotFoundError, InvalidKeyError, KeyNotFoundError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from biopilot.events import SEVERITY_RANK
-from dashboard.hub import Hub
 
-log = logging.getLogger(__name__)
-KEY = "biopilot:subscriptions"
-RETRIES = (0.5, 1.0, 2.0, 4.0)
+BUCKET = "biopilot_subscriptions"
+MAX_PER_OWNER = 20  # one owner cannot make the sender fan out without bound
+SNAPSHOT_TIMEOUT_S = 5.0
+# the snapshot's ephemeral consumer is gone this long after it stops (the server's default would keep one per
+# refresh for minutes)
+SNAPSHOT_CONSUMER_IDLE_S = 5.0
 
 
 def new_id() -> str:
@@ -32,10 +37,6 @@ def new_id() -> str:
 
 def new_secret() -> str:
     return secrets.token_urlsafe(24)
-
-
-def signature(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def matches(event: dict, reactor: str | None = None, severity: str | None = None, detector: str | None = None,
@@ -58,7 +59,16 @@ def diagnosis_fault(event: dict) -> str | None:
 
 
 def accepts(sub: dict, channel: str, event: dict) -> bool:
-    if sub.get("reactor") and event.get("reactor_id", (event.get("findings") or {}).get("reactor_id")) != sub["reactor"]:
+    """Whether `sub` takes `event`; a malformed event (a field of the wrong type) is taken by none."""
+    try:
+        return _accepts(sub, channel, event)
+    except (AttributeError, KeyError, TypeError, IndexError):
+        return False
+
+
+def _accepts(sub: dict, channel: str, event: dict) -> bool:
+    reactor = event.get("reactor_id", (event.get("findings") or {}).get("reactor_id"))
+    if sub.get("reactor") and reactor != sub["reactor"]:
         return False
     if channel == "agents":  # only finished diagnoses, and only when a fault class is asked for
         return bool(sub.get("fault")) and event.get("done") and diagnosis_fault(event) == sub["fault"]
@@ -67,34 +77,47 @@ def accepts(sub: dict, channel: str, event: dict) -> bool:
     return matches(event, severity=sub.get("severity"), detector=sub.get("detector"))
 
 
-async def load_all(redis: aioredis.Redis) -> dict[str, dict]:
-    return {k.decode(): json.loads(v) for k, v in (await redis.hgetall(KEY)).items()}
+def visible_to(sub: dict, subject: str, is_admin: bool) -> bool:
+    """Admins see every subscription; everyone else only their own."""
+    return is_admin or sub.get("owner") == subject
 
 
-async def deliver(client: httpx.AsyncClient, sub: dict, event: dict) -> bool:
-    body = json.dumps({"subscription_id": sub["id"], "event": event}, default=str).encode()
-    headers = {"Content-Type": "application/json", "X-BioPilot-Signature": signature(sub["secret"], body)}
-    for wait in (*RETRIES, None):
-        try:
-            reply = await client.post(sub["webhook_url"], content=body, headers=headers)
-            if reply.status_code < 500:
-                return reply.status_code < 300
-        except httpx.HTTPError as err:
-            log.info("webhook %s: %s", sub["webhook_url"], err)
-        if wait is None:
-            return False
-        await asyncio.sleep(wait)
-    return False
+async def bucket(js: JetStreamContext) -> KeyValue:
+    try:
+        return await js.key_value(BUCKET)
+    except BucketNotFoundError:  # the first subscription ever (two callers creating it alike is no conflict)
+        return await js.create_key_value(bucket=BUCKET, history=1, storage=StorageType.FILE)
 
 
-async def dispatch_webhooks(hub: Hub, redis: aioredis.Redis) -> None:
-    """Runs for the app's lifetime: every alert and diagnosis against every subscription with a webhook."""
-    async with httpx.AsyncClient(timeout=5) as client:
-        async def watch(channel: str) -> None:
-            async for _, event in hub.events(channel, lambda _e: True):
-                subs = [s for s in (await load_all(redis)).values() if s.get("webhook_url")]
-                for sub in subs:
-                    if accepts(sub, channel, event):
-                        asyncio.create_task(deliver(client, sub, event))
+async def load_all(kv: KeyValue) -> dict[str, dict]:
+    """Every subscription, read in one pass over the bucket (latest value per key; deleted keys left out)."""
+    watcher = await kv.watchall(inactive_threshold=SNAPSHOT_CONSUMER_IDLE_S)
+    subs: dict[str, dict] = {}
+    try:
+        async with asyncio.timeout(SNAPSHOT_TIMEOUT_S):
+            async for entry in watcher:
+                if entry is None:  # the watcher's marker: everything stored so far has been read
+                    break
+                if entry.operation in (KV_DEL, KV_PURGE):
+                    subs.pop(entry.key, None)
+                else:
+                    subs[entry.key] = json.loads(entry.value)
+    finally:
+        await watcher.stop()
+    return subs
 
-        await asyncio.gather(watch("alerts"), watch("agents"))
+
+async def load(kv: KeyValue, sub_id: str) -> dict | None:
+    try:
+        entry = await kv.get(sub_id)
+    except (KeyNotFoundError, InvalidKeyError):  # a deleted key answers the first; "a." the second
+        return None
+    return json.loads(entry.value)
+
+
+async def save(kv: KeyValue, sub: dict) -> None:
+    await kv.put(sub["id"], json.dumps(sub).encode())
+
+
+async def remove(kv: KeyValue, sub_id: str) -> None:
+    await kv.purge(sub_id)  # no history of a deleted subscription (and its secret) stays in the bucket

@@ -50,6 +50,12 @@ TABLE_PROPERTIES = {"delta.logRetentionDuration": "interval 1 minute",
 # are small and keep Delta's default.
 FULL_RATE_STATS = {"delta.dataSkippingStatsColumns": "run_id,reactor_id,seq,ts"}
 FULL_RATE_TABLES = ("ticks", "scores", "late_ticks")
+# The audit trail keeps its history: the files a delete, an update or a compaction replaced stay for ten years
+# (a removed or edited row can be read back from them) and nothing here vacuums it; its log keeps Delta's
+# default 30 days of versions (every commit lists the log, so a log kept for good would slow every append).
+HISTORY_PROPERTIES = {"delta.logRetentionDuration": "interval 30 days",
+                      "delta.deletedFileRetentionDuration": "interval 3650 days"}
+HISTORY_TABLES = ("audit",)
 # A live micro-batch is a second of a few reactors: a file of a few kB per table and second. Each file costs every
 # later commit and read, and the writer's memory (3,200 200-row commits: +63 MB and 16.5 s per 400 commits at the
 # end, against +10 MB and ~10 s compacted every 400). So every COMPACT_EVERY commits of a table an `Appender`
@@ -70,6 +76,8 @@ def table_uri(lake: str | Path, name: str) -> str:
 
 def table_properties(name: str) -> dict[str, str]:
     """The Delta properties a lake table is created with (and an older one is given when a sink opens it)."""
+    if name in HISTORY_TABLES:
+        return HISTORY_PROPERTIES
     return {**TABLE_PROPERTIES, **FULL_RATE_STATS} if name in FULL_RATE_TABLES else TABLE_PROPERTIES
 
 
@@ -149,7 +157,7 @@ class Appender:
             self.commits[name] = 0
             del self.tables[name]  # reopened from the newest checkpoint, whatever version the compaction reached
             try:
-                _compact(table, SMALL_FILE_BYTES, VACUUM_AFTER_HOURS)
+                _compact(table, SMALL_FILE_BYTES, None if name in HISTORY_TABLES else VACUUM_AFTER_HOURS)
             except DeltaError as err:  # upkeep, not a write: another writer's commit in between, say
                 log.warning("compacting %s failed (%s); the next round tries again", name, err)
         elif table.version() % CHECKPOINT_INTERVAL == 0:  # a checkpoint was just written: reopen from it
@@ -189,19 +197,20 @@ def delete_runs(lake: str | Path, names: Iterable[str], ids: Iterable[str]) -> N
             table.delete(f"run_id IN ({quoted})")
 
 
-def _compact(table: DeltaTable, target_size: int | None, vacuum_after_hours: int) -> dict:
+def _compact(table: DeltaTable, target_size: int | None, vacuum_after_hours: int | None) -> dict:
     """Merge the files smaller than `target_size` (Delta's default, 100 MB, if None) and delete the files that
-    were replaced `vacuum_after_hours` or longer ago."""
+    were replaced `vacuum_after_hours` or longer ago (none if None)."""
     metrics = table.optimize.compact(target_size=target_size, writer_properties=WRITER, max_concurrent_tasks=1)
-    table.vacuum(retention_hours=vacuum_after_hours, enforce_retention_duration=False, dry_run=False)
+    if vacuum_after_hours is not None:
+        table.vacuum(retention_hours=vacuum_after_hours, enforce_retention_duration=False, dry_run=False)
     return metrics
 
 
 def optimize(lake: str | Path, names: Iterable[str]) -> dict[str, dict]:
-    """Compact small files and drop the files no longer referenced."""
+    """Compact small files and drop the files no longer referenced (kept for the tables that keep history)."""
     report = {}
     for name in names:
         table = open_table(lake, name)
         if table is not None:
-            report[name] = _compact(table, None, 0)
+            report[name] = _compact(table, None, None if name in HISTORY_TABLES else 0)
     return report

@@ -7,20 +7,24 @@ running process between steps:
     {"type": "setpoint", "name": "do_setpoint_pct", "value": 50}
     {"type": "feed", "volume_ml": 30}
     {"type": "fault", "fault": "overfeed", "duration_h": 3, "magnitude": 2, "signal": null}
-    {"type": "stop"}                       # stop the whole feed
+    {"type": "stop"}                       # stop the whole feed (sent to one of its reactors)
 
-An injected fault starts now and writes its label row. With `jitter_share > 0` that share of ticks is
-delivered out of order (shuffled within a few ticks), as a real network would. The plant waits while the flow's
-consumer `flow_durable` is more than 1 GB behind (`sources.backpressure`: at `max` it could outrun the flow).
+Each command is validated with the dashboard's own models (`sources.commands`); one that is not valid (not
+JSON, an unknown field, a number out of range, NaN, or a reactor this plant does not run) is logged, counted in
+`PlantStats.rejected_commands` and dropped. An injected fault starts now and writes its label row.
+
+With `jitter_share > 0` that share of ticks is delivered out of order (shuffled within a few ticks), as a real
+network would. The plant waits while the flow's consumer `flow_durable` is more than 1 GB behind
+(`sources.backpressure`: at `max` it could outrun the flow).
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
-import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +36,7 @@ import pyarrow as pa
 from biopilot.events import LABELS, Label, to_table
 from biopilot.services import FLOW_DURABLE
 from sources.backpressure import Backpressure
+from sources.commands import Command, CommandError, ReplayCommand, parse_command
 from sources.fleet import Fleet, run_id_for
 from sources.publish import publish_assays, publish_ticks, publish_watermark, split_by_reactor
 from sources.scenarios import Scenario
@@ -45,7 +50,14 @@ class PlantStats:
     ticks: int = 0
     assays: int = 0
     commands: int = 0
-    rejected_commands: list[str] = field(default_factory=list)
+    rejected_commands: int = 0
+    # why the latest ones were refused; bounded, since anyone on the broker can send them
+    rejections: deque[str] = field(default_factory=lambda: deque(maxlen=100))
+
+    def reject(self, reactor: str, reason: str) -> None:
+        self.rejected_commands += 1
+        self.rejections.append(f"{reactor}: {reason}")
+        log.warning("rejected command for %s: %s", reactor, reason)
 
 
 def jitter(table: pa.Table, share: float, max_shift: int, rng: np.random.Generator) -> pa.Table:
@@ -77,7 +89,8 @@ class PlantFeed:
         self.stats = PlantStats()
         self.stopping = asyncio.Event()
         self.interrupted = False
-        self.commands: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
+        self.commands: asyncio.Queue[tuple[str, Command]] = asyncio.Queue()
+        self.reactor_ids: list[str] = []  # the running batch's, set before the first command can arrive
         self.rng = np.random.default_rng(seed)
         self.backpressure = Backpressure(None, flow_durable)  # connected by `run`
 
@@ -91,38 +104,34 @@ class PlantFeed:
     async def _on_control(self, msg: nats.aio.msg.Msg) -> None:
         reactor = msg.subject.rsplit(".", 1)[-1]
         try:
-            command = json.loads(msg.data)
-            if not isinstance(command, dict) or "type" not in command:
-                raise ValueError("a command is a JSON object with a 'type'")
-        except (ValueError, UnicodeDecodeError) as err:
-            self.stats.rejected_commands.append(f"{reactor}: {err}")
+            command = parse_command(msg.data)
+        except CommandError as err:
+            self.stats.reject(reactor, str(err))
             return
-        if command["type"] == "stop":
+        if isinstance(command, ReplayCommand):
+            return  # for a replay on the same subjects; the live plant does not pause
+        if reactor not in self.reactor_ids:
+            # a stop sent to any id (a replay's, a typo) would otherwise stop every reactor of the plant
+            self.stats.reject(reactor, f"unknown reactor; this plant runs {', '.join(self.reactor_ids)}")
+            return
+        if command.type == "stop":
             self.backpressure.release()  # a step held for the flow would apply the stop only once it caught up
         await self.commands.put((reactor, command))
 
-    def _apply(self, fleet: Fleet, reactor: str, command: dict) -> list[Label]:
+    def _apply(self, fleet: Fleet, reactor: str, command: Command) -> list[Label]:
+        """A validated command (`parse_command`) for one of this fleet's reactors."""
         self.stats.commands += 1
-        kind = command.get("type")
-        if kind == "stop":
+        if command.type == "stop":
             self.stopping.set()
             return []
-        if reactor not in fleet.reactor_ids:
-            raise ValueError(f"unknown reactor {reactor!r}")
         k = fleet.reactor_ids.index(reactor)
-        if kind == "setpoint":
-            fleet.set_control(k, str(command["name"]), float(command["value"]))
-        elif kind == "feed":
-            fleet.add_bolus(k, float(command["volume_ml"]))
-        elif kind == "fault":
-            label = fleet.inject_fault(k, str(command["fault"]), float(fleet.t_h[k]),
-                                       float(command.get("duration_h", 4.0)), float(command.get("magnitude", 1.0)),
-                                       command.get("signal"))
-            return [label]
-        elif kind in ("pause", "resume"):
-            return []  # replay commands; the live plant does not pause
-        else:
-            raise ValueError(f"unknown command type {kind!r}; allowed: setpoint, feed, fault, stop")
+        if command.type == "setpoint":
+            fleet.set_control(k, command.name, command.value)
+        elif command.type == "feed":
+            fleet.add_bolus(k, command.volume_ml)
+        elif command.type == "fault":
+            return [fleet.inject_fault(k, command.fault, float(fleet.t_h[k]), command.duration_h,
+                                       command.magnitude, command.signal)]
         return []
 
     # ---- main loop ------------------------------------------------------------------------------------
@@ -130,7 +139,9 @@ class PlantFeed:
         scenario = self.scenario.with_overrides(start=start)
         seed = self.seed + batch
         ids = [run_id_for(scenario, seed, i) for i in range(self.reactors)]
-        return Fleet(scenario, self.reactors, seed=seed, run_ids=ids)
+        fleet = Fleet(scenario, self.reactors, seed=seed, run_ids=ids)
+        self.reactor_ids = fleet.reactor_ids
+        return fleet
 
     async def run(self) -> PlantStats:
         nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
@@ -169,11 +180,11 @@ class PlantFeed:
                 reactor, command = self.commands.get_nowait()
                 try:
                     labels = self._apply(fleet, reactor, command)
-                    if labels:
-                        self.record("labels", to_table(labels, LABELS))
-                except (ValueError, KeyError, TypeError) as err:
-                    self.stats.rejected_commands.append(f"{reactor}: {err}")
-                    log.warning("rejected command for %s: %s", reactor, err)
+                except ValueError as err:  # valid, but not now (e.g. no free sensor-fault slot)
+                    self.stats.reject(reactor, str(err))
+                    continue
+                if labels:
+                    self.record("labels", to_table(labels, LABELS))
             chunk = fleet.step(ticks_per_step)
             ticks = pa.Table.from_batches([chunk.ticks])
             now_us = int(ticks["ts"].cast(pa.int64()).to_numpy().max())

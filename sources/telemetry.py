@@ -7,6 +7,8 @@ is set and the body is `{"ts": <ISO-8601 or epoch seconds>}`) and `biopilot.assa
 from __future__ import annotations
 
 import json
+import logging
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,8 +18,12 @@ from biopilot.codec import PayloadError, decode_assays, decode_rows, validate_ti
 from biopilot.events import DEADLETTER, distinct
 from sources.jetstream import Message
 
+log = logging.getLogger(__name__)
+
 KIND_HEADER = "BioPilot-Kind"
 REASON_HEADER = "BioPilot-Reason"
+# what an Arrow timestamp[us] column and a datetime can both hold: years 1 to 9999
+_EPOCH_S_RANGE = (datetime(1, 1, 1, tzinfo=UTC).timestamp(), datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
 
 
 @dataclass(frozen=True)
@@ -26,47 +32,73 @@ class Item:
     reactor_id: str
     table: pa.Table | None = None
     ts_us: int = 0
+    # the message it came from, so that a later stage can dead-letter it (held only while the item is in flight)
+    source: Message | None = None
 
 
-def _dead(msg: Message, reason: str, payload: bytes | None = None) -> pa.Table:
+def dead_letter(msg: Message, reason: str, payload: bytes | None = None) -> pa.Table:
+    """One `deadletter` row: the message (or `payload`, e.g. only its rejected rows) and why it was refused."""
     data = msg.data if payload is None else payload
     return pa.Table.from_pylist([{"received_at": datetime.now(UTC), "subject": msg.subject, "stream_seq": msg.stream_seq,
                                   "reason": reason, "size_bytes": len(data), "payload": data}], schema=DEADLETTER)
 
 
+def rows_payload(rows: pa.Table, reasons: list[str]) -> bytes:
+    """Rejected rows as JSON, each with its `_reason`: what a dead letter keeps of a batch whose other rows went on."""
+    listed = rows.to_pylist()
+    for row, why in zip(listed, reasons, strict=True):
+        row["_reason"] = why
+    return json.dumps(listed, default=str).encode()
+
+
 def _watermark_ts_us(data: bytes) -> int:
     body = json.loads(data)
+    if not isinstance(body, dict) or "ts" not in body:
+        raise PayloadError('a watermark is a JSON object {"ts": <ISO-8601 or epoch seconds>}')
     ts = body["ts"]
-    if isinstance(ts, int | float):
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        if not math.isfinite(ts) or not _EPOCH_S_RANGE[0] <= ts <= _EPOCH_S_RANGE[1]:
+            raise PayloadError(f"watermark ts {ts!r}: not a time between the years 1 and 9999")
         return int(round(float(ts) * 1e6))
-    return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1e6)
+    if not isinstance(ts, str):
+        raise PayloadError(f"watermark ts {ts!r}: expected ISO-8601 text or epoch seconds")
+    when = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)  # naive: UTC, as every BioPilot time
+    return int(when.timestamp() * 1e6)
 
 
 def route(msg: Message) -> tuple[list[Item], pa.Table | None]:
-    """(items for the monitor, dead letters or None). Never raises on bad input."""
+    """(items for the monitor, dead letters or None). Never raises: a message that cannot be routed, for
+    whatever reason, is dead-lettered with that reason and the flow goes on (and acks it, so it does not come
+    back to fail again after a restart)."""
+    try:
+        return _route(msg)
+    except Exception as err:  # noqa: BLE001 - one poison message must not stop the flow
+        log.exception("dead-lettering message %s on %s", msg.stream_seq, msg.subject)
+        return [], dead_letter(msg, f"{err.__class__.__name__}: {err}")
+
+
+def _route(msg: Message) -> tuple[list[Item], pa.Table | None]:
     parts = msg.subject.split(".")
     if len(parts) != 3 or parts[0] != "biopilot" or parts[1] not in ("telemetry", "assays") or not parts[2]:
-        return [], _dead(msg, f"unexpected subject {msg.subject!r}")
+        return [], dead_letter(msg, f"unexpected subject {msg.subject!r}")
     reactor = parts[2]
     try:
         if parts[1] == "assays":
-            return [Item("assays", reactor, decode_assays(msg.data))], None
+            return [Item("assays", reactor, decode_assays(msg.data), source=msg)], None
         if msg.headers.get(KIND_HEADER) == "watermark":
-            return [Item("watermark", reactor, ts_us=_watermark_ts_us(msg.data))], None
+            return [Item("watermark", reactor, ts_us=_watermark_ts_us(msg.data), source=msg)], None
         checked = validate_ticks(decode_rows(msg.data))
     except PayloadError as err:
-        return [], _dead(msg, str(err))
+        return [], dead_letter(msg, str(err))
     except (ValueError, KeyError, TypeError) as err:
-        return [], _dead(msg, f"{err.__class__.__name__}: {err}")
+        return [], dead_letter(msg, f"{err.__class__.__name__}: {err}")
     wrong_reactor = checked.good.num_rows and distinct(checked.good["reactor_id"]) != [reactor]
     if wrong_reactor:
-        return [], _dead(msg, f"reactor_id in the rows does not match the subject's {reactor!r}")
+        return [], dead_letter(msg, f"reactor_id in the rows does not match the subject's {reactor!r}")
     dead = None
     if checked.bad.num_rows:
-        rows = checked.bad.to_pylist()
-        for row, why in zip(rows, checked.reasons, strict=True):
-            row["_reason"] = why
-        payload = json.dumps(rows, default=str).encode()
-        dead = _dead(msg, f"{len(rows)} row(s) rejected: {checked.reasons[0]}", payload)
-    items = [Item("ticks", reactor, checked.good)] if checked.good.num_rows else []
+        dead = dead_letter(msg, f"{checked.bad.num_rows} row(s) rejected: {checked.reasons[0]}",
+                           rows_payload(checked.bad, checked.reasons))
+    items = [Item("ticks", reactor, checked.good, source=msg)] if checked.good.num_rows else []
     return items, dead

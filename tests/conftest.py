@@ -24,3 +24,13 @@ def redis_server(tmp_path: Path) -> Iterator[ManagedServer]:
     server = start_redis(tmp_path / "redis")
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The signing key and revocation list that `biopilot` processes generate (in `$XDG_CONFIG_HOME/biopilot`)
+    land in a tmp dir, never in the home dir of whoever runs the tests."""
+    path = tmp_path_factory.mktemp("config")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CONFIG_HOME", str(path))
+        yield path

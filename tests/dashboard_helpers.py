@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import redis
 import uvicorn
 
 from biopilot.config import Settings
 from biopilot.services import free_port, wait_port
 from dashboard.app import create_app
 from dashboard.auth import create_token
+from dashboard.relay import REACTORS_KEY
 
 SECRET = "test-secret-for-the-dashboard-0123456789"
 
@@ -31,8 +34,11 @@ class Dashboard:
 
 
 @contextmanager
-def running_dashboard(nats_url: str, redis_url: str, lake: Path) -> Iterator[Dashboard]:
-    settings = Settings(nats_url=nats_url, redis_url=redis_url, lake=str(lake), secret=SECRET)
+def running_dashboard(nats_url: str, redis_url: str, lake: Path, **settings_overrides: object,
+                      ) -> Iterator[Dashboard]:
+    # the revocation list lives beside the secret file: in the test's tmp dir, not the home dir
+    settings = Settings(nats_url=nats_url, redis_url=redis_url, lake=str(lake), secret=SECRET,
+                        secret_file=str(Path(lake).parent / "config" / "secret"), **settings_overrides)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -44,6 +50,16 @@ def running_dashboard(nats_url: str, redis_url: str, lake: Path) -> Iterator[Das
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+def mark_live(redis_url: str, *reactor_ids: str) -> None:
+    """Record reactors as live, as the relay does when their ticks arrive: controls accept only live ones."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for reactor in reactor_ids:
+            client.hset(REACTORS_KEY, reactor, json.dumps({"run_id": f"{reactor}-run", "t": 0.0}))
+    finally:
+        client.close()
 
 
 def sse_events(response: httpx.Response, n: int, names: set[str] | None = None) -> list[dict]:

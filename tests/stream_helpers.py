@@ -39,7 +39,8 @@ async def _publish(url: str, table: pa.Table, chunk: int, watermark: bool, pace_
             if pace_s:
                 await asyncio.sleep(pace_s)
         if watermark:
-            await publish_watermark(js, reactor, int(rows["ts"].cast(pa.int64()).to_numpy().max()) + 10**12)
+            # just past the last tick: releases them all (one far ahead would be refused, beyond the horizon)
+            await publish_watermark(js, reactor, int(rows["ts"].cast(pa.int64()).to_numpy().max()) + 1)
     await nc.close()
 
 

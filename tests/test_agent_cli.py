@@ -94,3 +94,20 @@ def test_report_of_a_normal_run_says_no_incident(tmp_path):
     text = Path(res.stdout.strip()).read_text()
     assert "No incident was raised." in text
     assert delta.read(lake, "ticks") is not None
+
+
+@pytest.mark.parametrize("run", ["../../escaped", "a/b", "/tmp/abs", "<img src=x onerror=alert(1)>", "x" * 129])
+def test_report_refuses_a_run_id_that_is_not_an_id_one_line_exit_2(tmp_path, run):
+    out = tmp_path / "reports"
+    res = _cli("report", run, "--lake", str(tmp_path / "lake"), "--out", str(out))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "is not an id" in res.stderr, res.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_report_refuses_to_follow_a_link_out_of_the_report_folder(tmp_path):
+    out, outside = tmp_path / "reports", tmp_path / "outside.md"
+    out.mkdir()
+    (out / "run-1.md").symlink_to(outside)
+    res = _cli("report", "run-1", "--lake", str(tmp_path / "lake"), "--out", str(out))
+    assert res.returncode == 2 and "outside the report folder" in res.stderr, res.stderr
+    assert not outside.exists()

@@ -16,7 +16,7 @@ import pytest
 
 from biopilot.services import free_port
 from sinks import delta
-from tests.dashboard_helpers import running_dashboard, sse_events
+from tests.dashboard_helpers import mark_live, running_dashboard, sse_events
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def dash(nats_server, redis_server, tmp_path):
     out = subprocess.run([sys.executable, "-m", "biopilot.cli", "simulate", "--scenario", "temperature_spike",
                           "--seed", "11", "--lake", str(lake), "--quiet"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    with running_dashboard(nats_server.url, redis_server.url, lake) as d:
+    with running_dashboard(nats_server.url, redis_server.url, lake, webhook_allow_hosts="127.0.0.1") as d:
         d.run_id = out.stdout.split()[0]
         yield d
 
@@ -57,7 +57,8 @@ def test_runs_run_ticks_and_alerts(dash):
         assert c.get("/api/runs/nope").status_code == 404
 
 
-def test_control_and_fault_are_published_and_audited(dash, nats_server):
+def test_control_and_fault_are_published_and_audited(dash, nats_server, redis_server):
+    mark_live(redis_server.url, "r7")
     received = []
 
     async def listen() -> None:
@@ -114,6 +115,8 @@ def test_report_over_http(dash):
     with dash.client("viewer") as c:
         r = c.get(f"/api/reports/{dash.run_id}", params={"format": "html"})
         assert r.status_code == 200 and "temperature_spike" in r.text and "data:image/png;base64" in r.text
+        # no script at all; the inline style and the inlined plot are all it may load
+        assert r.headers["content-security-policy"].startswith("default-src 'none'; img-src data:;")
         assert c.get(f"/api/reports/{dash.run_id}", params={"format": "pdf"}).content.startswith(b"%PDF")
 
 
@@ -127,7 +130,8 @@ class _Receiver(BaseHTTPRequestHandler):
             _Receiver.fail_first = False
             self.send_response(503)
         else:
-            _Receiver.got.append((body, self.headers["X-BioPilot-Signature"]))
+            headers = self.headers
+            _Receiver.got.append((body, headers["X-BioPilot-Timestamp"], headers["X-BioPilot-Signature"]))
             self.send_response(200)
         self.end_headers()
 
@@ -140,10 +144,11 @@ def test_subscription_stream_and_signed_webhook_with_retry(dash, nats_server):
     server = HTTPServer(("127.0.0.1", port), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with dash.client("viewer") as c:
+        with dash.client("operator") as c:
             sub = c.post("/api/subscriptions", json={"reactor": "r3", "severity": "critical",
                                                      "webhook_url": f"http://127.0.0.1:{port}/hook"}).json()
-            assert [s["id"] for s in c.get("/api/subscriptions").json()] == [sub["id"]]
+            listed = c.get("/api/subscriptions").json()
+            assert [s["id"] for s in listed] == [sub["id"]] and "secret" not in listed[0]
             with c.stream("GET", sub["stream_url"]) as stream:
                 time.sleep(0.3)
 
@@ -161,9 +166,10 @@ def test_subscription_stream_and_signed_webhook_with_retry(dash, nats_server):
                 events = sse_events(stream, 1, {"alert"})
             assert [json.loads(e["data"])["alert_id"] for e in events] == ["w2"]
             assert _wait(lambda: _Receiver.got, 20)
-            body, sig = _Receiver.got[0]
+            body, timestamp, sig = _Receiver.got[0]
             assert json.loads(body)["event"]["alert_id"] == "w2"
-            assert sig == "sha256=" + hmac.new(sub["secret"].encode(), body, hashlib.sha256).hexdigest()
+            signed = f"{timestamp}.".encode() + body
+            assert sig == "sha256=" + hmac.new(sub["secret"].encode(), signed, hashlib.sha256).hexdigest()
             assert c.delete(f"/api/subscriptions/{sub['id']}").status_code == 204
             assert c.get("/api/subscriptions").json() == []
     finally:

@@ -21,8 +21,9 @@ ROUTES = [
     ("GET", "/api/stream/agents", None, "viewer"),
     ("POST", "/api/chat", {"question": "why?", "run_id": "none"}, "viewer"),
     ("GET", "/api/subscriptions", None, "viewer"),
-    ("POST", "/api/subscriptions", {"reactor": "r1"}, "viewer"),
-    ("DELETE", "/api/subscriptions/none", None, "viewer"),
+    ("POST", "/api/subscriptions", {"reactor": "r1"}, "operator"),
+    ("DELETE", "/api/subscriptions/none", None, "operator"),
+    ("GET", "/api/subscriptions/none", None, "viewer"),
     ("GET", "/api/reports/none", None, "viewer"),
     ("GET", "/api/replay", None, "viewer"),
     ("GET", "/api/whoami", None, "viewer"),
@@ -31,6 +32,8 @@ ROUTES = [
     ("POST", "/api/replay", {"run_id": "none"}, "operator"),
     ("POST", "/api/replay/none/pause", None, "operator"),
     ("POST", "/api/tokens", {"role": "viewer"}, "admin"),
+    ("POST", "/api/tokens/revoke", {"token": "0123abcd"}, "admin"),
+    ("POST", "/api/stream-ticket", None, "viewer"),
 ]
 
 
@@ -44,6 +47,7 @@ def dash(tmp_path_factory):
 
     asyncio.run(ensure_streams(nats_server.url))
     with running_dashboard(nats_server.url, redis_server.url, tmp / "lake") as d:
+        d.redis_url = redis_server.url
         yield d
     nats_server.stop()
     redis_server.stop()
@@ -85,7 +89,15 @@ def test_health_and_metrics_need_no_token(dash):
 
 
 def test_login_sets_an_http_only_cookie_that_the_page_uses(dash):
+    from dashboard.auth import issue_login_code
+
     with dash.client(None, follow_redirects=False) as c:
-        r = c.get("/login", params={"token": dash.tokens["viewer"]})
+        r = c.get("/login", params={"code": issue_login_code(dash.redis_url, "viewer", "test-login")})
         assert r.status_code == 303 and "httponly" in r.headers["set-cookie"].lower()
         assert c.get("/api/whoami").json()["role"] == "viewer"
+
+
+def test_a_token_in_the_login_url_signs_nobody_in(dash):
+    with dash.client(None, follow_redirects=False) as c:
+        r = c.get("/login", params={"token": dash.tokens["admin"]})
+        assert r.status_code == 303 and "error=" in r.headers["location"] and "set-cookie" not in r.headers

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from biopilot.eventtime import ReorderBuffer
+from biopilot.eventtime import ReorderBuffer, beyond_horizon
 
 MINUTE_US = 60_000_000
 
@@ -126,3 +126,31 @@ def test_a_snapshot_with_gaps_as_a_set_of_seqs_still_tells_late_from_duplicate()
     old.__setstate__(pickle.loads(pickle.dumps(state)))
     out = old.push(_ticks([5, 15]))
     assert out.late["seq"].to_pylist() == [15] and out.duplicates == 1
+
+
+HOUR_US = 60 * MINUTE_US
+
+
+def test_a_message_spanning_days_in_small_steps_is_within_the_horizon():
+    ts = np.arange(10_000, dtype=np.int64) * MINUTE_US  # a replay's or benchmark's week in one message
+    assert beyond_horizon(ts, reference_us=-MINUTE_US, horizon_us=48 * HOUR_US) is None
+
+
+def test_a_jump_past_the_horizon_is_refused_with_everything_beyond_it_in_any_row_order():
+    ts = np.array([10, 9_000, 11, 9_001, 12], dtype=np.int64) * HOUR_US
+    far = beyond_horizon(ts, reference_us=0, horizon_us=48 * HOUR_US)
+    assert far.tolist() == [False, True, False, True, False]
+
+
+def test_times_in_the_past_are_never_beyond_the_horizon():
+    ts = np.array([-10_000, -5, 1], dtype=np.int64) * HOUR_US  # late, perhaps, but they move nothing forward
+    assert beyond_horizon(ts, reference_us=0, horizon_us=48 * HOUR_US) is None
+
+
+def test_the_latest_event_time_counts_ticks_and_explicit_watermarks():
+    buffer = ReorderBuffer(lateness_us=0)
+    assert buffer.latest_us is None
+    buffer.push(_ticks([0, 1, 2]))
+    assert buffer.latest_us == 2 * MINUTE_US
+    buffer.advance_to(HOUR_US)
+    assert buffer.latest_us == HOUR_US

@@ -3,20 +3,16 @@ streamed tokens, a tool call over the evidence), its fallback to `offline`, and 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import FastAPI
 
 from agents.llm import OfflineBackend, OpenAIBackend, make_backend
 from biopilot.config import Settings
-from biopilot.services import free_port, wait_port
+from tests.llm_helpers import fake_openai_server
 
 FINDING = {"incident_id": "inc42", "reactor_id": "r2", "start_ts": "2026-01-11T12:20:00+00:00", "end_ts": None,
            "severity": "warning", "alert_count": 1, "signals": ["do_pct"], "abstained": False, "facts": [],
@@ -26,56 +22,11 @@ FINDING = {"incident_id": "inc42", "reactor_id": "r2", "start_ts": "2026-01-11T1
                                         "sat. normal runs show at that culture age (z = -89.9)"]}]}
 
 
-def _chunk(delta: dict, finish: str | None = None) -> str:
-    body = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "local",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    return f"data: {json.dumps(body)}\n\n"
-
-
-def fake_openai(mode: dict) -> FastAPI:
-    app = FastAPI()
-    app.state.requests = []
-
-    @app.post("/v1/chat/completions")
-    async def completions(request: Request):  # noqa: ANN202
-        body = await request.json()
-        app.state.requests.append(body)
-        if mode["kind"] == "error":
-            return JSONResponse({"error": {"message": "boom"}}, status_code=500)
-        if mode["kind"] == "slow":
-            await asyncio.sleep(5)
-        tool_results = [m for m in body["messages"] if m["role"] == "tool"]
-
-        def stream() -> Iterator[str]:
-            if not tool_results:  # first round: ask for the evidence
-                call = {"index": 0, "id": "call_1", "type": "function",
-                        "function": {"name": "get_incident", "arguments": json.dumps({"incident_id": "inc42"})}}
-                yield _chunk({"role": "assistant", "tool_calls": [call]})
-                yield _chunk({}, "tool_calls")
-            else:  # second round: phrase what the tool returned, token by token
-                top = json.loads(tool_results[-1]["content"])["hypotheses"][0]
-                for token in ["Most ", "likely: ", top["fault"], ". ", top["evidence"][0]]:
-                    yield _chunk({"role": "assistant", "content": token})
-                yield _chunk({}, "stop")
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(stream(), media_type="text/event-stream")
-
-    return app
-
-
 @pytest.fixture
 def server() -> Iterator[tuple[str, dict, FastAPI]]:
     mode = {"kind": "ok"}
-    app = fake_openai(mode)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    wait_port(port)
-    yield f"http://127.0.0.1:{port}/v1", mode, app
-    srv.should_exit = True
-    thread.join(5)
+    with fake_openai_server(mode) as (url, app):
+        yield url, mode, app
 
 
 def test_openai_backend_calls_the_evidence_tool_and_streams_tokens(server):

@@ -180,7 +180,8 @@ async def _prepublish_arrow(url: str, table: pa.Table) -> None:
         for offset in range(0, rows.num_rows, ROWS_PER_MESSAGE):
             await js.publish(f"biopilot.telemetry.{reactor}", encode_arrow(rows.slice(offset, ROWS_PER_MESSAGE)),
                              headers=ARROW_HEADERS, timeout=30)
-        await publish_watermark(js, reactor, 2**62)
+        # just past the last tick: releases them all (one far ahead is refused, beyond the event-time horizon)
+        await publish_watermark(js, reactor, int(rows["ts"].cast(pa.int64()).to_numpy().max()) + 1)
     await nc.close()
 
 

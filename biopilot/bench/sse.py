@@ -141,7 +141,6 @@ def run(clients: int = 200, slow: int = 20, duration_s: float = 60.0, reactors: 
 
 async def _drive(res: SseBench, base: str, nats_url: str, pid: int, reactors: int, ticks_per_s: float,
                  alerts_per_s: float, slow_read_s: float) -> None:
-    token = create_token(SECRET, "viewer", "bench")
     stop = asyncio.Event()
     fast_lat: list[float] = []
     slow_lat: list[float] = []
@@ -149,7 +148,9 @@ async def _drive(res: SseBench, base: str, nats_url: str, pid: int, reactors: in
     counts = [0]
     errors: list[str] = []
     published = [0]
-    tasks = [asyncio.create_task(_client(base, token, slow_read_s if i < res.slow_clients else None, stop,
+    # a token per client, as 200 screens would have: streams are capped per token
+    tasks = [asyncio.create_task(_client(base, create_token(SECRET, "viewer", f"bench-{i}"),
+                                         slow_read_s if i < res.slow_clients else None, stop,
                                          slow_lat if i < res.slow_clients else fast_lat, counts, errors))
              for i in range(res.clients)]
     await asyncio.sleep(3.0)  # all connected before the load starts

@@ -1,4 +1,7 @@
-"""Agent chat: a question about a run or an incident, answered from the evidence, streamed as SSE chunks."""
+"""Agent chat: a question about a run or an incident, answered from the evidence, streamed as SSE chunks.
+
+Each user may have `chat_max_per_user` answers streaming at once (a language model's answer holds a thread and
+an endpoint's quota for up to `llm_timeout_s`); past it, 429."""
 
 from __future__ import annotations
 
@@ -7,13 +10,14 @@ from collections.abc import AsyncIterator
 
 import pyarrow.compute as pc
 from fastapi import APIRouter, Depends, HTTPException
-from sse_starlette import EventSourceResponse
 from starlette.concurrency import iterate_in_threadpool
 
 from agents.chat import ask
 from agents.diagnose import RunNotFound, load_run
-from dashboard.deps import Runtime, runtime, viewer
+from dashboard.auth import Principal
+from dashboard.deps import Runtime, is_viewer, runtime, viewer
 from dashboard.models import ChatRequest
+from dashboard.slots import HeldStream
 from sinks import delta
 
 router = APIRouter(prefix="/api", tags=["agents"], dependencies=[viewer])
@@ -28,7 +32,8 @@ def _run_of_incident(lake: str, incident_id: str) -> str | None:
 
 
 @router.post("/chat")
-def chat(body: ChatRequest, rt: Runtime = Depends(runtime)) -> EventSourceResponse:
+def chat(body: ChatRequest, rt: Runtime = Depends(runtime),
+         who: Principal = Depends(is_viewer)) -> HeldStream:
     """Streams `chunk` events ({"text"}) and a final `done` event."""
     lake = rt.settings.lake
     run_id = body.run_id or (_run_of_incident(lake, body.incident_id) if body.incident_id else None)
@@ -44,4 +49,5 @@ def chat(body: ChatRequest, rt: Runtime = Depends(runtime)) -> EventSourceRespon
             yield {"event": "chunk", "data": json.dumps({"text": text})}
         yield {"event": "done", "data": "{}"}
 
-    return EventSourceResponse(chunks())
+    return HeldStream(chunks(), rt.chats, who.subject, rt.settings.chat_max_per_user,
+                      "chat answers streaming")

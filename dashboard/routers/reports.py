@@ -11,13 +11,15 @@ from fastapi.responses import FileResponse
 from agents import report
 from agents.diagnose import RunNotFound
 from dashboard.deps import Runtime, runtime, viewer
+from dashboard.models import IdPath
+from dashboard.security import REPORT_POLICY
 
 router = APIRouter(prefix="/api/reports", tags=["agents"], dependencies=[viewer])
 MEDIA = {"md": "text/markdown; charset=utf-8", "html": "text/html; charset=utf-8", "pdf": "application/pdf"}
 
 
 @router.get("/{run_id}")
-def get_report(run_id: str, format: Literal["html", "md", "pdf"] = "html",  # noqa: A002 - the public parameter
+def get_report(run_id: IdPath, format: Literal["html", "md", "pdf"] = "html",  # noqa: A002 - the public parameter
                rt: Runtime = Depends(runtime)) -> FileResponse:
     if "://" in rt.settings.lake:
         raise HTTPException(501, "reports are written next to a local lake only")
@@ -25,4 +27,8 @@ def get_report(run_id: str, format: Literal["html", "md", "pdf"] = "html",  # no
         out = report.write(rt.settings.lake, run_id, format, Path(rt.settings.lake) / "reports")
     except RunNotFound as err:
         raise HTTPException(404, str(err)) from None
-    return FileResponse(out, media_type=MEDIA[format], filename=out.name if format == "pdf" else None)
+    except report.UnsafeRunId as err:  # the id passed the pattern, so a link in the report folder points out
+        raise HTTPException(409, str(err)) from None
+    # the HTML report is self-contained (inline style, inlined plot) and has no script: its own, tighter policy
+    return FileResponse(out, media_type=MEDIA[format], filename=out.name if format == "pdf" else None,
+                        headers={"Content-Security-Policy": REPORT_POLICY})

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from agents.overview import summarize
 from biopilot.events import TICK_SIGNALS
 from dashboard.deps import Runtime, runtime, viewer
+from dashboard.models import IdPath
 from dashboard.relay import thin, tick_event
 from sinks import delta
 
@@ -29,7 +30,7 @@ def list_runs(rt: Runtime = Depends(runtime)) -> list[dict]:
 
 
 @router.get("/{run_id}")
-def get_run(run_id: str, rt: Runtime = Depends(runtime)) -> dict:
+def get_run(run_id: IdPath, rt: Runtime = Depends(runtime)) -> dict:
     runs = delta.read(rt.settings.lake, "runs", run_ids=[run_id])
     if runs is None or runs.num_rows == 0:
         raise HTTPException(404, f"no run {run_id!r}")
@@ -40,7 +41,7 @@ def get_run(run_id: str, rt: Runtime = Depends(runtime)) -> dict:
 
 
 @router.get("/{run_id}/ticks")
-def get_ticks(run_id: str, rt: Runtime = Depends(runtime), start: datetime | None = None,
+def get_ticks(run_id: IdPath, rt: Runtime = Depends(runtime), start: datetime | None = None,
               end: datetime | None = None,
               signals: str | None = Query(None, description="comma-separated; default all"),
               max_points: int = Query(2000, ge=10, le=100_000)) -> dict:
@@ -65,7 +66,7 @@ def get_ticks(run_id: str, rt: Runtime = Depends(runtime), start: datetime | Non
 
 
 @router.get("/{run_id}/alerts")
-def get_alerts(run_id: str, rt: Runtime = Depends(runtime)) -> dict:
+def get_alerts(run_id: IdPath, rt: Runtime = Depends(runtime)) -> dict:
     lake = rt.settings.lake
     return {"alerts": _rows(delta.read(lake, "alerts", run_ids=[run_id])),
             "incidents": _rows(delta.read(lake, "incidents", run_ids=[run_id])),
@@ -73,7 +74,7 @@ def get_alerts(run_id: str, rt: Runtime = Depends(runtime)) -> dict:
 
 
 @router.get("/{run_id}/soft_sensors")
-def get_soft_sensors(run_id: str, rt: Runtime = Depends(runtime),
+def get_soft_sensors(run_id: IdPath, rt: Runtime = Depends(runtime),
                      max_points: int = Query(600, ge=10, le=100_000)) -> dict:
     """The flow's VCD and glucose estimates between assays (columns of `scores`), thinned to `max_points`."""
     soft = delta.read(rt.settings.lake, "scores", columns=["seq", "ts", "vcd_e6_per_ml_est", "glucose_g_l_est"],

@@ -1,5 +1,7 @@
 // BioPilot dashboard: live plots (uPlot) from SSE streams, controls, incidents, agent chat, replay.
 // No build step: plain browser JavaScript; the token travels in the http-only cookie set by /login.
+// Every element is built with textContent, never innerHTML: ids, run names and incident fields come from the
+// API and the broker, and markup in them must stay text (the Content-Security-Policy refuses inline script too).
 "use strict";
 
 const FAULTS = ["overfeed", "underfeed", "do_limitation", "ph_excursion", "temperature_spike", "sensor_drift",
@@ -20,6 +22,8 @@ const PANELS = [
    assays: ["vcd_e6_per_ml", "glucose_g_l", "titer_g_l"], soft: ["vcd_e6_per_ml_est", "glucose_g_l_est"]},
 ];
 const COLOURS = ["#1f6feb", "#d92d20", "#079455", "#f79009"];
+const SEVERITIES = ["info", "warning", "critical"];        // incident classes the style sheet knows
+const STATUSES = ["open", "updated", "resolved"];
 const MAX_POINTS = 5000;
 
 const state = {
@@ -33,6 +37,16 @@ const state = {
 };
 
 const $ = (id) => document.getElementById(id);
+
+function el(tag, props = {}, ...children) {  // children: elements or strings (appended as text)
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}
+
+function fillOptions(select, values, label = (v) => v) {
+  select.replaceChildren(...values.map((v) => el("option", {value: v, textContent: label(v)})));
+}
 
 async function api(path, options = {}) {
   const reply = await fetch(path, {credentials: "same-origin", headers: {"Content-Type": "application/json"},
@@ -98,11 +112,9 @@ function shadePlugin() {
 
 function makePlots() {
   const host = $("plots");
-  host.innerHTML = "";
+  host.replaceChildren();
   state.plots = PANELS.map((panel) => {
-    const box = document.createElement("div");
-    box.className = "plot";
-    box.innerHTML = `<h3>${panel.title}</h3>`;
+    const box = el("div", {className: "plot"}, el("h3", {textContent: panel.title}));
     host.appendChild(box);
     const names = panel.series || [...panel.assays, ...panel.soft];
     const opts = {
@@ -149,7 +161,7 @@ async function refreshReactors() {
   const names = [...new Set([...Object.keys(live), ...Object.keys(state.data)])].sort();
   const select = $("reactor");
   const current = select.value;
-  select.innerHTML = names.map((n) => `<option>${n}</option>`).join("");
+  fillOptions(select, names);
   if (names.length && !names.includes(current)) { select.value = names[0]; selectReactor(names[0]); }
   else select.value = current;
 }
@@ -165,12 +177,16 @@ function renderIncidents() {
   const list = Object.values(state.incidents).filter((i) => i.reactor_id === state.reactor)
     .sort((a, b) => (a.start_ts < b.start_ts ? 1 : -1));
   $("alert-count").textContent = `${state.alerts.filter((a) => a.reactor_id === state.reactor).length} alerts`;
-  $("incidents").innerHTML = list.map((i) => `<li class="${i.severity} ${i.status}" data-id="${i.incident_id}">
-      <b>${i.status}</b> · ${i.severity} · ${i.start_ts.slice(0, 16).replace("T", " ")} · ${i.signals.join(", ")}
-      · ${i.alert_count} alert(s)</li>`).join("") || "<li class='muted'>no incident on this reactor</li>";
-  for (const li of $("incidents").querySelectorAll("li[data-id]")) {
-    li.onclick = () => { state.focus = li.dataset.id; renderAgent(); };
-  }
+  const known = (value, allowed) => (allowed.includes(value) ? [value] : []);
+  $("incidents").replaceChildren(...list.map((i) => {
+    const started = String(i.start_ts ?? "").slice(0, 16).replace("T", " ");
+    const li = el("li", {onclick: () => { state.focus = i.incident_id; renderAgent(); }}, el("b", {textContent: i.status}),
+                  ` · ${i.severity} · ${started} · ${[].concat(i.signals ?? []).join(", ")} · ${i.alert_count} alert(s)`);
+    li.classList.add(...known(i.severity, SEVERITIES), ...known(i.status, STATUSES));
+    li.dataset.id = i.incident_id;
+    return li;
+  }));
+  if (!list.length) $("incidents").append(el("li", {className: "muted", textContent: "no incident on this reactor"}));
   state.dirty = true;
 }
 
@@ -212,7 +228,7 @@ function startStreams() {
 // ---- controls -----------------------------------------------------------------------------------------
 function say(message, ok = true) {
   $("control-msg").textContent = message;
-  $("control-msg").style.color = ok ? "" : "var(--crit)";
+  $("control-msg").classList.toggle("error", !ok);
 }
 
 async function send(path, body, what) {
@@ -220,20 +236,22 @@ async function send(path, body, what) {
   catch (err) { say(`${what} refused: ${err.message}`, false); }
 }
 
+function reactorPath(what) { return `/api/reactors/${encodeURIComponent(state.reactor)}/${what}`; }
+
 function wireControls() {
-  $("fault-name").innerHTML = FAULTS.map((f) => `<option>${f}</option>`).join("");
-  $("fault-signal").innerHTML = ["", ...SIGNALS].map((s) => `<option value="${s}">${s || "(sensor)"}</option>`).join("");
+  fillOptions($("fault-name"), FAULTS);
+  fillOptions($("fault-signal"), ["", ...SIGNALS], (s) => s || "(sensor)");
   $("reactor").onchange = (e) => selectReactor(e.target.value);
   $("follow").onchange = (e) => { state.follow = e.target.checked; state.dirty = true; };
   $("pause").onclick = () => { state.paused = !state.paused; $("pause").textContent = state.paused ? "Resume" : "Pause"; state.dirty = true; };
   $("setpoint-form").onsubmit = (e) => { e.preventDefault();
-    send(`/api/reactors/${state.reactor}/control`, {type: "setpoint", name: $("sp-name").value, value: Number($("sp-value").value)}, "setpoint"); };
+    send(reactorPath("control"), {type: "setpoint", name: $("sp-name").value, value: Number($("sp-value").value)}, "setpoint"); };
   $("feed-form").onsubmit = (e) => { e.preventDefault();
-    send(`/api/reactors/${state.reactor}/control`, {type: "feed", volume_ml: Number($("feed-ml").value)}, "feed"); };
+    send(reactorPath("control"), {type: "feed", volume_ml: Number($("feed-ml").value)}, "feed"); };
   $("fault-form").onsubmit = (e) => { e.preventDefault();
     const body = {fault: $("fault-name").value, magnitude: Number($("fault-mag").value), duration_h: Number($("fault-dur").value)};
     if ($("fault-signal").value) body.signal = $("fault-signal").value;
-    send(`/api/reactors/${state.reactor}/faults`, body, `fault ${body.fault}`); };
+    send(reactorPath("faults"), body, `fault ${body.fault}`); };
   $("chat-form").onsubmit = (e) => { e.preventDefault(); ask($("chat-q").value); };
   $("replay-form").onsubmit = async (e) => { e.preventDefault();
     try {
@@ -285,12 +303,16 @@ async function refreshSoftSensors() {
 async function refreshReplays() {
   try {
     const replays = await api("/api/replay");
-    $("replays").innerHTML = replays.map((r) => `<div>${r.replay_id} · ${r.run_id} · ${r.state} · ${r.published}/${r.total}
-      <button data-a="pause" data-id="${r.replay_id}">⏸</button><button data-a="resume" data-id="${r.replay_id}">▶</button>
-      <button data-a="stop" data-id="${r.replay_id}">⏹</button></div>`).join("");
-    for (const b of $("replays").querySelectorAll("button")) {
-      b.onclick = () => api(`/api/replay/${b.dataset.id}/${b.dataset.a}`, {method: "POST"}).catch((e) => say(e.message, false));
-    }
+    $("replays").replaceChildren(...replays.map((r) => {
+      const row = el("div", {}, `${r.replay_id} · ${r.run_id} · ${r.state} · ${r.published}/${r.total} `);
+      if (r.state === "running" || r.state === "paused") {  // an ended replay takes no more commands
+        for (const [action, symbol] of [["pause", "⏸"], ["resume", "▶"], ["stop", "⏹"]]) {
+          row.append(el("button", {type: "button", title: action, textContent: symbol, onclick: () =>
+            api(`/api/replay/${encodeURIComponent(r.replay_id)}/${action}`, {method: "POST"}).catch((e) => say(e.message, false))}));
+        }
+      }
+      return row;
+    }));
   } catch (_) {}
 }
 
@@ -306,7 +328,7 @@ async function main() {
   makePlots();
   startStreams();
   refreshReactors();
-  api("/api/runs").then((runs) => { $("replay-run").innerHTML = runs.map((r) => `<option>${r.run_id}</option>`).join(""); }).catch(() => {});
+  api("/api/runs").then((runs) => fillOptions($("replay-run"), runs.map((r) => r.run_id))).catch(() => {});
   setInterval(render, 250);
   setInterval(refreshReactors, 5000);
   setInterval(refreshReplays, 2000);

@@ -1,0 +1,162 @@
+"""The plant feed as its own process, for `biopilot up` to supervise: `python -m biopilot.plant_process`.
+
+A restarted plant must not publish anything twice nor reuse a run: its progress file (JSON, `--progress`) says
+which batch ran last (its seed and start) and whether it ended. A plant that died inside a batch leaves that
+run as it was (every tick it published stays; its `runs` row says it never ended) and the next plant starts a
+new batch, with the next seed, after the whole of the dead one's time span and the turnaround: new run ids,
+and event times past everything published before, so nothing is late and nothing is repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+
+from biopilot.config import load_settings
+from biopilot.events import SCHEMAS
+from biopilot.services import write_private
+from sinks import delta
+from sources.fleet import Fleet
+from sources.plant import PlantFeed
+from sources.scenarios import Scenario
+
+
+@dataclass
+class Progress:
+    seed: int = 0  # the current (or next) batch's seed
+    start: str = ""  # and its start, ISO-8601
+    begun: bool = False  # a plant process began that batch and has not ended it
+    batches_left: int | None = None  # None: no end
+    batches: int = 0  # published by this `biopilot up`'s plant processes, all together
+    ticks: int = 0
+    assays: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> Progress:
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        write_private(tmp, json.dumps(asdict(self)))
+        tmp.replace(path)  # whole or not at all: a kill mid-write leaves the last one
+
+
+def prepare(path: Path, batches: int | None, now: datetime) -> None:
+    """A new `biopilot up`'s plant: the batch count starts afresh, seeds and time go on from the last plant in
+    this lake (a batch the last one died in is closed by the first plant process, which needs it as it was)."""
+    last = Progress.load(path)
+    start = last.start if last.begun else max(now, datetime.fromisoformat(last.start) if last.start else now).isoformat()
+    left = None if batches is None else batches + (1 if last.begun else 0)
+    Progress(seed=last.seed, start=start, begun=last.begun, batches_left=left).save(path)
+
+
+class SupervisedPlant(PlantFeed):
+    """The plant feed, writing its progress at the start and end of every batch."""
+
+    def __init__(self, progress: Progress, progress_path: Path, lake: str, **kwargs: object) -> None:
+        self.progress, self.progress_path, self.lake = progress, progress_path, lake
+        self.counted = (progress.batches, progress.ticks, progress.assays)  # by the plant processes before this
+        super().__init__(seed=progress.seed, start=datetime.fromisoformat(progress.start),
+                         max_batches=progress.batches_left, record=self._record, **kwargs)
+
+    def _new_fleet(self, batch: int, start: datetime) -> Fleet:
+        fleet = super()._new_fleet(batch, start)
+        self.progress.seed, self.progress.start, self.progress.begun = self.seed + batch, start.isoformat(), True
+        self.save()
+        return fleet
+
+    def _record(self, name: str, rows: pa.Table) -> None:
+        delta.append(self.lake, name, rows, SCHEMAS[name])
+        if name == "runs":  # a batch ended; until the next begins, the earliest it may start
+            self.progress.seed += 1
+            self.progress.start = self.after(datetime.fromisoformat(self.progress.start)).isoformat()
+            self.progress.begun = False
+            if self.progress.batches_left is not None:
+                self.progress.batches_left -= 1
+            self.save()
+
+    def after(self, start: datetime) -> datetime:
+        """When a batch begun at `start` is surely over and turned around, however far it got."""
+        return start + timedelta(days=self.scenario.days, hours=self.turnaround_h, seconds=self.lateness_s)
+
+    def close_interrupted(self) -> None:
+        """The batch a plant process died in: its `runs` rows (not ended) if it has none yet, and the next batch
+        after it."""
+        fleet = super()._new_fleet(0, datetime.fromisoformat(self.progress.start))  # the same runs, rebuilt
+        known = delta.read(self.lake, "runs", columns=["run_id"], run_ids=fleet.run_ids)
+        if known is None or known.num_rows == 0:
+            delta.append(self.lake, "runs", fleet.runs_table(ended=False), SCHEMAS["runs"])
+        self.progress.seed += 1
+        self.progress.start = self.after(datetime.fromisoformat(self.progress.start)).isoformat()
+        self.progress.begun = False
+        if self.progress.batches_left is not None:
+            self.progress.batches_left -= 1
+        self.seed, self.start, self.max_batches = self.progress.seed, datetime.fromisoformat(self.progress.start), \
+            self.progress.batches_left
+        self.save()
+
+    def save(self) -> None:
+        batches, ticks, assays = self.counted
+        self.progress.batches, self.progress.ticks = batches + self.stats.batches, ticks + self.stats.ticks
+        self.progress.assays = assays + self.stats.assays
+        self.progress.save(self.progress_path)
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if not settings.nats_url:
+        print("plant: BIOPILOT_NATS_URL is not set", file=sys.stderr)
+        return 2
+    path = Path(args.progress)
+    progress = Progress.load(path)
+    feed = SupervisedPlant(progress, path, args.lake, nats_url=settings.nats_url,
+                           scenario=Scenario.model_validate_json(Path(args.scenario_json).read_text()),
+                           reactors=args.reactors, speed=None if args.speed == "max" else float(args.speed),
+                           jitter_share=args.jitter, lateness_s=args.lateness_s)
+    if progress.begun:
+        print(f"plant: the last plant process died in batch {progress.seed}; starting batch {progress.seed + 1}",
+              flush=True)
+        feed.close_interrupted()
+    if progress.batches_left is not None and progress.batches_left <= 0:
+        return 0
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, feed.interrupt)
+
+    async def keep_counts() -> None:  # what was published, for `up` to report however this process ends
+        while True:
+            await asyncio.sleep(1.0)
+            feed.save()
+
+    counting = asyncio.create_task(keep_counts())
+    try:
+        stats = await feed.run()
+    finally:
+        counting.cancel()
+        feed.save()
+    print(f"plant: {stats.batches} batch(es), {stats.ticks:,} ticks, {stats.assays} assays published", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m biopilot.plant_process", description=__doc__.split("\n")[0])
+    parser.add_argument("--progress", required=True, help="the progress file (JSON), made by `prepare`")
+    parser.add_argument("--scenario-json", required=True, help="the scenario, as Scenario.model_dump_json wrote it")
+    parser.add_argument("--lake", required=True)
+    parser.add_argument("--reactors", type=int, default=4)
+    parser.add_argument("--speed", default="600", help="a factor, or max")
+    parser.add_argument("--jitter", type=float, default=0.0)
+    parser.add_argument("--lateness-s", type=float, default=300.0)
+    return asyncio.run(run(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
