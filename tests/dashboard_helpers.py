@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,3 +80,13 @@ def sse_events(response: httpx.Response, n: int, names: set[str] | None = None) 
         value = value[1:] if value.startswith(" ") else value
         current[field] = value if field != "data" else (current.get("data", "") + value)
     return events
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float = 15.0) -> object:
+    """Poll `predicate` until it returns something truthy or the time is up; its last value either way."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    return predicate()

@@ -8,9 +8,8 @@ import asyncio
 import gc
 import json
 import threading
-import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import nats
@@ -23,7 +22,7 @@ from sources.fleet import Fleet
 from sources.plant import PlantFeed
 from sources.replay import Replay
 from sources.scenarios import load_scenario
-from tests.dashboard_helpers import Dashboard, mark_live, running_dashboard
+from tests.dashboard_helpers import Dashboard, mark_live, running_dashboard, wait_for
 
 HUGE_INT = "1" + "0" * 400  # 10**400: float() of it raised OverflowError in the plant
 
@@ -33,15 +32,6 @@ def dash(nats_server, redis_server, tmp_path) -> Iterator[Dashboard]:
     with running_dashboard(nats_server.url, redis_server.url, tmp_path / "lake") as d:
         mark_live(redis_server.url, "r1")
         yield d
-
-
-def _wait_for(predicate: Callable[[], object], timeout_s: float = 15.0) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    return predicate()
 
 
 @contextmanager
@@ -158,7 +148,7 @@ def running_plant(nats_url: str, reactors: int = 2) -> Iterator[PlantFeed]:
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    assert _wait_for(lambda: feed.stats.ticks > 0 or result, 30) and not result, result
+    assert wait_for(lambda: feed.stats.ticks > 0 or result, 30) and not result, result
     feed.result = result  # type: ignore[attr-defined]
     feed.thread = thread  # type: ignore[attr-defined]
     try:
@@ -190,11 +180,11 @@ def test_the_plant_drops_malformed_commands_from_the_broker_and_runs_on(nats_ser
         asyncio.run(_publish(nats_server.url, [("biopilot.control.r1", body) for body in bad]
                              + [("biopilot.control.ghost", b'{"type": "stop"}'),
                                 ("biopilot.control.r2", b'{"type": "pause"}')]))  # a replay's: ignored
-        assert _wait_for(lambda: feed.stats.rejected_commands == len(bad) + 1), list(feed.stats.rejections)
+        assert wait_for(lambda: feed.stats.rejected_commands == len(bad) + 1), list(feed.stats.rejections)
         ticks_then = feed.stats.ticks
         asyncio.run(_publish(nats_server.url, [("biopilot.control.r1", json.dumps(
             {"type": "setpoint", "name": "do_setpoint_pct", "value": 55}).encode())]))
-        assert _wait_for(lambda: feed.stats.commands == 1 and feed.stats.ticks > ticks_then + 20)
+        assert wait_for(lambda: feed.stats.commands == 1 and feed.stats.ticks > ticks_then + 20)
         assert feed.thread.is_alive() and not feed.stopping.is_set() and not feed.result
     assert feed.stats.rejected_commands == len(bad) + 1
     assert any("ghost: unknown reactor" in r for r in feed.stats.rejections)
@@ -204,10 +194,10 @@ def test_a_stop_for_an_unknown_reactor_through_the_api_leaves_the_plant_running(
                                                                                 tmp_path):
     with running_dashboard(nats_server.url, redis_server.url, tmp_path / "lake") as d, \
             running_plant(nats_server.url) as feed, d.client("admin") as c:
-        assert _wait_for(lambda: "r1" in c.get("/api/reactors").json())  # the relay saw the plant's ticks
+        assert wait_for(lambda: "r1" in c.get("/api/reactors").json())  # the relay saw the plant's ticks
         assert c.post("/api/reactors/ghost/control", json={"type": "stop"}).status_code == 404
         ticks_then = feed.stats.ticks
-        assert _wait_for(lambda: feed.stats.ticks > ticks_then + 20)
+        assert wait_for(lambda: feed.stats.ticks > ticks_then + 20)
         assert feed.thread.is_alive() and not feed.stopping.is_set()
         # an admin's stop to a live reactor does stop the plant
         assert c.post("/api/reactors/r1/control", json={"type": "stop"}).status_code == 202

@@ -16,7 +16,7 @@ import pytest
 
 from biopilot.services import free_port
 from sinks import delta
-from tests.dashboard_helpers import mark_live, running_dashboard, sse_events
+from tests.dashboard_helpers import mark_live, running_dashboard, sse_events, wait_for
 
 
 @pytest.fixture
@@ -31,16 +31,6 @@ def dash(nats_server, redis_server, tmp_path):
     with running_dashboard(nats_server.url, redis_server.url, lake, webhook_allow_hosts="127.0.0.1") as d:
         d.run_id = out.stdout.split()[0]
         yield d
-
-
-def _wait(predicate, timeout_s: float = 15.0):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_runs_run_ticks_and_alerts(dash):
@@ -81,7 +71,7 @@ def test_control_and_fault_are_published_and_audited(dash, nats_server, redis_se
     asyncio.run(listen())
     assert received[0] == {"type": "setpoint", "name": "do_setpoint_pct", "value": 50.0}
     assert received[1]["type"] == "fault" and received[1]["fault"] == "sensor_stuck" and received[1]["signal"] == "do_pct"
-    audit = _wait(lambda: (t := delta.read(dash.lake, "audit")) is not None and t.num_rows >= 2 and t)
+    audit = wait_for(lambda: (t := delta.read(dash.lake, "audit")) is not None and t.num_rows >= 2 and t)
     rows = audit.to_pylist()
     assert {r["action"] for r in rows} == {"control", "fault"}
     assert all(r["actor"] == "test-operator" and r["role"] == "operator" and r["target"] == "r7" for r in rows)
@@ -165,7 +155,7 @@ def test_subscription_stream_and_signed_webhook_with_retry(dash, nats_server):
                 asyncio.run(publish())
                 events = sse_events(stream, 1, {"alert"})
             assert [json.loads(e["data"])["alert_id"] for e in events] == ["w2"]
-            assert _wait(lambda: _Receiver.got, 20)
+            assert wait_for(lambda: _Receiver.got, 20)
             body, timestamp, sig = _Receiver.got[0]
             assert json.loads(body)["event"]["alert_id"] == "w2"
             signed = f"{timestamp}.".encode() + body

@@ -29,7 +29,7 @@ from dashboard.relay import REACTORS_KEY, RELAY_DURABLE, Outbox, Pending
 from sinks import delta
 from sources.publish import publish_ticks
 from tests.agent_helpers import simulated
-from tests.dashboard_helpers import running_dashboard, sse_events
+from tests.dashboard_helpers import running_dashboard, sse_events, wait_for
 from tests.llm_helpers import fake_openai_server
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
@@ -61,15 +61,6 @@ def _consumer(url: str, durable: str) -> tuple[int, int]:
         finally:
             await nc.close()
     return asyncio.run(go())
-
-
-def _wait(predicate: Callable[[], object], timeout_s: float = 15.0) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    return predicate()
 
 
 @contextmanager
@@ -132,11 +123,11 @@ def test_a_hung_redis_stalls_neither_the_relay_nor_healthz_and_every_alert_gets_
                     await nc.close()
                 asyncio.run(ticks_flow())
                 # the relay took every alert from the broker although it cannot write them yet
-                taken = _wait(lambda: _consumer(nats_server.url, RELAY_DURABLE) == (0, 20), 5)
+                taken = wait_for(lambda: _consumer(nats_server.url, RELAY_DURABLE) == (0, 20), 5)
                 time.sleep(max(0.0, 3.0 - (time.monotonic() - t)))
             during = _read(stream, 20, {"alert"})
-        reactors = _wait(lambda: reactor in c.get("/api/reactors").json())  # the ticks' position, now written
-        acked = _wait(lambda: _consumer(nats_server.url, RELAY_DURABLE) == (0, 0))
+        reactors = wait_for(lambda: reactor in c.get("/api/reactors").json())  # the ticks' position, now written
+        acked = wait_for(lambda: _consumer(nats_server.url, RELAY_DURABLE) == (0, 0))
     assert health.status_code == 200 and health_s < 2.0, health_s
     assert health.json()["status"] == "degraded" and health.json()["redis"] is False
     assert "redis down" in health.json()["problems"]
@@ -318,7 +309,7 @@ def test_sse_streams_are_capped_per_token_and_a_closed_one_frees_its_slot(nats_s
             with c.stream("GET", "/api/stream/incidents") as again:
                 return again.status_code == 200
 
-        freed = _wait(reopened, 5)
+        freed = wait_for(reopened, 5)
     assert refused == 429 and "too many SSE streams" in body["detail"]
     assert freed
 
@@ -342,7 +333,7 @@ def test_an_ancient_last_event_id_gets_what_the_buffer_has_and_a_missed_note(nat
     with running_dashboard(nats_server.url, redis_server.url, tmp_path / "lake") as dash, \
             dash.client("viewer") as c:
         _publish(nats_server.url, [_alert(k) for k in range(6)])
-        assert _wait(lambda: cache.xlen(stream_key("alerts")) == 6)
+        assert wait_for(lambda: cache.xlen(stream_key("alerts")) == 6)
         oldest = cache.xrange(stream_key("alerts"), count=1)[0][0].decode()
         cache.xtrim(stream_key("alerts"), maxlen=3, approximate=False)  # its id and the two after it go
         with c.stream("GET", "/api/stream/alerts", headers={"Last-Event-ID": oldest}) as stream:
@@ -386,7 +377,7 @@ def test_an_answer_that_dribbles_forever_is_cut_at_the_deadline_and_falls_back()
         reader.join(10)
         took_s = time.monotonic() - t
         # the thread reading the endpoint stops at its next token, closing the stream
-        closed = _wait(lambda: not any(t.name == "llm-stream" for t in threading.enumerate()), 3)
+        closed = wait_for(lambda: not any(t.name == "llm-stream" for t in threading.enumerate()), 3)
     assert not reader.is_alive(), "the answer never ended"
     assert took_s < 4, took_s
     assert closed
@@ -418,6 +409,6 @@ def test_chat_answers_are_capped_per_user(nats_server, redis_server, tmp_path, m
                 with c.stream("POST", "/api/chat", json=question) as again:
                     return again.status_code == 200
 
-            after = _wait(answered, 5)
+            after = wait_for(answered, 5)
     assert refused == 429 and "too many chat answers" in body["detail"]
     assert other_user == 200 and finished and after
