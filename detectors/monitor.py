@@ -8,8 +8,10 @@ reactor.
 from __future__ import annotations
 
 import hashlib
+import logging
 import pickle
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -19,10 +21,14 @@ import pyarrow.compute as pc
 import detectors  # noqa: F401 - registers every detector
 from biopilot.codec import PLAUSIBLE, validate_ticks
 from biopilot.events import ALERTS, LATE_TICKS, SCORES, TICK_SIGNALS, TICKS, distinct
-from biopilot.eventtime import ReorderBuffer
+from biopilot.eventtime import ReorderBuffer, beyond_horizon
 from detectors.alarm import MemberAlarms
 from detectors.base import DETECTOR_SIGNALS, make_detector
 from detectors.soft_sensors import SoftSensors
+from sources.jetstream import Message
+from sources.telemetry import Item, dead_letter, rows_payload
+
+log = logging.getLogger(__name__)
 
 FEED = DETECTOR_SIGNALS.index("feed_ml_per_tick")
 CAPACITANCE = DETECTOR_SIGNALS.index("capacitance_pf_cm")
@@ -280,3 +286,57 @@ def monitor_step(state: MonitorState | None, item: object, config: MonitorConfig
     else:
         out = monitor.on_watermark(item.ts_us)  # type: ignore[attr-defined]
     return state, [out]
+
+
+def _when(ts_us: int) -> str:
+    return f"{np.datetime64(ts_us, 'us')}Z"  # any int64 (a datetime stops at the year 9999)
+
+
+def _source(item: Item) -> Message:
+    return item.source or Message(f"biopilot.telemetry.{item.reactor_id}", b"", {}, 0)
+
+
+def _within_horizon(item: Item, reorder: ReorderBuffer, horizon_us: int, refused: Outputs) -> Item | None:
+    """The item with what lies beyond the horizon taken out (into `refused`'s dead letters); None if nothing is
+    left. The reference is the reactor's latest event time; before it has one, the wall clock: a replay of an
+    old run is in the past and passes (only the future is bounded), and a plant that runs ahead of the clock
+    (600x: ~10 event minutes per second) is judged against its own event time from its first message on."""
+    if item.kind == "assays":
+        return item
+    latest = reorder.latest_us
+    reference_us = latest if latest is not None else time.time_ns() // 1000
+
+    def horizon() -> str:  # formatted only for what is refused: this runs for every message
+        return f"the horizon is {horizon_us / 3.6e9:g} h ahead of the reactor's latest event time " \
+               f"{_when(reference_us)}{'' if latest is not None else ' (none yet: the clock)'}"
+
+    if item.kind == "watermark":
+        if item.ts_us - reference_us <= horizon_us:
+            return item
+        refused.add("deadletter", dead_letter(_source(item), f"watermark {_when(item.ts_us)} beyond the horizon: {horizon()}"))
+        return None
+    far = beyond_horizon(item.table["ts"].cast(pa.int64()).to_numpy(), reference_us, horizon_us)
+    if far is None:
+        return item
+    rows = item.table.filter(far)
+    reason = f"{rows.num_rows} tick(s) from {_when(rows['ts'].cast(pa.int64())[0].as_py())} beyond the horizon: " \
+             f"{horizon()}"
+    refused.add("deadletter", dead_letter(_source(item), reason, rows_payload(rows, [reason] * rows.num_rows)))
+    return None if far.all() else replace(item, table=item.table.filter(~far))
+
+
+def judged_step(state: MonitorState | None, item: Item, config: MonitorConfig,
+                horizon_us: int) -> tuple[MonitorState, list[Outputs]]:
+    """`monitor_step`, refusing instead of obeying what lies beyond the event-time horizon, and dead-lettering
+    a message whose handling raises: one poison message costs itself, not the flow (which would otherwise exit
+    before acking it, and meet it again after every restart)."""
+    state = state or MonitorState(ReactorMonitor(item.reactor_id, config))
+    refused = Outputs()
+    try:
+        kept = _within_horizon(item, state.monitor.reorder, horizon_us, refused)
+        outputs = monitor_step(state, kept, config)[1] if kept is not None else []
+    except Exception as err:  # noqa: BLE001 - dead-lettered with its reason, and logged with its traceback
+        log.exception("dead-lettering a %s message for %s", item.kind, item.reactor_id)
+        refused.add("deadletter", dead_letter(_source(item), f"{err.__class__.__name__}: {err}"))
+        outputs = []
+    return state, ([*outputs, refused] if refused.tables else outputs)

@@ -15,27 +15,20 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import logging
 import os
-import time
-from dataclasses import replace
 from functools import partial
 
 import bytewax.operators as op
-import numpy as np
 import pyarrow as pa
 from bytewax.dataflow import Dataflow
 
 from biopilot.config import load_settings
-from biopilot.eventtime import ReorderBuffer, beyond_horizon
 from biopilot.services import FLOW_DURABLE
-from detectors.monitor import MonitorConfig, MonitorState, Outputs, ReactorMonitor, monitor_step, warm_up
+from detectors.monitor import MonitorConfig, judged_step, warm_up
 from sinks.lake_sink import MAX_ROWS, LakeSink, default_wal_dir
 from sinks.nats_sink import NatsPublishSink, Publish, alert_json
-from sources.jetstream import JetStreamSource, Message
-from sources.telemetry import REASON_HEADER, Item, dead_letter, route, rows_payload
-
-log = logging.getLogger(__name__)
+from sources.jetstream import JetStreamSource
+from sources.telemetry import REASON_HEADER, route
 
 
 def keep_freed_memory() -> bool:
@@ -50,57 +43,6 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(mallopt(m_mmap_threshold, 256 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
-
-
-def _when(ts_us: int) -> str:
-    return f"{np.datetime64(ts_us, 'us')}Z"  # any int64 (a datetime stops at the year 9999)
-
-
-def _source(item: Item) -> Message:
-    return item.source or Message(f"biopilot.telemetry.{item.reactor_id}", b"", {}, 0)
-
-
-def _within_horizon(item: Item, reorder: ReorderBuffer, horizon_us: int, refused: Outputs) -> Item | None:
-    """The item with what lies beyond the horizon taken out (into `refused`'s dead letters); None if nothing is
-    left. The reference is the reactor's latest event time; before it has one, the wall clock: a replay of an
-    old run is in the past and passes (only the future is bounded), and a plant that runs ahead of the clock
-    (600x: ~10 event minutes per second) is judged against its own event time from its first message on."""
-    if item.kind == "assays":
-        return item
-    latest = reorder.latest_us
-    reference_us = latest if latest is not None else time.time_ns() // 1000
-    horizon = f"the horizon is {horizon_us / 3.6e9:g} h ahead of the reactor's latest event time " \
-              f"{_when(reference_us)}{'' if latest is not None else ' (none yet: the clock)'}"
-    if item.kind == "watermark":
-        if item.ts_us - reference_us <= horizon_us:
-            return item
-        refused.add("deadletter", dead_letter(_source(item), f"watermark {_when(item.ts_us)} beyond the horizon: {horizon}"))
-        return None
-    far = beyond_horizon(item.table["ts"].cast(pa.int64()).to_numpy(), reference_us, horizon_us)
-    if far is None:
-        return item
-    rows = item.table.filter(far)
-    reason = f"{rows.num_rows} tick(s) from {_when(rows['ts'].cast(pa.int64())[0].as_py())} beyond the horizon: " \
-             f"{horizon}"
-    refused.add("deadletter", dead_letter(_source(item), reason, rows_payload(rows, [reason] * rows.num_rows)))
-    return None if far.all() else replace(item, table=item.table.filter(~far))
-
-
-def judged_step(state: MonitorState | None, item: Item, config: MonitorConfig,
-                horizon_us: int) -> tuple[MonitorState, list[Outputs]]:
-    """`monitor_step`, refusing instead of obeying what lies beyond the event-time horizon, and dead-lettering
-    a message whose handling raises: one poison message costs itself, not the flow (which would otherwise exit
-    before acking it, and meet it again after every restart)."""
-    state = state or MonitorState(ReactorMonitor(item.reactor_id, config))
-    refused = Outputs()
-    try:
-        kept = _within_horizon(item, state.monitor.reorder, horizon_us, refused)
-        outputs = monitor_step(state, kept, config)[1] if kept is not None else []
-    except Exception as err:  # noqa: BLE001 - dead-lettered with its reason, and logged with its traceback
-        log.exception("dead-lettering a %s message for %s", item.kind, item.reactor_id)
-        refused.add("deadletter", dead_letter(_source(item), f"{err.__class__.__name__}: {err}"))
-        outputs = []
-    return state, ([*outputs, refused] if refused.tables else outputs)
 
 
 def _dead_messages(dead: pa.Table, stage: str) -> list[Publish]:
