@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LAKE ?= ./lake
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test test-unit lint demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# without the tests that start servers or subprocesses (marked `integration`): runs in seconds
+test-unit: install
+	$(BIN)/python -m pytest -q -m "not integration"
 
 lint: install
 	$(BIN)/ruff check .

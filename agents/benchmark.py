@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.diagnose import diagnose_ticks
-from agents.monitoring import incident_id_for
+from agents.incidents import incident_id_for
 from sources.fleet import simulate_run
 from sources.scenarios import ARCHETYPE_SCENARIOS
 
@@ -105,7 +105,7 @@ def evaluate_suite(seeds: int = 5, normal_runs: int = 10, grace_h: float = 2.0,
 
 
 def latency(alerts: int, rate_per_s: float, say: Callable[[str], None]) -> list[float]:
-    from biopilot.services import start_services
+    from core.services import start_services
     from sinks import delta
 
     with tempfile.TemporaryDirectory() as tmp:

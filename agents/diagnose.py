@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from agents.evidence import Evidence, gather
-from agents.monitoring import IncidentTracker
+from agents.incidents import IncidentTracker
 from agents.troubleshooting import Diagnosis, rank
-from detectors.monitor import MonitorConfig, ReactorMonitor
+from detectors.reactor_monitor import MonitorConfig, ReactorMonitor
 from sinks import delta
 
 HORIZON = timedelta(hours=2)

@@ -20,8 +20,8 @@ import pyarrow.compute as pc
 from scipy.signal import lfilter
 
 from detectors.base import DETECTOR_SIGNALS, make_detector
+from detectors.features import FEED, features
 from detectors.golden import load_reference
-from detectors.monitor import FEED, features
 from detectors.sensor_health import WATCHED
 from detectors.soft_sensors import SoftSensors
 from detectors.transformer import WindowedScorer, classify_window

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import Protocol, TypeVar
 
 from agents import phrasing
-from biopilot.config import Settings
+from core.config import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -22,7 +22,7 @@ import pyarrow as pa  # noqa: E402
 
 from agents.diagnose import IncidentFinding, diagnose_ticks, load_run  # noqa: E402
 from agents.overview import RunSummary, summarize  # noqa: E402
-from biopilot.events import ID_PATTERN  # noqa: E402
+from core.events import ID_PATTERN  # noqa: E402
 
 # CPP limits for a CHO fed-batch (REFERENCES.md: typical process ranges)
 CPP_LIMITS = {"do_pct": (20.0, 80.0), "ph": (6.8, 7.3), "temp_c": (30.0, 37.5)}

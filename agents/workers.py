@@ -32,10 +32,10 @@ from redis.exceptions import RedisError
 
 from agents.diagnose import HORIZON, IncidentFinding
 from agents.evidence import gather
+from agents.incidents import IncidentTracker
 from agents.llm import Backend, OfflineBackend
-from agents.monitoring import IncidentTracker
 from agents.troubleshooting import rank
-from biopilot.services import redis_client, wait_port
+from core.services import redis_client, wait_port
 from sinks import delta
 from sinks.nats_sink import alert_json
 from sinks.table_writer import TableWriter

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from biopilot.config import load_settings
-from biopilot.events import SCHEMAS
-from biopilot.services import write_private
+from core.config import load_settings
+from core.events import SCHEMAS
+from core.services import write_private
 from sinks import delta
 from sources.fleet import Fleet
 from sources.plant import PlantFeed

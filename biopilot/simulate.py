@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from biopilot.events import ASSAYS, LABELS, RUNS, TICKS
+from core.events import ASSAYS, LABELS, RUNS, TICKS
 from sinks import delta
 from sources.fleet import Fleet, run_id_for
 from sources.scenarios import Scenario

@@ -17,20 +17,20 @@ from pathlib import Path
 
 import uvicorn
 
-from biopilot.config import Settings
 from biopilot.plant_process import Progress, prepare
-from biopilot.services import (
+from biopilot.supervisor import Child, Supervisor
+from core.config import Settings
+from core.services import (
     FLOW_DURABLE,
     PROCESSES_KEY,
     Services,
-    flow_command,
     start_services,
     without_credentials,
     write_private,
 )
-from biopilot.supervisor import Child, Supervisor
 from dashboard.app import create_app
 from dashboard.auth import issue_login_code
+from flows.launch import flow_command, set_aside_stale_store
 from sources.scenarios import Scenario
 
 
@@ -99,6 +99,8 @@ def run_up(settings: Settings, scenario: Scenario, reactors: int, speed: float |
         print(f"cache      {without_credentials(services.redis_url)}"
               f"{' (embedded, with a password)' if settings.redis_url is None else ''}", file=out)
         print(f"flow       log {state / 'flow.log'}, recovery {state / 'recovery'}", file=out)
+        if aside := set_aside_stale_store(state / "recovery"):
+            print(f"           the recovery store was written by an older version: set aside as {aside}", file=out)
         print(f"lake       {lake}", file=out)
         print(f"plant      {reactors} reactor(s), scenario {scenario.name}, "
               f"speed {'max' if speed is None else f'{speed:g}x'}, log {state / 'plant.log'}", file=out)

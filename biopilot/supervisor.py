@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import subprocess
 import time
@@ -24,7 +23,8 @@ from typing import TextIO
 
 from prometheus_client import REGISTRY, Gauge
 
-from biopilot.services import PROCESSES_KEY, redis_client, spawn
+from core.processes import spawn, stop_process_groups
+from core.services import PROCESSES_KEY, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -164,18 +164,8 @@ class Supervisor:
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop restarting, then stop every child (SIGTERM to its process group, SIGKILL after `grace_s`)."""
         self.stopping = True
-        running = [c for c in self.children.values() if c.proc is not None and c.proc.poll() is None]
-        for child in running:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while any(c.proc.poll() is None for c in running) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        for child in running:
-            if child.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.proc.pid, signal.SIGKILL)
-                child.proc.wait()
+        running = [c.proc for c in self.children.values() if c.proc is not None]
+        await asyncio.to_thread(stop_process_groups, running, grace_s)
         for child in self.children.values():
             self._set(child, "stopped")
         await self._publish()

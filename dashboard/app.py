@@ -1,4 +1,4 @@
-"""The dashboard: FastAPI app with REST, SSE, auth and the static page (DESIGN.md section 6).
+"""The dashboard: FastAPI app with REST, SSE, auth and the static page (docs/DESIGN.md, "HTTP API").
 
 `create_app(settings)` needs a running broker and cache (`settings.nats_url`, `settings.redis_url`); `biopilot
 up` provides them. The lifespan connects, starts the SSE hub's readers, the NATS -> hub relay, the audit writer
@@ -21,8 +21,8 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from agents.llm import make_backend
-from biopilot.config import Settings
-from biopilot.services import redis_client
+from core.config import Settings
+from core.services import redis_client
 from dashboard.auth import COOKIE, Principal, create_token, redeem_login_code, secret_for, ttl_cap_s
 from dashboard.deps import Runtime, is_viewer
 from dashboard.hub import Hub

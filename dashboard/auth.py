@@ -26,8 +26,8 @@ from pathlib import Path
 
 import jwt
 
-from biopilot.config import Settings, SettingsError
-from biopilot.events import ID_PATTERN
+from core.config import Settings, SettingsError
+from core.events import ID_PATTERN
 
 log = logging.getLogger(__name__)
 ROLES = ("viewer", "operator", "admin")

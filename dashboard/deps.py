@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from agents.llm import Backend
-from biopilot.config import Settings
+from core.config import Settings
 from dashboard.auth import COOKIE, AuthError, Principal, Revocations, verify
 from dashboard.hub import Hub
 from dashboard.limits import RateLimiter

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from biopilot.services import REDIS_SOCKET_TIMEOUT_S
+from core.services import REDIS_SOCKET_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 CHANNELS = ("telemetry", "alerts", "incidents", "agents")

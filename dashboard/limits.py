@@ -13,7 +13,8 @@ import uuid
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from biopilot.events import ID_PATTERN
+from core.events import ID_PATTERN
+from dashboard.asgi import ResponseStartMiddleware, StartEditor
 
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -25,27 +26,20 @@ async def _send_json(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class RequestId:
+class RequestId(ResponseStartMiddleware):
     """`scope["state"]["request_id"]`: the client's X-Request-ID when it is a plain id, else a fresh one;
     echoed in the response's X-Request-ID and written to the audit rows."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def editor(self, scope: Scope) -> StartEditor:
         given = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
         request_id = given if re.fullmatch(ID_PATTERN, given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
-            await send(message)
+        def with_id(message: Message) -> Message:
+            MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            return message
 
-        await self.app(scope, receive, send_with_id)
+        return with_id
 
 
 class BodyLimit:

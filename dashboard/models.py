@@ -1,5 +1,6 @@
-"""Request and response models of the HTTP API (DESIGN.md section 6). The control and fault commands live in
-`sources.commands`: the plant validates what arrives on its NATS control subject with the same models."""
+"""Request and response models of the HTTP API (docs/DESIGN.md, "HTTP API"). The control and fault commands
+live in `sources.commands`: the plant validates what arrives on its NATS control subject with the same
+models."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from biopilot.events import ID_PATTERN
+from core.events import ID_PATTERN
 from sources.reactor import FAULT_NAMES
 
 Severity = Literal["info", "warning", "critical"]

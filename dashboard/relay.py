@@ -29,8 +29,8 @@ import pyarrow as pa
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from biopilot.codec import decode_assays, decode_rows
-from biopilot.events import ASSAY_VALUES, TICK_SIGNALS
+from core.codec import decode_assays, decode_rows
+from core.events import ASSAY_VALUES, TICK_SIGNALS
 from dashboard.hub import DROPPABLE, Hub, Outgoing
 from sources.telemetry import KIND_HEADER
 

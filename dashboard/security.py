@@ -8,7 +8,9 @@ bootstrap script, so they get a policy that allows just that.
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Scope
+
+from dashboard.asgi import ResponseStartMiddleware, StartEditor
 
 _LOCKED = "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 # uPlot sizes its canvases through element.style (CSSOM), which style-src does not govern: no 'unsafe-inline'
@@ -23,26 +25,15 @@ DOCS_POLICY = (f"default-src 'self'; script-src 'self' 'unsafe-inline' {_CDN}; "
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
 
 
-class SecurityHeaders:
-    """Pure ASGI (not BaseHTTPMiddleware), so streamed responses (SSE, chat) pass through untouched."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class SecurityHeaders(ResponseStartMiddleware):
+    def editor(self, scope: Scope) -> StartEditor:
         policy = DOCS_POLICY if scope["path"] in DOCS_PATHS else PAGE_POLICY
 
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                names = {name.lower() for name, _ in headers}
-                if b"content-security-policy" not in names:
-                    headers.append((b"content-security-policy", policy.encode()))
-                headers += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
-                message = {**message, "headers": headers}
-            await send(message)
+        def with_headers(message: Message) -> Message:
+            headers = list(message.get("headers", []))
+            if b"content-security-policy" not in {name.lower() for name, _ in headers}:
+                headers.append((b"content-security-policy", policy.encode()))
+            headers += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+            return {**message, "headers": headers}
 
-        await self.app(scope, receive, with_headers)
+        return with_headers

@@ -21,7 +21,7 @@ from nats.js.api import StorageType
 from nats.js.errors import BucketNotFoundError, InvalidKeyError, KeyNotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from biopilot.events import SEVERITY_RANK
+from core.events import SEVERITY_RANK
 
 BUCKET = "biopilot_subscriptions"
 MAX_PER_OWNER = 20  # one owner cannot make the sender fan out without bound

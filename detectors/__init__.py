@@ -2,7 +2,7 @@
 
 from detectors import (  # noqa: F401 - registration
     autoencoder,
-    cusum,
+    ewma_cusum,
     fusion,
     golden,
     hst,

@@ -32,14 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from detectors.base import register
+from detectors.base import DETECTOR_SIGNALS, register
+from detectors.features import features
 from detectors.golden import load_reference
 
 
 @dataclass
 class AutoencoderState:
-    """Plain numpy: the flow snapshots every reactor's state each epoch, and a torch module with its optimiser
-    took ~2 ms to deep-copy (most of the snapshot); torch works on these arrays in place when it learns."""
+    """Plain numpy: the flow snapshots every reactor's state each epoch, and deep-copying a torch module with
+    its optimiser was most of the snapshot's cost; torch works on these arrays in place when it learns."""
 
     start_us: int | None
     params: list[np.ndarray]  # the torch model's parameters in its order (weight, bias per layer), float64
@@ -90,7 +91,7 @@ class Autoencoder:
         keep = errors < self.learn_below if state.learnt >= self.warmup_batches else np.ones(len(Z), bool)
         state.learnt += 1
         if state.learnt > self.settle_batches and state.learnt % self.learn_every:
-            return  # settled: keep adapting, on one mini-batch in `learn_every` (a training step costs ~0.5 ms)
+            return  # settled: keep adapting, on one mini-batch in `learn_every` (training is the costly step)
         if keep.sum() < 2:
             return
         model, optimizer = _workspace(Z.shape[1], self.hidden, self.bottleneck, self.lr)
@@ -183,8 +184,6 @@ def pretrain(runs: int = 10, seed: int = 600) -> list[np.ndarray]:
     autoencoder then starts every run knowing what normal deviations look like."""
     import pyarrow as pa
 
-    from detectors.base import DETECTOR_SIGNALS
-    from detectors.monitor import features
     from sources.fleet import Fleet
     from sources.scenarios import load_scenario
 

@@ -1,4 +1,4 @@
-"""The detector interface (DESIGN.md section 7) and the registry.
+"""The detector interface (docs/DESIGN.md, "Detector interface") and the registry.
 
 A detector is plain Python: `init_state(signal_names)` gives a per-reactor state that pickles (Bytewax
 recovery), and `score_learn(state, ts, X)` scores a batch of ticks in time order and learns from it. The score

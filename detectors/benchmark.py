@@ -4,9 +4,10 @@ Suite: each fault archetype's built-in scenario x N seeds (onsets and magnitudes
 scenario's ranges), the composite scenario x N seeds, M normal runs, and a separate set of normal runs used
 only to calibrate thresholds. A detector's threshold is the highest level its score holds for `persist`
 consecutive ticks on the calibration runs (x 1.05): zero false alarms on those runs. Alarms use the same
-hysteresis as the flow; the fusion's alarms are its members' own, as in the flow (`MemberAlarms`). Per detector x fault: detection rate (an alarm opens inside the fault window, which is
-extended by `grace_h` for effects that outlast their cause), median detection delay; per detector: false alarms
-per reactor-day on the normal runs and event-level precision, recall and F1.
+hysteresis as the flow; the fusion's alarms are its members' own, as in the flow (`MemberAlarms`). Per detector
+x fault: detection rate (an alarm opens inside the fault window, which is extended by `grace_h` for effects that
+outlast their cause), median detection delay; per detector: false alarms per reactor-day on the normal runs and
+event-level precision, recall and F1.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import numpy as np
 import detectors  # noqa: F401 - registers every detector
 from detectors.alarm import AlarmState, Hysteresis, MemberAlarms
 from detectors.base import DETECTOR_SIGNALS, REGISTRY, make_detector
+from detectors.features import features
 from detectors.fusion import CALIBRATION
-from detectors.monitor import features
 from sources.fleet import simulate_run
 from sources.scenarios import ARCHETYPE_SCENARIOS
 

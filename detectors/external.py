@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from scipy.signal import lfilter
 
 import detectors  # noqa: F401 - registers every detector
-from biopilot.config import DetectOptions
+from core.config import DetectOptions
 from detectors.base import REGISTRY, make_detector
 
 DEFAULT_OPTIONS = DetectOptions()

@@ -1,6 +1,6 @@
 """River HalfSpaceTrees on min-max scaled features, learnt and scored one tick at a time (River has no batch
-API for it). Cost grows with 2^height: the defaults (10 trees, height 8, window 250) keep it to a few thousand
-ticks per second per reactor here; see docs/PERFORMANCE.md.
+API for it). Cost grows with 2^height, so the defaults (10 trees, height 8, window 250) keep the height small;
+its throughput is in docs/QUALITY.md.
 
 >>> import numpy as np
 >>> from detectors.base import make_detector

@@ -9,7 +9,7 @@ from datetime import datetime
 import pyarrow as pa
 from river.anomaly import HalfSpaceTrees
 
-from biopilot.events import TICKS
+from core.events import TICKS
 from detectors.base import DETECTOR_SIGNALS
 
 LEVELS = [s for s in DETECTOR_SIGNALS if not s.endswith("_per_tick")]

@@ -95,7 +95,7 @@ class SoftSensors:
                   ) -> None:
         """Append to the history, keeping every tick of the last `EXACT_US` and the first tick of each
         `BUCKET_US` before (a result reported that late is matched to within ten minutes). The history is in
-        every recovery snapshot of the monitor: four days of every tick made it 180 kB of a reactor's 250."""
+        every recovery snapshot of the monitor: days of every tick would be most of a reactor's snapshot."""
         h = {key: np.concatenate([self.history[key], values]) for key, values in (
             ("us", ts_us), ("cap", np.asarray(capacitance, dtype=np.float64)), ("integral", integral), ("fed", fed))}
         us = h["us"]

@@ -5,8 +5,9 @@ Runs: every fault archetype's built-in scenario and the composite x `runs_per_fa
 Windows end on every `stride`-th tick (every 4th inside a fault window, so faults are not drowned out); the
 class of a window is the fault active at its last tick (normal otherwise), the titer target is the run's last
 assayed titer, the forecast target the next tick's z. Loss: forecast MSE + class cross-entropy +
-0.1 x titer MSE (classes weighted by the square root of their inverse frequency). The checkpoint (float16 weights, ~0.2 MB) goes to `detectors/scorer.pt` by default, which is
-what the `transformer` detector loads.
+0.1 x titer MSE (classes weighted by the square root of their inverse frequency). The checkpoint (float16
+weights, a small file kept in the repo) goes to `detectors/scorer.pt` by default, which is what the `transformer`
+detector loads.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from detectors.monitor import features
+from detectors.features import features
 from detectors.scorer_model import CHECKPOINT, CLASSES, HybridScorer, ScorerConfig, model_inputs, save
 from sources.fleet import simulate_run
 from sources.scenarios import ARCHETYPE_SCENARIOS

@@ -1,31 +1,26 @@
 """The monitoring dataflow: NATS JetStream -> decode/validate -> per-reactor event time + detectors -> sinks.
 
-Thin wiring only; the logic lives in `sources.telemetry` (routing, validation) and `detectors.monitor`.
-Run it with `python -m bytewax.run "flows.monitor:build_flow()" -r RECOVERY_DIR -s 5 -b 30` (as `start_flow` does).
-Settings from the environment: BIOPILOT_NATS_URL (required), BIOPILOT_LAKE, BIOPILOT_LATENESS_S (300),
-BIOPILOT_DETECTOR (fusion, the default, | zscore), BIOPILOT_FLOW_DURABLE (consumer name), BIOPILOT_FLUSH_ROWS (250000),
-BIOPILOT_FLUSH_S (1), BIOPILOT_EVENT_HORIZON_H (48: watermarks and ticks further ahead of their reactor's latest
-event time are dead-lettered, not obeyed), BIOPILOT_FLOW_RECOVERY (1, the default: the run has a recovery store `-r`; 0: it has none,
-so nothing keeps a snapshot: the monitors are not copied at each epoch and the Delta sink keeps no write-ahead
-log), BIOPILOT_FLOW_WAL (the Delta sink's write-ahead log with a recovery store: a local directory beside the
-store; `start_flow` puts it in the store's directory, the default is `<lake>/.flow-wal/<consumer>`).
+Thin wiring only; the logic lives in `sources.telemetry` (routing, validation) and `detectors.reactor_monitor`.
+Run it with `python -m bytewax.run "flows.monitor:build_flow()" -r RECOVERY_DIR -s 5 -b 30`, as `flows.launch`
+does; its settings come from `core.config` (README's Settings). Without a recovery store (`flow_recovery`
+false) nothing keeps a snapshot: the monitors are not copied at each epoch, the Delta sink keeps no
+write-ahead log.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
-import os
 from functools import partial
 
 import bytewax.operators as op
 import pyarrow as pa
 from bytewax.dataflow import Dataflow
 
-from biopilot.config import load_settings
-from biopilot.services import FLOW_DURABLE
-from detectors.monitor import MonitorConfig, judged_step, warm_up
-from sinks.lake_sink import MAX_ROWS, LakeSink, default_wal_dir
+from core.config import load_settings
+from core.services import FLOW_DURABLE
+from detectors.reactor_monitor import MonitorConfig, judged_step, warm_up
+from sinks.lake_sink import LakeSink, default_wal_dir
 from sinks.nats_sink import NatsPublishSink, Publish, alert_json
 from sources.jetstream import JetStreamSource
 from sources.telemetry import REASON_HEADER, route
@@ -33,10 +28,10 @@ from sources.telemetry import REASON_HEADER, route
 
 def keep_freed_memory() -> bool:
     """Let glibc keep freed memory for reuse (whether it could: not on another C library). By default it hands
-    every freed block of 128 kB-32 MB (numpy's arrays, the Delta writer's buffers) back to the kernel, and the next
-    allocation faults the pages in again, zeroed: with the fusion that was a quarter of the flow's CPU (1.1 of
-    4.3 CPU-s per 2M ticks, in the kernel). Blocks up to 256 MB now come from the heap, and up to 1 GB of free heap
-    is kept. The flow's memory did not grow for it: 1,100 / 1,101 MB at most over a 300 s soak without / with."""
+    large freed blocks (numpy's arrays, the Delta writer's buffers) back to the kernel, and the next allocation
+    faults the pages in again, zeroed: with the fusion a large share of the flow's CPU went there. Blocks up to
+    256 MB now come from the heap, and up to 1 GB of free heap is kept; the flow's memory over a soak did not
+    grow for it (docs/PERFORMANCE.md)."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
@@ -57,14 +52,13 @@ def build_flow() -> Dataflow:
     settings = load_settings()
     if not settings.nats_url:
         raise RuntimeError("BIOPILOT_NATS_URL must point at the broker the flow reads")
-    recovery = os.environ.get("BIOPILOT_FLOW_RECOVERY", "1") != "0"
-    config = MonitorConfig.for_detector(os.environ.get("BIOPILOT_DETECTOR", "fusion"),
-                                        float(os.environ.get("BIOPILOT_LATENESS_S", "300")), snapshots_kept=recovery)
-    durable = os.environ.get("BIOPILOT_FLOW_DURABLE", FLOW_DURABLE)
-    wal_dir = (os.environ.get("BIOPILOT_FLOW_WAL") or default_wal_dir(settings.lake, durable)) if recovery else None
+    recovery = settings.flow_recovery
+    config = MonitorConfig.for_detector(settings.detector, settings.lateness_s, snapshots_kept=recovery)
+    durable = settings.flow_durable or FLOW_DURABLE
+    wal_dir = (settings.flow_wal or default_wal_dir(settings.lake, durable)) if recovery else None
     warm_up(config)
-    # the modules, models and kernels loaded so far (~450k objects) never become garbage: a full collection
-    # scanning them stopped the flow for ~260 ms, whenever one came; frozen, they are not scanned again
+    # the modules, models and kernels loaded so far never become garbage: a full collection scanning them all
+    # stopped the flow for a long moment, whenever one came; frozen, they are not scanned again
     gc.freeze()
     keep_freed_memory()
 
@@ -79,9 +73,7 @@ def build_flow() -> Dataflow:
     tables = op.flat_map("tables", outputs, lambda kv: list(kv[1].tables.items()))
     dead_rows = op.map("dead_rows", dead, lambda t: ("deadletter", t))
     lake_items = op.key_on("to_lake", op.merge("lake_rows", tables, dead_rows), lambda _: "lake")
-    max_rows = int(os.environ.get("BIOPILOT_FLUSH_ROWS", str(MAX_ROWS)))
-    max_age_s = float(os.environ.get("BIOPILOT_FLUSH_S", "1"))
-    op.output("lake", lake_items, LakeSink(settings.lake, max_rows, max_age_s, wal_dir=wal_dir))
+    op.output("lake", lake_items, LakeSink(settings.lake, settings.flush_rows, settings.flush_s, wal_dir=wal_dir))
     alerts = op.flat_map("alerts", outputs, lambda kv: [
         (f"biopilot.alerts.{a['reactor_id']}", alert_json(a), {"Nats-Msg-Id": a["alert_id"]}) for a in kv[1].alerts]
         + [(f"biopilot.alerts.{c['reactor_id']}", alert_json(c), {"Nats-Msg-Id": f"clear-{c['alert_id']}"})

@@ -2,19 +2,18 @@
 per-event Bytewax operators, River HalfSpaceTrees scored and learnt one event at a time, and the same
 micro-batched Delta sink as the real flow.
 
-Run with `python -m bytewax.run "flows.naive:build_flow()"`; BIOPILOT_NATS_URL, BIOPILOT_LAKE and
-BIOPILOT_FLOW_DURABLE as for `flows.monitor`.
+Run with `python -m bytewax.run "flows.naive:build_flow()"`; the settings `nats_url`, `lake` and `flow_durable`
+as for `flows.monitor`.
 """
 
 from __future__ import annotations
 
-import os
 from functools import partial
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from biopilot.config import load_settings
+from core.config import load_settings
 from detectors.naive import decode_json_tick, hst_step
 from sinks.lake_sink import LakeSink
 from sources.jetstream import JetStreamSource
@@ -22,7 +21,7 @@ from sources.jetstream import JetStreamSource
 
 def build_flow() -> Dataflow:
     settings = load_settings()
-    durable = os.environ.get("BIOPILOT_FLOW_DURABLE", "biopilot-naive")
+    durable = settings.flow_durable or "biopilot-naive"
     flow = Dataflow("biopilot-naive")
     messages = op.input("nats", flow, JetStreamSource(settings.nats_url, durable=durable, batch=1))
     ticks = op.filter_map("decode", messages, decode_json_tick)

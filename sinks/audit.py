@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError
 
-from biopilot.events import AUDIT
+from core.events import AUDIT
 from sinks import delta
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Delta Lake tables under the lake root (DESIGN.md section 3): append, read, delete runs, compact.
+"""Delta Lake tables under the lake root (docs/DESIGN.md, "Tables"): append, read, delete runs, compact.
 
 Sensor readings are quantised to instrument resolution, so dictionary encoding keeps the files small; the
 writer streams record batches (a `RecordBatchReader`) so a fleet never has to sit in memory at once.
@@ -21,8 +21,7 @@ log = logging.getLogger(__name__)
 
 # Quantised sensor readings and ids stay dictionary-encoded (Parquet's default). Building a dictionary is wasted on
 # columns with a new value in nearly every row: run-wise increasing `seq` and `ts` take delta encoding, the
-# detectors' continuous outputs byte-stream-split. On a 250k-row micro-batch of ticks plus its z-scores that cut
-# the writer's CPU from 162 to 125 ms and the files by a quarter (docs/PERFORMANCE.md).
+# detectors' continuous outputs byte-stream-split: less CPU and smaller files (docs/PERFORMANCE.md).
 _INCREASING = ColumnProperties(dictionary_enabled=False, encoding="DELTA_BINARY_PACKED")
 _CONTINUOUS = ColumnProperties(dictionary_enabled=False, encoding="BYTE_STREAM_SPLIT")
 WRITER = WriterProperties(compression="SNAPPY", column_properties={
@@ -30,24 +29,22 @@ WRITER = WriterProperties(compression="SNAPPY", column_properties={
     "score": _CONTINUOUS, "vcd_e6_per_ml_est": _CONTINUOUS, "glucose_g_l_est": _CONTINUOUS,
 })
 CHECKPOINT_INTERVAL = 100  # Delta's default `delta.checkpointInterval`: a checkpoint every 100 commits
-# Every commit lists the table's whole log directory (a stat per entry), and Delta keeps each commit's entry for
-# 30 days by default: a 1-row commit cost 8 ms of CPU at first, 41 ms after 3,600 entries (an hour at one a
-# second), and would cost most of a second after a day. Each checkpoint removes the entries past the retention
-# (those before the newest checkpoint that is older than it). At full rate a table commits ~4 times a second:
-# 10 minutes of log was 2,400 entries, and with the files' statistics (below) a commit of ticks slowed 76 ->
-# 90 ms over the first 10 minutes of a soak, the sink's queue (the flow's memory) rising with it. One minute
-# keeps a few hundred. Nothing here reads a version older than its table's newest checkpoint, and a reader
+# Every commit lists the table's whole log directory (a stat per entry), and Delta keeps each commit's entry
+# for 30 days by default, so a table committing every second would slow every commit hour by hour. Each
+# checkpoint removes the entries past the retention (those before the newest checkpoint that is older than
+# it). At full rate a table commits several times a second: even 10 minutes of log slowed the commits of ticks
+# over a soak, the sink's queue (the flow's memory) rising with them (docs/PERFORMANCE.md). One minute keeps a
+# few hundred entries. Nothing here reads a version older than its table's newest checkpoint, and a reader
 # opening the newest needs the entries after that checkpoint only for the milliseconds it takes. The files
-# compaction replaces are listed (as removed) in every checkpoint for as long as they may be vacuumed: an hour,
-# not a week.
+# compaction replaces are listed (as removed) in every checkpoint for as long as they may be vacuumed: an
+# hour, not a week.
 TABLE_PROPERTIES = {"delta.logRetentionDuration": "interval 1 minute",
                     "delta.deletedFileRetentionDuration": "interval 1 hours"}
-# Delta keeps each file's min, max and null count for the first 32 columns, in the log, in every checkpoint and
-# in every open handle, and a commit's cost grows with them: over 2,000 1-row commits of ticks (the log kept
-# short) a commit's CPU went 10.5 -> 17.6 ms and the writer's RSS +40 MB; with statistics for the four key
-# columns only, 8.4 -> 10.2 ms and +21 MB (scratch `commitcost2.py`). At full rate the ticks and the scores gain
-# a file every quarter second each, so they keep statistics for the columns readers select on; the other tables
-# are small and keep Delta's default.
+# Delta keeps each file's min, max and null count for the first 32 columns, in the log, in every checkpoint
+# and in every open handle, and a commit's CPU and the writer's memory grow with them, much less so with
+# statistics for the key columns only (docs/PERFORMANCE.md). At full rate the ticks and the scores gain
+# several files a second each, so they keep statistics for the columns readers select on; the other tables are
+# small and keep Delta's default.
 FULL_RATE_STATS = {"delta.dataSkippingStatsColumns": "run_id,reactor_id,seq,ts"}
 FULL_RATE_TABLES = ("ticks", "scores", "late_ticks")
 # The audit trail keeps its history: the files a delete, an update or a compaction replaced stay for ten years
@@ -56,14 +53,13 @@ FULL_RATE_TABLES = ("ticks", "scores", "late_ticks")
 HISTORY_PROPERTIES = {"delta.logRetentionDuration": "interval 30 days",
                       "delta.deletedFileRetentionDuration": "interval 3650 days"}
 HISTORY_TABLES = ("audit",)
-# A live micro-batch is a second of a few reactors: a file of a few kB per table and second. Each file costs every
-# later commit and read, and the writer's memory (3,200 200-row commits: +63 MB and 16.5 s per 400 commits at the
-# end, against +10 MB and ~10 s compacted every 400). So every COMPACT_EVERY commits of a table an `Appender`
-# merges its files smaller than SMALL_FILE_BYTES, on one thread, and deletes the files replaced over
-# VACUUM_AFTER_HOURS ago (a reader listing a snapshot before the compaction still finds its files). A round
-# rewrites ~100 small files, short enough for the writer's thread (at 10k ticks/s ~10 MB, 0.3-0.4 s, the GIL
-# released); a full-rate 250k-row micro-batch of ticks (~2.7 MB) is never rewritten (100 of them took 7 CPU-s,
-# as much as writing them had).
+# A live micro-batch is a second of a few reactors: a file of a few kB per table and second. Each file costs
+# every later commit and read, and the writer's memory. So every COMPACT_EVERY commits of a table an
+# `Appender` merges its files smaller than SMALL_FILE_BYTES, on one thread, and deletes the files replaced
+# over VACUUM_AFTER_HOURS ago (a reader listing a snapshot before the compaction still finds its files). A
+# round rewrites the small files of COMPACT_EVERY commits, short enough for the writer's thread (the GIL
+# released); a full-rate micro-batch's file is over SMALL_FILE_BYTES and never rewritten (rewriting them cost
+# as much as writing them had). The figures: docs/PERFORMANCE.md.
 COMPACT_EVERY = CHECKPOINT_INTERVAL
 SMALL_FILE_BYTES = 2 << 20
 VACUUM_AFTER_HOURS = 1
@@ -115,11 +111,11 @@ def append(lake: str | Path, name: str, data: pa.Table | pa.RecordBatchReader | 
 class Appender:
     """Appends to a lake's tables through handles kept open, for writers that commit again and again (the
     flow's sink: a micro-batch a second per table). Opening a table re-reads its log since the last checkpoint,
-    which cost as much as writing a 50k-row micro-batch; an open handle moves on with its own commits (and
+    which cost as much as the write itself; an open handle moves on with its own commits (and
     reads only newer log entries if another writer committed in between). But a handle also replays every
     commit since the checkpoint it was opened at, so it is reopened every 100 commits, just after Delta writes
-    a checkpoint: kept for good, the 1,000th 20k-row commit took 165 ms (reopened: 47 ms; opened afresh
-    for each commit: 83 ms). Every `compact_every` commits of a table its small files are compacted.
+    a checkpoint: a handle kept for good slows down as its table grows, more than opening afresh for each
+    commit (docs/PERFORMANCE.md). Every `compact_every` commits of a table its small files are compacted.
 
     >>> import tempfile
     >>> appender = Appender(tempfile.mkdtemp(), compact_every=2)

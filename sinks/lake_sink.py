@@ -9,13 +9,14 @@ sequence. The keys already in the lake are read once when the partition starts.
 
 With a recovery store the sink keeps a write-ahead log (`wal_dir`, beside the store): rows are appended there
 as Arrow IPC as they come, each micro-batch's segment is sealed when it goes to the writer and removed once
-committed, and an epoch's snapshot only seals the open segment (~0.2 ms). A restarted partition first commits
-the segments left over, in the order they were written (the idempotent keys skip what had landed), so every
-row a stored epoch acknowledged reaches Delta although no snapshot waited for a commit. Waiting held the
-dataflow thread up ~60 ms at each epoch's end, alerts included; carrying the rows in the snapshot was worse
-(~560 ms: Bytewax pickled them into its store every epoch). The segments are not fsynced: a crash of the
-process leaves them in the page cache, and against a power cut the stack is no stronger than its broker,
-whose JetStream file store syncs every two minutes by default (an fsync each epoch cost 6-15 ms).
+committed, and an epoch's snapshot only seals the open segment. A restarted partition first commits the
+segments left over, in the order they were written (the idempotent keys skip what had landed), so every row a
+stored epoch acknowledged reaches Delta although no snapshot waited for a commit. Waiting held the dataflow
+thread up at each epoch's end, alerts included; carrying the rows in the snapshot was worse (Bytewax pickled
+them into its store every epoch). The segments are not fsynced (an fsync each epoch would cost the dataflow
+thread too): a crash of the process leaves them in the page cache, and against a power cut the stack is no
+stronger than its broker, whose JetStream file store syncs every two minutes by default. The measured
+trade-offs: docs/PERFORMANCE.md, "The figures behind the design".
 Without a recovery store (`wal_dir=None`) nothing keeps a snapshot and delivery around a crash is best effort:
 the snapshot only hands the buffer to the writer; at most two sealed micro-batches wait for it (the dataflow
 thread waits beyond that), which keeps the commits close behind.
@@ -38,16 +39,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from biopilot.codec import encode_arrow
-from biopilot.events import SCHEMAS
+from core.codec import encode_arrow
+from core.events import SCHEMAS
 from sinks import delta
 
 SEQ_KEYED = ("ticks", "scores")
 # the other tables' row keys
 KEY_COLUMNS = {"alerts": ["alert_id"], "late_ticks": ["run_id", "seq"], "assays": ["run_id", "sample_ts"],
                "deadletter": ["stream_seq"]}
-# a micro-batch's rows: a Delta commit costs ~8 ms of CPU whatever its size, and encoding 250k rows costs ~35 %
-# less per row than 5 x 50k; at live rates the age limit (1 s, ~10k rows) closes the batches long before
+# a micro-batch's rows at most: a Delta commit costs the same CPU whatever its size, and encoding a large
+# batch costs less per row than several small ones, so at full rate the batches are large; at live rates the
+# age limit closes them long before (docs/PERFORMANCE.md)
 MAX_ROWS = 250_000
 
 Parts = dict[str, list[pa.Table]]
@@ -64,10 +66,10 @@ class _Batch:
 
 class WriteAheadLog:
     """Micro-batches on local disk until Delta has them. Every table handed to the sink is appended to the open
-    segment as it comes (a frame: table name, length, Arrow IPC stream; ~25 us for a live message's rows);
-    a flush closes the segment and renames it `<number>.batch`, so a segment cut short by a crash keeps its
-    temporary name and is never taken for a whole one. Writing a second's ~400 small tables at the flush
-    instead held the dataflow thread up 5-50 ms at each epoch's end."""
+    segment as it comes (a frame: table name, length, Arrow IPC stream), which is cheap for a live message's
+    rows; a flush closes the segment and renames it `<number>.batch`, so a segment cut short by a crash keeps
+    its temporary name and is never taken for a whole one. Writing a second's many small tables at the flush
+    instead held the dataflow thread up at each epoch's end."""
 
     _FRAME = struct.Struct("<HQ")  # name length, payload length
 
@@ -138,7 +140,7 @@ def default_wal_dir(lake: str, consumer: str) -> str:
 
 # A redelivered batch comes within an epoch of its first delivery (the broker's unacknowledged messages, the
 # write-ahead log's sealed segments), so the keys of rows without a seq are remembered for this many commits of
-# their table, not for good: in a 260 s z-score soak they grew by 72k (~4 MB) and would never have stopped
+# their table, not for good: kept for good, they grew with every alert and late tick the flow ever wrote
 SEEN_COMMITS = 100
 
 
@@ -227,9 +229,8 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
     def _commit(self, batch: _Batch) -> None:
         for name, tables in batch.parts.items():
             schema = SCHEMAS[name]
-            # one copy and one cast per table: casting each of ~200 message-sized parts (their fields arrive
-            # nullable) cost ~16 ms a 250k-row batch, ~6 ms this way; and Parquet-encoding one chunk per column
-            # costs ~15 % less than encoding ~200
+            # one copy and one cast per table: casting each of the many message-sized parts (their fields
+            # arrive nullable) one by one cost more, and Parquet encodes one chunk per column faster than many
             table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
             table = self.dedupe.fresh(name, table if table.schema == schema else table.cast(schema))
             if table.num_rows:

@@ -17,7 +17,7 @@ from datetime import datetime
 import nats
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from biopilot.aio import BackgroundLoop
+from core.aio import BackgroundLoop
 
 log = logging.getLogger(__name__)
 MAX_BATCHES_IN_FLIGHT = 64  # back-pressure when the broker falls behind

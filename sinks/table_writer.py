@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pyarrow as pa
 
-from biopilot.events import SCHEMAS
+from core.events import SCHEMAS
 from sinks import delta
 
 log = logging.getLogger(__name__)

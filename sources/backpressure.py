@@ -33,7 +33,7 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from biopilot.services import FLOW_DURABLE, STREAMS
+from core.services import FLOW_DURABLE, STREAMS
 
 log = logging.getLogger(__name__)
 

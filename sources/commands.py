@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from sources.reactor import CONTROL_NAMES, FAULT_NAMES
-from sources.scenarios import known_signal, sensor_fault_names_its_signal
+from sources.scenarios import NamesItsSensor
 
 # The range each live setpoint may be set to (inclusive), in the unit its name ends with. The process ones are
 # the scenario model's own ranges (`sources.scenarios.ProcessConfig`); the flows and pumps are sized for the
@@ -90,21 +90,10 @@ class ControlCommand(_Strict):
         return self
 
 
-class FaultInjection(_Strict):
+class FaultInjection(NamesItsSensor, _Strict):
     fault: Literal[FAULT_NAMES]  # type: ignore[valid-type]
     duration_h: float = Field(4.0, gt=0, le=24 * 14)
     magnitude: float = Field(1.0, ge=0, le=1000)
-    signal: str | None = Field(None, description="the faulty sensor, for sensor_* faults")
-
-    @field_validator("signal")
-    @classmethod
-    def _known_signal(cls, v: str | None) -> str | None:
-        return known_signal(v)
-
-    @model_validator(mode="after")
-    def _sensor_named(self) -> FaultInjection:
-        sensor_fault_names_its_signal(self.fault, self.signal)
-        return self
 
 
 class FaultCommand(FaultInjection):

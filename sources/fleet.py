@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
-from biopilot.events import ASSAYS, LABELS, RUNS, TICK_SIGNALS, TICKS, Label, Run, to_table
+from core.events import ASSAYS, LABELS, RUNS, TICK_SIGNALS, TICKS, Label, Run, to_table
 from sources import kinetics as K
 from sources import reactor as R
 from sources.faults import CATALOGUE, SENSOR_FAULTS, fault_signals

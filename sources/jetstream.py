@@ -25,8 +25,8 @@ from nats.aio.msg import Msg
 from nats.js.api import DEFAULT_PREFIX, AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from biopilot.aio import BackgroundLoop
-from biopilot.services import FLOW_DURABLE
+from core.aio import BackgroundLoop
+from core.services import FLOW_DURABLE
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class _Partition(StatefulSourcePartition[Message, int]):
                 await js.add_consumer(self.stream, config)
                 self.floor = start - 1
         # the window: the next messages are on their way while the flow works on the last ones (waiting for
-        # each round trip, 8 x 1 MB at full rate, had the dataflow thread idle a fifth of the time)
+        # each round trip left the dataflow thread idle: docs/PERFORMANCE.md)
         self.pull = ContinuousPull(self.io, self.nc, f"{DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}",
                                    window=2 * self.batch, expires_s=5.0)
         await self.pull.start()
@@ -237,7 +237,7 @@ class _Partition(StatefulSourcePartition[Message, int]):
 
     def snapshot(self) -> int:
         # ack one epoch late: by the time epoch N+1 closes, the sinks have flushed what epoch N produced. The
-        # acks go out on the connection's thread: an epoch of 5 s at the live rate is ~1,000 of them
+        # acks go out on the connection's thread: an epoch's are one per message, many at the live rate
         if self.ack_next:
             self.io.submit(self._ack(self.ack_next))
         self.ack_next, self.unacked = self.unacked, []

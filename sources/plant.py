@@ -33,8 +33,8 @@ import nats
 import numpy as np
 import pyarrow as pa
 
-from biopilot.events import LABELS, Label, to_table
-from biopilot.services import FLOW_DURABLE
+from core.events import LABELS, Label, to_table
+from core.services import FLOW_DURABLE
 from sources.backpressure import Backpressure
 from sources.commands import Command, CommandError, ReplayCommand, parse_command
 from sources.fleet import Fleet, run_id_for
@@ -192,8 +192,8 @@ class PlantFeed:
             per_reactor = split_by_reactor(ticks)
             for k, (reactor, rows) in enumerate(per_reactor.items()):
                 # each reactor at its own phase of the step, as independent plants publish: all in one instant,
-                # the last of 40 reactors' messages waited in the flow for the 39 before it (alert p99 75-99 ms
-                # against 24-46 ms staggered, `biopilot bench pipeline`)
+                # the last reactor's message waits in the flow for all the others (bursts against staggered in
+                # docs/PERFORMANCE.md)
                 await asyncio.sleep(max(0.0, t_wall + step_wall_s * k / len(per_reactor) - time.monotonic()))
                 await publish_ticks(js, reactor, jitter(rows, self.jitter_share, 5, self.rng),
                                     backpressure=self.backpressure)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from nats.js import JetStreamContext
 
-from biopilot.codec import ARROW_CONTENT_TYPE, encode_arrow
+from core.codec import ARROW_CONTENT_TYPE, encode_arrow
 from sources.backpressure import Backpressure
 from sources.telemetry import KIND_HEADER
 

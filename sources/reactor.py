@@ -62,7 +62,7 @@ C = {name: i for i, name in enumerate(CONTROL_NAMES)}
 K_DO_INT, K_PH_INT, K_AGIT, K_AIR, K_O2, K_CO2, K_BASE_L_H, K_FEED_L_H, K_TEMP_TARGET = range(9)
 N_MEMORY = 9
 
-# ---- fault archetypes (DESIGN.md section 3); the measurement-layer ones are handled in measurement.py ----
+# ---- fault archetypes (docs/MODEL.md, "Faults"); the measurement-layer ones are in measurement.py ----
 FAULT_NAMES = (
     "overfeed", "underfeed", "do_limitation", "ph_excursion", "temperature_spike", "sensor_drift",
     "sensor_stuck", "sensor_dropout", "contamination",

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import nats
 import pyarrow as pa
 
-from biopilot.services import FLOW_DURABLE
+from core.services import FLOW_DURABLE
 from sources.backpressure import DEFAULT_MAX_BYTES, Backpressure
 from sources.publish import publish_assays, publish_ticks, publish_watermark
 

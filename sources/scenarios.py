@@ -36,23 +36,33 @@ ARCHETYPE_SCENARIOS = {
 assert tuple(ARCHETYPE_SCENARIOS) == FAULT_NAMES
 
 
-def known_signal(signal: str | None) -> str | None:
-    if signal is not None and signal not in SIGNAL_NAMES:
-        raise ValueError(f"unknown signal {signal!r}; allowed: {', '.join(SIGNAL_NAMES)}")
-    return signal
-
-
-def sensor_fault_names_its_signal(fault: str, signal: str | None) -> None:
-    if fault.startswith("sensor_") and signal is None:
-        raise ValueError(f"{fault} needs the faulty sensor's signal, one of {', '.join(SIGNAL_NAMES)}")
-
-
 class ScenarioError(ValueError):
     """A scenario that cannot be run; the message is one line meant for the user."""
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NamesItsSensor(BaseModel):
+    """A fault with an optional faulty sensor: a known signal, and required by the sensor_* faults. Shared by the
+    scenario file's faults and the live fault command."""
+
+    fault: str
+    signal: str | None = Field(None, description="the faulty sensor, for sensor_* faults")
+
+    @field_validator("signal")
+    @classmethod
+    def _known_signal(cls, v: str | None) -> str | None:
+        if v is not None and v not in SIGNAL_NAMES:
+            raise ValueError(f"unknown signal {v!r}; allowed: {', '.join(SIGNAL_NAMES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _sensor_faults_name_their_signal(self) -> NamesItsSensor:
+        if self.fault.startswith("sensor_") and self.signal is None:
+            raise ValueError(f"{self.fault} needs the faulty sensor's signal, one of {', '.join(SIGNAL_NAMES)}")
+        return self
 
 
 class ProcessConfig(_Strict):
@@ -113,22 +123,15 @@ class MeasurementConfig(_Strict):
     assay_delay_h: float = Field(6.0, ge=0, le=240, description="lab delay: reported_ts - sample_ts")
 
 
-class FaultSpec(_Strict):
+class FaultSpec(NamesItsSensor, _Strict):
     fault: FaultName
     start_day: float | PositiveRange = Field(description="onset, days after inoculation; [lo, hi] draws per reactor")
     duration_h: float | PositiveRange = 24.0
     magnitude: float | PositiveRange = 1.0
-    signal: str | None = Field(None, description="the faulty sensor (sensor_* faults)")
     reactors: Literal["all"] | list[Annotated[int, Field(ge=1)]] = "all"
 
-    @field_validator("signal")
-    @classmethod
-    def _known_signal(cls, v: str | None) -> str | None:
-        return known_signal(v)
-
     @model_validator(mode="after")
-    def _signal_for_sensor_faults(self) -> FaultSpec:
-        sensor_fault_names_its_signal(self.fault, self.signal)
+    def _ranges_in_order(self) -> FaultSpec:
         for name in ("start_day", "duration_h", "magnitude"):
             v = getattr(self, name)
             if isinstance(v, tuple) and v[0] > v[1]:

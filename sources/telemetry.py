@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from biopilot.codec import PayloadError, decode_assays, decode_rows, validate_ticks
-from biopilot.events import DEADLETTER, distinct
+from core.codec import PayloadError, decode_assays, decode_rows, validate_ticks
+from core.events import DEADLETTER, distinct
 from sources.jetstream import Message
 
 log = logging.getLogger(__name__)

@@ -1,56 +1,48 @@
-"""A real dashboard (uvicorn on a free port) over the test's own nats-server, redis-server and Delta lake."""
+"""The dashboard the tests talk to (the `start_dashboard` fixture starts one), and what they do with it: mark
+reactors live, publish alerts, read its SSE streams."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import httpx
+import nats
 import redis
-import uvicorn
 
-from biopilot.config import Settings
-from biopilot.services import free_port, wait_port
-from dashboard.app import create_app
-from dashboard.auth import create_token
 from dashboard.relay import REACTORS_KEY
 
 SECRET = "test-secret-for-the-dashboard-0123456789"
+T0 = datetime(2026, 1, 5, tzinfo=UTC)  # the time of `make_alert`'s alerts
 
 
 @dataclass
 class Dashboard:
+    """A running dashboard: its URL, lake, a token per role, the services it uses and where its signing key
+    lives. A `with` block on it stops it at its end."""
+
     url: str
     lake: str
     tokens: dict[str, str]
+    nats_url: str
+    redis_url: str
+    secret_file: str
+    stop: Callable[[], None] = field(repr=False)
 
     def client(self, role: str | None = "admin", **kw) -> httpx.Client:  # noqa: ANN003
         headers = {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
         return httpx.Client(base_url=self.url, headers=headers | kw.pop("headers", {}), timeout=30, **kw)
 
+    def __enter__(self) -> Dashboard:
+        return self
 
-@contextmanager
-def running_dashboard(nats_url: str, redis_url: str, lake: Path, **settings_overrides: object,
-                      ) -> Iterator[Dashboard]:
-    # the revocation list lives beside the secret file: in the test's tmp dir, not the home dir
-    settings = Settings(nats_url=nats_url, redis_url=redis_url, lake=str(lake), secret=SECRET,
-                        secret_file=str(Path(lake).parent / "config" / "secret"), **settings_overrides)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_port(port)
-    try:
-        yield Dashboard(f"http://127.0.0.1:{port}", str(lake),
-                        {r: create_token(SECRET, r, f"test-{r}") for r in ("viewer", "operator", "admin")})
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def mark_live(redis_url: str, *reactor_ids: str) -> None:
@@ -90,3 +82,46 @@ def wait_for(predicate: Callable[[], object], timeout_s: float = 15.0) -> object
             return value
         time.sleep(0.05)
     return predicate()
+
+
+def make_alert(k: int, reactor: str = "r1", **extra: object) -> dict:
+    """Alert `k` of run "run" on `reactor`, `k` minutes after T0; `extra` replaces fields."""
+    return {"alert_id": f"a{k}", "run_id": "run", "reactor_id": reactor,
+            "ts": (T0 + timedelta(minutes=k)).isoformat(), "severity": "warning", "detector": "fusion",
+            "score": 1.5, "signals": [{"name": "do_pct", "contribution": 0.8}]} | extra
+
+
+def publish_alerts(url: str, messages: list[dict], subject: str = "biopilot.alerts.r1") -> None:
+    """Publish each message to JetStream, waiting for its ack."""
+    async def go() -> None:
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        for m in messages:
+            await js.publish(subject, json.dumps(m).encode())  # acked: stored in ALERTS
+        await nc.close()
+    asyncio.run(go())
+
+
+class Events:
+    """An SSE response read in several goes (httpx streams a body once: every go continues the same lines)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status_code, self.lines = response.status_code, response.iter_lines()
+
+    def iter_lines(self) -> Iterator[str]:
+        return self.lines
+
+
+def read_events(events: Events, n: int, names: set[str] | None = None, timeout_s: float = 15.0) -> list[dict]:
+    """`n` SSE events, or fail after `timeout_s` (heartbeats would keep a plain read waiting forever)."""
+    got: list[dict] = []
+    reader = threading.Thread(target=lambda: got.extend(sse_events(events, n, names)), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    assert not reader.is_alive(), f"fewer than {n} events within {timeout_s} s"
+    return got
+
+
+def alert_ids(events: list[dict]) -> list[str]:
+    """The alert ids of SSE events, in order."""
+    return [json.loads(e["data"])["alert_id"] for e in events]

@@ -1,4 +1,5 @@
-"""A local OpenAI-compatible chat endpoint (uvicorn on a free port) for the `openai` backend's tests.
+"""A local OpenAI-compatible chat endpoint for the `openai` backend's tests (the `fake_openai_server` fixture
+serves it on a free port).
 
 `mode["kind"]` picks its behaviour per request: "ok" (asks for the evidence tool, then streams an answer token
 by token), "error" (500), "slow" (5 s before answering), "dribble" (one token a second, forever).
@@ -8,15 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-
-from biopilot.services import free_port, wait_port
 
 
 def _chunk(delta: dict, finish: str | None = None) -> str:
@@ -66,18 +62,3 @@ async def _dribble() -> AsyncIterator[str]:
         yield _chunk({"role": "assistant", "content": "still thinking... "})
         await asyncio.sleep(1.0)
 
-
-@contextmanager
-def fake_openai_server(mode: dict) -> Iterator[tuple[str, FastAPI]]:
-    """(base URL, app) of a running fake endpoint."""
-    app = fake_openai(mode)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    wait_port(port)
-    try:
-        yield f"http://127.0.0.1:{port}/v1", app
-    finally:
-        srv.should_exit = True
-        thread.join(5)

@@ -1,10 +1,9 @@
-"""Helpers for the streaming tests: make ticks, publish them, run the flow process, wait for rows."""
+"""Helpers for the streaming tests: make ticks, publish them, wait for rows (the `run_flow` fixture starts the
+flow process)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import nats
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from biopilot.services import start_flow
+from core.processes import kill_process_group, stop_process_group
 from sinks import delta
 from sources.fleet import Fleet
 from sources.publish import publish_retrying, publish_ticks, publish_watermark
@@ -62,6 +61,8 @@ def publish_raw(url: str, items: list[tuple[str, bytes, dict | None]]) -> None:
 
 @dataclass
 class Flow:
+    """A flow process the `run_flow` fixture started, and its log."""
+
     proc: subprocess.Popen
     log: Path
 
@@ -69,24 +70,10 @@ class Flow:
         return self.proc.poll() is None
 
     def kill9(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        kill_process_group(self.proc)
 
     def stop(self) -> None:
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-
-
-def run_flow(url: str, lake: Path, lateness_s: float = 300.0, recovery: bool = True, name: str = "flow") -> Flow:
-    log = lake.parent / f"{name}.log"
-    # epochs of 1 s: a test's short stream then crosses several stored snapshots
-    proc = start_flow(url, str(lake), lake.parent / f"{name}-recovery" if recovery else None, lateness_s,
-                      log_path=log, snapshot_s=1.0)
-    return Flow(proc, log)
+        stop_process_group(self.proc)
 
 
 def count(lake: Path, table: str) -> int:

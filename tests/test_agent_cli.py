@@ -14,6 +14,7 @@ from sources.fleet import Fleet
 from sources.scenarios import load_scenario
 
 BIOPILOT = [sys.executable, "-m", "biopilot.cli"]
+pytestmark = pytest.mark.integration  # the CLI in a subprocess
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -10,8 +10,8 @@ import nats
 from agents.diagnose import incidents_of
 from agents.llm import OfflineBackend
 from agents.workers import Workers
-from biopilot.events import TICKS
-from detectors.monitor import MonitorConfig, ReactorMonitor
+from core.events import TICKS
+from detectors.reactor_monitor import MonitorConfig, ReactorMonitor
 from sinks import delta
 from sinks.nats_sink import alert_json
 from tests.agent_helpers import simulated

@@ -4,10 +4,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -15,10 +14,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from biopilot.config import Settings
-from biopilot.services import ensure_streams, start_nats, start_redis
+from core.config import Settings
 from dashboard.app import create_app
-from tests.dashboard_helpers import SECRET, Dashboard, running_dashboard
+from tests.dashboard_helpers import SECRET, Dashboard
 
 EXAMPLES = int(os.environ.get("BIOPILOT_FUZZ_EXAMPLES", "6"))
 ENDLESS = ("/api/stream/", "/stream")  # SSE routes: an accepted stream never ends by itself
@@ -28,18 +26,9 @@ schema = schemathesis.openapi.from_dict(
 
 
 @pytest.fixture(scope="module")
-def fuzz_dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
-    root = tmp_path_factory.mktemp("fuzz")
-    nats_server, redis_server = start_nats(root / "nats"), start_redis(root / "redis")
-    asyncio.run(ensure_streams(nats_server.url))
-    try:
-        # a rate limit high enough that the fuzzer reaches every route's own validation
-        with running_dashboard(nats_server.url, redis_server.url, root / "lake", rate_limit_per_min=100_000,
-                               sse_max_per_token=1000) as dash:
-            yield dash
-    finally:
-        redis_server.stop()
-        nats_server.stop()
+def fuzz_dash(start_module_dashboard: Callable[..., Dashboard]) -> Dashboard:
+    # a rate limit high enough that the fuzzer reaches every route's own validation
+    return start_module_dashboard(rate_limit_per_min=100_000, sse_max_per_token=1000)
 
 
 @dataclass

@@ -15,16 +15,15 @@ import pytest
 from deltalake import DeltaTable
 
 from biopilot.cli import main
-from biopilot.events import AUDIT
+from core.events import AUDIT
 from sinks import delta
 from sinks.audit import AuditLog
-from tests.dashboard_helpers import SECRET, running_dashboard
+from tests.dashboard_helpers import SECRET
 
 
 @pytest.fixture
-def dash(nats_server, redis_server, tmp_path):
-    with running_dashboard(nats_server.url, redis_server.url, tmp_path / "lake") as d:
-        yield d
+def dash(start_dashboard):
+    return start_dashboard()
 
 
 def _rows(lake: str) -> list[dict]:
@@ -95,6 +94,7 @@ def test_concurrent_actions_and_a_cli_revoke_keep_one_unbroken_chain(dash, monke
     assert [r["actor"] for r in _rows(dash.lake)][8:] == [f"cli:{getpass.getuser()}", "test-admin"]
 
 
+@pytest.mark.integration
 def test_audit_verify_finds_a_removed_row(tmp_path):
     lake = tmp_path / "lake"
     uri = _chain(lake, 5)
@@ -130,6 +130,7 @@ def test_an_audit_table_from_before_the_chain_gains_the_columns_and_its_old_rows
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["0", "1"]
 
 
+@pytest.mark.integration
 def test_lake_optimize_keeps_the_audit_history(tmp_path):
     lake = tmp_path / "lake"
     uri = _chain(lake, 3)

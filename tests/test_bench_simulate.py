@@ -6,7 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.integration
 def test_bench_simulate_json_has_the_figures():
     out = subprocess.run([sys.executable, "-m", "biopilot.cli", "bench", "simulate", "--reactors", "4", "--days",
                           "0.5", "--baseline-reactors", "1", "--baseline-days", "0.05", "--json"],

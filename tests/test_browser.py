@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from biopilot.services import free_port, wait_port
-from tests.browser_helpers import chromium_page, needs_chromium
+from core.services import free_port, wait_port
+from tests.browser_helpers import needs_chromium
 
 SCREENSHOT = Path(__file__).parent.parent / "docs" / "screenshots" / "dashboard.png"
+pytestmark = pytest.mark.integration  # `biopilot up` in a subprocess
 
 
 @pytest.fixture
@@ -45,31 +46,31 @@ def stack(tmp_path):
 
 
 @needs_chromium
-def test_live_points_fault_injection_alert_and_agent_explanation(stack):
+def test_live_points_fault_injection_alert_and_agent_explanation(stack, chromium_page):
     from playwright.sync_api import expect
 
-    with chromium_page() as watched:
-        page = watched.page
-        response = page.goto(stack)
-        assert "script-src 'self'" in response.headers["content-security-policy"]
-        expect(page.locator("#status")).to_have_text("live", timeout=30_000)
-        # a function, not an expression: the page's CSP refuses the eval an expression needs
-        page.wait_for_function("() => Number(document.body.dataset.points || 0) > 20", timeout=60_000)
-        expect(page.locator("#reactor option")).to_have_count(2, timeout=30_000)
-        # the flow's soft-sensor estimates (VCD, glucose between assays) reach the assay panel
-        page.wait_for_function("() => (state.data[state.reactor]?.soft?.t?.length || 0) > 0", timeout=30_000)
+    watched = chromium_page()
+    page = watched.page
+    response = page.goto(stack)
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    expect(page.locator("#status")).to_have_text("live", timeout=30_000)
+    # a function, not an expression: the page's CSP refuses the eval an expression needs
+    page.wait_for_function("() => Number(document.body.dataset.points || 0) > 20", timeout=60_000)
+    expect(page.locator("#reactor option")).to_have_count(2, timeout=30_000)
+    # the flow's soft-sensor estimates (VCD, glucose between assays) reach the assay panel
+    page.wait_for_function("() => (state.data[state.reactor]?.soft?.t?.length || 0) > 0", timeout=30_000)
 
-        page.select_option("#fault-name", "temperature_spike")
-        page.fill("#fault-mag", "4")
-        page.fill("#fault-dur", "8")
-        page.click("#fault-form button")
-        expect(page.locator("#control-msg")).to_contain_text("fault temperature_spike sent", timeout=10_000)
+    page.select_option("#fault-name", "temperature_spike")
+    page.fill("#fault-mag", "4")
+    page.fill("#fault-dur", "8")
+    page.click("#fault-form button")
+    expect(page.locator("#control-msg")).to_contain_text("fault temperature_spike sent", timeout=10_000)
 
-        expect(page.locator("#incidents li[data-id]").first).to_be_visible(timeout=90_000)
-        expect(page.locator("#agent")).to_contain_text("opened on", timeout=30_000)
-        expect(page.locator("#agent")).to_contain_text(re.compile("Most likely cause|Insufficient evidence"),
-                                                       timeout=60_000)
-        page.wait_for_timeout(1500)  # let the plots catch up for the picture
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
-        assert watched.csp_violations == []  # the page, uPlot included, lives within its own policy
+    expect(page.locator("#incidents li[data-id]").first).to_be_visible(timeout=90_000)
+    expect(page.locator("#agent")).to_contain_text("opened on", timeout=30_000)
+    expect(page.locator("#agent")).to_contain_text(re.compile("Most likely cause|Insufficient evidence"),
+                                                   timeout=60_000)
+    page.wait_for_timeout(1500)  # let the plots catch up for the picture
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert watched.csp_violations == []  # the page, uPlot included, lives within its own policy

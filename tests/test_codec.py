@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from biopilot.codec import decode_rows, encode_arrow, validate_ticks
-from biopilot.events import TICK_SIGNALS, TICKS
+from core.codec import decode_rows, encode_arrow, validate_ticks
+from core.events import TICK_SIGNALS, TICKS
 from tests.stream_helpers import make_ticks
 
 

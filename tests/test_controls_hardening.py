@@ -22,16 +22,16 @@ from sources.fleet import Fleet
 from sources.plant import PlantFeed
 from sources.replay import Replay
 from sources.scenarios import load_scenario
-from tests.dashboard_helpers import Dashboard, mark_live, running_dashboard, wait_for
+from tests.dashboard_helpers import Dashboard, mark_live, wait_for
 
 HUGE_INT = "1" + "0" * 400  # 10**400: float() of it raised OverflowError in the plant
 
 
 @pytest.fixture
-def dash(nats_server, redis_server, tmp_path) -> Iterator[Dashboard]:
-    with running_dashboard(nats_server.url, redis_server.url, tmp_path / "lake") as d:
-        mark_live(redis_server.url, "r1")
-        yield d
+def dash(start_dashboard) -> Dashboard:
+    d = start_dashboard()
+    mark_live(d.redis_url, "r1")
+    return d
 
 
 @contextmanager
@@ -190,9 +190,8 @@ def test_the_plant_drops_malformed_commands_from_the_broker_and_runs_on(nats_ser
     assert any("ghost: unknown reactor" in r for r in feed.stats.rejections)
 
 
-def test_a_stop_for_an_unknown_reactor_through_the_api_leaves_the_plant_running(nats_server, redis_server,
-                                                                                tmp_path):
-    with running_dashboard(nats_server.url, redis_server.url, tmp_path / "lake") as d, \
+def test_a_stop_for_an_unknown_reactor_through_the_api_leaves_the_plant_running(nats_server, start_dashboard):
+    with start_dashboard() as d, \
             running_plant(nats_server.url) as feed, d.client("admin") as c:
         assert wait_for(lambda: "r1" in c.get("/api/reactors").json())  # the relay saw the plant's ticks
         assert c.post("/api/reactors/ghost/control", json={"type": "stop"}).status_code == 404

@@ -14,13 +14,13 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import nats
 import pytest
 
-from biopilot.services import free_port
+from core.services import free_port
 from sinks import delta
-from tests.dashboard_helpers import mark_live, running_dashboard, sse_events, wait_for
+from tests.dashboard_helpers import mark_live, sse_events, wait_for
 
 
 @pytest.fixture
-def dash(nats_server, redis_server, tmp_path):
+def dash(start_dashboard, tmp_path):
     import subprocess
     import sys
 
@@ -28,9 +28,9 @@ def dash(nats_server, redis_server, tmp_path):
     out = subprocess.run([sys.executable, "-m", "biopilot.cli", "simulate", "--scenario", "temperature_spike",
                           "--seed", "11", "--lake", str(lake), "--quiet"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    with running_dashboard(nats_server.url, redis_server.url, lake, webhook_allow_hosts="127.0.0.1") as d:
-        d.run_id = out.stdout.split()[0]
-        yield d
+    d = start_dashboard(lake, webhook_allow_hosts="127.0.0.1")
+    d.run_id = out.stdout.split()[0]
+    return d
 
 
 def test_runs_run_ticks_and_alerts(dash):

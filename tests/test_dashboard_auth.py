@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dashboard.auth import ROLES
-from tests.dashboard_helpers import running_dashboard
+from tests.dashboard_helpers import Dashboard
 
 # (method, path, body, least role)
 ROUTES = [
@@ -38,19 +38,8 @@ ROUTES = [
 
 
 @pytest.fixture(scope="module")
-def dash(tmp_path_factory):
-    from biopilot.services import ensure_streams, start_nats, start_redis
-
-    tmp = tmp_path_factory.mktemp("auth")
-    nats_server, redis_server = start_nats(tmp / "nats"), start_redis(tmp / "redis")
-    import asyncio
-
-    asyncio.run(ensure_streams(nats_server.url))
-    with running_dashboard(nats_server.url, redis_server.url, tmp / "lake") as d:
-        d.redis_url = redis_server.url
-        yield d
-    nats_server.stop()
-    redis_server.stop()
+def dash(start_module_dashboard) -> Dashboard:
+    return start_module_dashboard()
 
 
 def _call(dash, role, method, path, body) -> int:  # noqa: ANN001

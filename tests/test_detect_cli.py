@@ -34,6 +34,7 @@ def _detect(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*BIOPILOT, "detect", *args], capture_output=True, text=True)
 
 
+@pytest.mark.integration
 def test_scores_keep_time_add_columns_and_report_metrics(historian, tmp_path):
     out = tmp_path / "scores.parquet"
     res = _detect("--input", str(historian), "--sep", ";", "--time-col", "time", "--label-col", "anomaly",
@@ -47,6 +48,7 @@ def test_scores_keep_time_add_columns_and_report_metrics(historian, tmp_path):
     assert "F1" in res.stdout and "FAR" in res.stdout and "MAR" in res.stdout
 
 
+@pytest.mark.integration
 def test_a_separate_training_file(historian, tmp_path):
     table = pacsv.read_csv(historian, parse_options=pacsv.ParseOptions(delimiter=";"))
     train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
@@ -59,6 +61,7 @@ def test_a_separate_training_file(historian, tmp_path):
     assert pq.read_table(out).num_rows == 900
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("content", "args", "needle"), [
     (None, ["--time-col", "nope"], "time column 'nope' not found"),
     (None, ["--time-col", "time", "--label-col", "missing"], "label column 'missing' not found"),
@@ -78,6 +81,7 @@ def test_bad_input_is_one_line_and_exit_2(historian, tmp_path, content, args, ne
     assert not out.exists()
 
 
+@pytest.mark.integration
 def test_a_wandering_signal_is_left_out_and_named_so_its_drift_raises_no_alarm(tmp_path):
     rng = np.random.default_rng(1)
     n = 1500

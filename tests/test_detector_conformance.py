@@ -1,4 +1,4 @@
-"""One conformance suite over every registered detector (DESIGN.md section 7)."""
+"""One conformance suite over every registered detector (docs/DESIGN.md, "Detector interface")."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 import detectors  # noqa: F401 - registers every detector
 from detectors.base import DETECTOR_SIGNALS, REGISTRY, make_detector
-from detectors.monitor import features
+from detectors.features import features
 from sources.fleet import Fleet
 from sources.scenarios import load_scenario
 

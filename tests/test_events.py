@@ -1,12 +1,12 @@
 """`distinct`: the values of a column in order of first appearance (its docstring example runs with the others,
-tests/test_docstring_examples.py)."""
+under `--doctest-modules`)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pytest
 
-from biopilot.events import distinct
+from core.events import distinct
 
 
 @pytest.mark.parametrize(("values", "expected"), [

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from biopilot.eventtime import ReorderBuffer, beyond_horizon
+from core.eventtime import ReorderBuffer, beyond_horizon
 
 MINUTE_US = 60_000_000
 

@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from biopilot.codec import encode_arrow
-from biopilot.services import restart
-from detectors.monitor import MonitorConfig, ReactorMonitor
+from core.codec import encode_arrow
+from core.services import restart
+from detectors.reactor_monitor import MonitorConfig, ReactorMonitor
 from sinks import delta
-from tests.stream_helpers import by_reactor, make_ticks, publish, publish_raw, run_flow, wait_rows
+from tests.stream_helpers import by_reactor, make_ticks, publish, publish_raw, wait_rows
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def _keys(lake, table="ticks"):
     return list(zip(t["run_id"].to_pylist(), t["seq"].to_pylist(), strict=True))
 
 
-def test_every_published_tick_lands_exactly_once_with_its_scores(nats_server, lake):
+def test_every_published_tick_lands_exactly_once_with_its_scores(nats_server, lake, run_flow):
     ticks = make_ticks(reactors=2, ticks=1500)
     flow = run_flow(nats_server.url, lake)
     try:
@@ -55,7 +55,7 @@ def _expected_scores(ticks: pa.Table, lateness_s: float) -> dict[tuple[str, int]
     return expected
 
 
-def test_out_of_order_within_lateness_is_scored_in_event_time_order(nats_server, lake):
+def test_out_of_order_within_lateness_is_scored_in_event_time_order(nats_server, lake, run_flow):
     from sources.plant import jitter
 
     ticks = make_ticks(reactors=1, ticks=1200, seed=3)
@@ -74,7 +74,7 @@ def test_out_of_order_within_lateness_is_scored_in_event_time_order(nats_server,
         flow.stop()
 
 
-def test_ticks_beyond_the_lateness_go_to_late_ticks_not_lost(nats_server, lake):
+def test_ticks_beyond_the_lateness_go_to_late_ticks_not_lost(nats_server, lake, run_flow):
     ticks = make_ticks(reactors=1, ticks=600, seed=4)
     on_time = ticks.filter(pc.invert(pc.is_in(ticks["seq"], pa.array([100, 101, 102], pa.int64()))))
     stragglers = ticks.filter(pc.is_in(ticks["seq"], pa.array([100, 101, 102], pa.int64())))
@@ -115,7 +115,7 @@ def _malformed(ticks: pa.Table) -> list[tuple[str, bytes, dict | None]]:
     return bad
 
 
-def test_malformed_payloads_are_dead_lettered_and_good_ticks_still_land(nats_server, lake):
+def test_malformed_payloads_are_dead_lettered_and_good_ticks_still_land(nats_server, lake, run_flow):
     import asyncio
 
     import nats as nats_client
@@ -148,7 +148,7 @@ def test_malformed_payloads_are_dead_lettered_and_good_ticks_still_land(nats_ser
         flow.stop()
 
 
-def test_nats_server_restart_mid_stream_loses_nothing(nats_server, lake):
+def test_nats_server_restart_mid_stream_loses_nothing(nats_server, lake, run_flow):
     ticks = make_ticks(reactors=2, ticks=900, seed=6)
     flow = run_flow(nats_server.url, lake)
     try:
@@ -167,7 +167,7 @@ def test_nats_server_restart_mid_stream_loses_nothing(nats_server, lake):
         flow.stop()
 
 
-def test_kill_9_mid_stream_then_restart_gives_every_tick_exactly_once(nats_server, lake):
+def test_kill_9_mid_stream_then_restart_gives_every_tick_exactly_once(nats_server, lake, run_flow):
     ticks = make_ticks(reactors=2, ticks=4000, seed=7)
     flow = run_flow(nats_server.url, lake)
     publisher = threading.Thread(target=publish, args=(nats_server.url, ticks), kwargs={"chunk": 50, "pace_s": 0.04})
@@ -199,7 +199,7 @@ def _scores_and_alerts(lake):
     return scores.select(["run_id", "seq", "score", "is_alarm"]).to_pylist(), alert_rows
 
 
-def test_replay_at_scaled_speed_and_at_max_gives_identical_scores_and_alerts(nats_server, tmp_path):
+def test_replay_at_scaled_speed_and_at_max_gives_identical_scores_and_alerts(run_flow, tmp_path):
     import asyncio
 
     from biopilot.simulate import simulate_to_lake
@@ -213,7 +213,7 @@ def test_replay_at_scaled_speed_and_at_max_gives_identical_scores_and_alerts(nat
     results = []
     for name, speed in (("scaled", 250_000.0), ("max", None)):
         lake = tmp_path / name
-        from biopilot.services import ensure_streams, start_nats
+        from core.services import ensure_streams, start_nats
 
         server = start_nats(tmp_path / f"nats-{name}")
         asyncio.run(ensure_streams(server.url))
@@ -237,6 +237,7 @@ def test_replay_at_scaled_speed_and_at_max_gives_identical_scores_and_alerts(nat
     assert alerts_a, "the contaminated run raises at least one alert"
 
 
+@pytest.mark.integration
 def test_the_flow_process_reuses_freed_memory_instead_of_faulting_it_in_again():
     # a fresh interpreter: the malloc settings are per process
     code = """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from agents.monitoring import IncidentTracker
+from agents.incidents import IncidentTracker
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -11,8 +11,8 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, StreamConfig
 
-from biopilot.aio import BackgroundLoop
-from biopilot.services import ManagedServer, restart
+from core.aio import BackgroundLoop
+from core.services import ManagedServer, restart
 from sources.jetstream import ContinuousPull, JetStreamSource
 
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import sinks.lake_sink as lake_sink
-from biopilot.events import SCORES, TICKS
+from core.events import SCORES, TICKS
 from sinks import delta
 from sinks.lake_sink import LakeSink
 from tests.stream_helpers import make_ticks

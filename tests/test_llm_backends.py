@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 from fastapi import FastAPI
 
 from agents.llm import OfflineBackend, OpenAIBackend, make_backend
-from biopilot.config import Settings
-from tests.llm_helpers import fake_openai_server
+from core.config import Settings
 
 FINDING = {"incident_id": "inc42", "reactor_id": "r2", "start_ts": "2026-01-11T12:20:00+00:00", "end_ts": None,
            "severity": "warning", "alert_count": 1, "signals": ["do_pct"], "abstained": False, "facts": [],
@@ -23,10 +22,10 @@ FINDING = {"incident_id": "inc42", "reactor_id": "r2", "start_ts": "2026-01-11T1
 
 
 @pytest.fixture
-def server() -> Iterator[tuple[str, dict, FastAPI]]:
+def server(fake_openai_server: Callable[[dict], tuple[str, FastAPI]]) -> tuple[str, dict, FastAPI]:
     mode = {"kind": "ok"}
-    with fake_openai_server(mode) as (url, app):
-        yield url, mode, app
+    url, app = fake_openai_server(mode)
+    return url, mode, app
 
 
 def test_openai_backend_calls_the_evidence_tool_and_streams_tokens(server):

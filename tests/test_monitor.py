@@ -6,7 +6,7 @@ import weakref
 
 import numpy as np
 
-from detectors.monitor import MonitorConfig, warm_up
+from detectors.reactor_monitor import MonitorConfig, warm_up
 from detectors.soft_sensors import SoftSensors
 
 

@@ -10,7 +10,7 @@ import pickle
 import numpy as np
 
 from detectors.golden import load_reference
-from detectors.monitor import MonitorConfig, MonitorState, ReactorMonitor
+from detectors.reactor_monitor import MonitorConfig, MonitorState, ReactorMonitor
 from tests.stream_helpers import make_ticks
 
 

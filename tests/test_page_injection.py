@@ -14,24 +14,23 @@ import nats
 import pyarrow as pa
 import pytest
 
-from biopilot.events import RUNS
+from core.events import RUNS
 from sinks import delta
-from tests.browser_helpers import chromium_page, needs_chromium
-from tests.dashboard_helpers import mark_live, running_dashboard
+from tests.browser_helpers import needs_chromium
+from tests.dashboard_helpers import mark_live
 
 IMG = "<img src=x onerror=alert(1)>"
 HOSTILE = [IMG, '"><img src=x onerror=alert(2)>', "<script>alert(3)</script>", "<svg onload=alert(4)>"]
 
 
 @pytest.fixture
-def dash(nats_server, redis_server, tmp_path):
+def dash(start_dashboard, tmp_path):
     lake = tmp_path / "lake"
     # a stored run whose id and scenario are markup: ids are checked where they enter the API, not in old rows
     delta.append(lake, "runs", pa.Table.from_pylist([{
         "run_id": HOSTILE[1], "reactor_id": HOSTILE[2], "plant": "bioreactor", "scenario": HOSTILE[3], "seed": 1,
         "config_json": "{}", "started_ts": datetime(2026, 1, 5, tzinfo=UTC), "ended_ts": None}], schema=RUNS), RUNS)
-    with running_dashboard(nats_server.url, redis_server.url, lake) as d:
-        yield d
+    return start_dashboard(lake)
 
 
 @pytest.mark.parametrize(("method", "path", "body"), [
@@ -78,34 +77,34 @@ async def _publish_hostile_events(nats_url: str, reactor: str) -> None:
 
 @needs_chromium
 def test_markup_in_reactor_names_incidents_alerts_and_runs_stays_text_in_the_page(dash, nats_server,
-                                                                                   redis_server):
+                                                                                   redis_server, chromium_page):
     from playwright.sync_api import expect
 
     reactor = IMG  # '<' sorts before letters: the page selects this reactor first
     mark_live(redis_server.url, reactor, "r1")
-    with chromium_page(extra_http_headers={"Authorization": f"Bearer {dash.tokens['admin']}"}) as watched:
-        page = watched.page
-        response = page.goto(dash.url)
-        policy = response.headers["content-security-policy"]
-        assert "script-src 'self'" in policy and "object-src 'none'" in policy
-        assert response.headers["x-content-type-options"] == "nosniff"
-        expect(page.locator("#status")).to_have_text("live", timeout=20_000)
-        expect(page.locator("#reactor")).to_have_value(reactor, timeout=10_000)
-        expect(page.locator("#replay-run option")).to_have_text([HOSTILE[1]], timeout=10_000)
+    watched = chromium_page(extra_http_headers={"Authorization": f"Bearer {dash.tokens['admin']}"})
+    page = watched.page
+    response = page.goto(dash.url)
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "object-src 'none'" in policy
+    assert response.headers["x-content-type-options"] == "nosniff"
+    expect(page.locator("#status")).to_have_text("live", timeout=20_000)
+    expect(page.locator("#reactor")).to_have_value(reactor, timeout=10_000)
+    expect(page.locator("#replay-run option")).to_have_text([HOSTILE[1]], timeout=10_000)
 
-        with ThreadPoolExecutor(1) as pool:  # Playwright's sync API already runs a loop in this thread
-            pool.submit(asyncio.run, _publish_hostile_events(nats_server.url, reactor)).result()
-        expect(page.locator("#incidents li[data-id]")).to_have_count(1, timeout=15_000)
-        incident = page.locator("#incidents li[data-id]")
-        expect(incident).to_contain_text(HOSTILE[0])
-        expect(incident).to_contain_text(f"{HOSTILE[2]}, {HOSTILE[3]}")
-        expect(page.locator("#agent")).to_contain_text(HOSTILE[2], timeout=10_000)
-        expect(page.locator("#alert-count")).to_have_text("1 alerts")
-        page.wait_for_timeout(500)  # an onerror or onload would have fired by now
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API already runs a loop in this thread
+        pool.submit(asyncio.run, _publish_hostile_events(nats_server.url, reactor)).result()
+    expect(page.locator("#incidents li[data-id]")).to_have_count(1, timeout=15_000)
+    incident = page.locator("#incidents li[data-id]")
+    expect(incident).to_contain_text(HOSTILE[0])
+    expect(incident).to_contain_text(f"{HOSTILE[2]}, {HOSTILE[3]}")
+    expect(page.locator("#agent")).to_contain_text(HOSTILE[2], timeout=10_000)
+    expect(page.locator("#alert-count")).to_have_text("1 alerts")
+    page.wait_for_timeout(500)  # an onerror or onload would have fired by now
 
-        assert page.query_selector("img[src=x]") is None
-        assert page.query_selector("svg[onload]") is None
-        assert page.evaluate("document.querySelectorAll('img, [onerror], [onload]').length") == 0
-        assert page.evaluate("[...document.scripts].every((s) => s.src)")  # no inline script was added
-        assert watched.dialogs == []
-        assert watched.csp_violations == []
+    assert page.query_selector("img[src=x]") is None
+    assert page.query_selector("svg[onload]") is None
+    assert page.evaluate("document.querySelectorAll('img, [onerror], [onload]').length") == 0
+    assert page.evaluate("[...document.scripts].every((s) => s.src)")  # no inline script was added
+    assert watched.dialogs == []
+    assert watched.csp_violations == []

@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from biopilot.events import TICKS
-from biopilot.services import FLOW_DURABLE
+from core.events import TICKS
+from core.services import FLOW_DURABLE
 from sinks import delta
 from sources.jetstream import Message
 from sources.telemetry import KIND_HEADER, route
-from tests.stream_helpers import make_ticks, publish, publish_raw, run_flow, wait_rows
+from tests.stream_helpers import make_ticks, publish, publish_raw, wait_rows
 
 
 async def _acked_and_dead_lettered(url: str, timeout_s: float = 20.0) -> tuple[bool, int]:
@@ -46,7 +46,7 @@ def _dated_year_9999(ticks: pa.Table) -> pa.Table:
 
 
 def test_poison_watermarks_and_a_far_future_batch_are_dead_lettered_and_later_ticks_still_scored(nats_server,
-                                                                                                  tmp_path):
+                                                                                                  tmp_path, run_flow):
     lake = tmp_path / "lake"
     ticks = make_ticks(reactors=1, ticks=600, seed=11)
     reactor = ticks["reactor_id"][0].as_py()

@@ -12,7 +12,7 @@ import pytest
 from deltalake import DeltaTable
 
 from biopilot.cli import main
-from biopilot.events import SCHEMAS
+from core.events import SCHEMAS
 from sinks import delta
 
 BIOPILOT = [sys.executable, "-m", "biopilot.cli"]
@@ -32,6 +32,7 @@ def lake(tmp_path_factory):
     return path, ids
 
 
+@pytest.mark.integration
 def test_writes_the_four_tables_with_their_schemas(lake):
     path, ids = lake
     assert len(ids) == 2 and len(set(ids)) == 2
@@ -44,6 +45,7 @@ def test_writes_the_four_tables_with_their_schemas(lake):
     assert labels.num_rows == 2 and set(labels["fault"].to_pylist()) == {"overfeed"}
 
 
+@pytest.mark.integration
 def test_tables_are_readable_by_polars_and_duckdb(lake):
     path, ids = lake
     frame = pl.read_delta(str(path / "ticks"))
@@ -55,6 +57,7 @@ def test_tables_are_readable_by_polars_and_duckdb(lake):
     assert sorted(per_run["seq"].to_list()) == [8 * 1440 - 1] * 2
 
 
+@pytest.mark.integration
 def test_rerun_adds_no_duplicate_rows(lake):
     path, ids = lake
     before = delta.read(path, "ticks").num_rows
@@ -68,6 +71,7 @@ def test_rerun_adds_no_duplicate_rows(lake):
     assert delta.read(path, "ticks").num_rows == 3 * 8 * 1440
 
 
+@pytest.mark.integration
 def test_an_interrupted_write_is_cleaned_up_on_rerun(tmp_path):
     ids = _simulate(tmp_path, "--days", "1", "--seed", "4")
     delta.delete_runs(tmp_path, ["runs"], ids)  # as if the process died before the runs commit
@@ -76,6 +80,7 @@ def test_an_interrupted_write_is_cleaned_up_on_rerun(tmp_path):
     assert ticks.num_rows == 1440
 
 
+@pytest.mark.integration
 def test_one_second_ticks(tmp_path):
     ids = _simulate(tmp_path, "--days", "0.05", "--tick-s", "1")
     ticks = delta.read(tmp_path, "ticks")
@@ -84,6 +89,7 @@ def test_one_second_ticks(tmp_path):
     assert set((ts[1:] - ts[:-1]).tolist()) == {1_000_000}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("args", "needle"), [
     (["--scenario", "meltdown"], "unknown scenario 'meltdown'"),
     (["--days", "0"], "--days must be > 0"),
@@ -117,6 +123,7 @@ def test_scenarios_lists_one_line_each(capsys):
     assert all(len(line.split(None, 1)) == 2 for line in lines)
 
 
+@pytest.mark.integration
 def test_overview_prints_the_summary_and_draws_the_picture(lake, tmp_path, capsys):
     path, ids = lake
     png = tmp_path / "overview.png"

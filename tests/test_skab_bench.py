@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from biopilot.config import DetectOptions
+from core.config import DetectOptions
 from detectors.external import skab_cross_check
 
 SKAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "skab"
 pytestmark = pytest.mark.skipif(not (SKAB / "valve1").is_dir(), reason="../shared/data/skab is not beside the repo")
 
 
+@pytest.mark.integration
 def test_the_default_detect_holds_its_measured_quality_on_skab():
     res = subprocess.run([sys.executable, "-m", "biopilot.cli", "bench", "skab", "--data", str(SKAB),
                           "--detectors", "pca,zscore", "--json"], capture_output=True, text=True)

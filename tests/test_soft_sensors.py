@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from detectors.monitor import MonitorConfig, ReactorMonitor
+from detectors.reactor_monitor import MonitorConfig, ReactorMonitor
 from detectors.soft_sensors import SoftSensors
 from tests.agent_helpers import simulated
 

@@ -10,7 +10,7 @@ import nats
 import pytest
 
 from dashboard.hub import Client
-from tests.dashboard_helpers import running_dashboard, sse_events
+from tests.dashboard_helpers import sse_events
 
 
 def _publish_alerts(url: str, first: int, n: int) -> None:
@@ -25,8 +25,8 @@ def _publish_alerts(url: str, first: int, n: int) -> None:
     asyncio.run(go())
 
 
-def test_reconnect_with_last_event_id_resumes_without_gap_or_duplicate(nats_server, redis_server, tmp_path):
-    with running_dashboard(nats_server.url, redis_server.url, tmp_path / "lake") as dash, dash.client("viewer") as c:
+def test_reconnect_with_last_event_id_resumes_without_gap_or_duplicate(nats_server, start_dashboard):
+    with start_dashboard() as dash, dash.client("viewer") as c:
         with c.stream("GET", "/api/stream/alerts") as first:
             time.sleep(0.3)  # the stream is registered before the alerts flow
             _publish_alerts(nats_server.url, 0, 10)
@@ -54,7 +54,6 @@ def test_a_full_queue_drops_the_oldest_ticks_but_never_alerts():
 
 
 @pytest.mark.parametrize("path", ["/api/stream/telemetry", "/api/stream/incidents", "/api/stream/agents"])
-def test_streams_answer_with_event_stream_and_heartbeat_headers(nats_server, redis_server, tmp_path, path):
-    with running_dashboard(nats_server.url, redis_server.url, tmp_path / "lake") as dash, \
-            dash.client("viewer") as c, c.stream("GET", path) as r:
+def test_streams_answer_with_event_stream_and_heartbeat_headers(start_dashboard, path):
+    with start_dashboard() as dash, dash.client("viewer") as c, c.stream("GET", path) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")

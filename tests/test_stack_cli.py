@@ -11,11 +11,13 @@ import time
 
 import nats
 import psutil
+import pytest
 
-from biopilot.services import free_port
+from core.services import free_port
 from sinks import delta
 
 BIOPILOT = [sys.executable, "-m", "biopilot.cli"]
+pytestmark = pytest.mark.integration  # the CLI in a subprocess
 
 
 def _children_using(path: str) -> list[psutil.Process]:

@@ -18,12 +18,13 @@ import nats
 import pytest
 from nats.errors import Error as NatsError
 
-from biopilot.codec import decode_rows
-from biopilot.services import NATS_PERMISSIONS, ensure_streams, free_port, new_password, start_nats
+from core.codec import decode_rows
+from core.services import NATS_PERMISSIONS, ensure_streams, free_port, new_password, start_nats
 from sinks import delta
 from sources.telemetry import KIND_HEADER
 
 BIOPILOT = [sys.executable, "-m", "biopilot.cli"]
+pytestmark = pytest.mark.integration  # `biopilot up` in a subprocess, nats-servers of its own
 
 
 def _health(port: int) -> dict:

@@ -3,7 +3,6 @@ tickets, one-time login codes, the session cookie, oversized bodies, request flo
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 
@@ -12,28 +11,18 @@ import jwt
 import pytest
 
 from biopilot.cli import main
-from biopilot.config import Settings
+from core.config import Settings
 from dashboard.auth import SecretError, create_token, issue_login_code, secret_for
 from sinks import delta
-from tests.dashboard_helpers import SECRET, running_dashboard
+from tests.dashboard_helpers import SECRET, Dashboard
 
 MAX_BODY_BYTES = 1000
 RATE_PER_MIN = 3
 
 
 @pytest.fixture(scope="module")
-def dash(tmp_path_factory):
-    from biopilot.services import ensure_streams, start_nats, start_redis
-
-    tmp = tmp_path_factory.mktemp("tokens")
-    nats_server, redis_server = start_nats(tmp / "nats"), start_redis(tmp / "redis")
-    asyncio.run(ensure_streams(nats_server.url))
-    with running_dashboard(nats_server.url, redis_server.url, tmp / "lake", max_body_bytes=MAX_BODY_BYTES,
-                           rate_limit_per_min=RATE_PER_MIN) as d:
-        d.redis_url, d.secret_file = redis_server.url, str(tmp / "config" / "secret")
-        yield d
-    nats_server.stop()
-    redis_server.stop()
+def dash(start_module_dashboard) -> Dashboard:
+    return start_module_dashboard(max_body_bytes=MAX_BODY_BYTES, rate_limit_per_min=RATE_PER_MIN)
 
 
 def _client(dash, token: str | None = None, **kw) -> httpx.Client:  # noqa: ANN001, ANN003

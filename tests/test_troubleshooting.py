@@ -10,7 +10,7 @@ import pytest
 from agents.diagnose import diagnose_ticks
 from agents.evidence import Evidence
 from agents.troubleshooting import rank
-from detectors.monitor import MonitorConfig, ReactorMonitor
+from detectors.reactor_monitor import MonitorConfig, ReactorMonitor
 from sources.scenarios import ARCHETYPE_SCENARIOS
 from tests.agent_helpers import simulated
 

@@ -25,7 +25,7 @@ import httpx
 import nats
 import pytest
 
-from biopilot.services import free_port, restart
+from core.services import free_port, restart
 from dashboard.auth import create_token
 from dashboard.webhooks import (
     QUEUE_MAX,
@@ -39,7 +39,7 @@ from dashboard.webhooks import (
 )
 from sinks import audit
 from sinks.nats_sink import alert_json
-from tests.dashboard_helpers import SECRET, running_dashboard
+from tests.dashboard_helpers import SECRET
 
 PRIVATE = ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
            "224.0.0.1", "240.0.0.1", "0.0.0.0", "255.255.255.255", "::1", "::", "fe80::1", "fc00::1",
@@ -93,6 +93,7 @@ def test_credentials_other_schemes_bad_ports_and_bad_names_are_refused(url, need
         asyncio.run(resolve(url, frozenset()))
 
 
+@pytest.mark.integration
 def test_https_goes_to_the_checked_address_and_verifies_the_certificate_for_the_name(tmp_path):
     """The pinning as the sender does it (`_post`): connect to the address resolved and checked, send the name
     as TLS server name and Host, and verify the certificate for the name, not for the address."""
@@ -158,8 +159,8 @@ def test_a_full_queue_drops_its_oldest_event_and_counts_it():
 # --- roles, owners, secrets ---------------------------------------------------------------------------
 
 def test_subscriptions_need_an_operator_refuse_private_webhooks_and_stay_with_their_owner(
-        nats_server, redis_server, tmp_path):
-    with running_dashboard(nats_server.url, redis_server.url, tmp_path / "lake") as dash:
+        start_dashboard, tmp_path):
+    with start_dashboard() as dash:
         with dash.client("viewer") as viewer:
             assert viewer.post("/api/subscriptions", json={"reactor": "r1"}).status_code == 403
         with dash.client("operator") as a:
@@ -250,7 +251,7 @@ def receiver(delay_s: float = 0.0) -> Iterator[Receiver]:
 
 
 def _alert(k: int) -> dict:
-    """An alert as the flow publishes it (detectors/monitor.py `_alert`)."""
+    """An alert as the flow publishes it (detectors/reactor_monitor.py `_alert`)."""
     ts = datetime(2026, 1, 5, tzinfo=UTC) + timedelta(seconds=60 * k)
     return {"alert_id": f"alert-{k:04d}", "run_id": "run-w", "reactor_id": "r1", "seq": k, "ts": ts,
             "detector": "fusion", "member": "zscore", "score": 9.5, "threshold": 4.0, "severity": "critical",
@@ -281,10 +282,9 @@ def _signed_correctly(secret: str, headers: dict, body: bytes) -> bool:
 
 
 def test_a_hung_receiver_and_a_redis_restart_do_not_stop_the_fast_webhook(
-        nats_server, redis_server, tmp_path):
+        nats_server, redis_server, start_dashboard):
     with receiver(delay_s=60) as slow, receiver() as fast, \
-            running_dashboard(nats_server.url, redis_server.url, tmp_path / "lake",
-                              webhook_allow_hosts="127.0.0.1") as dash, dash.client("operator") as c:
+            start_dashboard(webhook_allow_hosts="127.0.0.1") as dash, dash.client("operator") as c:
         subs = {}
         for name, rx in (("slow", slow), ("fast", fast)):
             r = c.post("/api/subscriptions", json={"reactor": "r1", "webhook_url": rx.url})
@@ -330,12 +330,11 @@ async def _publish_poison(nats_url: str) -> None:
 
 
 def test_the_sender_rides_out_poison_a_broker_restart_and_a_deleted_consumer_losing_no_alert(
-        nats_server, redis_server, tmp_path):
+        nats_server, start_dashboard):
     def delivered() -> list[str]:
         return sorted(json.loads(body)["event"]["alert_id"] for _, body in rx.got)
 
-    with receiver() as rx, running_dashboard(nats_server.url, redis_server.url, tmp_path / "lake",
-                                             webhook_allow_hosts="127.0.0.1") as dash, \
+    with receiver() as rx, start_dashboard(webhook_allow_hosts="127.0.0.1") as dash, \
             dash.client("operator") as c:
         sub = c.post("/api/subscriptions", json={"webhook_url": rx.url}).json()
         asyncio.run(_publish_poison(nats_server.url))

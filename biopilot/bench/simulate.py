@@ -13,18 +13,21 @@ import resource
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.integrate import solve_ivp
 from tqdm import tqdm
 
+from biopilot.bench.results import as_json
 from biopilot.simulate import simulate_to_lake
 from sources import kinetics as K
 from sources import reactor as R
 from sources.fleet import Fleet
 from sources.scenarios import Scenario, load_scenario
+
+__all__ = ["SimulateBench", "as_json", "baseline_seconds_per_tick", "format_report", "run"]
 
 BENCH_FAULTS = [  # a sprinkle of faults so the fault paths are exercised, as in real fleets
     {"fault": "overfeed", "start_day": [4, 9], "duration_h": 3, "magnitude": 1.0, "reactors": list(range(1, 1001, 7))},
@@ -126,7 +129,3 @@ def format_report(b: SimulateBench) -> str:
         f"{b.baseline_reactor_runs_per_s:.4f} runs/s (extrapolated to whole runs)",
         f"speedup   {b.speedup:.0f}x",
     ])
-
-
-def as_json(b: SimulateBench) -> dict:
-    return asdict(b)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -27,11 +27,14 @@ import numpy as np
 import psutil
 import pyarrow as pa
 
-from biopilot.services import free_port, start_services, wait_port
+from biopilot.bench.results import as_json
+from core.services import free_port, start_services, wait_port
 from dashboard.auth import create_token
 from sources.fleet import Fleet
 from sources.publish import publish_ticks
 from sources.scenarios import load_scenario
+
+__all__ = ["SseBench", "as_json", "format_report", "run"]
 
 SECRET = "bench-sse-secret-0123456789abcdef-xyz"
 
@@ -176,10 +179,6 @@ async def _drive(res: SseBench, base: str, nats_url: str, pid: int, reactors: in
         res.nats_p99_alert_ms = float(np.percentile(nats_lat, 99))
     res.max_rss_mb = max(res.rss_mb, default=0.0)
     res.errors, res.error_samples = len(errors), errors[:5]
-
-
-def as_json(b: SseBench) -> dict:
-    return asdict(b)
 
 
 def format_report(b: SseBench) -> str:

@@ -8,7 +8,7 @@ import json
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
-from biopilot.services import PROCESSES_KEY
+from core.services import PROCESSES_KEY
 from dashboard import auth
 from dashboard.auth import Principal
 from dashboard.deps import Runtime, is_admin, is_viewer, runtime

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 from fastapi import APIRouter, Depends, HTTPException, Query
 
 from agents.overview import summarize
-from biopilot.events import TICK_SIGNALS
+from core.events import TICK_SIGNALS
 from dashboard.deps import Runtime, runtime, viewer
 from dashboard.models import IdPath
 from dashboard.relay import thin, tick_event

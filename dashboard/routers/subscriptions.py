@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, sta
 from nats.js.kv import KeyValue
 from sse_starlette import EventSourceResponse
 
-from biopilot.events import ID_PATTERN
+from core.events import ID_PATTERN
 from dashboard import subscriptions as subs
 from dashboard.auth import Principal
 from dashboard.deps import Runtime, is_operator, is_viewer, runtime, viewer

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from biopilot.events import distinct
+from core.events import distinct
 
 NEVER = np.iinfo(np.int64).min // 2
 
@@ -41,7 +41,7 @@ class Released:
 class SeqGaps:
     """One run's seqs never seen below its highest released one, as sorted half-open ranges `[start, end)`. A
     message lost upstream (a broker that discarded it, a producer that skipped it) is one range: as a set of
-    ints, the 10,000 seqs of one lost full-rate message held ~600 kB for the life of the flow.
+    ints, the seqs of one lost full-rate message were held one by one for the life of the flow.
 
     >>> gaps = SeqGaps()
     >>> gaps.add(np.array([3, 4, 5, 9]))
@@ -96,8 +96,8 @@ class ReorderBuffer:
     last_seq: dict[str, int] = field(default_factory=dict)  # per run: highest seq released
     gaps: dict[str, SeqGaps] = field(default_factory=dict)  # per run: seqs below it never seen (yet)
     # per run: at least the highest pending seq (exact as appended; a partial release leaves it high, which only
-    # sends a batch down the general path). Filtering the pending rows for it was a third of a live message's
-    # reordering. None (a snapshot from before it existed): worked out from the pending rows.
+    # sends a batch down the general path). Filtering the pending rows for it was a large part of a live
+    # message's reordering. None (a snapshot from before it existed): worked out from the pending rows.
     pending_seq_max: dict[str, int] | None = None
 
     def __setstate__(self, state: dict) -> None:
@@ -213,10 +213,9 @@ class ReorderBuffer:
 
     def _compact_pending(self) -> None:
         """Copy the pending rows out of the messages they were sliced from once those hold > 64 kB more: a slice
-        keeps its whole message alive. At full rate every reactor kept the last one or two 1.5 MB messages for
-        the few rows of its lateness window (~100 MB of payloads alive in a z-score soak, 100 reactors), and an
-        epoch's snapshot pickled them whole (5 rows of a 3,000-tick message: 218 kB, 3 kB copied). Copying costs
-        ~70 us; a live message's rows (a few kB) are kept as they are."""
+        keeps its whole message alive. At full rate every reactor kept its last message or two, whole, for the
+        few rows of its lateness window, and an epoch's snapshot pickled them whole (docs/PERFORMANCE.md). A
+        live message's rows (a few kB) are kept as they are: copying them would cost more than it saves."""
         if self.pending.get_total_buffer_size() - self.pending.nbytes > 1 << 16:
             self.pending = self.pending.take(pa.array(np.arange(self.pending.num_rows)))
 

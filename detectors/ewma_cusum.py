@@ -23,7 +23,7 @@ from detectors.base import register
 
 
 @dataclass
-class CusumState:
+class EwmaCusumState:
     mean: np.ndarray
     var: np.ndarray
     count: np.ndarray
@@ -58,8 +58,9 @@ def _cusum(X: np.ndarray, mean: np.ndarray, var: np.ndarray, count: np.ndarray, 
             count[j] += 1
 
 
+# registered as "ewma", the name that calibration.json, the fusion's members and saved configs use
 @register("ewma")
-class Cusum:
+class EwmaCusum:
     name = "ewma"
 
     def __init__(self, halflife_ticks: float = 720.0, drift_sd: float = 0.5, warmup_ticks: int = 120) -> None:
@@ -67,17 +68,17 @@ class Cusum:
         self.k = drift_sd
         self.warmup = warmup_ticks
 
-    def init_state(self, signal_names: Sequence[str]) -> CusumState:
+    def init_state(self, signal_names: Sequence[str]) -> EwmaCusumState:
         m = len(signal_names)
-        return CusumState(np.zeros(m), np.zeros(m), np.zeros(m, dtype=np.int64), np.zeros(m), np.zeros(m))
+        return EwmaCusumState(np.zeros(m), np.zeros(m), np.zeros(m, dtype=np.int64), np.zeros(m), np.zeros(m))
 
-    def score_learn_detail(self, state: CusumState, ts: np.ndarray, X: np.ndarray,
-                           ) -> tuple[CusumState, np.ndarray, np.ndarray]:
+    def score_learn_detail(self, state: EwmaCusumState, ts: np.ndarray, X: np.ndarray,
+                           ) -> tuple[EwmaCusumState, np.ndarray, np.ndarray]:
         X = np.ascontiguousarray(X, dtype=np.float64)
         out = np.zeros_like(X)
         _cusum(X, state.mean, state.var, state.count, state.s_hi, state.s_lo, self.alpha, self.k, self.warmup, out)
         return state, (out.max(axis=1) if X.shape[1] else np.zeros(len(X))), out
 
-    def score_learn(self, state: CusumState, ts: np.ndarray, X: np.ndarray) -> tuple[CusumState, np.ndarray]:
+    def score_learn(self, state: EwmaCusumState, ts: np.ndarray, X: np.ndarray) -> tuple[EwmaCusumState, np.ndarray]:
         state, scores, _ = self.score_learn_detail(state, ts, X)
         return state, scores

@@ -19,19 +19,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import detectors  # noqa: F401 - registers every detector
-from biopilot.codec import PLAUSIBLE, validate_ticks
-from biopilot.events import ALERTS, LATE_TICKS, SCORES, TICK_SIGNALS, TICKS, distinct
-from biopilot.eventtime import ReorderBuffer, beyond_horizon
+from core.codec import PLAUSIBLE, validate_ticks
+from core.events import ALERTS, LATE_TICKS, SCORES, TICK_SIGNALS, TICKS, distinct
+from core.eventtime import ReorderBuffer, beyond_horizon
 from detectors.alarm import MemberAlarms
 from detectors.base import DETECTOR_SIGNALS, make_detector
+from detectors.features import CAPACITANCE, FEED, features
 from detectors.soft_sensors import SoftSensors
 from sources.jetstream import Message
 from sources.telemetry import Item, dead_letter, rows_payload
 
 log = logging.getLogger(__name__)
-
-FEED = DETECTOR_SIGNALS.index("feed_ml_per_tick")
-CAPACITANCE = DETECTOR_SIGNALS.index("capacitance_pf_cm")
 
 
 @dataclass(frozen=True)
@@ -72,27 +70,6 @@ class Outputs:
     def add(self, name: str, table: pa.Table | None) -> None:
         if table is not None and table.num_rows:
             self.tables[name] = pa.concat_tables([self.tables[name], table]) if name in self.tables else table
-
-
-def features(ticks: pa.Table, last_totals: np.ndarray) -> np.ndarray:
-    """Detector inputs [n, 12]: the level signals and per-tick increments of the base and feed totalisers."""
-    n = ticks.num_rows
-    X = np.empty((n, len(DETECTOR_SIGNALS)))
-    if n == 0:
-        return X
-    for j, name in enumerate(DETECTOR_SIGNALS):
-        if name.endswith("_per_tick"):
-            total = ticks[name.removesuffix("_per_tick")].to_numpy(zero_copy_only=False)
-            k = 0 if name.startswith("base") else 1
-            X[0, j] = total[0] - last_totals[k]
-            np.subtract(total[1:], total[:-1], out=X[1:, j])
-            last_totals[k] = total[-1]
-        else:
-            at = 0
-            for chunk in ticks[name].chunks:  # chunk by chunk: concatenating first would copy them twice
-                X[at:at + len(chunk), j] = chunk.to_numpy(zero_copy_only=False)
-                at += len(chunk)
-    return X
 
 
 class ReactorMonitor:
@@ -220,7 +197,7 @@ class ReactorMonitor:
 
 def _held(values: np.ndarray) -> pa.Array:
     """`values` copied into Arrow's memory pool: `pa.array` would wrap numpy's buffer, glibc memory, for as long as
-    the Delta sink holds the rows (why that matters: `biopilot.codec._pooled`)."""
+    the Delta sink holds the rows (why that matters: `core.codec._pooled`)."""
     return pa.concat_arrays([pa.array(values)])
 
 
@@ -240,7 +217,7 @@ def _late_rows(late: pa.Table, watermark_us: int) -> pa.Table:
 
 def warm_up(config: MonitorConfig) -> Outputs:
     """Validate and score a few synthetic ticks, so that the models, the compiled kernels and their imports
-    load now (a few seconds), not on the first real tick."""
+    load now, not on the first real tick."""
     n = 10
     start_us = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1e6)
     ts = pa.array(start_us + 60_000_000 * np.arange(n), pa.int64()).cast(TICKS.field("ts").type)
@@ -254,9 +231,9 @@ class MonitorState:
     """A reactor's state in the flow: its monitor, or, in a snapshot, the monitor pickled.
 
     Bytewax deep-copies every key's state at each epoch's end and, with a recovery store, pickles the copy
-    into the store. Here the copy is the pickle: one pass over the monitor instead of two (a deep copy took as
-    long as the pickle, ~10 ms for 40 reactors in one go, holding up the alerts then in flight). Without a
-    store nothing keeps the copy, so there is none: 40 copies a second were the worst of the alert tail."""
+    into the store. Here the copy is the pickle: one pass over the monitor instead of two (a deep copy costs as
+    much as the pickle, and every reactor's copy is taken in one go, holding up the alerts then in flight).
+    Without a store nothing keeps the copy, so there is none: those copies were the worst of the alert tail."""
 
     def __init__(self, monitor: ReactorMonitor | None = None, pickled: bytes | None = None) -> None:
         self._monitor, self._pickled = monitor, pickled
@@ -300,7 +277,7 @@ def _within_horizon(item: Item, reorder: ReorderBuffer, horizon_us: int, refused
     """The item with what lies beyond the horizon taken out (into `refused`'s dead letters); None if nothing is
     left. The reference is the reactor's latest event time; before it has one, the wall clock: a replay of an
     old run is in the past and passes (only the future is bounded), and a plant that runs ahead of the clock
-    (600x: ~10 event minutes per second) is judged against its own event time from its first message on."""
+    (a sped-up simulation) is judged against its own event time from its first message on."""
     if item.kind == "assays":
         return item
     latest = reorder.latest_us

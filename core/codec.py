@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
 
-from biopilot.events import ASSAYS, TICK_SIGNALS, TICKS
+from core.events import ASSAYS, TICK_SIGNALS, TICKS
 
 ARROW_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
 JSON_CONTENT_TYPE = "application/json"
@@ -84,11 +84,11 @@ def _from_json(payload: bytes, schema: pa.Schema) -> pa.Table:
 
 
 def _pooled(payload: bytes) -> pa.Buffer:
-    """`payload` copied into Arrow's memory pool (~50 us for a 1.5 MB message). The rows read from it are used in
-    place, and the flow's Delta sink holds them until their micro-batch commits, a second or more. Read from the
-    `bytes` the NATS client made, they kept those in glibc's heap that long, between the thread's short-lived
-    buffers; glibc keeps what is freed, so its heaps grew to every new peak of rows in flight, fragmented, and
-    the flow's RSS rose through a soak. Arrow's pool gives back what it frees."""
+    """`payload` copied into Arrow's memory pool (a small cost: docs/PERFORMANCE.md). The rows read from it are
+    used in place, and the flow's Delta sink holds them until their micro-batch commits, a second or more. Read
+    from the `bytes` the NATS client made, they kept those in glibc's heap that long, between the thread's
+    short-lived buffers; glibc keeps what is freed, so its heaps grew to every new peak of rows in flight,
+    fragmented, and the flow's RSS rose through a soak. Arrow's pool gives back what it frees."""
     buffer = pa.allocate_buffer(len(payload))
     with pa.FixedSizeBufferWriter(buffer) as writer:
         writer.write(payload)

@@ -1,4 +1,8 @@
-"""Settings: environment variables override `biopilot.toml`, which overrides the defaults (DESIGN.md section 2)."""
+"""Settings: environment variables override `biopilot.toml`, which overrides the defaults.
+
+A field `name` is `name = ...` in `biopilot.toml` (at the top or under `[biopilot]`) and `BIOPILOT_NAME` in the
+environment; README's Settings lists them all.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import os
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from types import NoneType, UnionType
+from typing import get_args, get_type_hints
 
 ENV_PREFIX = "BIOPILOT_"
 
@@ -30,6 +36,14 @@ class Settings:
     sse_max_per_token: int = 16  # open SSE streams per token
     chat_max_per_user: int = 2  # chat answers streaming at once per subject
     event_horizon_h: int = 48  # watermarks and ticks further than this from a unit's recent event time: dead letters
+    # the monitoring flow (flows/monitor.py); `flows.launch` sets the lateness, consumer and recovery for its runs
+    detector: str = "fusion"  # what the flow runs: fusion | zscore
+    lateness_s: float = 300.0  # event-time lateness a tick is allowed before it counts as late
+    flush_rows: int = 250_000  # rows per Delta micro-batch at most (sinks/lake_sink.py says why large)
+    flush_s: float = 1.0  # a micro-batch is committed once its oldest row is this old
+    flow_durable: str | None = None  # the flow's durable consumer on TELEMETRY; None: the flow's own name
+    flow_recovery: bool = True  # whether the flow runs with a recovery store (snapshots and the sink's log)
+    flow_wal: str | None = None  # the Delta sink's write-ahead log (local); None: <lake>/.flow-wal/<consumer>
 
 
 @dataclass(frozen=True)
@@ -37,8 +51,8 @@ class DetectOptions:
     """How `biopilot detect` conditions a user's signals and sets its alarm thresholds (detectors/external.py)."""
 
     smooth_rows: int = 20  # causal EWMA span over every signal; 1 = none
-    # leave out signals whose level wanders on the training rows (roughness below this; 0 keeps all).
-    # SKAB's temperatures: 0.03-0.63 on their training rows; its other signals: medians 0.8-1.06
+    # leave out signals whose level wanders on the training rows (roughness below this; 0 keeps all): it parts
+    # SKAB's creeping temperatures from its other signals (docs/QUALITY.md has their roughness)
     min_roughness: float = 0.6
     margin: float = 2.0  # alarm threshold = margin x the highest score held on the training rows
 
@@ -47,12 +61,39 @@ class SettingsError(ValueError):
     pass
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _kind(hint: object) -> type:
+    """The type a field holds, `X | None` read as X."""
+    if isinstance(hint, UnionType):
+        return next(arg for arg in get_args(hint) if arg is not NoneType)
+    return hint  # type: ignore[return-value]
+
+
 def _coerce(name: str, value: object, kind: type) -> object:
-    if kind is int or kind == "int":
+    """`value` (a TOML value or an environment string) as `kind`, or a SettingsError that names the setting."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise SettingsError(f"{name}: expected true or false (or 1/0, yes/no, on/off), got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise SettingsError(f"{name}: expected an integer, got {value!r}")
         try:
-            return int(value)  # type: ignore[arg-type]
+            return int(value)  # type: ignore[call-overload]
         except (TypeError, ValueError):
             raise SettingsError(f"{name}: expected an integer, got {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool):
+            raise SettingsError(f"{name}: expected a number, got {value!r}")
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise SettingsError(f"{name}: expected a number, got {value!r}") from None
     return None if value in ("", None) else str(value)
 
 
@@ -75,9 +116,8 @@ def load_settings(toml_path: str | Path = "biopilot.toml", env: dict[str, str] |
         env_value = env.get(ENV_PREFIX + f.name.upper())
         if env_value is not None:
             values[f.name] = env_value
-    defaults = Settings()
-    coerced = {k: _coerce(k, v, int if isinstance(getattr(defaults, k), int) else str) for k, v in values.items()}
-    settings = replace(Settings(), **coerced)
+    hints = get_type_hints(Settings)
+    settings = replace(Settings(), **{k: _coerce(k, v, _kind(hints[k])) for k, v in values.items()})
     if settings.llm not in ("offline", "openai"):
         raise SettingsError(f"llm: {settings.llm!r} is not allowed; use offline or openai")
     return settings

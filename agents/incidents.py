@@ -29,7 +29,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from biopilot.events import SEVERITY_RANK
+from core.events import SEVERITY_RANK
 
 
 @dataclass

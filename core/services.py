@@ -32,6 +32,8 @@ from nats.js.errors import BadRequestError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from core.processes import spawn, stop_process_group
+
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 FLOW_DURABLE = "biopilot-monitor"  # the monitoring flow's durable consumer on TELEMETRY
 PROCESSES_KEY = "biopilot:processes"  # Redis hash: the state of each process `biopilot up` supervises
@@ -161,21 +163,7 @@ class ManagedServer:
         return f"{scheme}://{user}:{self.passwords[user]}@{rest}"
 
     def stop(self, grace_s: float = 5.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A child in its own session (a Ctrl-C at the terminal reaches only its parent, which stops it), its output
-    appended to `log_path`."""
-    with log_path.open("ab") as log:
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        stop_process_group(self.proc, grace_s)
 
 
 def start_nats(data_dir: Path, port: int | None = None, users: dict[str, str] | None = None) -> ManagedServer:
@@ -293,35 +281,3 @@ def start_services(lake: str, nats_url: str | None = None, redis_url: str | None
                 server.stop()
         raise
     return Services(nats_url, redis_url, servers, component_urls)
-
-
-def start_flow(nats_url: str, lake: str, recovery_dir: Path | None = None, lateness_s: float = 300.0,
-               durable: str = FLOW_DURABLE, log_path: Path | None = None,
-               extra_env: dict[str, str] | None = None, snapshot_s: float = 5.0) -> subprocess.Popen:
-    """The monitoring flow as its own process (`python -m bytewax.run`), with a recovery store if given."""
-    cmd, env = flow_command(nats_url, lake, recovery_dir, lateness_s, durable, extra_env, snapshot_s)
-    return spawn(cmd, log_path or Path(os.devnull), env)
-
-
-def flow_command(nats_url: str, lake: str, recovery_dir: Path | None = None, lateness_s: float = 300.0,
-                 durable: str = FLOW_DURABLE, extra_env: dict[str, str] | None = None,
-                 snapshot_s: float = 5.0) -> tuple[list[str], dict[str, str]]:
-    """The command and environment that run the monitoring flow (the recovery store is made if missing).
-
-    With a store, an epoch lasts `snapshot_s`: each epoch's end pickles every reactor's monitor into the store,
-    which stops the dataflow thread ~30-60 ms with 40 reactors. Once a second, that set the live alert p99
-    (67-95 ms in scratch runs); every 5 s it does less (29-70 ms), and a crash replays at most 5 s of input from
-    the broker. Without a store, epochs of 1 s: the consumer's acks, then the resume point, trail by one epoch."""
-    env = {**os.environ, "BIOPILOT_NATS_URL": nats_url, "BIOPILOT_LAKE": lake,
-           "BIOPILOT_LATENESS_S": str(lateness_s), "BIOPILOT_FLOW_DURABLE": durable,
-           "BIOPILOT_FLOW_RECOVERY": "0" if recovery_dir is None else "1", **(extra_env or {})}
-    cmd = [sys.executable, "-m", "bytewax.run", "flows.monitor:build_flow()"]
-    if recovery_dir is not None:
-        env.setdefault("BIOPILOT_FLOW_WAL", str(recovery_dir / "lake-wal"))  # the sink's log, beside the store
-        if not any(recovery_dir.glob("*.sqlite3")):
-            recovery_dir.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery_dir), "1"], check=True, env=env)
-        cmd += ["-r", str(recovery_dir), "-s", f"{snapshot_s:g}", "-b", "30"]
-    else:
-        cmd += ["-s", "1"]
-    return cmd, env

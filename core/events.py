@@ -1,4 +1,4 @@
-"""Event schemas (DESIGN.md section 3) as Arrow schemas, with typed helpers.
+"""Event schemas (docs/DESIGN.md, "Tables") as Arrow schemas, with typed helpers.
 
 Units are in the column names. Timestamps are `timestamp[us, UTC]`; a missing reading is null.
 """
@@ -130,7 +130,7 @@ def to_table(rows: Iterable[Mapping | object], schema: pa.Schema) -> pa.Table:
 
 def distinct(column: pa.ChunkedArray | pa.Array) -> list:
     """A column's distinct values in order of first appearance. The rows of a message or a release nearly
-    always share one run and one reactor: comparing every value with the first costs a third of hashing them.
+    always share one run and one reactor: comparing every value with the first costs less than hashing them.
 
     >>> distinct(pa.array(["run-1", "run-1"])), distinct(pa.array(["run-1", "run-2", "run-1"]))
     (['run-1'], ['run-1', 'run-2'])

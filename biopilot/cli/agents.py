@@ -1,0 +1,109 @@
+"""The agents: `diagnose`, `report` and `chat` about a stored run; the `agents` workers on a running stack."""
+
+from __future__ import annotations
+
+import argparse
+
+from biopilot.cli.errors import UsageError, user_errors
+from biopilot.cli.options import command, lake_of, lake_option
+from core.config import load_settings
+
+
+def add_diagnose(subparsers: argparse._SubParsersAction) -> None:
+    p = command(subparsers, "diagnose", cmd_diagnose, "incidents and ranked root causes of a stored run")
+    p.add_argument("--run", required=True, help="run id (see `biopilot overview`)")
+    lake_option(p)
+    p.add_argument("--json", action="store_true", help="a JSON list of incidents with hypotheses")
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """Monitoring + troubleshooting over a stored run: its ticks are scored as the flow would, alerts
+    grouped into incidents, and each incident's causes ranked from the evidence (signal, time, value
+    against the golden batch)."""
+    from agents.diagnose import RunNotFound, diagnose_stored, findings_json, format_findings
+
+    with user_errors(RunNotFound):
+        findings = diagnose_stored(lake_of(args), args.run)
+    print(findings_json(findings) if args.json else format_findings(findings))
+    return 0
+
+
+def add_report(subparsers: argparse._SubParsersAction) -> None:
+    p = command(subparsers, "report", cmd_report, "batch-record style run report (Markdown, HTML or PDF)")
+    p.add_argument("run", help="run id")
+    p.add_argument("--format", choices=["md", "html", "pdf"], default="md")
+    p.add_argument("--out", default="reports", help="output folder (default ./reports)")
+    lake_option(p)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Key figures, CPP excursions, incidents with causes and actions, plots of the key signals with
+    incidents shaded, and a short summary."""
+    from pathlib import Path
+
+    from agents import report
+    from agents.diagnose import RunNotFound
+
+    with user_errors(RunNotFound, report.UnsafeRunId):
+        out = report.write(lake_of(args), args.run, args.format, Path(args.out))
+    print(out)
+    return 0
+
+
+def add_chat(subparsers: argparse._SubParsersAction) -> None:
+    p = command(subparsers, "chat", cmd_chat, "ask a question about a stored run")
+    p.add_argument("question")
+    p.add_argument("--run", required=True)
+    p.add_argument("--incident", default=None, help="limit the answer to one incident")
+    lake_option(p)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Answers from the troubleshooting evidence (BIOPILOT_LLM=offline phrases it deterministically;
+    openai uses OPENAI_BASE_URL with tool calls)."""
+    from agents.chat import ask
+    from agents.diagnose import RunNotFound
+    from agents.llm import make_backend
+
+    with user_errors(RunNotFound):
+        for text in ask(lake_of(args), args.run, args.question, make_backend(load_settings()), args.incident):
+            print(text, flush=True)
+    return 0
+
+
+def add_agents(subparsers: argparse._SubParsersAction) -> None:
+    p = command(subparsers, "agents", cmd_agents, "run the agent workers on a running stack")
+    lake_option(p)
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    """Monitoring (alerts -> incidents) and troubleshooting (incidents -> streamed explanations) workers
+    in NATS queue groups; start several to share the load."""
+    import asyncio
+    import signal
+
+    from agents.llm import make_backend
+    from agents.workers import run_workers
+    from core.services import without_credentials
+
+    settings = load_settings()
+    if not settings.nats_url or not settings.redis_url:
+        raise UsageError("biopilot agents joins a running stack: set BIOPILOT_NATS_URL and BIOPILOT_REDIS_URL "
+                         "(`biopilot up` starts the workers itself)")
+
+    async def work_until_stopped() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"agents: monitoring + troubleshooting on {without_credentials(settings.nats_url)} "
+              f"(llm {settings.llm}); Ctrl-C stops", flush=True)
+        await run_workers(settings.nats_url, settings.redis_url, lake_of(args), make_backend(settings), stop)
+
+    asyncio.run(work_until_stopped())
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    for add in (add_diagnose, add_report, add_chat, add_agents):
+        add(subparsers)

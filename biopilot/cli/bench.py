@@ -1,0 +1,202 @@
+"""`biopilot bench`: the measured figures, each printed beside a baseline measured in the same run
+(docs/PERFORMANCE.md and docs/quality/ hold the current ones)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from biopilot.cli.errors import user_errors
+from biopilot.cli.options import command, conditioning_options, detect_options, group, positive, progress
+
+
+def json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_simulate(benches: argparse._SubParsersAction) -> None:
+    p = command(benches, "simulate", cmd_bench_simulate,
+                "fleet simulation into Delta vs a per-reactor solve_ivp loop")
+    p.add_argument("--reactors", type=positive("--reactors", int), default=1000)
+    p.add_argument("--days", type=positive("--days"), default=14.0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--lake", default=None, help="keep the tables here (default: a temporary directory)")
+    p.add_argument("--baseline-reactors", type=positive("--baseline-reactors", int), default=2)
+    p.add_argument("--baseline-days", type=positive("--baseline-days"), default=1.0)
+    json_option(p)
+
+
+def cmd_bench_simulate(args: argparse.Namespace) -> int:
+    """Simulate a fleet (noise, assays, faults) into Delta and time a per-reactor scipy solve_ivp loop of
+    the same model on a sample."""
+    from biopilot.bench import simulate as bench
+
+    result = bench.run(reactors=args.reactors, days=args.days, seed=args.seed, lake=args.lake,
+                       baseline_reactors=args.baseline_reactors, baseline_days=args.baseline_days,
+                       progress=not args.json and sys.stderr.isatty())
+    print(json.dumps(bench.as_json(result)) if args.json else bench.format_report(result))
+    return 0
+
+
+def add_pipeline(benches: argparse._SubParsersAction) -> None:
+    p = command(benches, "pipeline", cmd_bench_pipeline,
+                "streaming throughput and latency vs a bare copy and a naive flow")
+    p.add_argument("--ticks", type=positive("--ticks", int), default=2_000_000,
+                   help="ticks published for the floor and for our flow (default 2,000,000)")
+    p.add_argument("--naive-ticks", type=positive("--naive-ticks", int), default=20_000,
+                   help="ticks for the naive flow, which is much slower (default 20,000)")
+    p.add_argument("--live-rate", type=positive("--live-rate"), default=10_000.0,
+                   help="ticks/s for the latency phase (default 10,000)")
+    p.add_argument("--live-s", type=positive("--live-s"), default=60.0,
+                   help="seconds of each latency phase (default 60; each reactor's three faults are spread "
+                        "over it)")
+    p.add_argument("--soak-s", type=positive("--soak-s"), default=300.0,
+                   help="seconds of the memory soak at full rate (default 300)")
+    p.add_argument("--detector", choices=["fusion", "zscore"], default="fusion",
+                   help="what our flow runs: the calibrated fusion (default, what `biopilot up` runs) or the "
+                        "streaming z-score alone")
+    p.add_argument("--repeats", type=positive("--repeats", int), default=3,
+                   help="throughput runs of the floor and of our flow, in turns; their medians are reported, as "
+                        "single runs on a shared machine vary (default 3)")
+    p.add_argument("--keep", default=None, help="keep brokers' data, lakes and logs in this directory")
+    json_option(p)
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    """Throughput of (a) a bare NATS->Delta copy, (b) our flow, (c) a naive per-event JSON + River HST
+    flow; latency at a live rate; flow memory over a soak at full rate."""
+    from biopilot.bench import pipeline as bench
+
+    result = bench.run(ticks=args.ticks, naive_ticks=args.naive_ticks, live_rate=args.live_rate,
+                       live_s=args.live_s, soak_s=args.soak_s, keep=args.keep, detector=args.detector,
+                       repeats=args.repeats)
+    print(json.dumps(bench.as_json(result)) if args.json else bench.format_report(result))
+    return 0
+
+
+def add_detectors(benches: argparse._SubParsersAction) -> None:
+    p = command(benches, "detectors", cmd_bench_detectors,
+                "detection quality of every detector on a labelled twin suite")
+    p.add_argument("--seeds", type=positive("--seeds", int), default=5)
+    p.add_argument("--normal-runs", type=positive("--normal-runs", int), default=20)
+    p.add_argument("--calibration-runs", type=positive("--calibration-runs", int), default=10)
+    p.add_argument("--grace-h", type=float, default=2.0, help="hours after a fault's end still counted as inside")
+    p.add_argument("--speed", action="store_true", help="also each detector's ticks/s at 12 signals")
+    p.add_argument("--only", default=None, help="comma-separated detectors to evaluate (default: all)")
+    p.add_argument("--out", default="docs/quality", help="where to write detectors.md/.json/.png")
+    json_option(p)
+
+
+def cmd_bench_detectors(args: argparse.Namespace) -> int:
+    """Every fault archetype x seeds, composites and normal runs from the twin; thresholds calibrated on
+    separate normal runs. Writes Markdown, JSON and a PNG chart, and the fusion calibration the flow uses."""
+    from detectors import benchmark as bench
+
+    say = progress(args)
+    results = bench.run(seeds=args.seeds, normal_runs=args.normal_runs, calibration_runs=args.calibration_runs,
+                        grace_h=args.grace_h, with_speed=args.speed,
+                        only=args.only.split(",") if args.only else None, progress=say)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "detectors.md").write_text(bench.markdown(results) + "\n")
+    (out / "detectors.json").write_text(json.dumps(bench.as_json(results), indent=2) + "\n")
+    bench.chart(results, out / "detectors.png")
+    print(json.dumps(bench.as_json(results)) if args.json else bench.markdown(results))
+    say(f"written: {out / 'detectors.md'}, {out / 'detectors.json'}, {out / 'detectors.png'}")
+    return 0
+
+
+def add_agents(benches: argparse._SubParsersAction) -> None:
+    p = command(benches, "agents", cmd_bench_agents, "root-cause accuracy and alert -> first chunk latency")
+    p.add_argument("--seeds", type=positive("--seeds", int), default=5, help="runs per archetype (default 5)")
+    p.add_argument("--normal-runs", type=positive("--normal-runs", int), default=10)
+    p.add_argument("--latency-alerts", type=int, default=200, help="alerts for the latency part (0 skips it)")
+    p.add_argument("--out", default="docs/quality", help="where agents.md/json go (default docs/quality)")
+    json_option(p)
+
+
+def cmd_bench_agents(args: argparse.Namespace) -> int:
+    """Monitoring + troubleshooting over a labelled twin suite (top-1/top-3 per archetype, abstentions,
+    incidents on normal runs) and the live latency from an alert to the first explanation chunk."""
+    from agents import benchmark as bench
+
+    res = bench.run(args.seeds, args.normal_runs, args.latency_alerts, progress=progress(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "agents.md").write_text(bench.markdown(res) + "\n")
+    (out / "agents.json").write_text(json.dumps(res.as_json(), indent=2) + "\n")
+    print(json.dumps(res.as_json()) if args.json else bench.markdown(res))
+    return 0
+
+
+def add_sse(benches: argparse._SubParsersAction) -> None:
+    p = command(benches, "sse", cmd_bench_sse, "the dashboard under 200 SSE clients, 20 slow")
+    p.add_argument("--clients", type=positive("--clients", int), default=200)
+    p.add_argument("--slow", type=int, default=20, help="how many of them read slowly (default 20)")
+    p.add_argument("--duration-s", type=positive("--duration-s"), default=60.0)
+    json_option(p)
+
+
+def cmd_bench_sse(args: argparse.Namespace) -> int:
+    """Clients hold telemetry and alert streams at live rate; measures events/s, alert latency on the fast
+    clients (beside bare NATS), server RSS, errors."""
+    from biopilot.bench import sse
+
+    res = sse.run(args.clients, args.slow, args.duration_s, say=progress(args))
+    print(json.dumps(sse.as_json(res)) if args.json else sse.format_report(res))
+    return 0
+
+
+def add_skab(benches: argparse._SubParsersAction) -> None:
+    p = command(benches, "skab", cmd_bench_skab, "`biopilot detect` on SKAB with the leaderboard's protocol")
+    p.add_argument("--data", default="../shared/data/skab", help="the SKAB folder (default ../shared/data/skab)")
+    p.add_argument("--detectors", nargs="+", default=["pca", "pca,zscore", "pca,zscore,ewma", "iforest"],
+                   help="detector sets to evaluate, each comma-separated")
+    conditioning_options(p)
+    p.add_argument("--cross-check", action="store_true",
+                   help="also pick settings on half the files and score the other half with them (slower)")
+    json_option(p)
+
+
+def cmd_bench_skab(args: argparse.Namespace) -> int:
+    """Every anomalous SKAB file: train on the first 400 rows, score the rest, F1/FAR/MAR over all test
+    rows (the public leaderboard's protocol)."""
+    from detectors import external
+
+    with user_errors(external.InputError):
+        files = external.skab_files(args.data)
+    options = detect_options(args)
+    rows = [{"detectors": combo, "files": len(files), **asdict(options),
+             **external.skab(files, combo.split(","), options)} for combo in args.detectors]
+    checks = []
+    if args.cross_check:
+        grid = {"smooth_rows": (5, 10, 20, 30), "min_roughness": (0.4, 0.5, 0.6), "margin": (1.5, 2.0, 2.5, 3.0)}
+        checks = external.skab_cross_check(args.data, grid, ["pca"], progress=lambda m: print(m, file=sys.stderr))
+    if args.json:
+        print(json.dumps({"results": rows, "cross_check": checks}))
+        return 0
+    print(f"{len(files)} files; smooth_rows {args.smooth_rows}, min_roughness {args.min_roughness}, "
+          f"margin {args.margin}\n")
+    print("| detectors | F1 | FAR % | MAR % |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['detectors']} | {r['f1']:.3f} | {r['far_pct']:.2f} | {r['mar_pct']:.2f} |")
+    if checks:
+        print("\n| settings chosen on | settings | F1 / FAR there | tested on | F1 | FAR % | MAR % |\n"
+              "|---|---|---|---|---|---|---|")
+        for c in checks:
+            a, b = c["chosen_on_metrics"], c["tested_on_metrics"]
+            settings = ", ".join(f"{k} {v}" for k, v in c["settings"].items())
+            print(f"| {c['chosen_on']} | {settings} | {a['f1']:.3f} / {a['far_pct']:.1f} % | {c['tested_on']} "
+                  f"| {b['f1']:.3f} | {b['far_pct']:.2f} | {b['mar_pct']:.2f} |")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    benches = group(subparsers, "bench", help="measured figures, each beside its baseline",
+                    description="Benchmarks; each prints ours beside a baseline measured in the same run.",
+                    metavar="BENCH")
+    for add in (add_simulate, add_pipeline, add_detectors, add_agents, add_sse, add_skab):
+        add(benches)

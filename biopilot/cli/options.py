@@ -1,0 +1,87 @@
+"""What the command modules share: declaring a command or a group of them, argparse types, the options several
+commands take, and the settings and lake a command works on."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+
+from core.config import DetectOptions, Settings, load_settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def command(subparsers: argparse._SubParsersAction, name: str, handler: Handler,
+            help: str) -> argparse.ArgumentParser:
+    """The sub-command `name`, run by `handler(args)`, whose docstring is the command's description in --help;
+    its options are added to what this returns."""
+    parser = subparsers.add_parser(name, help=help, description=handler.__doc__)
+    parser.set_defaults(func=handler)
+    return parser
+
+
+def group(subparsers: argparse._SubParsersAction, name: str, help: str, description: str,
+          metavar: str) -> argparse._SubParsersAction:
+    """A command made of sub-commands (`biopilot bench simulate`): they are declared on what this returns."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    return parser.add_subparsers(dest=f"{name}_command", metavar=metavar, required=True)
+
+
+def positive(name: str, kind: type = float, allow_max: bool = False) -> Callable[[str], float | int | None]:
+    """An argparse type: a number > 0 (an integer if `kind` is int), or the word max (None) if `allow_max`."""
+    what = ("an integer" if kind is int else "a number") + (" or max" if allow_max else "")
+
+    def parse(text: str) -> float | int | None:
+        if allow_max and text == "max":
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text}")
+        return value
+    return parse
+
+
+def lake_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
+
+
+def lake_of(args: argparse.Namespace) -> str:
+    """The command's --lake, else the settings' lake (the settings are read only when needed)."""
+    return getattr(args, "lake", None) or load_settings().lake
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    """The settings, with the command's --lake when it has one."""
+    settings = load_settings()
+    return replace(settings, lake=args.lake) if getattr(args, "lake", None) else settings
+
+
+def conditioning_options(parser: argparse.ArgumentParser) -> None:
+    """How `detect` and `bench skab` condition the signals before scoring (read back by `detect_options`)."""
+    d = DetectOptions()
+    parser.add_argument("--smooth-rows", type=positive("--smooth-rows", int), default=d.smooth_rows,
+                        help=f"causal EWMA span applied to every signal first; 1 = none (default {d.smooth_rows})")
+    parser.add_argument("--min-roughness", type=float, default=d.min_roughness,
+                        help="leave out signals whose level wanders on the training rows: roughness = "
+                             "sd(differences) / (sqrt 2 sd) below this; 0 keeps every signal "
+                             f"(default {d.min_roughness})")
+    parser.add_argument("--margin", type=positive("--margin"), default=d.margin,
+                        help="alarm threshold = this x the highest score held on the training rows "
+                             f"(default {d.margin})")
+
+
+def detect_options(args: argparse.Namespace) -> DetectOptions:
+    return DetectOptions(smooth_rows=args.smooth_rows, min_roughness=args.min_roughness, margin=args.margin)
+
+
+def progress(args: argparse.Namespace) -> Callable[[str], None]:
+    """Progress lines on stderr, unless the command prints JSON."""
+    def say(msg: str) -> None:
+        if not getattr(args, "json", False):
+            print(msg, file=sys.stderr, flush=True)
+    return say

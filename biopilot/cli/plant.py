@@ -1,0 +1,184 @@
+"""The plant: `scenarios`, `simulate` a fleet into the lake, `overview` of stored runs, `up` (the whole stack
+with a live plant) and `replay` of a stored run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from biopilot.cli.errors import UsageError, user_errors
+from biopilot.cli.options import command, lake_of, lake_option, positive, settings_for
+
+
+def add_scenarios(subparsers: argparse._SubParsersAction) -> None:
+    p = command(subparsers, "scenarios", cmd_scenarios,
+                "list the built-in scenarios, or propose composite ones")
+    p.add_argument("action", nargs="?", choices=["list", "propose"], default="list")
+    p.add_argument("--n", type=positive("--n", int), default=3, help="how many to propose (default 3)")
+    p.add_argument("--out", default="scenarios", help="folder for proposed scenarios (default ./scenarios)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the proposals (default 0)")
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    """`biopilot scenarios` lists the built-in scenarios, one line each. `biopilot scenarios propose` has
+    the scenario agent write realistic composite fault scenarios (TOML for `biopilot simulate --scenario
+    FILE`) with their expected labels."""
+    from sources.scenarios import builtin_names, load_scenario
+
+    if args.action == "propose":
+        from agents.scenario_agent import write
+
+        for path in write(args.n, Path(args.out), args.seed):
+            print(f"{path}  (labels: {path.with_suffix('.labels.json').name})")
+        return 0
+    for name in builtin_names():
+        print(f"{name:28s} {load_scenario(name).description}")
+    return 0
+
+
+def add_simulate(subparsers: argparse._SubParsersAction) -> None:
+    p = command(subparsers, "simulate", cmd_simulate, "simulate a fleet into Delta tables")
+    p.add_argument("--scenario", default="normal", help="built-in name (see `biopilot scenarios`) or a TOML file")
+    p.add_argument("--reactors", type=positive("--reactors", int), default=1, help="number of reactors (default 1)")
+    p.add_argument("--days", type=positive("--days"), default=None, help="run length (default: scenario's)")
+    p.add_argument("--tick-s", type=positive("--tick-s"), default=None,
+                   help="seconds of process time per tick, 1-3600 (default: scenario's, 60)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    lake_option(p)
+    p.add_argument("--quiet", action="store_true", help="print only the run ids")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Simulate N reactors of a scenario and write the Delta tables runs, ticks, assays and labels. Run
+    ids are deterministic: a rerun adds nothing. Prints the run ids."""
+    from tqdm import tqdm
+
+    from agents.overview import format_table, summarize
+    from biopilot.simulate import simulate_to_lake
+    from sources.scenarios import ScenarioError, load_scenario
+
+    with user_errors(ScenarioError):
+        scenario = load_scenario(args.scenario)
+        if args.days is not None:
+            scenario = scenario.with_overrides(days=args.days)
+        if args.tick_s is not None:
+            scenario = scenario.with_overrides(tick_s=args.tick_s)
+    lake = lake_of(args)
+    with tqdm(total=args.reactors * scenario.days, unit="reactor-day", desc=f"simulate {scenario.name}",
+              disable=args.quiet or not sys.stderr.isatty()) as bar:
+        result = simulate_to_lake(scenario, args.reactors, args.seed, lake, progress=bar.update)
+    for rid in result.run_ids:
+        print(rid)
+    if result.skipped:
+        print(f"{len(result.skipped)} run(s) already in {lake}: skipped", file=sys.stderr)
+    if result.written and not args.quiet:
+        print(f"wrote {len(result.written)} run(s), {result.ticks:,} ticks to {lake} in {result.seconds:.1f} s",
+              file=sys.stderr)
+        if len(result.written) <= 20:
+            print(format_table(summarize(lake, result.written)), file=sys.stderr)
+    return 0
+
+
+def add_overview(subparsers: argparse._SubParsersAction) -> None:
+    p = command(subparsers, "overview", cmd_overview, "summary table and picture of stored runs")
+    lake_option(p)
+    p.add_argument("--run", action="append", help="a run id (repeatable; default: all runs)")
+    p.add_argument("--png", default=None, help="write the picture here")
+
+
+def cmd_overview(args: argparse.Namespace) -> int:
+    """Print peak VCD, final titer, HCP and faults per run; optionally draw the key signals with fault
+    windows shaded."""
+    from agents.overview import format_table, plot_overview, summarize
+
+    lake = lake_of(args)
+    summaries = summarize(lake, args.run or None)
+    if not summaries:
+        raise UsageError(f"no runs in {lake}: run `biopilot simulate` first")
+    print(format_table(summaries))
+    if args.png:
+        path = plot_overview(lake, [s.run_id for s in summaries], args.png)
+        print(f"overview picture: {path}")
+    return 0
+
+
+def add_up(subparsers: argparse._SubParsersAction) -> None:
+    p = command(subparsers, "up", cmd_up, "start the whole stack (broker, flow, plant, agents, dashboard)")
+    p.add_argument("--reactors", type=positive("--reactors", int), default=4)
+    p.add_argument("--speed", type=positive("--speed", allow_max=True), default=600.0,
+                   help="simulated seconds per wall second, or max (default 600; the plant waits while the "
+                        "flow is more than 1 GB behind)")
+    p.add_argument("--plant", choices=["bioreactor", "patient"], default="bioreactor")
+    p.add_argument("--scenario", default="normal", help="scenario of every batch (default normal)")
+    p.add_argument("--jitter", type=float, default=0.0, help="share of ticks delivered out of order (0-1)")
+    p.add_argument("--port", type=positive("--port", int), default=None,
+                   help="dashboard port (default BIOPILOT_PORT or 8000)")
+    p.add_argument("--lateness-s", type=positive("--lateness-s"), default=None,
+                   help="allowed event-time lateness before a tick is late (default: the lateness_s setting, 300)")
+    p.add_argument("--batches", type=positive("--batches", int), default=None,
+                   help="stop after this many batches (default: run until Ctrl-C)")
+    lake_option(p)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Start the embedded broker and cache (unless BIOPILOT_NATS_URL / BIOPILOT_REDIS_URL are set), the
+    monitoring flow, the plant feed, the agent workers and the dashboard; prints a one-time admin login
+    link. Ctrl-C stops everything."""
+    from biopilot.stack import run_up
+    from core.services import port_in_use
+    from sources.scenarios import ScenarioError, load_scenario
+
+    if args.plant != "bioreactor":
+        raise UsageError(f"--plant {args.plant}: only the bioreactor plant is available in this version")
+    with user_errors(ScenarioError):
+        scenario = load_scenario(args.scenario)
+    settings = settings_for(args)
+    if args.port is not None:
+        settings = replace(settings, port=args.port)
+    if port_in_use(settings.port, settings.host):
+        raise UsageError(f"port {settings.port} on {settings.host} is in use: pass --port or set BIOPILOT_PORT")
+    return run_up(settings, scenario, args.reactors, args.speed, args.jitter,
+                  settings.lateness_s if args.lateness_s is None else args.lateness_s, args.batches)
+
+
+def add_replay(subparsers: argparse._SubParsersAction) -> None:
+    p = command(subparsers, "replay", cmd_replay, "publish a stored run to NATS")
+    p.add_argument("--run", required=True, help="run id (see `biopilot overview`)")
+    p.add_argument("--speed", type=positive("--speed", allow_max=True), default=600.0,
+                   help="speed factor or max (default 600)")
+    p.add_argument("--as-run", default=None, help="publish under another run id (the lake keeps one copy per id)")
+    lake_option(p)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Publish a stored run's ticks (event-time spacing divided by --speed) and assays to the broker in
+    BIOPILOT_NATS_URL. While it runs, biopilot.control.<reactor> takes {"type": "pause"|"resume"|"stop"}.
+    It waits while the monitoring flow is more than 1 GB behind, so the broker never drops what the flow
+    has not read (not for a flow that has stopped)."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from sinks import delta
+    from sources.replay import Replay
+
+    settings = settings_for(args)
+    if not settings.nats_url:
+        raise UsageError("no broker: set BIOPILOT_NATS_URL (the URL `biopilot up` prints)")
+    ticks = delta.read(settings.lake, "ticks", run_ids=[args.run])
+    if ticks is None or ticks.num_rows == 0:
+        raise UsageError(f"run {args.run!r} has no ticks in {settings.lake}")
+    assays = delta.read(settings.lake, "assays", run_ids=[args.run])
+    replay = Replay(settings.nats_url, ticks, assays, speed=args.speed, as_run=args.as_run)
+    with tqdm(total=ticks.num_rows, unit="tick", desc=f"replay {args.run}", disable=not sys.stderr.isatty()) as bar:
+        n = asyncio.run(replay.run(progress=bar.update))
+    held = replay.backpressure.held_text()
+    print(f"published {n:,} ticks of {args.as_run or args.run}" + (f" ({held})" if held else ""))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    for add in (add_scenarios, add_simulate, add_overview, add_up, add_replay):
+        add(subparsers)
