@@ -1,4 +1,8 @@
-"""Batch generation: simulate a fleet and stream it into the Delta tables `ticks`, `assays`, `labels`, `runs`.
+"""Batch generation: simulate a fleet and stream it into the Delta tables `ticks`, `assays`, `labels`, `runs`
+(the bioreactor), or a cohort into `vitals`, `labs`, `doses`, `patients`, `labels`, `runs` (the patient plant).
+
+What differs per plant kind is a `PlantKind`: the table streamed while simulating, the tables collected per chunk
+and at the end of a block, its simulator, its scenario loader and its run ids. The writing is the same.
 
 Idempotent by construction: run ids are deterministic, runs already in `runs` are skipped, and the `runs` row
 is written last, so it marks a complete run. Rows of a run that has ticks but no `runs` row (an interrupted
@@ -16,14 +20,62 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from core.events import ASSAYS, LABELS, RUNS, TICKS
+from core.events import ASSAYS, DOSES, LABELS, LABS, PATIENTS, RUNS, TICKS, VITALS
 from sinks import delta
 from sources.fleet import Fleet, run_id_for
-from sources.scenarios import Scenario
+from sources.scenarios import Scenario, load_scenario
 
-DATA_TABLES = ("ticks", "assays", "labels")
 BLOCK_REACTORS = 100  # reactors integrated together; bounds memory at ~1 day x 100 reactors of signals
+BLOCK_PATIENTS = 1000  # patients stepped together: a day of 5-min vitals for 1,000 is ~14 MB a signal
 CHUNK_TICKS_MAX = 1440
+
+
+@dataclass(frozen=True)
+class PlantKind:
+    """What batch simulation needs to know of a plant kind. The simulator has `step(n) -> chunk`, `done`,
+    `dt_s`, and a `<name>_table()` method per end table; a chunk has an attribute per streamed and chunk table."""
+
+    name: str
+    unit: str  # what one run simulates: "reactor", "patient"
+    stream: tuple[str, pa.Schema]  # written as the simulation goes (one Delta commit, batches streamed)
+    chunk_tables: tuple[tuple[str, pa.Schema], ...]  # collected from each chunk, written after the stream
+    end_tables: tuple[tuple[str, pa.Schema], ...]  # one per block once it is done (`runs` is always last)
+    make_sim: Callable[[object, int, int, int], object]  # (scenario, n, seed, first_index)
+    load_scenario: Callable[[str], object]
+    run_id: Callable[[object, int, int], str]  # (scenario, seed, index)
+    block: int
+
+    @property
+    def data_tables(self) -> tuple[str, ...]:
+        return (self.stream[0], *(n for n, _ in self.chunk_tables), *(n for n, _ in self.end_tables))
+
+
+def _patient_sim(scenario: object, n: int, seed: int, first_index: int) -> object:
+    from sources.patient.cohort_sim import PatientCohortSim
+
+    return PatientCohortSim(scenario, n, seed=seed, first_index=first_index)
+
+
+def _patient_scenario(name: str) -> object:
+    from sources.patient.scenarios import load_patient_scenario
+
+    return load_patient_scenario(name)
+
+
+def _patient_run_id(scenario: object, seed: int, index: int) -> str:
+    from sources.patient.cohort_sim import patient_run_id
+
+    return patient_run_id(scenario, seed, index)
+
+
+BIOREACTOR = PlantKind("bioreactor", "reactor", ("ticks", TICKS), (("assays", ASSAYS),), (("labels", LABELS),),
+                       lambda sc, n, seed, first: Fleet(sc, n, seed=seed, first_index=first), load_scenario,
+                       run_id_for, BLOCK_REACTORS)
+PATIENT = PlantKind("patient", "patient", ("vitals", VITALS), (("labs", LABS), ("doses", DOSES)),
+                    (("patients", PATIENTS), ("labels", LABELS)), _patient_sim, _patient_scenario, _patient_run_id,
+                    BLOCK_PATIENTS)
+PLANT_KINDS = {kind.name: kind for kind in (BIOREACTOR, PATIENT)}
+DATA_TABLES = BIOREACTOR.data_tables
 
 
 @dataclass
@@ -36,47 +88,51 @@ class SimulationResult:
     summaries: list[dict] = field(default_factory=list)
 
 
-def _blocks(scenario: Scenario, indices: list[int], seed: int) -> Iterator[Fleet]:
-    for i in range(0, len(indices), BLOCK_REACTORS):
-        part = indices[i : i + BLOCK_REACTORS]
-        # reactors in a block must be consecutive for `Fleet`; split where they are not
+def _blocks(scenario: Scenario, indices: list[int], seed: int, kind: PlantKind = BIOREACTOR) -> Iterator[Fleet]:
+    for i in range(0, len(indices), kind.block):
+        part = indices[i : i + kind.block]
+        # units in a block must be consecutive for the simulator; split where they are not
         start = 0
         for j in range(1, len(part) + 1):
             if j == len(part) or part[j] != part[j - 1] + 1:
-                yield Fleet(scenario, j - start, seed=seed, first_index=part[start])
+                yield kind.make_sim(scenario, j - start, seed, part[start])
                 start = j
 
 
 def simulate_to_lake(scenario: Scenario, reactors: int, seed: int, lake: str | Path,
-                     progress: Callable[[float], None] | None = None) -> SimulationResult:
-    """Simulate `reactors` runs of `scenario` into `lake`; `progress(reactor_days)` is called as work is done."""
+                     progress: Callable[[float], None] | None = None,
+                     kind: PlantKind = BIOREACTOR) -> SimulationResult:
+    """Simulate `reactors` runs (reactors, or patients for the patient kind) of `scenario` into `lake`;
+    `progress(unit_days)` is called as work is done."""
     t0 = time.perf_counter()
-    ids = [run_id_for(scenario, seed, i) for i in range(reactors)]
+    ids = [kind.run_id(scenario, seed, i) for i in range(reactors)]
     done = delta.run_ids(lake)
     todo = [i for i, rid in enumerate(ids) if rid not in done]
     result = SimulationResult(run_ids=ids, written=[ids[i] for i in todo],
                               skipped=[rid for rid in ids if rid in done])
     if not todo:
         return result
-    delta.delete_runs(lake, DATA_TABLES, result.written)
+    delta.delete_runs(lake, kind.data_tables, result.written)
 
-    assays: list[pa.Table] = []
-    labels: list[pa.Table] = []
+    collected: dict[str, list[pa.Table]] = {name: [] for name, _ in kind.chunk_tables + kind.end_tables}
     runs: list[pa.Table] = []
     batches: queue.Queue[pa.RecordBatch | BaseException | None] = queue.Queue(maxsize=4)
 
     def produce() -> None:
         # runs in its own thread: the numba kernels release the GIL, so simulation overlaps the Delta writer
         try:
-            for fleet in _blocks(scenario, todo, seed):
+            for fleet in _blocks(scenario, todo, seed, kind):
                 chunk_ticks = min(CHUNK_TICKS_MAX, max(1, int(86400 / fleet.dt_s)))
                 while not fleet.done:
                     chunk = fleet.step(chunk_ticks)
-                    batches.put(chunk.ticks)
-                    assays.append(chunk.assays)
+                    streamed = getattr(chunk, kind.stream[0])
+                    batches.put(streamed)
+                    for name, _ in kind.chunk_tables:
+                        collected[name].append(getattr(chunk, name))
                     if progress:
-                        progress(chunk.ticks.num_rows * fleet.dt_s / 86400.0)
-                labels.append(fleet.labels_table())
+                        progress(streamed.num_rows * fleet.dt_s / 86400.0)
+                for name, _ in kind.end_tables:
+                    collected[name].append(getattr(fleet, f"{name}_table")())
                 runs.append(fleet.runs_table())
         except BaseException as err:  # handed to the writer thread, re-raised there
             batches.put(err)
@@ -95,10 +151,11 @@ def simulate_to_lake(scenario: Scenario, reactors: int, seed: int, lake: str | P
 
     producer = threading.Thread(target=produce, name="biopilot-simulate", daemon=True)
     producer.start()
-    delta.append(lake, "ticks", stream(), TICKS)
+    delta.append(lake, kind.stream[0], stream(), kind.stream[1])
     producer.join()
-    delta.append(lake, "assays", pa.concat_tables(assays) if assays else ASSAYS.empty_table(), ASSAYS)
-    delta.append(lake, "labels", pa.concat_tables(labels) if labels else LABELS.empty_table(), LABELS)
+    for name, schema in kind.chunk_tables + kind.end_tables:
+        parts = collected[name]
+        delta.append(lake, name, pa.concat_tables(parts) if parts else schema.empty_table(), schema)
     delta.append(lake, "runs", pa.concat_tables(runs), RUNS)  # last: marks the runs complete
     result.seconds = time.perf_counter() - t0
     return result

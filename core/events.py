@@ -89,10 +89,45 @@ AUDIT = pa.schema([  # hash-chained (sinks/audit.py); the columns after payload_
     pa.field("hash", pa.string()),
 ])
 
+# ---- the patient plant (issue 23): keys (run_id, patient_id); one run per patient ----------------------------
+VITAL_SIGNALS: tuple[str, ...] = ("hr_bpm", "sbp_mmhg", "dbp_mmhg", "spo2_pct", "rr_min", "temp_c")
+LAB_VALUES: tuple[str, ...] = ("inr", "hb_g_dl")
+# the true individual parameters, stored as `warfarin_<key>` / `metoprolol_<key>` columns of `patients`
+WARFARIN_PARAMS: tuple[str, ...] = ("cl_l_h", "v1_l", "v2_l", "q_l_h", "ka_per_h", "bioavailability", "ec50_mg_l",
+                                    "gamma", "mtt1_h", "mtt2_h")
+METOPROLOL_PARAMS: tuple[str, ...] = ("cl_l_h", "v_l", "ka_per_h", "lag_h", "ec50_mg_l", "emax_hr_bpm",
+                                      "emax_sbp_mmhg", "emax_dbp_mmhg")
+PATIENTS = pa.schema(
+    [pa.field("run_id", pa.string(), False), pa.field("patient_id", pa.string(), False),
+     pa.field("age_years", pa.float64()), pa.field("sex", pa.string()), pa.field("height_cm", pa.float64()),
+     pa.field("weight_kg", pa.float64()), pa.field("ancestry", pa.string()), pa.field("cyp2c9", pa.string()),
+     pa.field("vkorc1_1639", pa.string()), pa.field("cyp2d6", pa.string()), pa.field("amiodarone", pa.bool_()),
+     pa.field("enzyme_inducer", pa.bool_())]
+    + [pa.field(f"baseline_{name}", pa.float64()) for name in VITAL_SIGNALS + ("hb_g_dl",)]
+    + [pa.field(f"warfarin_{key}", pa.float64()) for key in WARFARIN_PARAMS]
+    + [pa.field(f"metoprolol_{key}", pa.float64()) for key in METOPROLOL_PARAMS]
+)
+VITALS = pa.schema(
+    [pa.field("run_id", pa.string(), False), pa.field("patient_id", pa.string(), False),
+     pa.field("seq", pa.int64(), False), pa.field("ts", TS, False)]
+    + [pa.field(name, pa.float64()) for name in VITAL_SIGNALS]
+)
+LABS = pa.schema(
+    [pa.field("run_id", pa.string(), False), pa.field("patient_id", pa.string(), False),
+     pa.field("sample_ts", TS, False), pa.field("reported_ts", TS, False)]
+    + [pa.field(name, pa.float64()) for name in LAB_VALUES]
+)
+DOSES = pa.schema([
+    pa.field("run_id", pa.string(), False), pa.field("patient_id", pa.string(), False),
+    pa.field("ts", TS, False), pa.field("drug", pa.string(), False), pa.field("dose_mg", pa.float64()),
+    pa.field("taken", pa.bool_()),
+])
+
 SCHEMAS: dict[str, pa.Schema] = {"ticks": TICKS, "assays": ASSAYS, "labels": LABELS, "runs": RUNS,
                                  "scores": SCORES, "alerts": ALERTS, "late_ticks": LATE_TICKS,
                                  "deadletter": DEADLETTER, "incidents": INCIDENTS,
-                                 "agent_messages": AGENT_MESSAGES, "audit": AUDIT}
+                                 "agent_messages": AGENT_MESSAGES, "audit": AUDIT,
+                                 "patients": PATIENTS, "vitals": VITALS, "labs": LABS, "doses": DOSES}
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,17 @@ def json_option(parser: argparse.ArgumentParser) -> None:
 
 def add_simulate(benches: argparse._SubParsersAction) -> None:
     p = command(benches, "simulate", cmd_bench_simulate,
-                "fleet simulation into Delta vs a per-reactor solve_ivp loop")
+                "fleet (or cohort) simulation into Delta vs a per-unit solve_ivp loop")
+    p.add_argument("--plant", choices=["bioreactor", "patient"], default="bioreactor")
     p.add_argument("--reactors", type=positive("--reactors", int), default=1000)
-    p.add_argument("--days", type=positive("--days"), default=14.0)
+    p.add_argument("--patients", type=positive("--patients", int), default=1000, help="--plant patient (default 1000)")
+    p.add_argument("--days", type=positive("--days"), default=None, help="default 14 (bioreactor), 84 (patient)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--lake", default=None, help="keep the tables here (default: a temporary directory)")
     p.add_argument("--baseline-reactors", type=positive("--baseline-reactors", int), default=2)
-    p.add_argument("--baseline-days", type=positive("--baseline-days"), default=1.0)
+    p.add_argument("--baseline-days", type=positive("--baseline-days"), default=None,
+                   help="default 1 (bioreactor), 7 (patient)")
+    p.add_argument("--baseline-patients", type=positive("--baseline-patients", int), default=2)
     json_option(p)
 
 
@@ -34,8 +38,14 @@ def cmd_bench_simulate(args: argparse.Namespace) -> int:
     the same model on a sample."""
     from biopilot.bench import simulate as bench
 
-    result = bench.run(reactors=args.reactors, days=args.days, seed=args.seed, lake=args.lake,
-                       baseline_reactors=args.baseline_reactors, baseline_days=args.baseline_days,
+    if args.plant == "patient":
+        result = bench.run_patient(patients=args.patients, days=args.days or 84.0, seed=args.seed, lake=args.lake,
+                                   baseline_patients=args.baseline_patients, baseline_days=args.baseline_days or 7.0,
+                                   progress=not args.json and sys.stderr.isatty())
+        print(json.dumps(bench.as_json(result)) if args.json else bench.format_patient_report(result))
+        return 0
+    result = bench.run(reactors=args.reactors, days=args.days or 14.0, seed=args.seed, lake=args.lake,
+                       baseline_reactors=args.baseline_reactors, baseline_days=args.baseline_days or 1.0,
                        progress=not args.json and sys.stderr.isatty())
     print(json.dumps(bench.as_json(result)) if args.json else bench.format_report(result))
     return 0
@@ -194,9 +204,28 @@ def cmd_bench_skab(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_twin(benches: argparse._SubParsersAction) -> None:
+    p = command(benches, "twin", cmd_bench_twin, "the patient twin's INR forecast and dose advice, beside the "
+                "population model and IWPC")
+    p.add_argument("--patients", type=positive("--patients", int), default=200,
+                   help="simulated patients with known true parameters (default 200)")
+    p.add_argument("--seed", type=int, default=11)
+    json_option(p)
+
+
+def cmd_bench_twin(args: argparse.Namespace) -> int:
+    """On simulated patients: INR at day 14 forecast from the readings of days 3, 5 and 7 by the fitted twin and
+    by the population model (MAE), and the share in range at day 28 under the twin's dose advice and IWPC's."""
+    from biopilot.bench import twin as bench
+
+    res = bench.run(args.patients, args.seed)
+    print(json.dumps(res) if args.json else "\n".join(f"{k:28s} {v:.3f}" for k, v in res.items()))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     benches = group(subparsers, "bench", help="measured figures, each beside its baseline",
                     description="Benchmarks; each prints ours beside a baseline measured in the same run.",
                     metavar="BENCH")
-    for add in (add_simulate, add_pipeline, add_detectors, add_agents, add_sse, add_skab):
+    for add in (add_simulate, add_pipeline, add_detectors, add_agents, add_sse, add_skab, add_twin):
         add(benches)

@@ -19,6 +19,8 @@ def add_scenarios(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=positive("--n", int), default=3, help="how many to propose (default 3)")
     p.add_argument("--out", default="scenarios", help="folder for proposed scenarios (default ./scenarios)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the proposals (default 0)")
+    p.add_argument("--plant", choices=["bioreactor", "patient"], default="bioreactor",
+                   help="whose scenarios (default bioreactor)")
 
 
 def cmd_scenarios(args: argparse.Namespace) -> int:
@@ -27,6 +29,14 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     FILE`) with their expected labels."""
     from sources.scenarios import builtin_names, load_scenario
 
+    if args.plant == "patient":
+        from sources.patient.scenarios import load_patient_scenario, patient_scenario_names
+
+        if args.action == "propose":
+            raise UsageError("scenarios propose: only bioreactor scenarios can be proposed in this version")
+        for name in patient_scenario_names():
+            print(f"{name:28s} {load_patient_scenario(name).description}")
+        return 0
     if args.action == "propose":
         from agents.scenario_agent import write
 
@@ -39,9 +49,16 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
 
 
 def add_simulate(subparsers: argparse._SubParsersAction) -> None:
-    p = command(subparsers, "simulate", cmd_simulate, "simulate a fleet into Delta tables")
-    p.add_argument("--scenario", default="normal", help="built-in name (see `biopilot scenarios`) or a TOML file")
-    p.add_argument("--reactors", type=positive("--reactors", int), default=1, help="number of reactors (default 1)")
+    p = command(subparsers, "simulate", cmd_simulate, "simulate a fleet or a cohort into Delta tables")
+    p.add_argument("--plant", choices=["bioreactor", "patient"], default="bioreactor",
+                   help="bioreactor fleet (default) or patient cohort")
+    p.add_argument("--scenario", default=None,
+                   help="built-in name (see `biopilot scenarios [--plant patient]`) or a TOML file "
+                        "(default: normal; warfarin_fixed_5mg for patients)")
+    p.add_argument("--reactors", type=positive("--reactors", int), default=None,
+                   help="number of reactors (default 1; bioreactor)")
+    p.add_argument("--patients", type=positive("--patients", int), default=None,
+                   help="number of patients (default 10; --plant patient)")
     p.add_argument("--days", type=positive("--days"), default=None, help="run length (default: scenario's)")
     p.add_argument("--tick-s", type=positive("--tick-s"), default=None,
                    help="seconds of process time per tick, 1-3600 (default: scenario's, 60)")
@@ -51,14 +68,22 @@ def add_simulate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """Simulate N reactors of a scenario and write the Delta tables runs, ticks, assays and labels. Run
-    ids are deterministic: a rerun adds nothing. Prints the run ids."""
+    """Simulate N reactors of a scenario and write the Delta tables runs, ticks, assays and labels (or N
+    patients: runs, patients, vitals, labs, doses, labels). Run ids are deterministic: a rerun adds nothing.
+    Prints the run ids."""
     from tqdm import tqdm
 
     from agents.overview import format_table, summarize
     from biopilot.simulate import simulate_to_lake
     from sources.scenarios import ScenarioError, load_scenario
 
+    if args.plant == "patient":
+        return _simulate_patients(args)
+    if args.patients is not None:
+        raise UsageError("--patients is for --plant patient; a bioreactor fleet takes --reactors")
+    args.scenario = args.scenario or "normal"
+    args.reactors = args.reactors or 1
+    _not_the_other_kind(args.scenario, "bioreactor")
     with user_errors(ScenarioError):
         scenario = load_scenario(args.scenario)
         if args.days is not None:
@@ -78,6 +103,52 @@ def cmd_simulate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         if len(result.written) <= 20:
             print(format_table(summarize(lake, result.written)), file=sys.stderr)
+    return 0
+
+
+def _not_the_other_kind(name: str, plant: str) -> None:
+    """A scenario of the other plant kind, named or given as a file, is one clear line, not a schema error."""
+    from sources.patient.scenarios import is_patient_scenario_file, patient_scenario_names
+    from sources.scenarios import builtin_names
+
+    path = Path(name)
+    if plant == "bioreactor" and (name in patient_scenario_names() and not path.suffix
+                                  or path.suffix and path.is_file() and is_patient_scenario_file(path)):
+        raise UsageError(f"{name!r} is a patient scenario: pass --plant patient (and --patients N)")
+    if plant == "patient" and (name in builtin_names() and not path.suffix
+                               or path.suffix and path.is_file() and not is_patient_scenario_file(path)):
+        raise UsageError(f"{name!r} is a bioreactor scenario, not a patient one: drop --plant patient, or see "
+                         "`biopilot scenarios --plant patient`")
+
+
+def _simulate_patients(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from biopilot.simulate import PATIENT, simulate_to_lake
+    from sources.patient.scenarios import ScenarioError, load_patient_scenario
+
+    if args.reactors is not None:
+        raise UsageError("--reactors is for the bioreactor; a patient cohort takes --patients")
+    if args.tick_s is not None:
+        raise UsageError("--tick-s is for the bioreactor; a patient scenario sets vitals_every_min")
+    name = args.scenario or "warfarin_fixed_5mg"
+    patients = args.patients or 10
+    _not_the_other_kind(name, "patient")
+    with user_errors(ScenarioError):
+        scenario = load_patient_scenario(name)
+        if args.days is not None:
+            scenario = scenario.with_overrides(days=args.days)
+    lake = lake_of(args)
+    with tqdm(total=patients * scenario.days, unit="patient-day", desc=f"simulate {scenario.name}",
+              disable=args.quiet or not sys.stderr.isatty()) as bar:
+        result = simulate_to_lake(scenario, patients, args.seed, lake, progress=bar.update, kind=PATIENT)
+    for rid in result.run_ids:
+        print(rid)
+    if result.skipped:
+        print(f"{len(result.skipped)} run(s) already in {lake}: skipped", file=sys.stderr)
+    if result.written and not args.quiet:
+        print(f"wrote {len(result.written)} patient run(s), {result.ticks:,} vitals rows to {lake} in "
+              f"{result.seconds:.1f} s", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,386 @@
+"""A cohort of virtual patients on one scenario, advanced together: the patient plant's `Fleet`.
+
+`PatientCohortSim` draws the cohort (one random stream per patient, so a patient is the same whatever block it is
+simulated in), schedules the doses, the lab draws and the scenario's adverse events, and advances every patient
+a chunk of vitals ticks at a time through the PK/PD and vitals models. Each chunk hands back Arrow data: the
+measured vitals, the labs sampled in it (reported late) and the doses due in it (taken or missed). Dosing
+decisions are taken at each dose time from the INRs *reported* by then, so a chunk is cut at dose times.
+
+The pieces that only shape data (run ids, the event plan, lab sampling, the tables) are module functions, tested
+on arrays built by hand (tests/test_patient_tables.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+
+from core.events import DOSES, LABS, VITAL_SIGNALS, VITALS, Label
+from sources.patient.adverse_events import (
+    ADVERSE_EVENTS,
+    VITALS_EVENTS,
+    event_effects,
+    pkpd_modifiers,
+)
+from sources.patient.cohort import draw_cohort
+from sources.patient.pkpd import PkpdState, step_pkpd
+from sources.patient.protocols import Advisor, DosingProtocol, make_protocol
+from sources.patient.scenarios import SENSOR_EVENTS, EventSpec, PatientScenario
+from sources.patient.tables import doses_table, labels_table, labs_table, runs_table, vitals_batch
+from sources.patient.vitals import SensorFault, VitalsModel
+from sources.patient.warfarin import INR_RESIDUAL_VARIANCE, clearance_factor
+
+# independent random streams per patient: an adverse event never changes the noise or the cohort a patient sees
+_STREAM_COHORT, _STREAM_EVENTS, _STREAM_LABS, _STREAM_DOSES = range(4)
+HB_ASSAY_SD_G_DL = 0.2  # analytical SD of a haemoglobin assay (docs/MODEL-PATIENT.md, "Labs")
+ESTABLISHED_H = 1e6  # hours on a co-medication that count as "taken since before the run"
+
+
+def patient_run_id(scenario: PatientScenario, seed: int, index: int) -> str:
+    """Deterministic: the same scenario, seed and patient always give the same run id.
+
+    >>> from sources.patient.scenarios import load_patient_scenario
+    >>> sc = load_patient_scenario("warfarin_fixed_5mg")
+    >>> patient_run_id(sc, 1, 0) == patient_run_id(sc, 1, 0) != patient_run_id(sc, 1, 1)
+    True
+    >>> patient_run_id(sc, 1, 0).startswith("warfarin_fixed_5mg-s1-p000000-")
+    True
+    """
+    digest = hashlib.sha1(f"patient|{scenario.model_dump_json()}|{seed}|{index}".encode()).hexdigest()[:8]
+    return f"{scenario.name}-s{seed}-p{index:06d}-{digest}"  # the patient id inside: p{index:06d}
+
+
+def _draw(value: float | tuple[float, float], rng: np.random.Generator) -> float:
+    return float(rng.uniform(*value)) if isinstance(value, tuple) else float(value)
+
+
+@dataclass(frozen=True)
+class EventPlan:
+    """The scenario's events as drawn for each patient: one row per (patient, event) that happens."""
+
+    patient: np.ndarray  # int, index into the block
+    name: np.ndarray  # str
+    onset_h: np.ndarray  # hours since the run began
+    duration_h: np.ndarray
+    magnitude: np.ndarray
+    signal: np.ndarray  # str or None (sensor events)
+
+    def of(self, name: str) -> EventPlan:
+        keep = self.name == name
+        return EventPlan(*(getattr(self, f.name)[keep] for f in fields(self)))
+
+    def of_signal(self, signal: str) -> EventPlan:
+        keep = self.signal == signal
+        return EventPlan(*(getattr(self, f.name)[keep] for f in fields(self)))
+
+    def __len__(self) -> int:
+        return len(self.patient)
+
+
+def plan_events(specs: list[EventSpec], rngs: list[np.random.Generator]) -> EventPlan:
+    """Each spec drawn per patient (its own stream): whether it happens (`share`), onset, duration, magnitude."""
+    rows = []
+    for k, rng in enumerate(rngs):
+        for spec in specs:
+            happens = rng.random() < spec.share
+            onset_h, duration_h, magnitude = (_draw(spec.onset_day, rng) * 24.0, _draw(spec.duration_h, rng),
+                                              _draw(spec.magnitude, rng))
+            if happens and duration_h > 0:
+                rows.append((k, spec.event, onset_h, duration_h, magnitude, spec.signal))
+    cols = list(zip(*rows, strict=True)) if rows else [[]] * 6
+    return EventPlan(np.asarray(cols[0], dtype=np.int64), np.asarray(cols[1], dtype=object),
+                     np.asarray(cols[2], dtype=float), np.asarray(cols[3], dtype=float),
+                     np.asarray(cols[4], dtype=float), np.asarray(cols[5], dtype=object))
+
+
+def active_mask(plan: EventPlan, n_patients: int, t_h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For one event's plan: (active (n, nt) bool, hours since onset (n, nt), magnitude (n,)). A patient with the
+    event twice gets the later onset's window where they overlap."""
+    active = np.zeros((n_patients, len(t_h)), bool)
+    since = np.full((n_patients, len(t_h)), np.nan)
+    magnitude = np.zeros(n_patients)
+    for k, onset, duration, mag in zip(plan.patient, plan.onset_h, plan.duration_h, plan.magnitude, strict=True):
+        on = (t_h >= onset) & (t_h < onset + duration)
+        active[k] |= on
+        since[k, on] = t_h[on] - onset
+        magnitude[k] = mag
+    return active, since, magnitude
+
+
+def _since_onset(plan: EventPlan, n_patients: int, t_h: np.ndarray, lasting: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(hours since onset (n, nt), NaN where not acting; magnitude (n,)). `lasting`: acting from the onset on
+    (a co-medication once started), else only inside the event's window."""
+    if not lasting:
+        _, since, magnitude = active_mask(plan, n_patients, t_h)
+        return since, magnitude
+    since = np.full((n_patients, len(t_h)), np.nan)
+    magnitude = np.zeros(n_patients)
+    for k, onset, mag in zip(plan.patient, plan.onset_h, plan.magnitude, strict=True):
+        since[k] = np.where(t_h >= onset, t_h - onset, since[k])
+        magnitude[k] = mag
+    return since, magnitude
+
+
+def clearance_factors(t_h: np.ndarray, amiodarone: np.ndarray, enzyme_inducer: np.ndarray, plan: EventPlan,
+                      ) -> np.ndarray:
+    """(n, nt) factor on warfarin clearance: co-medications taken from before the run (established), and the
+    PK/PD events as `adverse_events.pkpd_modifiers` says: `drug_interaction` (amiodarone from its onset on: its
+    inhibition outlasts the label's window by weeks), `over_anticoagulation` / `subtherapeutic` (while they last).
+
+    >>> t = np.array([0.0, 24.0 * 21])
+    >>> f = clearance_factors(t, np.array([False, True]), np.array([False, False]), plan_events([], []))
+    >>> np.round(f, 2).tolist()
+    [[1.0, 1.0], [0.55, 0.55]]
+    """
+    n = len(amiodarone)
+    shape = (n, len(t_h))
+    amio_h = np.where(np.asarray(amiodarone, bool)[:, None], ESTABLISHED_H, np.nan) * np.ones(shape)
+    inducer_h = np.where(np.asarray(enzyme_inducer, bool)[:, None], ESTABLISHED_H, np.nan) * np.ones(shape)
+    factor = clearance_factor(amio_h, inducer_h)
+    for name in ("drug_interaction", "over_anticoagulation", "subtherapeutic"):
+        events = plan.of(name)
+        if len(events):
+            since, magnitude = _since_onset(events, n, t_h, lasting=name == "drug_interaction")
+            factor = factor * pkpd_modifiers(name, since, magnitude[:, None])["cl_factor"]
+    return factor
+
+
+def missed_dose_share(t_h: np.ndarray, n_patients: int, plan: EventPlan) -> np.ndarray:
+    """(n, nt) probability that a dose due then is missed, from `nonadherence` events (while they last)."""
+    events = plan.of("nonadherence")
+    if not len(events):
+        return np.zeros((n_patients, len(t_h)))
+    since, magnitude = _since_onset(events, n_patients, t_h, lasting=False)
+    return pkpd_modifiers("nonadherence", since, magnitude[:, None])["missed_dose_share"]
+
+
+def measured_inr(true_inr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A lab INR: the true one with the model's proportional (log-scale) residual error, to 0.1 as reported."""
+    return np.round(true_inr * np.exp(rng.normal(0.0, np.sqrt(INR_RESIDUAL_VARIANCE), np.shape(true_inr))), 1)
+
+
+def lab_times_h(scenario: PatientScenario) -> np.ndarray:
+    """Hours since the run began of every lab draw."""
+    return np.array([d * 24.0 + scenario.labs.hour for d in scenario.labs.check_days(scenario.days)])
+
+
+def dose_times_h(scenario: PatientScenario) -> np.ndarray:
+    """Hours since the run began of each daily dose (day 0 is the first)."""
+    days = np.arange(int(np.ceil(scenario.days)))
+    t = days * 24.0 + scenario.dose_hour
+    return t[t < scenario.days * 24.0]
+
+
+def event_labels(plan: EventPlan, run_ids: list[str], patient_ids: list[str], start: datetime,
+                 catalogue: dict) -> list[Label]:
+    """Ground truth of each planned event: signals, root cause and action from the adverse-event catalogue (a
+    sensor event names the faulty vital)."""
+    labels = []
+    for k, name, onset, duration, magnitude, signal in zip(plan.patient, plan.name, plan.onset_h, plan.duration_h,
+                                                           plan.magnitude, plan.signal, strict=True):
+        info = catalogue[name]
+        signals = [signal] if name in SENSOR_EVENTS else list(info.signals)
+        labels.append(Label(run_ids[k], patient_ids[k], name, start + timedelta(hours=float(onset)),
+                            start + timedelta(hours=float(onset + duration)), signals, float(magnitude),
+                            info.root_cause, info.action))
+    return labels
+
+
+def concat_cohorts(parts: list) -> object:
+    """One cohort of the patients of `parts` (Cohort dataclasses), in order: each drawn from its own stream."""
+    first = parts[0]
+    values = {}
+    for f in fields(first):
+        items = [getattr(p, f.name) for p in parts]
+        values[f.name] = ({k: np.concatenate([d[k] for d in items]) for k in items[0]} if isinstance(items[0], dict)
+                          else np.concatenate(items))
+    return type(first)(**values)
+
+
+_DRUG_EFFECTS = (("hr_bpm", "hr_effect_bpm"), ("sbp_mmhg", "sbp_effect_mmhg"), ("dbp_mmhg", "dbp_effect_mmhg"))
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """(n, nt) from the segments of a chunk, without a copy when there is one."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+@dataclass
+class PatientChunk:
+    vitals: pa.RecordBatch
+    labs: pa.Table
+    doses: pa.Table
+
+
+class PatientCohortSim:
+    """N patients running one scenario. Patient k has global index `first_index + k` (its id p{index:06d}).
+
+    `advisor` (protocol "twin"): `advisor(day, last_inr, current_dose_mg) -> dose mg per patient`, the twin's
+    feedback loop (`protocols.TwinProtocol`); without one the twin protocol is the genotype-guided one."""
+
+    def __init__(self, scenario: PatientScenario, n_patients: int, seed: int = 0, first_index: int = 0,
+                 run_ids: list[str] | None = None, advisor: Advisor | None = None) -> None:
+        if n_patients <= 0:
+            raise ValueError(f"n_patients {n_patients!r} must be > 0")
+        self.scenario, self.seed, self.n = scenario, seed, n_patients
+        self.indices = list(range(first_index, first_index + n_patients))
+        self.run_ids = run_ids or [patient_run_id(scenario, seed, i) for i in self.indices]
+        self.rngs = [[np.random.default_rng([seed, i, s]) for s in range(4)] for i in self.indices]
+        co = scenario.cohort
+        self.cohort = concat_cohorts([
+            draw_cohort(1, r[_STREAM_COHORT], first_index=i, ancestry=co.ancestry, amiodarone_share=co.amiodarone_share,
+                        enzyme_inducer_share=co.enzyme_inducer_share) for i, r in zip(self.indices, self.rngs, strict=True)])
+        self.patient_ids = self.cohort.patient_id.tolist()
+        self.started = scenario.start
+        self.dt_s = scenario.vitals_every_min * 60.0
+        self.dt_h = self.dt_s / 3600.0
+        self.total_ticks = int(round(scenario.days * 86400.0 / self.dt_s))
+        self.seq = 0
+        self.plan = plan_events(scenario.events, [r[_STREAM_EVENTS] for r in self.rngs])
+        self.labels = event_labels(self.plan, self.run_ids, self.patient_ids, self.started, ADVERSE_EVENTS)
+        # one stream per block for what is drawn tick by tick (vitals noise, lab noise, adherence): vectorised
+        block_seed = [seed, first_index, n_patients, 99]
+        self.rng = np.random.default_rng(block_seed)
+        self.vitals_model = VitalsModel(self.cohort, np.random.default_rng(block_seed + [1]))
+        self.measure_rng = np.random.default_rng(block_seed + [2])
+        self.state = PkpdState.initial(self.n)
+        self.advisor = advisor
+        self.protocol = self._protocol()
+        self.dose_h = dose_times_h(scenario)
+        self.lab_h = lab_times_h(scenario)
+        self.warfarin_dose_mg = np.zeros(self.n)  # today's decided dose
+        self.last_inr = np.full(self.n, np.nan)  # the latest INR *reported*
+        self.last_inr_h = np.full(self.n, np.nan)
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # (reported_h, inr) not yet seen (NaN: seen)
+        self.hb_delta_g_dl = np.zeros(self.n)
+
+    # ---- construction --------------------------------------------------------------------------------
+    def _protocol(self) -> DosingProtocol | None:
+        sc = self.scenario
+        if not sc.takes_warfarin:
+            return None
+        return make_protocol(sc.protocol, self.cohort, target_inr=sc.target_inr, advisor=self.advisor,
+                             fixed_dose_mg=sc.fixed_dose_mg)
+
+    def _sensor_faults(self, t_h: np.ndarray) -> list:
+        """The monitor faults acting in this chunk, as the vitals model's `measure` takes them."""
+        out = []
+        for name in SENSOR_EVENTS:
+            plan = self.plan.of(name)
+            for signal in sorted(set(plan.signal)):
+                active, since, magnitude = active_mask(plan.of_signal(signal), self.n, t_h)
+                if active.any():
+                    out.append(SensorFault(name.removeprefix("sensor_"), signal, active, since,
+                                           magnitude[:, None]))
+        return out
+
+    # ---- advancing ------------------------------------------------------------------------------------
+    @property
+    def remaining_ticks(self) -> int:
+        return self.total_ticks - self.seq
+
+    @property
+    def done(self) -> bool:
+        return self.remaining_ticks <= 0
+
+    def _decide_warfarin(self, t_h: float) -> np.ndarray:
+        """Today's warfarin dose per patient, from the INRs reported by `t_h`."""
+        keep = []
+        for reported_h, inr in self.pending:  # in order of sampling: a later sample overrides an earlier one
+            seen = (reported_h <= t_h) & ~np.isnan(inr)
+            self.last_inr = np.where(seen, inr, self.last_inr)
+            self.last_inr_h = np.where(seen, reported_h, self.last_inr_h)
+            if (reported_h > t_h).any():
+                keep.append((reported_h, np.where(seen, np.nan, inr)))
+        self.pending = keep
+        return np.asarray(self.protocol.next_doses(int(t_h // 24), self.last_inr, self.last_inr_h), float)
+
+    def step(self, n_ticks: int) -> PatientChunk:
+        """Advance every patient by `n_ticks` vitals ticks."""
+        n_ticks = min(n_ticks, self.remaining_ticks)
+        if n_ticks <= 0:
+            return PatientChunk(pa.RecordBatch.from_pylist([], schema=VITALS), LABS.empty_table(),
+                                DOSES.empty_table())
+        sc, n = self.scenario, self.n
+        seq0 = self.seq
+        t_h = (seq0 + np.arange(n_ticks)) * self.dt_h
+        t_end = t_h[-1] + self.dt_h
+        dose_w = np.zeros((n, n_ticks))
+        dose_m = np.zeros((n, n_ticks))
+        doses: list[pa.Table] = []
+        cl_factor = clearance_factors(t_h, self.cohort.amiodarone, self.cohort.enzyme_inducer, self.plan)
+        missed_share = missed_dose_share(t_h, n, self.plan)
+        # the chunk is cut at dose times: a decision needs the INRs reported by then, which this chunk's pk/pd
+        # produces; so it is integrated segment by segment (a cut a day: the patients stay vectorised)
+        due = [float(h) for h in self.dose_h if t_h[0] - 1e-9 <= h < t_end - 1e-9]
+        cuts = {min(n_ticks - 1, int(np.ceil((h - t_h[0]) / self.dt_h - 1e-9))): h for h in due}
+        bounds = sorted({0, *cuts, n_ticks})
+        outs, samples = [], []
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            if a in cuts:
+                at_h = cuts[a]
+                taken = (self.rng.random(n) < sc.adherence) & (self.rng.random(n) >= missed_share[:, a])
+                if sc.takes_warfarin:
+                    self.warfarin_dose_mg = self._decide_warfarin(at_h)
+                    dose_w[:, a] = np.where(taken, self.warfarin_dose_mg, 0.0)
+                    doses.append(doses_table(self.run_ids, self.patient_ids, self.started, at_h, "warfarin",
+                                             self.warfarin_dose_mg, taken))
+                if sc.takes_metoprolol:
+                    dose = np.full(n, sc.metoprolol_dose_mg)
+                    dose_m[:, a] = np.where(taken, dose, 0.0)
+                    doses.append(doses_table(self.run_ids, self.patient_ids, self.started, at_h, "metoprolol",
+                                             dose, taken))
+            self.state, out = step_pkpd(self.state, self.cohort, dose_w[:, a:b], dose_m[:, a:b],
+                                        cl_factor[:, a:b], self.dt_h)
+            outs.append(out)
+            for h in self.lab_h[(self.lab_h >= t_h[a] - 1e-9) & (self.lab_h < t_h[b - 1] + self.dt_h - 1e-9)]:
+                j = min(b - 1, int(np.ceil((h - t_h[0]) / self.dt_h - 1e-9)))
+                inr = measured_inr(out.inr[:, j - a], self.rng)
+                delay = sc.labs.delay_h
+                reported_h = h + (self.rng.uniform(*delay, n) if isinstance(delay, tuple) else np.full(n, delay))
+                self.pending.append((reported_h, inr))
+                samples.append((j, float(h), reported_h, inr))
+        # only the deltas that exist: the drugs' on pulse and pressures, the events' where they act
+        effects = {key: _joined([getattr(o, attr) for o in outs]) for key, attr in _DRUG_EFFECTS
+                   if sc.takes_metoprolol}
+        for name in sorted(set(self.plan.name) & set(VITALS_EVENTS)):
+            active, since, magnitude = active_mask(self.plan.of(name), n, t_h)
+            if not active.any():
+                continue
+            for key, delta in event_effects(name, since, magnitude[:, None]).items():
+                effects[key] = effects.get(key, 0.0) + np.where(active, delta, 0.0)
+        effects.setdefault("hb_g_dl", np.zeros((n, n_ticks)))
+        true = self.vitals_model.step(t_h, {k: v for k, v in effects.items() if k in VITAL_SIGNALS})
+        measured = self.vitals_model.measure(true, self.measure_rng, self._sensor_faults(t_h))
+        self.seq += n_ticks
+        self.last_true = {**true, "inr": _joined([o.inr for o in outs])}
+        return PatientChunk(vitals_batch(self.run_ids, self.patient_ids, self.started, self.dt_h, seq0, measured),
+                            self._labs(samples, effects["hb_g_dl"]),
+                            pa.concat_tables(doses) if doses else DOSES.empty_table())
+
+    def _labs(self, samples: list, hb_delta: np.ndarray) -> pa.Table:
+        if not samples:
+            return LABS.empty_table()
+        n = self.n
+        parts = []
+        for j, h, reported_h, inr in samples:
+            true_hb = self.cohort.hb_g_dl + hb_delta[:, j]
+            hb = np.round(true_hb + self.rng.normal(0.0, HB_ASSAY_SD_G_DL, n), 1)
+            parts.append(labs_table(self.run_ids, self.patient_ids, self.started, np.arange(n), np.full(n, h),
+                                    reported_h, inr, hb))
+        return pa.concat_tables(parts)
+
+    # ---- metadata tables -------------------------------------------------------------------------------
+    def runs_table(self, ended: bool = True) -> pa.Table:
+        return runs_table(self.run_ids, self.patient_ids, self.scenario, self.seed,
+                          self.total_ticks * self.dt_h if ended else None)
+
+    def labels_table(self) -> pa.Table:
+        return labels_table(self.labels)
+
+    def patients_table(self) -> pa.Table:
+        return self.cohort.patients_table(self.run_ids)
