@@ -27,6 +27,16 @@ from sources.patient.adverse_events import (
     pkpd_modifiers,
 )
 from sources.patient.cohort import draw_cohort
+from sources.patient.inr_events import (
+    OVER_INR,
+    SUB_INR,
+    SUB_MIN_H,
+    OpenEpisodes,
+    cause_of,
+    first_reached_h,
+    initiation_end_h,
+    scan_episodes,
+)
 from sources.patient.pkpd import PkpdState, step_pkpd
 from sources.patient.protocols import Advisor, DosingProtocol, make_protocol
 from sources.patient.scenarios import SENSOR_EVENTS, EventSpec, PatientScenario
@@ -175,19 +185,44 @@ def dose_times_h(scenario: PatientScenario) -> np.ndarray:
     return t[t < scenario.days * 24.0]
 
 
+INR_EVENTS = ("over_anticoagulation", "subtherapeutic")  # labelled from the true INR (`inr_events`), not the plan
+
+
 def event_labels(plan: EventPlan, run_ids: list[str], patient_ids: list[str], start: datetime,
                  catalogue: dict) -> list[Label]:
     """Ground truth of each planned event: signals, root cause and action from the adverse-event catalogue (a
-    sensor event names the faulty vital)."""
+    sensor event names the faulty vital). The INR events are not labelled here: an injected over_anticoagulation
+    or subtherapeutic is only a cause; its label comes from the true INR reaching the event (`inr_labels`)."""
     labels = []
     for k, name, onset, duration, magnitude, signal in zip(plan.patient, plan.name, plan.onset_h, plan.duration_h,
                                                            plan.magnitude, plan.signal, strict=True):
+        if name in INR_EVENTS:
+            continue
         info = catalogue[name]
         signals = [signal] if name in SENSOR_EVENTS else list(info.signals)
         labels.append(Label(run_ids[k], patient_ids[k], name, start + timedelta(hours=float(onset)),
                             start + timedelta(hours=float(onset + duration)), signals, float(magnitude),
                             info.root_cause, info.action))
     return labels
+
+
+def inr_label(plan: EventPlan, k: int, event: str, start_h: float, end_h: float, extreme_inr: float,
+              run_ids: list[str], patient_ids: list[str], start: datetime, catalogue: dict) -> Label:
+    """The label of one INR episode of patient `k`: magnitude = its peak (over) or nadir (sub) true INR; root
+    cause and action those of the injected cause acting on it (`inr_events.cause_of`), else the event's own."""
+    mine = plan.patient == k
+    windows = [(str(name), float(onset), np.inf if name == "drug_interaction" else float(onset + duration))
+               for name, onset, duration in zip(plan.name[mine], plan.onset_h[mine], plan.duration_h[mine],
+                                                strict=True)]
+    cause = cause_of(event, start_h, end_h, windows)
+    info = catalogue[event]
+    root_cause, action = info.root_cause, info.action
+    if cause == event:
+        root_cause = f"{info.root_cause}; injected {event}: {info.mechanism}"
+    elif cause is not None:
+        root_cause, action = catalogue[cause].root_cause, catalogue[cause].action
+    return Label(run_ids[k], patient_ids[k], event, start + timedelta(hours=start_h), start + timedelta(hours=end_h),
+                 list(info.signals), round(extreme_inr, 2), root_cause, action)
 
 
 def concat_cohorts(parts: list) -> object:
@@ -257,6 +292,9 @@ class PatientCohortSim:
         self.last_inr_h = np.full(self.n, np.nan)
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # (reported_h, inr) not yet seen (NaN: seen)
         self.hb_delta_g_dl = np.zeros(self.n)
+        # INR episodes open at the end of the last chunk (`inr_events`): labelled when they close or the run ends
+        self.open_over, self.open_sub = OpenEpisodes.none(self.n), OpenEpisodes.none(self.n)
+        self.inr_reached_h = np.full(self.n, np.nan)  # when the true INR first reached 2 (ends the initiation)
 
     # ---- construction --------------------------------------------------------------------------------
     def _protocol(self) -> DosingProtocol | None:
@@ -343,7 +381,10 @@ class PatientCohortSim:
                 delay = sc.labs.delay_h
                 reported_h = h + (self.rng.uniform(*delay, n) if isinstance(delay, tuple) else np.full(n, delay))
                 self.pending.append((reported_h, inr))
-                samples.append((j, float(h), reported_h, inr))
+                # the Hb assay noise drawn here, in sampling order: drawn at the chunk's end it would shift the
+                # stream by the chunking, and with it later lab INRs and titrated doses (labels included)
+                hb_noise = self.rng.normal(0.0, HB_ASSAY_SD_G_DL, n)
+                samples.append((j, float(h), reported_h, inr, hb_noise))
         # only the deltas that exist: the drugs' on pulse and pressures, the events' where they act
         effects = {key: _joined([getattr(o, attr) for o in outs]) for key, attr in _DRUG_EFFECTS
                    if sc.takes_metoprolol}
@@ -358,18 +399,40 @@ class PatientCohortSim:
         measured = self.vitals_model.measure(true, self.measure_rng, self._sensor_faults(t_h))
         self.seq += n_ticks
         self.last_true = {**true, "inr": _joined([o.inr for o in outs])}
+        if sc.takes_warfarin:
+            self._inr_labels(t_h, self.last_true["inr"])
         return PatientChunk(vitals_batch(self.run_ids, self.patient_ids, self.started, self.dt_h, seq0, measured),
                             self._labs(samples, effects["hb_g_dl"]),
                             pa.concat_tables(doses) if doses else DOSES.empty_table())
+
+    def _inr_labels(self, t_h: np.ndarray, inr: np.ndarray) -> None:
+        """Label the INR episodes of the true INR that close in this chunk (or at the run's end)."""
+        found = []
+        closed, self.open_over = scan_episodes(inr >= OVER_INR, inr, t_h, self.open_over, np.maximum)
+        found += [("over_anticoagulation", *c) for c in closed]
+        self.inr_reached_h = first_reached_h(self.inr_reached_h, inr >= SUB_INR, t_h)
+        begun = initiation_end_h(float(self.dose_h[0]) if len(self.dose_h) else 0.0, self.inr_reached_h)
+        closed, self.open_sub = scan_episodes((inr < SUB_INR) & (t_h[None, :] >= begun[:, None]), inr, t_h,
+                                              self.open_sub, np.minimum)
+        found += [("subtherapeutic", *c) for c in closed]
+        if self.done:  # the run's end closes what is still open
+            end_h = self.total_ticks * self.dt_h
+            for event, open_ in (("over_anticoagulation", self.open_over), ("subtherapeutic", self.open_sub)):
+                found += [(event, int(k), float(open_.start_h[k]), end_h, float(open_.extreme[k]))
+                          for k in np.nonzero(~np.isnan(open_.start_h))[0]]
+        for event, k, a, b, extreme in sorted(found, key=lambda f: (f[2], f[1], f[0])):
+            if event == "subtherapeutic" and b - a < SUB_MIN_H - 1e-9:
+                continue
+            self.labels.append(inr_label(self.plan, k, event, a, b, extreme, self.run_ids, self.patient_ids,
+                                         self.started, ADVERSE_EVENTS))
 
     def _labs(self, samples: list, hb_delta: np.ndarray) -> pa.Table:
         if not samples:
             return LABS.empty_table()
         n = self.n
         parts = []
-        for j, h, reported_h, inr in samples:
-            true_hb = self.cohort.hb_g_dl + hb_delta[:, j]
-            hb = np.round(true_hb + self.rng.normal(0.0, HB_ASSAY_SD_G_DL, n), 1)
+        for j, h, reported_h, inr, hb_noise in samples:
+            hb = np.round(self.cohort.hb_g_dl + hb_delta[:, j] + hb_noise, 1)
             parts.append(labs_table(self.run_ids, self.patient_ids, self.started, np.arange(n), np.full(n, h),
                                     reported_h, inr, hb))
         return pa.concat_tables(parts)

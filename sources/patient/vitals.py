@@ -17,8 +17,6 @@ together), additive drug and adverse-event effects; then the monitor: measuremen
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -104,47 +102,60 @@ _QUANTUM = np.array([QUANTUM[n] for n in VITAL_SIGNALS])
 _SBP, _DBP = VITAL_SIGNALS.index("sbp_mmhg"), VITAL_SIGNALS.index("dbp_mmhg")
 
 
-_BLOCK = 16  # patients a thread steps together: their noise is contiguous in the time-major draws
-# patients per random stream: the streams fill their draws in parallel threads (numpy releases the GIL), and a
-# group's draws are time-major, so a chunked run still equals one stepped at once; a multiple of _BLOCK
-NOISE_GROUP = 128
-_POOL: list[ThreadPoolExecutor] = []
+_BLOCK = 16  # patients a thread steps together
+# Noise is read from a shared table of standard normals (as the reactors' measurement layer does): a memory read
+# instead of a random-number generation. Each patient has a 64-bit seed; a run of `NOISE_RUN` steps starts at
+# an offset hashed from (seed, run number) and reads the table contiguously from there. The offset depends on
+# the step's count since the start, not on the chunk, so a run stepped in chunks equals one stepped at once.
+NOISE_TABLE_BITS = 20
+_NOISE_MASK = np.uint64((1 << NOISE_TABLE_BITS) - 1)
+NOISE_RUN = 32
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_NOISE_TABLE: list[np.ndarray] = []
 
 
-def _pool() -> ThreadPoolExecutor:
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="vitals-noise"))
-    return _POOL[0]
+def noise_table() -> np.ndarray:
+    """The shared table of 2**NOISE_TABLE_BITS standard normals (made once, from a fixed seed)."""
+    if not _NOISE_TABLE:
+        _NOISE_TABLE.append(np.random.default_rng(19750314).standard_normal(1 << NOISE_TABLE_BITS))
+    return _NOISE_TABLE[0]
 
 
-def _normals(rngs: list[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:
-    """(len(rngs), *shape) standard normals, stream g filling row g, in parallel threads (numpy releases the
-    GIL while it fills)."""
-    if len(rngs) == 1:
-        return rngs[0].standard_normal(size=(1, *shape))
-    out = np.empty((len(rngs), *shape))
-    for f in [_pool().submit(rngs[g].standard_normal, out=out[g]) for g in range(len(rngs))]:
-        f.result()
-    return out
+def _seeds(rng: np.random.Generator, n: int) -> np.ndarray:
+    """One 64-bit noise seed per patient."""
+    return rng.integers(0, np.iinfo(np.uint64).max, n, dtype=np.uint64, endpoint=True)
+
+
+@numba.njit(inline="always")
+def _offset(seed, run):
+    """Where run `run` of a patient with `seed` starts in the table (splitmix64 of seed + run * golden)."""
+    z = seed + np.uint64(run) * _GOLDEN + _GOLDEN
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
 
 
 @numba.njit(cache=True, parallel=True)
-def _true_vitals(eps, x0, chol, decay, scale, sd, base, circ, eff, eff_index, soft, lo, hi, min_pp, sbp, dbp,
-                 out):
-    """One pass over (patient, step, vital): correlate the innovations (eps (n_groups, n_s, group, k): each
-    group's time-major draws; times the Cholesky factor), the Ornstein-Uhlenbeck update in SD units (state x0
-    (n_p, k), updated), the soft limit, baseline + circadian + effects, then the physiological clipping;
-    out (k, n_p, n_s)."""
+def _true_vitals(table, seeds, count, x0, chol, decay, scale, sd, base, circ, eff, eff_index, soft, lo, hi, min_pp,
+                 sbp, dbp, out):
+    """One pass over (patient, step, vital): correlate the innovations (standard normals from `table`, read
+    from runs of NOISE_RUN steps at offsets hashed from the patient's seed and the step's `count` since the
+    start; times the Cholesky factor), the Ornstein-Uhlenbeck update in SD units (state x0 (n_p, k), updated),
+    the soft limit, baseline + circadian + effects, then the physiological clipping; out (k, n_p, n_s)."""
     k, n_p, n_s = out.shape
-    group = eps.shape[2]
     for blk in numba.prange((n_p + _BLOCK - 1) // _BLOCK):
         first, last = blk * _BLOCK, min(n_p, (blk + 1) * _BLOCK)
-        for s in range(n_s):  # steps outer: reads of eps stay contiguous, writes reuse cache lines
+        for s in range(n_s):  # steps outer: writes reuse cache lines
+            c = count + s
+            within = np.uint64((c % NOISE_RUN) * k)
             for p in range(first, last):
+                at = _offset(seeds[p], c // NOISE_RUN) + within
                 for j in range(k):
                     z = 0.0
                     for i in range(j + 1):
-                        z += chol[j, i] * eps[p // group, s, p % group, i]
+                        z += chol[j, i] * table[(at + np.uint64(i)) & _NOISE_MASK]
                     x = x0[p, j] * decay[j] + scale[j] * z
                     x0[p, j] = x
                     # tanh through exp: libm tanh costs several times as much
@@ -157,15 +168,19 @@ def _true_vitals(eps, x0, chol, decay, scale, sd, base, circ, eff, eff_index, so
 
 
 @numba.njit(cache=True, parallel=True)
-def _monitor(true, eps, noise_sd, quantum, lo, hi, out):
-    """Monitor noise (eps (n_groups, k, group, n_s)), quantisation (half to even, as np.round) and clipping;
-    true and out (k, n_p, n_s)."""
+def _monitor(true, table, seeds, noise_sd, quantum, lo, hi, out):
+    """Monitor noise (standard normals from `table`: per patient and vital, runs of NOISE_RUN steps at offsets
+    hashed from the patient's seed), quantisation (half to even, as np.round) and clipping; true and out
+    (k, n_p, n_s)."""
     k, n_p, n_s = true.shape
-    group = eps.shape[2]
     for p in numba.prange(n_p):
         for j in range(k):
+            at = np.uint64(0)
             for s in range(n_s):
-                v = np.rint((true[j, p, s] + noise_sd[j] * eps[p // group, j, p % group, s]) / quantum[j]) * quantum[j]
+                if s % NOISE_RUN == 0:
+                    at = _offset(seeds[p], j * (n_s // NOISE_RUN + 1) + s // NOISE_RUN)
+                e = table[(at + np.uint64(s % NOISE_RUN)) & _NOISE_MASK]
+                v = np.rint((true[j, p, s] + noise_sd[j] * e) / quantum[j]) * quantum[j]
                 out[j, p, s] = min(max(v, lo[j]), hi[j]) if v == v else v
 
 
@@ -194,9 +209,8 @@ class VitalsModel:
         self._tau = np.array([OU_TAU_H[n] for n in VITAL_SIGNALS])
         # start from the stationary distribution
         self._x = rng.normal(size=(self.n, len(VITAL_SIGNALS))) @ self._chol.T
-        self._group = min(NOISE_GROUP, self.n)
-        self._n_groups = -(-self.n // self._group)
-        self._rngs = rng.spawn(self._n_groups)
+        self._seeds = _seeds(rng, self.n)
+        self._count = 0  # steps taken so far: where the noise reads go on
         self._base = np.ascontiguousarray(np.stack([self.baseline[n] for n in VITAL_SIGNALS], axis=1))
         self._last_t_h: float | None = None
         self._held = {name: np.full(self.n, np.nan) for name in VITAL_SIGNALS}
@@ -213,8 +227,6 @@ class VitalsModel:
             raise ValueError(f"t_h must increase; got a step of {dt_h} h")
         self._last_t_h = float(t_h[-1])
         n_s, k = len(t_h), len(VITAL_SIGNALS)
-        # drawn time-major so that chunks of any size consume the same stream as one long step
-        eps = _normals(self._rngs, (n_s, self._group, k))
         decay = np.exp(-dt_h / self._tau)
         circ = circadian(t_h)
         present = [name for name in VITAL_SIGNALS if name in effects]
@@ -223,18 +235,18 @@ class VitalsModel:
                if present else np.zeros((1, 1, 1)))
         out = np.empty((k, self.n, n_s))
         # the state runs in SD units (so one decay and scale per vital); times each patient's SD in the kernel
-        _true_vitals(eps, self._x, self._chol, decay, np.sqrt(1.0 - decay**2), self._sd, self._base,
+        _true_vitals(noise_table(), self._seeds, self._count, self._x, self._chol, decay, np.sqrt(1.0 - decay**2), self._sd, self._base,
                      np.stack([circ[name] for name in VITAL_SIGNALS]), eff, eff_index, OU_SOFT_LIMIT_SD, _LO, _HI,
                      MIN_PULSE_PRESSURE_MMHG, _SBP, _DBP, out)
+        self._count += n_s
         return dict(zip(VITAL_SIGNALS, out, strict=True))
 
     def measure(self, true: dict[str, np.ndarray], rng: np.random.Generator,
                 faults: list[SensorFault] | tuple[SensorFault, ...] = ()) -> dict[str, np.ndarray]:
         """What the monitor shows: noise, quantisation, clipping, then the faults (NaN for a dropout)."""
         stacked = _stacked(true)
-        eps = _normals(rng.spawn(self._n_groups), (len(VITAL_SIGNALS), self._group, stacked.shape[2]))
         seen = np.empty_like(stacked)
-        _monitor(stacked, eps, _NOISE_SD, _QUANTUM, _LO, _HI, seen)
+        _monitor(stacked, noise_table(), _seeds(rng, stacked.shape[1]), _NOISE_SD, _QUANTUM, _LO, _HI, seen)
         out = dict(zip(VITAL_SIGNALS, seen, strict=True))
         for f in faults:
             v = out[f.signal]
