@@ -14,6 +14,7 @@ from types import NoneType, UnionType
 from typing import get_args, get_type_hints
 
 ENV_PREFIX = "BIOPILOT_"
+PLANT_KINDS = ("bioreactor", "patient")  # core.plants describes each
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Settings:
     rate_limit_per_min: int = 120  # mutating requests and chats per token per minute
     sse_max_per_token: int = 16  # open SSE streams per token
     chat_max_per_user: int = 2  # chat answers streaming at once per subject
+    plant: str = "bioreactor"  # the plant kind a stack runs and its flow, agents and dashboard serve: bioreactor | patient
     event_horizon_h: int = 48  # watermarks and ticks further than this from a unit's recent event time: dead letters
     # the monitoring flow (flows/monitor.py); `flows.launch` sets the lateness, consumer and recovery for its runs
     detector: str = "fusion"  # what the flow runs: fusion | zscore
@@ -120,4 +122,6 @@ def load_settings(toml_path: str | Path = "biopilot.toml", env: dict[str, str] |
     settings = replace(Settings(), **{k: _coerce(k, v, _kind(hints[k])) for k, v in values.items()})
     if settings.llm not in ("offline", "openai"):
         raise SettingsError(f"llm: {settings.llm!r} is not allowed; use offline or openai")
+    if settings.plant not in PLANT_KINDS:
+        raise SettingsError(f"plant: {settings.plant!r} is not allowed; use {' or '.join(PLANT_KINDS)}")
     return settings

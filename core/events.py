@@ -123,11 +123,24 @@ DOSES = pa.schema([
     pa.field("taken", pa.bool_()),
 ])
 
+LATE_VITALS = pa.schema(list(VITALS) + [pa.field("watermark_ts", TS), pa.field("arrived_at", TS)])
+# the patient's own twin, refitted by the flow whenever a lab arrives: its INR forecast band from the refit on,
+# under the current dosing and under the advised dose (`dosing`), published on `biopilot.twin.<patient>` too
+TWIN_FORECASTS = pa.schema([
+    pa.field("run_id", pa.string(), False), pa.field("patient_id", pa.string(), False),
+    pa.field("fitted_ts", TS, False),  # the sample time of the lab that triggered the refit
+    pa.field("ts", TS, False), pa.field("dosing", pa.string(), False),  # "current" | "advised"
+    pa.field("inr_mid", pa.float64()), pa.field("inr_lo", pa.float64()), pa.field("inr_hi", pa.float64()),
+    pa.field("weekly_dose_mg", pa.float64()),  # the warfarin dose this forecast assumes
+    pa.field("advised_weekly_dose_mg", pa.float64()), pa.field("labs_used", pa.int64()),
+])
+
 SCHEMAS: dict[str, pa.Schema] = {"ticks": TICKS, "assays": ASSAYS, "labels": LABELS, "runs": RUNS,
                                  "scores": SCORES, "alerts": ALERTS, "late_ticks": LATE_TICKS,
                                  "deadletter": DEADLETTER, "incidents": INCIDENTS,
                                  "agent_messages": AGENT_MESSAGES, "audit": AUDIT,
-                                 "patients": PATIENTS, "vitals": VITALS, "labs": LABS, "doses": DOSES}
+                                 "patients": PATIENTS, "vitals": VITALS, "labs": LABS, "doses": DOSES,
+                                 "late_vitals": LATE_VITALS, "twin_forecasts": TWIN_FORECASTS}
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ STREAMS: dict[str, StreamConfig] = {
         max_age=24 * 3600, max_bytes=4 * 1024**3, max_msg_size=MAX_PAYLOAD_BYTES, storage=StorageType.FILE,
         discard=DiscardPolicy.OLD),
     "ALERTS": StreamConfig(
-        name="ALERTS", subjects=["biopilot.alerts.>", "biopilot.incidents.>"], retention=RetentionPolicy.LIMITS,
+        name="ALERTS", subjects=["biopilot.alerts.>", "biopilot.incidents.>", "biopilot.twin.>"], retention=RetentionPolicy.LIMITS,
         max_age=7 * 24 * 3600, max_bytes=512 * 1024**2, storage=StorageType.FILE, discard=DiscardPolicy.OLD),
     "DEADLETTER": StreamConfig(
         name="DEADLETTER", subjects=["biopilot.deadletter"], retention=RetentionPolicy.LIMITS,
@@ -63,7 +63,7 @@ NATS_PERMISSIONS: dict[str, dict[str, list[str]]] = {
     # control, the replays it runs and its subscriptions' bucket; it reads everything it shows
     "dashboard": {"publish": ["biopilot.control.>", "biopilot.telemetry.>", "biopilot.assays.>", "$KV.>"],
                   "subscribe": ["biopilot.>"]},
-    "flow": {"publish": ["biopilot.alerts.>", "biopilot.deadletter"], "subscribe": []},
+    "flow": {"publish": ["biopilot.alerts.>", "biopilot.twin.>", "biopilot.deadletter"], "subscribe": []},
     "plant": {"publish": ["biopilot.telemetry.>", "biopilot.assays.>"], "subscribe": ["biopilot.control.>"]},
     "agents": {"publish": ["biopilot.incidents.>", "biopilot.agent.>"],
                "subscribe": ["biopilot.alerts.>", "biopilot.incidents.>"]},
