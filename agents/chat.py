@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
-from agents.diagnose import diagnose_stored
+from agents.findings import stored_findings
 from agents.llm import Backend
 
 
 @lru_cache(maxsize=32)
 def run_findings(lake: str, run_id: str) -> tuple[dict, ...]:
-    return tuple(f.as_dict() for f in diagnose_stored(lake, run_id))
+    return tuple(f.as_dict() for f in stored_findings(lake, run_id))
 
 
 def ask(lake: str | Path, run_id: str, question: str, backend: Backend, incident_id: str | None = None,

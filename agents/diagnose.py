@@ -70,7 +70,13 @@ def incidents_of(ticks: pa.Table, detector: str = "fusion") -> list[tuple[dict, 
     monitor = ReactorMonitor(ticks["reactor_id"][0].as_py(), MonitorConfig.for_detector(detector))
     out = monitor.on_ticks(ticks.sort_by("seq"))
     end = monitor.on_watermark(2**62)
-    messages = sorted([*out.alerts, *end.alerts, *out.clears, *end.clears], key=lambda m: (m["ts"], "type" in m))
+    return track([*out.alerts, *end.alerts, *out.clears, *end.clears])
+
+
+def track(messages: list[dict]) -> list[tuple[dict, list[dict]]]:
+    """(last lifecycle event, its alerts) per incident, from one unit's alerts and clears (any order: sorted by
+    event time here, an alert before a clear at the same time) through the monitoring agent's tracker."""
+    messages = sorted(messages, key=lambda m: (m["ts"], "type" in m))
     tracker = IncidentTracker()
     latest: dict[str, dict] = {}
     alerts: dict[str, list[dict]] = {}

@@ -51,6 +51,7 @@ class Incident:
         self.version += 1
         return {"event": kind, "incident_id": self.incident_id, "version": self.version, "run_id": self.run_id,
                 "reactor_id": self.reactor_id, "status": self.status, "start_ts": self.start_ts,
+                "last_ts": self.last_ts,  # its latest alert (or clear): where an update's news begins
                 "end_ts": self.end_ts, "severity": self.severity, "alert_count": len(self.alert_ids),
                 "signals": sorted(self.signals, key=lambda s: -self.signals[s]),
                 "emitted_at": datetime.now(UTC)}

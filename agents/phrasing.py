@@ -18,11 +18,19 @@ from __future__ import annotations
 import re
 
 from agents.knowledge import SIGNATURES
+from agents.patient_knowledge import SIGNATURES as PATIENT_SIGNATURES
 
 SIGNAL_WORDS = {"do": "do_pct", "oxygen": "do_pct", "ph": "ph", "temperature": "temp_c", "temp": "temp_c",
                 "feed": "feed_ml_per_tick", "base": "base_ml_per_tick", "co2": "co2_sccm", "o2": "o2_sccm",
                 "our": "our_mmol_l_h", "cer": "cer_mmol_l_h", "capacitance": "capacitance_pf_cm",
-                "agitation": "agitation_rpm", "air": "air_sccm"}
+                "agitation": "agitation_rpm", "air": "air_sccm",
+                # the patient plant's
+                "inr": "inr", "hb": "hb_g_dl", "haemoglobin": "hb_g_dl", "hemoglobin": "hb_g_dl", "pulse": "hr_bpm",
+                "heart": "hr_bpm", "hr": "hr_bpm", "systolic": "sbp_mmhg", "pressure": "sbp_mmhg",
+                "diastolic": "dbp_mmhg", "spo2": "spo2_pct", "saturation": "spo2_pct", "breathing": "rr_min",
+                "respiratory": "rr_min", "rr": "rr_min", "fever": "temp_c"}
+# what to check to confirm a cause, from either plant's knowledge base
+CHECKS = {name: sig.checks for kb in (SIGNATURES, PATIENT_SIGNATURES) for name, sig in kb.items()}
 
 
 def _hypotheses(finding: dict) -> list[dict]:
@@ -59,7 +67,7 @@ def explain(finding: dict) -> list[str]:
             text += (f" (last assay, sampled {soft['last_assay_sample_ts'][:16].replace('T', ' ')} UTC: VCD "
                      f"{soft['last_assay_vcd_e6_per_ml']:.2f}, glucose {soft['last_assay_glucose_g_l']:.2f})")
         chunks.append(text + ".")
-    checks = SIGNATURES[top["fault"]].checks
+    checks = CHECKS.get(top["fault"], ())
     chunks.append(f"Recommended actions: {top['action']}" + (f"; confirm with: {', '.join(checks)}." if checks
                                                              else "."))
     return chunks

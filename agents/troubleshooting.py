@@ -19,7 +19,9 @@ match times its share of all matches. Below `ABSTAIN_BELOW` the agent says "insu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -113,10 +115,17 @@ def rank(ev: Evidence) -> Diagnosis:
     for fault, sig in SIGNATURES.items():
         match, cited = (_sensor_match if sig.sensor else _process_match)(sig, ev)
         matches.append((fault, match, cited))
-    total = sum(m for _, m, _ in matches) or 1.0
-    hyps = [Hypothesis(f, m * m / total, m, cited, SIGNATURES[f].root_cause, SIGNATURES[f].action)
-            for f, m, cited in matches]
-    hyps.sort(key=lambda h: (-h.match, h.fault))
     facts = [d.sentence() for d in ev.strongest(3) if abs(d.z) >= 3.0] + [r.sentence() for r in ev.sensor_runs
                                                                            if r.minutes >= 10]
+    return diagnosis_of(matches, SIGNATURES, facts)
+
+
+def diagnosis_of(matches: list[tuple[str, float, list[str]]], signatures: Mapping[str, Any],
+                 facts: list[str]) -> Diagnosis:
+    """Hypotheses from (cause, match, cited evidence) triples, best first, with root causes and actions from
+    `signatures`; confidence is the match times its share of all matches; abstains below `ABSTAIN_BELOW`."""
+    total = sum(m for _, m, _ in matches) or 1.0
+    hyps = [Hypothesis(f, m * m / total, m, cited, signatures[f].root_cause, signatures[f].action)
+            for f, m, cited in matches]
+    hyps.sort(key=lambda h: (-h.match, h.fault))
     return Diagnosis(hyps, not hyps or hyps[0].match < ABSTAIN_BELOW, facts)

@@ -9,7 +9,8 @@ a per-reactor lock with the stream sequences it has handled, so whichever worker
 carries on from the same incidents and a redelivered alert changes nothing; an explanation is not sent twice.
 The troubleshooting worker sends a first chunk at once (what opened, which signals drove it), then reads the
 run's ticks from the lake, ranks the causes and streams the backend's explanation to
-`biopilot.agent.<incident_id>`. Every incident event and chunk is also written to Delta (`incidents`,
+`biopilot.agent.<incident_id>`. For the patient plant (`plant`, from `Settings.plant`) it reads the patient's
+vitals, labs, doses and covariates instead and ranks with the patient knowledge base (`agents.patient_diagnose`). Every incident event and chunk is also written to Delta (`incidents`,
 `agent_messages`) by a batching writer that never holds up the messages.
 """
 
@@ -35,6 +36,8 @@ from agents.evidence import gather
 from agents.incidents import IncidentTracker
 from agents.llm import Backend, OfflineBackend
 from agents.troubleshooting import rank
+from core.config import load_settings
+from core.plants import PLANTS
 from core.services import redis_client, wait_port
 from sinks import delta
 from sinks.nats_sink import alert_json
@@ -65,6 +68,7 @@ class Workers:
     backend: Backend = field(default_factory=OfflineBackend)
     horizon: timedelta = HORIZON
     retry_s: float = 1.0  # redelivery delay after a failure, doubling with each delivery up to RETRY_MAX_S
+    plant: str = "bioreactor"  # whose tables and knowledge base explain an incident (`Settings.plant`)
 
     async def start(self) -> None:
         from urllib.parse import urlparse
@@ -184,7 +188,7 @@ class Workers:
         task.add_done_callback(self.tasks.discard)
 
     async def _troubleshoot(self, event: dict, _stream_seq: int) -> None:
-        if event["event"] not in ("open", "resolve"):
+        if event["event"] not in ("open", "resolve") and not self._news(event):
             return
         explained = EXPLAINED_KEY.format(incident_id=event["incident_id"], event=event["event"],
                                          version=event["version"])
@@ -215,8 +219,13 @@ class Workers:
                        f"alarm in it stayed quiet for the clear period.", done=True)
             return
         lead = ", ".join(event["signals"]) or "several signals"
-        await send(f"Incident {incident_id} opened on {event['reactor_id']} at {event['start_ts']} "
-                   f"({event['severity']}), driven by {lead}. Gathering evidence...")
+        if event["event"] == "update":
+            await send(f"Incident {incident_id} on {event['reactor_id']} has a new alert at {event['last_ts']} "
+                       f"({event['severity']}, {event['alert_count']} alerts), driven by {lead}. Gathering "
+                       f"evidence...")
+        else:
+            await send(f"Incident {incident_id} opened on {event['reactor_id']} at {event['start_ts']} "
+                       f"({event['severity']}), driven by {lead}. Gathering evidence...")
         async with self.diagnosing:
             finding = await asyncio.to_thread(self._diagnose, event)
         if finding is None:
@@ -228,6 +237,16 @@ class Workers:
             await send(text)
         await send("", done=True, findings=findings)
 
+    def _news(self, event: dict) -> bool:
+        """A patient's incident updated by an alert past what its first explanation saw (an INR incident lasts
+        weeks: amiodarone started, or doses missed, days into it): explained again, from that alert on."""
+        if self.plant != "patient" or event["event"] != "update" or not event.get("last_ts"):
+            return False
+        from agents.patient_diagnose import HORIZON as PATIENT_HORIZON
+
+        return (datetime.fromisoformat(event["last_ts"]) - datetime.fromisoformat(event["start_ts"])
+                > PATIENT_HORIZON)
+
     async def _opened_first(self, incident_id: str) -> None:
         """A short incident's open and resolve reach the two workers at once, and the resolve's chunk could take
         seq 0: the incident's stream would begin with "resolved". Its chunk waits until the open's first one has
@@ -238,16 +257,22 @@ class Workers:
             await asyncio.sleep(0.02)
 
     def _diagnose(self, event: dict) -> IncidentFinding | None:
-        start = datetime.fromisoformat(event["start_ts"])
+        start = datetime.fromisoformat(event["last_ts" if event["event"] == "update" else "start_ts"])
         deadline = time.monotonic() + EVIDENCE_WAIT_S
+        ticks_table = PLANTS[self.plant].ticks_table
         while True:  # wait for the flow's commit by polling the event times only, then read the run once
-            seen = delta.read(self.lake, "ticks", columns=["ts"], run_ids=[event["run_id"]])
+            seen = delta.read(self.lake, ticks_table, columns=["ts"], run_ids=[event["run_id"]])
             latest = None if seen is None or seen.num_rows == 0 else pc.max(seen["ts"]).as_py()
             if latest is not None and (latest >= start or time.monotonic() > deadline):
                 break
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.2)
+        if self.plant == "patient":
+            from agents.patient_diagnose import HORIZON as PATIENT_HORIZON
+            from agents.patient_diagnose import explain_incident
+
+            return explain_incident(self.lake, event, start, min(start + PATIENT_HORIZON, latest))
         ticks = delta.read(self.lake, "ticks", run_ids=[event["run_id"]])
         assays = delta.read(self.lake, "assays", run_ids=[event["run_id"]])
         ev = gather(ticks, start, min(start + self.horizon, latest), assays,
@@ -256,8 +281,9 @@ class Workers:
 
 
 async def run_workers(nats_url: str, redis_url: str, lake: str, backend: Backend,
-                      stop: asyncio.Event) -> Workers:
-    workers = Workers(nats_url, redis_url, lake, backend)
+                      stop: asyncio.Event, plant: str | None = None) -> Workers:
+    """The workers until `stop`; `plant` (default: the settings' `plant`) picks the knowledge base."""
+    workers = Workers(nats_url, redis_url, lake, backend, plant=plant or load_settings().plant)
     await workers.start()
     try:
         await stop.wait()

@@ -1,4 +1,5 @@
-"""The plant feed as its own process, for `biopilot up` to supervise: `python -m biopilot.plant_process`.
+"""The plant feed as its own process, for `biopilot up` to supervise: `python -m biopilot.plant_process`, for
+either plant kind (`--plant`: the bioreactor fleet's `PlantFeed` or the patient cohort's `PatientFeed`).
 
 A restarted plant must not publish anything twice nor reuse a run: its progress file (JSON, `--progress`) says
 which batch ran last (its seed and start) and whether it ended. A plant that died inside a batch leaves that
@@ -19,13 +20,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+from pydantic import BaseModel
 
 from core.config import load_settings
 from core.events import SCHEMAS
+from core.plants import PLANTS
 from core.services import write_private
 from sinks import delta
-from sources.fleet import Fleet
-from sources.plant import PlantFeed
+from sources.patient.live import PatientFeed
+from sources.patient.scenarios import PatientScenario
+from sources.plant import LiveFeed, PlantFeed
 from sources.scenarios import Scenario
 
 
@@ -37,7 +41,8 @@ class Progress:
     batches_left: int | None = None  # None: no end
     batches: int = 0  # published by this `biopilot up`'s plant processes, all together
     ticks: int = 0
-    assays: int = 0
+    assays: int = 0  # lab results
+    doses: int = 0  # a patient plant's dose rows
 
     @classmethod
     def load(cls, path: Path) -> Progress:
@@ -47,6 +52,13 @@ class Progress:
         tmp = path.with_suffix(".tmp")
         write_private(tmp, json.dumps(asdict(self)))
         tmp.replace(path)  # whole or not at all: a kill mid-write leaves the last one
+
+    def published(self, plant: str = "bioreactor") -> str:
+        """What was published, in the plant kind's words."""
+        if plant == "patient":
+            return (f"{self.batches} cohort(s), {self.ticks:,} vitals rows, {self.assays} labs, {self.doses} doses "
+                    "published")
+        return f"{self.batches} batch(es), {self.ticks:,} ticks, {self.assays} assays published"
 
 
 def prepare(path: Path, batches: int | None, now: datetime) -> None:
@@ -58,20 +70,22 @@ def prepare(path: Path, batches: int | None, now: datetime) -> None:
     Progress(seed=last.seed, start=start, begun=last.begun, batches_left=left).save(path)
 
 
-class SupervisedPlant(PlantFeed):
-    """The plant feed, writing its progress at the start and end of every batch."""
+class Supervised(LiveFeed):
+    """A live feed (mixed in before a plant kind's: `SupervisedPlant`, `SupervisedPatients`), writing its
+    progress at the start and end of every batch and what it records to the lake."""
 
-    def __init__(self, progress: Progress, progress_path: Path, lake: str, **kwargs: object) -> None:
+    def __init__(self, progress: Progress, progress_path: Path, lake: str, *args: object, **kwargs: object) -> None:
         self.progress, self.progress_path, self.lake = progress, progress_path, lake
-        self.counted = (progress.batches, progress.ticks, progress.assays)  # by the plant processes before this
-        super().__init__(seed=progress.seed, start=datetime.fromisoformat(progress.start),
+        # published by the plant processes before this one
+        self.counted = (progress.batches, progress.ticks, progress.assays, progress.doses)
+        super().__init__(*args, seed=progress.seed, start=datetime.fromisoformat(progress.start),
                          max_batches=progress.batches_left, record=self._record, **kwargs)
 
-    def _new_fleet(self, batch: int, start: datetime) -> Fleet:
-        fleet = super()._new_fleet(batch, start)
+    def _new_sim(self, batch: int, start: datetime) -> object:
+        sim = super()._new_sim(batch, start)
         self.progress.seed, self.progress.start, self.progress.begun = self.seed + batch, start.isoformat(), True
         self.save()
-        return fleet
+        return sim
 
     def _record(self, name: str, rows: pa.Table) -> None:
         delta.append(self.lake, name, rows, SCHEMAS[name])
@@ -90,10 +104,10 @@ class SupervisedPlant(PlantFeed):
     def close_interrupted(self) -> None:
         """The batch a plant process died in: its `runs` rows (not ended) if it has none yet, and the next batch
         after it."""
-        fleet = super()._new_fleet(0, datetime.fromisoformat(self.progress.start))  # the same runs, rebuilt
-        known = delta.read(self.lake, "runs", columns=["run_id"], run_ids=fleet.run_ids)
+        sim = super()._new_sim(0, datetime.fromisoformat(self.progress.start))  # the same runs, rebuilt
+        known = delta.read(self.lake, "runs", columns=["run_id"], run_ids=sim.run_ids)
         if known is None or known.num_rows == 0:
-            delta.append(self.lake, "runs", fleet.runs_table(ended=False), SCHEMAS["runs"])
+            delta.append(self.lake, "runs", sim.runs_table(ended=False), SCHEMAS["runs"])
         self.progress.seed += 1
         self.progress.start = self.after(datetime.fromisoformat(self.progress.start)).isoformat()
         self.progress.begun = False
@@ -104,10 +118,23 @@ class SupervisedPlant(PlantFeed):
         self.save()
 
     def save(self) -> None:
-        batches, ticks, assays = self.counted
+        batches, ticks, assays, doses = self.counted
         self.progress.batches, self.progress.ticks = batches + self.stats.batches, ticks + self.stats.ticks
-        self.progress.assays = assays + self.stats.assays
+        self.progress.assays, self.progress.doses = assays + self.stats.assays, doses + self.stats.doses
         self.progress.save(self.progress_path)
+
+
+class SupervisedPlant(Supervised, PlantFeed):
+    """The bioreactor fleet, supervised."""
+
+
+class SupervisedPatients(Supervised, PatientFeed):
+    """The patient cohort, supervised."""
+
+
+# per plant kind: the supervised feed and its scenario model
+FEEDS: dict[str, tuple[type[Supervised], type[BaseModel]]] = {
+    "bioreactor": (SupervisedPlant, Scenario), "patient": (SupervisedPatients, PatientScenario)}
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -117,10 +144,11 @@ async def run(args: argparse.Namespace) -> int:
         return 2
     path = Path(args.progress)
     progress = Progress.load(path)
-    feed = SupervisedPlant(progress, path, args.lake, nats_url=settings.nats_url,
-                           scenario=Scenario.model_validate_json(Path(args.scenario_json).read_text()),
-                           reactors=args.reactors, speed=None if args.speed == "max" else float(args.speed),
-                           jitter_share=args.jitter, lateness_s=args.lateness_s)
+    feed_class, scenario_model = FEEDS[args.plant]
+    feed = feed_class(progress, path, args.lake, settings.nats_url,
+                      scenario_model.model_validate_json(Path(args.scenario_json).read_text()), args.units,
+                      speed=None if args.speed == "max" else float(args.speed), jitter_share=args.jitter,
+                      lateness_s=args.lateness_s)
     if progress.begun:
         print(f"plant: the last plant process died in batch {progress.seed}; starting batch {progress.seed + 1}",
               flush=True)
@@ -142,7 +170,8 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         counting.cancel()
         feed.save()
-    print(f"plant: {stats.batches} batch(es), {stats.ticks:,} ticks, {stats.assays} assays published", flush=True)
+    mine = Progress(batches=stats.batches, ticks=stats.ticks, assays=stats.assays, doses=stats.doses)
+    print(f"plant: {mine.published(args.plant)}", flush=True)
     return 0
 
 
@@ -151,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", required=True, help="the progress file (JSON), made by `prepare`")
     parser.add_argument("--scenario-json", required=True, help="the scenario, as Scenario.model_dump_json wrote it")
     parser.add_argument("--lake", required=True)
-    parser.add_argument("--reactors", type=int, default=4)
+    parser.add_argument("--plant", choices=sorted(PLANTS), default="bioreactor")
+    parser.add_argument("--units", "--reactors", "--patients", dest="units", type=int, default=4,
+                        help="reactors or patients")
     parser.add_argument("--speed", default="600", help="a factor, or max")
     parser.add_argument("--jitter", type=float, default=0.0)
     parser.add_argument("--lateness-s", type=float, default=300.0)

@@ -1,7 +1,10 @@
 """`biopilot up`: the whole stack on one machine — broker and cache (embedded unless configured, with credentials
 made for this start), the monitoring flow, the continuous plant feed and the agent workers (each its own process,
 restarted by `biopilot.supervisor` when it dies) and the dashboard (on this process's event loop, serving
-`/healthz` with the children's state). Ctrl-C stops all of it, children included."""
+`/healthz` with the children's state). Ctrl-C stops all of it, children included.
+
+One plant kind a stack (`Settings.plant`): the feed it runs, and `BIOPILOT_PLANT` in every child's environment so
+that the flow, the agents and the dashboard serve that kind."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import uvicorn
 from biopilot.plant_process import Progress, prepare
 from biopilot.supervisor import Child, Supervisor
 from core.config import Settings
+from core.plants import PLANTS
 from core.services import (
     FLOW_DURABLE,
     PROCESSES_KEY,
@@ -31,6 +35,7 @@ from core.services import (
 from dashboard.app import create_app
 from dashboard.auth import issue_login_code
 from flows.launch import flow_command, set_aside_stale_store
+from sources.patient.scenarios import PatientScenario
 from sources.scenarios import Scenario
 
 
@@ -65,16 +70,19 @@ class _Dashboard(uvicorn.Server):
         yield
 
 
-def _children(services: Services, lake: str, state: Path, reactors: int, speed: float | None, jitter_share: float,
-              lateness_s: float) -> list[Child]:
-    """The flow, the plant feed and the agent workers, each connecting as its own broker user."""
+def _children(services: Services, lake: str, state: Path, units: int, speed: float | None, jitter_share: float,
+              lateness_s: float, plant: str = "bioreactor") -> list[Child]:
+    """The flow, the plant feed and the agent workers, each connecting as its own broker user; all of them
+    serving the plant kind `plant`."""
     def env(component: str) -> dict[str, str]:
         return {**os.environ, "BIOPILOT_NATS_URL": services.nats_url_for(component),
-                "BIOPILOT_REDIS_URL": services.redis_url, "BIOPILOT_LAKE": lake}
+                "BIOPILOT_REDIS_URL": services.redis_url, "BIOPILOT_LAKE": lake, "BIOPILOT_PLANT": plant}
 
-    flow_cmd, flow_env = flow_command(services.nats_url_for("flow"), lake, state / "recovery", lateness_s)
+    flow_cmd, flow_env = flow_command(services.nats_url_for("flow"), lake, state / "recovery", lateness_s,
+                                      plant=plant)
     plant_cmd = [sys.executable, "-m", "biopilot.plant_process", "--progress", str(state / "plant.json"),
-                 "--scenario-json", str(state / "scenario.json"), "--lake", lake, "--reactors", str(reactors),
+                 "--scenario-json", str(state / "scenario.json"), "--lake", lake, "--plant", plant,
+                 "--units", str(units),
                  "--speed", "max" if speed is None else f"{speed:g}", "--jitter", f"{jitter_share:g}",
                  "--lateness-s", f"{lateness_s:g}"]
     return [Child("flow", flow_cmd, flow_env, state / "flow.log"),
@@ -83,8 +91,9 @@ def _children(services: Services, lake: str, state: Path, reactors: int, speed: 
                   state / "agents.log")]
 
 
-def run_up(settings: Settings, scenario: Scenario, reactors: int, speed: float | None, jitter_share: float,
-           lateness_s: float, max_batches: int | None = None, out=sys.stdout) -> int:
+def run_up(settings: Settings, scenario: Scenario | PatientScenario, units: int, speed: float | None,
+           jitter_share: float, lateness_s: float, max_batches: int | None = None, out=sys.stdout) -> int:
+    """The stack of the plant kind `settings.plant` running `scenario` on `units` reactors or patients."""
     lake = settings.lake
     state = Path(lake) / ".services" if "://" not in lake else Path("/tmp/biopilot-state")
     state.mkdir(parents=True, exist_ok=True)
@@ -102,14 +111,14 @@ def run_up(settings: Settings, scenario: Scenario, reactors: int, speed: float |
         if aside := set_aside_stale_store(state / "recovery"):
             print(f"           the recovery store was written by an older version: set aside as {aside}", file=out)
         print(f"lake       {lake}", file=out)
-        print(f"plant      {reactors} reactor(s), scenario {scenario.name}, "
+        print(f"plant      {units} {PLANTS[settings.plant].unit}(s), scenario {scenario.name}, "
               f"speed {'max' if speed is None else f'{speed:g}x'}, log {state / 'plant.log'}", file=out)
         print(f"agents     monitoring + troubleshooting workers (llm {settings.llm}), log {state / 'agents.log'}",
               file=out)
         print("Ctrl-C stops everything.", file=out, flush=True)
         write_private(state / "scenario.json", scenario.model_dump_json())
         prepare(state / "plant.json", max_batches, datetime.now(UTC).replace(microsecond=0))
-        children = _children(services, lake, state, reactors, speed, jitter_share, lateness_s)
+        children = _children(services, lake, state, units, speed, jitter_share, lateness_s, settings.plant)
         settings = replace(settings, nats_url=services.nats_url_for("dashboard"), redis_url=services.redis_url)
         return asyncio.run(_serve(settings, services, Supervisor(children, services.redis_url, out),
                                   state / "plant.json", out))
@@ -139,8 +148,7 @@ async def _serve(settings: Settings, services: Services, supervisor: Supervisor,
         for task in ending:
             task.cancel()
         done = Progress.load(progress)
-        print(f"plant stopped: {done.batches} batch(es), {done.ticks:,} ticks, {done.assays} assays published",
-              file=out, flush=True)
+        print(f"plant stopped: {done.published(settings.plant)}", file=out, flush=True)
         if not interrupted.is_set():  # the flow, still supervised, takes in what the plant published
             draining = asyncio.create_task(drain(services.nats_url))
             await asyncio.wait([draining, asyncio.create_task(interrupted.wait())],

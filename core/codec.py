@@ -2,20 +2,23 @@
 
 `decode_rows` turns any accepted payload into a table of the expected schema, or raises `PayloadError` with a
 reason a human can act on; `validate_ticks` splits a decoded batch into good rows and rejected rows (with the
-reason of each rejected row), so one bad row never costs the good ones.
+reason of each rejected row), so one bad row never costs the good ones. Both take the plant kind's vocabulary
+(`core.plants`): a reactor's ticks or a patient's vitals, each with its id columns, signals and plausible ranges.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
 
-from core.events import ASSAYS, TICK_SIGNALS, TICKS
+from core.events import ASSAYS, TICKS
+from core.plants import PLANTS, VITALS_PLAUSIBLE, PlantVocabulary
 
 ARROW_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
 JSON_CONTENT_TYPE = "application/json"
@@ -28,10 +31,9 @@ PLAUSIBLE: dict[str, tuple[float, float]] = {
     "feed_ml": (0.0, 1e7), "volume_l": (0.0, 1e5), "our_mmol_l_h": (-10.0, 1000.0),
     "cer_mmol_l_h": (-10.0, 1000.0), "capacitance_pf_cm": (0.0, 1000.0),
 }
-
-
-_PLAUSIBLE_LO = np.array([PLAUSIBLE[name][0] for name in TICK_SIGNALS])
-_PLAUSIBLE_HI = np.array([PLAUSIBLE[name][1] for name in TICK_SIGNALS])
+PLAUSIBLE_BY_PLANT: dict[str, dict[str, tuple[float, float]]] = {"bioreactor": PLAUSIBLE,
+                                                                  "patient": VITALS_PLAUSIBLE}
+BIOREACTOR = PLANTS["bioreactor"]
 
 
 class PayloadError(ValueError):
@@ -133,21 +135,33 @@ class Checked:
     reasons: list[str]
 
 
-_ID_COLUMNS = ("run_id", "reactor_id", "seq", "ts")
+@dataclass(frozen=True)
+class _Checks:
+    """A plant kind's row checks: its columns, plausible ranges, and every reason a row can get, in the order
+    the checks run (a row gets the first that applies)."""
+
+    id_columns: tuple[str, ...]
+    signals: tuple[str, ...]
+    lo: np.ndarray
+    hi: np.ndarray
+    reasons: list[str]
+    readings_from: int  # the code of the first signal's first check
+    seq_negative: int
 
 
-def _reasons() -> list[str]:
-    """Every reason a row can get, in the order the checks run: a row gets the first that applies."""
-    reasons = [f"{name} is missing" for name in _ID_COLUMNS]
-    for name in TICK_SIGNALS:
-        lo, hi = PLAUSIBLE[name]
+@cache
+def _checks(plant: str) -> _Checks:
+    vocab = PLANTS[plant]
+    plausible = PLAUSIBLE_BY_PLANT[plant]
+    reasons = [f"{name} is missing" for name in vocab.id_columns]
+    for name in vocab.signals:
+        lo, hi = plausible[name]
         reasons += [f"{name} is infinite", f"{name} outside the plausible range [{lo:g}, {hi:g}]"]
-    return reasons + ["seq is negative", "seq repeated or not increasing with ts within the run"]
-
-
-_REASONS = _reasons()
-_READINGS_FROM = len(_ID_COLUMNS) + 1  # the code of the first signal's first check
-_SEQ_NEGATIVE = _READINGS_FROM + 2 * len(TICK_SIGNALS)
+    reasons += ["seq is negative", "seq repeated or not increasing with ts within the run"]
+    readings_from = len(vocab.id_columns) + 1
+    return _Checks(vocab.id_columns, vocab.signals, np.array([plausible[name][0] for name in vocab.signals]),
+                   np.array([plausible[name][1] for name in vocab.signals]), reasons, readings_from,
+                   readings_from + 2 * len(vocab.signals))
 
 
 @njit(cache=True, nogil=True)
@@ -167,23 +181,25 @@ def _check_readings(x: np.ndarray, lo: float, hi: float, infinite_code: int, cod
     return has_nan
 
 
-def validate_ticks(table: pa.Table) -> Checked:
+def validate_ticks(table: pa.Table, vocab: PlantVocabulary = BIOREACTOR) -> Checked:
     """Row checks: identity and event time present, readings finite and physically plausible, seq unique and
-    increasing with event time per run within the payload. NaN readings count as missing (null)."""
+    increasing with event time per run within the payload. NaN readings count as missing (null). `vocab`: whose
+    readings (a reactor's ticks, a patient's vitals)."""
+    checks = _checks(vocab.name)
     n = table.num_rows
-    code = np.zeros(n, dtype=np.int16)  # 0 = fine, k = _REASONS[k - 1]
-    for k, name in enumerate(_ID_COLUMNS):
+    code = np.zeros(n, dtype=np.int16)  # 0 = fine, k = checks.reasons[k - 1]
+    for k, name in enumerate(checks.id_columns):
         if table[name].null_count:
             missing = table[name].is_null().to_numpy(zero_copy_only=False)
             code[missing & (code == 0)] = k + 1
-    columns = {name: table[name].to_numpy(zero_copy_only=False) for name in TICK_SIGNALS}  # views, unless nulls
+    columns = {name: table[name].to_numpy(zero_copy_only=False) for name in checks.signals}  # views, unless nulls
     has_nan = False
-    for j, name in enumerate(TICK_SIGNALS):
-        first_code = _READINGS_FROM + 2 * j
-        has_nan |= _check_readings(columns[name], _PLAUSIBLE_LO[j], _PLAUSIBLE_HI[j], first_code, code)
+    for j, name in enumerate(checks.signals):
+        first_code = checks.readings_from + 2 * j
+        has_nan |= _check_readings(columns[name], checks.lo[j], checks.hi[j], first_code, code)
     seq = table["seq"].fill_null(-1).to_numpy() if table["seq"].null_count else table["seq"].to_numpy()
-    code[(seq < 0) & (code == 0)] = _SEQ_NEGATIVE
-    _check_order(table, seq, code)
+    code[(seq < 0) & (code == 0)] = checks.seq_negative
+    _check_order(table, seq, code, checks)
     ok = code == 0
     if ok.all():
         return Checked(_nan_to_null(table, columns) if has_nan else table, table.slice(0, 0), [])
@@ -191,15 +207,15 @@ def validate_ticks(table: pa.Table) -> Checked:
     good = table.filter(mask)
     if has_nan:
         good = _nan_to_null(good, {name: x[ok] for name, x in columns.items()})
-    return Checked(good, table.filter(pc.invert(mask)), [_REASONS[c - 1] for c in code[~ok]])
+    return Checked(good, table.filter(pc.invert(mask)), [checks.reasons[c - 1] for c in code[~ok]])
 
 
-def _check_order(table: pa.Table, seq: np.ndarray, code: np.ndarray) -> None:
+def _check_order(table: pa.Table, seq: np.ndarray, code: np.ndarray, checks: _Checks) -> None:
     """seq is strictly increasing at the source: delivery may reorder rows, but sorted by seq a run's event
     times must increase too, and a seq appears once. Rows without an identity or with a negative seq are left
     out (they are rejected already, and must not take a good neighbour with them)."""
     if code.any():
-        usable = np.flatnonzero((code == 0) | ((code >= _READINGS_FROM) & (code < _SEQ_NEGATIVE)))
+        usable = np.flatnonzero((code == 0) | ((code >= checks.readings_from) & (code < checks.seq_negative)))
     else:
         usable = None
     part = table if usable is None else table.take(usable)
@@ -216,7 +232,7 @@ def _check_order(table: pa.Table, seq: np.ndarray, code: np.ndarray) -> None:
         run, s, ts = run[order], s[order], ts[order]
         bad = order[np.flatnonzero((run[1:] == run[:-1]) & ((s[1:] == s[:-1]) | (ts[1:] <= ts[:-1]))) + 1]
     rows = bad if usable is None else usable[bad]
-    code[rows[code[rows] == 0]] = _SEQ_NEGATIVE + 1
+    code[rows[code[rows] == 0]] = checks.seq_negative + 1
 
 
 def _nan_to_null(table: pa.Table, columns: dict[str, np.ndarray]) -> pa.Table:

@@ -22,18 +22,20 @@ from fastapi.staticfiles import StaticFiles
 
 from agents.llm import make_backend
 from core.config import Settings
+from core.plants import PLANTS
 from core.services import redis_client
 from dashboard.auth import COOKIE, Principal, create_token, redeem_login_code, secret_for, ttl_cap_s
 from dashboard.deps import Runtime, is_viewer
 from dashboard.hub import Hub
 from dashboard.limits import BodyLimit, RequestId
-from dashboard.relay import Relay
-from dashboard.routers import admin, chat, control, reports, runs, streams, subscriptions
+from dashboard.relay import Relay, lab_values
+from dashboard.routers import admin, chat, control, patients, reports, runs, streams, subscriptions
 from dashboard.security import SecurityHeaders
 from dashboard.webhooks import WebhookSender, allowed_hosts
 from sinks.table_writer import TableWriter
 
 STATIC = Path(__file__).parent / "static"
+PAGES = {"bioreactor": "index.html", "patient": "patient.html"}  # the page of each plant kind
 
 
 def create_app(settings: Settings, cors_origins: list[str] | None = None, relay: bool = True) -> FastAPI:
@@ -51,7 +53,7 @@ def create_app(settings: Settings, cors_origins: list[str] | None = None, relay:
         writer.task = asyncio.create_task(writer.run())
         rt = Runtime(settings, secret, nc, nc.jetstream(), redis, hub, writer, make_backend(settings))
         app.state.runtime = rt
-        relayer = Relay(settings.nats_url, hub) if relay else None
+        relayer = Relay(settings.nats_url, hub, PLANTS[settings.plant]) if relay else None
         if relayer:
             await relayer.start()
         rt.webhooks = WebhookSender(nc, rt.js, allowed_hosts(settings.webhook_allow_hosts))
@@ -91,13 +93,13 @@ def create_app(settings: Settings, cors_origins: list[str] | None = None, relay:
         problems = ["/".join(str(p) for p in e["loc"] if p != "body") + ": " + e["msg"] for e in errors]
         return JSONResponse({"message": "; ".join(problems), "detail": jsonable_encoder(errors)}, status_code=422)
 
-    for module in (admin, runs, streams, control, chat, subscriptions, reports):
+    for module in (admin, runs, streams, control, patients, chat, subscriptions, reports):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
+        return FileResponse(STATIC / PAGES[settings.plant])
 
     @app.get("/login", include_in_schema=False)
     async def login(request: Request, code: str = "") -> RedirectResponse:
@@ -117,6 +119,13 @@ def create_app(settings: Settings, cors_origins: list[str] | None = None, relay:
         reply.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=ttl_s,
                          secure=request.url.scheme == "https")
         return reply
+
+    @app.get("/api/config", tags=["admin"], dependencies=[Depends(is_viewer)])
+    async def config() -> dict:
+        """What this stack serves: the plant kind, its unit and the unit's signals and lab values."""
+        plant = PLANTS[settings.plant]
+        return {"plant": plant.name, "unit": plant.unit, "signals": list(plant.signals),
+                "labs": list(lab_values(plant)), "page": PAGES[plant.name]}
 
     @app.get("/api/whoami", tags=["admin"])
     async def whoami(who: Principal = Depends(is_viewer)) -> dict:

@@ -33,7 +33,7 @@ from redis.exceptions import ResponseError
 from core.services import REDIS_SOCKET_TIMEOUT_S
 
 log = logging.getLogger(__name__)
-CHANNELS = ("telemetry", "alerts", "incidents", "agents")
+CHANNELS = ("telemetry", "alerts", "incidents", "agents", "twin")  # twin: the patient twin's forecasts
 DROPPABLE = {"telemetry"}
 READ_BLOCK_MS = 1000  # the reader's XREAD BLOCK: below the client's socket timeout, or every idle read fails
 assert READ_BLOCK_MS / 1000 < REDIS_SOCKET_TIMEOUT_S

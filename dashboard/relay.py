@@ -1,4 +1,9 @@
-"""From NATS to the SSE hub: telemetry decimated for screens, assays, alerts, incidents and agent chunks.
+"""From NATS to the SSE hub: telemetry decimated for screens, assays, alerts, incidents and agent chunks; for the
+patient plant also doses and the twin's forecasts.
+
+The plant kind's vocabulary (`core.plants`, `Settings.plant`) says what telemetry and lab rows look like: a
+reactor's ticks and assays, or a patient's vitals and labs. The events keep the key `reactor_id` for the unit's
+id whichever the kind, as the generic tables do (docs/DESIGN.md), so the streams' filters serve both.
 
 Telemetry arrives as Arrow batches at up to hundreds of thousands of ticks per second; a screen needs a few
 points per reactor per update. Ticks are pooled per reactor and every `every_s` (0.25 s: 4 updates/s per
@@ -25,13 +30,16 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import nats
+import numpy as np
 import pyarrow as pa
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from core.codec import decode_assays, decode_rows
-from core.events import ASSAY_VALUES, TICK_SIGNALS
+from core.codec import decode_rows
+from core.events import DOSES, TICK_SIGNALS, VITAL_SIGNALS
+from core.plants import PLANTS, PlantVocabulary
 from dashboard.hub import DROPPABLE, Hub, Outgoing
+from sources.patient.news2 import news2_components
 from sources.telemetry import KIND_HEADER
 
 log = logging.getLogger(__name__)
@@ -39,6 +47,7 @@ REACTORS_KEY = "biopilot:reactors"
 REACTORS_TTL_S = 86400  # refreshed at every flush: reactors that stopped ticking a day ago leave the list
 RELAY_DURABLE = "biopilot-dashboard-relay"
 STORED = {"biopilot.alerts": "alerts", "biopilot.incidents": "incidents"}  # subject prefix -> hub channel
+TWIN_CHANNEL = "twin"  # the patient twin's forecasts (`biopilot.twin.<patient>`): few, each one replaces the last
 ACK_WAIT_S = 60.0  # JetStream redelivers what the relay has not acked by then; queued ones are deduplicated
 MAX_ACK_PENDING = 2000  # alerts and incidents taken but not yet in the hub: what Redis being down may hold
 WRITE_BATCH = 500  # events per Redis round trip
@@ -60,11 +69,24 @@ def thin(ticks: pa.Table, max_points: int) -> pa.Table:
     return ticks.take(pa.array(idx))
 
 
-def tick_event(reactor: str, ticks: pa.Table) -> dict:
+def tick_event(reactor: str, ticks: pa.Table, signals: tuple[str, ...] = TICK_SIGNALS) -> dict:
+    """The screen's event of a unit's readings (a reactor's ticks or a patient's vitals: `signals`)."""
     ticks = ticks.sort_by("seq")
     return {"kind": "ticks", "reactor_id": reactor, "run_id": ticks["run_id"][-1].as_py(),
             "t": [round(v / 1e6, 3) for v in ticks["ts"].cast(pa.int64()).to_pylist()],
-            "signals": {name: _floats(ticks[name]) for name in TICK_SIGNALS}}
+            "signals": {name: _floats(ticks[name]) for name in signals}}
+
+
+def news2(vitals: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """NEWS2 of each vitals row (`sources.patient.news2`): the aggregate and the highest single parameter's
+    points (NaN where a vital is missing)."""
+    parts = news2_components({s: vitals[s].to_numpy(zero_copy_only=False).astype(float) for s in VITAL_SIGNALS})
+    return parts.sum(axis=0), parts.max(axis=0)
+
+
+def lab_values(plant: PlantVocabulary) -> tuple[str, ...]:
+    """The measured columns of the kind's lab rows (a reactor's assays, a patient's INR and Hb)."""
+    return tuple(f.name for f in plant.assays_schema if pa.types.is_floating(f.type))
 
 
 def _is_event(data: bytes) -> bool:
@@ -119,6 +141,7 @@ class Outbox:
 class Relay:
     nats_url: str
     hub: Hub
+    plant: PlantVocabulary = PLANTS["bioreactor"]  # what the telemetry and lab rows it relays look like
     every_s: float = 0.25
     max_points: int = 60
     pending: dict[str, list[pa.Table]] = field(default_factory=dict)
@@ -126,7 +149,7 @@ class Relay:
     positions: dict[str, str] = field(default_factory=dict)  # reactor -> its latest run and time (the hash)
     queued: dict[int, Pending] = field(default_factory=dict)  # stream sequence -> its waiting alert/incident
     deferred: int = 0  # alerts and incidents left for JetStream to redeliver: the outbox was full
-    dropped_chunks: int = 0
+    dropped_chunks: int = 0  # agent chunks and twin forecasts (both are in the lake too)
     failing_since: float | None = None  # when writes to Redis began failing
     in_flight: list[Pending] = field(default_factory=list)  # the batch being written
 
@@ -134,7 +157,8 @@ class Relay:
         self.nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         self.subs = [await self.nc.subscribe("biopilot.telemetry.*", cb=self._on_ticks),
                      await self.nc.subscribe("biopilot.assays.*", cb=self._on_assays),
-                     await self.nc.subscribe("biopilot.agent.>", cb=self._on_chunk)]
+                     await self.nc.subscribe("biopilot.agent.>", cb=self._on_chunk),
+                     await self.nc.subscribe("biopilot.twin.*", cb=self._on_twin)]
         # a deliver group, so a second dashboard on the same cache shares the work instead of failing to bind;
         # created delivering new messages only: a fresh dashboard does not replay a week of alerts
         config = ConsumerConfig(filter_subjects=[f"{p}.>" for p in STORED], ack_policy=AckPolicy.EXPLICIT,
@@ -189,32 +213,50 @@ class Relay:
         if _is_event(msg.data) and not self._put(Pending("agents", msg.data.decode())):
             self.dropped_chunks += 1
 
+    async def _on_twin(self, msg: Msg) -> None:
+        # the flow stores every forecast in `twin_forecasts` too: one lost here is read back from the lake
+        try:
+            event = json.loads(msg.data)
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        event.setdefault("reactor_id", event.get("patient_id"))  # the streams filter units by `reactor_id`
+        if not self._put(Pending(TWIN_CHANNEL, json.dumps(event, default=str))):
+            self.dropped_chunks += 1
+
     async def _on_ticks(self, msg: Msg) -> None:
         if msg.headers and msg.headers.get(KIND_HEADER) == "watermark":
             return
         try:
-            ticks = decode_rows(msg.data)
+            ticks = decode_rows(msg.data, self.plant.ticks_schema)
         except Exception:  # noqa: BLE001 - bad payloads are the flow's dead letters, not the screen's problem
             return
         if ticks.num_rows:
             self.pending.setdefault(msg.subject.rsplit(".", 1)[-1], []).append(ticks)
 
     async def _on_assays(self, msg: Msg) -> None:
+        doses = bool(msg.headers) and msg.headers.get(KIND_HEADER) == "doses"
         try:
-            assays = decode_assays(msg.data)
+            rows = decode_rows(msg.data, DOSES if doses else self.plant.assays_schema)
         except Exception:  # noqa: BLE001
             return
-        for row in assays.to_pylist():
-            self._put(Pending("telemetry", json.dumps({
-                "kind": "assay", "reactor_id": row["reactor_id"], "run_id": row["run_id"],
-                "t": row["sample_ts"].timestamp(),
-                "values": {k: row[k] for k in ASSAY_VALUES if row[k] is not None}}, default=str)))
+        unit, values = self.plant.unit_column, lab_values(self.plant)
+        for row in rows.to_pylist():
+            event = {"kind": "dose", "reactor_id": row["patient_id"], "run_id": row["run_id"],
+                     "t": row["ts"].timestamp(), "drug": row["drug"], "dose_mg": row["dose_mg"],
+                     "taken": row["taken"]} if doses else {
+                "kind": "assay", "reactor_id": row[unit], "run_id": row["run_id"], "t": row["sample_ts"].timestamp(),
+                "values": {k: row[k] for k in values if row[k] is not None}}
+            self._put(Pending("telemetry", json.dumps(event, default=str)))
 
     def flush(self) -> None:
         pending, self.pending = self.pending, {}
         for reactor, tables in pending.items():
             ticks = thin(pa.concat_tables(tables).sort_by("seq"), self.max_points)
-            event = tick_event(reactor, ticks)
+            event = tick_event(reactor, ticks, self.plant.signals)
+            if self.plant.name == "patient":  # the page shows NEWS2 as scored here, not re-derived in JS
+                event["news2"] = [None if np.isnan(x) else x for x in news2(ticks)[0].tolist()]
             self._put(Pending("telemetry", json.dumps(event, default=str)))
             self.positions[reactor] = json.dumps({"run_id": event["run_id"], "t": event["t"][-1]})
 

@@ -8,10 +8,12 @@ from detectors import (  # noqa: F401 - registration
     hst,
     iforest,
     moving_average,
+    news2,
     pca,
     sensor_health,
     transformer,
     twin_residual,
+    vitals_residual,
     zscore,
 )
 from detectors.base import REGISTRY, make_detector  # noqa: E402

@@ -38,6 +38,12 @@ def register(name: str) -> Callable[[type], type]:
     return wrap
 
 
+def plant_of(name: str) -> str:
+    """The plant kind whose signals a registered detector reads: its class's `plant`, else "bioreactor" (the
+    reactor's detectors take any columns; the patient's read vitals by name)."""
+    return getattr(REGISTRY[name], "plant", "bioreactor")
+
+
 def make_detector(name: str, **params: Any) -> Detector:
     """A detector by its registered name."""
     if name not in REGISTRY:

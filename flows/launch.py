@@ -2,7 +2,8 @@
 up`, the benchmarks and the tests share.
 
 The flow reads its settings through `core.config`; this sets the environment variables of those it is given
-(broker, lake, lateness, consumer, recovery store, the sink's log), which override `biopilot.toml`.
+(broker, lake, lateness, consumer, recovery store, the sink's log, the plant kind it monitors), which override
+`biopilot.toml`.
 
 With a recovery store, an epoch lasts `snapshot_s`: each epoch's end pickles every reactor's monitor into the
 store, which holds the dataflow thread up for a moment, and a crash replays at most one epoch of input from the
@@ -22,9 +23,10 @@ from core.processes import spawn
 from core.services import FLOW_DURABLE
 
 FLOWS = {"monitor": "flows.monitor:build_flow()", "naive": "flows.naive:build_flow()"}
-# The recovery store holds the reactors' monitors pickled: bump this when their modules or classes move or change
+# The recovery store holds the units' monitors pickled: bump this when their modules or classes move or change
 # shape, so that a store written by an older version is set aside rather than failing the flow at every restart.
-STATE_FORMAT = "2"
+# 3: `MonitorState` moved to detectors.unit_monitor (the patient plant's monitor beside the reactor's).
+STATE_FORMAT = "3"
 STATE_FORMAT_FILE = "state-format"
 
 
@@ -41,11 +43,14 @@ def set_aside_stale_store(recovery_dir: Path) -> Path | None:
 
 def flow_command(nats_url: str, lake: str, recovery_dir: Path | None = None, lateness_s: float = 300.0,
                  durable: str = FLOW_DURABLE, extra_env: dict[str, str] | None = None,
-                 snapshot_s: float = 5.0, flow: str = "monitor") -> tuple[list[str], dict[str, str]]:
-    """The command and environment that run `flow` (the recovery store is made if missing)."""
+                 snapshot_s: float = 5.0, flow: str = "monitor", plant: str | None = None,
+                 ) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run `flow` (the recovery store is made if missing); `plant`: the plant
+    kind it monitors (default: the environment's `BIOPILOT_PLANT`, else the settings')."""
     env = {**os.environ, "BIOPILOT_NATS_URL": nats_url, "BIOPILOT_LAKE": lake,
            "BIOPILOT_LATENESS_S": str(lateness_s), "BIOPILOT_FLOW_DURABLE": durable,
-           "BIOPILOT_FLOW_RECOVERY": "0" if recovery_dir is None else "1", **(extra_env or {})}
+           "BIOPILOT_FLOW_RECOVERY": "0" if recovery_dir is None else "1",
+           **({} if plant is None else {"BIOPILOT_PLANT": plant}), **(extra_env or {})}
     cmd = [sys.executable, "-m", "bytewax.run", FLOWS[flow]]
     if recovery_dir is not None:
         env.setdefault("BIOPILOT_FLOW_WAL", str(recovery_dir / "lake-wal"))  # the sink's log, beside the store
@@ -62,7 +67,7 @@ def flow_command(nats_url: str, lake: str, recovery_dir: Path | None = None, lat
 def start_flow(nats_url: str, lake: str, recovery_dir: Path | None = None, lateness_s: float = 300.0,
                durable: str = FLOW_DURABLE, log_path: Path | None = None,
                extra_env: dict[str, str] | None = None, snapshot_s: float = 5.0,
-               flow: str = "monitor") -> subprocess.Popen:
+               flow: str = "monitor", plant: str | None = None) -> subprocess.Popen:
     """`flow` as its own process in its own session, its output appended to `log_path`."""
-    cmd, env = flow_command(nats_url, lake, recovery_dir, lateness_s, durable, extra_env, snapshot_s, flow)
+    cmd, env = flow_command(nats_url, lake, recovery_dir, lateness_s, durable, extra_env, snapshot_s, flow, plant)
     return spawn(cmd, log_path or Path(os.devnull), env)

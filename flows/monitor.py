@@ -1,6 +1,8 @@
-"""The monitoring dataflow: NATS JetStream -> decode/validate -> per-reactor event time + detectors -> sinks.
+"""The monitoring dataflow: NATS JetStream -> decode/validate -> per-unit event time + detectors -> sinks.
 
-Thin wiring only; the logic lives in `sources.telemetry` (routing, validation) and `detectors.reactor_monitor`.
+Thin wiring only; the logic lives in `sources.telemetry` (routing, validation) and the plant kind's monitor
+(`Settings.plant`): `detectors.reactor_monitor` for reactors, `detectors.patient_monitor` for patients (whose
+twin refits are also published on `biopilot.twin.<patient>`); `detectors.unit_monitor` holds the shared steps.
 Run it with `python -m bytewax.run "flows.monitor:build_flow()" -r RECOVERY_DIR -s 5 -b 30`, as `flows.launch`
 does; its settings come from `core.config` (README's Settings). Without a recovery store (`flow_recovery`
 false) nothing keeps a snapshot: the monitors are not copied at each epoch, the Delta sink keeps no
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+from collections.abc import Callable
 from functools import partial
 
 import bytewax.operators as op
@@ -18,8 +21,10 @@ import pyarrow as pa
 from bytewax.dataflow import Dataflow
 
 from core.config import load_settings
+from core.plants import PLANTS
 from core.services import FLOW_DURABLE
-from detectors.reactor_monitor import MonitorConfig, judged_step, warm_up
+from detectors import patient_monitor, reactor_monitor
+from detectors.unit_monitor import MonitorConfig, MonitorFactory, Outputs, judged_step
 from sinks.lake_sink import LakeSink, default_wal_dir
 from sinks.nats_sink import NatsPublishSink, Publish, alert_json
 from sources.jetstream import JetStreamSource
@@ -48,6 +53,22 @@ def _dead_messages(dead: pa.Table, stage: str) -> list[Publish]:
             for row in dead.to_pylist()]
 
 
+def _twin_messages(out: Outputs) -> list[Publish]:
+    """A patient's twin refits for `biopilot.twin.<patient>`; the id lets JetStream drop a republished one."""
+    messages = []
+    for twin in out.twins:
+        subject, headers = patient_monitor.twin_message(twin)
+        messages.append((subject, alert_json(twin), headers))
+    return messages
+
+
+def monitor_for(plant: str, lake: str) -> tuple[MonitorFactory, Callable[[MonitorConfig], Outputs]]:
+    """The plant kind's monitor (made per unit) and its warm-up."""
+    if plant == "patient":  # the twin reads each patient's covariates from the lake the plant writes
+        return partial(patient_monitor.PatientMonitor, lake=lake), partial(patient_monitor.warm_up, twin=True)
+    return reactor_monitor.ReactorMonitor, reactor_monitor.warm_up
+
+
 def build_flow() -> Dataflow:
     settings = load_settings()
     if not settings.nats_url:
@@ -56,6 +77,8 @@ def build_flow() -> Dataflow:
     config = MonitorConfig.for_detector(settings.detector, settings.lateness_s, snapshots_kept=recovery)
     durable = settings.flow_durable or FLOW_DURABLE
     wal_dir = (settings.flow_wal or default_wal_dir(settings.lake, durable)) if recovery else None
+    vocab = PLANTS[settings.plant]
+    make, warm_up = monitor_for(settings.plant, settings.lake)
     warm_up(config)
     # the modules, models and kernels loaded so far never become garbage: a full collection scanning them all
     # stopped the flow for a long moment, whenever one came; frozen, they are not scanned again
@@ -64,12 +87,13 @@ def build_flow() -> Dataflow:
 
     flow = Dataflow("biopilot-monitor")
     messages = op.input("nats", flow, JetStreamSource(settings.nats_url, durable=durable))
-    routed = op.map("route", messages, route)
+    routed = op.map("route", messages, partial(route, vocab=vocab))
     items = op.flat_map("items", routed, lambda r: r[0])
     dead = op.filter_map("dead", routed, lambda r: r[1])
-    keyed = op.key_on("by_reactor", items, lambda item: item.reactor_id)
+    keyed = op.key_on("by_reactor", items, lambda item: item.unit_id)
     horizon_us = settings.event_horizon_h * 3_600_000_000
-    outputs = op.stateful_flat_map("monitor", keyed, partial(judged_step, config=config, horizon_us=horizon_us))
+    outputs = op.stateful_flat_map("monitor", keyed, partial(judged_step, config=config, horizon_us=horizon_us,
+                                                             make=make))
     tables = op.flat_map("tables", outputs, lambda kv: list(kv[1].tables.items()))
     dead_rows = op.map("dead_rows", dead, lambda t: ("deadletter", t))
     lake_items = op.key_on("to_lake", op.merge("lake_rows", tables, dead_rows), lambda _: "lake")
@@ -77,7 +101,7 @@ def build_flow() -> Dataflow:
     alerts = op.flat_map("alerts", outputs, lambda kv: [
         (f"biopilot.alerts.{a['reactor_id']}", alert_json(a), {"Nats-Msg-Id": a["alert_id"]}) for a in kv[1].alerts]
         + [(f"biopilot.alerts.{c['reactor_id']}", alert_json(c), {"Nats-Msg-Id": f"clear-{c['alert_id']}"})
-           for c in kv[1].clears])
+           for c in kv[1].clears] + _twin_messages(kv[1]))
     dead_msgs = op.flat_map("dead_msgs", dead, lambda t: _dead_messages(t, "route"))
     refused = op.flat_map("refused", outputs, lambda kv: _dead_messages(kv[1].tables["deadletter"], "monitor")
                           if "deadletter" in kv[1].tables else [])

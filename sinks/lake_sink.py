@@ -43,10 +43,11 @@ from core.codec import encode_arrow
 from core.events import SCHEMAS
 from sinks import delta
 
-SEQ_KEYED = ("ticks", "scores")
-# the other tables' row keys
+SEQ_KEYED = ("ticks", "vitals", "scores")  # a unit's readings, either plant kind (core.plants), and their scores
+# the other tables' row keys (the patient plant's: late vitals, labs, doses, the twin's forecasts)
 KEY_COLUMNS = {"alerts": ["alert_id"], "late_ticks": ["run_id", "seq"], "assays": ["run_id", "sample_ts"],
-               "deadletter": ["stream_seq"]}
+               "deadletter": ["stream_seq"], "late_vitals": ["run_id", "seq"], "labs": ["run_id", "sample_ts"],
+               "doses": ["run_id", "ts", "drug"], "twin_forecasts": ["run_id", "fitted_ts", "ts", "dosing"]}
 # a micro-batch's rows at most: a Delta commit costs the same CPU whatever its size, and encoding a large
 # batch costs less per row than several small ones, so at full rate the batches are large; at live rates the
 # age limit closes them long before (docs/PERFORMANCE.md)

@@ -210,6 +210,11 @@ class Fleet:
 
     # ---- advancing ------------------------------------------------------------------------------------
     @property
+    def unit_ids(self) -> list[str]:
+        """The plant-kind-neutral name of `reactor_ids` (`sources.plant.LiveFeed`)."""
+        return self.reactor_ids
+
+    @property
     def remaining_ticks(self) -> int:
         return int(self.total_ticks - self.seq.min())
 

@@ -32,9 +32,10 @@ async def publish_retrying(js: JetStreamContext, subject: str, data: bytes, head
             await asyncio.sleep(0.1)
 
 
-def split_by_reactor(ticks: pa.Table | pa.RecordBatch) -> dict[str, pa.Table]:
+def split_by_reactor(ticks: pa.Table | pa.RecordBatch, column: str = "reactor_id") -> dict[str, pa.Table]:
+    """The rows of each unit (`column`: the unit's id column, `PlantVocabulary.unit_column`)."""
     table = ticks if isinstance(ticks, pa.Table) else pa.Table.from_batches([ticks])
-    reactors = table["reactor_id"]
+    reactors = table[column]
     ids = pc.unique(reactors).to_pylist()
     if len(ids) == 1:
         return {ids[0]: table}
@@ -51,9 +52,12 @@ async def publish_ticks(js: JetStreamContext, reactor_id: str, ticks: pa.Table, 
             await backpressure.published(len(payload))
 
 
-async def publish_assays(js: JetStreamContext, reactor_id: str, assays: pa.Table) -> None:
+async def publish_assays(js: JetStreamContext, reactor_id: str, assays: pa.Table, kind: str | None = None) -> None:
+    """Lab results on `biopilot.assays.<unit>`; `kind` (header `BioPilot-Kind`) names other rows sent there
+    (a patient's `doses`)."""
     if assays.num_rows:
-        await publish_retrying(js, f"biopilot.assays.{reactor_id}", encode_arrow(assays), ARROW_HEADERS)
+        headers = ARROW_HEADERS if kind is None else {**ARROW_HEADERS, KIND_HEADER: kind}
+        await publish_retrying(js, f"biopilot.assays.{reactor_id}", encode_arrow(assays), headers)
 
 
 async def publish_watermark(js: JetStreamContext, reactor_id: str, ts_us: int) -> None:

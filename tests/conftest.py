@@ -154,16 +154,17 @@ def fake_openai_server() -> Iterator[Callable[[dict], tuple[str, FastAPI]]]:
 
 @pytest.fixture
 def run_flow() -> Iterator[Callable[..., Flow]]:
-    """`run_flow(nats_url, lake, lateness_s=300.0, recovery=True, name="flow")`: the monitoring flow process
-    (its log and recovery store beside `lake`, named `name`); every one still running is stopped at teardown."""
+    """`run_flow(nats_url, lake, lateness_s=300.0, recovery=True, name="flow", plant="bioreactor")`: the
+    monitoring flow process of the plant kind `plant` (its log and recovery store beside `lake`, named `name`);
+    every one still running is stopped at teardown."""
     flows: list[Flow] = []
 
     def run(nats_url: str, lake: Path, lateness_s: float = 300.0, recovery: bool = True,
-            name: str = "flow") -> Flow:
+            name: str = "flow", plant: str = "bioreactor") -> Flow:
         log = lake.parent / f"{name}.log"
         # epochs of 1 s: a test's short stream then crosses several stored snapshots
         proc = start_flow(nats_url, str(lake), lake.parent / f"{name}-recovery" if recovery else None, lateness_s,
-                          log_path=log, snapshot_s=1.0)
+                          log_path=log, snapshot_s=1.0, plant=plant)
         flows.append(Flow(proc, log))
         return flows[-1]
 

@@ -10,7 +10,8 @@ import pickle
 import numpy as np
 
 from detectors.golden import load_reference
-from detectors.reactor_monitor import MonitorConfig, MonitorState, ReactorMonitor
+from detectors.reactor_monitor import MonitorConfig, ReactorMonitor
+from detectors.unit_monitor import MonitorState
 from tests.stream_helpers import make_ticks
 
 

@@ -242,7 +242,7 @@ def patient_baseline_seconds_per_tick(scenario: object, patients: int, days: flo
 
 
 def run_patient(patients: int = 1000, days: float = 84.0, seed: int = 7, lake: str | None = None,
-                baseline_patients: int = 2, baseline_days: float = 7.0, progress: bool = True,
+                baseline_patients: int = 8, baseline_days: float = 28.0, progress: bool = True,
                 ) -> PatientSimulateBench:
     from sources.patient.cohort_sim import PatientCohortSim
 

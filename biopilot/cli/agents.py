@@ -19,11 +19,12 @@ def add_diagnose(subparsers: argparse._SubParsersAction) -> None:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Monitoring + troubleshooting over a stored run: its ticks are scored as the flow would, alerts
     grouped into incidents, and each incident's causes ranked from the evidence (signal, time, value
-    against the golden batch)."""
-    from agents.diagnose import RunNotFound, diagnose_stored, findings_json, format_findings
+    against the golden batch; for a patient run, its vitals, labs, doses and genotype)."""
+    from agents.diagnose import RunNotFound, findings_json, format_findings
+    from agents.findings import stored_findings
 
     with user_errors(RunNotFound):
-        findings = diagnose_stored(lake_of(args), args.run)
+        findings = stored_findings(lake_of(args), args.run)
     print(findings_json(findings) if args.json else format_findings(findings))
     return 0
 

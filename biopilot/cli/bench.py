@@ -28,8 +28,9 @@ def add_simulate(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--lake", default=None, help="keep the tables here (default: a temporary directory)")
     p.add_argument("--baseline-reactors", type=positive("--baseline-reactors", int), default=2)
     p.add_argument("--baseline-days", type=positive("--baseline-days"), default=None,
-                   help="default 1 (bioreactor), 7 (patient)")
-    p.add_argument("--baseline-patients", type=positive("--baseline-patients", int), default=2)
+                   help="default 1 (bioreactor), 28 (patient)")
+    p.add_argument("--baseline-patients", type=positive("--baseline-patients", int), default=8,
+                   help="--plant patient (default 8: with 28 days, a sample long enough for a stable rate)")
     json_option(p)
 
 
@@ -40,7 +41,7 @@ def cmd_bench_simulate(args: argparse.Namespace) -> int:
 
     if args.plant == "patient":
         result = bench.run_patient(patients=args.patients, days=args.days or 84.0, seed=args.seed, lake=args.lake,
-                                   baseline_patients=args.baseline_patients, baseline_days=args.baseline_days or 7.0,
+                                   baseline_patients=args.baseline_patients, baseline_days=args.baseline_days or 28.0,
                                    progress=not args.json and sys.stderr.isatty())
         print(json.dumps(bench.as_json(result)) if args.json else bench.format_patient_report(result))
         return 0
@@ -93,7 +94,13 @@ def add_detectors(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=positive("--seeds", int), default=5)
     p.add_argument("--normal-runs", type=positive("--normal-runs", int), default=20)
     p.add_argument("--calibration-runs", type=positive("--calibration-runs", int), default=10)
-    p.add_argument("--grace-h", type=float, default=2.0, help="hours after a fault's end still counted as inside")
+    p.add_argument("--grace-h", type=float, default=None,
+                   help="hours after a fault's end still counted as inside (default 2; patient 96: labs are days apart)")
+    p.add_argument("--plant", choices=("bioreactor", "patient"), default="bioreactor",
+                   help="patient: the patient monitor on every adverse event (--seeds patients each) and normal "
+                        "patients (--normal-runs per normal scenario, --normal-days long)")
+    p.add_argument("--normal-days", type=positive("--normal-days", float), default=28.0,
+                   help="days of each normal patient (--plant patient)")
     p.add_argument("--speed", action="store_true", help="also each detector's ticks/s at 12 signals")
     p.add_argument("--only", default=None, help="comma-separated detectors to evaluate (default: all)")
     p.add_argument("--out", default="docs/quality", help="where to write detectors.md/.json/.png")
@@ -106,39 +113,63 @@ def cmd_bench_detectors(args: argparse.Namespace) -> int:
     from detectors import benchmark as bench
 
     say = progress(args)
+    if args.plant == "patient":
+        return _bench_patient_detectors(args, say)
     results = bench.run(seeds=args.seeds, normal_runs=args.normal_runs, calibration_runs=args.calibration_runs,
-                        grace_h=args.grace_h, with_speed=args.speed,
+                        grace_h=2.0 if args.grace_h is None else args.grace_h, with_speed=args.speed,
                         only=args.only.split(",") if args.only else None, progress=say)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "detectors.md").write_text(bench.markdown(results) + "\n")
-    (out / "detectors.json").write_text(json.dumps(bench.as_json(results), indent=2) + "\n")
-    bench.chart(results, out / "detectors.png")
-    print(json.dumps(bench.as_json(results)) if args.json else bench.markdown(results))
-    say(f"written: {out / 'detectors.md'}, {out / 'detectors.json'}, {out / 'detectors.png'}")
+    _report(args, bench.markdown(results), bench.as_json(results), "detectors")
+    bench.chart(results, Path(args.out) / "detectors.png")
+    say(f"written: detectors.md, .json and .png in {args.out}")
+    return 0
+
+
+def _bench_patient_detectors(args: argparse.Namespace, say) -> int:  # noqa: ANN001 - the progress printer
+    """The patient monitor on labelled virtual patients: detection rate and delay per adverse event, false
+    alarms per patient-day. Writes detectors-patient.md/.json."""
+    from detectors import patient_benchmark as bench
+
+    result = bench.run(patients=args.seeds, normal_patients=args.normal_runs, normal_days=args.normal_days,
+                       grace_h=bench.GRACE_H if args.grace_h is None else args.grace_h, progress=say)
+    _report(args, bench.markdown(result), result, "detectors-patient")
+    say(f"written: detectors-patient.md and .json in {args.out}")
     return 0
 
 
 def add_agents(benches: argparse._SubParsersAction) -> None:
     p = command(benches, "agents", cmd_bench_agents, "root-cause accuracy and alert -> first chunk latency")
     p.add_argument("--seeds", type=positive("--seeds", int), default=5, help="runs per archetype (default 5)")
-    p.add_argument("--normal-runs", type=positive("--normal-runs", int), default=10)
+    p.add_argument("--normal-runs", type=positive("--normal-runs", int), default=None,
+                   help="default 10 (bioreactor), 20 (patient)")
     p.add_argument("--latency-alerts", type=int, default=200, help="alerts for the latency part (0 skips it)")
     p.add_argument("--out", default="docs/quality", help="where agents.md/json go (default docs/quality)")
+    p.add_argument("--plant", choices=("bioreactor", "patient"), default="bioreactor",
+                   help="patient: every adverse event and composite x --seeds patients + --normal-runs normal "
+                        "patients through the patient monitor and agents (writes agents-patient.md/json)")
     json_option(p)
 
 
 def cmd_bench_agents(args: argparse.Namespace) -> int:
     """Monitoring + troubleshooting over a labelled twin suite (top-1/top-3 per archetype, abstentions,
     incidents on normal runs) and the live latency from an alert to the first explanation chunk."""
+    if args.plant == "patient":
+        from agents import patient_benchmark as bench
+
+        res = bench.run(args.seeds, args.normal_runs or 20, progress=progress(args))
+        return _report(args, bench.markdown(res), res.as_json(), "agents-patient")
     from agents import benchmark as bench
 
-    res = bench.run(args.seeds, args.normal_runs, args.latency_alerts, progress=progress(args))
+    res = bench.run(args.seeds, args.normal_runs or 10, args.latency_alerts, progress=progress(args))
+    return _report(args, bench.markdown(res), res.as_json(), "agents")
+
+
+def _report(args: argparse.Namespace, markdown: str, result: dict, name: str) -> int:
+    """Write a benchmark's `<name>.md` and `<name>.json` under `--out`; print the JSON (`--json`) or the Markdown."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "agents.md").write_text(bench.markdown(res) + "\n")
-    (out / "agents.json").write_text(json.dumps(res.as_json(), indent=2) + "\n")
-    print(json.dumps(res.as_json()) if args.json else bench.markdown(res))
+    (out / f"{name}.md").write_text(markdown + "\n")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result) if args.json else markdown)
     return 0
 
 

@@ -175,14 +175,25 @@ def cmd_overview(args: argparse.Namespace) -> int:
     return 0
 
 
+# per plant kind: units, speed and scenario of `biopilot up` (patients: a cohort titrated by the nomogram, at
+# an hour a second: a first INR within minutes, the twin refitting as the labs come)
+UP_DEFAULTS: dict[str, tuple[int, float, str]] = {"bioreactor": (4, 600.0, "normal"),
+                                                   "patient": (8, 3600.0, "warfarin_standard")}
+
+
 def add_up(subparsers: argparse._SubParsersAction) -> None:
     p = command(subparsers, "up", cmd_up, "start the whole stack (broker, flow, plant, agents, dashboard)")
-    p.add_argument("--reactors", type=positive("--reactors", int), default=4)
-    p.add_argument("--speed", type=positive("--speed", allow_max=True), default=600.0,
-                   help="simulated seconds per wall second, or max (default 600; the plant waits while the "
-                        "flow is more than 1 GB behind)")
-    p.add_argument("--plant", choices=["bioreactor", "patient"], default="bioreactor")
-    p.add_argument("--scenario", default="normal", help="scenario of every batch (default normal)")
+    p.add_argument("--plant", choices=["bioreactor", "patient"], default=None,
+                   help="bioreactor fleet or patient cohort (default: the plant setting, BIOPILOT_PLANT; bioreactor)")
+    p.add_argument("--reactors", type=positive("--reactors", int), default=None,
+                   help="number of reactors (default 4; bioreactor)")
+    p.add_argument("--patients", type=positive("--patients", int), default=None,
+                   help=f"patients in each cohort (default {UP_DEFAULTS['patient'][0]}; --plant patient)")
+    p.add_argument("--speed", type=positive("--speed", allow_max=True), default=None,
+                   help="simulated seconds per wall second, or max (default 600; 3600 for patients: an hour a "
+                        "second; the plant waits while the flow is more than 1 GB behind)")
+    p.add_argument("--scenario", default=None,
+                   help="scenario of every batch or cohort (default normal; warfarin_standard for patients)")
     p.add_argument("--jitter", type=float, default=0.0, help="share of ticks delivered out of order (0-1)")
     p.add_argument("--port", type=positive("--port", int), default=None,
                    help="dashboard port (default BIOPILOT_PORT or 8000)")
@@ -195,22 +206,33 @@ def add_up(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Start the embedded broker and cache (unless BIOPILOT_NATS_URL / BIOPILOT_REDIS_URL are set), the
-    monitoring flow, the plant feed, the agent workers and the dashboard; prints a one-time admin login
-    link. Ctrl-C stops everything."""
+    monitoring flow, the plant feed (a bioreactor fleet, or with --plant patient a cohort of virtual patients
+    whose doses, co-medications and adverse events the dashboard controls), the agent workers and the dashboard;
+    prints a one-time admin login link. Ctrl-C stops everything."""
     from biopilot.stack import run_up
     from core.services import port_in_use
+    from sources.patient.scenarios import load_patient_scenario
     from sources.scenarios import ScenarioError, load_scenario
 
-    if args.plant != "bioreactor":
-        raise UsageError(f"--plant {args.plant}: only the bioreactor plant is available in this version")
-    with user_errors(ScenarioError):
-        scenario = load_scenario(args.scenario)
     settings = settings_for(args)
+    args.plant = args.plant or settings.plant
+    units, speed, name = UP_DEFAULTS[args.plant]
+    if args.plant == "bioreactor" and args.patients is not None:
+        raise UsageError("--patients is for --plant patient; a bioreactor fleet takes --reactors")
+    if args.plant == "patient" and args.reactors is not None:
+        raise UsageError("--reactors is for the bioreactor; a patient cohort takes --patients")
+    units = args.reactors or args.patients or units
+    args.speed = speed if args.speed is None else args.speed
+    name = args.scenario or name
+    _not_the_other_kind(name, args.plant)
+    with user_errors(ScenarioError):
+        scenario = load_patient_scenario(name) if args.plant == "patient" else load_scenario(name)
+    settings = replace(settings, plant=args.plant)
     if args.port is not None:
         settings = replace(settings, port=args.port)
     if port_in_use(settings.port, settings.host):
         raise UsageError(f"port {settings.port} on {settings.host} is in use: pass --port or set BIOPILOT_PORT")
-    return run_up(settings, scenario, args.reactors, args.speed, args.jitter,
+    return run_up(settings, scenario, units, args.speed, args.jitter,
                   settings.lateness_s if args.lateness_s is None else args.lateness_s, args.batches)
 
 

@@ -47,8 +47,8 @@ def add_dose(twin: argparse._SubParsersAction) -> None:
     p.epilog = COLUMNS_HELP
     p.add_argument("--input", required=True, help="a .csv or .parquet file of patients (columns below)")
     p.add_argument("--out", required=True, help="output .csv or .parquet")
-    p.add_argument("--target-inr", type=float, default=2.5, help="the INR to reach at steady state "
-                   "(1.5 to 4.0; default 2.5)")
+    p.add_argument("--target-inr", type=float, default=None, help="the INR to reach at steady state "
+                   "(1.5 to 4.0; default 2.34, the middle of the INRs patients hold on their stable doses)")
 
 
 def _read_table(path: str) -> pa.Table:
@@ -127,7 +127,7 @@ def cmd_twin_dose(args: argparse.Namespace) -> int:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from sources.patient.dose_advice import INTERVAL_QUANTILES, advise_doses
+    from sources.patient.dose_advice import INTERVAL_QUANTILES, STABLE_INR, advise_doses
 
     if not args.out.endswith((".csv", ".parquet")):
         raise UsageError(f"--out must end in .csv or .parquet, got {args.out}")
@@ -142,7 +142,8 @@ def cmd_twin_dose(args: argparse.Namespace) -> int:
     covariates |= {name: _text(_column(table, name)) for name in TEXT_COLUMNS}
     covariates |= {name: _flags(_column(table, name), name) for name in FLAG_COLUMNS}
     with user_errors(ValueError):
-        advice = advise_doses([str(v) for v in ids.tolist()], **covariates, target_inr=args.target_inr)
+        target_inr = STABLE_INR if args.target_inr is None else args.target_inr
+        advice = advise_doses([str(v) for v in ids.tolist()], **covariates, target_inr=target_inr)
     out = pa.table({"patient_id": pa.array(advice.patient_id.tolist(), pa.string()),
                     "weekly_dose_mg": advice.weekly_dose_mg.round(2),
                     "dose_lo_mg": advice.dose_lo_mg.round(2),
@@ -155,7 +156,7 @@ def cmd_twin_dose(args: argparse.Namespace) -> int:
     except OSError as err:
         raise UsageError(f"cannot write {args.out}: {err}") from None
     lo, hi = (round(100 * q) for q in INTERVAL_QUANTILES)
-    print(f"advised {out.num_rows:,} patients at target INR {args.target_inr:g} -> {args.out} "
+    print(f"advised {out.num_rows:,} patients at target INR {target_inr:.2f} -> {args.out} "
           f"(interval: {lo}th-{hi}th percentile)")
     return 0
 

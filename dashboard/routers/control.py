@@ -20,10 +20,18 @@ from sources.commands import ControlCommand, FaultInjection
 from sources.replay import Replay
 
 router = APIRouter(prefix="/api", tags=["control"])
-# an id by the API's pattern, less '.': a reactor id is one token of the NATS subject biopilot.control.<reactor>
-ReactorId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,128}$", description="a live reactor's id, e.g. r1")]
+# an id by the API's pattern, less '.': a unit's id (reactor, patient) is one token of the NATS subject
+# biopilot.control.<unit>
+UNIT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+ReactorId = Annotated[str, Path(pattern=UNIT_ID_PATTERN, description="a live reactor's id, e.g. r1")]
 MAX_FINISHED_REPLAYS = 50  # older finished replays are forgotten
-STOP_NEEDS_ADMIN = "stop halts the whole plant (every reactor, and `biopilot up` with it), so it needs the admin role"
+
+
+def stop_needs_admin(unit: str) -> str:
+    return f"stop halts the whole plant (every {unit}, and `biopilot up` with it), so it needs the admin role"
+
+
+STOP_NEEDS_ADMIN = stop_needs_admin("reactor")
 REFUSALS = {403: {"description": "stop without the admin role"},
             404: {"description": "no live reactor with this id (see GET /api/reactors)"}}
 
@@ -35,21 +43,31 @@ async def _refuse(rt: Runtime, request: Request, who: Principal, action: str, ta
 
 
 async def _to_live_reactor(rt: Runtime, request: Request, who: Principal, action: str, reactor_id: str,
-                           command: dict) -> Accepted:
-    """Publish `command` to a reactor the relay has seen live; 404 (audited) for any other id."""
+                           command: dict, unit: str = "reactor") -> Accepted:
+    """Publish `command` to a unit (a reactor, or a patient: `unit`) the relay has seen live; 404 (audited) for
+    any other id."""
     try:
         live = await rt.redis.hexists(REACTORS_KEY, reactor_id)
     except RedisError:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            "cannot tell which reactors are live: the cache does not answer") from None
+                            f"cannot tell which {unit}s are live: the cache does not answer") from None
     if not live:
         await _refuse(rt, request, who, action, reactor_id, command, status.HTTP_404_NOT_FOUND,
-                      f"no live reactor {reactor_id!r}; see GET /api/reactors")
+                      f"no live {unit} {reactor_id!r}; see GET /api/{unit}s")
     subject = f"biopilot.control.{reactor_id}"
     await rt.nc.publish(subject, json.dumps(command).encode())
     await rt.nc.flush()
     await rt.audit(request, who, action, reactor_id, command, "published")
     return Accepted(subject=subject, command=command)
+
+
+async def control_unit(rt: Runtime, request: Request, who: Principal, unit_id: str, command: dict,
+                       unit: str = "reactor") -> Accepted:
+    """A control command to a live unit: `stop` only with the admin role (403, audited, otherwise)."""
+    if command["type"] == "stop" and not who.can("admin"):
+        await _refuse(rt, request, who, "control", unit_id, command, status.HTTP_403_FORBIDDEN,
+                      f"{stop_needs_admin(unit)}; your token is {who.role}")
+    return await _to_live_reactor(rt, request, who, "control", unit_id, command, unit)
 
 
 @router.post("/reactors/{reactor_id}/control", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
@@ -59,11 +77,7 @@ async def _to_live_reactor(rt: Runtime, request: Request, who: Principal, action
                          "** (403 otherwise): the plant runs all its reactors in one process.")
 async def control(body: ControlCommand, reactor_id: ReactorId, request: Request, rt: Runtime = Depends(runtime),
                   who: Principal = Depends(is_operator)) -> Accepted:
-    command = body.model_dump(exclude_none=True)
-    if body.type == "stop" and not who.can("admin"):
-        await _refuse(rt, request, who, "control", reactor_id, command, status.HTTP_403_FORBIDDEN,
-                      f"{STOP_NEEDS_ADMIN}; your token is {who.role}")
-    return await _to_live_reactor(rt, request, who, "control", reactor_id, command)
+    return await control_unit(rt, request, who, reactor_id, body.model_dump(exclude_none=True))
 
 
 @router.post("/reactors/{reactor_id}/faults", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,

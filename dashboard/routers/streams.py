@@ -66,10 +66,10 @@ def sse(request: Request, rt: Runtime, who: Principal, channel: str, accept: Cal
 
 def _event_name(channel: str, event: dict) -> str:
     if channel == "telemetry":
-        return "tick" if event.get("kind") == "ticks" else "assay"
+        return {"ticks": "tick", "dose": "dose"}.get(event.get("kind"), "assay")
     if channel == "alerts":
         return "clear" if event.get("type") == "clear" else "alert"
-    return {"incidents": "incident", "agents": "chunk"}[channel]
+    return {"incidents": "incident", "agents": "chunk", "twin": "twin"}[channel]
 
 
 @router.get("/telemetry")
@@ -91,6 +91,14 @@ async def alerts(request: Request, rt: Runtime = Depends(runtime), who: Principa
 async def incidents(request: Request, rt: Runtime = Depends(runtime), who: Principal = Depends(is_viewer),
                     reactor: Id | None = None, last_event_id: str | None = Query(None)) -> HeldStream:
     return sse(request, rt, who, "incidents", lambda e: matches(e, reactor), last_event_id)
+
+
+@router.get("/twin")
+async def twin(request: Request, rt: Runtime = Depends(runtime), who: Principal = Depends(is_viewer),
+               reactor: Id | None = Query(None, description="a patient's id"),
+               last_event_id: str | None = Query(None)) -> HeldStream:
+    """The patient twin's INR forecasts, one event each time a lab refits it (the patient plant)."""
+    return sse(request, rt, who, "twin", lambda e: matches(e, reactor), last_event_id)
 
 
 @router.get("/agents")

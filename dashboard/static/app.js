@@ -36,29 +36,6 @@ const state = {
   plots: [],
 };
 
-const $ = (id) => document.getElementById(id);
-
-function el(tag, props = {}, ...children) {  // children: elements or strings (appended as text)
-  const node = Object.assign(document.createElement(tag), props);
-  node.append(...children);
-  return node;
-}
-
-function fillOptions(select, values, label = (v) => v) {
-  select.replaceChildren(...values.map((v) => el("option", {value: v, textContent: label(v)})));
-}
-
-async function api(path, options = {}) {
-  const reply = await fetch(path, {credentials: "same-origin", headers: {"Content-Type": "application/json"},
-                                   ...options});
-  if (!reply.ok) {
-    let message = `${reply.status}`;
-    try { const body = await reply.json(); message = body.message || body.detail || message; } catch (_) {}
-    throw new Error(typeof message === "string" ? message : JSON.stringify(message));
-  }
-  return reply.status === 204 ? null : reply.json();
-}
-
 function bufferFor(reactor) {
   if (!state.data[reactor]) {
     const signals = Object.fromEntries(SIGNALS.map((s) => [s, []]));
@@ -207,13 +184,6 @@ function renderAgent() {
 }
 
 // ---- streams ------------------------------------------------------------------------------------------
-function stream(path, handlers) {
-  const source = new EventSource(path);  // reconnects by itself, sending Last-Event-ID: the server resumes
-  for (const [name, fn] of Object.entries(handlers)) source.addEventListener(name, (e) => fn(JSON.parse(e.data)));
-  source.onopen = () => { $("status").textContent = "live"; $("status").className = "pill live"; };
-  source.onerror = () => { $("status").textContent = "reconnecting…"; $("status").className = "pill down"; };
-  return source;
-}
 
 function startStreams() {
   stream("/api/stream/telemetry", {tick: onTick, assay: onAssay});
@@ -226,10 +196,6 @@ function startStreams() {
 }
 
 // ---- controls -----------------------------------------------------------------------------------------
-function say(message, ok = true) {
-  $("control-msg").textContent = message;
-  $("control-msg").classList.toggle("error", !ok);
-}
 
 async function send(path, body, what) {
   try { await api(path, {method: "POST", body: JSON.stringify(body)}); say(`${what} sent to ${state.reactor}`); }
@@ -317,13 +283,7 @@ async function refreshReplays() {
 }
 
 async function main() {
-  try {
-    const who = await api("/api/whoami");
-    $("who").textContent = `${who.subject} (${who.role})`;
-  } catch (err) {
-    $("status").textContent = "not signed in: open the URL biopilot up printed"; $("status").className = "pill down";
-    return;
-  }
+  if (!(await signIn())) return;
   wireControls();
   makePlots();
   startStreams();

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from core.events import DOSES, LABS, VITAL_SIGNALS, VITALS, Label
 from sources.patient.adverse_events import (
@@ -37,17 +38,36 @@ from sources.patient.inr_events import (
     initiation_end_h,
     scan_episodes,
 )
-from sources.patient.pkpd import PkpdState, step_pkpd
+from sources.patient.pkpd import Outputs, PkpdState, step_pkpd
 from sources.patient.protocols import Advisor, DosingProtocol, make_protocol
 from sources.patient.scenarios import SENSOR_EVENTS, EventSpec, PatientScenario
 from sources.patient.tables import doses_table, labels_table, labs_table, runs_table, vitals_batch
 from sources.patient.vitals import SensorFault, VitalsModel
-from sources.patient.warfarin import INR_RESIDUAL_VARIANCE, clearance_factor
+from sources.patient.warfarin import (
+    AMIODARONE_CL_FACTOR,
+    AMIODARONE_ONSET_HALF_LIFE_H,
+    INDUCER_CL_FACTOR,
+    INDUCER_ONSET_HALF_LIFE_H,
+    INR_RESIDUAL_VARIANCE,
+    clearance_factor,
+)
 
 # independent random streams per patient: an adverse event never changes the noise or the cohort a patient sees
 _STREAM_COHORT, _STREAM_EVENTS, _STREAM_LABS, _STREAM_DOSES = range(4)
 HB_ASSAY_SD_G_DL = 0.2  # analytical SD of a haemoglobin assay (docs/MODEL-PATIENT.md, "Labs")
 ESTABLISHED_H = 1e6  # hours on a co-medication that count as "taken since before the run"
+# co-medications as dose rows (the agents cite them): amiodarone's maintenance dose, rifampicin's daily dose
+COMEDICATION_DAILY_MG: dict[str, float] = {"amiodarone": 200.0, "enzyme_inducer": 600.0}
+# a co-medication's factor on warfarin clearance moves first-order towards its full value once started (the
+# half-lives of warfarin.py) and back towards 1 once stopped: amiodarone's own elimination half-life (~58 days,
+# range 15-142: Cordarone prescribing information) keeps CYP2C9 inhibited for weeks; rifampicin's induction
+# wears off as the enzyme turns over (warfarin needs settle ~4 weeks after stopping: Yang et al. 2021, Eur J Clin
+# Pharmacol 77:341), a half-life of about a week
+COMEDICATION_KINETICS: dict[str, tuple[float, float, float]] = {  # (full factor, onset, offset half-life h)
+    "amiodarone": (AMIODARONE_CL_FACTOR, AMIODARONE_ONSET_HALF_LIFE_H, 58 * 24.0),
+    "enzyme_inducer": (INDUCER_CL_FACTOR, INDUCER_ONSET_HALF_LIFE_H, 7 * 24.0),
+}
+LIVE_INTERACTION_LABEL_H = 600.0  # a live amiodarone start's drug_interaction label: as the scenario's window
 
 
 def patient_run_id(scenario: PatientScenario, seed: int, index: int) -> str:
@@ -147,10 +167,10 @@ def clearance_factors(t_h: np.ndarray, amiodarone: np.ndarray, enzyme_inducer: n
     [[1.0, 1.0], [0.55, 0.55]]
     """
     n = len(amiodarone)
-    shape = (n, len(t_h))
-    amio_h = np.where(np.asarray(amiodarone, bool)[:, None], ESTABLISHED_H, np.nan) * np.ones(shape)
-    inducer_h = np.where(np.asarray(enzyme_inducer, bool)[:, None], ESTABLISHED_H, np.nan) * np.ones(shape)
-    factor = clearance_factor(amio_h, inducer_h)
+    # established: one factor per patient, the same at every tick (computed once, not per tick)
+    amio_h = np.where(np.asarray(amiodarone, bool)[:, None], ESTABLISHED_H, np.nan)
+    inducer_h = np.where(np.asarray(enzyme_inducer, bool)[:, None], ESTABLISHED_H, np.nan)
+    factor = np.repeat(clearance_factor(amio_h, inducer_h), len(t_h), axis=1)
     for name in ("drug_interaction", "over_anticoagulation", "subtherapeutic"):
         events = plan.of(name)
         if len(events):
@@ -245,6 +265,41 @@ def _joined(parts: list[np.ndarray]) -> np.ndarray:
 
 
 @dataclass
+class LiveCourse:
+    """One co-medication started or stopped live, per patient. Where `live`, its factor on warfarin clearance
+    moves first-order from `level` (at `since_h`) towards its full value (`taking`) or towards 1 (stopped); a
+    start from nothing is `warfarin.clearance_factor` exactly. Elsewhere the scenario's own course applies.
+
+    >>> c = LiveCourse.none("enzyme_inducer", 2)
+    >>> c.change(1, taking=True, at_h=0.0, level=1.0)
+    >>> t = np.array([0.0, 96.0])
+    >>> bool(np.allclose(c.factor(t)[1], clearance_factor(np.full(2, np.nan), t)))
+    True
+    """
+
+    drug: str
+    live: np.ndarray  # bool (n,)
+    taking: np.ndarray  # bool (n,)
+    since_h: np.ndarray
+    level: np.ndarray
+
+    @classmethod
+    def none(cls, drug: str, n: int) -> LiveCourse:
+        return cls(drug, np.zeros(n, bool), np.zeros(n, bool), np.zeros(n), np.ones(n))
+
+    def change(self, k: int, taking: bool, at_h: float, level: float) -> None:
+        self.live[k], self.taking[k], self.since_h[k], self.level[k] = True, taking, at_h, level
+
+    def factor(self, t_h: np.ndarray) -> np.ndarray:
+        """(n, nt) factor on clearance (meaningful where `live`)."""
+        full, onset_h, offset_h = COMEDICATION_KINETICS[self.drug]
+        target = np.where(self.taking, full, 1.0)[:, None]
+        half_life_h = np.where(self.taking, onset_h, offset_h)[:, None]
+        elapsed = np.clip(np.asarray(t_h, float)[None, :] - self.since_h[:, None], 0.0, None)
+        return target + (self.level[:, None] - target) * np.exp(-np.log(2.0) * elapsed / half_life_h)
+
+
+@dataclass
 class PatientChunk:
     vitals: pa.RecordBatch
     labs: pa.Table
@@ -295,6 +350,11 @@ class PatientCohortSim:
         # INR episodes open at the end of the last chunk (`inr_events`): labelled when they close or the run ends
         self.open_over, self.open_sub = OpenEpisodes.none(self.n), OpenEpisodes.none(self.n)
         self.inr_reached_h = np.full(self.n, np.nan)  # when the true INR first reached 2 (ends the initiation)
+        # live control (`sources.patient.live`): a clinician's prescription (NaN: the protocol's) and holds
+        self.prescribed_mg = {drug: np.full(self.n, np.nan) for drug in ("warfarin", "metoprolol")}
+        self.hold_left = {drug: np.zeros(self.n, int) for drug in ("warfarin", "metoprolol")}
+        self.on_metoprolol = np.full(self.n, scenario.takes_metoprolol)
+        self.courses = {drug: LiveCourse.none(drug, self.n) for drug in COMEDICATION_DAILY_MG}
 
     # ---- construction --------------------------------------------------------------------------------
     def _protocol(self) -> DosingProtocol | None:
@@ -317,6 +377,10 @@ class PatientCohortSim:
         return out
 
     # ---- advancing ------------------------------------------------------------------------------------
+    @property
+    def unit_ids(self) -> list[str]:
+        return self.patient_ids
+
     @property
     def remaining_ticks(self) -> int:
         return self.total_ticks - self.seq
@@ -350,31 +414,33 @@ class PatientCohortSim:
         dose_w = np.zeros((n, n_ticks))
         dose_m = np.zeros((n, n_ticks))
         doses: list[pa.Table] = []
-        cl_factor = clearance_factors(t_h, self.cohort.amiodarone, self.cohort.enzyme_inducer, self.plan)
+        cl_factor = self._live_clearance(t_h, clearance_factors(t_h, self.cohort.amiodarone,
+                                                                 self.cohort.enzyme_inducer, self.plan))
         missed_share = missed_dose_share(t_h, n, self.plan)
         # the chunk is cut at dose times: a decision needs the INRs reported by then, which this chunk's pk/pd
         # produces; so it is integrated segment by segment (a cut a day: the patients stay vectorised)
         due = [float(h) for h in self.dose_h if t_h[0] - 1e-9 <= h < t_end - 1e-9]
         cuts = {min(n_ticks - 1, int(np.ceil((h - t_h[0]) / self.dt_h - 1e-9))): h for h in due}
         bounds = sorted({0, *cuts, n_ticks})
-        outs, samples = [], []
+        samples = []
+        joined = Outputs.empty(n, n_ticks)  # the segments write their outputs here: no slicing, no joining
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             if a in cuts:
                 at_h = cuts[a]
                 taken = (self.rng.random(n) < sc.adherence) & (self.rng.random(n) >= missed_share[:, a])
                 if sc.takes_warfarin:
-                    self.warfarin_dose_mg = self._decide_warfarin(at_h)
+                    self.warfarin_dose_mg = self._prescribed("warfarin", self._decide_warfarin(at_h))
                     dose_w[:, a] = np.where(taken, self.warfarin_dose_mg, 0.0)
                     doses.append(doses_table(self.run_ids, self.patient_ids, self.started, at_h, "warfarin",
                                              self.warfarin_dose_mg, taken))
-                if sc.takes_metoprolol:
-                    dose = np.full(n, sc.metoprolol_dose_mg)
-                    dose_m[:, a] = np.where(taken, dose, 0.0)
-                    doses.append(doses_table(self.run_ids, self.patient_ids, self.started, at_h, "metoprolol",
-                                             dose, taken))
-            self.state, out = step_pkpd(self.state, self.cohort, dose_w[:, a:b], dose_m[:, a:b],
-                                        cl_factor[:, a:b], self.dt_h)
-            outs.append(out)
+                if self.on_metoprolol.any():
+                    dose = self._prescribed("metoprolol", np.full(n, sc.metoprolol_dose_mg))
+                    dose_m[:, a] = np.where(taken & self.on_metoprolol, dose, 0.0)
+                    doses.append(self._doses_of(self.on_metoprolol, at_h, "metoprolol", dose, taken))
+                doses += [self._doses_of(on, at_h, drug, np.full(n, mg), np.ones(n, bool))
+                          for drug, mg in COMEDICATION_DAILY_MG.items() if (on := self.taking(drug, at_h)).any()]
+            self.state, out = step_pkpd(self.state, self.cohort, dose_w, dose_m, cl_factor, self.dt_h, span=(a, b),
+                                        into=joined)
             for h in self.lab_h[(self.lab_h >= t_h[a] - 1e-9) & (self.lab_h < t_h[b - 1] + self.dt_h - 1e-9)]:
                 j = min(b - 1, int(np.ceil((h - t_h[0]) / self.dt_h - 1e-9)))
                 inr = measured_inr(out.inr[:, j - a], self.rng)
@@ -386,19 +452,20 @@ class PatientCohortSim:
                 hb_noise = self.rng.normal(0.0, HB_ASSAY_SD_G_DL, n)
                 samples.append((j, float(h), reported_h, inr, hb_noise))
         # only the deltas that exist: the drugs' on pulse and pressures, the events' where they act
-        effects = {key: _joined([getattr(o, attr) for o in outs]) for key, attr in _DRUG_EFFECTS
-                   if sc.takes_metoprolol}
+        effects = {key: getattr(joined, attr) for key, attr in _DRUG_EFFECTS
+                   if self.on_metoprolol.any()}
         for name in sorted(set(self.plan.name) & set(VITALS_EVENTS)):
             active, since, magnitude = active_mask(self.plan.of(name), n, t_h)
-            if not active.any():
+            rows = np.flatnonzero(active.any(axis=1))  # the deltas of the few it acts on, not of the cohort
+            if not len(rows):
                 continue
-            for key, delta in event_effects(name, since, magnitude[:, None]).items():
-                effects[key] = effects.get(key, 0.0) + np.where(active, delta, 0.0)
+            for key, delta in event_effects(name, since[rows], magnitude[rows, None]).items():
+                effects.setdefault(key, np.zeros((n, n_ticks)))[rows] += np.where(active[rows], delta, 0.0)
         effects.setdefault("hb_g_dl", np.zeros((n, n_ticks)))
         true = self.vitals_model.step(t_h, {k: v for k, v in effects.items() if k in VITAL_SIGNALS})
         measured = self.vitals_model.measure(true, self.measure_rng, self._sensor_faults(t_h))
         self.seq += n_ticks
-        self.last_true = {**true, "inr": _joined([o.inr for o in outs])}
+        self.last_true = {**true, "inr": joined.inr}
         if sc.takes_warfarin:
             self._inr_labels(t_h, self.last_true["inr"])
         return PatientChunk(vitals_batch(self.run_ids, self.patient_ids, self.started, self.dt_h, seq0, measured),
@@ -437,6 +504,125 @@ class PatientCohortSim:
                                     reported_h, inr, hb))
         return pa.concat_tables(parts)
 
+    # ---- live control: what `sources.patient.commands` asks, from the next tick on -----------------------
+    @property
+    def now_h(self) -> float:
+        """Hours since the run began at the next tick to simulate."""
+        return self.seq * self.dt_h
+
+    def index_of(self, patient_id: str) -> int:
+        return self.patient_ids.index(patient_id)
+
+    def set_daily_dose(self, k: int, drug: str, daily_mg: float) -> None:
+        """Patient `k` gets `daily_mg` of `drug` at every dose time from the next one on, whatever the protocol
+        would give (metoprolol is started if they were not on it)."""
+        self._check_drug(k, drug, starting=True)
+        self.prescribed_mg[drug][k] = float(daily_mg)
+        if drug == "metoprolol":
+            self.on_metoprolol[k] = True
+
+    def hold(self, k: int, drug: str, days: int) -> None:
+        """The next `days` daily doses of `drug` are not given (dose rows of 0 mg, as the nomogram's holds);
+        then the dose goes on where it was, prescribed from now on (the clinician has taken over)."""
+        self._check_drug(k, drug, starting=False)
+        if np.isnan(self.prescribed_mg[drug][k]):
+            self.prescribed_mg[drug][k] = (self.scenario.metoprolol_dose_mg if drug == "metoprolol"
+                                           else float(self.protocol.dose_mg[k]))
+        self.hold_left[drug][k] = int(days)
+
+    def comedication(self, k: int, drug: str, action: str) -> list[Label]:
+        """Start or stop amiodarone or an enzyme inducer for patient `k` now; the new labels (an amiodarone start
+        is the `drug_interaction` event: its label, and the cause its INR episodes are put down to)."""
+        t = self.now_h
+        taking = bool(self.taking(drug, t)[k])
+        if (action == "start") == taking:
+            raise ValueError(f"{self.patient_ids[k]} {'already takes' if taking else 'takes no'} {drug}")
+        course = self.courses[drug]
+        if drug == "amiodarone" and action == "start" and not course.live[k]:
+            return self.inject_event(k, "drug_interaction", 1.0, LIVE_INTERACTION_LABEL_H)
+        now = np.array([t])
+        level = course.factor(now) if course.live[k] else self._scenario_factor(drug, now)
+        course.change(k, action == "start", t, float(level[k, 0]))
+        if drug != "amiodarone" or action != "start":
+            return []
+        once = EventPlan(np.array([k]), np.array(["drug_interaction"], dtype=object), np.array([t]),
+                         np.array([LIVE_INTERACTION_LABEL_H]), np.array([1.0]), np.array([None], dtype=object))
+        labels = event_labels(once, self.run_ids, self.patient_ids, self.started, ADVERSE_EVENTS)
+        self.labels += labels
+        return labels
+
+    def inject_event(self, k: int, event: str, magnitude: float, duration_h: float,
+                     signal: str | None = None) -> list[Label]:
+        """An adverse event or monitor fault for patient `k` starting now, as if the scenario had planned it;
+        its label (none for the INR events: their labels come from the INR reaching them)."""
+        if event not in ADVERSE_EVENTS:
+            raise ValueError(f"unknown adverse event {event!r}; allowed: {', '.join(ADVERSE_EVENTS)}")
+        if (event in SENSOR_EVENTS) != (signal is not None):
+            raise ValueError(f"{event} needs the faulty vital (signal)" if event in SENSOR_EVENTS
+                             else f"signal is only for sensor_* events, not {event}")
+        if event in INR_EVENTS + ("nonadherence",) and not self.scenario.takes_warfarin:
+            raise ValueError(f"{event} acts through warfarin; {self.patient_ids[k]} takes none")
+        if event == "drug_interaction" and self.taking("amiodarone", self.now_h)[k]:
+            raise ValueError(f"{self.patient_ids[k]} already takes amiodarone")
+        row = EventPlan(np.array([k]), np.array([event], dtype=object), np.array([self.now_h]),
+                        np.array([float(duration_h)]), np.array([float(magnitude)]), np.array([signal], dtype=object))
+        self.plan = EventPlan(*(np.concatenate([getattr(self.plan, f.name), getattr(row, f.name)])
+                                for f in fields(EventPlan)))
+        labels = event_labels(row, self.run_ids, self.patient_ids, self.started, ADVERSE_EVENTS)
+        self.labels += labels
+        return labels
+
+    def taking(self, drug: str, t_h: float) -> np.ndarray:
+        """(n,) bool: who takes co-medication `drug` at `t_h` (from before the run, from a drug_interaction
+        event's onset on, or as started live)."""
+        course = self.courses[drug]
+        if drug == "amiodarone":
+            events = self.plan.of("drug_interaction")
+            scenario = np.asarray(self.cohort.amiodarone, bool).copy()
+            scenario[events.patient[events.onset_h <= t_h + 1e-9]] = True
+        else:
+            scenario = np.asarray(self.cohort.enzyme_inducer, bool)
+        return np.where(course.live, course.taking, scenario)
+
+    def _check_drug(self, k: int, drug: str, starting: bool) -> None:
+        if drug == "warfarin" and not self.scenario.takes_warfarin:
+            raise ValueError(f"{self.patient_ids[k]}'s scenario {self.scenario.name} gives no warfarin")
+        if drug == "metoprolol" and not starting and not self.on_metoprolol[k]:
+            raise ValueError(f"{self.patient_ids[k]} takes no metoprolol")
+
+    def _prescribed(self, drug: str, decided: np.ndarray) -> np.ndarray:
+        """Today's doses of `drug`: the protocol's or the prescribed, 0 where held (a hold day counted)."""
+        dose = np.where(np.isnan(self.prescribed_mg[drug]), decided, self.prescribed_mg[drug])
+        held = self.hold_left[drug] > 0
+        if not held.any():
+            return dose
+        self.hold_left[drug] = np.where(held, self.hold_left[drug] - 1, 0)
+        return np.where(held, 0.0, dose)
+
+    def _doses_of(self, who: np.ndarray, at_h: float, drug: str, dose_mg: np.ndarray, taken: np.ndarray
+                  ) -> pa.Table:
+        """The dose rows of one dose time for the patients `who` (bool)."""
+        if who.all():
+            return doses_table(self.run_ids, self.patient_ids, self.started, at_h, drug, dose_mg, taken)
+        idx = np.nonzero(who)[0]
+        return doses_table([self.run_ids[i] for i in idx], [self.patient_ids[i] for i in idx], self.started, at_h,
+                           drug, dose_mg[idx], taken[idx])
+
+    def _scenario_factor(self, drug: str, t_h: np.ndarray) -> np.ndarray:
+        """(n, nt) the factor on clearance of one co-medication as the scenario gives it (no live change)."""
+        none = np.zeros(self.n, bool)
+        if drug == "amiodarone":
+            return clearance_factors(t_h, self.cohort.amiodarone, none, self.plan.of("drug_interaction"))
+        return clearance_factors(t_h, none, self.cohort.enzyme_inducer, plan_events([], []))
+
+    def _live_clearance(self, t_h: np.ndarray, factor: np.ndarray) -> np.ndarray:
+        """The scenario's factor on clearance with each live co-medication course in place of its own."""
+        for drug, course in self.courses.items():
+            if course.live.any():
+                factor = np.where(course.live[:, None],
+                                  factor * course.factor(t_h) / self._scenario_factor(drug, t_h), factor)
+        return factor
+
     # ---- metadata tables -------------------------------------------------------------------------------
     def runs_table(self, ended: bool = True) -> pa.Table:
         return runs_table(self.run_ids, self.patient_ids, self.scenario, self.seed,
@@ -447,3 +633,33 @@ class PatientCohortSim:
 
     def patients_table(self) -> pa.Table:
         return self.cohort.patients_table(self.run_ids)
+
+
+@dataclass
+class SimulatedCohort:
+    """A cohort simulated to its end in memory (what `biopilot simulate --plant patient` would write), for the
+    benchmarks and tests that replay it without a lake."""
+
+    sim: PatientCohortSim
+    vitals: pa.Table
+    labs: pa.Table
+    doses: pa.Table
+
+    def of_run(self, run_id: str) -> tuple[pa.Table, pa.Table, pa.Table]:
+        """One patient's (vitals, labs, doses)."""
+        return tuple(t.filter(pc.equal(t["run_id"], run_id))  # type: ignore[return-value]
+                     for t in (self.vitals, self.labs, self.doses))
+
+
+def simulate_cohort(scenario: PatientScenario, n_patients: int, seed: int = 0) -> SimulatedCohort:
+    """`n_patients` of `scenario` simulated to the end, a day at a time as `biopilot simulate` steps (so the
+    same rows)."""
+    sim = PatientCohortSim(scenario, n_patients, seed=seed)
+    chunk_ticks = max(1, int(86400 / sim.dt_s))
+    vitals, labs, doses = [], [], []
+    while not sim.done:
+        chunk = sim.step(chunk_ticks)
+        vitals.append(pa.Table.from_batches([chunk.vitals]))
+        labs.append(chunk.labs)
+        doses.append(chunk.doses)
+    return SimulatedCohort(sim, pa.concat_tables(vitals), pa.concat_tables(labs), pa.concat_tables(doses))

@@ -70,6 +70,15 @@ class EventCommand(_Strict):
     signal: Literal["hr_bpm", "sbp_mmhg", "dbp_mmhg", "spo2_pct", "rr_min", "temp_c"] | None = Field(
         None, description="the vital a sensor fault acts on (sensor_* events only)")
 
+    @model_validator(mode="after")
+    def _signal_for_sensors_only(self) -> EventCommand:
+        # as a scenario's EventSpec: refused here, at both doors, rather than by the running plant after a 202
+        if self.event.startswith("sensor_") and self.signal is None:
+            raise ValueError(f"{self.event} needs the faulty vital's signal")
+        if not self.event.startswith("sensor_") and self.signal is not None:
+            raise ValueError(f"signal is only for sensor_* events, not {self.event}")
+        return self
+
 
 class StopCommand(_Strict):
     type: Literal["stop"]

@@ -8,6 +8,9 @@ cohort's mean, an unknown weight the cohort's median BMI at the patient's height
 patient's sex and ancestry); an unknown co-medication counts as not taken. Sex and height enter only there: the
 model scales by weight (Hamberg 2007).
 
+- The target: by default `STABLE_INR` (2.34), the median INR patients hold on the doses they are kept on (from the
+  published shares of time below and above 2-3), so that the advice predicts the stable dose a patient ends on,
+  as the published stable doses are; `target_inr` aims elsewhere (e.g. 2.5, the middle of the range).
 - `weekly_dose_mg`: the dose for the patient's typical parameters; over unknown genotypes, the probability-
   weighted geometric mean (the dose that minimises the expected squared log error).
 - `dose_lo_mg`, `dose_hi_mg`: the `INTERVAL_QUANTILES` of the doses that put each of `N_DRAWS` simulated
@@ -21,7 +24,7 @@ docs/MODEL-PATIENT.md, "Dose advice", gives the sources and the limits.
 >>> advice = advise_doses(["a", "b", "c"], cyp2c9=["*1/*1", "*3/*3", None], vkorc1_1639=["G/G", "A/A", None],
 ...                       ancestry="white")
 >>> np.round(advice.weekly_dose_mg).tolist()
-[68.0, 5.0, 41.0]
+[54.0, 4.0, 32.0]
 >>> bool(np.all((advice.dose_lo_mg < advice.weekly_dose_mg) & (advice.weekly_dose_mg < advice.dose_hi_mg)))
 True
 """
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import brentq
+from scipy.stats import norm
 
 from sources.patient import cohort, warfarin
 from sources.patient.genetics import (
@@ -44,7 +48,13 @@ from sources.patient.genetics import (
 )
 from sources.patient.iwpc import taken_mask, unknown_mask
 
-TARGET_INR = 2.5  # the middle of the usual therapeutic range 2-3
+THERAPEUTIC_RANGE = (2.0, 3.0)
+# Where patients' INRs sit on the doses they are kept on: share of time below and above 2-3 (Mearns ES et al.,
+# Thromb J 2014;12:14, meta-analysis of 68 VKA-treated groups in atrial fibrillation: 61 % in, 25 % below,
+# 14 % above; Reynolds MW et al., Chest 2004;126:1938 found 61 / 26 / 13 %). Stable doses in the dose cohorts
+# (IWPC, Gage) are the doses patients were kept on, so they hold the INR at the middle of that distribution.
+MAINTENANCE_SHARE_BELOW = 0.25
+MAINTENANCE_SHARE_ABOVE = 0.14
 TARGET_INR_RANGE = (1.5, 4.0)  # advice outside it is not what the model was fitted for
 SEXES = ("M", "F")
 # a covariate outside these is taken for a typing error (the model was fitted on adults)
@@ -97,6 +107,23 @@ def _continuous(values: object, n: int, what: str, typical: float | None) -> np.
     return arr if typical is None else np.where(np.isnan(arr), typical, arr)
 
 
+def lognormal_median_inr(share_below: float, share_above: float,
+                         therapeutic_range: tuple[float, float] = THERAPEUTIC_RANGE) -> float:
+    """The median of a log-normal INR distribution with `share_below` of it under the range and `share_above`
+    over it: the INR that real patients' stable doses hold.
+
+    >>> round(lognormal_median_inr(0.25, 0.14), 2)
+    2.34
+    """
+    lo, hi = np.log(therapeutic_range)
+    z_lo, z_hi = norm.ppf(share_below), norm.ppf(1.0 - share_above)
+    sd = (hi - lo) / (z_hi - z_lo)
+    return float(np.exp(lo - z_lo * sd))
+
+
+STABLE_INR = lognormal_median_inr(MAINTENANCE_SHARE_BELOW, MAINTENANCE_SHARE_ABOVE)  # 2.34: the default target
+
+
 def _inhibition_for_inr(target_inr: float) -> float:
     """The steady-state inhibition of clotting-factor synthesis that gives `target_inr` (`inr_from_effect` rises
     with it from 1)."""
@@ -138,11 +165,12 @@ def _covariates(cyp_idx: np.ndarray, vk_idx: np.ndarray, age: np.ndarray, weight
 def advise_doses(patient_id: Sequence | np.ndarray, age_years: object = None, sex: object = None,
                  height_cm: object = None, weight_kg: object = None, ancestry: object = None,
                  cyp2c9: object = None, vkorc1_1639: object = None, amiodarone: object = None,
-                 enzyme_inducer: object = None, *, target_inr: float = TARGET_INR,
+                 enzyme_inducer: object = None, *, target_inr: float = STABLE_INR,
                  ancestry_mix: Mapping[str, float] | None = None, n_draws: int = N_DRAWS,
                  seed: int = SEED) -> DoseAdvice:
-    """The stable weekly warfarin dose (mg) per patient, with its interval. Every covariate is an array (one
-    entry per patient, None/""/NaN where unknown), a scalar for all, or None when not known for anyone."""
+    """The stable weekly warfarin dose (mg) per patient, with its interval, at `target_inr` (default
+    `STABLE_INR`). Every covariate is an array (one entry per patient, None/""/NaN where unknown), a scalar for
+    all, or None when not known for anyone."""
     ids = np.asarray(patient_id).astype(str)
     n = len(ids)
     lo_inr, hi_inr = TARGET_INR_RANGE

@@ -8,8 +8,12 @@ CL/F), its concentration acting on heart rate and blood pressure through `metopr
 
 Each step of `dt_h` is integrated by classic Runge-Kutta in equal substeps of at most `MAX_SUBSTEP_H` (the
 fastest rate, warfarin's ka 2/h, times the substep stays <= 0.2, so the error is far below the 1 % the test
-asks against scipy's solve_ivp). Doses are taken at the start of their step; the outputs are the values at the
-end of each step.
+asks against scipy's solve_ivp): warfarin's PK in two Runge-Kutta halves of each substep, the transit chains
+on the synthesis that gives at the substep's start, middle and end (two exp/log pairs a substep instead of the
+four of one Runge-Kutta step over the whole system). Both parts are linear, so their Runge-Kutta steps are
+linear maps, found once per patient by stepping unit vectors (the PK's again whenever the clearance changes)
+and then applied as matrices. Metoprolol is stepped exactly. Doses are taken at the start of their step; the
+outputs are the values at the end of each step.
 
 >>> import numpy as np
 >>> from sources.patient.cohort import Cohort
@@ -18,14 +22,14 @@ end of each step.
 >>> n = int(days * 24 / dt_h)
 >>> dose = np.zeros((1, n)); dose[:, ::24] = 5.0
 >>> state, out = step_pkpd(PkpdState.initial(1), cohort, dose, np.zeros((1, n)), np.ones((1, n)), dt_h)
->>> round(float(out.inr[0, -1]), 1)
-1.9
+>>> bool(1.5 < out.inr[0, -1] < 2.5)  # a typical patient on 5 mg/day, six weeks on: near the 2-3 band
+True
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numba
 import numpy as np
@@ -34,6 +38,10 @@ from sources.patient import metoprolol
 from sources.patient.warfarin import CHAIN1_COMPARTMENTS, INR_EXPONENT, INR_MAX_RISE, S_FRACTION
 
 MAX_SUBSTEP_H = 0.1
+# The compiled passes hand out patients to their threads this many at a time, as the threads come free, rather
+# than half the cohort to each up front: while the Delta writer (another thread) holds a core, one thread would
+# otherwise be left with half the pass and the other would idle (docs/PERFORMANCE.md).
+PARALLEL_CHUNK_PATIENTS = 16
 N1 = CHAIN1_COMPARTMENTS
 
 
@@ -75,87 +83,174 @@ class Outputs:
     sbp_effect_mmhg: np.ndarray
     dbp_effect_mmhg: np.ndarray
 
+    @classmethod
+    def empty(cls, n_patients: int, n_steps: int) -> Outputs:
+        """Arrays to be filled (`step_pkpd(..., into=)`)."""
+        return cls(*(np.empty((n_patients, n_steps)) for _ in fields(cls)))
 
-@numba.njit(cache=True, fastmath=False, inline="always")
-def _war_rhs(y, dy, ka, cl, inv_v1, inv_v2, q, ec50g, gamma, k1, k2):
-    """y: depot, central, periph, chain1[0..5], chain2 (amounts mg; chains fractions)."""
-    c = y[1] * inv_v1
-    cg = math.exp(gamma * math.log(c)) if c > 0.0 else 0.0  # c ** gamma; pow costs twice as much
-    inflow = 1.0 - cg / (ec50g + cg)
-    absorb = ka * y[0]
-    dy[0] = -absorb
-    dy[1] = absorb - cl * c - q * c + q * y[2] * inv_v2
-    dy[2] = q * c - q * y[2] * inv_v2
-    dy[3] = k1 * (inflow - y[3])
+    def span(self, first: int, end: int) -> Outputs:
+        """Views of steps [first, end)."""
+        return Outputs(*(getattr(self, f.name)[:, first:end] for f in fields(self)))
+
+
+@numba.njit(inline="always")
+def _inflow(amount_mg, inv_v1, ec50g, gamma):
+    """Clotting-factor synthesis left by a central amount: 1 - C^g / (EC50^g + C^g); C^g as exp(g log C), which
+    costs half as much as pow."""
+    c = amount_mg * inv_v1
+    cg = math.exp(gamma * math.log(c)) if c > 0.0 else 0.0
+    return 1.0 - cg / (ec50g + cg)
+
+
+@numba.njit(inline="always")
+def _pk_step(dep, cen, per, ka, cl, q, inv_v1, inv_v2, h):
+    """Warfarin's linear PK (depot -> central <-> periph, CL out of central; amounts) over `h` by classic
+    Runge-Kutta: (depot, central, periph) after it."""
+    a1, c1, p1 = _pk_rhs(dep, cen, per, ka, cl, q, inv_v1, inv_v2)
+    a2, c2, p2 = _pk_rhs(dep + 0.5 * h * a1, cen + 0.5 * h * c1, per + 0.5 * h * p1, ka, cl, q, inv_v1, inv_v2)
+    a3, c3, p3 = _pk_rhs(dep + 0.5 * h * a2, cen + 0.5 * h * c2, per + 0.5 * h * p2, ka, cl, q, inv_v1, inv_v2)
+    a4, c4, p4 = _pk_rhs(dep + h * a3, cen + h * c3, per + h * p3, ka, cl, q, inv_v1, inv_v2)
+    return (dep + h / 6.0 * (a1 + 2.0 * a2 + 2.0 * a3 + a4), cen + h / 6.0 * (c1 + 2.0 * c2 + 2.0 * c3 + c4),
+            per + h / 6.0 * (p1 + 2.0 * p2 + 2.0 * p3 + p4))
+
+
+@numba.njit
+def _pk_maps(ka, cl, q, inv_v1, inv_v2, h, half, full):
+    """`_pk_step` over h/2 as a linear map (`half`, 3 x 3: the PK is linear), and over h as two of them (`full`)."""
+    for j in range(3):
+        half[0, j], half[1, j], half[2, j] = _pk_step(1.0 if j == 0 else 0.0, 1.0 if j == 1 else 0.0,
+                                                      1.0 if j == 2 else 0.0, ka, cl, q, inv_v1, inv_v2, 0.5 * h)
+    for i in range(3):
+        for j in range(3):
+            full[i, j] = half[i, 0] * half[0, j] + half[i, 1] * half[1, j] + half[i, 2] * half[2, j]
+
+
+@numba.njit(inline="always")
+def _pk_rhs(dep, cen, per, ka, cl, q, inv_v1, inv_v2):
+    absorb, c, cp = ka * dep, cen * inv_v1, per * inv_v2
+    return -absorb, absorb - (cl + q) * c + q * cp, q * c - q * cp
+
+
+@numba.njit
+def _chain_rk4(y, u0, um, u1, k1, k2, h, work):
+    """One classic Runge-Kutta substep of the transit chains, the synthesis `u0`, `um`, `u1` at its start, middle
+    and end; y updated (`work`: (5, len(y)) scratch)."""
+    n = len(y)
+    k1s, k2s, k3s, k4s, tmp = work[0], work[1], work[2], work[3], work[4]
+    _chains(y, k1s, u0, k1, k2)
+    for i in range(n):
+        tmp[i] = y[i] + 0.5 * h * k1s[i]
+    _chains(tmp, k2s, um, k1, k2)
+    for i in range(n):
+        tmp[i] = y[i] + 0.5 * h * k2s[i]
+    _chains(tmp, k3s, um, k1, k2)
+    for i in range(n):
+        tmp[i] = y[i] + h * k3s[i]
+    _chains(tmp, k4s, u1, k1, k2)
+    for i in range(n):
+        y[i] += h / 6.0 * (k1s[i] + 2.0 * k2s[i] + 2.0 * k3s[i] + k4s[i])
+
+
+@numba.njit
+def _chain_map(k1, k2, h):
+    """`_chain_rk4` as a linear map: y' = step_map @ y + forcing @ (u0, um, u1)."""
+    step_map, forcing = np.empty((N1 + 1, N1 + 1)), np.empty((N1 + 1, 3))
+    unit, work = np.empty(N1 + 1), np.empty((5, N1 + 1))
+    for j in range(N1 + 1):
+        unit[:] = 0.0
+        unit[j] = 1.0
+        _chain_rk4(unit, 0.0, 0.0, 0.0, k1, k2, h, work)
+        step_map[:, j] = unit
+    for j in range(3):
+        unit[:] = 0.0
+        _chain_rk4(unit, 1.0 if j == 0 else 0.0, 1.0 if j == 1 else 0.0, 1.0 if j == 2 else 0.0, k1, k2, h, work)
+        forcing[:, j] = unit
+    return step_map, forcing
+
+
+@numba.njit(inline="always")
+def _chains(y, dy, inflow, k1, k2):
+    """The transit chains' derivatives, y: chain1[0..5], chain2 (fractions of normal activity)."""
+    dy[0] = k1 * (inflow - y[0])
     for i in range(1, N1):
-        dy[3 + i] = k1 * (y[2 + i] - y[3 + i])
-    dy[3 + N1] = k2 * (inflow - y[3 + N1])
+        dy[i] = k1 * (y[i - 1] - y[i])
+    dy[N1] = k2 * (inflow - y[N1])
 
 
 @numba.njit(cache=True, parallel=True)
 def _kernel(wdep, wc1, wc2, ch1, ch2, mpend, mlag, mdep, mc,
             w_cl, w_v1, w_v2, w_q, w_ka, w_f, w_ec50, w_gamma, w_mtt1, w_mtt2,
-            m_cl, m_v, m_ka, m_lag,
-            dose_w, dose_m, clf, dt, n_sub, s_fraction,
-            out_wc, out_inr, out_mc):
-    n_p, n_s = dose_w.shape
+            m_cl, m_v, m_ka, m_lag, m_ec50, m_emax_hr, m_emax_sbp, m_emax_dbp,
+            dose_w, dose_m, clf, first, end, dt, n_sub, s_fraction,
+            out_wc, out_inr, out_mc, out_hr, out_sbp, out_dbp):
+    """Steps [first, end) of the dose and clearance arrays; the outputs written at the same columns."""
+    n_p = dose_w.shape[0]
     h = dt / n_sub
-    ns = 4 + N1
     for p in numba.prange(n_p):
-        y = np.empty(ns)
-        y[0] = wdep[p]
-        y[1] = wc1[p]
-        y[2] = wc2[p]
+        # the PK in two Runge-Kutta half substeps, the transit chains by classic Runge-Kutta on the synthesis
+        # these give at the substep's start, middle and end: two exp/log pairs a substep, not four. Both are
+        # linear, so their steps are linear maps, found once (the PK's again when the clearance changes)
+        dep, cen, per = wdep[p], wc1[p], wc2[p]
+        y = np.empty(N1 + 1)
         for i in range(N1):
-            y[3 + i] = ch1[p, i]
-        y[3 + N1] = ch2[p]
-        k1s, k2s, k3s, k4s, tmp = np.empty(ns), np.empty(ns), np.empty(ns), np.empty(ns), np.empty(ns)
-        ec50g = w_ec50[p] ** w_gamma[p]
+            y[i] = ch1[p, i]
+        y[N1] = ch2[p]
+        gamma = w_gamma[p]
+        ec50g = w_ec50[p] ** gamma
         k1 = N1 / w_mtt1[p]
         k2 = 1.0 / w_mtt2[p]
-        mk = m_cl[p] / m_v[p]
         inv_v1, inv_v2 = 1.0 / w_v1[p], 1.0 / w_v2[p]
+        u0 = _inflow(cen, inv_v1, ec50g, gamma)
+        step_map, forcing = _chain_map(k1, k2, h)  # lower triangular: applied in place, last row first
+        pk_half, pk_full, cl_now = np.empty((3, 3)), np.empty((3, 3)), -1.0  # the PK's maps at clearance cl_now
         # metoprolol is linear: one substep's exact propagator, the same for every substep of this patient
+        mk = m_cl[p] / m_v[p]
         ka = m_ka[p]
         ea, ek = math.exp(-ka * h), math.exp(-mk * h)
         into_central = ka / (mk - ka) * (ea - ek) if abs(ka - mk) > 1e-9 else ka * h * ek
         md, mcc, pend, lag = mdep[p], mc[p], mpend[p], mlag[p]
-        for s in range(n_s):
-            y[0] += s_fraction * w_f[p] * dose_w[p, s]
+        for s in range(first, end):
+            dep += s_fraction * w_f[p] * dose_w[p, s]
             if dose_m[p, s] > 0.0:
                 if pend <= 0.0:
                     lag = m_lag[p]
                 pend += dose_m[p, s]  # a second dose inside the lag rides with the first (documented)
             cl = w_cl[p] * clf[p, s]
+            if cl != cl_now:
+                _pk_maps(w_ka[p], cl, w_q[p], inv_v1, inv_v2, h, pk_half, pk_full)
+                cl_now = cl
             for _ in range(n_sub):
                 if pend > 0.0 and lag <= 1e-9:
                     md += pend
                     pend = 0.0
-                _war_rhs(y, k1s, w_ka[p], cl, inv_v1, inv_v2, w_q[p], ec50g, w_gamma[p], k1, k2)
-                for i in range(ns):
-                    tmp[i] = y[i] + 0.5 * h * k1s[i]
-                _war_rhs(tmp, k2s, w_ka[p], cl, inv_v1, inv_v2, w_q[p], ec50g, w_gamma[p], k1, k2)
-                for i in range(ns):
-                    tmp[i] = y[i] + 0.5 * h * k2s[i]
-                _war_rhs(tmp, k3s, w_ka[p], cl, inv_v1, inv_v2, w_q[p], ec50g, w_gamma[p], k1, k2)
-                for i in range(ns):
-                    tmp[i] = y[i] + h * k3s[i]
-                _war_rhs(tmp, k4s, w_ka[p], cl, inv_v1, inv_v2, w_q[p], ec50g, w_gamma[p], k1, k2)
-                for i in range(ns):
-                    y[i] += h / 6.0 * (k1s[i] + 2.0 * k2s[i] + 2.0 * k3s[i] + k4s[i])
+                um = _inflow(pk_half[1, 0] * dep + pk_half[1, 1] * cen + pk_half[1, 2] * per, inv_v1, ec50g, gamma)
+                dep, cen, per = (pk_full[0, 0] * dep + pk_full[0, 1] * cen + pk_full[0, 2] * per,
+                                 pk_full[1, 0] * dep + pk_full[1, 1] * cen + pk_full[1, 2] * per,
+                                 pk_full[2, 0] * dep + pk_full[2, 1] * cen + pk_full[2, 2] * per)
+                u1 = _inflow(cen, inv_v1, ec50g, gamma)
+                for i in range(N1, -1, -1):
+                    acc = forcing[i, 0] * u0 + forcing[i, 1] * um + forcing[i, 2] * u1
+                    for j in range(i + 1):
+                        acc += step_map[i, j] * y[j]
+                    y[i] = acc
+                u0 = u1
                 # metoprolol: linear, stepped exactly (depot -> central -> out)
                 mcc = mcc * ek + md * into_central
                 md *= ea
                 if pend > 0.0:
                     lag -= h
-            out_wc[p, s] = y[1] / w_v1[p]
-            rem = 1.0 - y[3 + N1 - 1] * y[3 + N1]
-            out_inr[p, s] = 1.0 + INR_MAX_RISE * (rem if rem > 0.0 else 0.0) ** INR_EXPONENT
-            out_mc[p, s] = mcc / m_v[p]
-        wdep[p], wc1[p], wc2[p] = y[0], y[1], y[2]
+            out_wc[p, s] = cen * inv_v1
+            rem = 1.0 - y[N1 - 1] * y[N1]
+            # rem ** INR_EXPONENT as exp(INR_EXPONENT log rem): pow costs twice as much
+            out_inr[p, s] = 1.0 + INR_MAX_RISE * (math.exp(INR_EXPONENT * math.log(rem)) if rem > 0.0 else 0.0)
+            out_mc[p, s] = conc = mcc / m_v[p]
+            out_hr[p, s] = metoprolol.emax_delta(conc, m_emax_hr[p], m_ec50[p])
+            out_sbp[p, s] = metoprolol.emax_delta(conc, m_emax_sbp[p], m_ec50[p])
+            out_dbp[p, s] = metoprolol.emax_delta(conc, m_emax_dbp[p], m_ec50[p])
+        wdep[p], wc1[p], wc2[p] = dep, cen, per
         for i in range(N1):
-            ch1[p, i] = y[3 + i]
-        ch2[p] = y[3 + N1]
+            ch1[p, i] = y[i]
+        ch2[p] = y[N1]
         mdep[p], mc[p], mpend[p], mlag[p] = md, mcc, pend, lag
 
 
@@ -167,9 +262,24 @@ def _shaped(name: str, arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def step_pkpd(state: PkpdState, cohort, dose_warfarin_mg: np.ndarray, dose_metoprolol_mg: np.ndarray,
-              cl_factor: np.ndarray, dt_h: float) -> tuple[PkpdState, Outputs]:
+              cl_factor: np.ndarray, dt_h: float, span: tuple[int, int] | None = None,
+              into: Outputs | None = None) -> tuple[PkpdState, Outputs]:
     """Advance every patient by `n_steps` steps of `dt_h` hours. `cohort` needs `.warfarin` and `.metoprolol`
-    parameter dicts (a `Cohort`). The input state is not modified."""
+    parameter dicts (a `Cohort`). The input state is not modified. For a chunk stepped in segments: `span`
+    (first, end) steps only those columns of the arrays, and `into` (`Outputs.empty` of the arrays' shape)
+    takes the outputs at the same columns, so the segments need no slicing and no joining; the outputs returned
+    are then the span's views.
+
+    >>> import numpy as np
+    >>> from sources.patient.cohort import Cohort
+    >>> c, dose = Cohort.typical(["*1/*1"], ["G/G"]), daily_doses(1, 48, 1.0, 5.0)
+    >>> whole = step_pkpd(PkpdState.initial(1), c, dose, dose * 20, np.ones((1, 48)), 1.0)[1]
+    >>> into = Outputs.empty(1, 48)
+    >>> st, _ = step_pkpd(PkpdState.initial(1), c, dose, dose * 20, np.ones((1, 48)), 1.0, span=(0, 30), into=into)
+    >>> _ = step_pkpd(st, c, dose, dose * 20, np.ones((1, 48)), 1.0, span=(30, 48), into=into)
+    >>> bool(np.array_equal(into.inr, whole.inr) and np.array_equal(into.hr_effect_bpm, whole.hr_effect_bpm))
+    True
+    """
     if not dt_h > 0:
         raise ValueError(f"dt_h {dt_h!r} must be > 0 hours")
     dose_w = np.asarray(dose_warfarin_mg, dtype=np.float64)
@@ -181,22 +291,29 @@ def step_pkpd(state: PkpdState, cohort, dose_warfarin_mg: np.ndarray, dose_metop
     clf = _shaped("cl_factor", cl_factor, shape)
     if len(state.war_central_mg) != shape[0]:
         raise ValueError(f"state has {len(state.war_central_mg)} patients; the doses have {shape[0]}")
-    if (dose_w < 0).any() or (dose_m < 0).any() or (clf <= 0).any():
+    first, end = span if span is not None else (0, shape[1])
+    if not 0 <= first <= end <= shape[1]:
+        raise ValueError(f"span {span!r} must lie within the {shape[1]} steps")
+    if (dose_w[:, first:end] < 0).any() or (dose_m[:, first:end] < 0).any() or (clf[:, first:end] <= 0).any():
         raise ValueError("doses must be >= 0 mg and cl_factor > 0")
+    out = into if into is not None else Outputs.empty(*shape)
+    if any(getattr(out, f.name).shape != shape or not getattr(out, f.name).flags.c_contiguous
+           for f in fields(out)):
+        raise ValueError(f"into's arrays must be C-contiguous of shape {shape}")
     st = state.copy()
     w, m = cohort.warfarin, cohort.metoprolol
     f = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in w.items()}
     g = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in m.items()}
-    out_wc, out_inr, out_mc = np.empty(shape), np.empty(shape), np.empty(shape)
     n_sub = max(1, math.ceil(dt_h / MAX_SUBSTEP_H - 1e-9))
-    _kernel(st.war_depot_mg, st.war_central_mg, st.war_periph_mg, st.chain1, st.chain2, st.met_pending_mg,
-            st.met_lag_left_h, st.met_depot_mg, st.met_central_mg,
-            f["cl_l_h"], f["v1_l"], f["v2_l"], f["q_l_h"], f["ka_per_h"], f["bioavailability"], f["ec50_mg_l"],
-            f["gamma"], f["mtt1_h"], f["mtt2_h"], g["cl_l_h"], g["v_l"], g["ka_per_h"], g["lag_h"],
-            dose_w, dose_m, clf, float(dt_h), n_sub, S_FRACTION, out_wc, out_inr, out_mc)
-    hr = metoprolol.hr_effect_bpm(out_mc, {k: v[:, None] for k, v in m.items()})
-    sbp, dbp = metoprolol.bp_effect_mmhg(out_mc, {k: v[:, None] for k, v in m.items()})
-    return st, Outputs(out_wc, out_inr, out_mc, hr, sbp, dbp)
+    with numba.parallel_chunksize(PARALLEL_CHUNK_PATIENTS):
+        _kernel(st.war_depot_mg, st.war_central_mg, st.war_periph_mg, st.chain1, st.chain2, st.met_pending_mg,
+                st.met_lag_left_h, st.met_depot_mg, st.met_central_mg,
+                f["cl_l_h"], f["v1_l"], f["v2_l"], f["q_l_h"], f["ka_per_h"], f["bioavailability"], f["ec50_mg_l"],
+                f["gamma"], f["mtt1_h"], f["mtt2_h"], g["cl_l_h"], g["v_l"], g["ka_per_h"], g["lag_h"], g["ec50_mg_l"],
+                g["emax_hr_bpm"], g["emax_sbp_mmhg"], g["emax_dbp_mmhg"],
+                dose_w, dose_m, clf, first, end, float(dt_h), n_sub, S_FRACTION, *(getattr(out, f.name)
+                                                                                    for f in fields(out)))
+    return st, (out.span(first, end) if span is not None else out)
 
 
 def daily_doses(n_patients: int, n_steps: int, dt_h: float, dose_mg: float | np.ndarray, hour: float = 18.0,

@@ -22,8 +22,25 @@ def _ts(start: datetime, hours: np.ndarray) -> pa.Array:
 
 def _floats(values: np.ndarray) -> pa.Array:
     values = np.asarray(values, float)
-    nan = np.isnan(values)
-    return pa.array(values, mask=nan) if nan.any() else pa.array(values)
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN too: then the mask is built, and finds none
+        if not np.isnan(values.sum()):  # no NaN (a NaN makes the sum NaN): one pass, no mask to build
+            return pa.array(values)
+    return pa.array(values, mask=np.isnan(values))
+
+
+_REPEATED: dict[tuple, tuple[pa.Array, pa.Array]] = {}  # the id columns of the last chunk shapes (immutable)
+
+
+def _repeated_ids(run_ids: list[str], patient_ids: list[str], nt: int) -> tuple[pa.Array, pa.Array]:
+    """The run and patient id columns, each id repeated `nt` times. A cohort's chunks share them, so they are
+    built once per shape: taking a million strings cost as much as the whole vitals pass (docs/PERFORMANCE.md)."""
+    key = (tuple(run_ids), tuple(patient_ids), nt)
+    if key not in _REPEATED:
+        who = pa.array(np.repeat(np.arange(len(run_ids), dtype=np.int32), nt))
+        if len(_REPEATED) >= 4:
+            _REPEATED.pop(next(iter(_REPEATED)))
+        _REPEATED[key] = (pa.array(run_ids, pa.string()).take(who), pa.array(patient_ids, pa.string()).take(who))
+    return _REPEATED[key]
 
 
 def vitals_batch(run_ids: list[str], patient_ids: list[str], start: datetime, dt_h: float, seq0: int,
@@ -38,9 +55,12 @@ def vitals_batch(run_ids: list[str], patient_ids: list[str], start: datetime, dt
     (6, [10, 11, 12, 10, 11, 12], 1)
     """
     n, nt = vitals[VITAL_SIGNALS[0]].shape
-    who = pa.array(np.repeat(np.arange(n, dtype=np.int32), nt))
     seq = np.tile(seq0 + np.arange(nt, dtype=np.int64), n)
-    cols = [pa.array(run_ids).take(who), pa.array(patient_ids).take(who), pa.array(seq), _ts(start, seq * dt_h)]
+    tick_us = round(dt_h * US_PER_H)
+    # a whole number of microseconds a tick (5 min): the times in integers, as `_ts` rounds them, in one pass
+    ts = (pa.array(int(start.timestamp() * 1e6) + seq * tick_us).cast(VITALS.field("ts").type)
+          if abs(dt_h * US_PER_H - tick_us) < 1e-6 else _ts(start, seq * dt_h))
+    cols = [*_repeated_ids(run_ids, patient_ids, nt), pa.array(seq), ts]
     cols += [_floats(vitals[name].reshape(-1)) for name in VITAL_SIGNALS]
     return pa.RecordBatch.from_arrays(cols, schema=VITALS)
 

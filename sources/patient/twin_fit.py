@@ -1,12 +1,14 @@
 """A patient's own twin: individual warfarin parameters estimated from the doses taken and the INR readings so
-far (maximum a posteriori, the population model as prior), their uncertainty (Laplace approximation), an INR
-forecast (posterior median) with a band under any future dosing, and the stable dose for the target INR.
+far (maximum a posteriori, the population model as prior), their uncertainty (Laplace approximation, its draws
+importance-weighted to the exact posterior), an INR forecast (posterior median) with a band under any future
+dosing, and the stable dose for the target INR.
 
 The parameters estimated are log-multipliers `eta` of the typical parameters (`warfarin.typical_params`) for
-`ETA_KEYS` (clearance and EC50, which set the stable dose, and the slow chain's transit time, which sets how
-fast the INR gets there), with the population's log-normal variability (`warfarin.BPV_CV`) as prior; the
-others stay typical. The INR readings carry `warfarin.INR_RESIDUAL_VARIANCE`
-on the log scale. The INR is simulated with the cohort simulator's kernel (`pkpd.step_pkpd`), so twin and
+`ETA_KEYS`: every parameter the population varies (`warfarin.BPV_CV`: clearance and EC50, which set the stable
+dose, the volumes and the two chains' transit times, which set how fast the INR gets there), with the
+population's log-normal variability as prior, so the prior is the one the virtual patients are drawn from and no
+varying parameter is held at its typical value. The INR readings carry `warfarin.INR_RESIDUAL_VARIANCE` on the
+log scale. The INR is simulated with the cohort simulator's kernel (`pkpd.step_pkpd`), so twin and
 virtual patient share one model; the optimiser evaluates the objective and its central-difference gradient as
 one batch of patients.
 
@@ -20,13 +22,13 @@ one batch of patients.
 >>> inr_obs = simulate_inr(truth, doses_t_h, np.full(7, 5.0), t_obs_h)[0]
 >>> fit = fit_patient(cov, doses_t_h, np.full(7, 5.0), t_obs_h, inr_obs)
 >>> population = fit_patient(cov, doses_t_h, np.full(7, 5.0), np.array([]), np.array([]))
->>> bool(fit.eta[1] < 0) and fit.stable_weekly_dose_mg()[0] < 0.8 * population.stable_weekly_dose_mg()[0]
+>>> bool(fit.eta[ETA_KEYS.index("ec50_mg_l")] < 0) and fit.stable_weekly_dose_mg()[0] < 0.8 * population.stable_weekly_dose_mg()[0]
 True
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -36,7 +38,9 @@ from sources.patient import metoprolol, warfarin
 from sources.patient.dose_advice import daily_dose_for_inr
 from sources.patient.pkpd import PkpdState, step_pkpd
 
-ETA_KEYS = ("cl_l_h", "ec50_mg_l", "mtt2_h")  # mtt2: the slow chain sets how fast the INR rises
+# the keys of `warfarin.typical_params` that `warfarin.individual_params` varies (one per `BPV_CV` entry); fitting
+# fewer would hold the others at their typical values, a misspecified prior (docs/MODEL-PATIENT.md, the twin)
+ETA_KEYS = ("cl_l_h", "v1_l", "v2_l", "ec50_mg_l", "mtt1_h", "mtt2_h")
 DT_H = 1.0  # simulation step: INR and concentrations move over hours to days
 FD_STEP = 1e-3  # central-difference step in eta (log scale)
 
@@ -90,6 +94,10 @@ class TwinFit:
     doses_mg: np.ndarray
     cl_factor_h: object
     steady_cl_factor: float
+    inr_times_h: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the readings fitted
+    inr: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # posterior_draws by (n_draws, seed): a refit's forecasts and dose interval share one set of weights
+    _weighted: dict = field(default_factory=dict, compare=False, repr=False)
 
     def params(self, eta: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Parameter sets for each row of `eta` (m, k) (default: the MAP)."""
@@ -102,6 +110,34 @@ class TwinFit:
     def draws(self, n_draws: int, seed: int = 0) -> np.ndarray:
         return np.random.default_rng(seed).multivariate_normal(self.eta, self.eta_cov, n_draws)
 
+    def log_posterior(self, eta: np.ndarray) -> np.ndarray:
+        """Unnormalised log posterior of each row of `eta` (m, k): the readings' log-normal likelihood (their INR
+        simulated under the doses taken) plus the population prior."""
+        eta = np.atleast_2d(eta)
+        prior = -0.5 * ((eta / _omega(self.keys)) ** 2).sum(axis=1)
+        if len(self.inr) == 0:
+            return prior
+        predicted = simulate_inr(self.params(eta), self.dose_times_h, self.doses_mg, self.inr_times_h,
+                                 self.cl_factor_h)
+        resid = (np.log(self.inr)[None, :] - np.log(predicted)) / np.sqrt(warfarin.INR_RESIDUAL_VARIANCE)
+        return prior - 0.5 * (resid**2).sum(axis=1)
+
+    def posterior_draws(self, n_draws: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Draws of eta from the Laplace approximation and their importance weights (summing to 1) to the exact
+        posterior: where the posterior is skewed (INR is far from linear in the parameters) the weighted draws
+        follow it, not the Gaussian at its mode."""
+        if (n_draws, seed) in self._weighted:
+            return self._weighted[n_draws, seed]
+        eta = self.draws(n_draws, seed)
+        if len(self.inr) == 0:  # the prior itself
+            return eta, np.full(n_draws, 1.0 / n_draws)
+        dev = eta - self.eta
+        log_proposal = -0.5 * np.einsum("ij,jk,ik->i", dev, np.linalg.inv(self.eta_cov), dev)
+        log_w = self.log_posterior(eta) - log_proposal
+        w = np.exp(log_w - log_w.max())
+        self._weighted[n_draws, seed] = eta, w / w.sum()
+        return self._weighted[n_draws, seed]
+
     def forecast(self, t_h: np.ndarray, future_dose_times_h: np.ndarray | None = None,
                  future_doses_mg: np.ndarray | None = None, quantiles: tuple[float, float] = (0.1, 0.9),
                  n_draws: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -110,8 +146,9 @@ class TwinFit:
         the INR of the MAP parameters: it is the forecast with the least expected absolute error."""
         times = np.r_[self.dose_times_h, [] if future_dose_times_h is None else future_dose_times_h]
         doses = np.r_[self.doses_mg, [] if future_doses_mg is None else future_doses_mg]
-        sims = simulate_inr(self.params(self.draws(n_draws, seed)), times, doses, t_h, self.cl_factor_h)
-        mid, lo, hi = np.quantile(sims, (0.5, *quantiles), axis=0)
+        eta, weights = self.posterior_draws(n_draws, seed)
+        sims = simulate_inr(self.params(eta), times, doses, t_h, self.cl_factor_h)
+        mid, lo, hi = weighted_quantiles(sims, (0.5, *quantiles), weights)
         return mid, lo, hi
 
     def stable_weekly_dose_mg(self, target_inr: float = 2.5, quantiles: tuple[float, float] = (0.1, 0.9),
@@ -119,10 +156,25 @@ class TwinFit:
         """The weekly dose holding `target_inr` at steady state for the MAP parameters, and its interval over
         the parameters' posterior."""
         best = 7.0 * daily_dose_for_inr(self.params(), target_inr, self.steady_cl_factor)[0]
-        sims = 7.0 * daily_dose_for_inr(self.params(self.draws(n_draws, seed)), target_inr,
-                                        self.steady_cl_factor)
-        lo, hi = np.quantile(sims, quantiles)
+        eta, weights = self.posterior_draws(n_draws, seed)
+        sims = 7.0 * daily_dose_for_inr(self.params(eta), target_inr, self.steady_cl_factor)
+        lo, hi = weighted_quantiles(sims[:, None], quantiles, weights)[:, 0]
         return float(best), float(lo), float(hi)
+
+
+def weighted_quantiles(values: np.ndarray, quantiles: tuple[float, ...], weights: np.ndarray) -> np.ndarray:
+    """Quantiles of each column of `values` (n, t) under `weights` (n,, summing to 1), interpolated between the
+    weighted midpoints of the sorted values (equal weights: the Hazen quantile, close to numpy's).
+    Returns (len(quantiles), t).
+
+    >>> weighted_quantiles(np.array([[1.0], [2.0], [3.0]]), (0.5,), np.full(3, 1 / 3)).tolist()
+    [[2.0]]
+    """
+    order = np.argsort(values, axis=0)
+    ranked = np.take_along_axis(values, order, axis=0)
+    w = weights[order]
+    mids = np.cumsum(w, axis=0) - 0.5 * w
+    return np.stack([np.interp(quantiles, mids[:, j], ranked[:, j]) for j in range(values.shape[1])], axis=1)
 
 
 def fit_patient(cov: warfarin.Covariates, dose_times_h: np.ndarray, doses_mg: np.ndarray, inr_times_h: np.ndarray,
@@ -140,19 +192,15 @@ def fit_patient(cov: warfarin.Covariates, dose_times_h: np.ndarray, doses_mg: np
         raise ValueError("INR readings must be > 0 and taken after the first dose (time > 0 h)")
     typical = warfarin.typical_params(cov)
     omega = _omega(keys)
-    sigma = np.sqrt(warfarin.INR_RESIDUAL_VARIANCE)
     k = len(keys)
     steady = float(warfarin.steady_state_factor(cov)[0])
-    blank = TwinFit(typical, keys, np.zeros(k), np.diag(omega**2), np.asarray(dose_times_h, float),
-                    np.asarray(doses_mg, float), cl_factor_h, steady)
+    prior = TwinFit(typical, keys, np.zeros(k), np.diag(omega**2), np.asarray(dose_times_h, float),
+                    np.asarray(doses_mg, float), cl_factor_h, steady, inr_times_h, inr)
     if len(inr) == 0:
-        return blank
-    log_obs = np.log(inr)
+        return prior
 
     def objective(etas: np.ndarray) -> np.ndarray:
-        pred = simulate_inr(blank.params(etas), blank.dose_times_h, blank.doses_mg, inr_times_h, cl_factor_h)
-        resid = (log_obs[None, :] - np.log(pred)) / sigma
-        return 0.5 * (resid**2).sum(axis=1) + 0.5 * ((etas / omega) ** 2).sum(axis=1)
+        return -prior.log_posterior(etas)
 
     steps = FD_STEP * np.eye(k)
 
@@ -177,4 +225,4 @@ def fit_patient(cov: warfarin.Covariates, dose_times_h: np.ndarray, doses_mg: np
         np.linalg.cholesky(eta_cov)
     except np.linalg.LinAlgError:  # a flat or saddle posterior: fall back on the prior's spread
         eta_cov = np.diag(omega**2)
-    return TwinFit(typical, keys, eta, eta_cov, blank.dose_times_h, blank.doses_mg, cl_factor_h, steady)
+    return replace(prior, eta=eta, eta_cov=eta_cov, _weighted={})

@@ -24,6 +24,7 @@ import numba
 import numpy as np
 
 from core.events import VITAL_SIGNALS
+from sources.patient.pkpd import PARALLEL_CHUNK_PATIENTS
 
 SLEEP_START_H, SLEEP_END_H, SLEEP_RAMP_H = 23.0, 7.0, 1.0  # a smooth step into and out of sleep
 # asleep minus awake (the nocturnal dip); BP 11/8 mmHg
@@ -102,7 +103,6 @@ _QUANTUM = np.array([QUANTUM[n] for n in VITAL_SIGNALS])
 _SBP, _DBP = VITAL_SIGNALS.index("sbp_mmhg"), VITAL_SIGNALS.index("dbp_mmhg")
 
 
-_BLOCK = 16  # patients a thread steps together
 # Noise is read from a shared table of standard normals (as the reactors' measurement layer does): a memory read
 # instead of a random-number generation. Each patient has a 64-bit seed; a run of `NOISE_RUN` steps starts at
 # an offset hashed from (seed, run number) and reads the table contiguously from there. The offset depends on
@@ -138,33 +138,42 @@ def _offset(seed, run):
 
 
 @numba.njit(cache=True, parallel=True)
-def _true_vitals(table, seeds, count, x0, chol, decay, scale, sd, base, circ, eff, eff_index, soft, lo, hi, min_pp,
-                 sbp, dbp, out):
-    """One pass over (patient, step, vital): correlate the innovations (standard normals from `table`, read
-    from runs of NOISE_RUN steps at offsets hashed from the patient's seed and the step's `count` since the
-    start; times the Cholesky factor), the Ornstein-Uhlenbeck update in SD units (state x0 (n_p, k), updated),
-    the soft limit, baseline + circadian + effects, then the physiological clipping; out (k, n_p, n_s)."""
+def _true_vitals(table, seeds, count, x0, chol, decay, scale, sd, base, circ, effs, soft, lo, hi, min_pp, sbp, dbp,
+                 out):
+    """One pass per patient: correlate the innovations (standard normals from `table`, read from runs of
+    NOISE_RUN steps at offsets hashed from the patient's seed and the step's `count` since the start; times the
+    Cholesky factor), the Ornstein-Uhlenbeck update in SD units (state x0 (n_p, k), updated), the soft limit,
+    baseline + circadian, then the effects (`effs`: one (n_p, n_s) array per vital, (0, 0) where nothing acts
+    on it) and the physiological clipping; out (k, n_p, n_s)."""
     k, n_p, n_s = out.shape
-    for blk in numba.prange((n_p + _BLOCK - 1) // _BLOCK):
-        first, last = blk * _BLOCK, min(n_p, (blk + 1) * _BLOCK)
-        for s in range(n_s):  # steps outer: writes reuse cache lines
+    two_over_soft = 2.0 / soft
+    for p in numba.prange(n_p):  # a patient at a time: its k rows of `out` are written in order
+        amp = np.empty(k)
+        for j in range(k):
+            amp[j] = soft * sd[p, j]
+        start = np.uint64(0)
+        for s in range(n_s):
             c = count + s
-            within = np.uint64((c % NOISE_RUN) * k)
-            for p in range(first, last):
-                at = _offset(seeds[p], c // NOISE_RUN) + within
-                for j in range(k):
-                    z = 0.0
-                    for i in range(j + 1):
-                        z += chol[j, i] * table[(at + np.uint64(i)) & _NOISE_MASK]
-                    x = x0[p, j] * decay[j] + scale[j] * z
-                    x0[p, j] = x
-                    # tanh through exp: libm tanh costs several times as much
-                    v = base[p, j] + circ[j, s] + soft * sd[p, j] * (1.0 - 2.0 / (math.exp(2.0 * x / soft) + 1.0))
-                    if eff_index[j] >= 0:
-                        v += eff[eff_index[j], p, s]
-                    out[j, p, s] = min(max(v, lo[j]), hi[j])
-                v = min(out[dbp, p, s], out[sbp, p, s] - min_pp)
-                out[dbp, p, s] = min(max(v, lo[dbp]), hi[dbp])
+            if s == 0 or c % NOISE_RUN == 0:  # a new run of reads
+                start = _offset(seeds[p], c // NOISE_RUN)
+            at = start + np.uint64((c % NOISE_RUN) * k)
+            for j in range(k):
+                z = 0.0
+                for i in range(j + 1):
+                    z += chol[j, i] * table[(at + np.uint64(i)) & _NOISE_MASK]
+                x = x0[p, j] * decay[j] + scale[j] * z
+                x0[p, j] = x
+                # tanh through exp: libm tanh costs several times as much
+                out[j, p, s] = base[p, j] + circ[j, s] + amp[j] * (1.0 - 2.0 / (math.exp(x * two_over_soft) + 1.0))
+        for j in range(k):
+            eff = effs[j]
+            acted = eff.shape[0] > 0
+            for s in range(n_s):
+                v = out[j, p, s] + eff[p, s] if acted else out[j, p, s]
+                out[j, p, s] = min(max(v, lo[j]), hi[j])
+        for s in range(n_s):
+            v = min(out[dbp, p, s], out[sbp, p, s] - min_pp)
+            out[dbp, p, s] = min(max(v, lo[dbp]), hi[dbp])
 
 
 @numba.njit(cache=True, parallel=True)
@@ -175,13 +184,15 @@ def _monitor(true, table, seeds, noise_sd, quantum, lo, hi, out):
     k, n_p, n_s = true.shape
     for p in numba.prange(n_p):
         for j in range(k):
-            at = np.uint64(0)
-            for s in range(n_s):
-                if s % NOISE_RUN == 0:
-                    at = _offset(seeds[p], j * (n_s // NOISE_RUN + 1) + s // NOISE_RUN)
-                e = table[(at + np.uint64(s % NOISE_RUN)) & _NOISE_MASK]
-                v = np.rint((true[j, p, s] + noise_sd[j] * e) / quantum[j]) * quantum[j]
-                out[j, p, s] = min(max(v, lo[j]), hi[j]) if v == v else v
+            sd, q, low, high = noise_sd[j], quantum[j], lo[j], hi[j]
+            for run in range(n_s // NOISE_RUN + 1):  # a run of reads at a time: no test per reading
+                at = _offset(seeds[p], j * (n_s // NOISE_RUN + 1) + run)
+                first = run * NOISE_RUN
+                for s in range(first, min(n_s, first + NOISE_RUN)):
+                    e = table[(at + np.uint64(s - first)) & _NOISE_MASK]
+                    # integer quanta need no division (x / 1 is x exactly): the same readings, cheaper
+                    v = np.rint(true[j, p, s] + sd * e) if q == 1.0 else np.rint((true[j, p, s] + sd * e) / q) * q
+                    out[j, p, s] = min(max(v, low), high) if v == v else v
 
 
 def _stacked(true: dict[str, np.ndarray]) -> np.ndarray:
@@ -194,6 +205,18 @@ def _stacked(true: dict[str, np.ndarray]) -> np.ndarray:
                     and true[name].shape == base.shape[1:] for j, name in enumerate(VITAL_SIGNALS))):
         return base
     return np.stack([np.asarray(true[name], float) for name in VITAL_SIGNALS])
+
+
+_NO_EFFECT = np.zeros((0, 0))
+
+
+def _effect(delta: np.ndarray | float, shape: tuple[int, int]) -> np.ndarray:
+    """An effect as the kernel takes it: the array itself where it has the shape (cohort_sim's have: stacking
+    them into one array cost a tenth of the pass), else a broadcast copy."""
+    delta = np.asarray(delta, float)
+    if delta.shape == shape and delta.flags.c_contiguous and delta.flags.writeable:
+        return delta
+    return np.array(np.broadcast_to(delta, shape))
 
 
 class VitalsModel:
@@ -229,15 +252,14 @@ class VitalsModel:
         n_s, k = len(t_h), len(VITAL_SIGNALS)
         decay = np.exp(-dt_h / self._tau)
         circ = circadian(t_h)
-        present = [name for name in VITAL_SIGNALS if name in effects]
-        eff_index = np.array([present.index(name) if name in present else -1 for name in VITAL_SIGNALS])
-        eff = (np.stack([np.broadcast_to(np.asarray(effects[name], float), (self.n, n_s)) for name in present])
-               if present else np.zeros((1, 1, 1)))
+        effs = tuple(_effect(effects[name], (self.n, n_s)) if name in effects else _NO_EFFECT
+                     for name in VITAL_SIGNALS)
         out = np.empty((k, self.n, n_s))
         # the state runs in SD units (so one decay and scale per vital); times each patient's SD in the kernel
-        _true_vitals(noise_table(), self._seeds, self._count, self._x, self._chol, decay, np.sqrt(1.0 - decay**2), self._sd, self._base,
-                     np.stack([circ[name] for name in VITAL_SIGNALS]), eff, eff_index, OU_SOFT_LIMIT_SD, _LO, _HI,
-                     MIN_PULSE_PRESSURE_MMHG, _SBP, _DBP, out)
+        with numba.parallel_chunksize(PARALLEL_CHUNK_PATIENTS):
+            _true_vitals(noise_table(), self._seeds, self._count, self._x, self._chol, decay,
+                         np.sqrt(1.0 - decay**2), self._sd, self._base, np.stack([circ[name] for name in VITAL_SIGNALS]),
+                         effs, OU_SOFT_LIMIT_SD, _LO, _HI, MIN_PULSE_PRESSURE_MMHG, _SBP, _DBP, out)
         self._count += n_s
         return dict(zip(VITAL_SIGNALS, out, strict=True))
 
@@ -246,7 +268,8 @@ class VitalsModel:
         """What the monitor shows: noise, quantisation, clipping, then the faults (NaN for a dropout)."""
         stacked = _stacked(true)
         seen = np.empty_like(stacked)
-        _monitor(stacked, noise_table(), _seeds(rng, stacked.shape[1]), _NOISE_SD, _QUANTUM, _LO, _HI, seen)
+        with numba.parallel_chunksize(PARALLEL_CHUNK_PATIENTS):
+            _monitor(stacked, noise_table(), _seeds(rng, stacked.shape[1]), _NOISE_SD, _QUANTUM, _LO, _HI, seen)
         out = dict(zip(VITAL_SIGNALS, seen, strict=True))
         for f in faults:
             v = out[f.signal]
@@ -256,8 +279,8 @@ class VitalsModel:
                 out[f.signal] = np.where(f.active, np.clip(shifted, *PHYSIOLOGICAL_RANGE[f.signal]), v)
             elif f.kind == "stuck":
                 out[f.signal] = self._stuck(v, f.active, self._held[f.signal])
-            else:
-                out[f.signal] = np.where(f.active, np.nan, v)
+            else:  # in place: `v` is a row of this call's own array
+                np.copyto(v, np.nan, where=f.active)
         for name in VITAL_SIGNALS:  # remember the last good value, for a sensor that sticks in the next chunk
             self._held[name] = out[name][:, -1].copy()
         return out

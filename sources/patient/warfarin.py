@@ -9,7 +9,7 @@ The parameters, their sources and where we chose otherwise: docs/MODEL-PATIENT.m
 >>> cov = Covariates.typical(cyp2c9=["*1/*1", "*1/*1", "*1/*3", "*3/*3"], vkorc1=["G/G", "A/A", "G/A", "A/A"])
 >>> p = typical_params(cov)
 >>> np.round(steady_state_inr(p, 5.0), 1).tolist()  # 5 mg/day; at day 42 *3/*3 is not yet at steady state
-[1.9, 2.8, 3.3, 7.8]
+[2.0, 2.9, 3.5, 8.1]
 >>> np.round(half_life_h(p)[[0, 3]]).tolist()  # S-warfarin, *1/*1 and *3/*3
 [45.0, 304.0]
 """
@@ -24,7 +24,9 @@ from sources.patient.genetics import CYP2C9_GENOTYPES, VKORC1_GENOTYPES
 
 S_FRACTION = 0.5  # racemic tablets: half the dose is S-warfarin, the active enantiomer
 KA_PER_H = 2.0
-BIOAVAILABILITY = 0.9
+# Hamberg's CL, V1, V2 and Q are apparent oral values (CL/F ...: fitted to oral doses only), so F is already in
+# them; the 0.9 once here came from a textbook via a re-implementation and counted F twice (MODEL-PATIENT.md)
+BIOAVAILABILITY = 1.0
 V1_L = 13.8
 V2_L = 6.59
 Q_L_PER_H = 0.131
