@@ -440,8 +440,10 @@ class PatientMonitor(EventTimeInputs):
         sample_us = _us(row["sample_ts"])
         sample_h = (sample_us - t0_us) / US_PER_H
         at_h = sample_h + 24.0 * np.arange(1, FORECAST_DAYS + 1)
-        # future doses: daily at the hour of the last dose, from the day after it
-        future_t_h = dose_t_h[-1] + 24.0 * np.arange(1, int(np.ceil((at_h[-1] - dose_t_h[-1]) / 24.0)) + 1)
+        # future doses: daily at the hour of the last dose taken, from the first such time after both that dose and
+        # the sample (doses missed in between were not taken: the forecast must not assume them)
+        first = max(1, int(np.floor((sample_h - dose_t_h[-1]) / 24.0)) + 1)
+        future_t_h = dose_t_h[-1] + 24.0 * np.arange(first, int(np.ceil((at_h[-1] - dose_t_h[-1]) / 24.0)) + 1)
         current = float(self.last_warfarin_mg if self.last_warfarin_mg is not None else dose_mg[-1])
         rows = []
         for dosing, daily in (("current", current), ("advised", advised / 7.0)):
