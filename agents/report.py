@@ -156,8 +156,15 @@ def markdown(r: RunReport, image: str) -> str:
                   for e in r.excursions]
     else:
         lines.append("None.")
-    lines += ["", "## Incidents", ""]
-    for f in r.findings:
+    lines += ["", "## Incidents", "", *incident_lines(r.findings)]
+    lines += ["", "## Key signals", "", f"![key signals with incidents shaded]({image})", ""]
+    return "\n".join(lines)
+
+
+def incident_lines(findings: list[IncidentFinding]) -> list[str]:
+    """Markdown of each incident with its ranked causes and the top one's action (any plant's findings)."""
+    lines = []
+    for f in findings:
         d = f.as_dict()
         lines.append(f"### {d['incident_id']} · {d['severity']} · {d['start_ts']} → {d['end_ts'] or 'open'}")
         lines.append("")
@@ -169,10 +176,7 @@ def markdown(r: RunReport, image: str) -> str:
         if f.diagnosis.top:
             lines += ["", f"Action: {f.diagnosis.top.action}."]
         lines.append("")
-    if not r.findings:
-        lines.append("None.")
-    lines += ["", "## Key signals", "", f"![key signals with incidents shaded]({image})", ""]
-    return "\n".join(lines)
+    return lines or ["None."]
 
 
 def to_html(md: str, png: Path) -> str:
@@ -232,11 +236,15 @@ def write(lake: str | Path, run_id: str, fmt: str, out_dir: Path) -> Path:
     out = report_path(out_dir, run_id, fmt)  # before anything is read or written
     out_dir.mkdir(parents=True, exist_ok=True)
     report = build(lake, run_id, out_dir)
-    md = markdown(report, report.plot.name)
+    return render(markdown(report, report.plot.name), report.plot, fmt, out)
+
+
+def render(md: str, png: Path, fmt: str, out: Path) -> Path:
+    """The report's Markdown (its figure named by `png`) written as `fmt`: the reactor's and the patient's."""
     if fmt == "md":
         out.write_text(md)
     elif fmt == "html":
-        out.write_text(to_html(md, report.plot))
+        out.write_text(to_html(md, png))
     else:
-        to_pdf(md, report.plot, out)
+        to_pdf(md, png, out)
     return out

@@ -39,14 +39,15 @@ def add_report(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Key figures, CPP excursions, incidents with causes and actions, plots of the key signals with
-    incidents shaded, and a short summary."""
+    incidents shaded, and a short summary; for a patient run (the `runs` table's plant), the patient and genotype,
+    vitals, labs, doses, time in therapeutic range and the incidents with their causes."""
     from pathlib import Path
 
-    from agents import report
+    from agents import patient_report, report
     from agents.diagnose import RunNotFound
 
     with user_errors(RunNotFound, report.UnsafeRunId):
-        out = report.write(lake_of(args), args.run, args.format, Path(args.out))
+        out = patient_report.write_run(lake_of(args), args.run, args.format, Path(args.out))
     print(out)
     return 0
 

@@ -8,7 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse
 
-from agents import report
+from agents import patient_report, report
 from agents.diagnose import RunNotFound
 from dashboard.deps import Runtime, runtime, viewer
 from dashboard.models import IdPath
@@ -24,7 +24,7 @@ def get_report(run_id: IdPath, format: Literal["html", "md", "pdf"] = "html",  #
     if "://" in rt.settings.lake:
         raise HTTPException(501, "reports are written next to a local lake only")
     try:
-        out = report.write(rt.settings.lake, run_id, format, Path(rt.settings.lake) / "reports")
+        out = patient_report.write_run(rt.settings.lake, run_id, format, Path(rt.settings.lake) / "reports")
     except RunNotFound as err:
         raise HTTPException(404, str(err)) from None
     except report.UnsafeRunId as err:  # the id passed the pattern, so a link in the report folder points out
