@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dashboard.auth import ROLES
-from tests.dashboard_helpers import Dashboard
+from tests.dashboard_helpers import Dashboard, wait_for
 
 # (method, path, body, least role)
 ROUTES = [
@@ -73,7 +73,9 @@ def test_a_forged_or_expired_token_is_refused(dash):
 
 def test_health_and_metrics_need_no_token(dash):
     with dash.client(None) as c:
-        assert c.get("/healthz").json()["status"] == "ok"
+        # just after start the status was seen degraded for a moment (about 1 run in 3 on this 2-core machine,
+        # cause not found; the webhook reader reports "restarting" for its 0.5 s backoff): healthy within 5 s
+        assert wait_for(lambda: c.get("/healthz").json()["status"] == "ok", 5), c.get("/healthz").json()
         assert "biopilot_sse_clients" in c.get("/metrics").text
 
 
