@@ -166,19 +166,7 @@ def plot(r: PatientReport, out: Path, decimate: int = 3) -> Path:
     for ax in axes:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for f in r.findings:
-        start = r.day(f.incident["start_ts"])
-        end = r.day(f.incident["end_ts"]) if f.incident["end_ts"] else day[-1]
-        for ax in axes:
-            ax.axvspan(start, max(end, start + 0.05), color="tab:red", alpha=0.15, lw=0)
-        name = f.diagnosis.top.fault if f.diagnosis.top else "?"
-        axes[0].text(start, 1.02, name, transform=axes[0].get_xaxis_transform(), fontsize=7, color="tab:red")
-    axes[-1].set_xlabel("day of treatment")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return report.shade_and_save(fig, axes, r.findings, r.day, float(day[-1]), "day of treatment", out)
 
 
 def build(lake: str | Path, run_id: str, out_dir: Path) -> PatientReport:

@@ -11,6 +11,7 @@ import base64
 import html
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import matplotlib
@@ -111,15 +112,23 @@ def plot(ticks: pa.Table, findings: list[IncidentFinding], out: Path, decimate: 
         if name in CPP_LIMITS:
             for limit in CPP_LIMITS[name]:
                 ax.axhline(limit, color="grey", lw=0.6, ls="--")
+    def day_of(ts: datetime) -> float:
+        return (ts.timestamp() * 1e6 - t_us[0]) / 86400e6
+
+    return shade_and_save(fig, axes, findings, day_of, float(day[-1]), "day", out)
+
+
+def shade_and_save(fig, axes, findings, day_of, last_day: float, xlabel: str, out: Path) -> Path:  # noqa: ANN001 - matplotlib objects
+    """Shade each incident (`day_of(ts)` in days on the x axis, an open one to `last_day`) on every panel, name its
+    top cause above the first, and write the figure to `out`."""
     for f in findings:
-        start = (f.incident["start_ts"].timestamp() * 1e6 - t_us[0]) / 86400e6
-        end_ts = f.incident["end_ts"]
-        end = (end_ts.timestamp() * 1e6 - t_us[0]) / 86400e6 if end_ts else day[-1]
+        start = day_of(f.incident["start_ts"])
+        end = day_of(f.incident["end_ts"]) if f.incident["end_ts"] else last_day
         for ax in axes:
             ax.axvspan(start, max(end, start + 0.05), color="tab:red", alpha=0.15, lw=0)
         name = f.diagnosis.top.fault if f.diagnosis.top else "?"
         axes[0].text(start, 1.02, name, transform=axes[0].get_xaxis_transform(), fontsize=7, color="tab:red")
-    axes[-1].set_xlabel("day")
+    axes[-1].set_xlabel(xlabel)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
