@@ -20,7 +20,9 @@ ALLOWED: dict[str, set[str]] = {
     "flows": {"core", "sources", "detectors", "sinks"},
     "agents": {"core", "sources", "detectors", "sinks"},
     "dashboard": {"core", "sources", "sinks", "agents"},
-    "biopilot": {"core", "sources", "detectors", "sinks", "flows", "agents", "dashboard"},
+    "cohorts": {"core"},
+    "trials": {"core", "sources", "detectors", "sinks", "agents", "cohorts"},
+    "biopilot": {"core", "sources", "detectors", "sinks", "flows", "agents", "dashboard", "trials", "cohorts"},
 }
 
 

@@ -1,0 +1,1 @@
+"""Synthetic patient cohorts: a small autoregressive transformer generator and the SDMetrics quality gate."""
