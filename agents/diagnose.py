@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from agents.evidence import Evidence, gather
 from agents.incidents import IncidentTracker
 from agents.troubleshooting import Diagnosis, rank
 from detectors.reactor_monitor import MonitorConfig, ReactorMonitor
+from detectors.recipe import Recipe
 from sinks import delta
 
 HORIZON = timedelta(hours=2)
@@ -39,6 +41,7 @@ class IncidentFinding:
                 "start_ts": _iso(inc["start_ts"]), "end_ts": _iso(inc["end_ts"]), "status": inc["status"],
                 "severity": inc["severity"], "alert_count": inc["alert_count"], "signals": inc["signals"],
                 "abstained": self.diagnosis.abstained, "facts": self.diagnosis.facts,
+                "operator_changes": self.evidence.operator_changes,
                 "hypotheses": [h.as_dict() for h in self.diagnosis.ranked(3)], "scorer": _scorer_view(self.evidence),
                 "soft_sensors": _soft_view(self.evidence)}
 
@@ -65,12 +68,31 @@ def _iso(ts: datetime | None) -> str | None:
     return ts.isoformat() if ts else None
 
 
-def incidents_of(ticks: pa.Table, detector: str = "fusion") -> list[tuple[dict, list[dict]]]:
-    """(last lifecycle event, its alerts) per incident, from one run's ticks scored as the flow would."""
+def incidents_of(ticks: pa.Table, detector: str = "fusion", recipes: list[dict] | None = None,
+                 ) -> list[tuple[dict, list[dict]]]:
+    """(last lifecycle event, its alerts) per incident, from one run's ticks scored as the flow would. `recipes`:
+    the run's rows of the `recipes` table (its recipe at its start, then each operator's change), handed to the
+    monitor at their times as the flow does; without them the run is judged against the default recipe."""
+    ticks = ticks.sort_by("seq")
     monitor = ReactorMonitor(ticks["reactor_id"][0].as_py(), MonitorConfig.for_detector(detector))
-    out = monitor.on_ticks(ticks.sort_by("seq"))
-    end = monitor.on_watermark(2**62)
-    return track([*out.alerts, *end.alerts, *out.clears, *end.clears])
+    run_id = ticks["run_id"][0].as_py()
+    ts_us = ticks["ts"].cast(pa.int64()).to_numpy()
+    outs, done = [], 0
+    for row in sorted(recipes or [], key=lambda r: r["ts"]):
+        at_us = int(row["ts"].timestamp() * 1e6)
+        upto = int(np.searchsorted(ts_us, at_us))  # the ticks before the change are scored before it
+        if upto > done:
+            outs += [monitor.on_ticks(ticks.slice(done, upto - done)), monitor.on_watermark(at_us)]
+            done = upto
+        outs.append(monitor.set_recipe(Recipe.from_json(row["recipe_json"]), row["ts"], run_id=run_id,
+                                       run_start_ts=row.get("run_start_ts"), changed_by=row.get("changed_by")))
+    outs += [monitor.on_ticks(ticks.slice(done)), monitor.on_watermark(2**62)]
+    return track([m for out in outs for m in (*out.alerts, *out.clears)])
+
+
+def recipe_rows(recipe: Recipe, ts: datetime, run_start_ts: datetime | None = None) -> list[dict]:
+    """A run's `recipes` rows when all it had was `recipe` from `ts` (a simulated run: from its start)."""
+    return [{"ts": ts, "recipe_json": recipe.to_json(), "run_start_ts": run_start_ts or ts, "changed_by": None}]
 
 
 def track(messages: list[dict]) -> list[tuple[dict, list[dict]]]:
@@ -98,15 +120,28 @@ def contributions(alerts: list[dict]) -> dict[str, float]:
 
 
 def diagnose_ticks(ticks: pa.Table, assays: pa.Table | None = None, horizon: timedelta = HORIZON,
+                   recipes: list[dict] | None = None, annotations: list[dict] | None = None,
                    ) -> list[IncidentFinding]:
+    """Incidents of one run with their ranked causes. `recipes`: the run's rows of the `recipes` table (the
+    monitor's and the evidence's reference is the latest one's, which carries every change at its culture age);
+    `annotations`: the run's rows of the `annotations` table, the operator's changes cited as evidence."""
     findings = []
-    for inc, alerts in incidents_of(ticks):
+    recipe = recipe_of(recipes)
+    for inc, alerts in incidents_of(ticks, recipes=recipes):
         end = inc["start_ts"] + horizon
         if inc["end_ts"] is not None:
             end = min(end, inc["end_ts"])
-        ev = gather(ticks, inc["start_ts"], end, assays, contributions(alerts))
+        ev = gather(ticks, inc["start_ts"], end, assays, contributions(alerts), recipe=recipe,
+                    annotations=annotations)
         findings.append(IncidentFinding(inc, ev, rank(ev)))
     return sorted(findings, key=lambda f: f.incident["start_ts"])
+
+
+def recipe_of(recipes: list[dict] | None) -> Recipe | None:
+    """The latest of a run's `recipes` rows (it carries every change at its culture age); None: the default."""
+    if not recipes:
+        return None
+    return Recipe.from_json(max(recipes, key=lambda r: r["ts"])["recipe_json"])
 
 
 def load_run(lake: str | Path, run_id: str) -> tuple[pa.Table, pa.Table | None]:
@@ -118,9 +153,17 @@ def load_run(lake: str | Path, run_id: str) -> tuple[pa.Table, pa.Table | None]:
     return ticks, delta.read(lake, "assays", run_ids=[run_id])
 
 
+def load_recipe_context(lake: str | Path, run_id: str) -> tuple[list[dict], list[dict]]:
+    """The run's rows of `recipes` and `annotations` (empty where the flow wrote none: the default recipe)."""
+    rows = [delta.read(lake, name, run_ids=[run_id]) for name in ("recipes", "annotations")]
+    recipes, annotations = (sorted(t.to_pylist(), key=lambda r: r["ts"]) if t is not None else [] for t in rows)
+    return recipes, annotations
+
+
 def diagnose_stored(lake: str | Path, run_id: str, horizon: timedelta = HORIZON) -> list[IncidentFinding]:
     ticks, assays = load_run(lake, run_id)
-    return diagnose_ticks(ticks, assays, horizon)
+    recipes, annotations = load_recipe_context(lake, run_id)
+    return diagnose_ticks(ticks, assays, horizon, recipes, annotations)
 
 
 def format_findings(findings: list[IncidentFinding]) -> str:
@@ -131,6 +174,7 @@ def format_findings(findings: list[IncidentFinding]) -> str:
         d = f.as_dict()
         lines.append(f"incident {d['incident_id']} on {d['reactor_id']} ({d['severity']}, {d['alert_count']} "
                      f"alert(s)) {d['start_ts']} -> {d['end_ts'] or 'open'}")
+        lines += [f"  operator change: {c}" for c in f.evidence.operator_changes]
         if f.diagnosis.abstained:
             lines.append("  insufficient evidence to name a cause; strongest observations:")
             lines += [f"    - {fact}" for fact in f.diagnosis.facts[:3]]

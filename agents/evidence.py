@@ -1,10 +1,12 @@
 """Evidence for an incident: what each signal did in the window, against what the twin expected.
 
 The expectation is the golden batch (`detectors.golden`): the median and robust spread of normal runs of the
-twin at the same culture age. For each signal the evidence keeps its most extreme smoothed deviation in the
+twin at the same culture age, of the run's own recipe when it is known (`detectors.recipe.reference_for`), so a
+run at a lower DO setpoint or fed continuously is judged against normal runs of that recipe. For each signal the evidence keeps its most extreme smoothed deviation in the
 window (signed z, the time, the reading and the expected value), the longest frozen and missing stretches of
 the watched sensors, the detectors' contributions, the windowed scorer's fault-class probabilities and the soft
-sensors' VCD and glucose for the window's end, and the latest assay reported by then. Plain
+sensors' VCD and glucose for the window's end, the latest assay reported by then, and the operator's recipe
+changes (the run's `annotations`) from `CHANGE_LOOKBACK` before the window to its end. Plain
 functions over Arrow tables, shared by the live worker, `biopilot diagnose`, the chat and the reports.
 """
 
@@ -21,7 +23,8 @@ from scipy.signal import lfilter
 
 from detectors.base import DETECTOR_SIGNALS, make_detector
 from detectors.features import FEED, features
-from detectors.golden import load_reference
+from detectors.golden import GoldenReference, load_reference
+from detectors.recipe import Recipe, reference_for
 from detectors.sensor_health import WATCHED
 from detectors.soft_sensors import SoftSensors
 from detectors.transformer import WindowedScorer, classify_window
@@ -30,7 +33,9 @@ UNITS = {"do_pct": "% air sat.", "ph": "", "temp_c": "°C", "agitation_rpm": "rp
          "o2_sccm": "sccm", "co2_sccm": "sccm", "base_ml_per_tick": "mL/min", "feed_ml_per_tick": "mL/min",
          "our_mmol_l_h": "mmol/L/h", "cer_mmol_l_h": "mmol/L/h", "capacitance_pf_cm": "pF/cm"}
 SMOOTH_HALFLIFE_TICKS = 10.0
+PUMPS = [DETECTOR_SIGNALS.index(name) for name in ("feed_ml_per_tick", "base_ml_per_tick")]
 LOOKBACK = timedelta(minutes=10)
+CHANGE_LOOKBACK = timedelta(hours=12)  # an operator's change this long before an incident is still its context
 ONSET_Z = 3.0
 
 
@@ -80,6 +85,8 @@ class Evidence:
     assay: dict | None = None
     scorer: dict | None = None  # the windowed scorer's fault-class probabilities and titer, with MC spread
     soft: dict | None = None  # soft-sensor VCD and glucose at the window's end, from what was known by then
+    operator_changes: list[str] = field(default_factory=list)  # the run's annotations near the window, as sentences
+    feed_mode: str = "bolus"  # the recipe's: what a feed deviation means depends on it
     ticks_seen: int = 0
 
     def z(self, signal: str) -> float:
@@ -93,10 +100,27 @@ class Evidence:
         return asdict(self)
 
 
-def _smoothed_z(X: np.ndarray, minutes: np.ndarray) -> np.ndarray:
-    ref = load_reference()
-    bins = np.clip((minutes // ref.bin_min).astype(int), 0, len(ref.median) - 1)
+def change_sentence(annotation: dict) -> str:
+    """An operator's change as evidence: its text, when and by whom (unless the text says so already)."""
+    text, ts, by = annotation["text"], annotation["ts"], annotation.get("changed_by")
+    when = f"{ts:%Y-%m-%d %H:%M} UTC"
+    if f"{ts:%H:%M}" not in text:
+        text += f" at {when}"
+    if by and by not in text:
+        text += f" by {by}"
+    return text
+
+
+def _smoothed_z(X: np.ndarray, minutes: np.ndarray, ref: GoldenReference) -> np.ndarray:
+    last = len(ref.median) - 1
+    bins = np.clip((minutes // ref.bin_min).astype(int), 0, last)
     z = (X - ref.median[bins]) / ref.scale[bins]
+    # a feed or base step a tick off the age bin's edge is the schedule's timing, not a fault: the pumps are
+    # judged against the nearest of the neighbouring bins (a missed bolus or an overfeed lasts many bins)
+    for j in PUMPS:
+        near = [(X[:, j] - ref.median[b, j]) / ref.scale[b, j] for b in (np.maximum(bins - 1, 0),
+                                                                           np.minimum(bins + 1, last))]
+        z[:, j] = np.select([np.abs(n) < np.abs(z[:, j]) for n in near], near, z[:, j])
     alpha = 1.0 - 0.5 ** (1.0 / SMOOTH_HALFLIFE_TICKS)
     # a missing reading adds no deviation (as in the golden detector), so gaps do not pose as faults
     return lfilter([alpha], [1.0, alpha - 1.0], np.nan_to_num(z), axis=0)
@@ -118,21 +142,28 @@ def _longest_run(same: np.ndarray) -> tuple[int, int]:
 
 
 def gather(ticks: pa.Table, start_ts: datetime, end_ts: datetime, assays: pa.Table | None = None,
-           contributions: dict[str, float] | None = None, dt_min: float | None = None) -> Evidence:
-    """Evidence over [start_ts - 10 min, end_ts] from one run's ticks (from the run's first tick on)."""
+           contributions: dict[str, float] | None = None, dt_min: float | None = None,
+           recipe: Recipe | None = None, annotations: list[dict] | None = None) -> Evidence:
+    """Evidence over [start_ts - 10 min, end_ts] from one run's ticks (from the run's first tick on), against
+    the reference of the run's `recipe` (default: the default recipe's, the shipped golden batch), with the
+    operator's changes among `annotations` (rows of the `annotations` table) from `CHANGE_LOOKBACK` before the
+    window to its end."""
     ticks = ticks.sort_by("seq")
     run_id, reactor_id = ticks["run_id"][0].as_py(), ticks["reactor_id"][0].as_py()
-    ev = Evidence(run_id, reactor_id, start_ts, end_ts, contributions=dict(contributions or {}))
+    ev = Evidence(run_id, reactor_id, start_ts, end_ts, contributions=dict(contributions or {}),
+                  feed_mode=(recipe or Recipe.default())["feed_mode"])
     ts = ticks["ts"].cast(pa.int64()).to_numpy()
     minutes = (ts - ts[0]) / 6e7
     X = features(ticks, np.array([np.nan, np.nan]))
-    Z = _smoothed_z(X, minutes)
+    ref = load_reference() if recipe is None else reference_for(recipe)
+    Z = _smoothed_z(X, minutes, ref)
+    ev.operator_changes = [change_sentence(a) for a in sorted(annotations or [], key=lambda a: a["ts"])
+                           if start_ts - CHANGE_LOOKBACK <= a["ts"] <= end_ts]
     lo = np.searchsorted(ts, int((start_ts - LOOKBACK).timestamp() * 1e6))
     hi = np.searchsorted(ts, int(end_ts.timestamp() * 1e6), side="right")
     ev.ticks_seen = int(hi - lo)
     if hi <= lo:
         return ev
-    ref = load_reference()
     step = dt_min or (float(np.median(np.diff(minutes))) if len(minutes) > 1 else 1.0)
     for j, name in enumerate(DETECTOR_SIGNALS):
         i = lo + int(np.argmax(np.abs(Z[lo:hi, j])))

@@ -1,7 +1,7 @@
 """Monitoring: group a reactor's alerts into incidents with an open -> updated -> resolved lifecycle.
 
 An alert joins the reactor's current incident when it is in the same run, related to it (soon after its last
-activity, `near`, or sharing one of its lead signals) and the incident is live: its last activity within
+activity, `near`, or led by a signal that led one of its alerts) and the incident is live: its last activity within
 `merge_gap`, or an alarm of it still on and the alert led by one of its signals. Otherwise it opens a new one.
 An incident resolves when every alert in it has cleared (the flow's hysteresis said the alarm stayed quiet); a
 related alert within `merge_gap` of that reopens it rather than opening a second one. So one excursion is one
@@ -46,6 +46,7 @@ class Incident:
     alert_ids: list[str] = field(default_factory=list)
     open_alerts: list[str] = field(default_factory=list)
     signals: dict[str, float] = field(default_factory=dict)  # lead signal -> its largest contribution
+    leads: list[str] = field(default_factory=list)  # each alert's leading signal, first seen first
 
     def event(self, kind: str) -> dict:
         self.version += 1
@@ -106,10 +107,15 @@ class IncidentTracker:
             joins = False
         else:
             gap = ts - inc.last_ts
-            related = gap <= self.near or bool(set(lead) & set(inc.signals)) or not lead
-            # An alarm still on keeps the incident live past the gap for alerts led by one of its signals:
+            # Related: soon after, or led by a signal that led one of its alerts. A signal that merely took part
+            # in them is not enough: a fault that follows another one (a DO limitation after an overfeed, a
+            # drifting pH probe after a temperature spike) moves some of the same signals, and is news.
+            top = max(lead, key=lead.__getitem__) if lead else None
+            led_before = top is None or top in inc.leads
+            related = gap <= self.near or led_before
+            # An alarm still on keeps the incident live past the gap for alerts led by one of its leads:
             # the gap alone split a day-long excursion in two (and only when its clears came late).
-            still_on = bool(inc.open_alerts) and (not lead or max(lead, key=lead.__getitem__) in inc.signals)
+            still_on = bool(inc.open_alerts) and led_before
             joins = related and (gap <= self.merge_gap or still_on)
         if not joins:
             events = []
@@ -152,6 +158,8 @@ class IncidentTracker:
         inc.last_ts = max(inc.last_ts, ts)
         for name, c in lead.items():
             inc.signals[name] = max(inc.signals.get(name, 0.0), c)
+        if lead and (top := max(lead, key=lead.__getitem__)) not in inc.leads:
+            inc.leads.append(top)
         if SEVERITY_RANK.get(alert.get("severity") or "warning", 1) > SEVERITY_RANK[inc.severity]:
             inc.severity = alert["severity"]
         self._escalate(inc)

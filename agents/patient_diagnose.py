@@ -75,8 +75,9 @@ NEW_INTERACTION = 0.8  # amiodarone just started on warfarin, before the INR sho
 NEW_NONADHERENCE = 0.8  # warfarin doses just missed, before the INR shows it
 INTERACTION_WEEKS = 10  # amiodarone's inhibition builds over weeks: a start this long before an INR explains it
 INITIATION_DAYS, INITIATION_MAX_DAYS = 7, 14  # a low INR while warfarin is being started is expected
-# over-anticoagulation: INR >= 4 (REFERENCES-patient.md); subtherapeutic: < 2. A lab INR carries ~18 % residual
-# error, so a reading at the limit names the cause with 0.6 and a clear one with 1
+# over-anticoagulation: INR >= 4 (REFERENCES-patient.md); subtherapeutic: < 2. A reading carries the assay's ~4 %
+# error, but the patient's INR ripples with each dose and drifts over days (`inr_variability`): a reading at the
+# limit may be a passing excursion, so it names the cause with 0.6, a clear one with 1
 INR_HIGH, INR_HIGH_CLEAR, INR_LOW, INR_LOW_CLEAR = 4.0, 5.0, 2.0, 1.6
 AT_LIMIT = 0.6
 HB_DROP_FROM_G_DL, HB_DROP_FULL_G_DL = 0.8, 2.0  # a major bleed: Hb falling >= 2 g/dL
@@ -138,6 +139,7 @@ class PatientEvidence:
     ticks_seen: int = 0
     scorer: None = None  # the reactor's windowed scorer and soft sensors have no patient counterpart
     soft: None = None
+    operator_changes: list = field(default_factory=list)  # nor its operators' recipe changes (IncidentFinding)
 
     def day(self, ts: datetime) -> int:
         return day_of(ts, self.origin) if self.origin else 0

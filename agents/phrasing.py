@@ -74,13 +74,15 @@ def explain(finding: dict) -> list[str]:
 
 
 def answer(question: str, findings: list[dict]) -> list[str]:
-    """A chat answer from the same findings: the incidents that involve the signal asked about, else all."""
+    """A chat answer from the same findings: the incidents that involve the signal asked about (it leads them, or
+    their most likely cause's evidence cites it: an unlikely alternative citing it does not make it theirs),
+    else all."""
     if not findings:
         return ["No incident was raised for this run: every signal stayed within its calibrated alarm limits."]
     words = set(re.findall(r"[a-z0-9]+", question.lower()))
     asked = {s for w, s in SIGNAL_WORDS.items() if w in words}
     relevant = [f for f in findings if asked & set(f.get("signals") or [])
-                or any(asked & set(re.findall(r"[a-z0-9_]+", e)) for h in _hypotheses(f) for e in h["evidence"])]
+                or any(asked & set(re.findall(r"[a-z0-9_]+", e)) for h in _hypotheses(f)[:1] for e in h["evidence"])]
     chunks = []
     if asked and not relevant:
         chunks.append(f"No incident involved {', '.join(sorted(asked))}; the incidents of this run were:")

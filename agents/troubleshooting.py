@@ -4,7 +4,11 @@ The ranking is code, not a language model. Each signature scores how well the ev
 for a process fault, the weighted share of its expected moves that happened (a move counts fully at
 |z| >= `Z_FULL`, the golden batch's robust z), minus half the weight of moves in the opposite direction; for a
 sensor fault, how long the reading was frozen or missing, or how alone and how slowly one reading wandered. Confidence is the
-match times its share of all matches. Below `ABSTAIN_BELOW` the agent says "insufficient evidence".
+match times its share of all matches. Below `ABSTAIN_BELOW` the agent says "insufficient evidence". The
+deviations are against the run's own recipe (`agents.evidence`), so the signatures are recipe-relative (DO against
+the run's DO setpoint, a feed against its own schedule and vessel size), and how far
+a feed must deviate depends on the feed mode; the operator's recipe changes near the incident are cited with
+every hypothesis and lead the facts.
 
 >>> from datetime import UTC, datetime
 >>> from agents.evidence import Deviation, Evidence
@@ -29,9 +33,10 @@ from agents.evidence import Evidence
 from agents.knowledge import COUPLED, SIGNATURES, Signature
 
 Z_FULL = 8.0
-# a feed bolus a few minutes off the golden timing already reads z ~ 25; a real overfeed reads 500+, a missed
-# bolus -1000 or less
+# fed by boluses, a bolus a few minutes off the golden timing already reads z ~ 25; a real overfeed reads 500+, a
+# missed bolus -1000 or less. Fed continuously, the feed is steady: a stopped pump reads z ~ -10 to -50.
 Z_FULL_FOR = {"feed_ml_per_tick": 200.0}
+Z_FULL_CONTINUOUS_FEED = Z_FULL
 ABSTAIN_BELOW = 0.3
 FROZEN_FULL_MIN = 30.0
 MISSING_FULL_MIN = 10.0
@@ -72,8 +77,10 @@ class Diagnosis:
                 "hypotheses": [h.as_dict() for h in self.hypotheses]}
 
 
-def _strength(z: float, signal: str = "") -> float:
-    return float(np.clip(z / Z_FULL_FOR.get(signal, Z_FULL), 0.0, 1.0))
+def _strength(z: float, signal: str = "", feed_mode: str = "bolus") -> float:
+    full = Z_FULL_CONTINUOUS_FEED if feed_mode == "continuous" and signal == "feed_ml_per_tick" else \
+        Z_FULL_FOR.get(signal, Z_FULL)
+    return float(np.clip(z / full, 0.0, 1.0))
 
 
 def _process_match(sig: Signature, ev: Evidence) -> tuple[float, list[str]]:
@@ -81,8 +88,8 @@ def _process_match(sig: Signature, ev: Evidence) -> tuple[float, list[str]]:
     score, cited = 0.0, []
     for signal, w in sig.expect.items():
         z = ev.z(signal) * np.sign(w)
-        score += abs(w) * (_strength(z, signal) - 0.5 * _strength(-z, signal))
-        if _strength(z, signal) >= 0.25:
+        score += abs(w) * (_strength(z, signal, ev.feed_mode) - 0.5 * _strength(-z, signal, ev.feed_mode))
+        if _strength(z, signal, ev.feed_mode) >= 0.25:
             cited.append(ev.deviations[signal].sentence())
     return max(score / total, 0.0), cited
 
@@ -117,7 +124,12 @@ def rank(ev: Evidence) -> Diagnosis:
         matches.append((fault, match, cited))
     facts = [d.sentence() for d in ev.strongest(3) if abs(d.z) >= 3.0] + [r.sentence() for r in ev.sensor_runs
                                                                            if r.minutes >= 10]
-    return diagnosis_of(matches, SIGNATURES, facts)
+    # the operator's own recipe changes come first: what an engineer asks before blaming the process
+    changes = [f"operator change: {c}" for c in ev.operator_changes]
+    diagnosis = diagnosis_of(matches, SIGNATURES, changes + facts)
+    for h in diagnosis.ranked(3):
+        h.evidence += changes
+    return diagnosis
 
 
 def diagnosis_of(matches: list[tuple[str, float, list[str]]], signatures: Mapping[str, Any],

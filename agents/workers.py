@@ -31,7 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 from redis.exceptions import RedisError
 
-from agents.diagnose import HORIZON, IncidentFinding
+from agents.diagnose import HORIZON, IncidentFinding, load_recipe_context, recipe_of
 from agents.evidence import gather
 from agents.incidents import IncidentTracker
 from agents.llm import Backend, OfflineBackend
@@ -275,8 +275,9 @@ class Workers:
             return explain_incident(self.lake, event, start, min(start + PATIENT_HORIZON, latest))
         ticks = delta.read(self.lake, "ticks", run_ids=[event["run_id"]])
         assays = delta.read(self.lake, "assays", run_ids=[event["run_id"]])
+        recipes, annotations = load_recipe_context(self.lake, event["run_id"])
         ev = gather(ticks, start, min(start + self.horizon, latest), assays,
-                    {s: 1.0 for s in event["signals"]})
+                    {s: 1.0 for s in event["signals"]}, recipe=recipe_of(recipes), annotations=annotations)
         return IncidentFinding(event | {"start_ts": start, "end_ts": None}, ev, rank(ev))
 
 

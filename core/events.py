@@ -64,6 +64,20 @@ ALERTS = pa.schema([
     pa.field("signals", pa.list_(CONTRIBUTION)), pa.field("emitted_at", TS),
 ])
 LATE_TICKS = pa.schema(list(TICKS) + [pa.field("watermark_ts", TS), pa.field("arrived_at", TS)])
+# a run's recipe (detectors/recipe.py), at its start and after each change; key (run_id, recipe_hash)
+RECIPES = pa.schema([
+    pa.field("run_id", pa.string(), False), pa.field("reactor_id", pa.string(), False),
+    pa.field("ts", TS, False), pa.field("recipe_hash", pa.string(), False), pa.field("recipe_json", pa.string()),
+    pa.field("run_start_ts", TS),  # inoculation: culture age counts from it
+    pa.field("reference", pa.string()),  # where its reference came from: "twin" | "learned" | "default"
+    pa.field("changed_by", pa.string()),
+])
+# what happened to a run that is not a reading: operator changes, recipe selection; key (run_id, ts, kind)
+ANNOTATIONS = pa.schema([
+    pa.field("run_id", pa.string(), False), pa.field("reactor_id", pa.string(), False),
+    pa.field("ts", TS, False), pa.field("kind", pa.string(), False), pa.field("text", pa.string()),
+    pa.field("changed_by", pa.string()), pa.field("recipe_hash", pa.string()),
+])
 DEADLETTER = pa.schema([
     pa.field("received_at", TS, False), pa.field("subject", pa.string()), pa.field("stream_seq", pa.int64()),
     pa.field("reason", pa.string(), False), pa.field("size_bytes", pa.int64()), pa.field("payload", pa.binary()),
@@ -140,7 +154,8 @@ SCHEMAS: dict[str, pa.Schema] = {"ticks": TICKS, "assays": ASSAYS, "labels": LAB
                                  "deadletter": DEADLETTER, "incidents": INCIDENTS,
                                  "agent_messages": AGENT_MESSAGES, "audit": AUDIT,
                                  "patients": PATIENTS, "vitals": VITALS, "labs": LABS, "doses": DOSES,
-                                 "late_vitals": LATE_VITALS, "twin_forecasts": TWIN_FORECASTS}
+                                 "late_vitals": LATE_VITALS, "twin_forecasts": TWIN_FORECASTS,
+                                 "recipes": RECIPES, "annotations": ANNOTATIONS}
 
 
 @dataclass(frozen=True)

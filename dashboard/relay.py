@@ -236,7 +236,11 @@ class Relay:
             self.pending.setdefault(msg.subject.rsplit(".", 1)[-1], []).append(ticks)
 
     async def _on_assays(self, msg: Msg) -> None:
-        doses = bool(msg.headers) and msg.headers.get(KIND_HEADER) == "doses"
+        kind = msg.headers.get(KIND_HEADER) if msg.headers else None
+        if kind == "recipe":  # a run's recipe, at its start or after an operator's change: the page redraws its band
+            self._put(Pending("telemetry", json.dumps({"kind": "recipe", "reactor_id": msg.subject.rsplit(".", 1)[-1]})))
+            return
+        doses = kind == "doses"
         try:
             rows = decode_rows(msg.data, DOSES if doses else self.plant.assays_schema)
         except Exception:  # noqa: BLE001

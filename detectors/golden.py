@@ -60,6 +60,11 @@ def load_reference(path: Path = REFERENCE_PATH) -> GoldenReference:
     return _load_reference(Path(path).resolve())
 
 
+def forget_loaded_references() -> None:
+    """After a reference file was replaced (a learned reference over a twin-built one): read files anew."""
+    _load_reference.cache_clear()
+
+
 @lru_cache(maxsize=4)
 def _load_reference(path: Path) -> GoldenReference:
     if not path.exists():

@@ -1,54 +1,87 @@
-"""Building the golden reference offline (`python -m detectors.golden_build` writes `golden_batch.npz`): normal
-runs of the twin simulated from the `normal` scenario, summarised per culture-age bin, and the twin_residual
-detector's per-signal drift limits measured on the same runs."""
+"""Building a golden reference: normal runs of the twin, summarised per culture-age bin, and the twin_residual
+detector's per-signal drift limits measured on the same runs. Offline, `python -m detectors.golden_build`
+writes the default recipe's (`normal` scenario) `golden_batch.npz`; online, `detectors.recipe.reference_for`
+builds any other recipe's, with the operator's mid-run changes (`changes`) replayed at their culture age."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from detectors.base import DETECTOR_SIGNALS
 from detectors.features import features
 from detectors.golden import BIN_MIN, REFERENCE_PATH, GoldenReference
 from detectors.twin_residual import TwinResidual
 from sources.fleet import Fleet
-from sources.scenarios import load_scenario
+from sources.recipe import Change, simulate_with_changes
+from sources.scenarios import Scenario, load_scenario
 
 
-def build_reference(runs: int = 30, seed: int = 500, days: float = 14.0) -> GoldenReference:
-    """Median and robust spread (1.4826 MAD, floored) per age bin over `runs` normal runs of the twin."""
-    fleet = Fleet(load_scenario("normal").with_overrides(days=days), runs, seed=seed)
-    ticks = pa.Table.from_batches([fleet.step(fleet.total_ticks).ticks])
-    per_run = fleet.total_ticks
-    X = features(ticks, np.array([np.nan, np.nan])).reshape(runs, per_run, -1)
-    increments = [j for j, name in enumerate(DETECTOR_SIGNALS) if name.endswith("_per_tick")]
-    X[:, 0, increments] = np.nan  # the first increment of a run is taken against the previous run
-    minutes = np.arange(per_run) * fleet.dt_s / 60.0
-    bins = (minutes // BIN_MIN).astype(int)
+def build_reference(runs: int = 30, seed: int = 500, scenario: Scenario | None = None,
+                    changes: Sequence[Change] = (), floor: np.ndarray | None = None) -> GoldenReference:
+    """The reference of `runs` normal runs of the twin under `scenario` (default: `normal`) with `changes`
+    applied (`summarise_runs`)."""
+    fleet = Fleet(scenario or load_scenario("normal"), runs, seed=seed)
+    return summarise_runs(simulate_with_changes(fleet, changes), floor)
+
+
+def summarise_runs(ticks: pa.Table, floor: np.ndarray | None = None) -> GoldenReference:
+    """Median and robust spread (1.4826 MAD) per culture-age bin over the normal runs in `ticks` (any number,
+    of any length; culture age from each tick's `seq` at the run's own tick), and the drift limits on the same
+    runs. The spread is floored per signal at half its median over the bins, and at `floor` [signals] where
+    given."""
+    X_runs, ts_runs, bin_runs = [], [], []
+    ticks = ticks.sort_by([("run_id", "ascending"), ("seq", "ascending")])
+    run_codes = pc.dictionary_encode(ticks["run_id"]).combine_chunks().indices.to_numpy()
+    bounds = [0, *(np.flatnonzero(np.diff(run_codes)) + 1), ticks.num_rows]
+    for first, end in zip(bounds[:-1], bounds[1:], strict=True):
+        part = ticks.slice(first, end - first)
+        # the first increment of a run has no total before it: NaN, not taken against another run
+        X_runs.append(features(part, np.array([np.nan, np.nan])))
+        ts, seq = part["ts"].cast(pa.int64()).to_numpy(), part["seq"].to_numpy()
+        tick_us = (ts[-1] - ts[0]) / (seq[-1] - seq[0]) if seq[-1] != seq[0] else 6e7
+        ts_runs.append(ts)
+        bin_runs.append(((seq * tick_us / 6e7) // BIN_MIN).astype(int))
+    X, bins = np.concatenate(X_runs), np.concatenate(bin_runs)
     n_bins = int(bins.max()) + 1
-    median = np.zeros((n_bins, X.shape[2]))
-    scale = np.zeros_like(median)
-    for b in range(n_bins):
-        block = X[:, bins == b, :].reshape(-1, X.shape[2])
-        med = np.nanmedian(block, axis=0)
-        mad = np.nanmedian(np.abs(block - med), axis=0) * 1.4826
-        median[b], scale[b] = med, mad
-    floor = np.nanmedian(scale, axis=0) * 0.5 + 1e-3  # a bin where all runs agree must not give infinite z
-    scale = np.maximum(scale, floor)
+    # every bin's rows side by side [bins, rows, signals], NaN-padded: one vectorised median for all bins
+    order = np.argsort(bins, kind="stable")
+    counts = np.bincount(bins, minlength=n_bins)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    blocks = np.full((n_bins, int(counts.max()), X.shape[1]), np.nan)
+    blocks[bins[order], np.arange(len(order)) - starts[bins[order]]] = X[order]
+    median = _nanmedian_rows(blocks)
+    scale = _nanmedian_rows(np.abs(blocks - median[:, None, :])) * 1.4826
+    # a bin where all runs agree must not give infinite z; nor a signal that stays put in most bins (the O2 flow
+    # of a recipe that rarely needs O2) have no spread at all: `floor`, the default recipe's
+    least = np.nanmedian(scale, axis=0) * 0.5 + 1e-3
+    scale = np.maximum(np.nan_to_num(scale), least if floor is None else np.maximum(least, floor))
     ref = GoldenReference(np.nan_to_num(median), scale)
-    ts_us = ticks["ts"].cast(pa.int64()).to_numpy().reshape(runs, per_run)
-    return GoldenReference(ref.median, ref.scale, BIN_MIN, _drift_limits(ref, X, ts_us))
+    return GoldenReference(ref.median, ref.scale, BIN_MIN, _drift_limits(ref, X_runs, ts_runs))
 
 
-def _drift_limits(ref: GoldenReference, X: np.ndarray, ts_us: np.ndarray) -> np.ndarray:
-    """Per signal, the largest twin_residual residual any of the normal runs `X` [runs, ticks, signals] reaches,
-    floored at 1."""
-    detector = TwinResidual(reference=replace(ref, drift_limit=np.ones(X.shape[2])))
-    worst = np.zeros(X.shape[2])
-    for run, ts in zip(X, ts_us, strict=True):
+def _nanmedian_rows(blocks: np.ndarray) -> np.ndarray:
+    """The median over axis 1 of [bins, rows, signals] ignoring NaN (NaN where a column has none): numpy's
+    nanmedian does this one column at a time."""
+    ordered = np.sort(blocks, axis=1)  # NaN sorts last
+    n = (~np.isnan(blocks)).sum(axis=1, keepdims=True)
+    lo = np.take_along_axis(ordered, np.maximum(n - 1, 0) // 2, axis=1)
+    hi = np.take_along_axis(ordered, n // 2 - (n == 0), axis=1)
+    return np.where(n > 0, (lo + hi) / 2, np.nan)[:, 0, :]
+
+
+def _drift_limits(ref: GoldenReference, X_runs: list[np.ndarray], ts_runs: list[np.ndarray]) -> np.ndarray:
+    """Per signal, the largest twin_residual residual any of the normal runs (features [ticks, signals] and
+    event times each) reaches, floored at 1."""
+    n_signals = ref.median.shape[1]
+    detector = TwinResidual(reference=replace(ref, drift_limit=np.ones(n_signals)))
+    worst = np.zeros(n_signals)
+    for run, ts in zip(X_runs, ts_runs, strict=True):
         _, _, contrib = detector.score_learn_detail(detector.init_state(DETECTOR_SIGNALS), ts, run)
         worst = np.maximum(worst, contrib.max(axis=0))
     return np.maximum(worst, 1.0)

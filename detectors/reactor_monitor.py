@@ -3,12 +3,20 @@
 Plain Python (the Bytewax flow only keys the stream by reactor and calls these methods), so it is tested
 without the engine. The whole object pickles: held in a `MonitorState`, it is the flow's recovery state for one
 reactor.
+
+Each run is judged against its own recipe's reference (`detectors.recipe`; `set_recipe`, or `on_recipe` for the
+plant's recipe messages), with culture age counted from the run's inoculation, not from the first tick seen: a
+monitor that joins a run mid-batch knows its age from the recipe's `run_start_ts`, or else from the ticks' `seq`
+(ticks since inoculation). An operator's mid-run change re-bases the reference from that moment and restarts the
+members that learn the run's own normal (the streaming z-score), so the change itself raises nothing; it is
+written to `annotations`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import numpy as np
@@ -17,11 +25,12 @@ import pyarrow.compute as pc
 
 import detectors  # noqa: F401 - registers every detector
 from core.codec import PLAUSIBLE, validate_ticks
-from core.events import ALERTS, SCORES, TICK_SIGNALS, TICKS, distinct
+from core.events import ALERTS, ANNOTATIONS, RECIPES, SCORES, TICK_SIGNALS, TICKS, distinct
 from core.eventtime import ReorderBuffer
 from detectors.alarm import MemberAlarms
 from detectors.base import DETECTOR_SIGNALS, make_detector
 from detectors.features import CAPACITANCE, FEED, features
+from detectors.recipe import Recipe, reference_for, reference_source
 from detectors.soft_sensors import SoftSensors
 from detectors.unit_monitor import (
     DEFAULT_CONFIG,
@@ -33,6 +42,14 @@ from detectors.unit_monitor import (
 )
 
 log = logging.getLogger(__name__)
+
+# members that watch the sensors themselves (stuck, silent), whatever the recipe: kept across a change
+SENSOR_HEALTH = ("flatline", "dropout")
+PENDING_KEPT = 4  # recipes held for runs not begun yet
+
+
+def _us(ts: datetime) -> int:
+    return int(ts.timestamp() * 1e6)
 
 
 class ReactorMonitor(EventTimeInputs):
@@ -49,6 +66,9 @@ class ReactorMonitor(EventTimeInputs):
         self.latest_assay: dict | None = None
         self.open_alerts: dict[str, dict] = {}  # member -> its open alert
         self.last_ts: datetime | None = None
+        self.recipe: Recipe | None = None  # the current run's, changes included; None: the default's reference
+        self.run_start_us: int | None = None
+        self.pending: dict[str, tuple[Recipe, int | None]] = {}  # run id -> recipe, start: runs not begun yet
         self._reset()
 
     def _reset(self) -> None:
@@ -58,6 +78,124 @@ class ReactorMonitor(EventTimeInputs):
                                    self.config.alarm_clear_ticks)
         self.last_totals = np.array([np.nan, np.nan])
         self.soft = SoftSensors()
+        self.recipe, self.run_start_us = None, None
+
+    # ---- the recipe -------------------------------------------------------------------------------------
+    def _members(self) -> Iterator[tuple[str, object, object]]:
+        """(name, detector, its state) of each fusion member, or the plain detector."""
+        if hasattr(self.detector, "detectors"):
+            for name, det in self.detector.detectors.items():
+                yield name, det, self.det_state.members[name]
+        else:
+            yield self.detector.name, self.detector, self.det_state
+
+    def _use_recipe(self, recipe: Recipe) -> str:
+        """Every member that compares with a reference takes `recipe`'s; the soft sensors its media. Returns
+        where the reference came from."""
+        reference = reference_for(recipe)
+        for _, det, _ in self._members():
+            if hasattr(det, "reference"):
+                det.reference = reference
+        self.soft.feed_glucose_g_l = float(recipe["feed_glucose_g_l"])
+        if self.soft.anchor_us is None:
+            self.soft.initial_glucose_g_l = float(recipe["glucose_g_l"])
+        self.recipe = recipe
+        return reference_source(recipe)
+
+    def _set_run_start(self, start_us: int) -> None:
+        """Culture age counts from `start_us` for every member that follows it."""
+        self.run_start_us = start_us
+        for _, _, state in self._members():
+            if hasattr(state, "start_us"):
+                state.start_us = start_us
+
+    def _restart_run_learnt(self) -> None:
+        """The members that learnt this run's own normal start again: what they learnt is the old recipe's."""
+        for name, det, _ in self._members():
+            if hasattr(det, "reference") or name in SENSOR_HEALTH:
+                continue
+            if det is self.detector:
+                self.det_state = det.init_state(DETECTOR_SIGNALS)
+            else:
+                self.det_state.members[name] = det.init_state(DETECTOR_SIGNALS)
+
+    def on_recipe(self, recipes: pa.Table) -> Outputs:
+        """Recipe messages from the plant (`RECIPES` rows: at a run's start and after each change)."""
+        out = Outputs()
+        for row in recipes.to_pylist():
+            step = self.set_recipe(Recipe.from_json(row["recipe_json"]), row["ts"], run_id=row["run_id"],
+                                   run_start_ts=row["run_start_ts"], changed_by=row["changed_by"])
+            for name, table in step.tables.items():
+                out.add(name, table)
+        return out
+
+    def set_recipe(self, recipe: Recipe, ts: datetime, *, run_start_ts: datetime | None = None,
+                   changed_by: str | None = None, run_id: str | None = None) -> Outputs:
+        """Take `recipe` for run `run_id` (default: the current one) from `ts`. For a run not begun yet it is
+        kept until the run's first tick; for a run without a recipe yet (its start, or a monitor joining it) it
+        selects the reference, culture age counted from `run_start_ts`; mid-run it re-bases the reference at
+        `ts` (the twin's normal runs continue from their state at that age under the new settings) and restarts
+        what learnt the run's own normal. Writes the `recipes` row and an `annotations` row."""
+        out = Outputs()
+        run_id = run_id or self.run_id
+        if run_id is None:
+            raise ValueError("set_recipe needs a run_id before the monitor has seen a run")
+        start_us = None if run_start_ts is None else _us(run_start_ts)
+        if run_id != self.run_id:
+            self.pending[run_id] = (recipe, start_us)
+            while len(self.pending) > PENDING_KEPT:
+                self.pending.pop(next(iter(self.pending)))
+            kind, text, source = "recipe", self._recipe_text(recipe), reference_source(recipe)
+        elif self.recipe is None:
+            source = self._use_recipe(recipe)
+            if start_us is not None:
+                self._set_run_start(start_us)
+            kind, text = "recipe", self._recipe_text(recipe)
+        else:
+            at_h = (_us(ts) - (self.run_start_us or _us(ts))) / 3.6e9
+            rebased = recipe if self.recipe.new_changes(recipe) is not None else self.recipe.as_changes_at(
+                recipe, at_h)
+            if rebased == self.recipe:
+                return out  # nothing new (a message seen again)
+            said = self.recipe.describe_change(rebased if rebased is not None else recipe, with_times=False)
+            if rebased is None:  # e.g. a new volume: not a live control; the new recipe at the same culture age
+                rebased = recipe
+                said += " (not a live control: compared with the new recipe's normal runs at the same culture age)"
+            source = self._use_recipe(rebased)
+            self._restart_run_learnt()
+            kind = "change"
+            text = f"{said} at {ts.astimezone(UTC):%H:%M}" + (f" by {changed_by}" if changed_by else "")
+            recipe = rebased
+        out.add("recipes", pa.Table.from_pylist([{
+            "run_id": run_id, "reactor_id": self.reactor_id, "ts": ts, "recipe_hash": recipe.hash,
+            "recipe_json": recipe.to_json(), "run_start_ts": run_start_ts, "reference": source,
+            "changed_by": changed_by}], schema=RECIPES))
+        out.add("annotations", pa.Table.from_pylist([{
+            "run_id": run_id, "reactor_id": self.reactor_id, "ts": ts, "kind": kind, "text": text,
+            "changed_by": changed_by, "recipe_hash": recipe.hash}], schema=ANNOTATIONS))
+        return out
+
+    @staticmethod
+    def _recipe_text(recipe: Recipe) -> str:
+        differs = Recipe.default().describe_change(recipe)
+        learned = " (reference learned from the plant's own normal batches)" \
+            if reference_source(recipe) == "learned" else ""
+        return f"recipe {recipe.hash}" + (f": {differs}" if differs else ": the default") + learned
+
+    def _start_run(self, run: str, ticks: pa.Table) -> None:
+        """A run's first ticks: its recipe if one came, and its start (inoculation) from the recipe or else
+        from the ticks' seq (ticks since inoculation) at the recipe's tick, or the ticks' own spacing."""
+        recipe, start_us = self.pending.pop(run, (None, None))
+        self._use_recipe(recipe or Recipe.default())
+        self.recipe = recipe  # None: no recipe came yet (the default's reference meanwhile)
+        if start_us is None:
+            ts = ticks["ts"].cast(pa.int64()).to_numpy()
+            seq = ticks["seq"].to_numpy()
+            tick_us = float((recipe or Recipe.default())["tick_s"]) * 1e6
+            if len(seq) > 1 and seq[-1] != seq[0]:
+                tick_us = (ts[-1] - ts[0]) / (seq[-1] - seq[0])
+            start_us = int(ts[0] - seq[0] * tick_us)
+        self._set_run_start(start_us)
 
     # ---- inputs -----------------------------------------------------------------------------------------
     def on_assays(self, assays: pa.Table) -> Outputs:
@@ -88,6 +226,7 @@ class ReactorMonitor(EventTimeInputs):
                 self.open_alerts = {}
                 self.run_id = run
                 self._reset()
+                self._start_run(run, part)
             self._score_run(part, out)
         if out.alerts:
             out.tables["alerts"] = pa.Table.from_pylist(out.alerts, schema=ALERTS)

@@ -163,7 +163,7 @@ class MonitorState:
 
 def monitor_step(state: MonitorState | None, item: Item, config: MonitorConfig,
                  make: MonitorFactory) -> tuple[MonitorState, list[Outputs]]:
-    """One keyed step of the flow: route an item (ticks, assays, doses, watermark) to the unit's monitor, made
+    """One keyed step of the flow: route an item (ticks, assays, doses, recipe, watermark) to the unit's monitor, made
     by `make(unit_id, config)` on the unit's first item."""
     state = state or MonitorState(make(item.unit_id, config))
     monitor = state.monitor
@@ -174,6 +174,8 @@ def monitor_step(state: MonitorState | None, item: Item, config: MonitorConfig,
         out = monitor.on_assays(item.table)
     elif kind == "doses":
         out = monitor.on_doses(item.table)  # type: ignore[attr-defined] - a plant with doses has on_doses
+    elif kind == "recipe":
+        out = monitor.on_recipe(item.table)  # type: ignore[attr-defined] - routed for reactors only
     else:
         out = monitor.on_watermark(item.ts_us)
     return state, [out]
@@ -192,7 +194,7 @@ def _within_horizon(item: Item, reorder: ReorderBuffer, horizon_us: int, refused
     left. The reference is the unit's latest event time; before it has one, the wall clock: a replay of an
     old run is in the past and passes (only the future is bounded), and a plant that runs ahead of the clock
     (a sped-up simulation) is judged against its own event time from its first message on."""
-    if item.kind in ("assays", "doses"):
+    if item.kind in ("assays", "doses", "recipe"):
         return item
     latest = reorder.latest_us
     reference_us = latest if latest is not None else time.time_ns() // 1000

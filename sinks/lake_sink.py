@@ -47,7 +47,8 @@ SEQ_KEYED = ("ticks", "vitals", "scores")  # a unit's readings, either plant kin
 # the other tables' row keys (the patient plant's: late vitals, labs, doses, the twin's forecasts)
 KEY_COLUMNS = {"alerts": ["alert_id"], "late_ticks": ["run_id", "seq"], "assays": ["run_id", "sample_ts"],
                "deadletter": ["stream_seq"], "late_vitals": ["run_id", "seq"], "labs": ["run_id", "sample_ts"],
-               "doses": ["run_id", "ts", "drug"], "twin_forecasts": ["run_id", "fitted_ts", "ts", "dosing"]}
+               "doses": ["run_id", "ts", "drug"], "twin_forecasts": ["run_id", "fitted_ts", "ts", "dosing"],
+               "recipes": ["run_id", "recipe_hash"], "annotations": ["run_id", "ts", "kind"]}
 # a micro-batch's rows at most: a Delta commit costs the same CPU whatever its size, and encoding a large
 # batch costs less per row than several small ones, so at full rate the batches are large; at live rates the
 # age limit closes them long before (docs/PERFORMANCE.md)

@@ -69,6 +69,7 @@ class ControlCommand(_Strict):
     value: float | None = Field(None, description="within the setpoint's range (see `name`): "
                                 + "; ".join(f"{k} {lo:g}..{hi:g}" for k, (lo, hi) in SETPOINT_LIMITS.items()))
     volume_ml: float | None = Field(None, gt=0, le=2000)
+    changed_by: str | None = Field(None, max_length=200, description="who made the change (the annotation says)")
 
     @field_validator("name")
     @classmethod

@@ -8,14 +8,17 @@ Ticks go to `biopilot.telemetry.<reactor>` as Arrow IPC, assays to `biopilot.ass
 result is reported (`reported_ts`, late as in a real lab). Commands on `biopilot.control.<reactor>` change the
 running process between steps:
 
-    {"type": "setpoint", "name": "do_setpoint_pct", "value": 50}
-    {"type": "feed", "volume_ml": 30}
+    {"type": "setpoint", "name": "do_setpoint_pct", "value": 50, "changed_by": "operator@plant"}
+    {"type": "feed", "volume_ml": 30}                   # changed_by is optional
     {"type": "fault", "fault": "overfeed", "duration_h": 3, "magnitude": 2, "signal": null}
     {"type": "stop"}                       # stop the whole feed (sent to one of its reactors)
 
 Each command is validated with the dashboard's own models (`sources.commands`); one that is not valid (not
 JSON, an unknown field, a number out of range, NaN, or a reactor this plant does not run) is logged, counted in
-`PlantStats.rejected_commands` and dropped. An injected fault starts now and writes its label row.
+`PlantStats.rejected_commands` and dropped. An injected fault starts now and writes its label row. The bioreactor plant publishes each run's recipe
+(`detectors.recipe`'s JSON in a `RECIPES` row) on `biopilot.assays.<reactor>` with header `BioPilot-Kind: recipe`
+when the run starts and after each command that changes it (a setpoint, a feed bolus), before the ticks that
+follow it, so the monitor re-bases its reference from that moment.
 
 With `jitter_share > 0` that share of ticks is delivered out of order (shuffled within a few ticks), as a real
 network would. The plant waits while the flow's consumer `flow_durable` is more than 1 GB behind
@@ -31,19 +34,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import nats
 import numpy as np
 import pyarrow as pa
 
-from core.events import LABELS, to_table
+from core.events import LABELS, RECIPES, to_table
 from core.plants import PLANTS, PlantVocabulary
 from core.services import FLOW_DURABLE
 from sources.backpressure import Backpressure
 from sources.commands import Command, CommandError, ReplayCommand, parse_command
 from sources.fleet import Fleet, run_id_for
 from sources.publish import publish_assays, publish_ticks, publish_watermark, split_by_reactor
+from sources.recipe import BOLUS, Recipe
 from sources.scenarios import Scenario
 
 log = logging.getLogger(__name__)
@@ -145,6 +149,11 @@ class LiveFeed:
         """Tables a batch writes when it begins, before its labels."""
         return []
 
+    def _announcements(self) -> list[tuple[str, str, pa.Table]]:
+        """(unit, kind header, rows) to publish on `biopilot.assays.<unit>` now, before the next ticks: taken
+        from what the kind queued at a batch's start or a command."""
+        return []
+
     # ---- commands -------------------------------------------------------------------------------------
     async def _on_control(self, msg: nats.aio.msg.Msg) -> None:
         unit = msg.subject.rsplit(".", 1)[-1]
@@ -231,6 +240,8 @@ class LiveFeed:
                     self.stats.reject(unit, str(err))
                     continue
                 self._record_labels(sim)
+            for unit, kind, rows in self._announcements():
+                await publish_assays(js, unit, rows, kind)
             chunk = sim.step(ticks_per_step)
             ticks = self._ticks(chunk)
             now_us = int(ticks["ts"].cast(pa.int64()).to_numpy().max())
@@ -270,12 +281,29 @@ class PlantFeed(LiveFeed):
 
     def __init__(self, nats_url: str, scenario: Scenario, reactors: int = 4, **kwargs: object) -> None:
         super().__init__(nats_url, scenario, reactors, **kwargs)
+        self.recipes: list[Recipe] = []  # each reactor's, as now changed
+        self.queued: list[tuple[str, str, pa.Table]] = []
 
     def _new_sim(self, batch: int, start: datetime) -> Fleet:
         scenario = self.scenario.with_overrides(start=start)
         seed = self.seed + batch
         ids = [run_id_for(scenario, seed, i) for i in range(self.units)]
-        return Fleet(scenario, self.units, seed=seed, run_ids=ids)
+        fleet = Fleet(scenario, self.units, seed=seed, run_ids=ids)
+        self.recipes = [Recipe.from_scenario(scenario)] * self.units
+        for k in range(self.units):
+            self._queue_recipe(fleet, k, None)
+        return fleet
+
+    def _queue_recipe(self, fleet: Fleet, k: int, changed_by: str | None) -> None:
+        started = fleet.started[k]
+        row = {"run_id": fleet.run_ids[k], "reactor_id": fleet.reactor_ids[k],
+               "ts": started + timedelta(hours=float(fleet.t_h[k])), "recipe_hash": self.recipes[k].hash,
+               "recipe_json": self.recipes[k].to_json(), "run_start_ts": started, "changed_by": changed_by}
+        self.queued.append((fleet.reactor_ids[k], "recipe", pa.Table.from_pylist([row], schema=RECIPES)))
+
+    def _announcements(self) -> list[tuple[str, str, pa.Table]]:
+        queued, self.queued = self.queued, []
+        return queued
 
     def _parse(self, data: bytes) -> Command:
         return parse_command(data)
@@ -284,8 +312,12 @@ class PlantFeed(LiveFeed):
         k = fleet.reactor_ids.index(reactor)
         if command.type == "setpoint":
             fleet.set_control(k, command.name, command.value)
+            self.recipes[k] = self.recipes[k].changed_at(float(fleet.t_h[k]), command.name, command.value)
+            self._queue_recipe(fleet, k, command.changed_by)
         elif command.type == "feed":
             fleet.add_bolus(k, command.volume_ml)
+            self.recipes[k] = self.recipes[k].changed_at(float(fleet.t_h[k]), BOLUS, command.volume_ml)
+            self._queue_recipe(fleet, k, command.changed_by)
         elif command.type == "fault":
             fleet.inject_fault(k, command.fault, float(fleet.t_h[k]), command.duration_h, command.magnitude,
                                command.signal)

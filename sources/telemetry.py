@@ -4,7 +4,7 @@ reason.
 Subjects, per unit (a reactor, a patient; `core.plants` names their tables and columns): `biopilot.telemetry.<unit>`
 (ticks: a reactor's readings or a patient's vitals; or a watermark when the header `BioPilot-Kind: watermark` is
 set and the body is `{"ts": <ISO-8601 or epoch seconds>}`) and `biopilot.assays.<unit>` (lab results; a
-patient's doses when the header is `BioPilot-Kind: doses`).
+patient's doses when the header is `BioPilot-Kind: doses`, a reactor run's recipe when it is `recipe`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from core.codec import BIOREACTOR, PayloadError, decode_rows, validate_ticks
-from core.events import DEADLETTER, DOSES, distinct
+from core.events import DEADLETTER, DOSES, RECIPES, distinct
 from core.plants import PlantVocabulary
 from sources.jetstream import Message
 
@@ -36,7 +36,7 @@ DOSES_BY_PLANT: dict[str, pa.Schema] = {"patient": DOSES}
 
 @dataclass(frozen=True)
 class Item:
-    kind: str  # "ticks" | "assays" | "doses" | "watermark"
+    kind: str  # "ticks" | "assays" | "doses" | "recipe" | "watermark"
     unit_id: str  # the reactor's or the patient's id
     table: pa.Table | None = None
     ts_us: int = 0
@@ -102,6 +102,10 @@ def _route(msg: Message, vocab: PlantVocabulary) -> tuple[list[Item], pa.Table |
             if vocab.name not in DOSES_BY_PLANT:
                 return [], dead_letter(msg, f"doses on {msg.subject!r}: a {vocab.unit} takes no doses")
             return [Item("doses", unit, decode_rows(msg.data, DOSES_BY_PLANT[vocab.name]), source=msg)], None
+        if parts[1] == "assays" and kind == "recipe":  # a run's recipe (detectors.recipe), reactors only
+            if vocab.name != "bioreactor":
+                return [], dead_letter(msg, f"a recipe on {msg.subject!r}: a {vocab.unit} has none")
+            return [Item("recipe", unit, decode_rows(msg.data, RECIPES), source=msg)], None
         if parts[1] == "assays":
             return [Item("assays", unit, decode_rows(msg.data, vocab.assays_schema), source=msg)], None
         if kind == "watermark":

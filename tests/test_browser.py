@@ -1,5 +1,7 @@
 """The dashboard in real headless Chromium (Debian `chromium`, driven by Playwright) on a real `biopilot up`:
-live points arrive, a fault injected from the page raises an incident, and the agent's explanation streams in."""
+live points arrive against the recipe's reference band, a fault injected from the page raises an incident, the
+agent's explanation streams in, the fleet overview puts that reactor first and opens another in one click, and
+a setpoint lowered there from the page is marked on the time axis as the band bends with it."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import pytest
 from core.services import free_port, wait_port
 from tests.browser_helpers import needs_chromium
 
-SCREENSHOT = Path(__file__).parent.parent / "docs" / "screenshots" / "dashboard.png"
+SCREENSHOTS = Path(__file__).parent.parent / "docs" / "screenshots"
+SCREENSHOT = SCREENSHOTS / "dashboard.png"
 pytestmark = pytest.mark.integration  # `biopilot up` in a subprocess
 
 
@@ -46,7 +49,7 @@ def stack(tmp_path):
 
 
 @needs_chromium
-def test_live_points_fault_injection_alert_and_agent_explanation(stack, chromium_page):
+def test_live_points_band_fault_injection_agent_fleet_and_a_setpoint_change_marked(stack, chromium_page):
     from playwright.sync_api import expect
 
     watched = chromium_page()
@@ -59,6 +62,13 @@ def test_live_points_fault_injection_alert_and_agent_explanation(stack, chromium
     expect(page.locator("#reactor option")).to_have_count(2, timeout=30_000)
     # the flow's soft-sensor estimates (VCD, glucose between assays) reach the assay panel
     page.wait_for_function("() => (state.data[state.reactor]?.soft?.t?.length || 0) > 0", timeout=30_000)
+    # each signal against its recipe's reference band, from the run's first tick
+    page.wait_for_function("() => Number(document.body.dataset.band || 0) > 0", timeout=30_000)
+    expect(page.locator("#band-note")).to_contain_text("golden trajectory")
+    expect(page.locator("#recipe")).to_contain_text("default recipe")
+    expect(page.locator("#fleet tbody tr")).to_have_count(2, timeout=15_000)
+    expect(page.locator("#fleet tbody tr.normal")).to_have_count(2)
+    first = page.eval_on_selector("#reactor", "s => s.value")
 
     page.select_option("#fault-name", "temperature_spike")
     page.fill("#fault-mag", "4")
@@ -73,4 +83,25 @@ def test_live_points_fault_injection_alert_and_agent_explanation(stack, chromium
     page.wait_for_timeout(1500)  # let the plots catch up for the picture
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # the fleet: the reactor with the open incident first, and one click opens the other
+    expect(page.locator("#fleet tbody tr").first).to_have_attribute("data-reactor", first, timeout=30_000)
+    expect(page.locator("#fleet tbody tr").first).to_have_class(re.compile("warning|critical"))
+    expect(page.locator("#fleet tbody tr").first).to_contain_text("temp_c")
+    page.locator("#fleet tbody tr").nth(1).click()
+    other = page.eval_on_selector("#reactor", "s => s.value")
+    assert other != first and page.url.endswith(f"#{other}")
+
+    # lower its DO setpoint from the page: the change is marked on the time axis and the band follows it
+    page.select_option("#sp-name", "do_setpoint_pct")
+    page.fill("#sp-value", "30")
+    page.click("#setpoint-form button")
+    expect(page.locator("#control-msg")).to_contain_text("setpoint sent", timeout=10_000)
+    expect(page.locator("#annotations")).to_contain_text("DO setpoint lowered to 30", timeout=60_000)
+    page.wait_for_function("() => Number(document.body.dataset.markers || 0) > 0", timeout=10_000)
+    expect(page.locator("#recipe")).to_contain_text("DO setpoint lowered to 30")
+    page.wait_for_timeout(5000)  # a few simulated hours after the change, for the picture
+    page.screenshot(path=str(SCREENSHOTS / "reference_band.png"), full_page=True)
+    expect(page.locator("#fleet tbody tr").nth(1)).to_contain_text("DO setpoint lowered to 30", timeout=10_000)
+    page.locator("section.overview").screenshot(path=str(SCREENSHOTS / "fleet.png"))
     assert watched.csp_violations == []  # the page, uPlot included, lives within its own policy

@@ -61,7 +61,8 @@ def test_control_and_fault_are_published_and_audited(dash, nats_server, redis_se
         await nc.flush()
         with dash.client("operator") as c:
             r1 = await asyncio.to_thread(c.post, "/api/reactors/r7/control",
-                                         json={"type": "setpoint", "name": "do_setpoint_pct", "value": 50})
+                                         json={"type": "setpoint", "name": "do_setpoint_pct", "value": 50,
+                                               "changed_by": "someone-else"})
             r2 = await asyncio.to_thread(c.post, "/api/reactors/r7/faults",
                                          json={"fault": "sensor_stuck", "signal": "do_pct", "duration_h": 2})
         assert r1.status_code == 202 and r2.status_code == 202, (r1.text, r2.text)
@@ -69,7 +70,8 @@ def test_control_and_fault_are_published_and_audited(dash, nats_server, redis_se
         await nc.close()
 
     asyncio.run(listen())
-    assert received[0] == {"type": "setpoint", "name": "do_setpoint_pct", "value": 50.0}
+    # the change is the signed-in subject's, whatever the body claims: the run's annotation names them
+    assert received[0] == {"type": "setpoint", "name": "do_setpoint_pct", "value": 50.0, "changed_by": "test-operator"}
     assert received[1]["type"] == "fault" and received[1]["fault"] == "sensor_stuck" and received[1]["signal"] == "do_pct"
     audit = wait_for(lambda: (t := delta.read(dash.lake, "audit")) is not None and t.num_rows >= 2 and t)
     rows = audit.to_pylist()

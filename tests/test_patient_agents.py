@@ -46,12 +46,17 @@ from sources.patient.scenarios import load_patient_scenario
 T0 = datetime(2026, 1, 20, 12, tzinfo=UTC)
 
 
+INTERACTION_SEED = 514  # its patient's INR is under 2 past initiation when amiodarone starts (an inr_low open)
+
+
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One patient each of the composite (amiodarone, then a bleed) and of a pulse oximeter falling off."""
+    """One patient each of the composite (amiodarone, then a bleed) and of a pulse oximeter falling off, and a
+    composite patient whose INR is low when amiodarone starts (`INTERACTION_SEED`)."""
     path = tmp_path_factory.mktemp("patient-agents") / "lake"
-    for name in ("amiodarone_then_bleed", "sensor_dropout"):
-        simulate_to_lake(load_patient_scenario(name), 1, 500, path, kind=PATIENT)
+    for name, seed in (("amiodarone_then_bleed", 500), ("sensor_dropout", 500),
+                       ("amiodarone_then_bleed", INTERACTION_SEED)):
+        simulate_to_lake(load_patient_scenario(name), 1, seed, path, kind=PATIENT)
     return path
 
 
@@ -185,7 +190,7 @@ def test_the_workers_explain_a_patient_incident_from_the_lake(nats_server, redis
 def test_an_interaction_days_into_an_open_inr_incident_is_explained_again(nats_server, redis_server, lake):
     # the patient's monitor, replayed up to the bleed: a low INR opens an incident; amiodarone, started days later,
     # joins it (same lead signal, its alarm still on); the workers explain that update from its own alert on
-    run = load_patient_run(lake, _run_of(lake, "amiodarone_then_bleed"))
+    run = load_patient_run(lake, _run_of(lake, f"amiodarone_then_bleed-s{INTERACTION_SEED}-"))
     bleed = next(lab for lab in _labels(lake, run.run_id) if lab["fault"] == "major_bleed")
     messages = [m for m in monitor_messages(run) if m["ts"] < bleed["start_ts"]]
     assert any({"inr_low", "interaction"} <= {a["member"] for a in alerts} for _, alerts in track(messages))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import numpy as np
 import pytest
 
 from sources.patient import cohort_sim as cs
+from sources.patient import warfarin
 from sources.patient.adverse_events import ADVERSE_EVENTS
 from sources.patient.cohort import Cohort
 from sources.patient.scenarios import load_patient_scenario
@@ -25,6 +27,13 @@ def _run(sc, chunk: int, cohort: Cohort | None = None, n: int | None = None, mon
         sim.step(chunk)
         inr.append(sim.last_true["inr"])
     return sim, np.concatenate(inr, axis=1)
+
+
+def _younger_heavier(cyp2c9: str, vkorc1: str, age_years: float, weight_kg: float) -> Cohort:
+    """A typical patient of another age and weight (a faster clearance: a higher dose needed)."""
+    c = Cohort.typical([cyp2c9], [vkorc1])
+    cov = warfarin.Covariates(np.array([age_years]), np.array([weight_kg]), c.cyp2c9, c.vkorc1_1639)
+    return replace(c, age_years=cov.age_years, weight_kg=cov.weight_kg, warfarin=warfarin.typical_params(cov))
 
 
 def _inr_labels(sim, pid=None):
@@ -54,8 +63,9 @@ def test_fixed_dose_cyp2c9_33_vkorc1_aa_patient_is_labelled_over_anticoagulated_
 
 def test_fixed_5mg_vkorc1_gg_patient_is_labelled_subtherapeutic_from_the_end_of_initiation(monkeypatch):
     sc = _fixed()
-    sim, inr = _run(sc, 288, Cohort.typical(["*1/*1"], ["G/G"]), monkeypatch=monkeypatch)
-    assert inr[0].max() < 2.0  # 5 mg is too little for a G/G *1/*1 patient
+    # 5 mg is too little for a G/G *1/*1 patient of 30 years and 120 kg (IWPC: ~9 mg/day)
+    sim, inr = _run(sc, 288, _younger_heavier("*1/*1", "G/G", 30.0, 120.0), monkeypatch=monkeypatch)
+    assert inr[0].max() < 2.0
     labels = _inr_labels(sim)
     assert [lab.fault for lab in labels] == ["subtherapeutic"]
     first_dose = sc.start + timedelta(hours=sc.dose_hour)
@@ -65,7 +75,8 @@ def test_fixed_5mg_vkorc1_gg_patient_is_labelled_subtherapeutic_from_the_end_of_
 
 
 def test_a_well_controlled_patient_gets_no_inr_labels(monkeypatch):
-    sim, inr = _run(_fixed(42.0), 288, Cohort.typical(["*1/*2"], ["G/A"]), monkeypatch=monkeypatch)
+    # 5 mg/day holds this typical *1/*2 G/G patient (71 years, 70 kg) near 2.5 at steady state (IWPC: 4.5 mg/day)
+    sim, inr = _run(_fixed(42.0), 288, Cohort.typical(["*1/*2"], ["G/G"]), monkeypatch=monkeypatch)
     assert 2.0 <= inr[0, -1] < 3.0
     assert _inr_labels(sim) == []
 

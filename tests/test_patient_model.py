@@ -108,6 +108,18 @@ def test_effective_half_life_after_stopping_matches_hamberg(cyp2c9, expected_h):
     assert abs(warfarin.half_life_h(c.warfarin)[0] - expected_h) <= 0.1 * expected_h
 
 
+def test_r_warfarin_is_cleared_with_its_own_half_life_whatever_the_cyp2c9_genotype():
+    c = Cohort.typical(["*1/*1", "*3/*3"], ["G/G", "G/G"])
+    st, _ = run(c, 20)  # R-warfarin at steady state; the last dose 6 h before the end, absorbed
+    r_amount = st.war_r_central_mg.copy()
+    np.testing.assert_allclose(r_amount[0], r_amount[1], rtol=1e-9)  # CYP2C9 does not clear R-warfarin
+    expected_h = np.log(2.0) * c.warfarin["r_v_l"][0] / c.warfarin["r_cl_l_h"][0]
+    assert 37.0 <= expected_h <= 89.0  # the label's R-warfarin half-life range
+    steps = int(round(expected_h / DT_H))
+    st2, _ = step_pkpd(st, c, np.zeros((2, steps)), np.zeros((2, steps)), np.ones((2, steps)), DT_H)
+    np.testing.assert_allclose(st2.war_r_central_mg / r_amount, 0.5, rtol=0.03)
+
+
 def test_amiodarone_raises_inr_over_one_to_three_weeks():
     c = Cohort.typical(["*1/*1"], ["G/A"])
     days, start = 63, 21
@@ -133,7 +145,8 @@ def test_kernel_matches_solve_ivp_within_1_percent():
 
         def rhs(_t, y, w=w, k1=k1, k2=k2, n1=n1):
             conc = y[1] / w["v1_l"]
-            inflow = 1.0 - warfarin.inhibition(conc, w["ec50_mg_l"], w["gamma"])
+            s_equivalent = conc + warfarin.R_POTENCY * y[4 + n1] / w["r_v_l"]  # R-warfarin last
+            inflow = 1.0 - warfarin.inhibition(s_equivalent, w["ec50_mg_l"], w["gamma"])
             d = np.empty_like(y)
             d[0] = -w["ka_per_h"] * y[0]
             d[1] = w["ka_per_h"] * y[0] - (w["cl_l_h"] + w["q_l_h"]) * conc + w["q_l_h"] * y[2] / w["v2_l"]
@@ -141,9 +154,11 @@ def test_kernel_matches_solve_ivp_within_1_percent():
             d[3] = k1 * (inflow - y[3])
             d[4:3 + n1] = k1 * (y[3:2 + n1] - y[4:3 + n1])
             d[3 + n1] = k2 * (inflow - y[3 + n1])
+            d[4 + n1] = (warfarin.R_FRACTION / warfarin.S_FRACTION * w["ka_per_h"] * y[0]
+                         - w["r_cl_l_h"] * y[4 + n1] / w["r_v_l"])
             return d
 
-        y = np.r_[0.0, 0.0, 0.0, np.ones(n1 + 1)]
+        y = np.r_[0.0, 0.0, 0.0, np.ones(n1 + 1), 0.0]
         inr_ref = []
         for day in range(days):
             t0 = day * 24.0

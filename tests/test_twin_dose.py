@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -13,9 +15,12 @@ from sources.patient import cohort, warfarin
 from sources.patient.cohort import draw_cohort
 from sources.patient.dose_advice import (
     INTERVAL_QUANTILES,
+    PUBLISHED_CYP2C9_DOSE_RATIO,
+    PUBLISHED_VKORC1_DOSE_RATIO,
     STABLE_INR,
     advise_doses,
     daily_dose_for_inr,
+    genotype_table,
     lognormal_median_inr,
 )
 from sources.patient.genetics import ANCESTRIES, CYP2C9_GENOTYPES, VKORC1_GENOTYPES, vkorc1_probabilities
@@ -152,19 +157,51 @@ def test_typical_wild_type_dose_is_within_a_factor_two_of_iwpc():
     assert 0.5 < advice.weekly_dose_mg[0] / iwpc[0] < 2.0
 
 
-def test_drawn_cohort_advice_is_at_iwpcs_level_for_single_variant_carriers_and_near_it_overall():
-    # docs/MODEL-PATIENT.md, "Dose advice": after F counted once and the maintenance INR target, the median
-    # ratio to IWPC is ~1.18; *1/*1 stays above (CYP2C9's effect is too strong in the model, a known limit)
+@pytest.fixture(scope="module")
+def genotypes() -> dict:
+    return genotype_table()
+
+
+@pytest.mark.parametrize("genotype", list(PUBLISHED_CYP2C9_DOSE_RATIO))
+def test_cyp2c9_dose_ratios_fall_in_the_meta_analysis_confidence_intervals(genotypes, genotype):
+    # Lindh 2009 (docs/MODEL-PATIENT.md, "Dose advice"); with S-warfarin alone the ratios were 0.68, 0.55, 0.28,
+    # 0.31, 0.15 (R-warfarin dilutes CYP2C9's effect)
+    row = next(r for r in genotypes["cyp2c9"] if r["cyp2c9"] == genotype)
+    assert row["published_lo"] <= row["advice_ratio"] <= row["published_hi"], row
+
+
+@pytest.mark.parametrize("genotype", list(PUBLISHED_VKORC1_DOSE_RATIO))
+def test_vkorc1_dose_ratios_fall_in_the_published_band(genotypes, genotype):
+    row = next(r for r in genotypes["vkorc1_1639"] if r["vkorc1_1639"] == genotype)
+    assert row["published_lo"] <= row["advice_ratio"] <= row["published_hi"], row
+
+
+def test_typical_patients_advice_is_near_iwpc_where_iwpc_had_the_patients(genotypes):
+    # IWPC's data held few *3/*3 patients and its formula lowers their dose less than the meta-analysis does
+    ratios = {(r["cyp2c9"], r["vkorc1_1639"]): r["advice_to_iwpc"] for r in genotypes["doses"]}
+    for (cyp, _vk), ratio in ratios.items():
+        if cyp in ("*1/*1", "*1/*2", "*1/*3", "*2/*2"):
+            assert 0.85 < ratio < 1.15, (cyp, _vk, ratio)
+
+
+def test_drawn_cohort_advice_is_at_iwpcs_level():
     c = draw_cohort(3000, np.random.default_rng(3))
     advice = advise_doses(c.patient_id, c.age_years, c.sex, c.height_cm, c.weight_kg, c.ancestry, c.cyp2c9,
                           c.vkorc1_1639, c.amiodarone, c.enzyme_inducer).weekly_dose_mg
     iwpc = iwpc_weekly_dose_mg(c.age_years, c.height_cm, c.weight_kg, c.vkorc1_1639, c.cyp2c9, c.ancestry,
                                c.enzyme_inducer, c.amiodarone)
-    assert 1.0 < np.median(advice / iwpc) < 1.3
-    for cyp, lo, hi in (("*1/*1", 1.05, 1.45), ("*1/*2", 0.85, 1.15), ("*1/*3", 0.8, 1.15)):
+    assert 0.9 < np.median(advice / iwpc) < 1.1
+    for cyp in ("*1/*1", "*1/*2", "*1/*3"):
         for vk in VKORC1_GENOTYPES:
             group = (c.cyp2c9 == cyp) & (c.vkorc1_1639 == vk)
-            assert lo < advice[group].mean() / iwpc[group].mean() < hi, (cyp, vk)
+            assert 0.85 < advice[group].mean() / iwpc[group].mean() < 1.15, (cyp, vk)
+
+
+def test_twin_genotypes_prints_the_table_as_json(capsys, genotypes):
+    assert main(["twin", "genotypes", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(genotypes))
+    assert len(printed["doses"]) == len(CYP2C9_GENOTYPES) * len(VKORC1_GENOTYPES)
 
 
 def test_doses_order_by_genotype_like_iwpc():
@@ -173,7 +210,7 @@ def test_doses_order_by_genotype_like_iwpc():
                          cyp2c9=cyp, vkorc1_1639=vk).weekly_dose_mg.reshape(6, 3)
     iwpc = iwpc_weekly_dose_mg(65, 170, 75, vk, cyp, "white").reshape(6, 3)
     assert np.all(np.diff(model, axis=1) < 0)  # G/G > G/A > A/A for every CYP2C9 genotype
-    for rows in ([0, 1, 3], [0, 2, 5], [1, 4, 5]):  # *1/*1 > *1/*2 > *2/*2, *1/*1 > *1/*3 > *3/*3, ...
+    for rows in ([0, 1, 3], [0, 2, 5], [1, 4, 5], [3, 4, 5]):  # *1/*1 > *1/*2 > *2/*2, ..., *2/*2 > *2/*3 > *3/*3
         assert np.all(np.diff(model[rows], axis=0) < 0)
     rank = np.argsort(np.argsort(model.ravel()))
     rank_iwpc = np.argsort(np.argsort(iwpc.ravel()))

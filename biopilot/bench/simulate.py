@@ -171,11 +171,18 @@ def _patient_bench_scenario(days: float) -> object:
 
 
 def _baseline_patient(scenario: object, cohort: object, k: int, n_ticks: int) -> np.ndarray:
-    """One patient, the textbook way: the same warfarin (two compartments, two transit chains) and metoprolol
-    (lagged depot, one compartment) ODEs in a Python right-hand side, solve_ivp (LSODA) between dose events,
-    sampled at every vitals tick; INR, concentrations and the heart-rate effect per tick."""
+    """One patient, the textbook way: the same warfarin (S in two compartments, R in one, two transit chains)
+    and metoprolol (lagged depot, one compartment) ODEs in a Python right-hand side, solve_ivp (LSODA) between
+    dose events, sampled at every vitals tick; INR, concentrations and the heart-rate effect per tick."""
     from sources.patient import metoprolol
-    from sources.patient.warfarin import CHAIN1_COMPARTMENTS, INR_EXPONENT, INR_MAX_RISE, S_FRACTION
+    from sources.patient.warfarin import (
+        CHAIN1_COMPARTMENTS,
+        INR_EXPONENT,
+        INR_MAX_RISE,
+        R_FRACTION,
+        R_POTENCY,
+        S_FRACTION,
+    )
 
     w = {key: float(v[k]) for key, v in cohort.warfarin.items()}
     m = {key: float(v[k]) for key, v in cohort.metoprolol.items()}
@@ -184,17 +191,19 @@ def _baseline_patient(scenario: object, cohort: object, k: int, n_ticks: int) ->
 
     def rhs(_t: float, y: np.ndarray) -> np.ndarray:
         dy = np.empty_like(y)
-        c = max(y[1], 0.0) / w["v1_l"]
+        cs = max(y[1], 0.0) / w["v1_l"]
+        c = cs + R_POTENCY * max(y[6 + n1], 0.0) / w["r_v_l"]  # the S-equivalent concentration
         cg = c ** w["gamma"]
         inflow = 1.0 - cg / (w["ec50_mg_l"] ** w["gamma"] + cg)
         dy[0] = -w["ka_per_h"] * y[0]
-        dy[1] = w["ka_per_h"] * y[0] - (w["cl_l_h"] + w["q_l_h"]) * c + w["q_l_h"] * y[2] / w["v2_l"]
-        dy[2] = w["q_l_h"] * c - w["q_l_h"] * y[2] / w["v2_l"]
+        dy[1] = w["ka_per_h"] * y[0] - (w["cl_l_h"] + w["q_l_h"]) * cs + w["q_l_h"] * y[2] / w["v2_l"]
+        dy[2] = w["q_l_h"] * cs - w["q_l_h"] * y[2] / w["v2_l"]
         dy[3] = k1 * (inflow - y[3])
         dy[4 : 3 + n1] = k1 * (y[3 : 2 + n1] - y[4 : 3 + n1])
         dy[3 + n1] = k2 * (inflow - y[3 + n1])
         dy[4 + n1] = -m["ka_per_h"] * y[4 + n1]
         dy[5 + n1] = m["ka_per_h"] * y[4 + n1] - mk * y[5 + n1]
+        dy[6 + n1] = R_FRACTION / S_FRACTION * w["ka_per_h"] * y[0] - w["r_cl_l_h"] * y[6 + n1] / w["r_v_l"]
         return dy
 
     dt_h = scenario.vitals_every_min / 60.0
@@ -205,7 +214,7 @@ def _baseline_patient(scenario: object, cohort: object, k: int, n_ticks: int) ->
         events.append((d * 24.0 + scenario.dose_hour, 0, S_FRACTION * w["bioavailability"] * scenario.fixed_dose_mg))
         events.append((d * 24.0 + scenario.dose_hour + m["lag_h"], 4 + n1, scenario.metoprolol_dose_mg))
     events = sorted(e for e in events if e[0] < end_h)
-    y = np.zeros(6 + n1)
+    y = np.zeros(7 + n1)
     y[3 : 4 + n1] = 1.0
     out = np.empty((3, n_ticks))
     t0, i = 0.0, 0

@@ -1,8 +1,10 @@
 """`biopilot bench twin`: the patient's own twin against the population model, on simulated patients whose
 true parameters are known (`draw_cohort`: covariate model x between-patient variability).
 
-Every patient takes 5 mg/day (evening doses from day 1); INR is sampled on the mornings of days 3, 5 and 7 with
-the model's residual error. Forecast: the INR on the morning of day 14 under the same dose, from the twin fitted
+Every patient takes 5 mg/day (evening doses from day 1); INR is sampled on the mornings of days 3, 5 and 7 as the
+cohort simulator reads it (`inr_variability`: the patient's slow biological fluctuation on the true INR, the
+assay's error on the reading). Forecast: the model's INR on the morning of day 14 under the same dose (the
+patient's expected INR, without the fluctuation no reading can foresee a week ahead), from the twin fitted
 to those three readings (`twin_fit.fit_patient`, its posterior median) beside the population model (the typical
 parameters for the patient's covariates). Dose advice: from day 8 each patient takes the fitted twin's stable
 dose for INR 2.5; beside it the same patients take the IWPC formula's dose from day 1; the share with INR 2-3 on
@@ -24,6 +26,7 @@ import numpy as np
 
 from sources.patient import warfarin
 from sources.patient.cohort import Cohort, draw_cohort
+from sources.patient.inr_variability import InrFluctuation, log_likelihood, measured_inr, true_inr
 from sources.patient.iwpc import iwpc_weekly_dose_mg
 from sources.patient.twin_fit import ETA_KEYS, fit_patient, simulate_inr
 
@@ -76,13 +79,14 @@ def _draw(patients: int, seed: int) -> _Drawn:
     drawn = _Drawn(cohort, warfarin.steady_state_factor(cohort.covariates()), np.empty(0), np.empty(0),
                    np.empty(0))
     first_two_weeks = np.full(FORECAST_DAY, START_DOSE_MG)
-    true_inr = simulate_inr(cohort.warfarin, _DOSE_T_H[:FORECAST_DAY], first_two_weeks, np.r_[_READ_T_H, _DAY14_H],
-                            drawn.every)
+    model_inr = simulate_inr(cohort.warfarin, _DOSE_T_H[:FORECAST_DAY], first_two_weeks, np.r_[_READ_T_H, _DAY14_H],
+                             drawn.every)
     population = simulate_inr(warfarin.typical_params(cohort.covariates()), _DOSE_T_H[:FORECAST_DAY],
                               first_two_weeks, [_DAY14_H], drawn.every)[:, 0]
-    readings = true_inr[:, :-1] * np.exp(rng.normal(0.0, np.sqrt(warfarin.INR_RESIDUAL_VARIANCE),
-                                                    (patients, len(READING_DAYS))))
-    return replace(drawn, true_inr=true_inr, population=population, readings=readings)
+    hourly = InrFluctuation([np.random.default_rng([seed, i]) for i in range(patients)], dt_h=1.0)
+    fluctuation = hourly.step(int(_READ_T_H.max()) + 1)[:, np.round(_READ_T_H).astype(int)]
+    readings = measured_inr(true_inr(model_inr[:, :-1], fluctuation), rng)
+    return replace(drawn, true_inr=model_inr, population=population, readings=readings)
 
 
 def run(patients: int = 200, seed: int = 11, target_inr: float = 2.5,
@@ -134,14 +138,13 @@ def posterior_median_bound(patients: int = 200, seed: int = 11, n_draws: int = 4
     optimiser enter it; compare its ratio with `run`'s `fit_to_population_mae`."""
     drawn = _draw(patients, seed)
     prior_rng = np.random.default_rng(draw_seed)
-    sigma = np.sqrt(warfarin.INR_RESIDUAL_VARIANCE)
     best = np.empty(patients)
     for i in range(patients):
         one = drawn.one(i)
         same_patient = warfarin.Covariates(*(np.repeat(getattr(one, f.name), n_draws) for f in fields(one)))
         sims = simulate_inr(warfarin.individual_params(same_patient, prior_rng), _DOSE_T_H[:FORECAST_DAY],
                             np.full(FORECAST_DAY, START_DOSE_MG), np.r_[_READ_T_H, _DAY14_H], drawn.factor_of(i))
-        log_lik = -0.5 * (((np.log(drawn.readings[i]) - np.log(sims[:, :-1])) / sigma) ** 2).sum(axis=1)
+        log_lik = log_likelihood(drawn.readings[i], sims[:, :-1], _READ_T_H)
         weight = np.exp(log_lik - log_lik.max())
         order = np.argsort(sims[:, -1])
         cumulative = np.cumsum(weight[order]) / weight.sum()

@@ -1,9 +1,9 @@
 """The `biopilot` command. Every sub-command has `--help`; bad input prints one line and exits with 2.
 
 One module per group of commands: plant (scenarios, simulate, overview, up, replay), lake, detect, agents
-(diagnose, report, chat, agents), dashboard (dashboard, token, audit), bench, train, twin (dose). Each declares a
-command's options next to its handler (whose docstring is the command's description) and adds its commands to the
-parser in `register(subparsers)`.
+(diagnose, report, chat, agents), dashboard (dashboard, token, audit), bench, train, twin (dose), trial (run,
+designs, power), reference (build), cohort (synthesize, gate). Each declares a command's options next to its handler (whose docstring is the command's
+description) and adds its commands to the parser in `register(subparsers)`.
 
 Handlers import what they run inside their body, so that `biopilot --help` and a usage error load neither torch
 nor the project's other heavy parts: only the handler of the command given pays for its imports.
@@ -17,11 +17,11 @@ import sys
 import tomllib
 from collections.abc import Sequence
 
-from biopilot.cli import agents, bench, dashboard, detect, lake, plant, train, twin
+from biopilot.cli import agents, bench, cohort, dashboard, detect, lake, plant, reference, train, trial, twin
 from biopilot.cli.errors import EXIT_USAGE, UsageError
 from core.config import SettingsError
 
-GROUPS = (plant, lake, detect, agents, dashboard, bench, train, twin)
+GROUPS = (plant, lake, detect, agents, dashboard, bench, train, twin, trial, reference, cohort)
 
 
 class _Parser(argparse.ArgumentParser):

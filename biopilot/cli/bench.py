@@ -9,12 +9,38 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from biopilot.cli.errors import user_errors
+from biopilot.cli.errors import UsageError, user_errors
 from biopilot.cli.options import command, conditioning_options, detect_options, group, positive, progress
 
 
 def json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def sweep_options(parser: argparse.ArgumentParser) -> None:
+    """The recipe sweep (issue 24), shared by `bench detectors` and `bench agents`."""
+    parser.add_argument("--sweep", type=positive("--sweep", int), default=None, metavar="RECIPES",
+                        help="instead of the built-in suite, a recipe sweep: RECIPES off-default recipes drawn from "
+                             "the scenario model's ranges (DO 25-60 %%, pH 6.85-7.15, bolus or continuous feed, "
+                             "shift day 4-8 or none, 1-2,000 L, seeding 0.25-0.7 e6/mL), each with 2 normal runs, "
+                             "every archetype at its built-in and at half its magnitude, and 2 composites (20 runs "
+                             "per recipe); writes <name>-sweep.md/json (-sweep-blind with --recipe-blind)")
+    parser.add_argument("--sweep-seed", type=int, default=24,
+                        help="draws the recipes and the runs (default 24, the reported one; tune on others)")
+    parser.add_argument("--recipe-blind", action="store_true",
+                        help="with --sweep: judge every run against the default recipe's reference (the baseline "
+                             "before per-recipe references)")
+
+
+def _check_sweep(args: argparse.Namespace) -> None:
+    if args.sweep and args.plant != "bioreactor":
+        raise UsageError("--sweep draws reactor recipes: it needs --plant bioreactor")
+    if args.recipe_blind and not args.sweep:
+        raise UsageError("--recipe-blind goes with --sweep RECIPES")
+
+
+def _sweep_name(bench: str, args: argparse.Namespace) -> str:
+    return f"{bench}-sweep" + ("-blind" if args.recipe_blind else "")
 
 
 def add_simulate(benches: argparse._SubParsersAction) -> None:
@@ -104,6 +130,7 @@ def add_detectors(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--speed", action="store_true", help="also each detector's ticks/s at 12 signals")
     p.add_argument("--only", default=None, help="comma-separated detectors to evaluate (default: all)")
     p.add_argument("--out", default="docs/quality", help="where to write detectors.md/.json/.png")
+    sweep_options(p)
     json_option(p)
 
 
@@ -113,8 +140,13 @@ def cmd_bench_detectors(args: argparse.Namespace) -> int:
     from detectors import benchmark as bench
 
     say = progress(args)
+    _check_sweep(args)
     if args.plant == "patient":
         return _bench_patient_detectors(args, say)
+    if args.sweep:  # the shipped fusion through the flow's monitor, each run with its recipe; no recalibration
+        sweep = bench.run_sweep(args.sweep, args.sweep_seed, 2.0 if args.grace_h is None else args.grace_h,
+                                args.recipe_blind, progress=say)
+        return _report(args, bench.sweep_markdown(sweep), sweep.as_json(), _sweep_name("detectors", args))
     results = bench.run(seeds=args.seeds, normal_runs=args.normal_runs, calibration_runs=args.calibration_runs,
                         grace_h=2.0 if args.grace_h is None else args.grace_h, with_speed=args.speed,
                         only=args.only.split(",") if args.only else None, progress=say)
@@ -146,12 +178,14 @@ def add_agents(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--plant", choices=("bioreactor", "patient"), default="bioreactor",
                    help="patient: every adverse event and composite x --seeds patients + --normal-runs normal "
                         "patients through the patient monitor and agents (writes agents-patient.md/json)")
+    sweep_options(p)
     json_option(p)
 
 
 def cmd_bench_agents(args: argparse.Namespace) -> int:
     """Monitoring + troubleshooting over a labelled twin suite (top-1/top-3 per archetype, abstentions,
     incidents on normal runs) and the live latency from an alert to the first explanation chunk."""
+    _check_sweep(args)
     if args.plant == "patient":
         from agents import patient_benchmark as bench
 
@@ -159,6 +193,10 @@ def cmd_bench_agents(args: argparse.Namespace) -> int:
         return _report(args, bench.markdown(res), res.as_json(), "agents-patient")
     from agents import benchmark as bench
 
+    if args.sweep:
+        res = bench.evaluate_sweep(args.sweep, args.sweep_seed, recipe_blind=args.recipe_blind,
+                                   progress=progress(args))
+        return _report(args, bench.markdown(res), res.as_json(), _sweep_name("agents", args))
     res = bench.run(args.seeds, args.normal_runs or 10, args.latency_alerts, progress=progress(args))
     return _report(args, bench.markdown(res), res.as_json(), "agents")
 
@@ -254,9 +292,70 @@ def cmd_bench_twin(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_trial(benches: argparse._SubParsersAction) -> None:
+    p = command(benches, "trial", cmd_bench_trial, "in-silico trials: EU-PACT's TTRs with a twin arm, type I error, "
+                "PROCOVA's variance and sample size")
+    p.add_argument("--patients-per-arm", type=positive("--patients-per-arm", int), default=200)
+    p.add_argument("--n-trials", type=positive("--n-trials", int), default=1000,
+                   help="simulated trials at each point of the power curve (default 1000)")
+    p.add_argument("--null-trials", type=positive("--null-trials", int), default=4000,
+                   help="simulated null trials for the type I error (default 4000)")
+    p.add_argument("--pool", type=positive("--pool", int), default=6000,
+                   help="patients of the power simulations' pool, each simulated under both arms (default 6000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="docs/quality", help="where trial.json and trial-power.png go")
+    json_option(p)
+
+
+def cmd_bench_trial(args: argparse.Namespace) -> int:
+    """One eu_pact_twin trial (TTR per arm: standard, genotype-guided, twin-guided), the type I error of the
+    null design over --n-trials trials with and without PROCOVA, and PROCOVA's observed variance ratio and
+    sample size saved on eu_pact (power curves over the trial size)."""
+    from biopilot.bench import trial as bench
+    from trials.power import plot_curve
+    from trials.run import json_safe
+
+    res = json_safe(bench.run(args.patients_per_arm, args.n_trials, args.null_trials, args.pool, args.seed,
+                              say=progress(args)))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trial.json").write_text(json.dumps(res, indent=2) + "\n")
+    curve = res["power_curve"] | {"design": "eu_pact", "arms": ["standard", "genotype"], "alpha": 0.05,
+                                  "n_trials": args.n_trials}
+    plot_curve(curve, out / "trial-power.png")
+    print(json.dumps(res) if args.json else "\n".join(f"{k:28s} {v}" for k, v in res.items()))
+    return 0
+
+
+def add_cohort(benches: argparse._SubParsersAction) -> None:
+    p = command(benches, "cohort", cmd_bench_cohort, "a synthetic cohort learned from a simulated one, gated")
+    p.add_argument("--patients", type=positive("--patients", int), default=2000,
+                   help="simulated real patients (default 2000; a fifth is held out)")
+    p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--epochs", type=positive("--epochs", int), default=200, help="at most (default 200)")
+    p.add_argument("--rounds", type=positive("--rounds", int), default=5, help="gate rounds (default 5)")
+    p.add_argument("--out", default="docs/quality", help="where cohort.json goes")
+    json_option(p)
+
+
+def cmd_bench_cohort(args: argparse.Namespace) -> int:
+    """Draw a simulated cohort (its covariates, baseline vitals and true drug parameters), learn the generator
+    from it, draw as many synthetic patients and report the quality gate's final scores (utility target:
+    sex)."""
+    from biopilot.bench import cohort as bench
+
+    res = bench.run(args.patients, args.seed, args.epochs, args.rounds, say=progress(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cohort.json").write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res) if args.json else "\n".join(f"{k:28s} {v}" for k, v in res.items()))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     benches = group(subparsers, "bench", help="measured figures, each beside its baseline",
                     description="Benchmarks; each prints ours beside a baseline measured in the same run.",
                     metavar="BENCH")
-    for add in (add_simulate, add_pipeline, add_detectors, add_agents, add_sse, add_skab, add_twin):
+    for add in (add_simulate, add_pipeline, add_detectors, add_agents, add_sse, add_skab, add_twin, add_trial,
+                add_cohort):
         add(benches)

@@ -161,6 +161,37 @@ def cmd_twin_dose(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_genotypes(twin: argparse._SubParsersAction) -> None:
+    p = command(twin, "genotypes", cmd_twin_genotypes,
+                "the advised dose per CYP2C9 and VKORC1 genotype beside IWPC and the published ratios")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def cmd_twin_genotypes(args: argparse.Namespace) -> int:
+    """The advised stable weekly dose of a typical patient (71 years, 170 cm, 70 kg, white) for every CYP2C9 x
+    VKORC1 -1639 genotype, beside the IWPC formula's; and each genotype's dose as a ratio to the wild type's beside
+    the published ratios (CYP2C9: Lindh 2009 meta-analysis, 95 % CI; VKORC1: the published band)."""
+    import json
+
+    from sources.patient.dose_advice import genotype_table
+
+    table = genotype_table()
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    print(f"typical patient {table['patient']}, target INR {table['target_inr']:g}; weekly dose (mg)")
+    print(f"  {'CYP2C9':<7} {'VKORC1':<7} {'advice':>7} {'IWPC':>7} {'ratio':>6}")
+    for row in table["doses"]:
+        print(f"  {row['cyp2c9']:<7} {row['vkorc1_1639']:<7} {row['advice_weekly_mg']:>7.1f} "
+              f"{row['iwpc_weekly_mg']:>7.1f} {row['advice_to_iwpc']:>6.2f}")
+    print("dose as a ratio to the wild type's: advice, IWPC, published (range)")
+    for gene in ("cyp2c9", "vkorc1_1639"):
+        for r in table[gene]:
+            print(f"  {r[gene]:<7} {r['advice_ratio']:>6.3f} {r['iwpc_ratio']:>6.3f} {r['published_ratio']:>6.3f} "
+                  f"({r['published_lo']:g}-{r['published_hi']:g})")
+    return 0
+
+
 def add_fit(twin: argparse._SubParsersAction) -> None:
     p = command(twin, "fit", cmd_twin_fit, "one simulated patient's own twin, fitted to its doses and INR readings")
     lake_option(p)
@@ -298,4 +329,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "own twin fitted to its readings.",
                  metavar="TWIN_COMMAND")
     add_dose(twin)
+    add_genotypes(twin)
     add_fit(twin)

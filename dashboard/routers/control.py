@@ -77,7 +77,9 @@ async def control_unit(rt: Runtime, request: Request, who: Principal, unit_id: s
                          "** (403 otherwise): the plant runs all its reactors in one process.")
 async def control(body: ControlCommand, reactor_id: ReactorId, request: Request, rt: Runtime = Depends(runtime),
                   who: Principal = Depends(is_operator)) -> Accepted:
-    return await control_unit(rt, request, who, reactor_id, body.model_dump(exclude_none=True))
+    # who made the change is the signed-in subject, never what the body claims: the run's annotation names them
+    command = body.model_dump(exclude_none=True) | {"changed_by": who.subject}
+    return await control_unit(rt, request, who, reactor_id, command)
 
 
 @router.post("/reactors/{reactor_id}/faults", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
@@ -86,6 +88,16 @@ async def inject_fault(body: FaultInjection, reactor_id: ReactorId, request: Req
                        rt: Runtime = Depends(runtime), who: Principal = Depends(is_operator)) -> Accepted:
     """Inject a labelled fault into a live reactor, starting now."""
     return await _to_live_reactor(rt, request, who, "fault", reactor_id, {"type": "fault", **body.model_dump()})
+
+
+async def live_units(rt: Runtime) -> dict[str, dict]:
+    """Unit id -> {run_id, t} of every unit (reactor or patient) the relay has seen streaming; none while the
+    cache does not answer (the overviews still show what is stored)."""
+    try:
+        raw = await rt.redis.hgetall(REACTORS_KEY)
+    except RedisError:
+        return {}
+    return {k.decode(): json.loads(v) for k, v in raw.items()}
 
 
 @router.get("/reactors", dependencies=[viewer])

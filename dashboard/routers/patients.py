@@ -17,14 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from pydantic import Field
-from redis.exceptions import RedisError
 
 from core.events import SEVERITY_RANK, VITAL_SIGNALS
 from dashboard.auth import Principal
 from dashboard.deps import Runtime, is_operator, runtime, viewer
 from dashboard.models import Accepted, IdPath
-from dashboard.relay import REACTORS_KEY, news2, thin, tick_event
-from dashboard.routers.control import UNIT_ID_PATTERN, control_unit, stop_needs_admin
+from dashboard.relay import news2, thin, tick_event
+from dashboard.routers.control import UNIT_ID_PATTERN, control_unit, live_units, stop_needs_admin
 from sinks import delta
 from sources.patient.commands import (
     COMEDICATIONS,
@@ -183,14 +182,6 @@ def cohort(lake: str, live: dict[str, dict], limit: int = 200) -> list[dict]:
     return sorted(out, key=lambda r: (-STATUS_RANK[r["status"]], r["patient_id"], r["run_id"]))
 
 
-async def _live(rt: Runtime) -> dict[str, dict]:
-    try:
-        raw = await rt.redis.hgetall(REACTORS_KEY)
-    except RedisError:
-        return {}  # the overview still shows what is stored
-    return {k.decode(): json.loads(v) for k, v in raw.items()}
-
-
 @router.get("", dependencies=[viewer])
 async def list_patients(rt: Runtime = Depends(runtime),
                         limit: int = Query(200, ge=1, le=2000, description="at most this many runs: the live "
@@ -198,7 +189,7 @@ async def list_patients(rt: Runtime = Depends(runtime),
                         ) -> list[dict]:
     """The cohort overview: one row per patient run, the sickest first (`status`: critical | warning | stable
     | unknown, with `why`)."""
-    return await asyncio.to_thread(cohort, rt.settings.lake, await _live(rt), limit)
+    return await asyncio.to_thread(cohort, rt.settings.lake, await live_units(rt), limit)
 
 
 def _read(lake: str, table: str, run_id: str) -> pa.Table:

@@ -66,7 +66,7 @@ def sse(request: Request, rt: Runtime, who: Principal, channel: str, accept: Cal
 
 def _event_name(channel: str, event: dict) -> str:
     if channel == "telemetry":
-        return {"ticks": "tick", "dose": "dose"}.get(event.get("kind"), "assay")
+        return {"ticks": "tick", "dose": "dose", "recipe": "recipe"}.get(event.get("kind"), "assay")
     if channel == "alerts":
         return "clear" if event.get("type") == "clear" else "alert"
     return {"incidents": "incident", "agents": "chunk", "twin": "twin"}[channel]

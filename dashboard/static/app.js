@@ -1,4 +1,5 @@
-// BioPilot dashboard: live plots (uPlot) from SSE streams, controls, incidents, agent chat, replay.
+// BioPilot dashboard: the fleet overview, live plots (uPlot) from SSE streams against the recipe's reference band,
+// the operator's changes on the time axis, controls, incidents, agent chat, replay.
 // No build step: plain browser JavaScript; the token travels in the http-only cookie set by /login.
 // Every element is built with textContent, never innerHTML: ids, run names and incident fields come from the
 // API and the broker, and markup in them must stay text (the Content-Security-Policy refuses inline script too).
@@ -34,7 +35,13 @@ const state = {
   chunks: {},      // incident_id -> [chunk]
   focus: null,     // incident shown in the agent panel
   plots: [],
+  refs: {},        // reactor -> {run, ref: GET .../reference, annotations: [], hashes: ""}
+  fleet: [],       // rows of GET /api/fleet
+  bandPoints: 0,   // reference points drawn since the last render
 };
+const FLEET_STATUSES = ["critical", "warning", "normal"];
+const SOURCES = {default: "the shipped golden batch", twin: "normal twin runs of this recipe",
+                 learned: "learned from the plant's own normal batches"};
 
 function bufferFor(reactor) {
   if (!state.data[reactor]) {
@@ -48,7 +55,8 @@ function bufferFor(reactor) {
 
 function onTick(event) {
   const b = bufferFor(event.reactor_id);
-  if (b.run && b.run !== event.run_id) {  // a new batch: start its curves afresh
+  const newRun = b.run !== event.run_id;
+  if (b.run && newRun) {  // a new batch: start its curves afresh
     b.t.length = 0; SIGNALS.forEach((s) => (b.signals[s].length = 0));
     Object.values(b.assays).forEach((a) => (a.length = 0));
     b.soft = {t: [], vcd_e6_per_ml_est: [], glucose_g_l_est: []};
@@ -60,7 +68,10 @@ function onTick(event) {
     const cut = b.t.length - MAX_POINTS;
     b.t.splice(0, cut); SIGNALS.forEach((s) => b.signals[s].splice(0, cut));
   }
-  if (event.reactor_id === state.reactor) { state.dirty = true; $("run").textContent = event.run_id; }
+  if (event.reactor_id === state.reactor) {
+    state.dirty = true; $("run").textContent = event.run_id;
+    if (newRun) refreshReference();  // the new batch's recipe and band
+  }
 }
 
 function onAssay(event) {
@@ -87,6 +98,85 @@ function shadePlugin() {
   }}};
 }
 
+// each signal against its recipe's reference band (GET /api/reactors/{id}/reference), under the data: the golden
+// trajectory (dashed), the twin residual's limits (shaded: a drift held beyond them alarms within about a day)
+// and the golden detector's alarm limits (dotted); the operator's changes as labelled vertical lines
+function visibleBand(ref, name, x0, x1) {
+  const band = ref?.signals?.[name];
+  if (!band) return null;
+  const t = ref.age_min.map((a) => ref.run_start_t + a * 60);
+  let i0 = t.findIndex((v) => v >= x0); if (i0 < 0) return null;
+  let i1 = t.length - 1; while (i1 > i0 && t[i1] > x1) i1--;
+  i0 = Math.max(0, i0 - 1); i1 = Math.min(t.length - 1, i1 + 1);
+  return {t: t.slice(i0, i1 + 1), band: Object.fromEntries(Object.entries(band).map(([k, v]) => [k, v.slice(i0, i1 + 1)]))};
+}
+
+// the operator's changes to the selected reactor's run (its recipe at the start is listed, not marked)
+function changes() {
+  return (state.refs[state.reactor]?.annotations || []).filter((a) => a.kind !== "recipe");
+}
+
+function bandPlugin(panel) {
+  const line = (u, ctx, xs, ys, colour, dash, width) => {
+    ctx.beginPath(); ctx.setLineDash(dash); ctx.strokeStyle = colour; ctx.lineWidth = width;
+    xs.forEach((x, i) => { const px = u.valToPos(x, "x", true), py = u.valToPos(ys[i], "y", true);
+      i ? ctx.lineTo(px, py) : ctx.moveTo(px, py); });
+    ctx.stroke();
+  };
+  return {hooks: {drawClear: (u) => {
+    const ref = state.refs[state.reactor]?.ref;
+    if (!ref || u.scales.x.min == null) return;
+    const ctx = u.ctx;
+    ctx.save();
+    ctx.beginPath(); ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height); ctx.clip();
+    (panel.series || []).forEach((name, k) => {
+      const seen = visibleBand(ref, name, u.scales.x.min, u.scales.x.max);
+      if (!seen) return;
+      const {t, band} = seen, colour = COLOURS[k];
+      ctx.beginPath();
+      t.forEach((x, i) => { const px = u.valToPos(x, "x", true), py = u.valToPos(band.sustained_upper[i], "y", true);
+        i ? ctx.lineTo(px, py) : ctx.moveTo(px, py); });
+      for (let i = t.length - 1; i >= 0; i--) ctx.lineTo(u.valToPos(t[i], "x", true), u.valToPos(band.sustained_lower[i], "y", true));
+      ctx.closePath(); ctx.globalAlpha = 0.13; ctx.fillStyle = colour; ctx.fill(); ctx.globalAlpha = 1;
+      line(u, ctx, t, band.lower, colour + "99", [2, 3], 1);
+      line(u, ctx, t, band.upper, colour + "99", [2, 3], 1);
+      line(u, ctx, t, band.median, colour + "bb", [6, 4], 1.2);
+      state.bandPoints += t.length;
+      document.body.dataset.band = String(state.bandPoints);  // for the browser test: the band is drawn
+    });
+    ctx.setLineDash([4, 3]); ctx.strokeStyle = "#7a5af8"; ctx.fillStyle = "#5925dc"; ctx.lineWidth = 1.5;
+    ctx.font = `${11 * devicePixelRatio}px system-ui, sans-serif`;
+    for (const a of changes()) {
+      if (a.t < u.scales.x.min || a.t > u.scales.x.max) continue;
+      const x = u.valToPos(a.t, "x", true);
+      ctx.beginPath(); ctx.moveTo(x, u.bbox.top); ctx.lineTo(x, u.bbox.top + u.bbox.height); ctx.stroke();
+      const width = ctx.measureText(a.text).width;  // left of the line where the right has no room
+      const right = u.bbox.left + u.bbox.width;
+      ctx.fillText(a.text, x + 4 + width > right ? Math.max(u.bbox.left, x - 4 - width) : x + 4, u.bbox.top + 12 * devicePixelRatio);
+    }
+    ctx.restore();
+  }}};
+}
+
+// the y range holds the data, the golden trajectory and the twin residual's limits (the alarm limits only where
+// they fall inside: they are wide)
+function yRange(panel) {
+  return (u, lo, hi) => {
+    const ref = state.refs[state.reactor]?.ref, b = state.data[state.reactor];
+    if (ref && b && b.t.length) {
+      for (const name of panel.series || []) {
+        const seen = visibleBand(ref, name, b.t[0], b.t[b.t.length - 1]);
+        if (!seen) continue;
+        for (const v of [...seen.band.sustained_lower, ...seen.band.sustained_upper]) {
+          lo = lo == null ? v : Math.min(lo, v); hi = hi == null ? v : Math.max(hi, v);
+        }
+      }
+    }
+    if (lo == null || hi == null) return [0, 1];
+    return uPlot.rangeNum(lo, hi, 0.1, true);
+  };
+}
+
 function makePlots() {
   const host = $("plots");
   host.replaceChildren();
@@ -95,9 +185,9 @@ function makePlots() {
     host.appendChild(box);
     const names = panel.series || [...panel.assays, ...panel.soft];
     const opts = {
-      width: Math.max(box.clientWidth - 12, 300), height: 170, plugins: [shadePlugin()],
+      width: Math.max(box.clientWidth - 12, 300), height: 170, plugins: [shadePlugin(), bandPlugin(panel)],
       cursor: {drag: {x: true, y: false}},
-      scales: {x: {time: true}},
+      scales: {x: {time: true}, ...(panel.series ? {y: {range: yRange(panel)}} : {})},
       legend: {live: false},
       series: [{}, ...names.map((n, i) => {
         const assay = panel.assays && i < panel.assays.length;
@@ -121,6 +211,7 @@ function render() {
   const b = state.data[state.reactor];
   if (!b) return;
   state.dirty = false;
+  state.bandPoints = 0;
   for (const {panel, plot} of state.plots) {
     const data = panel.assays
       ? uPlot.join([[b.assays.t, ...panel.assays.map((k) => b.assays[k])],
@@ -129,6 +220,7 @@ function render() {
     plot.setData(data, state.follow);
   }
   document.body.dataset.points = String(b.t.length);  // for the browser test: live points arrived
+  document.body.dataset.markers = String(changes().length);
 }
 
 // ---- reactors, incidents, agent -----------------------------------------------------------------------
@@ -139,15 +231,85 @@ async function refreshReactors() {
   const select = $("reactor");
   const current = select.value;
   fillOptions(select, names);
-  if (names.length && !names.includes(current)) { select.value = names[0]; selectReactor(names[0]); }
+  const wanted = decodeURIComponent(location.hash.slice(1));  // a link to one reactor: /#r2
+  if (names.length && !names.includes(current)) selectReactor(names.includes(wanted) ? wanted : names[0]);
   else select.value = current;
 }
 
 function selectReactor(name) {
   state.reactor = name; state.dirty = true; state.follow = true; $("follow").checked = true;
+  $("reactor").value = name;
+  if (location.hash !== `#${name}`) history.replaceState(null, "", `#${name}`);  // a link to this reactor
   const b = state.data[name];
   $("run").textContent = b && b.run ? b.run : "";
-  renderIncidents(); renderAgent();
+  renderIncidents(); renderAgent(); renderFleet(); renderRecipe();
+  refreshReference(true);
+}
+
+// ---- the reference band, the operator's changes, the fleet -----------------------------------------------
+async function refreshReference(force = false) {
+  const reactor = state.reactor, run = state.data[reactor]?.run;
+  if (!reactor || !run) return;
+  const path = (what) => `/api/reactors/${encodeURIComponent(reactor)}/${what}?run_id=${encodeURIComponent(run)}`;
+  const known = state.refs[reactor];
+  try {
+    const annotations = await api(path("annotations"));
+    const hashes = annotations.map((a) => a.recipe_hash).join(",");
+    // the band changes only with the run or its recipe: fetched again only then
+    const ref = force || !known?.ref || known.run !== run || known.hashes !== hashes ? await api(path("reference")) : known.ref;
+    state.refs[reactor] = {run, ref, annotations, hashes};
+    state.dirty = true;
+    if (reactor === state.reactor) renderRecipe();
+  } catch (_) {}  // no tick stored yet: the next refresh tries again
+}
+
+function onRecipe(event) {  // a recipe change on the wire: the flow's annotation lands in the lake shortly after
+  if (event.reactor_id !== state.reactor) return;
+  for (const wait of [1000, 3000, 6000]) setTimeout(refreshReference, wait);
+}
+
+function renderRecipe() {
+  const known = state.refs[state.reactor], ref = known?.ref;
+  $("recipe").textContent = ref ? `${ref.recipe} · ${ref.recipe_hash}` : "";
+  $("band-note").textContent = ref
+    ? `Reference of the run's recipe at the same culture age (${SOURCES[ref.source] || ref.source}) — dashed: golden trajectory; shaded: twin-residual limits ` +
+      `(a drift held beyond them alarms within about a day); dotted: golden alarm limits (z ${ref.golden_z.toFixed(0)}); ` +
+      `purple: operator changes. No band: ${Object.keys(ref.without_band).join(", ")} (the detectors see increments).`
+    : "";
+  const items = (known?.annotations || []).map((a) => el("li", {},
+    el("span", {className: "muted", textContent: `${when(a.t)} `}), a.text,
+    a.changed_by && !a.text.includes(a.changed_by) ? el("span", {className: "muted", textContent: ` · ${a.changed_by}`}) : ""));
+  $("annotations").replaceChildren(...(items.length ? items : [el("li", {className: "muted", textContent: "no operator change in this run"})]));
+}
+
+function age(hours) {
+  if (hours == null) return "–";
+  return hours < 48 ? `${hours.toFixed(1)} h` : `${(hours / 24).toFixed(1)} d`;
+}
+
+async function refreshFleet() {
+  try { state.fleet = await api("/api/fleet"); } catch (_) { return; }
+  renderFleet();
+}
+
+function renderFleet() {
+  const rows = state.fleet;
+  $("fleet-count").textContent = `${rows.length} reactors · ${rows.filter((r) => r.status !== "normal").length} with an open incident`;
+  $("fleet").querySelector("tbody").replaceChildren(...rows.map((r) => {
+    const i = r.open_incident;
+    const tr = el("tr", {onclick: () => { selectReactor(r.reactor_id); $("plots").scrollIntoView({behavior: "smooth"}); }},
+      el("td", {}, el("b", {textContent: r.reactor_id})),
+      el("td", {}, el("span", {className: "pill status", textContent: r.status})),
+      el("td", {textContent: age(r.culture_age_h)}),
+      el("td", {}, r.recipe, el("span", {className: "muted small", textContent: r.recipe_hash ? ` · ${r.recipe_hash}` : ""})),
+      el("td", {className: "small", textContent: i ? `${i.severity} · ${[].concat(i.signals).join(", ")} · since ${when(i.start_t)}` +
+        (r.open_incidents > 1 ? ` (+${r.open_incidents - 1})` : "") : "–"}),
+      el("td", {className: "muted small", textContent: r.run_id}));
+    if (FLEET_STATUSES.includes(r.status)) tr.classList.add(r.status);
+    if (r.reactor_id === state.reactor) tr.classList.add("selected");
+    tr.dataset.reactor = r.reactor_id;
+    return tr;
+  }));
 }
 
 function renderIncidents() {
@@ -186,7 +348,7 @@ function renderAgent() {
 // ---- streams ------------------------------------------------------------------------------------------
 
 function startStreams() {
-  stream("/api/stream/telemetry", {tick: onTick, assay: onAssay});
+  stream("/api/stream/telemetry", {tick: onTick, assay: onAssay, recipe: onRecipe});
   stream("/api/stream/alerts", {alert: (a) => { state.alerts.push(a); renderIncidents(); }});
   stream("/api/stream/incidents", {incident: (i) => { state.incidents[i.incident_id] = i; renderIncidents(); renderAgent(); }});
   stream("/api/stream/agents", {chunk: (c) => {
@@ -293,6 +455,9 @@ async function main() {
   setInterval(refreshReactors, 5000);
   setInterval(refreshReplays, 2000);
   setInterval(refreshSoftSensors, 5000);
+  refreshFleet();
+  setInterval(refreshFleet, 5000);
+  setInterval(refreshReference, 5000);
 }
 
 main();

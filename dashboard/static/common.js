@@ -10,6 +10,9 @@ function el(tag, props = {}, ...children) {  // children: elements or strings (a
   return node;
 }
 
+// a unix time in seconds as "YYYY-MM-DD HH:MM" (UTC), "" for none
+function when(t) { return t == null ? "" : new Date(t * 1000).toISOString().slice(0, 16).replace("T", " "); }
+
 function fillOptions(select, values, label = (v) => v) {
   select.replaceChildren(...values.map((v) => el("option", {value: v, textContent: label(v)})));
 }

@@ -42,8 +42,6 @@ function day(t) {  // days since the run started (its first vitals while the run
   return start == null || t == null ? "" : `day ${((t - start) / 86400).toFixed(1)}`;
 }
 
-function when(t) { return t == null ? "" : new Date(t * 1000).toISOString().slice(0, 16).replace("T", " "); }
-
 // ---- the selected patient's data ---------------------------------------------------------------------
 function emptyData() {
   return {t: [], signals: {}, news2: [], labs: [], doses: [], twin: null, labels: [], diagnosis: []};

@@ -29,15 +29,18 @@ from sources.patient.adverse_events import (
 )
 from sources.patient.cohort import draw_cohort
 from sources.patient.inr_events import (
+    EPISODE_MARGIN_INR,
     OVER_INR,
     SUB_INR,
     SUB_MIN_H,
     OpenEpisodes,
     cause_of,
     first_reached_h,
+    hysteresis,
     initiation_end_h,
     scan_episodes,
 )
+from sources.patient.inr_variability import InrFluctuation, measured_inr, true_inr
 from sources.patient.pkpd import Outputs, PkpdState, step_pkpd
 from sources.patient.protocols import Advisor, DosingProtocol, make_protocol
 from sources.patient.scenarios import SENSOR_EVENTS, EventSpec, PatientScenario
@@ -48,12 +51,11 @@ from sources.patient.warfarin import (
     AMIODARONE_ONSET_HALF_LIFE_H,
     INDUCER_CL_FACTOR,
     INDUCER_ONSET_HALF_LIFE_H,
-    INR_RESIDUAL_VARIANCE,
     clearance_factor,
 )
 
 # independent random streams per patient: an adverse event never changes the noise or the cohort a patient sees
-_STREAM_COHORT, _STREAM_EVENTS, _STREAM_LABS, _STREAM_DOSES = range(4)
+_STREAM_COHORT, _STREAM_EVENTS, _STREAM_LABS, _STREAM_DOSES, _STREAM_INR = range(5)
 HB_ASSAY_SD_G_DL = 0.2  # analytical SD of a haemoglobin assay (docs/MODEL-PATIENT.md, "Labs")
 ESTABLISHED_H = 1e6  # hours on a co-medication that count as "taken since before the run"
 # co-medications as dose rows (the agents cite them): amiodarone's maintenance dose, rifampicin's daily dose
@@ -188,11 +190,6 @@ def missed_dose_share(t_h: np.ndarray, n_patients: int, plan: EventPlan) -> np.n
     return pkpd_modifiers("nonadherence", since, magnitude[:, None])["missed_dose_share"]
 
 
-def measured_inr(true_inr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A lab INR: the true one with the model's proportional (log-scale) residual error, to 0.1 as reported."""
-    return np.round(true_inr * np.exp(rng.normal(0.0, np.sqrt(INR_RESIDUAL_VARIANCE), np.shape(true_inr))), 1)
-
-
 def lab_times_h(scenario: PatientScenario) -> np.ndarray:
     """Hours since the run began of every lab draw."""
     return np.array([d * 24.0 + scenario.labs.hour for d in scenario.labs.check_days(scenario.days)])
@@ -319,7 +316,7 @@ class PatientCohortSim:
         self.scenario, self.seed, self.n = scenario, seed, n_patients
         self.indices = list(range(first_index, first_index + n_patients))
         self.run_ids = run_ids or [patient_run_id(scenario, seed, i) for i in self.indices]
-        self.rngs = [[np.random.default_rng([seed, i, s]) for s in range(4)] for i in self.indices]
+        self.rngs = [[np.random.default_rng([seed, i, s]) for s in range(5)] for i in self.indices]
         co = scenario.cohort
         self.cohort = concat_cohorts([
             draw_cohort(1, r[_STREAM_COHORT], first_index=i, ancestry=co.ancestry, amiodarone_share=co.amiodarone_share,
@@ -338,6 +335,8 @@ class PatientCohortSim:
         self.vitals_model = VitalsModel(self.cohort, np.random.default_rng(block_seed + [1]))
         self.measure_rng = np.random.default_rng(block_seed + [2])
         self.state = PkpdState.initial(self.n)
+        # the true INR's slow biological fluctuation (`inr_variability`): each patient's own stream
+        self.inr_fluctuation = InrFluctuation([r[_STREAM_INR] for r in self.rngs], self.dt_h)
         self.advisor = advisor
         self.protocol = self._protocol()
         self.dose_h = dose_times_h(scenario)
@@ -350,6 +349,8 @@ class PatientCohortSim:
         # INR episodes open at the end of the last chunk (`inr_events`): labelled when they close or the run ends
         self.open_over, self.open_sub = OpenEpisodes.none(self.n), OpenEpisodes.none(self.n)
         self.inr_reached_h = np.full(self.n, np.nan)  # when the true INR first reached 2 (ends the initiation)
+        # whether the true INR is beyond each limit at the last tick, with the episodes' hysteresis (`inr_events`)
+        self.inr_beyond = {"over": np.zeros(self.n, bool), "sub": np.zeros(self.n, bool)}
         # live control (`sources.patient.live`): a clinician's prescription (NaN: the protocol's) and holds
         self.prescribed_mg = {drug: np.full(self.n, np.nan) for drug in ("warfarin", "metoprolol")}
         self.hold_left = {drug: np.zeros(self.n, int) for drug in ("warfarin", "metoprolol")}
@@ -422,6 +423,7 @@ class PatientCohortSim:
         due = [float(h) for h in self.dose_h if t_h[0] - 1e-9 <= h < t_end - 1e-9]
         cuts = {min(n_ticks - 1, int(np.ceil((h - t_h[0]) / self.dt_h - 1e-9))): h for h in due}
         bounds = sorted({0, *cuts, n_ticks})
+        fluctuation = self.inr_fluctuation.step(n_ticks)
         samples = []
         joined = Outputs.empty(n, n_ticks)  # the segments write their outputs here: no slicing, no joining
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
@@ -443,7 +445,7 @@ class PatientCohortSim:
                                         into=joined)
             for h in self.lab_h[(self.lab_h >= t_h[a] - 1e-9) & (self.lab_h < t_h[b - 1] + self.dt_h - 1e-9)]:
                 j = min(b - 1, int(np.ceil((h - t_h[0]) / self.dt_h - 1e-9)))
-                inr = measured_inr(out.inr[:, j - a], self.rng)
+                inr = measured_inr(true_inr(out.inr[:, j - a], fluctuation[:, j]), self.rng)
                 delay = sc.labs.delay_h
                 reported_h = h + (self.rng.uniform(*delay, n) if isinstance(delay, tuple) else np.full(n, delay))
                 self.pending.append((reported_h, inr))
@@ -465,7 +467,7 @@ class PatientCohortSim:
         true = self.vitals_model.step(t_h, {k: v for k, v in effects.items() if k in VITAL_SIGNALS})
         measured = self.vitals_model.measure(true, self.measure_rng, self._sensor_faults(t_h))
         self.seq += n_ticks
-        self.last_true = {**true, "inr": joined.inr}
+        self.last_true = {**true, "inr": true_inr(joined.inr, fluctuation)}
         if sc.takes_warfarin:
             self._inr_labels(t_h, self.last_true["inr"])
         return PatientChunk(vitals_batch(self.run_ids, self.patient_ids, self.started, self.dt_h, seq0, measured),
@@ -475,12 +477,16 @@ class PatientCohortSim:
     def _inr_labels(self, t_h: np.ndarray, inr: np.ndarray) -> None:
         """Label the INR episodes of the true INR that close in this chunk (or at the run's end)."""
         found = []
-        closed, self.open_over = scan_episodes(inr >= OVER_INR, inr, t_h, self.open_over, np.maximum)
+        over = hysteresis(inr >= OVER_INR, inr < OVER_INR - EPISODE_MARGIN_INR, self.inr_beyond["over"])
+        sub = hysteresis(inr < SUB_INR, inr >= SUB_INR + EPISODE_MARGIN_INR, self.inr_beyond["sub"])
+        self.inr_beyond = {"over": over[:, -1], "sub": sub[:, -1]}
+        closed, self.open_over = scan_episodes(over, inr, t_h, self.open_over, np.maximum)
         found += [("over_anticoagulation", *c) for c in closed]
-        self.inr_reached_h = first_reached_h(self.inr_reached_h, inr >= SUB_INR, t_h)
+        # in range once clear of the limit's daily ripple (`inr_events`), as the monitor judges it from readings
+        self.inr_reached_h = first_reached_h(self.inr_reached_h, inr >= SUB_INR + EPISODE_MARGIN_INR, t_h)
         begun = initiation_end_h(float(self.dose_h[0]) if len(self.dose_h) else 0.0, self.inr_reached_h)
-        closed, self.open_sub = scan_episodes((inr < SUB_INR) & (t_h[None, :] >= begun[:, None]), inr, t_h,
-                                              self.open_sub, np.minimum)
+        closed, self.open_sub = scan_episodes(sub & (t_h[None, :] >= begun[:, None]), inr, t_h, self.open_sub,
+                                              np.minimum)
         found += [("subtherapeutic", *c) for c in closed]
         if self.done:  # the run's end closes what is still open
             end_h = self.total_ticks * self.dt_h

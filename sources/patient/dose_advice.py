@@ -24,7 +24,7 @@ docs/MODEL-PATIENT.md, "Dose advice", gives the sources and the limits.
 >>> advice = advise_doses(["a", "b", "c"], cyp2c9=["*1/*1", "*3/*3", None], vkorc1_1639=["G/G", "A/A", None],
 ...                       ancestry="white")
 >>> np.round(advice.weekly_dose_mg).tolist()
-[54.0, 4.0, 32.0]
+[43.0, 5.0, 29.0]
 >>> bool(np.all((advice.dose_lo_mg < advice.weekly_dose_mg) & (advice.weekly_dose_mg < advice.dose_hi_mg)))
 True
 """
@@ -46,7 +46,7 @@ from sources.patient.genetics import (
     cyp2c9_probabilities,
     vkorc1_probabilities,
 )
-from sources.patient.iwpc import taken_mask, unknown_mask
+from sources.patient.iwpc import iwpc_weekly_dose_mg, taken_mask, unknown_mask
 
 THERAPEUTIC_RANGE = (2.0, 3.0)
 # Where patients' INRs sit on the doses they are kept on: share of time below and above 2-3 (Mearns ES et al.,
@@ -63,6 +63,17 @@ N_DRAWS = 400
 INTERVAL_QUANTILES = (0.10, 0.90)
 SEED = 20090219  # the IWPC paper's publication date: any fixed number would do
 _CHUNK_PATIENTS = 2_000  # patients x draws per chunk stays ~1e6 parameter sets
+# Published stable doses by genotype, as ratios to the wild type's (mean, 95 % CI low, high). CYP2C9: Lindh JD et
+# al., Eur J Clin Pharmacol 2009;65:365 (meta-analysis, 39 studies, 7,907 patients: 19.6, 33.7, 36.0, 56.7 and
+# 78.1 % lower doses). VKORC1 -1639: a band (its middle, low, high) rather than a CI, spanning Hamberg 2010's
+# per-allele EC50s (0.73, 0.47), the IWPC formula at the typical patient (0.74, 0.52) and a meta-analysis of 53
+# studies (Int J Clin Pharmacol Ther 2017;55:304: G/G 77 %, G/A 45 % above A/A, i.e. 0.82 and 0.56 of G/G).
+PUBLISHED_CYP2C9_DOSE_RATIO = {"*1/*2": (0.804, 0.781, 0.826), "*1/*3": (0.663, 0.619, 0.706),
+                               "*2/*2": (0.640, 0.580, 0.701), "*2/*3": (0.433, 0.357, 0.509),
+                               "*3/*3": (0.219, 0.157, 0.280)}
+PUBLISHED_VKORC1_DOSE_RATIO = {"G/A": (0.775, 0.73, 0.82), "A/A": (0.52, 0.47, 0.57)}
+# the typical patient of the genotype table: Hamberg's reference age and weight, a white man of average height
+TYPICAL_PATIENT = {"age_years": 71.0, "sex": "M", "height_cm": 170.0, "weight_kg": 70.0, "ancestry": "white"}
 
 
 @dataclass(frozen=True)
@@ -247,3 +258,40 @@ def _typical_height_cm(sex_idx: np.ndarray, anc_idx: np.ndarray, mix: np.ndarray
 def _draw(cumulative: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF sampling: (m, draws, k) cumulative probabilities and (draws,) uniforms -> (m, draws) index."""
     return np.minimum((u[None, :, None] > cumulative).sum(-1), cumulative.shape[-1] - 1)
+
+
+def genotype_table(target_inr: float = STABLE_INR) -> dict[str, object]:
+    """The advised weekly dose of `TYPICAL_PATIENT` for every CYP2C9 x VKORC1 -1639 genotype beside the IWPC
+    formula's, and each genotype's dose as a ratio to the wild type's (*1/*1 at the same VKORC1, G/G at the same
+    CYP2C9) beside the published ratios: a JSON-ready dict (`biopilot twin genotypes --json`).
+
+    >>> t = genotype_table()
+    >>> [(r["cyp2c9"], r["advice_ratio"]) for r in t["cyp2c9"]][:2]
+    [('*1/*2', 0.782), ('*1/*3', 0.666)]
+    """
+    pairs = [(c, v) for c in CYP2C9_GENOTYPES for v in VKORC1_GENOTYPES]
+    cyp, vk = (np.array(x) for x in zip(*pairs, strict=True))
+    patient = {k: np.full(len(pairs), v, dtype=object) for k, v in TYPICAL_PATIENT.items()}
+    advice = advise_doses([f"{c} {v}" for c, v in pairs], **patient, cyp2c9=cyp, vkorc1_1639=vk,
+                          target_inr=target_inr).weekly_dose_mg
+    iwpc = iwpc_weekly_dose_mg(TYPICAL_PATIENT["age_years"], TYPICAL_PATIENT["height_cm"],
+                               TYPICAL_PATIENT["weight_kg"], vk, cyp, TYPICAL_PATIENT["ancestry"])
+    dose = {pair: (float(a), float(i)) for pair, a, i in zip(pairs, advice, iwpc, strict=True)}
+
+    def ratio(gene: str, genotype: str, published: tuple[float, float, float], reference: str) -> dict:
+        # CYP2C9 ratios at VKORC1 G/A, the commonest in white patients; VKORC1 ratios at CYP2C9 *1/*1
+        num, den = ((genotype, "G/A"), (reference, "G/A")) if gene == "cyp2c9" else (("*1/*1", genotype),
+                                                                                       ("*1/*1", reference))
+        mean, lo, hi = published
+        return {gene: genotype, "advice_ratio": round(dose[num][0] / dose[den][0], 3),
+                "iwpc_ratio": round(dose[num][1] / dose[den][1], 3), "published_ratio": mean,
+                "published_lo": lo, "published_hi": hi}
+
+    return {
+        "patient": TYPICAL_PATIENT, "target_inr": round(target_inr, 3),
+        "doses": [{"cyp2c9": c, "vkorc1_1639": v, "advice_weekly_mg": round(dose[(c, v)][0], 1),
+                   "iwpc_weekly_mg": round(dose[(c, v)][1], 1),
+                   "advice_to_iwpc": round(dose[(c, v)][0] / dose[(c, v)][1], 2)} for c, v in pairs],
+        "cyp2c9": [ratio("cyp2c9", g, r, "*1/*1") for g, r in PUBLISHED_CYP2C9_DOSE_RATIO.items()],
+        "vkorc1_1639": [ratio("vkorc1_1639", g, r, "G/G") for g, r in PUBLISHED_VKORC1_DOSE_RATIO.items()],
+    }

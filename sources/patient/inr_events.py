@@ -1,12 +1,18 @@
 """INR adverse events as ground truth: episodes read off the TRUE INR trajectory, whatever drove it there.
 
 - `over_anticoagulation`: each episode of true INR >= 4 (start: the first tick at or above 4; end: the first tick
-  back below 4, or the run's end).
-- `subtherapeutic`: each episode of true INR < 2 lasting >= 72 h, counted only once the initiation period is
+  back below 4 - `EPISODE_MARGIN_INR`, or the run's end).
+- `subtherapeutic`: each episode of true INR < 2 (ending back at 2 + `EPISODE_MARGIN_INR`) lasting >= 72 h, counted
+  only once the initiation period is
   over (`initiation_end_h`): while the INR is still climbing to range a low INR is expected, not an event. The
-  initiation period lasts at least 7 days of warfarin; past day 7 it lasts until the true INR first reaches 2,
+  initiation period lasts at least 7 days of warfarin; past day 7 it lasts until the true INR first reaches 2.25 (in
+  range clear of the limit's daily ripple, `EPISODE_MARGIN_INR`; the monitor asks the same of a reading),
   at most to day 14 (a fixed 5 mg start takes ~10 days to reach range in a typical patient: not an event; a
   patient still below 2 on day 14 is under-dosed). An episode running at the end of initiation starts there.
+
+The margin is hysteresis: the true INR ripples with each daily dose and fluctuates slowly (`inr_variability`), so
+it can graze a limit for days, 1.9 at night and 2.1 by day; that is one stretch at the limit, not several short
+episodes (`hysteresis`).
 
 The scan is incremental: `scan_episodes` takes one chunk of ticks and the episodes left open by the previous
 chunk, so a trajectory cut into chunks gives the same episodes as the whole of it.
@@ -35,6 +41,9 @@ import numpy as np
 OVER_INR = 4.0  # over_anticoagulation: true INR at or above this
 SUB_INR = 2.0  # subtherapeutic: true INR below this ...
 SUB_MIN_H = 72.0  # ... for at least this long
+# an episode ends this far back inside the range: more than the true INR's ripple over a day of once-daily doses
+# (peak to trough ~0.2 at INR 2 in the model) plus the slow fluctuation's drift within that day
+EPISODE_MARGIN_INR = 0.25
 INITIATION_MIN_H, INITIATION_MAX_H = 7 * 24.0, 14 * 24.0  # after the first warfarin dose (`initiation_end_h`)
 CAUSE_LAG_H = 7 * 24.0  # an injected cause is still acting on the INR this long after its window ends
 # the injected causes that can drive each INR event (direction matters: missed doses do not raise the INR)
@@ -82,6 +91,21 @@ def scan_episodes(cond: np.ndarray, inr: np.ndarray, t_h: np.ndarray, open_: Ope
         peak = float(extreme.reduce(inr[k, seg_from[k]:]))
         ext[k] = peak if np.isnan(ext[k]) else float(extreme(ext[k], peak))
     return closed, OpenEpisodes(start_h, ext)
+
+
+def hysteresis(enter: np.ndarray, leave: np.ndarray, was_on: np.ndarray) -> np.ndarray:
+    """(n, nt) bool: on from a tick where `enter` holds until one where `leave` holds (both (n, nt), never both
+    at once), starting from `was_on` (n,) (the state at the end of the previous chunk).
+
+    >>> inr = np.array([[2.1, 1.98, 2.03, 1.97, 2.05, 2.12, 1.9]])
+    >>> hysteresis(inr < 2.0, inr >= 2.1, np.array([False])).astype(int).tolist()
+    [[0, 1, 1, 1, 1, 0, 1]]
+    """
+    enter, leave = np.asarray(enter, bool), np.asarray(leave, bool)
+    ticks = np.arange(enter.shape[1])[None, :]
+    last = np.maximum.accumulate(np.where(enter | leave, ticks, -1), axis=1)  # the latest deciding tick
+    decided = np.take_along_axis(enter, np.maximum(last, 0), axis=1)
+    return np.where(last >= 0, decided, np.asarray(was_on, bool)[:, None])
 
 
 def initiation_end_h(first_dose_h: float, reached_h: np.ndarray) -> np.ndarray:

@@ -1,9 +1,11 @@
 """Time stepping of warfarin and metoprolol for a whole cohort at once: one numba kernel, patients in parallel.
 
-Warfarin (S-enantiomer, Hamberg 2007): absorption depot -> central (V1) <-> peripheral (V2), eliminated by CL
-times the step's clearance factor (interacting drugs, adverse events); the concentration inhibits clotting-factor
-synthesis (inflow = 1 - C^g / (EC50^g + C^g)) into a 6-compartment transit chain (MTT1) and a 1-compartment
-chain (MTT2); INR = 1 + 20 (1 - A6 A7)^3.61. Metoprolol: a lagged absorption depot into one compartment (V/F,
+Warfarin (Hamberg 2007, plus R-warfarin): S-warfarin's absorption depot -> central (V1) <-> peripheral (V2),
+eliminated by CL; R-warfarin absorbed alike (its depot is the S depot times R_FRACTION / S_FRACTION: same tablet,
+same ka) into one compartment (r_V), eliminated by r_CL; both clearances times the step's clearance factor
+(interacting drugs, adverse events). The S-equivalent concentration C = C_S + R_POTENCY C_R inhibits
+clotting-factor synthesis (inflow = 1 - C^g / (EC50^g + C^g)) into a 6-compartment transit chain (MTT1) and a
+1-compartment chain (MTT2); INR = 1 + 20 (1 - A6 A7)^3.61. Metoprolol: a lagged absorption depot into one compartment (V/F,
 CL/F), its concentration acting on heart rate and blood pressure through `metoprolol`'s Emax model.
 
 Each step of `dt_h` is integrated by classic Runge-Kutta in equal substeps of at most `MAX_SUBSTEP_H` (the
@@ -35,7 +37,14 @@ import numba
 import numpy as np
 
 from sources.patient import metoprolol
-from sources.patient.warfarin import CHAIN1_COMPARTMENTS, INR_EXPONENT, INR_MAX_RISE, S_FRACTION
+from sources.patient.warfarin import (
+    CHAIN1_COMPARTMENTS,
+    INR_EXPONENT,
+    INR_MAX_RISE,
+    R_FRACTION,
+    R_POTENCY,
+    S_FRACTION,
+)
 
 MAX_SUBSTEP_H = 0.1
 # The compiled passes hand out patients to their threads this many at a time, as the threads come free, rather
@@ -47,8 +56,8 @@ N1 = CHAIN1_COMPARTMENTS
 
 @dataclass(frozen=True)
 class PkpdState:
-    """Per-patient compartments. Amounts in mg (warfarin: S-warfarin, already times F); chains are fractions of
-    the normal clotting-factor activity (1 before warfarin). `met_pending_mg` waits `met_lag_left_h` to be
+    """Per-patient compartments. Amounts in mg (warfarin: S-warfarin, already times F, and R-warfarin's central
+    amount); chains are fractions of the normal clotting-factor activity (1 before warfarin). `met_pending_mg` waits `met_lag_left_h` to be
     absorbed (metoprolol's absorption lag)."""
 
     war_depot_mg: np.ndarray
@@ -60,13 +69,14 @@ class PkpdState:
     met_lag_left_h: np.ndarray
     met_depot_mg: np.ndarray
     met_central_mg: np.ndarray
+    war_r_central_mg: np.ndarray
 
     @classmethod
     def initial(cls, n: int) -> PkpdState:
         """Drug-naive patients."""
         z = np.zeros(n)
         return cls(z.copy(), z.copy(), z.copy(), np.ones((n, N1)), np.ones(n), z.copy(), z.copy(), z.copy(),
-                   z.copy())
+                   z.copy(), z.copy())
 
     def copy(self) -> PkpdState:
         return replace(self, **{k: v.copy() for k, v in self.__dict__.items()})
@@ -94,41 +104,43 @@ class Outputs:
 
 
 @numba.njit(inline="always")
-def _inflow(amount_mg, inv_v1, ec50g, gamma):
-    """Clotting-factor synthesis left by a central amount: 1 - C^g / (EC50^g + C^g); C^g as exp(g log C), which
-    costs half as much as pow."""
-    c = amount_mg * inv_v1
+def _inflow(c, ec50g, gamma):
+    """Clotting-factor synthesis left by the S-equivalent concentration c: 1 - C^g / (EC50^g + C^g); C^g as
+    exp(g log C), which costs half as much as pow."""
     cg = math.exp(gamma * math.log(c)) if c > 0.0 else 0.0
     return 1.0 - cg / (ec50g + cg)
 
 
 @numba.njit(inline="always")
-def _pk_step(dep, cen, per, ka, cl, q, inv_v1, inv_v2, h):
-    """Warfarin's linear PK (depot -> central <-> periph, CL out of central; amounts) over `h` by classic
-    Runge-Kutta: (depot, central, periph) after it."""
-    a1, c1, p1 = _pk_rhs(dep, cen, per, ka, cl, q, inv_v1, inv_v2)
-    a2, c2, p2 = _pk_rhs(dep + 0.5 * h * a1, cen + 0.5 * h * c1, per + 0.5 * h * p1, ka, cl, q, inv_v1, inv_v2)
-    a3, c3, p3 = _pk_rhs(dep + 0.5 * h * a2, cen + 0.5 * h * c2, per + 0.5 * h * p2, ka, cl, q, inv_v1, inv_v2)
-    a4, c4, p4 = _pk_rhs(dep + h * a3, cen + h * c3, per + h * p3, ka, cl, q, inv_v1, inv_v2)
-    return (dep + h / 6.0 * (a1 + 2.0 * a2 + 2.0 * a3 + a4), cen + h / 6.0 * (c1 + 2.0 * c2 + 2.0 * c3 + c4),
-            per + h / 6.0 * (p1 + 2.0 * p2 + 2.0 * p3 + p4))
+def _pk_step(y0, y1, y2, y3, k, h):
+    """Warfarin's linear PK over `h` by classic Runge-Kutta, y = (S depot, S central, S periph, R central) in mg,
+    k = (ka, CL, Q, 1/V1, 1/V2, r_CL, 1/r_V, R/S fraction): y after it (scalars: no allocation)."""
+    a0, a1, a2, a3 = _pk_rhs(y0, y1, y2, y3, k)
+    b0, b1, b2, b3 = _pk_rhs(y0 + 0.5 * h * a0, y1 + 0.5 * h * a1, y2 + 0.5 * h * a2, y3 + 0.5 * h * a3, k)
+    c0, c1, c2, c3 = _pk_rhs(y0 + 0.5 * h * b0, y1 + 0.5 * h * b1, y2 + 0.5 * h * b2, y3 + 0.5 * h * b3, k)
+    d0, d1, d2, d3 = _pk_rhs(y0 + h * c0, y1 + h * c1, y2 + h * c2, y3 + h * c3, k)
+    return (y0 + h / 6.0 * (a0 + 2.0 * b0 + 2.0 * c0 + d0), y1 + h / 6.0 * (a1 + 2.0 * b1 + 2.0 * c1 + d1),
+            y2 + h / 6.0 * (a2 + 2.0 * b2 + 2.0 * c2 + d2), y3 + h / 6.0 * (a3 + 2.0 * b3 + 2.0 * c3 + d3))
 
 
 @numba.njit
-def _pk_maps(ka, cl, q, inv_v1, inv_v2, h, half, full):
-    """`_pk_step` over h/2 as a linear map (`half`, 3 x 3: the PK is linear), and over h as two of them (`full`)."""
-    for j in range(3):
-        half[0, j], half[1, j], half[2, j] = _pk_step(1.0 if j == 0 else 0.0, 1.0 if j == 1 else 0.0,
-                                                      1.0 if j == 2 else 0.0, ka, cl, q, inv_v1, inv_v2, 0.5 * h)
-    for i in range(3):
-        for j in range(3):
-            full[i, j] = half[i, 0] * half[0, j] + half[i, 1] * half[1, j] + half[i, 2] * half[2, j]
+def _pk_maps(k, h, half, full):
+    """`_pk_step` over h/2 as a linear map (`half`, 4 x 4: the PK is linear), and over h as two of them (`full`)."""
+    for j in range(4):
+        half[0, j], half[1, j], half[2, j], half[3, j] = _pk_step(
+            1.0 if j == 0 else 0.0, 1.0 if j == 1 else 0.0, 1.0 if j == 2 else 0.0, 1.0 if j == 3 else 0.0, k,
+            0.5 * h)
+    for i in range(4):
+        for j in range(4):
+            full[i, j] = (half[i, 0] * half[0, j] + half[i, 1] * half[1, j] + half[i, 2] * half[2, j]
+                          + half[i, 3] * half[3, j])
 
 
 @numba.njit(inline="always")
-def _pk_rhs(dep, cen, per, ka, cl, q, inv_v1, inv_v2):
-    absorb, c, cp = ka * dep, cen * inv_v1, per * inv_v2
-    return -absorb, absorb - (cl + q) * c + q * cp, q * c - q * cp
+def _pk_rhs(y0, y1, y2, y3, k):
+    ka, cl, q, inv_v1, inv_v2, r_cl, inv_rv, r_per_s = k
+    absorb, c, cp = ka * y0, y1 * inv_v1, y2 * inv_v2
+    return -absorb, absorb - (cl + q) * c + q * cp, q * c - q * cp, r_per_s * absorb - r_cl * inv_rv * y3
 
 
 @numba.njit
@@ -178,10 +190,10 @@ def _chains(y, dy, inflow, k1, k2):
 
 
 @numba.njit(cache=True, parallel=True)
-def _kernel(wdep, wc1, wc2, ch1, ch2, mpend, mlag, mdep, mc,
-            w_cl, w_v1, w_v2, w_q, w_ka, w_f, w_ec50, w_gamma, w_mtt1, w_mtt2,
+def _kernel(wdep, wc1, wc2, wrc, ch1, ch2, mpend, mlag, mdep, mc,
+            w_cl, w_v1, w_v2, w_q, w_ka, w_f, w_ec50, w_gamma, w_mtt1, w_mtt2, w_rcl, w_rv,
             m_cl, m_v, m_ka, m_lag, m_ec50, m_emax_hr, m_emax_sbp, m_emax_dbp,
-            dose_w, dose_m, clf, first, end, dt, n_sub, s_fraction,
+            dose_w, dose_m, clf, first, end, dt, n_sub, s_fraction, r_per_s, r_potency,
             out_wc, out_inr, out_mc, out_hr, out_sbp, out_dbp):
     """Steps [first, end) of the dose and clearance arrays; the outputs written at the same columns."""
     n_p = dose_w.shape[0]
@@ -190,7 +202,7 @@ def _kernel(wdep, wc1, wc2, ch1, ch2, mpend, mlag, mdep, mc,
         # the PK in two Runge-Kutta half substeps, the transit chains by classic Runge-Kutta on the synthesis
         # these give at the substep's start, middle and end: two exp/log pairs a substep, not four. Both are
         # linear, so their steps are linear maps, found once (the PK's again when the clearance changes)
-        dep, cen, per = wdep[p], wc1[p], wc2[p]
+        dep, cen, per, rcen = wdep[p], wc1[p], wc2[p], wrc[p]
         y = np.empty(N1 + 1)
         for i in range(N1):
             y[i] = ch1[p, i]
@@ -199,10 +211,11 @@ def _kernel(wdep, wc1, wc2, ch1, ch2, mpend, mlag, mdep, mc,
         ec50g = w_ec50[p] ** gamma
         k1 = N1 / w_mtt1[p]
         k2 = 1.0 / w_mtt2[p]
-        inv_v1, inv_v2 = 1.0 / w_v1[p], 1.0 / w_v2[p]
-        u0 = _inflow(cen, inv_v1, ec50g, gamma)
+        inv_v1, inv_v2, inv_rv = 1.0 / w_v1[p], 1.0 / w_v2[p], 1.0 / w_rv[p]
+        r_eq = r_potency * inv_rv  # R-warfarin's amount to S-equivalent concentration
+        u0 = _inflow(cen * inv_v1 + rcen * r_eq, ec50g, gamma)
         step_map, forcing = _chain_map(k1, k2, h)  # lower triangular: applied in place, last row first
-        pk_half, pk_full, cl_now = np.empty((3, 3)), np.empty((3, 3)), -1.0  # the PK's maps at clearance cl_now
+        pk_half, pk_full, cl_now = np.empty((4, 4)), np.empty((4, 4)), -1.0  # the PK's maps at clearance factor
         # metoprolol is linear: one substep's exact propagator, the same for every substep of this patient
         mk = m_cl[p] / m_v[p]
         ka = m_ka[p]
@@ -215,20 +228,26 @@ def _kernel(wdep, wc1, wc2, ch1, ch2, mpend, mlag, mdep, mc,
                 if pend <= 0.0:
                     lag = m_lag[p]
                 pend += dose_m[p, s]  # a second dose inside the lag rides with the first (documented)
-            cl = w_cl[p] * clf[p, s]
+            cl = clf[p, s]
             if cl != cl_now:
-                _pk_maps(w_ka[p], cl, w_q[p], inv_v1, inv_v2, h, pk_half, pk_full)
+                _pk_maps((w_ka[p], w_cl[p] * cl, w_q[p], inv_v1, inv_v2, w_rcl[p] * cl, inv_rv, r_per_s), h,
+                         pk_half, pk_full)
                 cl_now = cl
             for _ in range(n_sub):
                 if pend > 0.0 and lag <= 1e-9:
                     md += pend
                     pend = 0.0
-                um = _inflow(pk_half[1, 0] * dep + pk_half[1, 1] * cen + pk_half[1, 2] * per, inv_v1, ec50g, gamma)
-                dep, cen, per = (pk_full[0, 0] * dep + pk_full[0, 1] * cen + pk_full[0, 2] * per,
-                                 pk_full[1, 0] * dep + pk_full[1, 1] * cen + pk_full[1, 2] * per,
-                                 pk_full[2, 0] * dep + pk_full[2, 1] * cen + pk_full[2, 2] * per)
-                u1 = _inflow(cen, inv_v1, ec50g, gamma)
-                for i in range(N1, -1, -1):
+                # the R central compartment feeds nothing back, so its column of the maps is (0, 0, 0, r)
+                um = _inflow((pk_half[1, 0] * dep + pk_half[1, 1] * cen + pk_half[1, 2] * per) * inv_v1
+                             + (pk_half[3, 0] * dep + pk_half[3, 3] * rcen) * r_eq, ec50g, gamma)
+                dep, cen, per, rcen = (pk_full[0, 0] * dep,
+                                       pk_full[1, 0] * dep + pk_full[1, 1] * cen + pk_full[1, 2] * per,
+                                       pk_full[2, 0] * dep + pk_full[2, 1] * cen + pk_full[2, 2] * per,
+                                       pk_full[3, 0] * dep + pk_full[3, 3] * rcen)
+                u1 = _inflow(cen * inv_v1 + rcen * r_eq, ec50g, gamma)
+                # the slow chain feeds on the synthesis alone (its row of the map is zero left of the diagonal)
+                y[N1] = step_map[N1, N1] * y[N1] + forcing[N1, 0] * u0 + forcing[N1, 1] * um + forcing[N1, 2] * u1
+                for i in range(N1 - 1, -1, -1):
                     acc = forcing[i, 0] * u0 + forcing[i, 1] * um + forcing[i, 2] * u1
                     for j in range(i + 1):
                         acc += step_map[i, j] * y[j]
@@ -247,7 +266,7 @@ def _kernel(wdep, wc1, wc2, ch1, ch2, mpend, mlag, mdep, mc,
             out_hr[p, s] = metoprolol.emax_delta(conc, m_emax_hr[p], m_ec50[p])
             out_sbp[p, s] = metoprolol.emax_delta(conc, m_emax_sbp[p], m_ec50[p])
             out_dbp[p, s] = metoprolol.emax_delta(conc, m_emax_dbp[p], m_ec50[p])
-        wdep[p], wc1[p], wc2[p] = dep, cen, per
+        wdep[p], wc1[p], wc2[p], wrc[p] = dep, cen, per, rcen
         for i in range(N1):
             ch1[p, i] = y[i]
         ch2[p] = y[N1]
@@ -306,13 +325,13 @@ def step_pkpd(state: PkpdState, cohort, dose_warfarin_mg: np.ndarray, dose_metop
     g = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in m.items()}
     n_sub = max(1, math.ceil(dt_h / MAX_SUBSTEP_H - 1e-9))
     with numba.parallel_chunksize(PARALLEL_CHUNK_PATIENTS):
-        _kernel(st.war_depot_mg, st.war_central_mg, st.war_periph_mg, st.chain1, st.chain2, st.met_pending_mg,
-                st.met_lag_left_h, st.met_depot_mg, st.met_central_mg,
+        _kernel(st.war_depot_mg, st.war_central_mg, st.war_periph_mg, st.war_r_central_mg, st.chain1, st.chain2,
+                st.met_pending_mg, st.met_lag_left_h, st.met_depot_mg, st.met_central_mg,
                 f["cl_l_h"], f["v1_l"], f["v2_l"], f["q_l_h"], f["ka_per_h"], f["bioavailability"], f["ec50_mg_l"],
-                f["gamma"], f["mtt1_h"], f["mtt2_h"], g["cl_l_h"], g["v_l"], g["ka_per_h"], g["lag_h"], g["ec50_mg_l"],
-                g["emax_hr_bpm"], g["emax_sbp_mmhg"], g["emax_dbp_mmhg"],
-                dose_w, dose_m, clf, first, end, float(dt_h), n_sub, S_FRACTION, *(getattr(out, f.name)
-                                                                                    for f in fields(out)))
+                f["gamma"], f["mtt1_h"], f["mtt2_h"], f["r_cl_l_h"], f["r_v_l"], g["cl_l_h"], g["v_l"], g["ka_per_h"],
+                g["lag_h"], g["ec50_mg_l"], g["emax_hr_bpm"], g["emax_sbp_mmhg"], g["emax_dbp_mmhg"],
+                dose_w, dose_m, clf, first, end, float(dt_h), n_sub, S_FRACTION, R_FRACTION / S_FRACTION,
+                R_POTENCY, *(getattr(out, f.name) for f in fields(out)))
     return st, (out.span(first, end) if span is not None else out)
 
 

@@ -7,10 +7,12 @@ The parameters estimated are log-multipliers `eta` of the typical parameters (`w
 `ETA_KEYS`: every parameter the population varies (`warfarin.BPV_CV`: clearance and EC50, which set the stable
 dose, the volumes and the two chains' transit times, which set how fast the INR gets there), with the
 population's log-normal variability as prior, so the prior is the one the virtual patients are drawn from and no
-varying parameter is held at its typical value. The INR readings carry `warfarin.INR_RESIDUAL_VARIANCE` on the
-log scale. The INR is simulated with the cohort simulator's kernel (`pkpd.step_pkpd`), so twin and
-virtual patient share one model; the optimiser evaluates the objective and its central-difference gradient as
-one batch of patients.
+varying parameter is held at its typical value. The INR readings' likelihood is the simulator's variability
+model (`inr_variability.log_likelihood`): the assay's error on each reading plus the patient's slow biological
+fluctuation, correlated between readings days apart. The INR is simulated with the cohort simulator's kernel
+(`pkpd.step_pkpd`), so twin and virtual patient share one model; the optimiser evaluates the objective and its
+central-difference gradient as one batch of patients. A refit can start from the previous fit (`start_eta`) and stop
+at a deadline (`deadline_s`, `TwinFit.converged` False then), which keeps a live refit within its time.
 
 >>> import numpy as np
 >>> from sources.patient import warfarin
@@ -28,6 +30,7 @@ True
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
@@ -36,6 +39,7 @@ from scipy.optimize import minimize
 
 from sources.patient import metoprolol, warfarin
 from sources.patient.dose_advice import daily_dose_for_inr
+from sources.patient.inr_variability import log_likelihood
 from sources.patient.pkpd import PkpdState, step_pkpd
 
 # the keys of `warfarin.typical_params` that `warfarin.individual_params` varies (one per `BPV_CV` entry); fitting
@@ -96,6 +100,7 @@ class TwinFit:
     steady_cl_factor: float
     inr_times_h: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the readings fitted
     inr: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    converged: bool = True  # False: the optimiser was stopped (deadline, iterations) before it converged
     # posterior_draws by (n_draws, seed): a refit's forecasts and dose interval share one set of weights
     _weighted: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -111,16 +116,15 @@ class TwinFit:
         return np.random.default_rng(seed).multivariate_normal(self.eta, self.eta_cov, n_draws)
 
     def log_posterior(self, eta: np.ndarray) -> np.ndarray:
-        """Unnormalised log posterior of each row of `eta` (m, k): the readings' log-normal likelihood (their INR
-        simulated under the doses taken) plus the population prior."""
+        """Unnormalised log posterior of each row of `eta` (m, k): the readings' likelihood (their INR simulated
+        under the doses taken; `inr_variability.log_likelihood`) plus the population prior."""
         eta = np.atleast_2d(eta)
         prior = -0.5 * ((eta / _omega(self.keys)) ** 2).sum(axis=1)
         if len(self.inr) == 0:
             return prior
         predicted = simulate_inr(self.params(eta), self.dose_times_h, self.doses_mg, self.inr_times_h,
                                  self.cl_factor_h)
-        resid = (np.log(self.inr)[None, :] - np.log(predicted)) / np.sqrt(warfarin.INR_RESIDUAL_VARIANCE)
-        return prior - 0.5 * (resid**2).sum(axis=1)
+        return prior + log_likelihood(self.inr, predicted, self.inr_times_h)
 
     def posterior_draws(self, n_draws: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Draws of eta from the Laplace approximation and their importance weights (summing to 1) to the exact
@@ -178,10 +182,16 @@ def weighted_quantiles(values: np.ndarray, quantiles: tuple[float, ...], weights
 
 
 def fit_patient(cov: warfarin.Covariates, dose_times_h: np.ndarray, doses_mg: np.ndarray, inr_times_h: np.ndarray,
-                inr: np.ndarray, cl_factor_h: object = None, keys: tuple[str, ...] = ETA_KEYS) -> TwinFit:
+                inr: np.ndarray, cl_factor_h: object = None, keys: tuple[str, ...] = ETA_KEYS,
+                start_eta: np.ndarray | None = None, max_iter: int | None = None,
+                deadline_s: float | None = None) -> TwinFit:
     """MAP of the patient's parameters given the doses taken and the INR readings (times in hours from the first
     dose; `cov` holds one patient), with the Laplace approximation of their posterior. With no readings the
-    answer is the prior: eta 0 and the population's variability."""
+    answer is the prior: eta 0 and the population's variability.
+
+    `start_eta`: where to start the optimiser (a previous fit's `eta` for the same `keys`: one more reading
+    moves the MAP little); `max_iter`: at most this many BFGS iterations; `deadline_s`: a `time.perf_counter()` value at which
+    the optimiser stops. Stopped early, the fit is the best point reached, `converged` False."""
     if len(cov.cyp2c9) != 1:
         raise ValueError(f"fit_patient fits one patient; got {len(cov.cyp2c9)}")
     inr = np.asarray(inr, float)
@@ -208,7 +218,13 @@ def fit_patient(cov: warfarin.Covariates, dose_times_h: np.ndarray, doses_mg: np
         values = objective(np.vstack([eta, eta + steps, eta - steps]))  # one batch: 2k + 1 patients
         return float(values[0]), (values[1:k + 1] - values[k + 1:]) / (2 * FD_STEP)
 
-    result = minimize(value_and_gradient, np.zeros(k), jac=True, method="BFGS", options={"gtol": 1e-5})
+    def past_deadline(intermediate_result: object) -> None:
+        if deadline_s is not None and time.perf_counter() > deadline_s:
+            raise StopIteration
+
+    eta0 = np.zeros(k) if start_eta is None else np.asarray(start_eta, float)
+    options = {"gtol": 1e-5} | ({} if max_iter is None else {"maxiter": max_iter})
+    result = minimize(value_and_gradient, eta0, jac=True, method="BFGS", options=options, callback=past_deadline)
     eta = result.x
     # Hessian by central differences of the objective, all points in one batch
     h = 10 * FD_STEP
@@ -225,4 +241,4 @@ def fit_patient(cov: warfarin.Covariates, dose_times_h: np.ndarray, doses_mg: np
         np.linalg.cholesky(eta_cov)
     except np.linalg.LinAlgError:  # a flat or saddle posterior: fall back on the prior's spread
         eta_cov = np.diag(omega**2)
-    return replace(prior, eta=eta, eta_cov=eta_cov, _weighted={})
+    return replace(prior, eta=eta, eta_cov=eta_cov, converged=bool(result.success), _weighted={})

@@ -1,7 +1,9 @@
-"""Warfarin's population PK/PD model (Hamberg et al. 2007): S-warfarin in two compartments with first-order
-absorption, clearance by CYP2C9 genotype, age, body size and interacting drugs; the effect inhibits clotting
-factor synthesis (Emax with Hill gamma, EC50 by VKORC1 -1639 genotype), and two transit chains delay it into the
-INR. Vectorised over patients: every function takes numpy arrays of covariates (one entry per patient).
+"""Warfarin's population PK/PD model (Hamberg et al. 2007) with R-warfarin added: S-warfarin in two compartments
+with first-order absorption, clearance by CYP2C9 genotype, age, body size and interacting drugs; R-warfarin (the
+other half of the racemic tablet, cleared by CYP1A2/CYP3A4, not CYP2C9) in one compartment; the S-equivalent
+concentration (S + R times R's relative potency) inhibits clotting factor synthesis (Emax with Hill gamma, EC50
+by VKORC1 -1639 genotype), and two transit chains delay it into the INR. Vectorised over patients: every function
+takes numpy arrays of covariates (one entry per patient).
 
 The parameters, their sources and where we chose otherwise: docs/MODEL-PATIENT.md, "Warfarin".
 
@@ -9,7 +11,7 @@ The parameters, their sources and where we chose otherwise: docs/MODEL-PATIENT.m
 >>> cov = Covariates.typical(cyp2c9=["*1/*1", "*1/*1", "*1/*3", "*3/*3"], vkorc1=["G/G", "A/A", "G/A", "A/A"])
 >>> p = typical_params(cov)
 >>> np.round(steady_state_inr(p, 5.0), 1).tolist()  # 5 mg/day; at day 42 *3/*3 is not yet at steady state
-[2.0, 2.9, 3.5, 8.1]
+[2.2, 3.4, 3.3, 7.5]
 >>> np.round(half_life_h(p)[[0, 3]]).tolist()  # S-warfarin, *1/*1 and *3/*3
 [45.0, 304.0]
 """
@@ -34,8 +36,20 @@ CL_L_PER_H = 0.314  # CYP2C9 *1/*1 at REFERENCE_AGE_YEARS
 REFERENCE_AGE_YEARS = 71.0
 CL_AGE_SLOPE_PER_YEAR = 0.0091  # clearance falls 0.91 % per year of age above the reference (and rises below)
 REFERENCE_WEIGHT_KG = 70.0  # allometric scaling: clearances by weight^0.75, volumes by weight^1
-CL_REDUCTION = {"*1/*1": 0.0, "*1/*2": 0.315, "*1/*3": 0.453, "*2/*2": 0.722, "*2/*3": 0.690, "*3/*3": 0.852}
-EC50_MG_PER_L = {"G/G": 4.61, "G/A": 3.02, "A/A": 2.20}
+# S-warfarin clearance lost by genotype (Hamberg 2007), except *2/*2: Hamberg 2010's per-allele clearances (*1 0.174,
+# *2 0.0879 L/h), as Hamberg 2007's 72.2 % (few patients) puts *2/*2 below *2/*3, against the dose data
+CL_REDUCTION = {"*1/*1": 0.0, "*1/*2": 0.315, "*1/*3": 0.453, "*2/*2": 0.495, "*2/*3": 0.690, "*3/*3": 0.852}
+# R-warfarin: one compartment, the same absorption; not cleared by CYP2C9 (CYP1A2, CYP3A4), so no genotype effect
+R_FRACTION = 1.0 - S_FRACTION
+R_CL_L_PER_H = 0.161  # 2.30 mL/h/kg at steady state in stable patients (Chirality 1997;9:13) x 70 kg
+R_V_L = 10.0  # warfarin's volume, 10 L/70 kg (Holford, Clin Pharmacokinet 1986;11:483): half-life 43 h
+R_POTENCY = 1.0 / 3.0  # R's effect per mg/L relative to S (S 2-5x as potent: label)
+# EC50 by VKORC1 -1639 (Hamberg 2007), except G/A: G/G's times Hamberg 2010's per-allele ratio (2.05 + 0.96) / 4.10,
+# as Hamberg 2007's 3.02 makes G/A's dose 34 % below G/G's where dose data put it 18-27 % below. They were fitted to
+# S-warfarin alone; the effect now follows S + R_POTENCY R, so they are scaled to S-equivalent concentrations (the
+# scale: docs/MODEL-PATIENT.md, "Warfarin")
+EC50_MG_PER_L = {"G/G": 4.61, "G/A": 3.38, "A/A": 2.20}
+EC50_S_EQUIVALENT_SCALE = 1.3
 GAMMA = 0.424
 MTT1_H = 11.6  # the six-compartment chain
 MTT2_H = 120.0  # the one-compartment chain
@@ -45,8 +59,9 @@ INR_EXPONENT = 3.61
 # between-patient variability, read as coefficients of variation of log-normal parameters
 BPV_CV = {"cl": 0.310, "v1": 0.262, "v2": 0.991, "ec50": 0.409, "mtt1": 0.141, "mtt2": 1.020}
 INR_RESIDUAL_VARIANCE = 0.0325  # proportional (log-scale) residual error of a measured INR
-# interacting drugs: the factor on S-warfarin clearance once established, and how fast it establishes
-AMIODARONE_CL_FACTOR = 0.55  # CYP2C9 inhibition
+# interacting drugs: the factor on both enantiomers' clearance once established (amiodarone inhibits CYP2C9 and
+# CYP3A4, the inducers induce both paths), and how fast it establishes
+AMIODARONE_CL_FACTOR = 0.55  # CYP2C9 (and CYP3A4) inhibition
 AMIODARONE_ONSET_HALF_LIFE_H = 7 * 24.0
 INDUCER_CL_FACTOR = 1.8  # rifampicin, carbamazepine, phenytoin
 INDUCER_ONSET_HALF_LIFE_H = 4 * 24.0
@@ -88,14 +103,17 @@ def typical_params(cov: Covariates) -> dict[str, np.ndarray]:
     size = np.asarray(cov.weight_kg, float) / REFERENCE_WEIGHT_KG
     age = np.clip(1.0 - CL_AGE_SLOPE_PER_YEAR * (np.asarray(cov.age_years, float) - REFERENCE_AGE_YEARS), 0.4, 1.6)
     genotype = 1.0 - np.array([CL_REDUCTION[g] for g in cov.cyp2c9])
+    allometric = size**0.75
     return {
-        "cl_l_h": CL_L_PER_H * genotype * age * size**0.75,
+        "cl_l_h": CL_L_PER_H * genotype * age * allometric,
         "v1_l": V1_L * size,
         "v2_l": V2_L * size,
-        "q_l_h": Q_L_PER_H * size**0.75,
+        "q_l_h": Q_L_PER_H * allometric,
+        "r_cl_l_h": R_CL_L_PER_H * age * allometric,
+        "r_v_l": R_V_L * size,
         "ka_per_h": np.full(n, KA_PER_H),
         "bioavailability": np.full(n, BIOAVAILABILITY),
-        "ec50_mg_l": np.array([EC50_MG_PER_L[g] for g in cov.vkorc1]),
+        "ec50_mg_l": EC50_S_EQUIVALENT_SCALE * np.array([EC50_MG_PER_L[g] for g in cov.vkorc1]),
         "gamma": np.full(n, GAMMA),
         "mtt1_h": np.full(n, MTT1_H),
         "mtt2_h": np.full(n, MTT2_H),
@@ -106,11 +124,14 @@ def individual_params(cov: Covariates, rng: np.random.Generator) -> dict[str, np
     """Typical parameters times log-normal between-patient variability (`BPV_CV`)."""
     params = typical_params(cov)
     n = len(cov.cyp2c9)
-    for short, cv in BPV_CV.items():
-        key = next(k for k in params if k.startswith(short + "_"))
-        omega = np.sqrt(np.log1p(cv * cv))
+    for key, omega in _BPV_OMEGA.items():
         params[key] = params[key] * np.exp(rng.normal(0.0, omega, n))
     return params
+
+
+# the log-normal SD of each varied parameter, by its `typical_params` key (in `BPV_CV`'s order: the draws' order)
+_BPV_OMEGA = {next(k for k in typical_params(Covariates.typical(["*1/*1"], ["G/G"])) if k.startswith(short + "_")):
+              float(np.sqrt(np.log1p(cv * cv))) for short, cv in BPV_CV.items()}
 
 
 def clearance_factor(amiodarone_h: np.ndarray, inducer_h: np.ndarray) -> np.ndarray:
@@ -142,15 +163,16 @@ def inhibition(conc_mg_l: np.ndarray, ec50_mg_l: np.ndarray, gamma: np.ndarray) 
 
 def average_concentration(params: dict[str, np.ndarray], daily_dose_mg: float | np.ndarray,
                           cl_factor: float | np.ndarray = 1.0) -> np.ndarray:
-    """S-warfarin's average concentration (mg/L) at steady state on a daily racemic dose."""
-    rate_mg_h = S_FRACTION * params["bioavailability"] * np.asarray(daily_dose_mg, float) / 24.0
-    return rate_mg_h / (params["cl_l_h"] * cl_factor)
+    """The S-equivalent average concentration (mg/L: S-warfarin + `R_POTENCY` x R-warfarin) at steady state on a
+    daily racemic dose; `cl_factor` acts on both enantiomers' clearance."""
+    rate_mg_h = params["bioavailability"] * np.asarray(daily_dose_mg, float) / 24.0
+    return rate_mg_h / cl_factor * (S_FRACTION / params["cl_l_h"] + R_FRACTION * R_POTENCY / params["r_cl_l_h"])
 
 
 def steady_state_inr(params: dict[str, np.ndarray], daily_dose_mg: float | np.ndarray,
                      cl_factor: float | np.ndarray = 1.0) -> np.ndarray:
-    """INR at steady state on a daily dose, from the average concentration (the daily swing is small beside
-    the transit chains' days-long delay)."""
+    """INR at steady state on a daily dose, from the average S-equivalent concentration (the daily swing is small
+    beside the transit chains' days-long delay)."""
     conc = average_concentration(params, daily_dose_mg, cl_factor)
     return inr_from_effect(inhibition(conc, params["ec50_mg_l"], params["gamma"]))
 

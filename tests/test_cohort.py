@@ -1,0 +1,165 @@
+"""Synthetic cohorts: the gate catches broken generators, the loop ends on its budget, bad input exits 2, a seed
+gives the same cohort, missing values survive, and a simulated cohort's covariate columns keep their categories."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cohorts.gate import GateSettings, evaluate
+from cohorts.generator import GeneratorConfig
+from cohorts.synthesize import synthesize
+from cohorts.table import CohortInputError, infer_spec, to_frame
+from sources.patient.cohort import draw_cohort
+
+TINY = GeneratorConfig(d_model=16, heads=2, layers=1, epochs=3, patience=2)
+COVARIATES = ("age_years", "sex", "height_cm", "weight_kg", "ancestry", "cyp2c9", "vkorc1_1639", "cyp2d6",
+              "amiodarone", "enzyme_inducer")
+
+
+def _patients(n: int, seed: int) -> pa.Table:
+    """The simulated cohort's covariate columns and a few baseline ones (a small table: fast tests)."""
+    table = draw_cohort(n, np.random.default_rng(seed), amiodarone_share=0.2).patients_table(
+        [f"r{i}" for i in range(n)])
+    return table.select(["patient_id", *COVARIATES, "baseline_hb_g_dl", "warfarin_cl_l_h"])
+
+
+@pytest.fixture(scope="module")
+def real() -> tuple[pd.DataFrame, list]:
+    table = _patients(600, 1)
+    spec = infer_spec(table)
+    return to_frame(table, spec), spec
+
+
+@pytest.fixture(scope="module")
+def fresh_draw(real) -> pd.DataFrame:  # noqa: ANN001 - the fixture above
+    """Another draw from the same simulator: what a perfect generator would give."""
+    _, spec = real
+    return to_frame(_patients(600, 2), spec)
+
+
+def test_the_gate_passes_a_second_draw_of_the_same_simulator(real, fresh_draw) -> None:  # noqa: ANN001
+    frame, spec = real
+    report = evaluate(frame, fresh_draw, spec, target="sex")
+    assert report.passed, report.line()
+    assert report.scores["detection_auc"] < 0.6
+
+
+def test_the_gate_catches_independently_shuffled_columns(real, fresh_draw) -> None:  # noqa: ANN001
+    frame, spec = real
+    rng = np.random.default_rng(0)
+    shuffled = fresh_draw.copy()
+    for name in shuffled.columns:
+        shuffled[name] = rng.permutation(shuffled[name].to_numpy())
+    report = evaluate(frame, shuffled, spec, target="sex")
+    assert report.scores["shapes"] > 0.9  # every column alone still looks right...
+    assert "detection_auc" in report.failed and "utility" in report.failed  # ...but not the rows
+    assert not report.passed
+
+
+def test_the_gate_catches_copied_real_rows(real, fresh_draw) -> None:  # noqa: ANN001
+    frame, spec = real
+    copied = pd.concat([fresh_draw.iloc[:590], frame.iloc[:10]], ignore_index=True)
+    report = evaluate(frame, copied, spec)
+    assert report.scores["exact_copies"] == 10
+    assert report.failed == ["exact_copies"]
+
+
+def test_the_loop_ends_on_its_budget_and_stores_every_round(real) -> None:  # noqa: ANN001
+    frame, spec = real
+    strict = GateSettings(max_detection_auc=0.5)  # no generator can be this good: the budget must end it
+    result = synthesize(frame, spec, 200, seed=3, settings=strict, config=TINY, rounds=2)
+    assert [r.number for r in result.rounds] == [1, 2]
+    assert not result.final.passed and "detection_auc" in result.final.failed
+    assert result.rounds[1].temperature < result.rounds[0].temperature  # the loop adjusted something
+    assert len(json.loads(json.dumps(result.as_json()))["rounds"]) == 2
+
+
+def test_a_seed_gives_the_same_cohort_and_the_covariates_keep_their_categories(real) -> None:  # noqa: ANN001
+    frame, spec = real
+    first = synthesize(frame, spec, 150, seed=4, config=TINY, rounds=1).frame
+    again = synthesize(frame, spec, 150, seed=4, config=TINY, rounds=1).frame
+    pd.testing.assert_frame_equal(first, again)
+    assert list(first.columns) == ["patient_id", *COVARIATES, "baseline_hb_g_dl", "warfarin_cl_l_h"]
+    for name in ("sex", "ancestry", "cyp2c9", "vkorc1_1639", "cyp2d6", "amiodarone"):
+        assert set(first[name].dropna()) <= set(frame[name].dropna()), name
+    assert first["patient_id"].is_unique and not set(first["patient_id"]) & set(frame["patient_id"])
+
+
+def test_missing_values_are_kept_as_missing() -> None:
+    rng = np.random.default_rng(5)
+    n = 400
+    age = rng.normal(60, 10, n)
+    age[rng.random(n) < 0.3] = np.nan
+    sex = np.where(rng.random(n) < 0.5, "M", "F").astype(object)
+    sex[rng.random(n) < 0.2] = None
+    # a continuous column too: a row that is only a missing age and a sex would copy a real row (and be rejected)
+    table = pa.table({"age_years": pa.array(age, mask=np.isnan(age)), "sex": pa.array(sex.tolist(), pa.string()),
+                      "weight_kg": rng.normal(75, 12, n)})
+    spec = infer_spec(table)
+    synthetic = synthesize(to_frame(table, spec), spec, 400, seed=1, config=TINY, rounds=1).frame
+    assert 0.15 < synthetic["age_years"].isna().mean() < 0.45
+    assert 0.08 < synthetic["sex"].isna().mean() < 0.35
+
+
+@pytest.mark.parametrize(("columns", "message"), [
+    ({"age_years": ["61", "70", "x1", "55"] * 10, "sex": ["M", "F"] * 20}, "mixes numbers and text"),
+    ({"age_years": [], "sex": []}, "no rows"),
+    ({"note": [f"text {i % 30}" for i in range(100)] + [f"t{i}" for i in range(100)], "sex": ["M"] * 200},
+     "free text"),
+])
+def test_bad_tables_are_refused_with_one_line(columns: dict, message: str) -> None:
+    with pytest.raises(CohortInputError, match=message):
+        infer_spec(pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()}))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "biopilot.cli", "cohort", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.integration
+def test_the_command_refuses_bad_input_with_exit_2(tmp_path) -> None:  # noqa: ANN001
+    good = tmp_path / "real.parquet"
+    pq.write_table(_patients(60, 3), good)
+    junk = tmp_path / "junk.csv"
+    junk.write_text("age_years,sex\n" + "".join(f"{a},M\n" for a in ["61", "abc", "70"] * 10))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("age_years,sex\n")
+    unreadable = tmp_path / "bad.parquet"
+    unreadable.write_bytes(b"not parquet")
+    out = str(tmp_path / "synth.parquet")
+    cases = [(["synthesize", "--input", str(junk), "--n", "5", "--out", out], "mixes numbers and text"),
+             (["synthesize", "--input", str(empty), "--n", "5", "--out", out], "no rows"),
+             (["synthesize", "--input", str(unreadable), "--n", "5", "--out", out], "cannot read"),
+             (["synthesize", "--input", str(good), "--n", "5", "--out", out, "--target", "nope"], "unknown target"),
+             (["gate", "--real", str(good), "--synthetic", str(tmp_path / "none.csv")], "no such file")]
+    for args, message in cases:
+        done = _cli(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "synth.parquet").exists()
+
+
+@pytest.mark.integration
+def test_a_failed_cohort_is_written_only_with_allow_failed(tmp_path) -> None:  # noqa: ANN001
+    real = tmp_path / "real.parquet"
+    pq.write_table(_patients(200, 4), real)
+    out = tmp_path / "synth.parquet"
+    args = ["synthesize", "--input", str(real), "--n", "50", "--out", str(out), "--epochs", "2", "--rounds", "1",
+            "--max-detection-auc", "0.5"]
+    refused = _cli(*args)
+    assert refused.returncode == 1 and "warning: gate failed" in refused.stderr and not out.exists()
+    rounds = json.loads((tmp_path / "synth.parquet.gate.json").read_text())
+    assert rounds["written"] is False and rounds["rounds"][0]["passed"] is False
+    allowed = _cli(*args, "--allow-failed")
+    assert allowed.returncode == 1 and "written anyway" in allowed.stderr
+    written = pq.read_table(out)
+    assert written.num_rows == 50 and written.schema.field("amiodarone").type == pa.bool_()

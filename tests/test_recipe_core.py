@@ -1,0 +1,208 @@
+"""The reference follows the recipe (issue 24 §1): off-default normal runs, a mid-run setpoint change, a monitor
+joining a run mid-batch, the reference cache, and the plant's recipe messages into the monitor.
+
+Plain Python: a run is simulated by the fleet and scored by the flow's own `ReactorMonitor` (fusion, as the
+flow runs it), one hour of ticks per call. Runs are 5 days long to keep the module fast; seeds 1 and 2 are
+used because seeds 3 and 4 of the default recipe already raise a z-score alarm at the first bolus (a matter
+of the fusion's calibration, not of the recipe)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from datetime import timedelta
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from core.codec import encode_arrow
+from core.events import RUNS, TICKS
+from core.plants import PLANTS
+from detectors import recipe as recipes
+from detectors.reactor_monitor import ReactorMonitor
+from detectors.recipe import Recipe, cached, reference_for
+from detectors.unit_monitor import MonitorConfig, MonitorState, monitor_step
+from sources.commands import parse_command
+from sources.fleet import Fleet, simulate_run
+from sources.jetstream import Message
+from sources.plant import PlantFeed
+from sources.scenarios import Scenario, load_scenario
+from sources.telemetry import KIND_HEADER, route
+
+CONFIG = MonitorConfig.for_detector("fusion")
+DAYS = 5.0
+HOUR = 60  # ticks
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reference_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A cache of this module's own: every off-default reference is built here once."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(recipes.CACHE_ENV, str(tmp_path_factory.mktemp("references")))
+        mp.setattr(recipes, "_MEMORY", type(recipes._MEMORY)())
+        yield
+
+
+def _scenario(process: dict | None = None, feed: dict | None = None, days: float = DAYS) -> Scenario:
+    base = load_scenario("normal")
+    return base.with_overrides(days=days, process={**base.process.model_dump(), **(process or {})},
+                               feed={**base.feed.model_dump(), **(feed or {})})
+
+
+def _alerts(monitor: ReactorMonitor, ticks: pa.Table | pa.RecordBatch) -> list[dict]:
+    table = ticks if isinstance(ticks, pa.Table) else pa.Table.from_batches([ticks])
+    alerts = []
+    for i in range(0, table.num_rows, HOUR):
+        alerts += monitor.on_ticks(table.slice(i, HOUR)).alerts
+    return alerts
+
+
+def _score_run(scenario: Scenario, seed: int, told: bool) -> list[dict]:
+    run = simulate_run(scenario, seed)
+    monitor = ReactorMonitor("r1", CONFIG)
+    if told:
+        monitor.set_recipe(Recipe.from_scenario(scenario), run.started, run_id=run.ticks["run_id"][0].as_py(),
+                           run_start_ts=run.started)
+    return _alerts(monitor, run.ticks)
+
+
+OFF_DEFAULT = {
+    "lower DO setpoint": {"process": {"do_setpoint_pct": 30.0}},
+    "other pH setpoint": {"process": {"ph_setpoint": 6.85}},
+    "continuous feed": {"feed": {"mode": "continuous"}},
+    "earlier shift": {"process": {"temp_shift_day": 3.0}},
+    "200 L vessel": {"process": {"working_volume_l": 200.0}},
+}
+
+
+@pytest.mark.parametrize("name", list(OFF_DEFAULT))
+def test_an_off_default_normal_recipe_raises_no_alarm_once_the_monitor_has_it(name: str):
+    scenario = _scenario(**OFF_DEFAULT[name])
+    assert _score_run(scenario, 1, told=True) == []
+    assert _score_run(scenario, 2, told=True) == []
+
+
+def test_the_off_default_recipes_did_raise_alarms_against_the_default_reference():
+    raised = {name: len(_score_run(_scenario(**changes), 1, told=False)) for name, changes in OFF_DEFAULT.items()}
+    assert all(raised.values()), raised
+
+
+def _change_run(seed: int, told: bool, fault: tuple | None = None) -> tuple[list[dict], list[dict]]:
+    """A normal 5-day run whose DO setpoint an operator lowers from 40 to 30 % at 26 h."""
+    scenario = load_scenario("normal").with_overrides(days=DAYS)
+    fleet = Fleet(scenario, 1, seed=seed)
+    if fault:
+        fleet.inject_fault(0, *fault)
+    monitor = ReactorMonitor("r1", CONFIG)
+    recipe = Recipe.from_scenario(scenario)
+    monitor.set_recipe(recipe, fleet.started[0], run_id=fleet.run_ids[0], run_start_ts=fleet.started[0])
+    alerts = _alerts(monitor, fleet.step(26 * HOUR).ticks)
+    fleet.set_control(0, "do_setpoint_pct", 30.0)
+    annotations = []
+    if told:  # as the dashboard would say it: the recipe with its new setpoint, not when it changed
+        out = monitor.set_recipe(recipe.with_changes(do_setpoint_pct=30.0), fleet.started[0] + timedelta(hours=26),
+                                 changed_by="operator@plant")
+        annotations = out.tables["annotations"].to_pylist()
+    return alerts + _alerts(monitor, fleet.step(fleet.remaining_ticks).ticks), annotations
+
+
+def test_a_mid_run_do_setpoint_change_raises_nothing_and_is_annotated():
+    alerts, annotations = _change_run(1, told=True)
+    assert alerts == []
+    assert [a["text"] for a in annotations] == ["DO setpoint lowered to 30 % (from 40) at 02:00 by operator@plant"]
+    assert annotations[0]["kind"] == "change"
+    untold, _ = _change_run(1, told=False)
+    assert untold, "the change went unnoticed even against the old recipe's reference"
+
+
+def test_a_fault_after_the_change_is_still_alarmed():
+    alerts, _ = _change_run(1, told=True, fault=("do_limitation", 60.0, 24.0, 1.0))
+    hours = [(a["ts"] - load_scenario("normal").start).total_seconds() / 3600 for a in alerts]
+    assert any(60.0 <= h <= 84.0 for h in hours), hours
+
+
+def test_a_monitor_joining_mid_batch_counts_culture_age_from_the_run_start():
+    run = simulate_run("normal", 1)
+    joined = run.ticks.slice(50 * HOUR)  # the flow (re)starts 50 h into the batch
+    assert _alerts(ReactorMonitor("r1", CONFIG), joined) == []  # age from the ticks' seq
+    told = ReactorMonitor("r1", CONFIG)
+    told.set_recipe(Recipe.default(), run.started + timedelta(hours=50), run_id=run.ticks["run_id"][0].as_py(),
+                    run_start_ts=run.started)
+    assert _alerts(told, joined) == []
+
+
+def test_a_reference_is_built_once_then_read_from_memory_or_disk():
+    recipe = Recipe.from_scenario(_scenario(process={"do_setpoint_pct": 35.0}, days=2.0))
+    assert not cached(recipe)
+    built = reference_for(recipe)
+    assert cached(recipe) and built.source.name == f"{recipe.hash}.npz"
+    assert reference_for(recipe) is built  # memory
+    recipes._MEMORY.clear()
+    again = reference_for(recipe)  # disk
+    assert again.source == built.source and (again.median == built.median).all()
+    assert reference_for(Recipe.default()).source.name == "golden_batch.npz"
+
+
+def test_a_monitor_with_a_recipe_snapshots_the_reference_by_its_file():
+    scenario = _scenario(process={"do_setpoint_pct": 30.0})
+    recipe = Recipe.from_scenario(scenario)
+    run = simulate_run(scenario.with_overrides(days=0.1), 1)
+    monitor = ReactorMonitor("r1", CONFIG)
+    monitor.set_recipe(recipe, run.started, run_id=run.ticks["run_id"][0].as_py())
+    monitor.on_ticks(run.ticks)
+    restored = pickle.loads(pickle.dumps(monitor))
+    assert restored.recipe == recipe
+    assert len(pickle.dumps(monitor)) < 2_000_000
+
+
+def test_the_plant_publishes_each_recipe_change_and_the_flow_routes_it_to_the_monitor():
+    feed = PlantFeed("nats://127.0.0.1:1", load_scenario("normal").with_overrides(days=1.0), reactors=2)
+    fleet = feed._new_sim(0, load_scenario("normal").start)
+    started = feed._announcements()
+    assert [unit for unit, _, _ in started] == ["r1", "r2"]
+    ticks = pa.Table.from_batches([fleet.step(3 * HOUR).ticks])
+    feed._control(fleet, "r1", parse_command(
+        b'{"type": "setpoint", "name": "do_setpoint_pct", "value": 30, "changed_by": "operator@plant"}'))
+    (unit, kind, rows), = feed._announcements()
+    assert (unit, kind) == ("r1", "recipe")
+    assert Recipe.from_json(rows["recipe_json"][0].as_py()).changes == ((3.0, "do_setpoint_pct", 30.0),)
+
+    def routed(rows: pa.Table) -> list[dict]:
+        nonlocal state
+        msg = Message("biopilot.assays.r1", encode_arrow(rows), {KIND_HEADER: "recipe"}, 1)
+        (item,), dead = route(msg, PLANTS["bioreactor"])
+        assert dead is None and item.kind == "recipe"
+        state, (out,) = monitor_step(state, item, CONFIG, ReactorMonitor)
+        assert out.tables["recipes"]["recipe_hash"].to_pylist() == rows["recipe_hash"].to_pylist()
+        return out.tables["annotations"].to_pylist()
+
+    state: MonitorState | None = None
+    assert routed(started[0][2])[0]["kind"] == "recipe"
+    assert state.monitor.on_ticks(ticks.filter(pc.equal(ticks["reactor_id"], "r1"))).alerts == []
+    (change,) = routed(rows)
+    assert (change["kind"], change["changed_by"]) == ("change", "operator@plant")
+    assert change["text"] == "DO setpoint lowered to 30 % (from 40) at 03:00 by operator@plant"
+
+
+def test_a_reference_learned_from_the_plants_own_batches_is_used_and_said(tmp_path, capsys):
+    from biopilot.cli import main
+    from sinks import delta
+
+    scenario = _scenario(process={"do_setpoint_pct": 45.0}, days=1.0)
+    runs = [simulate_run(scenario, seed) for seed in (7, 8)]
+    fleet = Fleet(scenario, 2, seed=7)
+    delta.append(tmp_path, "ticks", pa.concat_tables([run.ticks for run in runs]), TICKS)
+    delta.append(tmp_path, "runs", fleet.runs_table().set_column(
+        0, "run_id", pa.array([run.ticks["run_id"][0].as_py() for run in runs])), RUNS)
+    ids = ",".join(run.ticks["run_id"][0].as_py() for run in runs)
+    assert main(["reference", "build", "--runs", ids, "--lake", str(tmp_path), "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    recipe = Recipe.from_scenario(scenario)
+    assert (built["source"], built["recipe_hash"], built["runs"]) == ("learned", recipe.hash, 2)
+
+    monitor = ReactorMonitor("r1", CONFIG)
+    out = monitor.set_recipe(recipe, runs[0].started, run_id="next-run")
+    assert out.tables["recipes"]["reference"].to_pylist() == ["learned"]
+    assert "learned from the plant's own normal batches" in out.tables["annotations"]["text"][0].as_py()
+    assert main(["reference", "build", "--runs", "no-such-run", "--lake", str(tmp_path)]) == 2

@@ -1,0 +1,114 @@
+"""The reference follows the recipe on the live stack (`biopilot up`, as a user runs it): a DO setpoint lowered
+from the dashboard raises no alert by itself, is annotated, and a fault injected afterwards is still found and
+named by the agent; and a simulated day of normal reactors, start-up included, raises no incident."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pyarrow.compute as pc
+import pytest
+
+from core.services import free_port, wait_port
+from sinks import delta
+from tests.dashboard_helpers import wait_for
+from tests.stack_helpers import Up
+
+pytestmark = pytest.mark.integration  # the whole stack in subprocesses
+SPEED = 3600  # a simulated hour a second
+QUIET_H = 12.0  # how long after the change the reactor is watched for alerts
+
+
+def _signed_in(up: Up, port: int) -> httpx.Client:
+    login = up.line(r"dashboard  (http://\S+/login\?code=\S+)")
+    assert login, "".join(up.lines)
+    wait_port(port, timeout_s=30, proc=up.proc)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    assert client.get(login.group(1)).status_code in (200, 303)  # the cookie, then the page
+    return client
+
+
+def _fleet_row(client: httpx.Client, reactor: str) -> dict | None:
+    return next((r for r in client.get("/api/fleet").json() if r["reactor_id"] == reactor), None)
+
+
+def _stored_until(lake: Path, run_id: str) -> float:
+    """Unix s of the run's latest tick the flow has written."""
+    ticks = delta.read(lake, "ticks", columns=["ts"], run_ids=[run_id])
+    return 0.0 if ticks is None or ticks.num_rows == 0 else pc.max(ticks["ts"]).as_py().timestamp()
+
+
+def _rows(lake: Path, table: str, run_id: str) -> list[dict]:
+    rows = delta.read(lake, table, run_ids=[run_id])
+    return [] if rows is None else rows.to_pylist()
+
+
+def _diagnosis(lake: Path, incident_id: str) -> dict | None:
+    rows = delta.read(lake, "agent_messages")
+    done = [] if rows is None else [r for r in rows.to_pylist()
+                                    if r["incident_id"] == incident_id and r["findings_json"]]
+    return json.loads(done[-1]["findings_json"]) if done else None
+
+
+def test_a_setpoint_lowered_from_the_dashboard_alarms_nothing_is_annotated_and_a_later_fault_is_named(tmp_path):
+    lake, port = tmp_path / "lake", free_port()
+    up = Up(["--reactors", "2", "--speed", str(SPEED), "--lake", str(lake), "--port", str(port)])
+    try:
+        client = _signed_in(up, port)
+        row = wait_for(lambda: (r := _fleet_row(client, "r1")) and (r["culture_age_h"] or 0) >= 6.0 and r, 60)
+        assert row, "".join(up.lines[-20:])
+        run_id = row["run_id"]
+        lowered = {"type": "setpoint", "name": "do_setpoint_pct", "value": 30.0}
+        assert client.post("/api/reactors/r1/control", json=lowered).status_code == 202
+        changes = wait_for(lambda: [a for a in client.get("/api/reactors/r1/annotations").json()
+                                    if a["kind"] == "change"], 30)
+        assert changes and "DO setpoint lowered to 30" in changes[-1]["text"], changes
+        assert changes[-1]["changed_by"] == "admin" and changes[-1]["text"].endswith("by admin")
+        changed_t = changes[-1]["t"]
+        ref = client.get("/api/reactors/r1/reference").json()
+        assert ref["recipe_hash"] == changes[-1]["recipe_hash"] and "DO setpoint lowered to 30" in ref["recipe"]
+
+        # run on: the flow has stored QUIET_H simulated hours after the change, and nothing alarmed on r1
+        assert wait_for(lambda: _stored_until(lake, run_id) >= changed_t + (QUIET_H + 1) * 3600, 60)
+        quiet = [a for a in _rows(lake, "alerts", run_id)
+                 if changed_t <= a["ts"].timestamp() <= changed_t + QUIET_H * 3600]
+        assert quiet == [], [(a["ts"], a["detector"], a["signals"]) for a in quiet]
+
+        # a real fault afterwards is still found and named
+        spike = {"fault": "temperature_spike", "magnitude": 3.0, "duration_h": 6.0}
+        assert client.post("/api/reactors/r1/faults", json=spike).status_code == 202
+        fault_t = wait_for(lambda: next((lb["start_ts"].timestamp() for lb in _rows(lake, "labels", run_id)
+                                         if lb["fault"] == "temperature_spike"), None), 30)
+        assert fault_t
+
+        def found() -> dict | None:
+            opened = [i for i in _rows(lake, "incidents", run_id) if i["start_ts"].timestamp() >= fault_t - 600]
+            return next((d for i in opened if (d := _diagnosis(lake, i["incident_id"]))), None)
+
+        diagnosis = wait_for(found, 60)
+        assert diagnosis, "no diagnosed incident after the fault:\n" + "".join(up.lines[-20:])
+        assert diagnosis["hypotheses"][0]["fault"] == "temperature_spike", diagnosis["hypotheses"][:3]
+        client.close()
+    finally:
+        up.stop()
+
+
+def test_a_simulated_day_of_normal_reactors_raises_no_incident_from_start_up_on(tmp_path):
+    lake, scenario = tmp_path / "lake", tmp_path / "day.toml"
+    scenario.write_text('description = "one normal day"\ndays = 1\n')
+    up = Up(["--reactors", "4", "--speed", str(2 * SPEED), "--batches", "1", "--scenario", str(scenario),
+             "--lake", str(lake), "--port", str(free_port())])
+    try:
+        assert up.line(r"flow drained", timeout_s=120), "".join(up.lines)
+        up.proc.wait(60)
+    finally:
+        up.stop()
+    ticks = delta.read(lake, "ticks", columns=["run_id"])
+    assert ticks is not None and len(set(ticks["run_id"].to_pylist())) == 4
+    assert ticks.num_rows == 4 * 1440  # a whole day of each, watched from its first tick
+    incidents, alerts = delta.read(lake, "incidents"), delta.read(lake, "alerts")
+    raised = [] if alerts is None else [(a["reactor_id"], a["ts"], a["detector"], a["signals"])
+                                        for a in alerts.to_pylist()]
+    assert incidents is None or incidents.num_rows == 0, f"incidents on normal reactors; their alerts: {raised}"

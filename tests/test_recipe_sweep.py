@@ -1,0 +1,118 @@
+"""The recipe sweep of `bench detectors`/`bench agents` (issue 24) and the agents' recipe-relative evidence."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from agents.benchmark import AgentResult, LabelOutcome, markdown
+from agents.diagnose import diagnose_ticks, recipe_rows
+from agents.evidence import gather
+from agents.incidents import IncidentTracker
+from agents.troubleshooting import ABSTAIN_BELOW, rank
+from detectors.benchmark import NO_MAGNITUDE, SWEEP_COMPOSITES, SWEEP_RANGES, draw_recipes, sweep_plan
+from detectors.recipe import Recipe
+from sources.fleet import simulate_run
+from sources.scenarios import ARCHETYPE_SCENARIOS, load_scenario
+
+
+def test_the_sweep_draws_valid_distinct_recipes_the_same_for_the_same_seed():
+    recipes = draw_recipes(8, seed=3)
+    assert list(recipes) == [f"r{i:02d}" for i in range(8)]
+    assert {n: r.model_dump() for n, r in recipes.items()} == {n: r.model_dump()
+                                                                for n, r in draw_recipes(8, seed=3).items()}
+    assert len({Recipe.from_scenario(r).hash for r in recipes.values()}) == 8  # distinct
+    assert [r.model_dump() for r in draw_recipes(8, seed=4).values()] != [r.model_dump() for r in recipes.values()]
+    for r in recipes.values():
+        assert not r.faults
+        lo, hi = SWEEP_RANGES["do_setpoint_pct"]
+        assert lo <= r.process.do_setpoint_pct <= hi
+        assert SWEEP_RANGES["ph_setpoint"][0] <= r.process.ph_setpoint <= SWEEP_RANGES["ph_setpoint"][1]
+        assert 1.0 <= r.process.working_volume_l <= 2000.0
+        # the pump is sized for the vessel: a bolus still takes as long as at the default 1.6 L
+        assert r.feed.pump_ml_min / r.process.working_volume_l == pytest.approx(2.0 / 1.6)
+    assert {r.feed.mode for r in recipes.values()} == {"bolus", "continuous"}
+
+
+def test_the_plan_has_normal_runs_every_archetype_at_built_in_and_half_magnitude_and_composites():
+    plan = sweep_plan(2, seed=5)
+    one = [c for c in plan if c.recipe == "r00"]
+    assert sum(c.kind == "normal" for c in one) == 2
+    assert {c.kind for c in one if c.magnitude == "built-in"} == {*ARCHETYPE_SCENARIOS.values(), *SWEEP_COMPOSITES}
+    halves = {c.kind: c for c in one if c.magnitude == "half"}
+    assert set(halves) == {s for f, s in ARCHETYPE_SCENARIOS.items() if f not in NO_MAGNITUDE}
+    built_in = load_scenario("ph_excursion").faults[0].magnitude
+    assert halves["ph_excursion"].scenario.faults[0].magnitude == (built_in[0] / 2, built_in[1] / 2)
+    assert len({c.seed for c in plan}) == len(plan)  # every run on its own seed
+    assert not {c.seed for c in plan} & {c.seed for c in sweep_plan(2, seed=6)}  # tuning and test seeds apart
+
+
+def test_the_sweep_json_keeps_the_suite_keys_and_adds_per_recipe_and_half_magnitude():
+    res = AgentResult(sweep={"recipes": 2, "seed": 1, "runs": 6, "recipe_blind": False}, normal_runs=4,
+                      incidents_on_normal_runs=1, incidents_on_normal_runs_by_recipe={"r00": 1, "r01": 0},
+                      recipes={n: {"do_setpoint_pct": 30.0, "ph_setpoint": 7.0, "feed_mode": "bolus",
+                                   "temp_shift_day": None, "working_volume_l": 200.0, "seed_vcd_e6_per_ml": 0.4}
+                               for n in ("r00", "r01")})
+    res.outcomes = [LabelOutcome("overfeed", "overfeed", 1, True, True, True, False, "overfeed", "r00"),
+                    LabelOutcome("overfeed", "overfeed", 2, True, False, True, False, "underfeed", "r01"),
+                    LabelOutcome("overfeed", "overfeed", 3, False, False, False, False, None, "r00", "half")]
+    j = res.as_json()
+    assert (j["top1"], j["top3"], j["incidents_on_normal_runs"]) == (0.5, 1.0, 1)  # built-in magnitudes only
+    assert j["incidents_on_normal_runs_by_recipe"] == {"r00": 1, "r01": 0}
+    assert j["per_archetype"]["overfeed"]["detected"] == 1.0
+    assert j["half_magnitude"]["per_archetype"]["overfeed"] == {"labels": 1, "detected": 0.0, "top1": 0.0,
+                                                                "top3": 0.0}
+    assert "| r00 | 30 | 7 | bolus | none | 200 | 0.4 | 1 |" in markdown(res)
+
+
+@pytest.fixture(scope="module")
+def low_do_run():
+    """A normal run at DO setpoint 25 % (the default is 40 %) and its recipe."""
+    normal = load_scenario("normal")
+    scenario = normal.with_overrides(process={**normal.process.model_dump(), "do_setpoint_pct": 25.0})
+    return simulate_run(scenario, 3), Recipe.from_scenario(scenario)
+
+
+def test_a_normal_run_at_a_low_do_setpoint_is_not_do_limitation_against_its_own_recipe(low_do_run):
+    sim, recipe = low_do_run
+    start = sim.started + timedelta(days=5)
+    blind = rank(gather(sim.ticks, start, start + timedelta(hours=2), sim.assays))
+    assert blind.top is not None and blind.top.fault == "do_limitation"  # what the default recipe made of it
+    own = rank(gather(sim.ticks, start, start + timedelta(hours=2), sim.assays, recipe=recipe))
+    assert {h.fault: h.match for h in own.hypotheses}["do_limitation"] < ABSTAIN_BELOW
+    assert own.top is None or own.top.fault != "do_limitation"
+
+
+def test_the_agent_cites_the_operators_change_as_evidence():
+    sim = simulate_run("do_limitation", 7)
+    fault = sim.labels[0]
+    change = {"ts": fault.start_ts - timedelta(hours=3), "kind": "recipe", "changed_by": "operator@plant",
+              "text": "DO setpoint lowered to 30 % (from 40)", "recipe_hash": "0" * 16}
+    too_old = {**change, "ts": fault.start_ts - timedelta(days=2), "text": "pH setpoint raised to 7.1 (from 7)"}
+    findings = diagnose_ticks(sim.ticks, sim.assays, recipes=recipe_rows(Recipe.default(), sim.started),
+                              annotations=[too_old, change])
+    first = next(f for f in findings if f.incident["start_ts"] >= fault.start_ts)
+    cited = (f"operator change: DO setpoint lowered to 30 % (from 40) at {change['ts']:%Y-%m-%d %H:%M} UTC "
+             "by operator@plant")
+    assert first.diagnosis.facts[0] == cited
+    assert first.diagnosis.top.fault == "do_limitation" and cited in first.diagnosis.top.evidence
+    assert not any("pH setpoint" in fact for fact in first.diagnosis.facts)  # two days before: not its context
+
+
+def test_a_fault_after_another_fault_opens_its_own_incident_while_the_first_alarm_is_still_on():
+    t0 = load_scenario("normal").start
+    tracker = IncidentTracker()
+
+    def alert(alert_id: str, hours: float, *signals: tuple[str, float]) -> list[dict]:
+        return tracker.on_alert({"alert_id": alert_id, "run_id": "run", "reactor_id": "r1", "severity": "warning",
+                                 "ts": t0 + timedelta(hours=hours),
+                                 "signals": [{"name": n, "contribution": c} for n, c in signals]})
+
+    first = alert("overfeed", 120.0, ("feed_ml_per_tick", 0.7), ("do_pct", 0.2))[0]
+    # the overfeed's own consequences (led by the feed again) stay in its incident
+    assert alert("aftermath", 125.0, ("feed_ml_per_tick", 0.5), ("ph", 0.4))[0]["incident_id"] == first["incident_id"]
+    # a day later, still in alarm: a DO limitation led by do_pct, a signal that only took part before, is news
+    events = alert("do_limitation", 144.0, ("do_pct", 0.8), ("o2_sccm", 0.1))
+    assert [e["event"] for e in events] == ["resolve", "open"]
+    assert events[1]["incident_id"] != first["incident_id"]
