@@ -54,6 +54,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "biopilot" / "references")
 
 
+# Bumped whenever the twin or the reference build changes, so that a cached reference built by older code is not
+# used (the recipe hash alone does not see a change of code).
+BUILD_VERSION = 2
+
+
+def _twin_path(recipe: Recipe) -> Path:
+    return cache_dir() / f"{recipe.hash}.v{BUILD_VERSION}.npz"
+
+
 def learned_marker(recipe: Recipe) -> Path:
     """Beside a reference learned from the plant's own batches: which runs it was learned from."""
     return cache_dir() / f"{recipe.hash}.learned.json"
@@ -74,7 +83,7 @@ def learn_reference(recipe: Recipe, ticks: pa.Table) -> tuple[GoldenReference, P
     if ticks.num_rows == 0:
         raise ValueError("no ticks to learn a reference from")
     ref = summarise_runs(ticks, floor=spread_floor())
-    path = cache_dir() / f"{recipe.hash}.npz"
+    path = _twin_path(recipe)
     _store(ref, path)
     runs = sorted(set(ticks["run_id"].to_pylist()))
     learned_marker(recipe).write_text(json.dumps({"recipe_hash": recipe.hash, "runs": runs}))
@@ -93,7 +102,7 @@ def _store(ref: GoldenReference, path: Path) -> None:
 def cached(recipe: Recipe) -> bool:
     """Whether `reference_for(recipe)` returns without simulating."""
     return (recipe == Recipe.default() or recipe.hash in _MEMORY
-            or (cache_dir() / f"{recipe.hash}.npz").exists())
+            or (_twin_path(recipe)).exists())
 
 
 def spread_floor() -> np.ndarray:
@@ -112,7 +121,7 @@ def reference_for(recipe: Recipe) -> GoldenReference:
         return load_reference()
     ref = _MEMORY.get(recipe.hash)
     if ref is None:
-        path = cache_dir() / f"{recipe.hash}.npz"
+        path = _twin_path(recipe)
         if not path.exists():
             started = time.perf_counter()
             built = build_reference(REFERENCE_RUNS, REFERENCE_SEED, recipe.scenario(), recipe.changes,

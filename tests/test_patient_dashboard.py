@@ -160,7 +160,8 @@ def test_patient_view_serves_vitals_with_news2_labs_doses_twin_band_and_adverse_
     band = twin["bands"]["current"]
     assert len(band["t"]) == 10 and all(lo <= mid <= hi for lo, mid, hi in zip(band["inr_lo"], band["inr_mid"],
                                                                               band["inr_hi"], strict=True))
-    assert {e["event"] for e in labels["labels"]} == {"drug_interaction", "major_bleed"}
+    # the two injected events; amiodarone may also push the INR into an over_anticoagulation episode
+    assert {"drug_interaction", "major_bleed"} <= {e["event"] for e in labels["labels"]}
     stored = delta.read(lake, "incidents", run_ids=[run])
     assert {i["incident_id"] for i in diagnosis["incidents"]} == set(stored["incident_id"].to_pylist())
     newest = diagnosis["incidents"][0]  # newest first, with the agent's explanation and its ranked causes
@@ -298,8 +299,8 @@ def test_patient_page_shows_cohort_vitals_inr_band_and_sends_a_dose_change(dash,
     page.wait_for_function("() => Number(document.body.dataset.points || 0) > 1000 && "
                            "Number(document.body.dataset.labs || 0) > 3 && "
                            "Number(document.body.dataset.twin || 0) >= 20", timeout=20_000)
-    expect(page.locator("#events li")).to_have_count(2)
     expect(page.locator("#events")).to_contain_text("major_bleed")
+    expect(page.locator("#events")).to_contain_text("drug_interaction")
     expect(page.locator("#card")).to_contain_text("CYP2C9")
     expect(page.locator("#card")).to_contain_text("advises")
     with dash.client("viewer") as c:

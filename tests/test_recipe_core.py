@@ -21,7 +21,7 @@ from core.events import RUNS, TICKS
 from core.plants import PLANTS
 from detectors import recipe as recipes
 from detectors.reactor_monitor import ReactorMonitor
-from detectors.recipe import Recipe, cached, reference_for
+from detectors.recipe import BUILD_VERSION, Recipe, cached, reference_for
 from detectors.unit_monitor import MonitorConfig, MonitorState, monitor_step
 from sources.commands import parse_command
 from sources.fleet import Fleet, simulate_run
@@ -136,7 +136,7 @@ def test_a_reference_is_built_once_then_read_from_memory_or_disk():
     recipe = Recipe.from_scenario(_scenario(process={"do_setpoint_pct": 35.0}, days=2.0))
     assert not cached(recipe)
     built = reference_for(recipe)
-    assert cached(recipe) and built.source.name == f"{recipe.hash}.npz"
+    assert cached(recipe) and built.source.name == f"{recipe.hash}.v{BUILD_VERSION}.npz"
     assert reference_for(recipe) is built  # memory
     recipes._MEMORY.clear()
     again = reference_for(recipe)  # disk
