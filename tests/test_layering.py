@@ -17,12 +17,14 @@ ALLOWED: dict[str, set[str]] = {
     "sources": {"core"},
     "sinks": {"core"},
     "detectors": {"core", "sources"},
-    "flows": {"core", "sources", "detectors", "sinks"},
-    "agents": {"core", "sources", "detectors", "sinks"},
-    "dashboard": {"core", "sources", "sinks", "agents"},
+    "flows": {"core", "sources", "detectors", "sinks", "outcomes"},
+    "outcomes": {"core", "sources", "detectors", "sinks"},
+    "agents": {"core", "sources", "detectors", "sinks", "outcomes"},
+    "dashboard": {"core", "sources", "sinks", "agents", "outcomes"},
     "cohorts": {"core"},
     "trials": {"core", "sources", "detectors", "sinks", "agents", "cohorts"},
-    "biopilot": {"core", "sources", "detectors", "sinks", "flows", "agents", "dashboard", "trials", "cohorts"},
+    "biopilot": {"core", "sources", "detectors", "sinks", "flows", "agents", "dashboard", "trials", "cohorts",
+                 "outcomes"},
 }
 
 
