@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
+from agents.figures import save_figure
 from sinks import delta  # noqa: E402
 
 TICK_PANELS = (("do_pct", "DO (% air sat.)"), ("ph", "pH"), ("our_mmol_l_h", "OUR (mmol/L/h)"),
@@ -121,9 +122,4 @@ def plot_overview(lake: str | Path, run_ids: Sequence[str], out: str | Path, dec
     for ax in axes.flat:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

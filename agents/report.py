@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from agents.diagnose import IncidentFinding, diagnose_ticks, load_run  # noqa: E402
+from agents.figures import save_figure
 from agents.overview import RunSummary, summarize  # noqa: E402
 from core.events import ID_PATTERN  # noqa: E402
 
@@ -129,11 +130,7 @@ def shade_and_save(fig, axes, findings, day_of, last_day: float, xlabel: str, ou
         name = f.diagnosis.top.fault if f.diagnosis.top else "?"
         axes[0].text(start, 1.02, name, transform=axes[0].get_xaxis_transform(), fontsize=7, color="tab:red")
     axes[-1].set_xlabel(xlabel)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def build(lake: str | Path, run_id: str, out_dir: Path) -> RunReport:

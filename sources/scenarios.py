@@ -168,11 +168,29 @@ class Scenario(_Strict):
         return parse_scenario({**self.model_dump(), **changes}, self.name)
 
 
-def builtin_names() -> list[str]:
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
+def builtin_names(folder: Path = BUILTIN_DIR) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.toml"))
 
 
-def _format_error(source: str, err: ValidationError) -> str:
+def read_builtin_or_toml(name_or_path: str | Path, folder: Path, what: str,
+                         error: type[ScenarioError] | None = None) -> tuple[dict, str]:
+    """The TOML of a built-in in `folder` by name, or of a file by path, as (data with its `name`, file name);
+    an unknown name or bad TOML raises `error` (ScenarioError by default) naming `what` and the built-ins."""
+    error = error or ScenarioError
+    path = Path(name_or_path)
+    if not path.suffix and (folder / f"{name_or_path}.toml").exists():
+        path = folder / f"{name_or_path}.toml"
+    elif not path.is_file():
+        raise error(f"unknown {what} {str(name_or_path)!r}: not a file; built-ins: {', '.join(builtin_names(folder))}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise error(f"{path.name}: invalid TOML: {err}") from None
+    data.setdefault("name", path.stem)
+    return data, path.name
+
+
+def format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(x) for x in first["loc"] if not str(x).startswith(("function-", "tuple[")))
     msg = first["msg"].removeprefix("Value error, ")
@@ -184,20 +202,9 @@ def parse_scenario(data: dict, source: str = "scenario") -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as err:
-        raise ScenarioError(_format_error(source, err)) from None
+        raise ScenarioError(format_error(source, err)) from None
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
     """A built-in by name, or a TOML file by path."""
-    path = Path(name_or_path)
-    if not path.suffix and (BUILTIN_DIR / f"{name_or_path}.toml").exists():
-        path = BUILTIN_DIR / f"{name_or_path}.toml"
-    elif not path.exists():
-        raise ScenarioError(
-            f"unknown scenario {str(name_or_path)!r}: not a file; built-ins: {', '.join(builtin_names())}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ScenarioError(f"{path.name}: invalid TOML: {err}") from None
-    data.setdefault("name", path.stem)
-    return parse_scenario(data, path.name)
+    return parse_scenario(*read_builtin_or_toml(name_or_path, BUILTIN_DIR, "scenario"))

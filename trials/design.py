@@ -10,13 +10,13 @@ the endpoints' settings. Validated like the patient scenarios: a bad value is on
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sources.patient.scenarios import CohortConfig, LabConfig, PatientScenario, ScenarioError, _format_error
+from sources.patient.scenarios import CohortConfig, LabConfig, PatientScenario
+from sources.scenarios import ScenarioError, builtin_names, format_error, read_builtin_or_toml
 
 BUILTIN_DIR = Path(__file__).parent / "designs"
 # the columns a cohort file (`population.from`) must have: the `patients` table's covariates
@@ -153,27 +153,16 @@ class Design(_Strict):
 
 
 def design_names() -> list[str]:
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
+    return builtin_names(BUILTIN_DIR)
 
 
 def parse_design(data: dict, source: str = "design") -> Design:
     try:
         return Design.model_validate(data)
     except ValidationError as err:
-        raise DesignError(_format_error(source, err).replace(": scenario:", ": design:")) from None
+        raise DesignError(format_error(source, err).replace(": scenario:", ": design:")) from None
 
 
 def load_design(name_or_path: str | Path) -> Design:
     """A built-in by name, or a TOML file by path."""
-    path = Path(name_or_path)
-    if not path.suffix and (BUILTIN_DIR / f"{name_or_path}.toml").exists():
-        path = BUILTIN_DIR / f"{name_or_path}.toml"
-    elif not path.is_file():
-        raise DesignError(f"unknown trial design {str(name_or_path)!r}: not a file; built-ins: "
-                          f"{', '.join(design_names())}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise DesignError(f"{path.name}: invalid TOML: {err}") from None
-    data.setdefault("name", path.stem)
-    return parse_design(data, path.name)
+    return parse_design(*read_builtin_or_toml(name_or_path, BUILTIN_DIR, "trial design", DesignError))

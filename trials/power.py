@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.figures import save_figure
 from trials import analysis, procova
 from trials.design import Design
 from trials.endpoints import patient_endpoints
@@ -157,8 +158,4 @@ def plot_curve(res: dict, out: Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

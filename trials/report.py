@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from agents.figures import save_figure
 from agents.report import render  # noqa: E402
 from trials.run import Trial  # noqa: E402
 
@@ -169,11 +170,7 @@ def plot(trial: Trial, out: Path) -> Path:
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)
 
 
 def write(trial: Trial, out: Path) -> Path:

@@ -46,10 +46,10 @@ def _settings(args: argparse.Namespace) -> GateSettings:
 def _read(path: str, spec: list[ColumnSpec] | None = None) -> tuple[pd.DataFrame, list[ColumnSpec]]:
     """A cohort file as a typed frame and its columns' spec (inferred, or the given one: a synthetic file is
     read in its real table's types)."""
-    from biopilot.cli.twin import _read_table
+    from biopilot.cli.options import read_table
     from cohorts.table import CohortInputError, infer_spec, to_frame
 
-    table = _read_table(path)
+    table = read_table(path)
     with user_errors(CohortInputError, ValueError):
         if spec is None:
             spec = infer_spec(table)

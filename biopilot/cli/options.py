@@ -4,11 +4,18 @@ commands take, and the settings and lake a command works on."""
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from biopilot.cli.errors import UsageError
 from core.config import DetectOptions, Settings, load_settings
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -85,3 +92,23 @@ def progress(args: argparse.Namespace) -> Callable[[str], None]:
         if not getattr(args, "json", False):
             print(msg, file=sys.stderr, flush=True)
     return say
+
+
+def read_table(path: str) -> pa.Table:
+    """A .csv (every column as text, so checks can name the offending value) or .parquet file; a missing or
+    unreadable one is a UsageError."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if not Path(path).is_file():
+        raise UsageError(f"cannot read {path}: {'not a file' if Path(path).exists() else 'no such file'}")
+    try:
+        if path.endswith(".parquet"):
+            return pq.read_table(path)
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in header}, strings_can_be_null=True))
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read {path}: {str(err).splitlines()[0]}") from None

@@ -4,14 +4,12 @@ simulated patient's own twin fitted to its doses and INR readings (`twin fit`)."
 from __future__ import annotations
 
 import argparse
-import csv
 import textwrap
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from biopilot.cli.errors import UsageError, user_errors
-from biopilot.cli.options import command, group, lake_of, lake_option, positive
+from biopilot.cli.options import command, group, lake_of, lake_option, positive, read_table
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,25 +47,6 @@ def add_dose(twin: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .csv or .parquet")
     p.add_argument("--target-inr", type=float, default=None, help="the INR to reach at steady state "
                    "(1.5 to 4.0; default 2.34, the middle of the INRs patients hold on their stable doses)")
-
-
-def _read_table(path: str) -> pa.Table:
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    if not Path(path).is_file():
-        raise UsageError(f"cannot read {path}: {'not a file' if Path(path).exists() else 'no such file'}")
-    try:
-        if path.endswith(".parquet"):
-            return pq.read_table(path)
-        # everything as text: the checks below then name the offending value
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in header}, strings_can_be_null=True))
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray | None:
@@ -131,7 +110,7 @@ def cmd_twin_dose(args: argparse.Namespace) -> int:
 
     if not args.out.endswith((".csv", ".parquet")):
         raise UsageError(f"--out must end in .csv or .parquet, got {args.out}")
-    table = _read_table(args.input)
+    table = read_table(args.input)
     if "patient_id" not in table.column_names:
         raise UsageError(f"{args.input} has no patient_id column (columns: {', '.join(table.column_names)}); "
                          "see biopilot twin dose --help")

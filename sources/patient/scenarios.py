@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.events import VITAL_SIGNALS
 from sources.patient.genetics import ANCESTRIES
-from sources.scenarios import ScenarioError, _format_error
+from sources.scenarios import ScenarioError, builtin_names, format_error, read_builtin_or_toml
 
 BUILTIN_DIR = Path(__file__).parent / "scenarios"
 
@@ -160,14 +160,14 @@ class PatientScenario(_Strict):
 
 
 def patient_scenario_names() -> list[str]:
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
+    return builtin_names(BUILTIN_DIR)
 
 
 def parse_patient_scenario(data: dict, source: str = "scenario") -> PatientScenario:
     try:
         return PatientScenario.model_validate(data)
     except ValidationError as err:
-        raise ScenarioError(_format_error(source, err)) from None
+        raise ScenarioError(format_error(source, err)) from None
 
 
 def is_patient_scenario_file(path: Path) -> bool:
@@ -181,15 +181,4 @@ def is_patient_scenario_file(path: Path) -> bool:
 
 def load_patient_scenario(name_or_path: str | Path) -> PatientScenario:
     """A built-in by name, or a TOML file by path."""
-    path = Path(name_or_path)
-    if not path.suffix and (BUILTIN_DIR / f"{name_or_path}.toml").exists():
-        path = BUILTIN_DIR / f"{name_or_path}.toml"
-    elif not path.exists():
-        raise ScenarioError(f"unknown patient scenario {str(name_or_path)!r}: not a file; built-ins: "
-                            f"{', '.join(patient_scenario_names())}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ScenarioError(f"{path.name}: invalid TOML: {err}") from None
-    data.setdefault("name", path.stem)
-    return parse_patient_scenario(data, path.name)
+    return parse_patient_scenario(*read_builtin_or_toml(name_or_path, BUILTIN_DIR, "patient scenario"))
