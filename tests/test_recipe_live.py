@@ -1,6 +1,7 @@
 """The reference follows the recipe on the live stack (`biopilot up`, as a user runs it): a DO setpoint lowered
 from the dashboard raises no alert by itself, is annotated, and a fault injected afterwards is still found and
-named by the agent; and a simulated day of normal reactors, start-up included, raises no incident."""
+named by the agent; and the other reactors of the same stack, left alone, raise no alert nor incident over their
+first simulated day, start-up included. One stack serves both: starting it is most of the cost."""
 
 from __future__ import annotations
 
@@ -19,6 +20,19 @@ from tests.stack_helpers import Up
 pytestmark = pytest.mark.integration  # the whole stack in subprocesses
 SPEED = 3600  # a simulated hour a second
 QUIET_H = 12.0  # how long after the change the reactor is watched for alerts
+NORMAL = ("r2", "r3", "r4")  # never touched
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - yields (lake, signed-in client)
+    lake, port = tmp_path_factory.mktemp("recipe_live") / "lake", free_port()
+    up = Up(["--reactors", "4", "--speed", str(SPEED), "--lake", str(lake), "--port", str(port)])
+    try:
+        client = _signed_in(up, port)
+        yield lake, client, up
+        client.close()
+    finally:
+        up.stop()
 
 
 def _signed_in(up: Up, port: int) -> httpx.Client:
@@ -52,63 +66,53 @@ def _diagnosis(lake: Path, incident_id: str) -> dict | None:
     return json.loads(done[-1]["findings_json"]) if done else None
 
 
-def test_a_setpoint_lowered_from_the_dashboard_alarms_nothing_is_annotated_and_a_later_fault_is_named(tmp_path):
-    lake, port = tmp_path / "lake", free_port()
-    up = Up(["--reactors", "2", "--speed", str(SPEED), "--lake", str(lake), "--port", str(port)])
-    try:
-        client = _signed_in(up, port)
-        row = wait_for(lambda: (r := _fleet_row(client, "r1")) and (r["culture_age_h"] or 0) >= 6.0 and r, 60)
-        assert row, "".join(up.lines[-20:])
-        run_id = row["run_id"]
-        lowered = {"type": "setpoint", "name": "do_setpoint_pct", "value": 30.0}
-        assert client.post("/api/reactors/r1/control", json=lowered).status_code == 202
-        changes = wait_for(lambda: [a for a in client.get("/api/reactors/r1/annotations").json()
-                                    if a["kind"] == "change"], 30)
-        assert changes and "DO setpoint lowered to 30" in changes[-1]["text"], changes
-        assert changes[-1]["changed_by"] == "admin" and changes[-1]["text"].endswith("by admin")
-        changed_t = changes[-1]["t"]
-        ref = client.get("/api/reactors/r1/reference").json()
-        assert ref["recipe_hash"] == changes[-1]["recipe_hash"] and "DO setpoint lowered to 30" in ref["recipe"]
+def test_a_setpoint_lowered_from_the_dashboard_alarms_nothing_is_annotated_and_a_later_fault_is_named(live):
+    lake, client, up = live
+    row = wait_for(lambda: (r := _fleet_row(client, "r1")) and (r["culture_age_h"] or 0) >= 6.0 and r, 60)
+    assert row, "".join(up.lines[-20:])
+    run_id = row["run_id"]
+    lowered = {"type": "setpoint", "name": "do_setpoint_pct", "value": 30.0}
+    assert client.post("/api/reactors/r1/control", json=lowered).status_code == 202
+    changes = wait_for(lambda: [a for a in client.get("/api/reactors/r1/annotations").json()
+                                if a["kind"] == "change"], 30)
+    assert changes and "DO setpoint lowered to 30" in changes[-1]["text"], changes
+    assert changes[-1]["changed_by"] == "admin" and changes[-1]["text"].endswith("by admin")
+    changed_t = changes[-1]["t"]
+    ref = client.get("/api/reactors/r1/reference").json()
+    assert ref["recipe_hash"] == changes[-1]["recipe_hash"] and "DO setpoint lowered to 30" in ref["recipe"]
 
-        # run on: the flow has stored QUIET_H simulated hours after the change, and nothing alarmed on r1
-        assert wait_for(lambda: _stored_until(lake, run_id) >= changed_t + (QUIET_H + 1) * 3600, 60)
-        quiet = [a for a in _rows(lake, "alerts", run_id)
-                 if changed_t <= a["ts"].timestamp() <= changed_t + QUIET_H * 3600]
-        assert quiet == [], [(a["ts"], a["detector"], a["signals"]) for a in quiet]
+    # run on: the flow has stored QUIET_H simulated hours after the change, and nothing alarmed on r1
+    assert wait_for(lambda: _stored_until(lake, run_id) >= changed_t + (QUIET_H + 1) * 3600, 60)
+    quiet = [a for a in _rows(lake, "alerts", run_id)
+             if changed_t <= a["ts"].timestamp() <= changed_t + QUIET_H * 3600]
+    assert quiet == [], [(a["ts"], a["detector"], a["signals"]) for a in quiet]
 
-        # a real fault afterwards is still found and named
-        spike = {"fault": "temperature_spike", "magnitude": 3.0, "duration_h": 6.0}
-        assert client.post("/api/reactors/r1/faults", json=spike).status_code == 202
-        fault_t = wait_for(lambda: next((lb["start_ts"].timestamp() for lb in _rows(lake, "labels", run_id)
-                                         if lb["fault"] == "temperature_spike"), None), 30)
-        assert fault_t
+    # a real fault afterwards is still found and named
+    spike = {"fault": "temperature_spike", "magnitude": 3.0, "duration_h": 6.0}
+    assert client.post("/api/reactors/r1/faults", json=spike).status_code == 202
+    fault_t = wait_for(lambda: next((lb["start_ts"].timestamp() for lb in _rows(lake, "labels", run_id)
+                                     if lb["fault"] == "temperature_spike"), None), 30)
+    assert fault_t
 
-        def found() -> dict | None:
-            opened = [i for i in _rows(lake, "incidents", run_id) if i["start_ts"].timestamp() >= fault_t - 600]
-            return next((d for i in opened if (d := _diagnosis(lake, i["incident_id"]))), None)
+    def found() -> dict | None:
+        opened = [i for i in _rows(lake, "incidents", run_id) if i["start_ts"].timestamp() >= fault_t - 600]
+        return next((d for i in opened if (d := _diagnosis(lake, i["incident_id"]))), None)
 
-        diagnosis = wait_for(found, 60)
-        assert diagnosis, "no diagnosed incident after the fault:\n" + "".join(up.lines[-20:])
-        assert diagnosis["hypotheses"][0]["fault"] == "temperature_spike", diagnosis["hypotheses"][:3]
-        client.close()
-    finally:
-        up.stop()
+    diagnosis = wait_for(found, 60)
+    assert diagnosis, "no diagnosed incident after the fault:\n" + "".join(up.lines[-20:])
+    assert diagnosis["hypotheses"][0]["fault"] == "temperature_spike", diagnosis["hypotheses"][:3]
 
 
-def test_a_simulated_day_of_normal_reactors_raises_no_incident_from_start_up_on(tmp_path):
-    lake, scenario = tmp_path / "lake", tmp_path / "day.toml"
-    scenario.write_text('description = "one normal day"\ndays = 1\n')
-    up = Up(["--reactors", "4", "--speed", str(2 * SPEED), "--batches", "1", "--scenario", str(scenario),
-             "--lake", str(lake), "--port", str(free_port())])
-    try:
-        assert up.line(r"flow drained", timeout_s=120), "".join(up.lines)
-        up.proc.wait(60)
-    finally:
-        up.stop()
-    ticks = delta.read(lake, "ticks", columns=["run_id"])
-    assert ticks is not None and len(set(ticks["run_id"].to_pylist())) == 4
-    assert ticks.num_rows == 4 * 1440  # a whole day of each, watched from its first tick
-    incidents, alerts = delta.read(lake, "incidents"), delta.read(lake, "alerts")
-    raised = [] if alerts is None else [(a["reactor_id"], a["ts"], a["detector"], a["signals"])
-                                        for a in alerts.to_pylist()]
-    assert incidents is None or incidents.num_rows == 0, f"incidents on normal reactors; their alerts: {raised}"
+def test_a_simulated_day_of_normal_reactors_raises_no_incident_from_start_up_on(live):
+    lake, client, up = live
+    rows = wait_for(lambda: (rs := [_fleet_row(client, r) for r in NORMAL]) and all(rs) and rs, 60)
+    assert rows, "".join(up.lines[-20:])
+    for row in rows:  # each watched from its first tick through its first simulated day
+        ticks = delta.read(lake, "ticks", columns=["ts", "seq"], run_ids=[row["run_id"]])
+        first = pc.min(ticks["ts"]).as_py().timestamp()
+        assert pc.min(ticks["seq"]).as_py() == 0
+        assert wait_for(lambda row=row, first=first: _stored_until(lake, row["run_id"]) >= first + 24 * 3600, 60)
+    runs = {row["run_id"] for row in rows}
+    alerts = [(a["reactor_id"], a["ts"], a["detector"], a["signals"]) for run in runs for a in _rows(lake, "alerts", run)]
+    incidents = [i for run in runs for i in _rows(lake, "incidents", run)]
+    assert alerts == [] and incidents == [], f"incidents on normal reactors: {incidents}; their alerts: {alerts}"
