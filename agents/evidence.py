@@ -87,6 +87,9 @@ class Evidence:
     soft: dict | None = None  # soft-sensor VCD and glucose at the window's end, from what was known by then
     operator_changes: list[str] = field(default_factory=list)  # the run's annotations near the window, as sentences
     feed_mode: str = "bolus"  # the recipe's: what a feed deviation means depends on it
+    # per pump, the z its full rate reads against the reference's tightest spread: what a feed step weighs
+    # depends on the vessel (the reference's pump floors scale with the pump, the shipped one's do not)
+    pump_rate_z: dict[str, float] = field(default_factory=dict)
     ticks_seen: int = 0
 
     def z(self, signal: str) -> float:
@@ -157,6 +160,8 @@ def gather(ticks: pa.Table, start_ts: datetime, end_ts: datetime, assays: pa.Tab
     X = features(ticks, np.array([np.nan, np.nan]))
     ref = load_reference() if recipe is None else reference_for(recipe)
     Z = _smoothed_z(X, minutes, ref)
+    ev.pump_rate_z = {DETECTOR_SIGNALS[j]: float(np.abs(ref.median[:, j]).max() / ref.scale[:, j].min())
+                      for j in PUMPS}
     ev.operator_changes = [change_sentence(a) for a in sorted(annotations or [], key=lambda a: a["ts"])
                            if start_ts - CHANGE_LOOKBACK <= a["ts"] <= end_ts]
     lo = np.searchsorted(ts, int((start_ts - LOOKBACK).timestamp() * 1e6))

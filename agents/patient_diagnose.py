@@ -188,10 +188,26 @@ def gather_patient(run: PatientRun, start_ts: datetime, end_ts: datetime,
     _vitals_evidence(ev, run.vitals, start_ts - LOOKBACK, end_ts)
     ev.labs = lab_results(run.labs, end_ts)
     ev.window_labs = [r for r in ev.labs if r.sample_ts >= start_ts - LAB_LOOKBACK]
+    if "inr" in ev.contributions:
+        ev.window_labs[:0] = _confirmed_inr(ev.labs, ev.window_labs, start_ts - LAB_LOOKBACK)
     ev.courses = comedication_courses(run.doses, end_ts)
     sampled = max((r.sample_ts for r in ev.window_labs), default=end_ts)
     ev.warfarin = warfarin_history(run.doses, sampled - MISSED_LOOKBACK, sampled)
     return ev
+
+
+def _confirmed_inr(labs: list[LabResult], window: list[LabResult], since: datetime) -> list[LabResult]:
+    """The reading before the window when the window's INR confirms it: the monitor holds a marginal INR beyond
+    a limit and alerts at the next reading still out of the range that side (`detectors.patient_monitor`), so
+    the incident is about both."""
+    before = [r for r in labs if r.inr is not None and r.sample_ts < since][-1:]
+    now = [r.inr for r in window if r.inr is not None][:1]
+    if not before or not now:
+        return []
+    held, inr = before[0].inr, now[0]
+    high = held >= INR_HIGH and inr > INR_HIGH - 0.5
+    low = held < INR_LOW and inr < INR_LOW - 0.5
+    return before if high or low else []
 
 
 def _vitals_evidence(ev: PatientEvidence, vitals: pa.Table, start: datetime, end: datetime) -> None:

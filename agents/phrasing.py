@@ -89,3 +89,46 @@ def answer(question: str, findings: list[dict]) -> list[str]:
     for f in relevant or findings:
         chunks += explain(f)
     return chunks
+
+
+# the outcome model's drifted inputs in words (outcomes/drift.py): the name a clinician reads, and the kind of
+# change a shift of it is
+DRIFT_WORDS: dict[str, tuple[str, str]] = {
+    "vkorc1_1639": ("VKORC1", "ancestry mix"), "cyp2c9": ("CYP2C9", "ancestry mix"),
+    "cyp2d6": ("CYP2D6", "ancestry mix"), "ancestry": ("", "ancestry mix"),
+    "amiodarone": ("amiodarone", "co-medication"), "enzyme_inducer": ("enzyme inducer", "co-medication"),
+}
+
+
+def _drift_shift(shift: dict) -> str:
+    name, _ = DRIFT_WORDS.get(shift["feature"], (shift["feature"], "inputs"))
+    if shift["level"] is None:
+        return f"{name} mean {shift['before']:.2f} → {shift['after']:.2f} (model scale)"
+    level = "" if shift["level"] == "True" else shift["level"]
+    what = " ".join(w for w in (name, level) if w)
+    return f"{what} share {shift['before']:.0%} → {shift['after']:.0%}".replace("%", " %")
+
+
+def explain_drift(finding: dict) -> list[str]:
+    """A drift incident's findings (`outcomes.drift.drift_incident`) in words: one sentence per kind of change,
+    its shifts largest first, then what happens next.
+
+    >>> print(explain_drift({"incident_id": "d1", "kind": "inputs_drift", "model_version": "m1",
+    ...     "detected_ts": "2026-01-02T05:00:00+00:00", "shifts": [
+    ...     {"feature": "vkorc1_1639", "level": "A/A", "before": 0.38, "after": 0.71},
+    ...     {"feature": "amiodarone", "level": "True", "before": 0.0, "after": 0.3}]})[0])
+    ancestry mix shifted: VKORC1 A/A share 38 % → 71 %. co-medication shifted: amiodarone share 0 % → 30 %.
+    """
+    if finding["kind"] == "outcomes_drift":
+        s = finding["performance"]
+        text = (f"The outcome model's {s['head']} predictions drifted over the last {s['window']} resolved: "
+                f"AUROC {s['reference_auroc']:.2f} → {s['auroc']:.2f}, predicted {s['mean_probability']:.0%} "
+                f"against {s['observed_rate']:.0%} observed.").replace("%", " %")
+    else:
+        kinds: dict[str, list[str]] = {}
+        for shift in finding["shifts"]:
+            kind = DRIFT_WORDS.get(shift["feature"], ("", "inputs"))[1]
+            kinds.setdefault(kind, []).append(_drift_shift(shift))
+        text = " ".join(f"{kind} shifted: {', '.join(parts)}." for kind, parts in kinds.items())
+    return [text, f"Model {finding['model_version']} was trained before this change: a challenger is trained "
+                  "on the recent data and evaluated in shadow; it replaces the champion only if it beats it."]

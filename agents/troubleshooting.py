@@ -33,9 +33,11 @@ from agents.evidence import Evidence
 from agents.knowledge import COUPLED, SIGNATURES, Signature
 
 Z_FULL = 8.0
-# fed by boluses, a bolus a few minutes off the golden timing already reads z ~ 25; a real overfeed reads 500+, a
-# missed bolus -1000 or less. Fed continuously, the feed is steady: a stopped pump reads z ~ -10 to -50.
-Z_FULL_FOR = {"feed_ml_per_tick": 200.0}
+# Fed by boluses, the feed counts in full at a tenth of the pump's rate (z 200 against the shipped reference):
+# a bolus a few minutes off the golden timing reads ~1 % of it; a real overfeed a third or more, a missed bolus
+# all of it. Fed continuously, the feed is steady: a stopped pump reads z ~ -10 to -50.
+FEED_FULL_OF_PUMP_RATE = 0.1
+Z_FULL_BOLUS_FEED = 200.0  # evidence that does not say its pump's rate: the shipped reference's
 Z_FULL_CONTINUOUS_FEED = Z_FULL
 ABSTAIN_BELOW = 0.3
 FROZEN_FULL_MIN = 30.0
@@ -77,9 +79,12 @@ class Diagnosis:
                 "hypotheses": [h.as_dict() for h in self.hypotheses]}
 
 
-def _strength(z: float, signal: str = "", feed_mode: str = "bolus") -> float:
-    full = Z_FULL_CONTINUOUS_FEED if feed_mode == "continuous" and signal == "feed_ml_per_tick" else \
-        Z_FULL_FOR.get(signal, Z_FULL)
+def _strength(z: float, signal: str = "", ev: Evidence | None = None) -> float:
+    full = Z_FULL
+    if signal == "feed_ml_per_tick" and ev is not None:
+        rate_z = ev.pump_rate_z.get(signal)
+        full = Z_FULL_CONTINUOUS_FEED if ev.feed_mode == "continuous" else \
+            Z_FULL_BOLUS_FEED if rate_z is None else FEED_FULL_OF_PUMP_RATE * rate_z
     return float(np.clip(z / full, 0.0, 1.0))
 
 
@@ -88,8 +93,8 @@ def _process_match(sig: Signature, ev: Evidence) -> tuple[float, list[str]]:
     score, cited = 0.0, []
     for signal, w in sig.expect.items():
         z = ev.z(signal) * np.sign(w)
-        score += abs(w) * (_strength(z, signal, ev.feed_mode) - 0.5 * _strength(-z, signal, ev.feed_mode))
-        if _strength(z, signal, ev.feed_mode) >= 0.25:
+        score += abs(w) * (_strength(z, signal, ev) - 0.5 * _strength(-z, signal, ev))
+        if _strength(z, signal, ev) >= 0.25:
             cited.append(ev.deviations[signal].sentence())
     return max(score / total, 0.0), cited
 

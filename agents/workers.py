@@ -283,11 +283,24 @@ class Workers:
 
 async def run_workers(nats_url: str, redis_url: str, lake: str, backend: Backend,
                       stop: asyncio.Event, plant: str | None = None) -> Workers:
-    """The workers until `stop`; `plant` (default: the settings' `plant`) picks the knowledge base."""
+    """The workers until `stop`; `plant` (default: the settings' `plant`) picks the knowledge base. For the patient
+    plant, the live risk scoring too (`agents.risk_worker`)."""
     workers = Workers(nats_url, redis_url, lake, backend, plant=plant or load_settings().plant)
     await workers.start()
+    risk = None
+    if workers.plant == "patient":
+        from agents.risk_worker import RiskWorker  # torch: loaded for the patient plant only
+
+        risk = RiskWorker(nats_url, redis_url, lake)
+        try:
+            await risk.start()
+        except Exception:  # noqa: BLE001 - no model, or one this code cannot load: the other workers go on
+            log.exception("live risk scoring off: the outcome model did not load")
+            risk = None
     try:
         await stop.wait()
     finally:
+        if risk is not None:
+            await risk.stop()
         await workers.stop()
     return workers

@@ -7,14 +7,22 @@ and at the end of a block, its simulator, its scenario loader and its run ids. T
 Idempotent by construction: run ids are deterministic, runs already in `runs` are skipped, and the `runs` row
 is written last, so it marks a complete run. Rows of a run that has ticks but no `runs` row (an interrupted
 earlier write) are removed before the run is written again.
+
+Ctrl-C (SIGINT) stops the simulation between chunks: the streamed table's commit ends with the rows simulated so
+far, nothing after it is written (no `runs` row: the next write of these runs removes them), and
+`SimulationInterrupted` is raised. The streamed table is written from a thread of its own: a KeyboardInterrupt
+raised inside the Delta writer, which pulls the stream from Rust, panics there, and a thread blocked in Rust runs
+no signal handler.
 """
 
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +96,30 @@ class SimulationResult:
     summaries: list[dict] = field(default_factory=list)
 
 
+class SimulationInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a simulation; what was committed is consistent (see the module docstring)."""
+
+
+@contextmanager
+def _stop_on_sigint() -> Iterator[threading.Event]:
+    """An event set by the first SIGINT instead of a KeyboardInterrupt (only on the main thread, where Python
+    delivers signals); a second SIGINT interrupts as usual."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def on_sigint(_signum: int, _frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _blocks(scenario: Scenario, indices: list[int], seed: int, kind: PlantKind = BIOREACTOR) -> Iterator[Fleet]:
     for i in range(0, len(indices), kind.block):
         part = indices[i : i + kind.block]
@@ -103,7 +135,13 @@ def simulate_to_lake(scenario: Scenario, reactors: int, seed: int, lake: str | P
                      progress: Callable[[float], None] | None = None,
                      kind: PlantKind = BIOREACTOR) -> SimulationResult:
     """Simulate `reactors` runs (reactors, or patients for the patient kind) of `scenario` into `lake`;
-    `progress(unit_days)` is called as work is done."""
+    `progress(unit_days)` is called as work is done. Raises `SimulationInterrupted` on Ctrl-C."""
+    with _stop_on_sigint() as stop:
+        return _simulate(scenario, reactors, seed, lake, progress, kind, stop)
+
+
+def _simulate(scenario: Scenario, reactors: int, seed: int, lake: str | Path,
+              progress: Callable[[float], None] | None, kind: PlantKind, stop: threading.Event) -> SimulationResult:
     t0 = time.perf_counter()
     ids = [kind.run_id(scenario, seed, i) for i in range(reactors)]
     done = delta.run_ids(lake)
@@ -124,6 +162,9 @@ def simulate_to_lake(scenario: Scenario, reactors: int, seed: int, lake: str | P
             for fleet in _blocks(scenario, todo, seed, kind):
                 chunk_ticks = min(CHUNK_TICKS_MAX, max(1, int(86400 / fleet.dt_s)))
                 while not fleet.done:
+                    if stop.is_set():
+                        batches.put(None)  # the stream ends here; its commit holds the rows so far
+                        return
                     chunk = fleet.step(chunk_ticks)
                     streamed = getattr(chunk, kind.stream[0])
                     batches.put(streamed)
@@ -149,13 +190,35 @@ def simulate_to_lake(scenario: Scenario, reactors: int, seed: int, lake: str | P
             result.ticks += item.num_rows
             yield item
 
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            delta.append(lake, kind.stream[0], stream(), kind.stream[1])
+        except BaseException as err:  # re-raised in the calling thread
+            failed.append(err)
+
     producer = threading.Thread(target=produce, name="biopilot-simulate", daemon=True)
+    writer = threading.Thread(target=write, name="biopilot-simulate-writer", daemon=True)
     producer.start()
-    delta.append(lake, kind.stream[0], stream(), kind.stream[1])
+    writer.start()
+    # the calling thread waits in Python, not in the Rust writer: that is where a SIGINT handler can run
+    while writer.is_alive():
+        writer.join(0.1)
     producer.join()
+    if failed:
+        raise failed[0]
     for name, schema in kind.chunk_tables + kind.end_tables:
+        _raise_if(stop, lake)
         parts = collected[name]
         delta.append(lake, name, pa.concat_tables(parts) if parts else schema.empty_table(), schema)
+    _raise_if(stop, lake)
     delta.append(lake, "runs", pa.concat_tables(runs), RUNS)  # last: marks the runs complete
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _raise_if(stop: threading.Event, lake: str | Path) -> None:
+    if stop.is_set():
+        raise SimulationInterrupted(f"interrupted: no run marked complete in {lake} (the same command writes "
+                                    "them again)")

@@ -112,7 +112,8 @@ def synthesize(real: pd.DataFrame, spec: list[ColumnSpec], n: int, *, seed: int 
         if on_epoch:
             on_epoch(epoch, loss)
 
-    model = generator.train(codec.encode(train_rows[names]), codec.vocab_sizes, config, seed, epoch_done)
+    model = generator.train(codec.encode(train_rows[names]), codec.vocab_sizes,
+                            codec.token_scores(max(codec.vocab_sizes)), config, seed, epoch_done)
     every_real = pd.concat([train_rows, holdout], ignore_index=True)
     draws = iter(range(seed * 1_000_003, seed * 1_000_003 + 10**6))  # a fresh seeded draw each time
 
@@ -122,7 +123,7 @@ def synthesize(real: pd.DataFrame, spec: list[ColumnSpec], n: int, *, seed: int 
 
     temperature, bias = 1.0, codec.impossible(max(codec.vocab_sizes))
     pool = pd.DataFrame(columns=names)
-    result = Synthesis(pool, epochs=len(losses), validation_loss=min(losses))
+    result = Synthesis(pool, epochs=len(losses), validation_loss=model.validation_loss)
     conditioned: list[str] = []
     rejected_by_detection = 0
     for number in range(1, rounds + 1):

@@ -149,13 +149,24 @@ TWIN_FORECASTS = pa.schema([
     pa.field("advised_weekly_dose_mg", pa.float64()), pa.field("labs_used", pa.int64()),
 ])
 
+# the outcome model registry (outcomes/registry.py): one row per lifecycle event (register, promote, demote,
+# rollback); a version's state is its newest row. Artefacts live beside it, under <lake>/model_artefacts/<version>/
+MODELS = pa.schema([
+    pa.field("seq", pa.int64(), False), pa.field("ts", TS, False), pa.field("event", pa.string(), False),
+    pa.field("version", pa.string(), False), pa.field("alias", pa.string()),  # champion | challenger | null
+    pa.field("data_snapshot", pa.string()), pa.field("code_hash", pa.string()), pa.field("metrics_json", pa.string()),
+    pa.field("artefact_uri", pa.string()), pa.field("created_ts", TS), pa.field("created_by", pa.string()),
+    pa.field("promoted_ts", TS), pa.field("promoted_by", pa.string()), pa.field("actor", pa.string()),
+    pa.field("reason", pa.string()),
+])
+
 SCHEMAS: dict[str, pa.Schema] = {"ticks": TICKS, "assays": ASSAYS, "labels": LABELS, "runs": RUNS,
                                  "scores": SCORES, "alerts": ALERTS, "late_ticks": LATE_TICKS,
                                  "deadletter": DEADLETTER, "incidents": INCIDENTS,
                                  "agent_messages": AGENT_MESSAGES, "audit": AUDIT,
                                  "patients": PATIENTS, "vitals": VITALS, "labs": LABS, "doses": DOSES,
                                  "late_vitals": LATE_VITALS, "twin_forecasts": TWIN_FORECASTS,
-                                 "recipes": RECIPES, "annotations": ANNOTATIONS}
+                                 "recipes": RECIPES, "annotations": ANNOTATIONS, "models": MODELS}
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,9 @@ NATS_PERMISSIONS: dict[str, dict[str, list[str]]] = {
                   "subscribe": ["biopilot.>"]},
     "flow": {"publish": ["biopilot.alerts.>", "biopilot.twin.>", "biopilot.deadletter"], "subscribe": []},
     "plant": {"publish": ["biopilot.telemetry.>", "biopilot.assays.>"], "subscribe": ["biopilot.control.>"]},
-    "agents": {"publish": ["biopilot.incidents.>", "biopilot.agent.>"],
-               "subscribe": ["biopilot.alerts.>", "biopilot.incidents.>"]},
+    # and the patient plant's risk scoring: vitals in, risk events and alerts out (agents/risk_worker.py)
+    "agents": {"publish": ["biopilot.incidents.>", "biopilot.agent.>", "biopilot.alerts.>", "biopilot.risk.>"],
+               "subscribe": ["biopilot.alerts.>", "biopilot.incidents.>", "biopilot.telemetry.>"]},
 }
 _JS_STREAM_ADMIN = [f"$JS.API.STREAM.{op}.>" for op in ("CREATE", "UPDATE", "DELETE", "PURGE", "MSG.DELETE",
                                                           "RESTORE", "SNAPSHOT")]

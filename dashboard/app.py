@@ -29,7 +29,18 @@ from dashboard.deps import Runtime, is_viewer
 from dashboard.hub import Hub
 from dashboard.limits import BodyLimit, RequestId
 from dashboard.relay import Relay, lab_values
-from dashboard.routers import admin, chat, control, patients, reactors, reports, runs, streams, subscriptions
+from dashboard.routers import (
+    admin,
+    chat,
+    control,
+    patients,
+    reactors,
+    reports,
+    risk,
+    runs,
+    streams,
+    subscriptions,
+)
 from dashboard.security import SecurityHeaders
 from dashboard.webhooks import WebhookSender, allowed_hosts
 from sinks.table_writer import TableWriter
@@ -93,7 +104,7 @@ def create_app(settings: Settings, cors_origins: list[str] | None = None, relay:
         problems = ["/".join(str(p) for p in e["loc"] if p != "body") + ": " + e["msg"] for e in errors]
         return JSONResponse({"message": "; ".join(problems), "detail": jsonable_encoder(errors)}, status_code=422)
 
-    for module in (admin, runs, streams, control, reactors, patients, chat, subscriptions, reports):
+    for module in (admin, runs, streams, control, reactors, patients, risk, chat, subscriptions, reports):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import nats
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -39,6 +40,7 @@ from core.codec import decode_rows
 from core.events import DOSES, TICK_SIGNALS, VITAL_SIGNALS
 from core.plants import PLANTS, PlantVocabulary
 from dashboard.hub import DROPPABLE, Hub, Outgoing
+from outcomes.serving import RiskCache
 from sources.patient.news2 import news2_components
 from sources.telemetry import KIND_HEADER
 
@@ -152,13 +154,16 @@ class Relay:
     dropped_chunks: int = 0  # agent chunks and twin forecasts (both are in the lake too)
     failing_since: float | None = None  # when writes to Redis began failing
     in_flight: list[Pending] = field(default_factory=list)  # the batch being written
+    # patient -> the newest event time (us) of their data that arrived: it invalidates their cached risk
+    arrived: dict[str, int] = field(default_factory=dict)
 
     async def start(self) -> None:
         self.nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         self.subs = [await self.nc.subscribe("biopilot.telemetry.*", cb=self._on_ticks),
                      await self.nc.subscribe("biopilot.assays.*", cb=self._on_assays),
                      await self.nc.subscribe("biopilot.agent.>", cb=self._on_chunk),
-                     await self.nc.subscribe("biopilot.twin.*", cb=self._on_twin)]
+                     await self.nc.subscribe("biopilot.twin.*", cb=self._on_twin),
+                     await self.nc.subscribe("biopilot.risk.*", cb=self._on_twin)]  # the patients' risks
         # a deliver group, so a second dashboard on the same cache shares the work instead of failing to bind;
         # created delivering new messages only: a fresh dashboard does not replay a week of alerts
         config = ConsumerConfig(filter_subjects=[f"{p}.>" for p in STORED], ack_policy=AckPolicy.EXPLICIT,
@@ -166,6 +171,7 @@ class Relay:
         self.subs.append(await self.nc.jetstream().subscribe(
             "biopilot.alerts.>", queue=RELAY_DURABLE, stream="ALERTS", cb=self._on_stored, manual_ack=True,
             config=config, deliver_policy=DeliverPolicy.NEW))
+        self.risk_cache = RiskCache(self.hub.redis)
         self.flusher = asyncio.create_task(self._flush_loop())
         self.writer = asyncio.create_task(self._write_loop())
 
@@ -234,6 +240,11 @@ class Relay:
             return
         if ticks.num_rows:
             self.pending.setdefault(msg.subject.rsplit(".", 1)[-1], []).append(ticks)
+            self._arrived(msg.subject.rsplit(".", 1)[-1], ticks["ts"])
+
+    def _arrived(self, unit: str, times: pa.ChunkedArray) -> None:
+        if self.plant.name == "patient":
+            self.arrived[unit] = max(self.arrived.get(unit, -1), pc.max(times).value)
 
     async def _on_assays(self, msg: Msg) -> None:
         kind = msg.headers.get(KIND_HEADER) if msg.headers else None
@@ -246,6 +257,8 @@ class Relay:
         except Exception:  # noqa: BLE001
             return
         unit, values = self.plant.unit_column, lab_values(self.plant)
+        if rows.num_rows:  # a lab is data once reported
+            self._arrived(msg.subject.rsplit(".", 1)[-1], rows["ts" if doses else "reported_ts"])
         for row in rows.to_pylist():
             event = {"kind": "dose", "reactor_id": row["patient_id"], "run_id": row["run_id"],
                      "t": row["ts"].timestamp(), "drug": row["drug"], "dose_mg": row["dose_mg"],
@@ -276,11 +289,13 @@ class Relay:
         """Outbox -> hub, batch by batch; a failed batch is retried, with backoff, until Redis takes it."""
         delay_s = 0.1
         while True:
-            if not self.in_flight and not self.positions:
+            if not self.in_flight and not self.positions and not self.arrived:
                 await self.outbox.ready.wait()
             batch = self.in_flight = self.in_flight or self.outbox.take(WRITE_BATCH)
             positions, self.positions = self.positions, {}
+            arrived, self.arrived = self.arrived, {}
             try:
+                await self.risk_cache.note_data(arrived)  # first: no cached risk outlives its data's arrival
                 await self.hub.write(batch)
                 if positions:
                     async with self.hub.redis.pipeline(transaction=False) as pipe:
@@ -291,6 +306,8 @@ class Relay:
                 raise
             except Exception as err:  # noqa: BLE001 - Redis down or hung: keep the batch, try again
                 self.positions = positions | self.positions
+                self.arrived = {u: max(t, self.arrived.get(u, -1)) for u, t in arrived.items()} | {
+                    u: t for u, t in self.arrived.items() if u not in arrived}
                 if self.failing_since is None:
                     self.failing_since = time.time()
                     log.warning("relay: writing to Redis failed (%s); retrying, %d events waiting", err,

@@ -19,7 +19,7 @@ True
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,13 +55,16 @@ class Fusion:
     def init_state(self, signal_names: Sequence[str]) -> FusionState:
         return FusionState({n: d.init_state(signal_names) for n, d in self.detectors.items()})
 
-    def score_learn_members(self, state: FusionState, ts: np.ndarray, X: np.ndarray,
+    def score_learn_members(self, state: FusionState, ts: np.ndarray, X: np.ndarray, held: Collection[str] = (),
                             ) -> tuple[FusionState, np.ndarray, np.ndarray]:
         """Each member's score over its threshold [members, n] and its per-signal contributions
-        [members, n, signals]; members in `self.thresholds` order."""
+        [members, n, signals]; members in `self.thresholds` order. A `held` member is not scored (0, its state
+        unchanged): it has nothing valid to compare with yet."""
         ratios, contribs = [], []
         for name, det in self.detectors.items():
-            if hasattr(det, "score_learn_detail"):
+            if name in held:
+                s, c = np.zeros(len(X)), np.zeros_like(np.asarray(X, dtype=np.float64))
+            elif hasattr(det, "score_learn_detail"):
                 state.members[name], s, c = det.score_learn_detail(state.members[name], ts, X)
             else:
                 state.members[name], s = det.score_learn(state.members[name], ts, X)

@@ -23,18 +23,21 @@ from sources.scenarios import Scenario, load_scenario
 
 
 def build_reference(runs: int = 30, seed: int = 500, scenario: Scenario | None = None,
-                    changes: Sequence[Change] = (), floor: np.ndarray | None = None) -> GoldenReference:
+                    changes: Sequence[Change] = (), floor: np.ndarray | None = None,
+                    floor_level: np.ndarray | None = None) -> GoldenReference:
     """The reference of `runs` normal runs of the twin under `scenario` (default: `normal`) with `changes`
     applied (`summarise_runs`)."""
     fleet = Fleet(scenario or load_scenario("normal"), runs, seed=seed)
-    return summarise_runs(simulate_with_changes(fleet, changes), floor)
+    return summarise_runs(simulate_with_changes(fleet, changes), floor, floor_level)
 
 
-def summarise_runs(ticks: pa.Table, floor: np.ndarray | None = None) -> GoldenReference:
+def summarise_runs(ticks: pa.Table, floor: np.ndarray | None = None,
+                   floor_level: np.ndarray | None = None) -> GoldenReference:
     """Median and robust spread (1.4826 MAD) per culture-age bin over the normal runs in `ticks` (any number,
     of any length; culture age from each tick's `seq` at the run's own tick), and the drift limits on the same
     runs. The spread is floored per signal at half its median over the bins, and at `floor` [signals] where
-    given."""
+    given; a signal with a `floor_level` (not NaN) has its floor scaled by how much its level here (its largest
+    median) exceeds that one: a floor relative to the level (a pump's increments grow with the vessel)."""
     X_runs, ts_runs, bin_runs = [], [], []
     ticks = ticks.sort_by([("run_id", "ascending"), ("seq", "ascending")])
     run_codes = pc.dictionary_encode(ticks["run_id"]).combine_chunks().indices.to_numpy()
@@ -60,9 +63,22 @@ def summarise_runs(ticks: pa.Table, floor: np.ndarray | None = None) -> GoldenRe
     # a bin where all runs agree must not give infinite z; nor a signal that stays put in most bins (the O2 flow
     # of a recipe that rarely needs O2) have no spread at all: `floor`, the default recipe's
     least = np.nanmedian(scale, axis=0) * 0.5 + 1e-3
+    if floor is not None and floor_level is not None:
+        level = np.nanmax(np.abs(median), axis=0)
+        floor = floor * np.where(np.isnan(floor_level), 1.0, np.maximum(1.0, level / floor_level))
+        # a stage that some of the normal runs reach and the others not (the DO cascade's air in 10 of 30 runs,
+        # a pH dip in 5) leaves the MAD at the majority's: the spread also covers the central 80 % of the runs
+        scale = np.maximum(scale, (_nanquantile_rows(blocks, 0.9) - _nanquantile_rows(blocks, 0.1)) / 2.5631)
     scale = np.maximum(np.nan_to_num(scale), least if floor is None else np.maximum(least, floor))
     ref = GoldenReference(np.nan_to_num(median), scale)
     return GoldenReference(ref.median, ref.scale, BIN_MIN, _drift_limits(ref, X_runs, ts_runs))
+
+
+def _nanquantile_rows(blocks: np.ndarray, q: float) -> np.ndarray:
+    """The `q` quantile (nearest rank) over axis 1 of [bins, rows, signals] ignoring NaN (NaN where none)."""
+    ordered = np.sort(blocks, axis=1)  # NaN sorts last
+    n = (~np.isnan(blocks)).sum(axis=1, keepdims=True)
+    return np.take_along_axis(ordered, np.round(q * np.maximum(n - 1, 0)).astype(int), axis=1)[:, 0, :]
 
 
 def _nanmedian_rows(blocks: np.ndarray) -> np.ndarray:

@@ -8,10 +8,17 @@ INR and whose forecast is streamed.
   persistence, hysteresis). An alarm opening is an alert, as for reactors.
 - Labs (`on_assays`, joined at their report time): `inr_high` (INR >= 4), `inr_low` (INR < 2 once the
   initiation is over: `sources.patient.inr_events.initiation_end_h`, from the first warfarin dose and the first
-  INR in range clear of the limit, >= 2.25), each on one reading beyond the limit (a reading carries only the assay's ~4 % error,
-  `sources.patient.inr_variability`: beyond the limit, the patient is there), `hb_drop` (Hb >= 2 g/dL below
-  the median of the patient's earlier readings). A rule's alert
-  closes when a later reading is back (INR < 4, INR >= 2, a drop under 1 g/dL).
+  INR in range clear of the limit, >= 2.25), `hb_drop` (Hb >= 2 g/dL below the median of the patient's earlier
+  readings). A rule's alert closes when a later reading is back (INR < 4, INR >= 2, a drop under 1 g/dL).
+  An INR reading further than `MARGINAL_INR` beyond its limit alarms at once, as does any reading beyond it
+  while a bleed is suspected (`hb_drop` open). A reading only marginally beyond (within 0.5: ACCP/CHEST 2012's
+  "single out-of-range INR", Holbrook et al., Chest 2012;141:e152S, recommendation 3.1: continue the dose and
+  recheck) is weighed against what the patient's own variability explains (`p_beyond`): the twin, fitted to the
+  earlier readings, forecasts the INR at the sample time with a band, widened by the patient's biological
+  fluctuation; combined with the reading (the assay's 4 % CV and its rounding to 0.1), the rule fires when the
+  true INR is more likely beyond the limit than not. A reading it explains is held for confirmation: the next
+  reading fires if it is beyond the same limit, however marginal, or still clearly out of range that side
+  (> 3.5, < 1.5).
 - Doses (`on_doses`): the warfarin doses taken and when each co-medication started, for the twin; a drug that
   changes warfarin's clearance (amiodarone, an enzyme inducer) started during the therapy is an `interaction`
   alert at its first dose (the exposure factor as score: the INR moves over weeks unless the dose does);
@@ -49,6 +56,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+from scipy.stats import norm
 
 import detectors  # noqa: F401 - registers every detector
 from core.codec import validate_ticks
@@ -67,6 +75,7 @@ from detectors.unit_monitor import (
 )
 from sources.patient import metoprolol, warfarin
 from sources.patient.inr_events import EPISODE_MARGIN_INR, OVER_INR, SUB_INR, initiation_end_h
+from sources.patient.inr_variability import ASSAY_LOG_SD, BIO_RISE_LOG_SD
 from sources.patient.pkpd import PkpdState, step_pkpd
 from sources.patient.twin_fit import fit_patient
 
@@ -98,6 +107,11 @@ VITALS_MEMBERS: dict[str, MemberAlarm] = {
 }
 HB_DROP_G_DL, HB_RECOVERED_G_DL, HB_CRITICAL_G_DL = 2.0, 1.0, 3.0
 INR_CRITICAL = 5.0  # above it the bleeding risk climbs steeply
+# a single INR this close beyond a limit is "marginally" out (ACCP/CHEST 2012, 3.1: <= 0.5 out of range, continue
+# and recheck): weighed against the twin's forecast (`p_beyond`) before it alarms
+MARGINAL_INR = 0.5
+BAND_Z = float(norm.ppf(0.9))  # the twin's forecast band is its 10-90 % interval
+INR_REPORTED_STEP = 0.1  # readings are reported to 0.1 (`inr_variability.measured_inr`)
 # co-medications that change warfarin's clearance (the factor once established: the warfarin model's), and how
 # soon after the first warfarin dose a first dose of them still counts as taken since before the therapy
 INTERACTING_CL_FACTOR = {"amiodarone": warfarin.AMIODARONE_CL_FACTOR, "enzyme_inducer": warfarin.INDUCER_CL_FACTOR}
@@ -111,6 +125,28 @@ TWIN_DRAWS = 100  # posterior draws of a forecast band: what keeps a refit withi
 TWIN_FIT_BUDGET_S, TWIN_FIT_MAX_ITER = 0.3, 30
 US_PER_H = 3_600_000_000
 PATIENT_RETRY_S = 60.0
+
+
+def p_beyond(reading: float, limit: float, above: bool, forecast_inr: float, forecast_lo: float,
+             forecast_hi: float) -> float:
+    """Probability that the patient's true INR is beyond `limit` (at or above it if `above`, else below) at a
+    reading's sample time, given the reading and the twin's forecast for that time (median and 10-90 % band over
+    its parameters), on the log scale: the prior is the forecast, widened by the patient's biological fluctuation
+    (`inr_variability`: its SD on the INR's rise), the likelihood the assay's error plus the reading's rounding.
+
+    >>> round(p_beyond(4.0, 4.0, True, 2.8, 2.4, 3.3), 2)  # 4.0 where the twin expects 2.8: likely under 4
+    0.39
+    >>> round(p_beyond(4.3, 4.0, True, 2.8, 2.4, 3.3), 2)  # further out: the reading wins
+    0.93
+    """
+    prior_mean = np.log(forecast_inr)
+    prior_var = ((np.log(forecast_hi) - np.log(forecast_lo)) / (2 * BAND_Z)) ** 2 \
+        + (BIO_RISE_LOG_SD * (forecast_inr - 1.0) / forecast_inr) ** 2
+    reading_var = ASSAY_LOG_SD**2 + (INR_REPORTED_STEP / reading) ** 2 / 12.0
+    var = 1.0 / (1.0 / prior_var + 1.0 / reading_var)
+    mean = var * (prior_mean / prior_var + np.log(reading) / reading_var)
+    z = (mean - np.log(limit)) / np.sqrt(var)
+    return float(norm.cdf(z if above else -z))
 
 
 def _us(ts: datetime) -> int:
@@ -146,6 +182,7 @@ class PatientMonitor(EventTimeInputs):
         self.hb_g_dl: list[float] = []
         self.inrs: list[tuple[int, float]] = []  # (sample time us, INR)
         self.inr_reached_us: int | None = None  # the first INR in range (ends the initiation)
+        self.inr_held: set[str] = set()  # INR rules whose last reading was marginal, explained: to confirm
         self.warfarin: list[tuple[int, float]] = []  # doses taken (time us, mg)
         self.last_warfarin_mg: float | None = None  # the latest dose decided, taken or not
         self.comedication_us: dict[str, int] = {}  # co-medication -> its first dose
@@ -248,18 +285,38 @@ class PatientMonitor(EventTimeInputs):
     def _inr_rules(self, row: dict, out: Outputs) -> None:
         inr = float(row["inr"])
         sample_us = _us(row["sample_ts"])
-        self.inrs.append((sample_us, inr))
         if inr >= SUB_INR + EPISODE_MARGIN_INR and self.inr_reached_us is None:  # in range, clear of the limit
             self.inr_reached_us = sample_us
-        # the INR's variability is mostly the patient's own (slow, `inr_variability`), the assay's error ~4 %: a
-        # reading beyond a limit is the patient beyond it, and waiting for a second reading days later only delays
-        self._rule("inr_high", inr >= OVER_INR, inr < OVER_INR, row, inr, OVER_INR, inr >= INR_CRITICAL, "inr", out)
+        high = self._inr_beyond("inr_high", inr, OVER_INR, True, sample_us)
+        self._rule("inr_high", high, inr < OVER_INR, row, inr, OVER_INR, inr >= INR_CRITICAL, "inr", out)
         if self.warfarin:
             first_h = self.warfarin[0][0] / US_PER_H
             reached = np.array([np.nan if self.inr_reached_us is None else self.inr_reached_us / US_PER_H])
             past_initiation = sample_us / US_PER_H >= initiation_end_h(first_h, reached)[0]
-            self._rule("inr_low", past_initiation and inr < SUB_INR, inr >= SUB_INR, row, inr, SUB_INR, False, "inr",
-                       out)
+            low = past_initiation and self._inr_beyond("inr_low", inr, SUB_INR, False, sample_us)
+            self._rule("inr_low", low, inr >= SUB_INR, row, inr, SUB_INR, False, "inr", out)
+        self.inrs.append((sample_us, inr))
+
+    def _inr_beyond(self, member: str, inr: float, limit: float, above: bool, sample_us: int) -> bool:
+        """Whether an INR reading beyond `limit` puts the patient there (the module docstring): at once if it is
+        clearly beyond or a bleed is suspected; a marginal one when the twin's forecast and the assay make it more
+        likely than not (`p_beyond`), else it is held. The next reading confirms a held one when it is beyond the
+        limit again or still clearly out of the therapeutic range (the held reading's side, by more than
+        `MARGINAL_INR`: over-anticoagulation a week on is no passing fluctuation)."""
+        if member in self.inr_held:
+            self.inr_held.discard(member)
+            out_of_range = TARGET_INR + 0.5 + MARGINAL_INR if above else TARGET_INR - 0.5 - MARGINAL_INR
+            if inr > out_of_range if above else inr < out_of_range:
+                return True
+        if not (inr >= limit if above else inr < limit):
+            return False
+        if abs(inr - limit) >= MARGINAL_INR or "hb_drop" in self.open_alerts or member in self.open_alerts:
+            return True
+        forecast = self._forecast_at(sample_us)
+        if forecast is None or p_beyond(inr, limit, above, *forecast) >= 0.5:
+            return True
+        self.inr_held.add(member)
+        return False
 
     def _rule(self, member: str, fires: bool, clears: bool, row: dict, score: float, threshold: float,
               critical: bool, signal: str, out: Outputs) -> None:
@@ -415,6 +472,27 @@ class PatientMonitor(EventTimeInputs):
             return steady * warfarin.clearance_factor(amio, inducer)
 
         return factor
+
+    def _forecast_at(self, sample_us: int) -> tuple[float, float, float] | None:
+        """The twin's INR forecast (median, 10-90 % band) at `sample_us` from the doses taken and the readings
+        before it (refitted from the population prior to convergence: the answer does not depend on when or
+        whether the live refits ran); None before any warfarin dose or when the fit fails."""
+        if not self.warfarin or sample_us <= self.warfarin[0][0]:
+            return None
+        t0_us = self.warfarin[0][0]
+        dose_t_h = np.array([(t - t0_us) / US_PER_H for t, _ in self.warfarin if t < sample_us])
+        dose_mg = np.array([mg for t, mg in self.warfarin if t < sample_us])
+        lab_t_h = np.array([(t - t0_us) / US_PER_H for t, _ in self.inrs])
+        inr = np.array([v for _, v in self.inrs])
+        keep = lab_t_h > 0
+        try:
+            fit = fit_patient(self._patient_covariates(), dose_t_h, dose_mg, lab_t_h[keep], inr[keep],
+                              cl_factor_h=self._clearance(t0_us))
+            mid, lo, hi = fit.forecast(np.array([(sample_us - t0_us) / US_PER_H]), n_draws=TWIN_DRAWS)
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
+            log.warning("twin forecast for %s failed: %s", self.run_id, err)
+            return None
+        return float(mid[0]), float(lo[0]), float(hi[0])
 
     def _refit(self, row: dict, out: Outputs) -> None:
         if not self.warfarin:

@@ -9,7 +9,9 @@ plant's recipe messages), with culture age counted from the run's inoculation, n
 monitor that joins a run mid-batch knows its age from the recipe's `run_start_ts`, or else from the ticks' `seq`
 (ticks since inoculation). An operator's mid-run change re-bases the reference from that moment and restarts the
 members that learn the run's own normal (the streaming z-score), so the change itself raises nothing; it is
-written to `annotations`.
+written to `annotations`. With `MonitorConfig.reference_in_background` (the live flow), a recipe whose reference
+is not cached is built beside the step while the members that compare with it hold. `twin_residual` also
+alarms per signal once its own alarm is a day old (`NEWS_MEMBERS`): a fault after a fault is news.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -30,7 +33,8 @@ from core.eventtime import ReorderBuffer
 from detectors.alarm import MemberAlarms
 from detectors.base import DETECTOR_SIGNALS, make_detector
 from detectors.features import CAPACITANCE, FEED, features
-from detectors.recipe import Recipe, reference_for, reference_source
+from detectors.golden import GoldenReference
+from detectors.recipe import Recipe, reference_for, reference_ready, reference_source
 from detectors.soft_sensors import SoftSensors
 from detectors.unit_monitor import (
     DEFAULT_CONFIG,
@@ -46,6 +50,22 @@ log = logging.getLogger(__name__)
 # members that watch the sensors themselves (stuck, silent), whatever the recipe: kept across a change
 SENSOR_HEALTH = ("flatline", "dropout")
 PENDING_KEPT = 4  # recipes held for runs not begun yet
+# Members whose contributions are per-signal scores on the member's own scale. Once such a member's alarm has
+# been on for `REBASE_US`, the levels its signals then have are the run's new normal (a fault's aftermath: a
+# temperature spike leaves the culture smaller for days); a signal that rises a whole alarm level above its own
+# level since is news (a pH probe drifting after the spike) and fires an alert of its own, `member:signal`.
+NEWS_MEMBERS = ("twin_residual",)
+REBASE_US = 24 * 3_600_000_000
+
+
+@dataclass
+class NewsState:
+    """A `NEWS_MEMBERS` member's alarm: since when it is on, the signals' levels after `REBASE_US`, and one
+    alarm per signal over each signal's rise above that level."""
+
+    since_us: int | None = None
+    level: np.ndarray | None = None
+    alarms: MemberAlarms = field(default_factory=MemberAlarms)
 
 
 def _us(ts: datetime) -> int:
@@ -77,8 +97,10 @@ class ReactorMonitor(EventTimeInputs):
         self.alarms = MemberAlarms(1.0, self.config.alarm_off / self.config.alarm_on, self.config.alarm_persist_ticks,
                                    self.config.alarm_clear_ticks)
         self.last_totals = np.array([np.nan, np.nan])
+        self.news: dict[str, NewsState] = {}
         self.soft = SoftSensors()
         self.recipe, self.run_start_us = None, None
+        self.awaiting: Recipe | None = None  # a recipe whose reference is still being built (in the background)
 
     # ---- the recipe -------------------------------------------------------------------------------------
     def _members(self) -> Iterator[tuple[str, object, object]]:
@@ -90,17 +112,40 @@ class ReactorMonitor(EventTimeInputs):
             yield self.detector.name, self.detector, self.det_state
 
     def _use_recipe(self, recipe: Recipe) -> str:
-        """Every member that compares with a reference takes `recipe`'s; the soft sensors its media. Returns
-        where the reference came from."""
-        reference = reference_for(recipe)
-        for _, det, _ in self._members():
-            if hasattr(det, "reference"):
-                det.reference = reference
+        """Every member that compares with a reference takes `recipe`'s (with `reference_in_background`, once it is
+        built: until then those members hold their alarms); the soft sensors its media. Returns where the
+        reference came from."""
+        if self.config.reference_in_background:
+            reference = reference_ready(recipe)
+            self.awaiting = recipe if reference is None else None
+            if reference is None:
+                log.info("reactor %s: reference for recipe %s building; its members hold", self.reactor_id,
+                         recipe.hash)
+        else:
+            reference = reference_for(recipe)
+        if reference is not None:
+            self._install(reference)
         self.soft.feed_glucose_g_l = float(recipe["feed_glucose_g_l"])
         if self.soft.anchor_us is None:
             self.soft.initial_glucose_g_l = float(recipe["glucose_g_l"])
         self.recipe = recipe
         return reference_source(recipe)
+
+    def _install(self, reference: GoldenReference) -> None:
+        for _, det, state in self._members():
+            if hasattr(det, "reference"):
+                det.reference = reference
+                if hasattr(state, "last_us"):
+                    state.last_us = None  # a hold is no gap in the data: the event-time EWMA goes on by one tick
+
+    def _held(self) -> set[str]:
+        """The members that hold while the recipe's reference is built (none once it is)."""
+        if self.awaiting is not None and (reference := reference_ready(self.awaiting)) is not None:
+            self._install(reference)
+            self.awaiting = None
+        if self.awaiting is None:
+            return set()
+        return {name for name, det, _ in self._members() if hasattr(det, "reference")}
 
     def _set_run_start(self, start_us: int) -> None:
         """Culture age counts from `start_us` for every member that follows it."""
@@ -234,9 +279,12 @@ class ReactorMonitor(EventTimeInputs):
     def _member_scores(self, ts: np.ndarray, X: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(names, score ratios [members, n], contributions [members, n, signals]); a plain detector is one
         member scored against the configured alarm level."""
+        held = self._held()
         if hasattr(self.detector, "score_learn_members"):
-            self.det_state, R, C = self.detector.score_learn_members(self.det_state, ts, X)
+            self.det_state, R, C = self.detector.score_learn_members(self.det_state, ts, X, held)
             return list(self.detector.thresholds), R, C
+        if held:
+            return [self.detector.name], np.zeros((1, len(X))), np.zeros((1, *X.shape))
         if hasattr(self.detector, "score_learn_detail"):
             self.det_state, scores, contrib = self.detector.score_learn_detail(self.det_state, ts, X)
         else:
@@ -266,6 +314,49 @@ class ReactorMonitor(EventTimeInputs):
             for j in np.flatnonzero(fired[:, i]):
                 alert = self._alert(ticks, int(i), float(scores[i]), C[j, i], names[j])
                 self.open_alerts[names[j]] = alert
+                out.alerts.append(alert)
+        thresholds = getattr(self.detector, "thresholds", {})
+        for j, name in enumerate(names):
+            if name in NEWS_MEMBERS:
+                news = self._news(name, ts, C[j].T / thresholds.get(name, self.config.alarm_on), fired[j], cleared[j])
+                self._news_alerts(ticks, name, news, scores, out)
+
+    def _news(self, member: str, ts: np.ndarray, ratios: np.ndarray, fired: np.ndarray, cleared: np.ndarray,
+              ) -> np.ndarray:
+        """[signals, n]: each signal's rise over its level once `member`'s alarm has been on `REBASE_US`; 0
+        before and while the member's alarm is off."""
+        st = self.news.setdefault(member, NewsState(alarms=MemberAlarms(
+            1.0, self.config.alarm_off / self.config.alarm_on, self.config.alarm_persist_ticks,
+            self.config.alarm_clear_ticks)))
+        news = np.zeros_like(ratios)
+        bounds = sorted({0, len(ts), *np.flatnonzero(fired | cleared).tolist()})
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            if fired[a]:
+                st.since_us, st.level = int(ts[a]), None
+            elif cleared[a]:
+                st.since_us, st.level = None, None
+            if st.since_us is None:
+                continue
+            ripe = np.flatnonzero(ts[a:b] - st.since_us >= REBASE_US) + a
+            if len(ripe) == 0:
+                continue
+            if st.level is None:
+                st.level = ratios[:, ripe[0]].copy()
+            news[:, ripe] = ratios[:, ripe] - st.level[:, None]
+        return news
+
+    def _news_alerts(self, ticks: pa.Table, member: str, news: np.ndarray, scores: np.ndarray, out: Outputs) -> None:
+        _, fired, cleared = self.news[member].alarms.apply(news)
+        for i in np.flatnonzero((fired | cleared).any(axis=0)):
+            for k in np.flatnonzero(cleared[:, i]):
+                key = f"{member}:{DETECTOR_SIGNALS[k]}"
+                if key in self.open_alerts:
+                    out.clears.append(alarm_clear(self.open_alerts.pop(key), ticks["ts"][int(i)].as_py()))
+            for k in np.flatnonzero(fired[:, i]):
+                key = f"{member}:{DETECTOR_SIGNALS[k]}"
+                lead = np.zeros(len(DETECTOR_SIGNALS))
+                lead[k] = 1.0  # the alert is about this signal alone: the others are the known aftermath
+                self.open_alerts[key] = alert = self._alert(ticks, int(i), float(scores[i]), lead, key)
                 out.alerts.append(alert)
 
     def _alert(self, ticks: pa.Table, i: int, score: float, contrib: np.ndarray, member: str) -> dict:

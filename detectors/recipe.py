@@ -5,8 +5,8 @@ operator changes them mid-run. Judged against the default recipe's normal runs, 
 start to end. `Recipe` is what shapes a normal run: the scenario's process and feed settings, its tick and
 length, kinetics overrides, and the changes made while it ran (each at its culture age). `reference_for`
 simulates normal twin runs of exactly that recipe and summarises them as `detectors.golden_build` does for the
-default one (no bin's spread tighter than the default reference's tightest, nor than one reading step:
-`spread_floor`); references are cached by `Recipe.hash` in memory and on disk (`BIOPILOT_REFERENCE_CACHE`, default
+default one (no bin's spread tighter than the default reference's tightest, nor than one reading step, a
+pump's floor scaled with its rate: `spread_floor`); references are cached by `Recipe.hash` in memory and on disk (`BIOPILOT_REFERENCE_CACHE`, default
 `~/.cache/biopilot/references`), so a recipe is built once per machine.
 
 A mid-run change is replayed in the reference at the culture age it was made: the twin's normal runs continue
@@ -22,8 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,7 @@ from sources.measurement import RESOLUTION
 from sources.recipe import BOLUS, Change, Recipe
 
 __all__ = ["BOLUS", "Change", "Recipe", "cache_dir", "cached", "learn_reference", "reference_for",
-           "reference_source", "spread_floor"]
+           "pump_levels", "reference_ready", "reference_source", "spread_floor"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ MEMORY_KEPT = 64  # references held in memory (each ~0.4 MB)
 
 # ---- references -----------------------------------------------------------------------------------------
 _MEMORY: OrderedDict[str, GoldenReference] = OrderedDict()
+_MEMORY_LOCK = threading.Lock()  # a background build adds to it while the flow reads it
+_BUILDS: dict[str, Future[GoldenReference]] = {}  # recipe hash -> its background build
+_BUILDER: list[ThreadPoolExecutor] = []  # started on the first background build
 
 
 def cache_dir() -> Path:
@@ -56,7 +61,7 @@ def cache_dir() -> Path:
 
 # Bumped whenever the twin or the reference build changes, so that a cached reference built by older code is not
 # used (the recipe hash alone does not see a change of code).
-BUILD_VERSION = 2
+BUILD_VERSION = 5
 
 
 def _twin_path(recipe: Recipe) -> Path:
@@ -82,7 +87,7 @@ def learn_reference(recipe: Recipe, ticks: pa.Table) -> tuple[GoldenReference, P
     twin-built one in the cache, and says so (`reference_source`)."""
     if ticks.num_rows == 0:
         raise ValueError("no ticks to learn a reference from")
-    ref = summarise_runs(ticks, floor=spread_floor())
+    ref = summarise_runs(ticks, floor=spread_floor(), floor_level=pump_levels())
     path = _twin_path(recipe)
     _store(ref, path)
     runs = sorted(set(ticks["run_id"].to_pylist()))
@@ -105,12 +110,28 @@ def cached(recipe: Recipe) -> bool:
             or (_twin_path(recipe)).exists())
 
 
+PUMPS = ("feed_ml_per_tick", "base_ml_per_tick")
+
+
 def spread_floor() -> np.ndarray:
     """Per detector signal, the least spread a recipe's reference may have: the default reference's tightest
     bin, and one reading step (the sensor's resolution, as a robust sd: a totaliser's increments are whole
-    steps, so all runs may agree on a bin by chance)."""
+    steps, so all runs may agree on a bin by chance). The pumps' floors are the default's at its pump rates:
+    `pump_levels`."""
     steps = np.array([RESOLUTION[TICK_SIGNALS.index(name.removesuffix("_per_tick"))] for name in DETECTOR_SIGNALS])
     return np.maximum(load_reference().scale.min(axis=0), steps * 1.4826)
+
+
+def pump_levels() -> np.ndarray:
+    """Per detector signal, the level `spread_floor` holds at (NaN: any level): for the pumps' increments, the
+    default reference's largest median. A recipe whose pumps run faster (a larger vessel's) has their floors
+    scaled up with its own level (`golden_build.summarise_runs`): at a bolus's first and last tick, where the
+    normal runs all agree, a floor in absolute mL would give a z that grows with the pump, i.e. with the vessel."""
+    levels = np.full(len(DETECTOR_SIGNALS), np.nan)
+    for name in PUMPS:
+        j = DETECTOR_SIGNALS.index(name)
+        levels[j] = float(np.abs(load_reference().median[:, j]).max())
+    return levels
 
 
 def reference_for(recipe: Recipe) -> GoldenReference:
@@ -125,12 +146,33 @@ def reference_for(recipe: Recipe) -> GoldenReference:
         if not path.exists():
             started = time.perf_counter()
             built = build_reference(REFERENCE_RUNS, REFERENCE_SEED, recipe.scenario(), recipe.changes,
-                                    floor=spread_floor())
+                                    floor=spread_floor(), floor_level=pump_levels())
             _store(built, path)
             log.info("reference for recipe %s built in %.1f s", recipe.hash, time.perf_counter() - started)
         ref = load_reference(path)
-    _MEMORY[recipe.hash] = ref
-    _MEMORY.move_to_end(recipe.hash)
-    while len(_MEMORY) > MEMORY_KEPT:
-        _MEMORY.popitem(last=False)
+    with _MEMORY_LOCK:
+        _MEMORY[recipe.hash] = ref
+        _MEMORY.move_to_end(recipe.hash)
+        while len(_MEMORY) > MEMORY_KEPT:
+            _MEMORY.popitem(last=False)
     return ref
+
+
+def reference_ready(recipe: Recipe) -> GoldenReference | None:
+    """`reference_for(recipe)` when it needs no simulation; else None, and the reference is built in a background
+    thread (one build at a time, each recipe once), so that the caller (the flow's step) is not blocked for the
+    seconds a build takes: ask again later. A build's error is raised to the caller that asks after it."""
+    if cached(recipe):
+        _BUILDS.pop(recipe.hash, None)
+        return reference_for(recipe)
+    with _MEMORY_LOCK:
+        build = _BUILDS.get(recipe.hash)
+        if build is None:
+            if not _BUILDER:
+                _BUILDER.append(ThreadPoolExecutor(1, thread_name_prefix="reference-build"))
+            _BUILDS[recipe.hash] = _BUILDER[0].submit(reference_for, recipe)
+            return None
+    if not build.done():
+        return None
+    _BUILDS.pop(recipe.hash, None)
+    return build.result()

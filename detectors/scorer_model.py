@@ -50,37 +50,65 @@ class _AttentionPool(nn.Module):
         super().__init__()
         self.score = nn.Linear(d, 1)
 
+    def weights(self, h: torch.Tensor) -> torch.Tensor:  # [b, w, d] -> [b, w]
+        return torch.softmax(self.score(h).squeeze(-1), dim=1)
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # [b, w, d] -> [b, d]
-        weights = torch.softmax(self.score(h).squeeze(-1), dim=1)
-        return (weights.unsqueeze(-1) * h).sum(dim=1)
+        return (self.weights(h).unsqueeze(-1) * h).sum(dim=1)
 
 
-class HybridScorer(nn.Module):
-    def __init__(self, cfg: ScorerConfig = ScorerConfig()) -> None:
+@dataclass(frozen=True)
+class Encoded:
+    """What the hybrid encoder makes of a window: the fused vector and the weights that made it (the gate's mix
+    of the Transformer branch, each branch's attention over time), which explanations may read."""
+
+    fused: torch.Tensor  # [b, d]
+    gate: torch.Tensor  # [b, d], 1 = all Transformer
+    attention_t: torch.Tensor  # [b, w]
+    attention_l: torch.Tensor  # [b, w]
+
+
+class HybridEncoder(nn.Module):
+    """The Transformer + BiLSTM hybrid over a window: a linear projection, a Transformer encoder (learned
+    positions) and a BiLSTM, each pooled by attention, mixed by a learned gate. Shared by the windowed scorer
+    (below) and the patient outcome model (`outcomes.model`). Its parameters sit on the module itself (not in a
+    submodule) so that a subclass's state_dict keys are the scorer's as they always were."""
+
+    def __init__(self, n_inputs: int, window: int, d_model: int, heads: int, layers: int, dropout: float) -> None:
         super().__init__()
-        self.cfg = cfg
-        d = cfg.d_model
-        self.project = nn.Linear(cfg.n_inputs, d)
-        self.position = nn.Parameter(torch.zeros(1, cfg.window, d))
-        layer = nn.TransformerEncoderLayer(d, cfg.heads, dim_feedforward=2 * d, dropout=cfg.dropout,
-                                           batch_first=True)
-        self.transformer = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        d = d_model
+        self.project = nn.Linear(n_inputs, d)
+        self.position = nn.Parameter(torch.zeros(1, window, d))
+        layer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=2 * d, dropout=dropout, batch_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.lstm = nn.LSTM(d, d // 2, batch_first=True, bidirectional=True)
         self.pool_t, self.pool_l = _AttentionPool(d), _AttentionPool(d)
         self.gate = nn.Linear(2 * d, d)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.forecast = nn.Linear(d, cfg.n_signals)
-        self.classify = nn.Linear(d, len(CLASSES))
-        self.titer = nn.Linear(d, 1)
+        self.drop = nn.Dropout(dropout)
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        """x [b, window, n_inputs] -> the fused vector (dropout applied: MC dropout keeps it on) and its weights."""
+        h = self.project(x)
+        th = self.transformer(h + self.position)
+        lstm_out, _ = self.lstm(h)
+        at, al = self.pool_t.weights(th), self.pool_l.weights(lstm_out)
+        t = (at.unsqueeze(-1) * th).sum(dim=1)
+        l_ = (al.unsqueeze(-1) * lstm_out).sum(dim=1)
+        g = torch.sigmoid(self.gate(torch.cat([t, l_], dim=-1)))
+        return Encoded(self.drop(g * t + (1 - g) * l_), g, at, al)
+
+
+class HybridScorer(HybridEncoder):
+    def __init__(self, cfg: ScorerConfig = ScorerConfig()) -> None:
+        super().__init__(cfg.n_inputs, cfg.window, cfg.d_model, cfg.heads, cfg.layers, cfg.dropout)
+        self.cfg = cfg
+        self.forecast = nn.Linear(cfg.d_model, cfg.n_signals)
+        self.classify = nn.Linear(cfg.d_model, len(CLASSES))
+        self.titer = nn.Linear(cfg.d_model, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [b, window, n_inputs] -> (next-tick z [b, 12], class logits [b, 10], final titer [b])."""
-        h = self.project(x)
-        t = self.pool_t(self.transformer(h + self.position))
-        lstm_out, _ = self.lstm(h)
-        l_ = self.pool_l(lstm_out)
-        g = torch.sigmoid(self.gate(torch.cat([t, l_], dim=-1)))
-        fused = self.drop(g * t + (1 - g) * l_)
+        fused = self.encode(x).fused
         return self.forecast(fused), self.classify(fused), self.titer(fused).squeeze(-1)
 
 

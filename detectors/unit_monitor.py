@@ -34,7 +34,10 @@ class MonitorConfig:
     """A detector and its alarm. The flow runs `for_detector("fusion")`, the calibrated fusion (its scores are
     ratios to the members' thresholds, so it alarms at 1.0); the bare default is the streaming z-score at 12 sd.
     `snapshots_kept`: whether the flow keeps its snapshots (a recovery store); without one, the copy Bytewax
-    takes of every reactor's state at each epoch is skipped (`MonitorState`)."""
+    takes of every reactor's state at each epoch is skipped (`MonitorState`). `reference_in_background`: a recipe
+    whose reference is not cached yet is built in a background thread while the members that compare with it
+    hold their alarms (the live flow), not in the step (offline replays and benches, which must not skip a tick).
+    """
 
     lateness_s: float = 300.0
     detector: str = "zscore"
@@ -44,14 +47,17 @@ class MonitorConfig:
     alarm_persist_ticks: int = 5
     alarm_clear_ticks: int = 60
     snapshots_kept: bool = True
+    reference_in_background: bool = False
 
     @classmethod
-    def for_detector(cls, name: str, lateness_s: float = 300.0, snapshots_kept: bool = True) -> MonitorConfig:
+    def for_detector(cls, name: str, lateness_s: float = 300.0, snapshots_kept: bool = True,
+                     reference_in_background: bool = False) -> MonitorConfig:
         if name == "zscore":
-            return cls(lateness_s=lateness_s, snapshots_kept=snapshots_kept)
+            return cls(lateness_s=lateness_s, snapshots_kept=snapshots_kept,
+                       reference_in_background=reference_in_background)
         if name == "fusion":
             return cls(lateness_s=lateness_s, detector="fusion", alarm_on=1.0, alarm_off=0.6,
-                       snapshots_kept=snapshots_kept)
+                       snapshots_kept=snapshots_kept, reference_in_background=reference_in_background)
         raise ValueError(f"the flow runs 'fusion' or 'zscore', not {name!r}")
 
 

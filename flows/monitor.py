@@ -74,7 +74,9 @@ def build_flow() -> Dataflow:
     if not settings.nats_url:
         raise RuntimeError("BIOPILOT_NATS_URL must point at the broker the flow reads")
     recovery = settings.flow_recovery
-    config = MonitorConfig.for_detector(settings.detector, settings.lateness_s, snapshots_kept=recovery)
+    # a new recipe's reference is built beside the step, not in it: the step would block every reactor it keys
+    config = MonitorConfig.for_detector(settings.detector, settings.lateness_s, snapshots_kept=recovery,
+                                        reference_in_background=True)
     durable = settings.flow_durable or FLOW_DURABLE
     wal_dir = (settings.flow_wal or default_wal_dir(settings.lake, durable)) if recovery else None
     vocab = PLANTS[settings.plant]

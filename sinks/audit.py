@@ -44,14 +44,14 @@ def row_hash(row: dict) -> str:
 
 
 @contextlib.contextmanager
-def _lake_lock(lake: str) -> Iterator[None]:
-    """Serialises appenders across processes (the dashboard, `biopilot token revoke`) on a local lake; a remote
-    lake has one appender, the dashboard."""
+def lake_lock(lake: str, name: str) -> Iterator[None]:
+    """Serialises appenders of one table across processes (the dashboard, `biopilot token revoke`, `biopilot
+    models`) on a local lake, by an flock on `<lake>/.<name>.lock`; a remote lake has one appender, the dashboard."""
     if "://" in lake:
         yield
         return
     Path(lake).mkdir(parents=True, exist_ok=True)
-    with open(Path(lake) / ".audit.lock", "a") as f:
+    with open(Path(lake) / f".{name}.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -100,7 +100,7 @@ class AuditLog:
     def append(self, row: dict) -> dict:
         """Chain `row` (ts, actor, role, token_id, action, target, payload_json, request_id, client, result)
         and commit it; returns the row as written (with seq, prev_hash, hash)."""
-        with self._lock, _lake_lock(self.lake):
+        with self._lock, lake_lock(self.lake, "audit"):
             table = self._open()
             if self._head is None:
                 self._head = self._read_head()

@@ -161,8 +161,9 @@ class Appender:
 
 
 def read(lake: str | Path, name: str, columns: list[str] | None = None, run_ids: Iterable[str] | None = None,
-         ) -> pa.Table | None:
-    """The table (or None if it does not exist), optionally limited to some runs."""
+         where: pc.Expression | None = None) -> pa.Table | None:
+    """The table (or None if it does not exist), optionally limited to some runs and to the rows `where` holds
+    (files and row groups whose statistics rule it out are not read)."""
     table = open_table(lake, name)
     if table is None:
         return None
@@ -173,6 +174,8 @@ def read(lake: str | Path, name: str, columns: list[str] | None = None, run_ids:
     flt = None
     if run_ids is not None:
         flt = pc.field("run_id").isin(pa.array(list(run_ids), pa.string()))
+    if where is not None:
+        flt = where if flt is None else flt & where
     return dataset.to_table(columns=columns, filter=flt)
 
 

@@ -303,6 +303,8 @@ def test_patient_page_shows_cohort_vitals_inr_band_and_sends_a_dose_change(dash,
     expect(page.locator("#events")).to_contain_text("drug_interaction")
     expect(page.locator("#card")).to_contain_text("CYP2C9")
     expect(page.locator("#card")).to_contain_text("advises")
+    # the outcome model's risk panel: every head (the answers themselves: tests/test_risk_api.py)
+    expect(page.locator("#risk [data-head]")).to_have_count(5, timeout=30_000)
     with dash.client("viewer") as c:
         newest = c.get(f"/api/patients/{run}/diagnosis").json()["incidents"][0]
     expect(page.locator("#incidents li[data-id]")).to_have_count(len(delta.read(lake, "incidents", run_ids=[run])))

@@ -73,6 +73,9 @@ OFF_DEFAULT = {
     "continuous feed": {"feed": {"mode": "continuous"}},
     "earlier shift": {"process": {"temp_shift_day": 3.0}},
     "200 L vessel": {"process": {"working_volume_l": 200.0}},
+    # its pumps sized for it (125x the default's): a bolus's first and last tick must not read as a fault
+    "200 L vessel, its own pumps": {"process": {"working_volume_l": 200.0, "base_max_ml_min": 31.25},
+                                    "feed": {"pump_ml_min": 250.0}},
 }
 
 
@@ -142,6 +145,25 @@ def test_a_reference_is_built_once_then_read_from_memory_or_disk():
     again = reference_for(recipe)  # disk
     assert again.source == built.source and (again.median == built.median).all()
     assert reference_for(Recipe.default()).source.name == "golden_batch.npz"
+
+
+def test_a_new_recipe_is_built_in_the_background_while_its_members_hold_then_used():
+    scenario = _scenario(process={"do_setpoint_pct": 33.0}, days=1.0)
+    recipe = Recipe.from_scenario(scenario)
+    assert not cached(recipe)
+    run = simulate_run(scenario, 1)
+    monitor = ReactorMonitor("r1", MonitorConfig.for_detector("fusion", reference_in_background=True))
+    monitor.set_recipe(recipe, run.started, run_id=run.ticks["run_id"][0].as_py(), run_start_ts=run.started)
+    monitor.on_ticks(run.ticks.slice(0, HOUR))  # returns at once: the build takes seconds
+    golden = monitor.detector.detectors["golden"]
+    assert monitor.awaiting == recipe and golden.reference.source.name == "golden_batch.npz"
+    assert not monitor.det_state.members["golden"].smooth.any()  # held: not scored against the default's
+    recipes._BUILDS[recipe.hash].result(timeout=300)
+    monitor.on_ticks(run.ticks.slice(HOUR, HOUR))
+    assert monitor.awaiting is None and golden.reference.source.name.startswith(recipe.hash)
+    assert monitor.det_state.members["golden"].smooth.any()
+    assert pickle.loads(pickle.dumps(monitor)).awaiting is None
+    assert _alerts(monitor, run.ticks.slice(2 * HOUR)) == []
 
 
 def test_a_monitor_with_a_recipe_snapshots_the_reference_by_its_file():

@@ -12,9 +12,11 @@ from agents.evidence import gather
 from agents.incidents import IncidentTracker
 from agents.troubleshooting import ABSTAIN_BELOW, rank
 from detectors.benchmark import NO_MAGNITUDE, SWEEP_COMPOSITES, SWEEP_RANGES, draw_recipes, sweep_plan
+from detectors.reactor_monitor import ReactorMonitor
 from detectors.recipe import Recipe
+from detectors.unit_monitor import MonitorConfig
 from sources.fleet import simulate_run
-from sources.scenarios import ARCHETYPE_SCENARIOS, load_scenario
+from sources.scenarios import ARCHETYPE_SCENARIOS, load_scenario, parse_scenario
 
 
 def test_the_sweep_draws_valid_distinct_recipes_the_same_for_the_same_seed():
@@ -116,3 +118,21 @@ def test_a_fault_after_another_fault_opens_its_own_incident_while_the_first_alar
     events = alert("do_limitation", 144.0, ("do_pct", 0.8), ("o2_sccm", 0.1))
     assert [e["event"] for e in events] == ["resolve", "open"]
     assert events[1]["incident_id"] != first["incident_id"]
+
+
+def test_a_ph_probe_drifting_after_a_temperature_spike_gets_its_own_alert_while_the_spike_alarm_is_still_on():
+    base = load_scenario("normal").model_dump()
+    faults = [{"fault": "temperature_spike", "start_day": 4.5, "duration_h": 8.0, "magnitude": 3.0},
+              {"fault": "sensor_drift", "signal": "ph", "start_day": 6.5, "duration_h": 72.0, "magnitude": 0.08}]
+    sim = simulate_run(parse_scenario({**base, "name": "spike_then_drift", "faults": faults, "days": 10.0}), 5)
+    monitor = ReactorMonitor("r1", MonitorConfig.for_detector("fusion"))
+    alerts = [*monitor.on_ticks(sim.ticks).alerts, *monitor.on_watermark(2**62).alerts]
+    spike, drift = sim.labels
+    residual = [a for a in alerts if a["member"] == "twin_residual"]
+    assert len(residual) == 1 and spike.start_ts <= residual[0]["ts"] <= spike.end_ts + timedelta(hours=6)
+    assert monitor.open_alerts.get("twin_residual") is not None  # the spike's alarm never closed
+    news = [a for a in alerts if a["member"] == "twin_residual:ph"]
+    assert news and drift.start_ts <= news[0]["ts"] <= drift.end_ts
+    assert news[0]["signals"] == [{"name": "ph", "contribution": 1.0}]
+    # the spike's own aftermath is not news: nothing else of the member before the drift began
+    assert not [a for a in alerts if a["member"].startswith("twin_residual:") and a["ts"] < drift.start_ts]

@@ -27,7 +27,7 @@ def _arm_and_readings(n: int = 4) -> tuple[TwinArm, np.ndarray, np.ndarray]:
 
 
 def test_the_batched_fit_reaches_the_map_of_fit_patient() -> None:
-    arm, doses, readings = _arm_and_readings()
+    arm, doses, readings = _arm_and_readings(2)
     who = np.arange(len(doses))
     eta = arm._fit(who, DOSE_T_H, doses, LAB_T_H, readings)
     cov = arm.cohort.covariates()

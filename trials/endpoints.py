@@ -82,7 +82,8 @@ class HrEndpoints:
 
     hr_reduction_bpm: np.ndarray  # baseline minus the mean morning HR of the last week on study
     hr_control_pct: np.ndarray  # share of mornings from day 7 with HR in the target range
-    days_to_bradycardia: np.ndarray
+    bradycardia_final: np.ndarray  # the last reading on study below `bradycardia_bpm`
+    days_to_bradycardia: np.ndarray  # to the first reading below `severe_bradycardia_bpm`
     bradycardia_event: np.ndarray
     completed: np.ndarray
 
@@ -103,10 +104,12 @@ def hr_endpoints(design: Design, course: HrCourse) -> HrEndpoints:
         lo, hi = ep.hr_target_bpm
         control = np.where(counted.any(axis=1), 100.0 * (counted & (hr >= lo) & (hr <= hi)).sum(axis=1)
                            / np.maximum(counted.sum(axis=1), 1), np.nan)
-        brady = has & (hr < ep.bradycardia_bpm)
+        severe = has & (hr < ep.severe_bradycardia_bpm)
+        at_final_visit = np.where(last >= 0, hr[np.arange(len(hr)), np.maximum(last, 0)], np.nan) < ep.bradycardia_bpm
     censor = np.where(last >= 0, course.day[np.maximum(last, 0)], 0.0)
-    t_brady, e_brady = first_time(course.day, brady, censor)
-    return HrEndpoints(course.baseline_hr_bpm - final, control, t_brady, e_brady, np.isnan(course.dropout_day))
+    t_brady, e_brady = first_time(course.day, severe, censor)
+    return HrEndpoints(course.baseline_hr_bpm - final, control, at_final_visit, t_brady, e_brady,
+                       np.isnan(course.dropout_day))
 
 
 def patient_endpoints(design: Design, course: Course | HrCourse) -> PatientEndpoints | HrEndpoints:

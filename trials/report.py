@@ -93,7 +93,8 @@ def markdown(trial: Trial, image: str) -> str:
     f = r["flow"]
     schedule = (f"| INR draws (day) | {', '.join(f'{x:g}' for x in d.lab_days)} |" if d.drug == "warfarin" else
                 f"| resting HR | each morning at 08:00; target {d.endpoints.hr_target_bpm[0]:g}-"
-                f"{d.endpoints.hr_target_bpm[1]:g} bpm, bradycardia < {d.endpoints.bradycardia_bpm:g} bpm |")
+                f"{d.endpoints.hr_target_bpm[1]:g} bpm; bradycardia < {d.endpoints.bradycardia_bpm:g} bpm at the final "
+                f"visit, first < {d.endpoints.severe_bradycardia_bpm:g} bpm |")
     lines = [f"# Trial report: {trial.trial_id}", "", text_summary(r).splitlines()[0], "", "## Design", "",
              "| item | value |", "|---|---|", f"| design | {d.name} |", f"| description | {d.description} |",
              f"| drug | {d.drug} |",

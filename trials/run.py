@@ -41,8 +41,9 @@ ENDPOINTS = {
     "metoprolol": {
         "continuous": (("hr_reduction", "resting heart-rate reduction, last week (bpm)", "hr_reduction_bpm", 1.0),
                        ("hr_control", "mornings with resting HR in the target range (%)", "hr_control_pct", 1.0)),
-        "proportion": (("any_bradycardia", "patients with bradycardia (%)", "bradycardia_event"),),
-        "time_to_event": (("bradycardia", "first resting HR below the bradycardia limit", "days_to_bradycardia",
+        "proportion": (("bradycardia_final_visit", "patients with bradycardia at the final visit (%)",
+                        "bradycardia_final"),),
+        "time_to_event": (("bradycardia", "first resting HR below the severe-bradycardia limit", "days_to_bradycardia",
                            "bradycardia_event"),)},
 }
 

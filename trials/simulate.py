@@ -27,6 +27,7 @@ from sources.patient.inr_variability import InrFluctuation, measured_inr, true_i
 from sources.patient.pkpd import PkpdState, step_pkpd
 from sources.patient.protocols import make_protocol
 from trials.design import COHORT_FILE_COLUMNS, Design, DesignError
+from trials.eu_pact_dosing import EuPactGenotypeProtocol
 from trials.twin_arm import TwinArm
 
 DT_H = 1.0
@@ -303,7 +304,8 @@ def simulate_course(design: Design, cohort: Cohort, arm: np.ndarray, seed: int,
                         state["now_h"])
             advisor = TwinArm(sub, spec.target_inr, history, twin_progress)
             twins.append(advisor)
-        protocols.append((idx, make_protocol(spec.protocol, sub, target_inr=spec.target_inr, advisor=advisor,
+        protocols.append((idx, EuPactGenotypeProtocol(sub, spec.target_inr) if spec.protocol == "genotype_eu_pact"
+                          else make_protocol(spec.protocol, sub, target_inr=spec.target_inr, advisor=advisor,
                                              fixed_dose_mg=spec.fixed_dose_mg)))
     state = {"day": 0, "now_h": 0.0}
     pk = PkpdState.initial(n)
@@ -335,7 +337,7 @@ def simulate_course(design: Design, cohort: Cohort, arm: np.ndarray, seed: int,
             col = int(round(lab_h[j] - now_h)) - 1
             drawn = on_study & ~(np.nan_to_num(dropout_day, nan=np.inf) < lab_day[j])
             course.lab_inr[:, j] = np.where(drawn, measured_inr(inr_true[:, col], lab_noise_rng), np.nan)
-        hazard_per_day = bl.rate_per_year_at_2_5 / 365.0 * bl.factor_per_inr_unit ** (course.true_inr_day[:, d] - 2.5)
+        hazard_per_day = bl.hazard_per_day(course.true_inr_day[:, d])
         bleeds = on_study & np.isnan(course.bleed_day) & (bleed_u[:, d] < -np.expm1(-hazard_per_day))
         course.bleed_day = np.where(bleeds, d + 0.5, course.bleed_day)
     course.twin_refits = sum(t.refits for t in twins)

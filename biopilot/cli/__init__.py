@@ -2,7 +2,8 @@
 
 One module per group of commands: plant (scenarios, simulate, overview, up, replay), lake, detect, agents
 (diagnose, report, chat, agents), dashboard (dashboard, token, audit), bench, train, twin (dose), trial (run,
-designs, power), reference (build), cohort (synthesize, gate). Each declares a command's options next to its handler (whose docstring is the command's
+designs, power), reference (build), cohort (synthesize, gate), models (list, promote, rollback).
+Each declares a command's options next to its handler (whose docstring is the command's
 description) and adds its commands to the parser in `register(subparsers)`.
 
 Handlers import what they run inside their body, so that `biopilot --help` and a usage error load neither torch
@@ -17,11 +18,24 @@ import sys
 import tomllib
 from collections.abc import Sequence
 
-from biopilot.cli import agents, bench, cohort, dashboard, detect, lake, plant, reference, train, trial, twin
+from biopilot.cli import (
+    agents,
+    bench,
+    cohort,
+    dashboard,
+    detect,
+    lake,
+    models,
+    plant,
+    reference,
+    train,
+    trial,
+    twin,
+)
 from biopilot.cli.errors import EXIT_USAGE, UsageError
 from core.config import SettingsError
 
-GROUPS = (plant, lake, detect, agents, dashboard, bench, train, twin, trial, reference, cohort)
+GROUPS = (plant, lake, detect, agents, dashboard, bench, train, twin, trial, reference, cohort, models)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except tomllib.TOMLDecodeError as err:
         print(f"biopilot: error: invalid TOML: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C: one line, not a traceback
+        print(f"biopilot: {err or 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

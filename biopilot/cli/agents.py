@@ -40,14 +40,19 @@ def add_report(subparsers: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     """Key figures, CPP excursions, incidents with causes and actions, plots of the key signals with
     incidents shaded, and a short summary; for a patient run (the `runs` table's plant), the patient and genotype,
-    vitals, labs, doses, time in therapeutic range and the incidents with their causes."""
+    vitals, labs, doses, time in therapeutic range and the incidents with their causes; for a trial patient's run
+    (`trial run --lake`), the trial, arm, patient, endpoints, INRs and doses (a trial has no vitals)."""
     from pathlib import Path
 
     from agents import patient_report, report
     from agents.diagnose import RunNotFound
+    from trials import run_report
 
     with user_errors(RunNotFound, report.UnsafeRunId):
-        out = patient_report.write_run(lake_of(args), args.run, args.format, Path(args.out))
+        report.report_path(Path(args.out), args.run, args.format)  # an id before the lake is read
+        trial = run_report.trial_row(lake_of(args), args.run)
+        out = (run_report.write(lake_of(args), args.run, args.format, Path(args.out), trial) if trial else
+               patient_report.write_run(lake_of(args), args.run, args.format, Path(args.out)))
     print(out)
     return 0
 

@@ -332,7 +332,7 @@ def add_cohort(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--patients", type=positive("--patients", int), default=2000,
                    help="simulated real patients (default 2000; a fifth is held out)")
     p.add_argument("--seed", type=int, default=5)
-    p.add_argument("--epochs", type=positive("--epochs", int), default=200, help="at most (default 200)")
+    p.add_argument("--epochs", type=positive("--epochs", int), default=60, help="at most (default 60)")
     p.add_argument("--rounds", type=positive("--rounds", int), default=5, help="gate rounds (default 5)")
     p.add_argument("--out", default="docs/quality", help="where cohort.json goes")
     json_option(p)
@@ -352,10 +352,86 @@ def cmd_bench_cohort(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_predict(benches: argparse._SubParsersAction) -> None:
+    p = command(benches, "predict", cmd_bench_predict, "risk serving: cache hits and misses, batched predictions, "
+                "stale answers, with live patients whose data keeps arriving")
+    p.add_argument("--patients", type=positive("--patients", int), default=1000, help="live patients (default 1000)")
+    p.add_argument("--days", type=positive("--days"), default=10.0,
+                   help="simulated days per patient, the last --held-back-h hours arriving during the bench")
+    p.add_argument("--held-back-h", type=positive("--held-back-h"), default=48.0)
+    p.add_argument("--batch", type=positive("--batch", int), default=250, help="patients per batched prediction")
+    p.add_argument("--reads", type=positive("--reads", int), default=2000, help="cache-hit requests timed")
+    p.add_argument("--misses", type=positive("--misses", int), default=300,
+                   help="requests timed right after new data of the patient (misses)")
+    p.add_argument("--rounds", type=positive("--rounds", int), default=4000,
+                   help="requests checked for staleness while data arrives")
+    p.add_argument("--readers", type=positive("--readers", int), default=8, help="concurrent readers in that check")
+    p.add_argument("--lake-misses", type=int, default=50,
+                   help="records also read from a Delta lake of the patients (the API's miss path; 0: skip)")
+    p.add_argument("--model", default=None, help="a checkpoint (.pt, or a directory: its newest); default the "
+                                                 "shipped one")
+    p.add_argument("--seed", type=int, default=0)
+    json_option(p)
+
+
+def cmd_bench_predict(args: argparse.Namespace) -> int:
+    """`outcomes.serving` on a real redis-server with the outcome model: hit and miss p50/p99, predictions/s
+    batched, and answers older than the data that had arrived (`stale_served`, must be 0)."""
+    from biopilot.bench import predict
+
+    if args.readers > args.rounds:
+        raise UsageError("--readers must not exceed --rounds")
+    if args.held_back_h + 24 > args.days * 24:
+        raise UsageError("--held-back-h must leave at least a day of --days arrived before the bench")
+    res = predict.run(args.patients, args.days, args.held_back_h, args.batch, args.reads, args.misses, args.rounds,
+                      args.readers, args.lake_misses, args.seed, args.model, say=progress(args))
+    print(json.dumps(res) if args.json else "\n".join(f"{k:28s} {v}" for k, v in res.items()))
+    return 0
+
+
+def add_drift(benches: argparse._SubParsersAction) -> None:
+    p = command(benches, "drift", cmd_bench_drift, "a population shift: drift found, challenger trained, promoted")
+    p.add_argument("--pre-patients", type=positive("--pre-patients", int), default=600,
+                   help="patients admitted from the default population before the shift; the first two thirds are "
+                        "the drift monitor's reference (default 600)")
+    p.add_argument("--post-patients", type=positive("--post-patients", int), default=800,
+                   help="patients from the shifted one: half train the challenger, a quarter is its shadow "
+                        "window, a quarter the test (default 800)")
+    p.add_argument("--admissions-per-h", type=positive("--admissions-per-h"), default=10.0,
+                   help="new patients an hour, the drift monitor's traffic (default 10)")
+    p.add_argument("--days", type=positive("--days", int), default=40, help="days simulated per patient (default 40)")
+    p.add_argument("--epochs", type=positive("--epochs", int), default=3,
+                   help="the challenger's epochs, from the champion's weights (default 3)")
+    p.add_argument("--margin", type=float, default=0.01,
+                   help="AUROC the challenger must gain over the champion in shadow to be promoted (default 0.01)")
+    p.add_argument("--seed", type=int, default=2601)
+    p.add_argument("--lake", default=None, help="keep the registry, incidents and audit here (default: a temporary "
+                                                "directory)")
+    p.add_argument("--out", default="docs/quality", help="where drift.json goes")
+    json_option(p)
+
+
+def cmd_bench_drift(args: argparse.Namespace) -> int:
+    """Admit patients from the default population, then from a shifted one (ancestry toward VKORC1 A/A, a
+    share on amiodarone): the input drift monitor's delay in simulated hours, the drift incident in the agents'
+    words, the champion's AUROC (INR >= 4 within 7 days) before and after the shift, the challenger trained on
+    the shifted patients and evaluated in shadow, and the AUROC after its promotion (on held-out patients)."""
+    from biopilot.bench import drift as bench
+
+    res = bench.run(pre_patients=args.pre_patients, post_patients=args.post_patients,
+                    admissions_per_h=args.admissions_per_h, days=args.days, seed=args.seed, epochs=args.epochs,
+                    margin=args.margin, lake=args.lake, say=progress(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "drift.json").write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res) if args.json else "\n".join(f"{k:36s} {v}" for k, v in res.items()))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     benches = group(subparsers, "bench", help="measured figures, each beside its baseline",
                     description="Benchmarks; each prints ours beside a baseline measured in the same run.",
                     metavar="BENCH")
     for add in (add_simulate, add_pipeline, add_detectors, add_agents, add_sse, add_skab, add_twin, add_trial,
-                add_cohort):
+                add_cohort, add_predict, add_drift):
         add(benches)

@@ -70,8 +70,8 @@ def add_synthesize(cohort: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=positive("--rounds", int), default=5,
                    help="the loop's budget: gate rounds before giving up (default 5)")
-    p.add_argument("--epochs", type=positive("--epochs", int), default=200,
-                   help="training epochs at most (early stopping ends sooner; default 200)")
+    p.add_argument("--epochs", type=positive("--epochs", int), default=60,
+                   help="training epochs at most (early stopping usually ends sooner; default 60)")
     p.add_argument("--allow-failed", action="store_true",
                    help="write the cohort even when it fails the gate (with a warning)")
     gate_options(p)

@@ -69,7 +69,9 @@ def _event_name(channel: str, event: dict) -> str:
         return {"ticks": "tick", "dose": "dose", "recipe": "recipe"}.get(event.get("kind"), "assay")
     if channel == "alerts":
         return "clear" if event.get("type") == "clear" else "alert"
-    return {"incidents": "incident", "agents": "chunk", "twin": "twin"}[channel]
+    if channel == "twin":  # the patient twin's forecasts and the outcome model's risks
+        return "risk" if event.get("kind") == "risk" else "twin"
+    return {"incidents": "incident", "agents": "chunk"}[channel]
 
 
 @router.get("/telemetry")
@@ -97,7 +99,8 @@ async def incidents(request: Request, rt: Runtime = Depends(runtime), who: Princ
 async def twin(request: Request, rt: Runtime = Depends(runtime), who: Principal = Depends(is_viewer),
                reactor: Id | None = Query(None, description="a patient's id"),
                last_event_id: str | None = Query(None)) -> HeldStream:
-    """The patient twin's INR forecasts, one event each time a lab refits it (the patient plant)."""
+    """The patient twin's INR forecasts, one event each time a lab refits it, and the outcome model's risks (event
+    `risk`), one each time they change at a closed hour (the patient plant)."""
     return sse(request, rt, who, "twin", lambda e: matches(e, reactor), last_event_id)
 
 

@@ -1,6 +1,7 @@
 // BioPilot dashboard, patient plant: the cohort overview, one patient's vitals, NEWS2 (scored by the server), INR
 // with the 2-3 band and the twin's forecast band, Hb, doses, adverse events shaded, the agent's diagnosis, and
-// the controls (dose, hold, co-medication, an injected event). Same rules as app.js: no build step, text only
+// the outcome model's risks with their intervals and explanation, and the controls (dose, hold, co-medication, an
+// injected event). Same rules as app.js: no build step, text only
 // (textContent, never innerHTML), the token in the http-only cookie.
 "use strict";
 
@@ -29,6 +30,7 @@ const state = {
   run: null,             // the selected patient's run
   data: null,            // {t, signals, news2, labs, doses, twin, labels, diagnosis}
   live: {},              // run -> its latest streamed vitals {t, signals, news2}: what the lake may not hold yet
+  risk: null,            // the selected patient's risk (GET /api/patients/{id}/risk, then `risk` events)
   alerts: [],
   dirty: true, plots: [],
   refreshing: null,
@@ -62,6 +64,16 @@ async function loadPatient(run) {
   d.diagnosis = diagnosis.incidents;
   state.data = d;
   renderAll();
+  loadRisk(run);
+}
+
+async function loadRisk(run) {  // its own request: a patient the model cannot score yet still has a page
+  const r = row();
+  if (!r) return;
+  const risk = await api(`/api/patients/${enc(r.patient_id)}/risk`).catch(() => null);
+  if (run !== state.run) return;
+  state.risk = risk;
+  renderRisk();
 }
 
 async function refreshSlow() {  // what changes a few times a day of the patient: labs, doses, twin, events, agent
@@ -76,6 +88,7 @@ async function refreshSlow() {  // what changes a few times a day of the patient
     Object.assign(state.data, {labs: labs.labs, doses: doses.doses, twin, labels: labels.labels,
                                diagnosis: diagnosis.incidents});
     renderAll();
+    loadRisk(run);
   } catch (_) {}
 }
 
@@ -134,6 +147,42 @@ function onTwin(message) {  // the flow's refit: its forecast rows replace the b
   state.data.twin = {fitted_t: seconds(message.fitted_ts), advised_weekly_dose_mg: message.advised_weekly_dose_mg,
                      labs_used: message.labs_used ?? null, bands};
   renderAll();
+}
+
+function onRisk(message) {  // the risk worker scored the patient at a closed hour and something changed
+  if (message.run_id !== state.run) return;
+  state.risk = {...message, cached: false};
+  renderRisk();
+}
+
+const HEAD_NAMES = {inr_ge4_7d: "INR ≥ 4 within 7 days", major_bleed_14d: "major bleed within 14 days",
+                    bradycardia_24h: "bradycardia within 24 h", inr_3d: "INR in 3 days", ttr_12w: "TTR next 12 weeks"};
+
+function renderRisk() {
+  const risk = state.risk, box = $("risk");
+  if (!risk) {
+    box.replaceChildren(el("p", {className: "muted", textContent: "no risk yet: no data of this patient scored"}));
+    box.dataset.heads = "0";
+    return;
+  }
+  const heads = Object.values(risk.heads);
+  const notApplicable = risk.not_applicable ?? risk.extra?.not_applicable ?? [];
+  const rows = heads.map((h) => {
+    const pct = (x) => `${(100 * x).toFixed(0)} %`;
+    const value = notApplicable.includes(h.name) ? "n/a for this patient"
+      : h.kind === "probability" ? `${pct(h.estimate)} (${pct(h.lo)}–${pct(h.hi)})`
+      : `${h.estimate.toFixed(1)} (${h.lo.toFixed(1)}–${h.hi.toFixed(1)}, 90 %)`;
+    const div = el("div", {}, el("span", {className: "muted", textContent: `${HEAD_NAMES[h.name] ?? h.name}: `}), value,
+                   h.alert ? el("b", {className: "critical", textContent: ` ≥ ${pct(h.threshold ?? 0.5)}: alert`}) : "");
+    div.dataset.head = h.name;
+    return div;
+  });
+  rows.push(el("p", {className: "explanation", textContent: risk.explanation}));
+  rows.push(el("p", {className: "muted", textContent: `model ${risk.model_version} · confidence ` +
+    `${Number(risk.confidence).toFixed(2)} · data to ${day(seconds(risk.data_watermark))}` +
+    `${risk.cached ? " · cached" : ""}`}));
+  box.replaceChildren(...rows);
+  box.dataset.heads = String(heads.length);
 }
 
 // ---- plots -------------------------------------------------------------------------------------------
@@ -280,7 +329,7 @@ async function refreshCohort() {
 }
 
 function selectPatient(run) {
-  state.run = run; state.data = null; state.dirty = true;
+  state.run = run; state.data = null; state.risk = null; state.dirty = true;
   $("patient").value = run;
   $("run").textContent = run;
   document.querySelectorAll("#cohort tr.selected").forEach((tr) => tr.classList.remove("selected"));
@@ -363,7 +412,7 @@ function mine(event) { return event.run_id === state.run; }
 
 function startStreams() {
   stream("/api/stream/telemetry", {tick: onTick, assay: onLab, dose: onDose});
-  stream("/api/stream/twin", {twin: onTwin});
+  stream("/api/stream/twin", {twin: onTwin, risk: onRisk});
   stream("/api/stream/alerts", {alert: (a) => { if (mine(a)) soon(); }});
   stream("/api/stream/incidents", {incident: (i) => { if (mine(i)) soon(); }});
   stream("/api/stream/agents", {chunk: (c) => {

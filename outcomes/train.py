@@ -1,0 +1,171 @@
+"""Training and evaluating the outcome model.
+
+`train_outcome(train, calibration)`: the network on the training patients (binary cross-entropy on the three
+risks, squared error on the two standardised values, each only where its label exists; AdamW), then on the
+calibration patients - never seen in training - the temperatures, the alert thresholds and the conformal
+scores. `evaluate(model, test)`: per head the figures `biopilot train outcome` prints.
+
+>>> from outcomes.dataset import simulate_dataset
+>>> ds = simulate_dataset(6, seed=3, days=10, samples_per_patient=2)
+>>> tr, cal = ds.split((0.5, 0.5))
+>>> model = train_outcome(tr, cal, config=TrainConfig(epochs=1))
+>>> sorted(evaluate(model, cal)["heads"]) == sorted(CLASS_HEADS + REGRESSION_HEADS)
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+from tqdm import tqdm
+
+from outcomes.calibration import expected_calibration_error, fit_temperature
+from outcomes.conformal import ClassConformal, RegressionConformal
+from outcomes.contract import CLASS_HEADS, COVERAGE_TARGET, REGRESSION_HEADS
+from outcomes.dataset import OutcomeDataset
+from outcomes.model import REGRESSION_SCALE, OutcomeConfig, OutcomeModel, OutcomeNet
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12
+    batch: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    regression_weight: float = 0.5
+    model: OutcomeConfig = field(default_factory=OutcomeConfig)
+
+
+def _targets(ds: OutcomeDataset) -> tuple[np.ndarray, np.ndarray]:
+    """(class labels [n, 3], standardised regression labels [n, 2]); NaN = no label."""
+    y_c = np.column_stack([ds.labels[h] for h in CLASS_HEADS]).astype(np.float32)
+    y_r = np.column_stack([(ds.labels[h] - REGRESSION_SCALE[h][0]) / REGRESSION_SCALE[h][1]
+                           for h in REGRESSION_HEADS]).astype(np.float32)
+    return y_c, y_r
+
+
+def _fit_net(train: OutcomeDataset, config: TrainConfig, seed: int, progress: bool,
+             init: OutcomeNet | None = None) -> OutcomeNet:
+    torch.manual_seed(seed)
+    net = OutcomeNet(init.cfg if init is not None else config.model)
+    if init is not None:  # a warm start (outcomes/retrain.py: the challenger starts from the champion's weights)
+        net.load_state_dict(init.state_dict())
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    series, static, cat = train.inputs.tensors()
+    y_c, y_r = (torch.from_numpy(a) for a in _targets(train))
+    n = len(series)
+    steps = config.epochs * max(1, -(-n // config.batch))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    k = len(CLASS_HEADS)
+    with tqdm(total=steps, desc="training outcome model", unit="batch", disable=not progress) as bar:
+        for _ in range(config.epochs):
+            for idx in torch.randperm(n, generator=gen).split(config.batch):
+                out = net(series[idx], static[idx], cat[idx])
+                yc, yr = y_c[idx], y_r[idx]
+                mc, mr = ~torch.isnan(yc), ~torch.isnan(yr)
+                bce = torch.nn.functional.binary_cross_entropy_with_logits(
+                    out[:, :k][mc], yc[mc], reduction="sum") / max(1, int(mc.sum()))
+                mse = ((out[:, k:][mr] - yr[mr]) ** 2).sum() / max(1, int(mr.sum()))
+                loss = bce * k + config.regression_weight * mse * len(REGRESSION_HEADS)
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                bar.update(1)
+    net.eval()
+    return net
+
+
+def youden_threshold(p: np.ndarray, y: np.ndarray) -> float:
+    """The probability maximising sensitivity + specificity - 1 (0.5 when a class is missing)."""
+    keep = ~np.isnan(y)
+    p, y = p[keep], y[keep]
+    if not len(y) or y.min() == y.max():
+        return 0.5
+    grid = np.unique(np.quantile(p, np.linspace(0.01, 0.99, 99)))
+    j = [(p[y == 1] >= t).mean() - (p[y == 0] >= t).mean() for t in grid]
+    return float(grid[int(np.argmax(j))])
+
+
+def train_outcome(train: OutcomeDataset, calibration: OutcomeDataset, *, config: TrainConfig = TrainConfig(),
+                  seed: int = 0, progress: bool = False, init: OutcomeNet | None = None) -> OutcomeModel:
+    """The network on `train`; temperatures, thresholds and conformal scores on `calibration` (other patients).
+    `init`: start from these weights (a warm start: a challenger fine-tuned from the champion)."""
+    if not len(train) or not len(calibration):
+        raise ValueError("train and calibration must both hold samples")
+    net = _fit_net(train, config, seed, progress, init)
+    model = OutcomeModel(net, {h: 1.0 for h in CLASS_HEADS}, {h: 0.5 for h in CLASS_HEADS}, {}, {})
+    passes = model._passes(calibration.inputs)
+    for i, h in enumerate(CLASS_HEADS):
+        model.temperatures[h] = fit_temperature(passes[:, :, i], calibration.labels[h])
+    raw = model.raw(calibration.inputs)
+    for i, h in enumerate(CLASS_HEADS):
+        y = calibration.labels[h]
+        model.thresholds[h] = youden_threshold(raw.p[:, i], y)
+        model.class_conformal[h] = ClassConformal.fit(y, raw.p[:, i], calibration.groups(h))
+    for i, h in enumerate(REGRESSION_HEADS):
+        model.regression_conformal[h] = RegressionConformal.fit(calibration.labels[h], raw.value[:, i],
+                                                                raw.value_sd[:, i], calibration.groups(h))
+    return model
+
+
+def coverage_by_group(inside: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    return {str(g): round(float(inside[groups == g].mean()), 4) for g in sorted(set(groups)) if g != ""}
+
+
+def classification_metrics(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """AUROC, AUPRC, Brier, ECE of probabilities `p` for labels `y` (NaN labels skipped)."""
+    keep = ~np.isnan(y)
+    p, y = p[keep], y[keep]
+    two = len(y) and 0 < y.sum() < len(y)
+    return {"n": int(len(y)), "positives": int(y.sum()),
+            "auroc": round(float(roc_auc_score(y, p)), 4) if two else float("nan"),
+            "auprc": round(float(average_precision_score(y, p)), 4) if two else float("nan"),
+            "brier": round(float(np.mean((p - y) ** 2)), 4) if len(y) else float("nan"),
+            "ece": round(expected_calibration_error(p, y), 4)}
+
+
+def evaluate(model: OutcomeModel, test: OutcomeDataset) -> dict:
+    """Per head: classification - auroc, auprc, brier, ece, coverage of the conformal sets overall and per
+    genotype group and per ancestry, the mean set size; regression - MAE, coverage (same groups), mean width."""
+    pred = model.predict_dataset(test)
+    heads = {}
+    for h in CLASS_HEADS:
+        y = test.labels[h]
+        keep = ~np.isnan(y)
+        v = pred[h]
+        inside = np.where(y[keep] == 1, v["in_set1"][keep], v["in_set0"][keep])
+        groups = coverage_by_group(inside, test.groups(h)[keep])
+        heads[h] = {**classification_metrics(v["estimate"], y), **_coverage(inside, groups),
+                    "coverage_by_ancestry": coverage_by_group(inside, test.ancestry[keep]),
+                    "mean_set_size": round(float((v["in_set0"][keep].astype(int)
+                                                  + v["in_set1"][keep].astype(int)).mean()), 4) if keep.any() else
+                    float("nan"),
+                    "threshold": round(model.thresholds[h], 4)}
+    for h in REGRESSION_HEADS:
+        y = test.labels[h]
+        keep = ~np.isnan(y)
+        v = pred[h]
+        inside = (y[keep] >= v["lo"][keep]) & (y[keep] <= v["hi"][keep])
+        groups = coverage_by_group(inside, test.groups(h)[keep])
+        heads[h] = {"n": int(keep.sum()),
+                    "mae": round(float(np.abs(v["estimate"][keep] - y[keep]).mean()), 4) if keep.any() else
+                    float("nan"), **_coverage(inside, groups),
+                    "coverage_by_ancestry": coverage_by_group(inside, test.ancestry[keep]),
+                    "interval_width": round(float((v["hi"][keep] - v["lo"][keep]).mean()), 4) if keep.any() else
+                    float("nan")}
+    return {"samples": len(test), "patients": int(len(set(test.run_id))), "coverage_target": COVERAGE_TARGET,
+            "heads": heads}
+
+
+def _coverage(inside: np.ndarray, groups: dict[str, float]) -> dict:
+    return {"coverage": round(float(inside.mean()), 4) if len(inside) else float("nan"),
+            "coverage_by_group": groups,
+            "min_group_coverage": min(groups.values()) if groups else float("nan"),
+            "max_group_coverage": max(groups.values()) if groups else float("nan")}

@@ -1,0 +1,79 @@
+"""`GET /api/patients/{patient_id}/risk` on a real dashboard (nats-server, redis-server, the relay) with the
+shipped outcome model over a lake of simulated patients: typed answers, a hit the second time, a lab arriving
+on NATS makes the next answer fresh with the lab's watermark, and the refusals (unknown patient, bad id, no
+token)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from pathlib import Path
+
+import nats
+import pytest
+
+from core.events import LABS
+from outcomes.contract import CLASS_HEADS, REGRESSION_HEADS
+from sinks import delta
+from sources.publish import publish_assays
+from tests.dashboard_helpers import Dashboard, wait_for
+from tests.test_risk_serving import new_lab, write_patients
+
+PATIENT = "p000000"
+
+
+@pytest.fixture(scope="module")
+def dash(start_module_dashboard) -> Dashboard:
+    dash = start_module_dashboard(plant="patient")
+    write_patients(Path(dash.lake))
+    return dash
+
+
+def test_risk_is_typed_and_the_second_answer_is_the_cached_one(dash):
+    with dash.client("viewer") as c:
+        first = c.get(f"/api/patients/{PATIENT}/risk")
+        again = c.get(f"/api/patients/{PATIENT}/risk").json()
+    assert first.status_code == 200, first.text
+    first = first.json()
+    assert set(first["heads"]) == {*CLASS_HEADS, *REGRESSION_HEADS}
+    for name in CLASS_HEADS:
+        head = first["heads"][name]
+        assert head["kind"] == "probability" and 0 <= head["lo"] <= head["estimate"] <= head["hi"] <= 1
+        assert head["threshold"] is not None
+    assert first["heads"]["inr_3d"]["lo"] <= first["heads"]["inr_3d"]["estimate"] <= first["heads"]["inr_3d"]["hi"]
+    assert first["explanation"] and first["model_version"] and 0 <= first["confidence"] <= 1
+    assert (first["cached"], again["cached"]) == (False, True)
+    assert again["data_watermark"] == first["data_watermark"] and again["heads"] == first["heads"]
+
+
+def test_a_lab_arriving_on_nats_makes_the_next_answer_fresh_with_its_watermark(dash):
+    with dash.client("viewer") as c:
+        before = c.get(f"/api/patients/{PATIENT}/risk").json()
+        assert c.get(f"/api/patients/{PATIENT}/risk").json()["cached"]
+        lab = new_lab(Path(dash.lake), PATIENT, inr=5.5)
+        delta.append(dash.lake, "labs", lab, LABS)  # the flow's write...
+
+        async def publish() -> None:  # ...of the lab the relay sees arrive
+            nc = await nats.connect(dash.nats_url)
+            await publish_assays(nc.jetstream(), PATIENT, lab)
+            await nc.close()
+
+        asyncio.run(publish())
+        reported = lab["reported_ts"][0].as_py()
+
+        def answer_with_the_lab() -> dict | None:
+            answer = c.get(f"/api/patients/{PATIENT}/risk").json()
+            return answer if datetime.fromisoformat(answer["data_watermark"]) == reported else None
+
+        fresh = wait_for(answer_with_the_lab, timeout_s=10)
+    assert fresh, "the answer never moved to the new lab's watermark"
+    assert datetime.fromisoformat(before["data_watermark"]) < reported
+    assert not fresh["cached"] and fresh["data_behind_s"] == 0
+
+
+def test_unknown_patient_404_bad_id_422_and_no_token_401(dash):
+    with dash.client("viewer") as c:
+        assert c.get("/api/patients/p999999/risk").status_code == 404
+        assert c.get("/api/patients/p0.1/risk").status_code == 422
+    with dash.client(None) as c:
+        assert c.get(f"/api/patients/{PATIENT}/risk").status_code == 401

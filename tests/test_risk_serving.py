@@ -1,0 +1,153 @@
+"""The risk cache (`outcomes.serving`) on a real redis-server and a real lake of simulated patients: a hit is
+the stored answer, new data (a lab) invalidates it the moment it arrives and the next answer is fresh with
+the new watermark, an answer is not kept while the lake is behind the data that arrived or when data arrived
+during its computation. The model is a stand-in (a function of the last INR): the cache is under test here,
+the real model in tests/test_risk_api.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from core.events import DOSES, LABS, VITALS
+from core.services import redis_client
+from outcomes.contract import CLASS_HEADS, HeadPrediction, PatientRecord, RiskPrediction
+from outcomes.serving import (
+    Fixed,
+    RiskCache,
+    RiskService,
+    Seen,
+    data_watermark,
+    lake_records,
+    patient_runs,
+    read_lake_records,
+    to_us,
+)
+from sinks import delta
+from sources.patient.cohort_sim import PatientCohortSim
+from sources.patient.scenarios import load_patient_scenario
+
+DAYS = 6
+
+
+class LastInr:
+    """Stand-in model: each head's probability is the last INR reported / 10."""
+
+    version = "last-inr-1"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, records: Sequence[PatientRecord]) -> list[RiskPrediction]:
+        self.calls += 1
+        out = []
+        for r in records:
+            inr = r.labs.filter(pc.is_valid(r.labs["inr"]))["inr"]
+            p = float(inr[-1].as_py()) / 10 if len(inr) else 0.0
+            heads = {h: HeadPrediction(h, "probability", p, p, p) for h in CLASS_HEADS}
+            out.append(RiskPrediction(r.patient["patient_id"], r.patient["run_id"], heads, 1.0, (), "last INR",
+                                      self.version, data_watermark(r.vitals, r.labs, r.doses)))
+        return out
+
+
+def write_patients(lake: Path, patients: int = 2, days: int = DAYS) -> None:
+    """`patients` simulated patients (p000000...) of `days` days in the lake, as a live plant leaves them: the
+    labs reported by the last vital only."""
+    sim = PatientCohortSim(load_patient_scenario("amiodarone_then_bleed"), patients, seed=4)
+    chunk = sim.step(days * 288)
+    delta.append(lake, "patients", sim.patients_table(), sim.patients_table().schema)
+    delta.append(lake, "vitals", pa.Table.from_batches([chunk.vitals]), VITALS)
+    last = pc.max(chunk.vitals["ts"])
+    delta.append(lake, "labs", chunk.labs.filter(pc.less_equal(chunk.labs["reported_ts"], last)), LABS)
+    delta.append(lake, "doses", chunk.doses, DOSES)
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lake = tmp_path_factory.mktemp("risk") / "lake"
+    write_patients(lake)
+    return lake
+
+
+@pytest.fixture
+def served(lake: Path, redis_server) -> Iterator[tuple[LastInr, str, Callable[[], RiskService]]]:
+    """The stand-in model, a patient of the lake, and what makes a service over them (in the test's loop)."""
+    model = LastInr()
+    patient = delta.read(lake, "patients")["patient_id"][0].as_py()
+
+    async def records(ids: Sequence[str], seen: Sequence[Seen]) -> dict[str, PatientRecord]:
+        return await read_lake_records(str(lake), ids, seen)
+
+    yield model, patient, lambda: RiskService(Fixed(model), RiskCache(redis_client(redis_server.url)), records)
+
+
+def new_lab(lake: Path, patient: str, inr: float) -> pa.Table:
+    """A lab of the patient's run reported an hour after their data's watermark (as the flow would write it)."""
+    record = lake_records(str(lake), patient_runs(str(lake), [patient]))[patient]
+    return pa.Table.from_pylist([{"run_id": record.patient["run_id"], "patient_id": patient,
+                                  "sample_ts": record.as_of, "reported_ts": record.as_of + timedelta(hours=1),
+                                  "inr": inr}], schema=LABS)
+
+
+def test_a_new_lab_invalidates_the_cached_answer_and_the_next_is_fresh_with_its_watermark(served, lake):
+    model, patient, make = served
+
+    async def go() -> None:
+        risk = make()
+        first = await risk.risk(patient)
+        again = await risk.risk(patient)
+        assert (first["cached"], again["cached"]) == (False, True)
+        assert {k: v for k, v in again.items() if k != "cached"} == {k: v for k, v in first.items() if k != "cached"}
+        assert model.calls == 1  # the hit computed nothing
+        lab = new_lab(lake, patient, inr=6.2)
+        reported = lab["reported_ts"][0].as_py()
+        delta.append(lake, "labs", lab, LABS)  # the flow writes it...
+        # ...and the relay saw it arrive: the cached answer is no longer served
+        await risk.cache.note_data({patient: to_us(reported)})
+        fresh = await risk.risk(patient)
+        assert not fresh["cached"] and fresh["data_behind_s"] == 0
+        assert fresh["data_watermark"] == reported.isoformat()
+        assert fresh["heads"]["inr_ge4_7d"]["estimate"] == pytest.approx(0.62)
+        assert (await risk.risk(patient))["cached"]  # and kept in its turn
+        await risk.cache.redis.aclose()
+
+    asyncio.run(go())
+
+
+def test_an_answer_from_a_lake_behind_the_arrived_data_is_served_but_not_cached(served):
+    model, patient, make = served
+
+    async def go() -> None:
+        risk = make()
+        current = await risk.risk(patient)
+        ahead = to_us(datetime.fromisoformat(current["data_watermark"])) + 3_600_000_000
+        await risk.cache.note_data({patient: ahead})  # a lab arrived; the flow has not written it yet
+        behind = [await risk.risk(patient) for _ in range(2)]
+        assert [b["cached"] for b in behind] == [False, False]
+        assert behind[0]["data_behind_s"] == pytest.approx(3600.0)
+        assert behind[0]["data_watermark"] == current["data_watermark"]  # it says what data it used
+        await risk.cache.redis.aclose()
+
+    asyncio.run(go())
+
+
+def test_data_arriving_during_a_computation_keeps_its_answer_out_of_the_cache(served):
+    model, patient, make = served
+
+    async def go() -> None:
+        risk = make()
+        answer = await risk.risk(patient)
+        seen = (await risk.cache.seen([patient]))[0]
+        await risk.cache.note_data({patient: 0})  # an out-of-order row: the watermark stays, the version moves
+        assert await risk.cache.store([answer], [seen]) == [False]
+        assert (await risk.cache.lookup([patient], model.version))[0][1] is None
+        assert await risk.risk("p999999") is None  # nobody of that id
+        await risk.cache.redis.aclose()
+
+    asyncio.run(go())
