@@ -44,6 +44,7 @@ def test_up_runs_batches_end_to_end_and_leaves_no_process(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "broker     nats://127.0.0.1:" in out.stdout and "flow drained" in out.stdout
     assert "dashboard  http://127.0.0.1:" in out.stdout and "/login?code=" in out.stdout
+    assert "speed max," in out.stdout  # not the plant's default speed
     ticks = delta.read(lake, "ticks", columns=["run_id", "seq"])
     assert ticks.num_rows == 2 * 2 * 720
     runs = delta.read(lake, "runs")

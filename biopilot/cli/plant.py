@@ -179,6 +179,7 @@ def cmd_overview(args: argparse.Namespace) -> int:
 # an hour a second: a first INR within minutes, the twin refitting as the labs come)
 UP_DEFAULTS: dict[str, tuple[int, float, str]] = {"bioreactor": (4, 600.0, "normal"),
                                                    "patient": (8, 3600.0, "warfarin_standard")}
+PLANT_SPEED = "the plant's"  # --speed not given: the plant kind's default (`max` parses to None, so None can't say it)
 
 
 def add_up(subparsers: argparse._SubParsersAction) -> None:
@@ -189,7 +190,7 @@ def add_up(subparsers: argparse._SubParsersAction) -> None:
                    help="number of reactors (default 4; bioreactor)")
     p.add_argument("--patients", type=positive("--patients", int), default=None,
                    help=f"patients in each cohort (default {UP_DEFAULTS['patient'][0]}; --plant patient)")
-    p.add_argument("--speed", type=positive("--speed", allow_max=True), default=None,
+    p.add_argument("--speed", type=positive("--speed", allow_max=True), default=PLANT_SPEED,
                    help="simulated seconds per wall second, or max (default 600; 3600 for patients: an hour a "
                         "second; the plant waits while the flow is more than 1 GB behind)")
     p.add_argument("--scenario", default=None,
@@ -222,7 +223,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.plant == "patient" and args.reactors is not None:
         raise UsageError("--reactors is for the bioreactor; a patient cohort takes --patients")
     units = args.reactors or args.patients or units
-    args.speed = speed if args.speed is None else args.speed
+    args.speed = speed if args.speed == PLANT_SPEED else args.speed
     name = args.scenario or name
     _not_the_other_kind(name, args.plant)
     with user_errors(ScenarioError):
