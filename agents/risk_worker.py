@@ -14,8 +14,21 @@ the flow's flush: a patient whose record does not reach the closed hour yet stay
   on `biopilot.alerts.<patient>` (detector `outcome_model`, member the head, the attributions as signals); when
   it turns off, the alert is cleared. The incidents and explanations follow as for the monitor's alerts.
 
-One risk worker per stack (`biopilot agents` starts it for the patient plant): its open alerts and the last
-published risks are its own.
+Input drift: each patient's inputs at their first scoring since the worker started (an admission: a patient's
+hourly rescoring repeats their genotype and would count one person many times) go to the drift monitor
+(`outcomes.drift.FeatureDrift`, its reference the first `drift_reference` admissions). A drift opens one incident
+per model version (unit `outcome-model`) on `biopilot.incidents.outcome-model` and in the `incidents` table, and
+the agents' words for it (`agents.phrasing.explain_drift`) go out as its chunks (agent `drift`) on
+`biopilot.agent.<incident_id>` and into `agent_messages`: the dashboard shows it as any incident. A new champion
+learns its reference again.
+
+Outcome drift: the one head whose outcome the live data shows, bradycardia within 24 h (an hour's mean measured
+heart rate below `BRADY_HR_BPM`), resolves each scored prediction once the patient's vitals cover its 24 h
+(`resolve`) and feeds `outcomes.performance_drift.PerformanceDrift`; a drift opens the version's outcome drift
+incident the same way. The INR heads' outcomes (the true INR) are not observed live: only on draw days.
+
+One risk worker per stack (`biopilot agents` starts it for the patient plant): its open alerts, the last
+published risks and the drift monitor are its own.
 """
 
 from __future__ import annotations
@@ -31,20 +44,30 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import nats
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from nats.aio.msg import Msg
 
+from agents.phrasing import explain_drift
 from core.codec import decode_rows
 from core.events import VITALS
 from core.services import redis_client
 from detectors.unit_monitor import alarm_clear
 from outcomes.contract import PatientRecord
+from outcomes.dataset import BRADY_HR_BPM, HORIZON_H
+from outcomes.drift import MODEL_UNIT, MONITORED, FeatureDrift, Shift, drift_incident, input_features
+from outcomes.features import encode_records
+from outcomes.performance_drift import PerformanceDrift
 from outcomes.serving import Champion, RiskCache, RiskService, Seen, read_lake_records, to_us
 from sinks.nats_sink import alert_json
+from sinks.table_writer import TableWriter
 from sources.telemetry import KIND_HEADER
 
 log = logging.getLogger(__name__)
 DETECTOR = "outcome_model"
+OUTCOME_HEAD = "bradycardia_24h"  # the head whose outcome the live data shows (measured heart rate)
+OUTCOME_HORIZON_US = int(HORIZON_H[OUTCOME_HEAD]) * 3_600_000_000
 HOUR_US = 3_600_000_000
 MIN_CHANGE = 0.01  # a probability change worth an event on the page
 CRITICAL_SHARE = 2.0  # a probability at twice its head's threshold (or 0.9) makes the alert critical
@@ -98,6 +121,16 @@ class RiskWorker:
     published: dict[str, dict] = field(default_factory=dict)  # patient -> the last answer published
     open_alerts: dict[tuple[str, str], dict] = field(default_factory=dict)  # (patient, head) -> its alert
     scored: int = 0
+    drift_reference: int = 400  # admissions the input drift monitor learns the population from
+    drift: FeatureDrift | None = None  # made at the first admission (or given)
+    drift_model: str | None = None  # the model version the monitor watches
+    admitted: set[str] = field(default_factory=set)  # patients whose inputs the monitor has read
+    drift_incidents: dict[str, dict] = field(default_factory=dict)  # model version -> its open drift incident
+    writer: TableWriter | None = None  # incidents and agent messages to Delta
+    # outcome drift: the bradycardia head's predictions (watermark us, probability) waiting for their 24 h
+    pending: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    outcome_drift: PerformanceDrift | None = None
+    outcome_model: str | None = None
 
     async def start(self) -> None:
         """Load the model (FileNotFoundError when there is none), then connect and listen."""
@@ -107,8 +140,18 @@ class RiskWorker:
         self.js = self.nc.jetstream()
         self.redis = redis_client(self.redis_url)
 
+        self.writer = TableWriter(self.lake)
+        self.writer.task = asyncio.create_task(self.writer.run())
+
         async def records(patient_ids: Sequence[str], seen: Sequence[Seen]) -> dict[str, PatientRecord]:
-            return await read_lake_records(self.lake, patient_ids, seen)
+            found = await read_lake_records(self.lake, patient_ids, seen)
+            try:
+                version = (await self.service.model()).version
+                await self.admit(found, version)
+                await self.watch_outcomes([o for p, r in found.items() for o in self.resolve(p, r)], version)
+            except Exception:  # noqa: BLE001 - monitoring must not stop the scoring
+                log.exception("drift monitoring failed")
+            return found
 
         self.service = RiskService(champion, RiskCache(self.redis), records)
         self.sub = await self.nc.subscribe("biopilot.telemetry.*", cb=self._on_vitals)
@@ -120,6 +163,9 @@ class RiskWorker:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+        if self.writer is not None and self.writer.task is not None:
+            self.writer.task.cancel()
+            await self.writer.flush()
         await self.nc.drain()
         await self.redis.aclose()
 
@@ -166,6 +212,7 @@ class RiskWorker:
                 continue
             if answer is not None:
                 await self.publish(answer)
+                self.note_prediction(answer)
                 self.scored += 1
         return len(answers)
 
@@ -187,3 +234,90 @@ class RiskWorker:
                 clear = alarm_clear(self.open_alerts.pop(key), answer["data_watermark"])
                 await self.js.publish(f"biopilot.alerts.{patient}", alert_json(clear),
                                       headers={"Nats-Msg-Id": f"clear-{clear['alert_id']}"})
+
+    # ---- input drift ------------------------------------------------------------------------------------
+    async def admit(self, records: dict[str, PatientRecord], model_version: str) -> None:
+        """The inputs of the patients scored for the first time go to the drift monitor."""
+        new = [p for p in records if p not in self.admitted]
+        if not new:
+            return
+        self.admitted.update(new)
+        inputs = await asyncio.to_thread(lambda: input_features(encode_records([records[p] for p in new])))
+        await self.watch_inputs(inputs, model_version)
+
+    async def watch_inputs(self, admissions: Sequence[dict], model_version: str) -> None:
+        """Admissions' monitored inputs (`outcomes.drift.input_features`), in order; a drift opens the model
+        version's incident (once)."""
+        if self.drift is None or self.drift_model != model_version:  # a new champion: its population anew
+            self.drift = FeatureDrift(MONITORED, reference_size=self.drift_reference)
+            self.drift_model = model_version
+        for x in admissions:
+            self.drift.update(x)
+            if self.drift.drift_detected and model_version not in self.drift_incidents:
+                await self.open_drift(model_version, self.drift.shifts)
+
+    # ---- outcome drift ----------------------------------------------------------------------------------
+    def note_prediction(self, answer: dict) -> None:
+        """Keep the answer's bradycardia probability until its 24 h outcome shows in the vitals."""
+        head = answer["heads"].get(OUTCOME_HEAD)
+        if head is None or OUTCOME_HEAD in (answer.get("extra") or {}).get("not_applicable", []):
+            return
+        at_us = to_us(datetime.fromisoformat(answer["data_watermark"]))
+        self.pending.setdefault(answer["patient_id"], []).append((at_us, float(head["estimate"])))
+
+    def resolve(self, patient: str, record: PatientRecord) -> list[tuple[float, int]]:
+        """The patient's pending predictions whose 24 h the record's vitals cover: (probability, outcome), the
+        outcome 1 if an hour's mean measured heart rate fell below `BRADY_HR_BPM` within them."""
+        pending = self.pending.get(patient)
+        if not pending or record.vitals.num_rows == 0:
+            return []
+        ts_us = record.vitals["ts"].cast(pa.int64()).to_numpy()
+        hours, hr = ts_us // HOUR_US, record.vitals["hr_bpm"].to_numpy(zero_copy_only=False).astype(float)
+        newest_us, out, left = int(ts_us.max()), [], []
+        for at_us, probability in pending:
+            if at_us + OUTCOME_HORIZON_US > newest_us:
+                left.append((at_us, probability))
+                continue
+            inside = (ts_us > at_us) & (ts_us <= at_us + OUTCOME_HORIZON_US) & ~np.isnan(hr)
+            means = [hr[inside & (hours == h)].mean() for h in np.unique(hours[inside])]
+            out.append((probability, int(any(m < BRADY_HR_BPM for m in means))))
+        self.pending[patient] = left
+        return out
+
+    async def watch_outcomes(self, resolved: Sequence[tuple[float, int]], model_version: str) -> None:
+        """Resolved (probability, outcome) pairs to the outcome monitor; a drift opens the version's incident."""
+        if self.outcome_drift is None or self.outcome_model != model_version:
+            self.outcome_drift, self.outcome_model = PerformanceDrift(), model_version
+        m = self.outcome_drift
+        for probability, outcome in resolved:
+            m.update(probability, outcome)
+            if m.drift_detected and f"{model_version}|outcomes" not in self.drift_incidents:
+                await self.open_drift(model_version, performance={
+                    "head": OUTCOME_HEAD, "reference_auroc": m.reference_auroc, "auroc": m.auroc, "ece": m.ece,
+                    "window": m.window, "mean_probability": m.mean_probability, "observed_rate": m.observed_rate})
+
+    async def open_drift(self, model_version: str, shifts: Sequence[Shift] = (),
+                         performance: dict | None = None) -> dict:
+        """The drift incident and its explanation, on NATS and in Delta."""
+        row, findings = drift_incident(model_version, datetime.now(UTC), shifts=shifts, performance=performance)
+        self.drift_incidents[f"{model_version}|outcomes" if performance else model_version] = row
+        await self.js.publish(f"biopilot.incidents.{MODEL_UNIT}", alert_json(row),
+                              headers={"Nats-Msg-Id": f"{row['incident_id']}-{row['version']}"})
+        for chunk in drift_messages(row, findings):
+            payload = chunk | ({"findings": findings} if chunk["done"] else {})
+            await self.nc.publish(f"biopilot.agent.{row['incident_id']}", json.dumps(payload, default=str).encode())
+            if self.writer is not None:
+                self.writer.put("agent_messages", chunk)
+        if self.writer is not None:
+            self.writer.put("incidents", row)
+        log.warning("input drift of %s: %s", model_version, ", ".join(row["signals"]))
+        return row
+
+
+def drift_messages(row: dict, findings: dict, first_seq: int = 0) -> list[dict]:
+    """A drift incident's explanation (`agents.phrasing.explain_drift`) as `agent_messages` rows, the findings
+    with the last."""
+    chunks = explain_drift(findings)
+    return [{"incident_id": row["incident_id"], "seq": first_seq + k, "agent": "drift", "text": text,
+             "done": k == len(chunks) - 1, "findings_json": json.dumps(findings) if k == len(chunks) - 1 else None,
+             "emitted_at": row["emitted_at"]} for k, text in enumerate(chunks)]

@@ -39,6 +39,7 @@ from agents.troubleshooting import rank
 from core.config import load_settings
 from core.plants import PLANTS
 from core.services import redis_client, wait_port
+from outcomes.drift import MODEL_UNIT
 from sinks import delta
 from sinks.nats_sink import alert_json
 from sinks.table_writer import TableWriter
@@ -188,6 +189,8 @@ class Workers:
         task.add_done_callback(self.tasks.discard)
 
     async def _troubleshoot(self, event: dict, _stream_seq: int) -> None:
+        if event["reactor_id"] == MODEL_UNIT:  # the outcome model's drift: the risk worker explains its own
+            return
         if event["event"] not in ("open", "resolve") and not self._news(event):
             return
         explained = EXPLAINED_KEY.format(incident_id=event["incident_id"], event=event["event"],

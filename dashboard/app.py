@@ -67,6 +67,7 @@ def create_app(settings: Settings, cors_origins: list[str] | None = None, relay:
         relayer = Relay(settings.nats_url, hub, PLANTS[settings.plant]) if relay else None
         if relayer:
             await relayer.start()
+            app.state.risk_records = relayer.records  # the risk API's records as they arrive
         rt.webhooks = WebhookSender(nc, rt.js, allowed_hosts(settings.webhook_allow_hosts))
         await rt.webhooks.start()
         try:

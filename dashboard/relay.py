@@ -40,7 +40,7 @@ from core.codec import decode_rows
 from core.events import DOSES, TICK_SIGNALS, VITAL_SIGNALS
 from core.plants import PLANTS, PlantVocabulary
 from dashboard.hub import DROPPABLE, Hub, Outgoing
-from outcomes.serving import RiskCache
+from outcomes.serving import RecordStore, RiskCache
 from sources.patient.news2 import news2_components
 from sources.telemetry import KIND_HEADER
 
@@ -156,6 +156,8 @@ class Relay:
     in_flight: list[Pending] = field(default_factory=list)  # the batch being written
     # patient -> the newest event time (us) of their data that arrived: it invalidates their cached risk
     arrived: dict[str, int] = field(default_factory=dict)
+    # the patients' records as they arrive (patient plant): the risk API's miss path reads them, not the lake
+    records: RecordStore = field(default_factory=RecordStore)
 
     async def start(self) -> None:
         self.nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
@@ -240,10 +242,11 @@ class Relay:
             return
         if ticks.num_rows:
             self.pending.setdefault(msg.subject.rsplit(".", 1)[-1], []).append(ticks)
-            self._arrived(msg.subject.rsplit(".", 1)[-1], ticks["ts"])
+            self._arrived(msg.subject.rsplit(".", 1)[-1], ticks["ts"], "vitals", ticks)
 
-    def _arrived(self, unit: str, times: pa.ChunkedArray) -> None:
-        if self.plant.name == "patient":
+    def _arrived(self, unit: str, times: pa.ChunkedArray, kind: str, rows: pa.Table) -> None:
+        if self.plant.name == "patient":  # into the records before the cache hears of it: never behind
+            self.records.add(kind, rows)
             self.arrived[unit] = max(self.arrived.get(unit, -1), pc.max(times).value)
 
     async def _on_assays(self, msg: Msg) -> None:
@@ -258,7 +261,8 @@ class Relay:
             return
         unit, values = self.plant.unit_column, lab_values(self.plant)
         if rows.num_rows:  # a lab is data once reported
-            self._arrived(msg.subject.rsplit(".", 1)[-1], rows["ts" if doses else "reported_ts"])
+            self._arrived(msg.subject.rsplit(".", 1)[-1], rows["ts" if doses else "reported_ts"],
+                          "doses" if doses else "labs", rows)
         for row in rows.to_pylist():
             event = {"kind": "dose", "reactor_id": row["patient_id"], "run_id": row["run_id"],
                      "t": row["ts"].timestamp(), "drug": row["drug"], "dose_mg": row["dose_mg"],

@@ -5,8 +5,9 @@ For each signal the residual is the golden-batch robust z (`detectors.golden`: m
 runs per 10-minute age bin), clipped at `CLIP` so one spike counts little, integrated by an EWMA with a long
 half-life (`HALFLIFE_MIN`) by event time, so a faster tick rate changes nothing. Each signal's integrated
 residual is divided by its own limit — the largest value it reaches on the normal runs the reference was built
-from (`drift_limit` in `golden_batch.npz`) — so 1.0 means "as far as any normal run ever went, and for as long";
-the score is the largest of these ratios. A drifting pH probe goes well past its limit within days while the
+from (`drift_limit` in `golden_batch.npz`) — so 1.0 means "as far as any normal run ever went, and for as long"
+(for the DO cascade's signals in a recipe's reference, as far as one normal run in a hundred goes:
+`detectors.golden_build.tail_limit`); the score is the largest of these ratios. A drifting pH probe goes well past its limit within days while the
 process, and so every other signal, stays normal (which is how the troubleshooting agent tells a drifting probe
 from a process fault). The run's start is the first tick the detector sees, so it must see a run from its
 beginning.

@@ -1,6 +1,7 @@
 """Conformal prediction for the outcome model with crepes (Boström 2022): Mondrian by genotype group, so the
-90 % coverage holds within each group, not only on average. A group the calibration set did not hold falls
-back on the pooled calibration.
+90 % coverage holds within each group, not only on average, calibrated on one sample per patient (the
+exchangeable unit: `one_per_unit`). A group the calibration set did not hold (and, for intervals, one with
+fewer than MIN_INTERVAL_SCORES patients) falls back on the pooled calibration.
 
 Classification: nonconformity 1 - p(true class) of the calibrated probability; the prediction set at 90 % is
 the classes whose (smoothed) conformal p-value exceeds 0.1. Regression: normalised residuals |y - y_hat| / sigma
@@ -31,10 +32,38 @@ from outcomes.contract import COVERAGE_TARGET
 
 SIGMA_FLOOR = 1e-3
 POOLED = "all"
+# crepes gives a finite 90 % interval from 10 scores on: a regression group with fewer calibration patients
+# uses the pooled scores (a classification group keeps its own: too few scores give the full set {0, 1}, which
+# covers; pooling instead put a high-risk group under a low-risk quantile)
+MIN_INTERVAL_SCORES = 10
+
+
+def one_per_unit(units: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Indices of one sample drawn per unit (the patient). Conformal's guarantee needs the calibration scores
+    exchangeable with a new patient's: a patient's ~12 samples are correlated, so a group of a few patients
+    calibrated on all their samples calibrates on those patients, not on the group (re-splits of 300 patients,
+    all samples: CYP2D6 PM and UM covered 0.61 and 0.71 on average; one per patient: 0.92 and 0.89). Drawing
+    one per patient is the subsampling of Dunn, Wasserman & Ramdas 2022 (two-layer hierarchical models)."""
+    units = np.asarray(units, dtype=object)
+    order = np.random.default_rng(seed).permutation(len(units))
+    _, first = np.unique(units[order].astype(str), return_index=True)
+    return np.sort(order[first])
 
 
 def _known(bins: np.ndarray, fitted: set[str]) -> np.ndarray:
     return np.array([b if b in fitted else POOLED for b in np.asarray(bins, dtype=object)], dtype=object)
+
+
+def _calibration(scores: np.ndarray, bins: np.ndarray, units: np.ndarray | None, min_scores: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The scores (one per unit when `units` is given) in their group and pooled; a group with fewer than
+    `min_scores` only pooled."""
+    if units is not None:
+        pick = one_per_unit(units)
+        scores, bins = scores[pick], bins[pick]
+    counts = {g: int((bins == g).sum()) for g in set(bins)}
+    own = np.array([counts[g] >= min_scores for g in bins], bool)
+    return np.r_[scores[own], scores], np.r_[bins[own], np.full(len(scores), POOLED, dtype=object)]
 
 
 @dataclass(frozen=True)
@@ -45,11 +74,13 @@ class RegressionConformal:
     bins: np.ndarray
 
     @classmethod
-    def fit(cls, y: np.ndarray, y_hat: np.ndarray, sigma: np.ndarray, bins: np.ndarray) -> RegressionConformal:
+    def fit(cls, y: np.ndarray, y_hat: np.ndarray, sigma: np.ndarray, bins: np.ndarray,
+            units: np.ndarray | None = None) -> RegressionConformal:
+        """`units`: who each sample belongs to (the patient): one score per unit (`one_per_unit`)."""
         keep = ~np.isnan(y)
         s = np.abs(y[keep] - y_hat[keep]) / np.maximum(sigma[keep], SIGMA_FLOOR)
-        b = np.asarray(bins, dtype=object)[keep]
-        return cls(np.r_[s, s], np.r_[b, np.full(len(s), POOLED, dtype=object)])
+        return cls(*_calibration(s, np.asarray(bins, dtype=object)[keep], None if units is None else units[keep],
+                                 MIN_INTERVAL_SCORES))
 
     @cached_property
     def _fitted(self) -> ConformalRegressor:
@@ -76,11 +107,12 @@ class ClassConformal:
     bins: np.ndarray
 
     @classmethod
-    def fit(cls, y: np.ndarray, p1: np.ndarray, bins: np.ndarray) -> ClassConformal:
+    def fit(cls, y: np.ndarray, p1: np.ndarray, bins: np.ndarray, units: np.ndarray | None = None
+            ) -> ClassConformal:
+        """`units`: who each sample belongs to (the patient): one score per unit (`one_per_unit`)."""
         keep = ~np.isnan(y)
         s = np.where(y[keep] == 1, 1.0 - p1[keep], p1[keep])
-        b = np.asarray(bins, dtype=object)[keep]
-        return cls(np.r_[s, s], np.r_[b, np.full(len(s), POOLED, dtype=object)])
+        return cls(*_calibration(s, np.asarray(bins, dtype=object)[keep], None if units is None else units[keep], 1))
 
     @cached_property
     def _fitted(self) -> ConformalClassifier:

@@ -44,10 +44,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.stats import ks_2samp
 
 from outcomes.features import CATEGORICAL, STATIC, Encoded
+from sinks import delta
 
+MODEL_UNIT = "outcome-model"  # a drift incident's `reactor_id`: the unit is the model, its run the version
 # what the outcome model's drift monitor watches: the genotypes and ancestry, the co-medications and sex (shares),
 # body size and the warfarin course as the model reads them (means, on the model's scale: outcomes/features.py)
 BOOLEAN_INPUTS = ("male", "amiodarone", "enzyme_inducer")
@@ -166,7 +170,7 @@ def drift_incident(model_version: str, detected_ts: datetime, *, shifts: Sequenc
                    performance: Mapping[str, object] | None = None) -> tuple[dict, dict]:
     """An `incidents` row (event open) for a drift of the model's inputs (`shifts`) or of its outcomes
     (`performance`: head, reference_auroc, auroc, ece, window) and the findings the agents put into words
-    (`agents.phrasing.explain_drift`). The unit is the model: `reactor_id` `outcome-model`, `run_id` its version;
+    (`agents.phrasing.explain_drift`). The unit is the model: `reactor_id` `MODEL_UNIT`, `run_id` its version;
     the signals are the drifted features (or the head)."""
     what = "outcomes" if performance else "inputs"
     signals = ([str(performance["head"])] if performance else
@@ -174,9 +178,32 @@ def drift_incident(model_version: str, detected_ts: datetime, *, shifts: Sequenc
     key = f"{model_version}|{what}|{detected_ts.isoformat()}|{signals}"
     incident_id = hashlib.sha1(key.encode()).hexdigest()[:12]
     row = {"incident_id": incident_id, "version": 1, "event": "open", "run_id": model_version,
-           "reactor_id": "outcome-model", "status": "open", "start_ts": detected_ts, "end_ts": None,
+           "reactor_id": MODEL_UNIT, "status": "open", "start_ts": detected_ts, "end_ts": None,
            "severity": "warning", "alert_count": 1, "signals": signals, "emitted_at": detected_ts}
     findings = {"incident_id": incident_id, "kind": f"{what}_drift", "model_version": model_version,
                 "detected_ts": detected_ts.isoformat(), "shifts": [asdict(s) for s in shifts],
                 "performance": dict(performance or {})}
     return row, findings
+
+
+def open_drift_words(lake: str) -> dict[str, str]:
+    """model version -> its open drift incident in the agents' words (the newest, from the lake's `incidents`
+    and `agent_messages`); versions without one are left out."""
+    incidents = delta.read(lake, "incidents", columns=["incident_id", "version", "run_id", "status", "start_ts"],
+                           where=pc.field("reactor_id") == MODEL_UNIT)
+    if incidents is None or incidents.num_rows == 0:
+        return {}
+    latest: dict[str, dict] = {}
+    for row in incidents.sort_by("version").to_pylist():
+        latest[row["incident_id"]] = row
+    newest = {}  # model version -> its newest open incident
+    for row in sorted(latest.values(), key=lambda r: r["start_ts"]):
+        if row["status"] != "resolved":
+            newest[row["run_id"]] = row["incident_id"]
+    messages = delta.read(lake, "agent_messages", columns=["incident_id", "seq", "text"],
+                          where=pc.field("incident_id").isin(pa.array(list(newest.values()), pa.string())))
+    texts: dict[str, list[tuple[int, str]]] = {}
+    for m in [] if messages is None else messages.to_pylist():
+        texts.setdefault(m["incident_id"], []).append((m["seq"], m["text"] or ""))
+    return {version: " ".join(t for _, t in sorted(texts.get(incident, [])) if t).strip() or "inputs drifted"
+            for version, incident in newest.items()}

@@ -27,7 +27,7 @@ import json
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -254,6 +254,154 @@ def _split_by_run(table: pa.Table) -> dict[str, pa.Table]:
     runs = table["run_id"].to_numpy(zero_copy_only=False)
     bounds = [0, *(i + 1 for i in range(len(runs) - 1) if runs[i] != runs[i + 1]), len(runs)]
     return {runs[a]: table.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True)}
+
+
+# ---- records in memory ------------------------------------------------------------------------------------
+_KINDS: dict[str, tuple[pa.Schema, str]] = {"vitals": (VITALS, "ts"), "labs": (LABS, "reported_ts"),
+                                             "doses": (DOSES, "ts")}  # kind -> schema, its event time
+_COMPACT_AT = 64  # chunks a patient's kind holds before they are joined (and old vitals dropped)
+
+
+def _first_of(table: pa.Table, keys: Sequence[str]) -> pa.Table:
+    """The table without repeated rows of the same `keys` (the lake's rows and the same rows from NATS)."""
+    if table.num_rows < 2:
+        return table
+    table = table.sort_by([(k, "ascending") for k in keys])
+    cols = [table[k].cast(pa.int64()).to_numpy() if pa.types.is_timestamp(table[k].type) else
+            table[k].to_numpy(zero_copy_only=False) for k in keys]
+    new = np.ones(table.num_rows, bool)
+    same = np.ones(table.num_rows - 1, bool)
+    for col in cols:
+        same &= col[1:] == col[:-1]
+    new[1:] = ~same
+    return table.filter(pa.array(new))
+
+
+_KEYS = {"vitals": ("seq",), "labs": ("sample_ts", "reported_ts"), "doses": ("ts", "drug")}
+
+
+@dataclass
+class _Held:
+    """One patient's rows of one run: NATS arrivals, joined with their lake record once `patient` is known."""
+
+    run_id: str
+    patient: dict | None = None  # the `patients` row: set by the lake backfill, from then on the record is whole
+    chunks: dict[str, list[pa.Table]] = field(default_factory=lambda: {k: [] for k in _KINDS})
+    first_us: int = -1  # the oldest event time that arrived on NATS (-1: none)
+
+    def table(self, kind: str) -> pa.Table:
+        chunks = self.chunks[kind]
+        if len(chunks) != 1:
+            chunks[:] = [pa.concat_tables(chunks) if chunks else _KINDS[kind][0].empty_table()]
+        return chunks[0]
+
+
+class RecordStore:
+    """Each live patient's record in memory (the API's miss path without the lake read): fed with the vitals,
+    labs and doses that arrive on NATS (`add`, by the dashboard's relay, before it notes the arrival in the
+    cache), whole once joined with the patient's lake record (`backfill`, at their first request: the `patients`
+    row, the labs and doses from before the relay started). The vitals kept are the model's window
+    (`features.WINDOW_H`) and an hour; labs and doses all (the INR history, the days on warfarin).
+
+    A backfill makes the record whole only if the lake reaches the oldest row held from NATS (nothing between
+    them can be missing); otherwise the lake record is served (and not cached if behind), and the next request
+    tries again. A patient whose rows come from a new run starts again from the lake. Limit: a row lost between
+    NATS and this process (the relay's connection dropped) is missing from the record until the patient's next
+    run; the lookup's watermark check catches only a loss at the newest end."""
+
+    def __init__(self, window_h: float = WINDOW_H + 1.0) -> None:
+        self.window_us = int(window_h * 3600 * US)
+        self.held: dict[str, _Held] = {}
+
+    def add(self, kind: str, rows: pa.Table) -> None:
+        """Rows of one kind (`vitals`, `labs`, `doses`) that arrived on NATS, any patients."""
+        if rows.num_rows == 0:
+            return
+        schema, time_column = _KINDS[kind]
+        rows = rows.select(schema.names).cast(schema)
+        for (patient, run), part in _split_by(rows, ("patient_id", "run_id")).items():
+            held = self.held.get(patient)
+            if held is None or held.run_id != run:
+                held = self.held[patient] = _Held(run)
+            oldest = pc.min(part[time_column]).value
+            held.first_us = oldest if held.first_us < 0 else min(held.first_us, oldest)
+            chunks = held.chunks[kind]
+            chunks.append(part)
+            if len(chunks) >= _COMPACT_AT:
+                self._compact(held)
+
+    def _compact(self, held: _Held) -> None:
+        """Join each kind's chunks; drop the vitals older than the window before the newest."""
+        vitals = held.table("vitals")
+        if vitals.num_rows:
+            since = pc.max(vitals["ts"]).value - self.window_us
+            held.chunks["vitals"] = [vitals.filter(pc.greater_equal(vitals["ts"].cast(pa.int64()), since))]
+        for kind in ("labs", "doses"):
+            held.table(kind)
+
+    def record(self, patient: str) -> PatientRecord | None:
+        """The patient's whole record as it has arrived, or None if it is not whole (never backfilled)."""
+        held = self.held.get(patient)
+        if held is None or held.patient is None:
+            return None
+        self._compact(held)
+        vitals, labs, doses = (held.table(k) for k in _KINDS)
+        newest = data_watermark(vitals, labs, doses)
+        if newest is None:
+            return None
+        since = pa.scalar(newest - timedelta(hours=WINDOW_H), VITALS.field("ts").type)
+        return PatientRecord(held.patient, vitals.filter(pc.greater_equal(vitals["ts"], since)).sort_by("seq"),
+                             labs.sort_by("sample_ts"), doses.sort_by("ts"), newest)
+
+    def backfill(self, patient: str, lake_record: PatientRecord) -> PatientRecord:
+        """Join the patient's lake record with what arrived on NATS; the whole record if the two meet (class
+        docstring), else the lake record."""
+        run = lake_record.patient["run_id"]
+        held = self.held.get(patient)
+        if held is None or held.run_id != run:
+            if held is not None:  # the lake's run is not the one arriving: nothing to join
+                return lake_record
+            held = self.held[patient] = _Held(run)
+        lake_us = to_us(lake_record.as_of)
+        if held.first_us >= 0 and lake_us < held.first_us:
+            return lake_record  # a gap between the lake and the first NATS rows: try again later
+        for kind, lake_rows in (("vitals", lake_record.vitals), ("labs", lake_record.labs),
+                                ("doses", lake_record.doses)):
+            joined = pa.concat_tables([lake_rows.select(_KINDS[kind][0].names).cast(_KINDS[kind][0]),
+                                       held.table(kind)])
+            held.chunks[kind] = [_first_of(joined, _KEYS[kind])]
+        held.patient = lake_record.patient
+        return self.record(patient) or lake_record
+
+    async def read(self, patient_ids: Sequence[str], seen: Sequence[Seen], cold: Records,
+                   ) -> dict[str, PatientRecord]:
+        """`Records` from memory where whole and not behind what has arrived (`seen`), else from `cold` (the
+        lake), joined into the store for the next time."""
+        out, rest = {}, []
+        for patient, arrived in zip(patient_ids, seen, strict=True):
+            record = self.record(patient)
+            if record is not None and to_us(record.as_of) >= arrived.watermark_us:
+                out[patient] = record
+            else:
+                rest.append((patient, arrived))
+        if rest:
+            lake = await cold([p for p, _ in rest], [s for _, s in rest])
+            out |= {patient: self.backfill(patient, record) for patient, record in lake.items()}
+        return out
+
+
+def _split_by(table: pa.Table, keys: Sequence[str]) -> dict[tuple, pa.Table]:
+    """The table's rows per distinct `keys` (string columns)."""
+    if table.num_rows == 0:
+        return {}
+    table = table.sort_by([(k, "ascending") for k in keys])
+    cols = [table[k].to_numpy(zero_copy_only=False) for k in keys]
+    change = np.zeros(table.num_rows - 1, bool)
+    for col in cols:
+        change |= col[1:] != col[:-1]
+    starts = np.r_[0, np.flatnonzero(change) + 1]
+    ends = np.r_[starts[1:], table.num_rows]
+    return {tuple(col[a] for col in cols): table.slice(a, b - a) for a, b in zip(starts, ends, strict=True)}
 
 
 # ---- the served model -------------------------------------------------------------------------------------

@@ -85,6 +85,27 @@ def test_regression_intervals_cover_per_group_and_widen_where_noisier() -> None:
     assert 2 * 1.645 * 0.3 < float(hi_new[0] - lo_new[0]) < 2 * 1.645 * 0.9
 
 
+def test_calibrating_on_one_sample_per_patient_covers_a_small_group_of_correlated_patients() -> None:
+    """12 samples per patient sharing a patient effect: calibrated on all of them, a group of 12 patients
+    calibrates on those 10 patients' effects and under-covers a new patient; one sample per patient covers."""
+    rng = np.random.default_rng(3)
+    per_patient, patients = 12, 12
+    units = np.repeat(np.arange(patients), per_patient)
+    bins = np.full(len(units), "few", dtype=object)
+    mean_coverage = {}
+    for name, by_patient in (("all samples", None), ("one per patient", units)):
+        covered = []
+        for _ in range(300):
+            y_cal = np.repeat(rng.normal(0.0, 1.0, patients), per_patient) + rng.normal(0.0, 0.1, len(units))
+            conformal = RegressionConformal.fit(y_cal, np.zeros(len(units)), np.ones(len(units)), bins, by_patient)
+            y_new = rng.normal(0.0, 1.0) + rng.normal(0.0, 0.1, per_patient)  # a new patient
+            lo, hi = conformal.interval(np.zeros(per_patient), np.ones(per_patient), bins[:per_patient])
+            covered.append(((y_new >= lo) & (y_new <= hi)).mean())
+        mean_coverage[name] = float(np.mean(covered))
+    assert mean_coverage["one per patient"] >= 0.88
+    assert mean_coverage["all samples"] < 0.87
+
+
 def test_serving_encodes_a_record_as_training_encodes_the_same_moment(cohort: SimulatedCohort) -> None:
     for k, hours in ((0, 100.5), (1, 7 * 24 + 13.0), (2, 200.0)):
         rec = record(cohort, k, hours)

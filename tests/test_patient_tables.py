@@ -65,6 +65,35 @@ def test_active_mask_covers_the_window_only():
     assert since[1, 12] == 2.0 and np.isnan(since[1, 3]) and magnitude.tolist() == [0.0, 2.0]
 
 
+def test_active_mask_keeps_the_later_events_magnitude_when_its_window_misses_the_ticks():
+    plan = cs.EventPlan(np.array([0, 0]), np.array(["sepsis", "sepsis"], object), np.array([1.0, 50.0]),
+                        np.array([5.0, 5.0]), np.array([2.0, 3.0]), np.array([None, None], object))
+    active, _, magnitude = cs.active_mask(plan, 1, np.arange(0.0, 10.0, 1.0))
+    assert active[0].tolist() == [1 <= x < 6 for x in range(10)] and magnitude.tolist() == [3.0]
+
+
+def test_inr_episodes_scanned_chunk_by_chunk_equal_the_whole_trajectorys():
+    from sources.patient.inr_events import OVER_INR, OpenEpisodes, hysteresis, scan_episodes
+
+    rng = np.random.default_rng(5)
+    inr = np.round(3.5 + np.cumsum(rng.normal(0.0, 0.2, (6, 400)), axis=1), 2)
+    t = np.arange(400) * 0.25
+    for extreme in (np.maximum, np.minimum):
+        on = hysteresis(inr >= OVER_INR, inr < OVER_INR - 0.25, np.zeros(6, bool))
+        whole, end = scan_episodes(on, inr, t, OpenEpisodes.none(6), extreme)
+        assert whole  # the walk crosses the limit
+        cuts = [0, *sorted(rng.choice(np.arange(1, 400), 12, replace=False)), 400]
+        parts, open_, was_on, ons = [], OpenEpisodes.none(6), np.zeros(6, bool), []
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            ons.append(hysteresis(inr[:, a:b] >= OVER_INR, inr[:, a:b] < OVER_INR - 0.25, was_on))
+            was_on = ons[-1][:, -1]
+            closed, open_ = scan_episodes(ons[-1], inr[:, a:b], t[a:b], open_, extreme)
+            parts += closed
+        assert np.array_equal(np.hstack(ons), on) and sorted(parts) == sorted(whole)
+        assert np.array_equal(open_.start_h, end.start_h, equal_nan=True)
+        assert np.array_equal(open_.extreme, end.extreme, equal_nan=True)
+
+
 def test_clearance_falls_after_amiodarone_starts_and_over_anticoagulation_window_only():
     t = np.arange(0.0, 60 * 24.0, 24.0)
     plan = cs.EventPlan(np.array([0, 1]), np.array(["drug_interaction", "over_anticoagulation"], object),

@@ -12,6 +12,7 @@ import json
 import pickle
 from datetime import timedelta
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -20,6 +21,7 @@ from core.codec import encode_arrow
 from core.events import RUNS, TICKS
 from core.plants import PLANTS
 from detectors import recipe as recipes
+from detectors.golden_build import tail_limit
 from detectors.reactor_monitor import ReactorMonitor
 from detectors.recipe import BUILD_VERSION, Recipe, cached, reference_for
 from detectors.unit_monitor import MonitorConfig, MonitorState, monitor_step
@@ -228,3 +230,14 @@ def test_a_reference_learned_from_the_plants_own_batches_is_used_and_said(tmp_pa
     assert out.tables["recipes"]["reference"].to_pylist() == ["learned"]
     assert "learned from the plant's own normal batches" in out.tables["annotations"]["text"][0].as_py()
     assert main(["reference", "build", "--runs", "no-such-run", "--lake", str(tmp_path)]) == 2
+
+
+def test_a_tail_limit_from_30_runs_maxima_is_crossed_by_new_runs_about_as_often_as_asked():
+    # 2,000 references of 30 runs each (one per column), the runs' maxima Gumbel(2, 0.4): a new run crosses the
+    # largest of 30 with probability 1/31 on average, the extrapolated limit with about the 1 % asked
+    maxima = np.random.default_rng(3).gumbel(2.0, 0.4, size=(30, 2000))
+    limit = tail_limit(maxima, 0.01)
+    assert (limit >= maxima.max(axis=0)).all()
+    crossed = 1 - np.exp(-np.exp(-(limit - 2.0) / 0.4))
+    crossed_worst = 1 - np.exp(-np.exp(-(maxima.max(axis=0) - 2.0) / 0.4))
+    assert 0.005 < float(crossed.mean()) < 0.02 < 0.025 < float(crossed_worst.mean()) < 0.04

@@ -1,19 +1,23 @@
 """`GET /api/patients/{patient_id}/risk` on a real dashboard (nats-server, redis-server, the relay) with the
-shipped outcome model over a lake of simulated patients: typed answers, a hit the second time, a lab arriving
-on NATS makes the next answer fresh with the lab's watermark, and the refusals (unknown patient, bad id, no
-token)."""
+shipped outcome model over a lake of simulated patients: typed answers, a hit the second time, the served
+model's drift incident in words, a lab arriving on NATS (before the lake has it) makes the next answer fresh with
+the lab's watermark, and the refusals (unknown patient, bad id, no token)."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
+import pyarrow as pa
 import pytest
 
-from core.events import LABS
+from agents.risk_worker import drift_messages
+from core.events import AGENT_MESSAGES, INCIDENTS
 from outcomes.contract import CLASS_HEADS, REGRESSION_HEADS
+from outcomes.drift import Shift, drift_incident
+from outcomes.model import load_model
 from sinks import delta
 from sources.publish import publish_assays
 from tests.dashboard_helpers import Dashboard, wait_for
@@ -26,6 +30,12 @@ PATIENT = "p000000"
 def dash(start_module_dashboard) -> Dashboard:
     dash = start_module_dashboard(plant="patient")
     write_patients(Path(dash.lake))
+    # the served model's inputs drifted (as the risk worker records it): the answers carry it in words
+    row, findings = drift_incident(load_model().version, datetime.now(UTC),
+                                   shifts=[Shift("vkorc1_1639", "A/A", 0.22, 0.57, 1e-9)])
+    delta.append(dash.lake, "incidents", pa.Table.from_pylist([row], schema=INCIDENTS), INCIDENTS)
+    delta.append(dash.lake, "agent_messages", pa.Table.from_pylist(drift_messages(row, findings),
+                                                                   schema=AGENT_MESSAGES), AGENT_MESSAGES)
     return dash
 
 
@@ -46,14 +56,19 @@ def test_risk_is_typed_and_the_second_answer_is_the_cached_one(dash):
     assert again["data_watermark"] == first["data_watermark"] and again["heads"] == first["heads"]
 
 
+def test_the_served_models_open_drift_incident_comes_with_the_answer_in_words(dash):
+    with dash.client("viewer") as c:  # read from the lake in the background: a later answer carries it
+        answer = wait_for(lambda: c.get(f"/api/patients/{PATIENT}/risk").json().get("model_drift"), timeout_s=10)
+    assert answer and "VKORC1 A/A share 22 % → 57 %" in answer
+
+
 def test_a_lab_arriving_on_nats_makes_the_next_answer_fresh_with_its_watermark(dash):
     with dash.client("viewer") as c:
         before = c.get(f"/api/patients/{PATIENT}/risk").json()
         assert c.get(f"/api/patients/{PATIENT}/risk").json()["cached"]
-        lab = new_lab(Path(dash.lake), PATIENT, inr=5.5)
-        delta.append(dash.lake, "labs", lab, LABS)  # the flow's write...
+        lab = new_lab(Path(dash.lake), PATIENT, inr=5.5)  # the flow has not written it to the lake yet:
 
-        async def publish() -> None:  # ...of the lab the relay sees arrive
+        async def publish() -> None:  # the relay sees it arrive and keeps it in the patient's record
             nc = await nats.connect(dash.nats_url)
             await publish_assays(nc.jetstream(), PATIENT, lab)
             await nc.close()

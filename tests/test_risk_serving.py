@@ -20,6 +20,7 @@ from core.services import redis_client
 from outcomes.contract import CLASS_HEADS, HeadPrediction, PatientRecord, RiskPrediction
 from outcomes.serving import (
     Fixed,
+    RecordStore,
     RiskCache,
     RiskService,
     Seen,
@@ -149,5 +150,52 @@ def test_data_arriving_during_a_computation_keeps_its_answer_out_of_the_cache(se
         assert (await risk.cache.lookup([patient], model.version))[0][1] is None
         assert await risk.risk("p999999") is None  # nobody of that id
         await risk.cache.redis.aclose()
+
+    asyncio.run(go())
+
+
+def later_vital(record: PatientRecord, minutes: float) -> pa.Table:
+    """The record's newest vital again, `minutes` later and one sequence number on (as the next would arrive)."""
+    row = record.vitals.slice(record.vitals.num_rows - 1).to_pylist()[0]
+    return pa.Table.from_pylist([row | {"ts": row["ts"] + timedelta(minutes=minutes), "seq": row["seq"] + 1}],
+                                schema=VITALS)
+
+
+def test_the_record_store_joins_the_lake_once_then_serves_what_arrives_without_reading_the_lake(lake):
+    patient = sorted(delta.read(lake, "patients")["patient_id"].to_pylist())[1]
+    from_lake = lake_records(str(lake), patient_runs(str(lake), [patient]))[patient]
+    cold_reads: list[str] = []
+
+    async def cold(ids: Sequence[str], seen: Sequence[Seen]) -> dict[str, PatientRecord]:
+        cold_reads.extend(ids)
+        return await read_lake_records(str(lake), ids, seen)
+
+    async def go() -> None:
+        store = RecordStore()
+        # on NATS since before the lake's last hour (rows the lake also holds), then a lab the lake lacks
+        store.add("vitals", from_lake.vitals.slice(from_lake.vitals.num_rows - 12))
+        lab = pa.Table.from_pylist([{"run_id": from_lake.patient["run_id"], "patient_id": patient,
+                                     "sample_ts": from_lake.as_of, "reported_ts": from_lake.as_of + timedelta(hours=1),
+                                     "inr": 3.3}], schema=LABS)
+        store.add("labs", lab)
+        arrived = Seen(to_us(from_lake.as_of + timedelta(hours=1)), "2")
+        first = (await store.read([patient], [arrived], cold))[patient]
+        assert cold_reads == [patient]
+        assert first.as_of == from_lake.as_of + timedelta(hours=1)
+        window_start = first.as_of - timedelta(hours=120)
+        expected = from_lake.vitals.filter(pc.greater_equal(from_lake.vitals["ts"], pa.scalar(window_start, VITALS.field("ts").type)))
+        assert first.vitals["seq"].to_pylist() == expected["seq"].to_pylist()  # each once, in order
+        assert first.labs.num_rows == from_lake.labs.num_rows + 1 and first.doses.equals(from_lake.doses)
+        store.add("vitals", later_vital(first, 65))
+        second = (await store.read([patient], [Seen(to_us(first.as_of + timedelta(minutes=5)), "3")], cold))[patient]
+        assert cold_reads == [patient]  # from memory
+        assert second.as_of == first.as_of + timedelta(minutes=5) and second.vitals.num_rows <= first.vitals.num_rows + 1
+
+        gap = RecordStore()  # NATS rows begin two hours after the lake's newest: the hours between are unknown
+        gap.add("vitals", later_vital(from_lake, 120))
+        behind = (await gap.read([patient], [Seen(to_us(from_lake.as_of + timedelta(hours=2)), "1")], cold))[patient]
+        assert behind.as_of == from_lake.as_of and gap.record(patient) is None  # the lake's, not whole
+        await gap.read([patient], [Seen(to_us(from_lake.as_of + timedelta(hours=2)), "1")], cold)
+        assert cold_reads == [patient] * 3  # the lake again, until it reaches the NATS rows
 
     asyncio.run(go())

@@ -1,15 +1,26 @@
 """The live risk scoring's decisions (`agents.risk_worker`) on a real nats-server: a patient is due when their
 vitals close an hour, a risk crossing its head's threshold raises one alert (JetStream `ALERTS`) and a risk event
-for the page, an unchanged risk publishes nothing, and falling back below the threshold clears the alert."""
+for the page, an unchanged risk publishes nothing, and falling back below the threshold clears the alert; a
+stream of admissions from a shifted population opens one drift incident, said in words, and a stationary one
+none; bradycardia predictions resolve from the measured heart rate, and outcomes that stop following the
+probabilities open one outcome drift incident (calibrated ones none)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
+from datetime import UTC, datetime, timedelta
 
 import nats
+import pyarrow as pa
 
-from agents.risk_worker import DETECTOR, HOUR_US, RiskWorker
+from agents.risk_worker import DETECTOR, HOUR_US, OUTCOME_HEAD, RiskWorker
+from core.events import DOSES, LABS, VITALS
+from outcomes.contract import PatientRecord
+from outcomes.drift import MODEL_UNIT
+from sinks import delta
+from sinks.table_writer import TableWriter
 
 T0_US = 1_767_225_600 * 1_000_000  # 2026-01-01 00:00 UTC
 
@@ -68,3 +79,92 @@ def test_a_risk_over_its_threshold_alerts_once_and_clears_when_it_falls_back(nat
         (DETECTOR, "inr_ge4_7d", 0.45, 0.3)
     assert opened["signals"] == [{"name": "inr", "contribution": 0.7}]
     assert cleared["type"] == "clear" and cleared["alert_id"] == opened["alert_id"]
+
+
+def _admissions(n: int, aa_share: float, seed: int) -> list[dict]:
+    """`n` admissions' monitored inputs: VKORC1 A/A at `aa_share`, the rest as the reference population."""
+    rng = random.Random(seed)
+    return [{"vkorc1_1639": "A/A" if rng.random() < aa_share else rng.choice(("G/G", "G/A")),
+             "age_years": rng.gauss(0.0, 1.0), "amiodarone": rng.random() < 0.1} for _ in range(n)]
+
+
+def test_shifted_admissions_open_one_drift_incident_in_words_and_stationary_ones_none(nats_server, tmp_path):
+    async def go(admissions: list[dict], lake: str) -> tuple[list[dict], list[dict]]:
+        worker = RiskWorker(nats_server.url, "redis://unused", lake, drift_reference=200)
+        worker.nc = await nats.connect(nats_server.url)
+        worker.js = worker.nc.jetstream()
+        worker.writer = TableWriter(lake)
+        chunks: list[dict] = []
+
+        async def on_chunk(msg: nats.aio.msg.Msg) -> None:
+            chunks.append(json.loads(msg.data))
+
+        await worker.nc.subscribe("biopilot.agent.>", cb=on_chunk)
+        sub = await worker.js.subscribe(f"biopilot.incidents.{MODEL_UNIT}", stream="ALERTS")
+        for k in range(0, len(admissions), 25):  # as batches of first scorings come
+            await worker.watch_inputs(admissions[k:k + 25], "m1")
+        await worker.nc.flush()
+        await worker.writer.flush()
+        incidents = []
+        while True:
+            try:
+                incidents.append(json.loads((await sub.next_msg(timeout=0.5)).data))
+            except nats.errors.TimeoutError:
+                break
+        await sub.unsubscribe()
+        await worker.nc.close()
+        return incidents, chunks
+
+    stationary, _ = asyncio.run(go(_admissions(500, 0.2, 1), str(tmp_path / "quiet")))
+    assert stationary == []
+    lake = str(tmp_path / "shifted")
+    shifted, chunks = asyncio.run(go(_admissions(200, 0.2, 2) + _admissions(300, 0.7, 3), lake))
+    (incident,) = shifted  # one, though the drift stays detected admission after admission
+    assert (incident["reactor_id"], incident["run_id"], incident["event"]) == (MODEL_UNIT, "m1", "open")
+    assert "vkorc1_1639=A/A" in incident["signals"]
+    words = [c["text"] for c in chunks if c["incident_id"] == incident["incident_id"]]
+    assert "VKORC1 A/A share" in words[0] and chunks[-1]["done"]
+    assert delta.read(lake, "incidents")["incident_id"].to_pylist() == [incident["incident_id"]]
+    assert delta.read(lake, "agent_messages")["text"].to_pylist() == words
+
+
+def test_bradycardia_predictions_resolve_from_the_measured_heart_rate_and_a_worse_model_opens_one_incident(
+        nats_server):
+    worker = RiskWorker(nats_server.url, "redis://unused", "unused")
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    head = {"kind": "probability", "estimate": 0.3}
+    for k, hr in enumerate((60.0, 35.0)):  # patient k: a slow hour 5 h after the prediction, or none
+        worker.note_prediction({"patient_id": f"p{k}", "heads": {OUTCOME_HEAD: head},
+                                "data_watermark": t0.isoformat(), "extra": {}})
+        ts = [t0 + timedelta(minutes=5 * i) for i in range(1, 12 * 25)]
+        vitals = pa.Table.from_pylist([{"run_id": "r", "patient_id": f"p{k}", "seq": i, "ts": t,
+                                        "hr_bpm": hr if 5 <= i // 12 < 6 else 70.0} for i, t in enumerate(ts)],
+                                      schema=VITALS)
+        record = PatientRecord({}, vitals, LABS.empty_table(), DOSES.empty_table(), ts[-1])
+        early = PatientRecord({}, vitals.slice(0, 100), record.labs, record.doses, ts[99])
+        assert worker.resolve(f"p{k}", early) == []  # 24 h not over yet
+        assert worker.resolve(f"p{k}", record) == [(0.3, k)] and worker.pending[f"p{k}"] == []
+
+    rng = random.Random(5)
+    informative = [(p, int(rng.random() < p)) for p in (rng.random() for _ in range(1200))]
+    useless = [(p, int(rng.random() < 0.5)) for p in (rng.random() for _ in range(600))]
+
+    async def go(resolved: list[tuple[float, int]], version: str) -> list[dict]:
+        worker.nc = await nats.connect(nats_server.url)
+        worker.js = worker.nc.jetstream()
+        sub = await worker.js.subscribe(f"biopilot.incidents.{MODEL_UNIT}", stream="ALERTS")
+        await worker.watch_outcomes(resolved, version)
+        await worker.nc.flush()
+        found = []
+        while True:
+            try:
+                found.append(json.loads((await sub.next_msg(timeout=0.5)).data))
+            except nats.errors.TimeoutError:
+                break
+        await sub.unsubscribe()
+        await worker.nc.close()
+        return found
+
+    assert asyncio.run(go(informative, "m0")) == []  # as calibrated as when the window filled: none
+    (incident,) = asyncio.run(go(informative[:600] + useless, "m1"))
+    assert incident["signals"] == [OUTCOME_HEAD] and incident["run_id"] == "m1"

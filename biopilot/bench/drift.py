@@ -22,7 +22,6 @@ once the window's have.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
-from agents.phrasing import explain_drift
+from agents.risk_worker import drift_messages
 from core.events import AGENT_MESSAGES, INCIDENTS
 from outcomes import registry
 from outcomes.dataset import HORIZON_H, OutcomeDataset, simulate_dataset
@@ -65,12 +64,9 @@ def _scored_h(ds: OutcomeDataset, admitted: np.ndarray, start_h: float, rate: fl
 def _write_incident(lake: str, row: dict, findings: dict, first_seq: int) -> list[str]:
     """A drift incident's event and the agents' explanation of it, as the agent workers write theirs."""
     delta.append(lake, "incidents", pa.Table.from_pylist([row], schema=INCIDENTS), INCIDENTS)
-    chunks = explain_drift(findings)
-    messages = [{"incident_id": row["incident_id"], "seq": first_seq + k, "agent": "drift", "text": text,
-                 "done": k == len(chunks) - 1, "findings_json": json.dumps(findings) if k == len(chunks) - 1 else None,
-                 "emitted_at": row["emitted_at"]} for k, text in enumerate(chunks)]
+    messages = drift_messages(row, findings, first_seq)
     delta.append(lake, "agent_messages", pa.Table.from_pylist(messages, schema=AGENT_MESSAGES), AGENT_MESSAGES)
-    return chunks
+    return [m["text"] for m in messages]
 
 
 def _head(model: OutcomeModel, ds: OutcomeDataset) -> dict[str, float]:

@@ -4,9 +4,11 @@ outcome model, with `patients` live patients whose data keeps arriving.
 The patients are simulated (`warfarin_standard`, 5-min vitals) for `days` days; the last `held_back_h` hours are
 held back and arrive during the bench, an hour of a patient at a time, each arrival noted in the cache as the
 dashboard's relay does (`RiskCache.note_data`). Records come from memory (the live data as it has arrived), so
-the figures are the cache's and the model's; `lake_misses` records are also read from a Delta lake of the same
-patients, the vitals in time-ordered files as the live lake holds them (the API's miss path), with the vitals
-bounded by what has arrived as served and without.
+`miss_*` are the cache's and the model's figures. The API's own miss path (`api_miss_*`) reads
+`serving.RecordStore`, fed with each arriving hour as the relay feeds it, over a Delta lake of the data arrived
+before the bench (the vitals in time-ordered files as the live lake holds them): a patient's first request
+reads the lake (`api_cold_miss_*`, `lake_misses` of them). `lake_record_*`: the lake read alone, the vitals
+bounded by what has arrived (as served) and not.
 
 - batched: every patient scored in batches of `batch` (records, one forward pass, the cache writes):
   `predictions_per_s`; the model's forward pass alone: `model_predictions_per_s`.
@@ -31,12 +33,22 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from core.events import DOSES, LABS, VITALS
 from core.services import redis_client, start_redis
 from outcomes.contract import PatientRecord
 from outcomes.features import WINDOW_H
-from outcomes.serving import Fixed, RiskCache, RiskService, Seen, lake_records, to_us
+from outcomes.serving import (
+    Fixed,
+    RecordStore,
+    RiskCache,
+    RiskService,
+    Seen,
+    lake_records,
+    read_lake_records,
+    to_us,
+)
 from sinks import delta
 from sources.patient.cohort_sim import PatientCohortSim
 from sources.patient.scenarios import load_patient_scenario
@@ -90,6 +102,16 @@ class Timeline:
     def advance(self, hours: float) -> None:
         self.now_us += int(hours * US_PER_H)
 
+    def arriving(self, hours: float) -> dict[str, pa.Table]:
+        """kind -> the rows that arrive in the next `hours` (as the relay hands them to the record store)."""
+        end_us = self.now_us + int(hours * US_PER_H)
+        out = {}
+        for kind, table, times in (("vitals", self.vitals, self.vitals_us), ("labs", self.labs, self.labs_us),
+                                   ("doses", self.doses, self.doses_us)):
+            first, end = np.searchsorted(times, [self.now_us, end_us], side="right")
+            out[kind] = table.slice(first, end - first)
+        return out
+
 
 def simulate(patients: int, days: float, held_back_h: float, seed: int) -> tuple[dict[str, Timeline], dict]:
     """`patients` timelines with all but the last `held_back_h` hours arrived, and the tables they came from."""
@@ -122,8 +144,51 @@ def _ms(seconds: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
 
 
+async def _api_misses(timelines: dict[str, Timeline], cache: RiskCache, model: object, lake: str, misses: int,
+                      cold: int, rng: random.Random, say: Callable[[str], None]) -> dict:
+    """The API's miss path (`serving.RecordStore` over the lake, as dashboard/routers/risk.py serves): `cold`
+    first requests of a patient (their record read from the lake), then `misses` requests each right after an
+    hour of the patient's data arrived (handed to the store, then noted in the cache, as the relay does)."""
+    store = RecordStore()
+    lake_reads = [0]  # patients whose record was read from the lake
+
+    async def from_lake(patient_ids: Sequence[str], seen: Sequence[Seen]) -> dict[str, PatientRecord]:
+        lake_reads[0] += len(patient_ids)
+        return await read_lake_records(lake, patient_ids, seen)
+
+    async def records(patient_ids: Sequence[str], seen: Sequence[Seen]) -> dict[str, PatientRecord]:
+        return await store.read(patient_ids, seen, from_lake)
+
+    service = RiskService(Fixed(model), cache, records)
+    chosen = rng.sample(sorted(timelines), k=min(misses, len(timelines)))
+    say(f"API misses: {min(cold, len(chosen))} first requests (the lake), then {len(chosen)} after new data")
+    cold_s = []
+    for p in chosen[:cold]:
+        t = time.perf_counter()
+        await service.compute([p])
+        cold_s.append(time.perf_counter() - t)
+    await store.read(chosen[cold:], await cache.seen(chosen[cold:]), from_lake)  # the rest joined in one read
+    miss_s, cached, stale, joined = [], 0, 0, lake_reads[0]
+    for p in chosen:
+        arrived_us = timelines[p].watermark_after(1.0)
+        for kind, rows in timelines[p].arriving(1.0).items():
+            store.add(kind, rows)
+        await cache.note_data({p: arrived_us})
+        timelines[p].advance(1.0)
+        t = time.perf_counter()
+        answer = await service.risk(p)
+        miss_s.append(time.perf_counter() - t)
+        cached += answer["cached"]
+        stale += to_us(datetime.fromisoformat(answer["data_watermark"])) < arrived_us
+    return ({f"api_miss_{k}": v for k, v in _ms(miss_s).items()} |
+            {f"api_cold_miss_{k}": v for k, v in _ms(cold_s).items()} |
+            {"api_cached_after_new_data": cached, "api_stale_served": stale,
+             "api_misses_from_lake": lake_reads[0] - joined})
+
+
 async def _bench(timelines: dict[str, Timeline], redis_url: str, model: object, batch: int, reads: int,
-                 misses: int, rounds: int, readers: int, rng: random.Random, say: Callable[[str], None]) -> dict:
+                 misses: int, rounds: int, readers: int, rng: random.Random, say: Callable[[str], None],
+                 lake: str | None = None, lake_misses: int = 0) -> dict:
     redis = redis_client(redis_url)
     cache = RiskCache(redis)
     ids = sorted(timelines)
@@ -154,6 +219,9 @@ async def _bench(timelines: dict[str, Timeline], redis_url: str, model: object, 
         hit_s.append(time.perf_counter() - t)
         not_hit += not answer["cached"]
     out |= {f"hit_{k}": v for k, v in _ms(hit_s).items()} | {"hit_requests_not_cached": not_hit}
+
+    if lake:
+        out |= await _api_misses(timelines, cache, model, lake, misses, lake_misses, rng, say)
 
     say(f"misses: {misses} requests, each after an hour of new data")
     miss_s, hit_after_data = [], 0
@@ -199,34 +267,39 @@ async def _bench(timelines: dict[str, Timeline], redis_url: str, model: object, 
     return out
 
 
-def lake_miss_seconds(tables: dict, timelines: dict[str, Timeline], n: int, rng: random.Random,
-                      file_h: float = LAKE_FILE_H) -> dict[str, list[float]]:
-    """The API's miss path's record read: `n` patients' records from a Delta lake of every patient's data, the
-    vitals written in time order, a file per `file_h` hours (the live lake: the flow's micro-batches, compacted);
-    each read with its vitals bounded by what has arrived (as `read_lake_records` does: "bounded") and without."""
+def write_lake(tables: dict, until_us: int, file_h: float = LAKE_FILE_H) -> str:
+    """A Delta lake of every patient's data that has arrived by `until_us` (labs by their report), the vitals
+    written in time order, a file per `file_h` hours (the live lake: the flow's micro-batches, compacted)."""
     lake = tempfile.mkdtemp(prefix="bench-predict-lake-")
-    try:
-        vitals = tables["vitals"].sort_by("ts")
-        ts_us = _us(vitals["ts"])
-        edges = np.arange(ts_us[0], ts_us[-1] + int(file_h * US_PER_H), int(file_h * US_PER_H))
-        for a, b in zip(edges[:-1], edges[1:], strict=True):
-            first, end = np.searchsorted(ts_us, [a, b])
-            if end > first:
-                delta.append(lake, "vitals", vitals.slice(first, end - first), VITALS)
-        for name, schema in (("labs", LABS), ("doses", DOSES), ("patients", tables["patients"].schema)):
-            delta.append(lake, name, tables[name], schema)
-        runs = dict(zip(tables["patients"]["patient_id"].to_pylist(), tables["patients"]["run_id"].to_pylist(),
-                        strict=True))
-        seconds: dict[str, list[float]] = {"bounded": [], "unbounded": []}
-        for p in rng.sample(sorted(timelines), k=min(n, len(timelines))):
-            newest = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(ts_us[-1]))
-            for how, since in (("bounded", newest - timedelta(hours=WINDOW_H + 1)), ("unbounded", None)):
-                t = time.perf_counter()
-                lake_records(lake, {p: runs[p]}, vitals_since=since)
-                seconds[how].append(time.perf_counter() - t)
-        return seconds
-    finally:
-        shutil.rmtree(lake, ignore_errors=True)
+    vitals = tables["vitals"].sort_by("ts")
+    ts_us = _us(vitals["ts"])
+    edges = np.arange(ts_us[0], until_us + int(file_h * US_PER_H), int(file_h * US_PER_H))
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        first, end = np.searchsorted(ts_us, [a, min(b, until_us + 1)])
+        if end > first:
+            delta.append(lake, "vitals", vitals.slice(first, end - first), VITALS)
+    for name, schema, column in (("labs", LABS, "reported_ts"), ("doses", DOSES, "ts")):
+        arrived = tables[name].filter(pa.array(_us(tables[name][column]) <= until_us))
+        delta.append(lake, name, arrived, schema)
+    delta.append(lake, "patients", tables["patients"], tables["patients"].schema)
+    return lake
+
+
+def lake_miss_seconds(lake: str, tables: dict, timelines: dict[str, Timeline], n: int, rng: random.Random,
+                      ) -> dict[str, list[float]]:
+    """The lake's record read alone: `n` patients' records from the bench lake (`write_lake`), each with its
+    vitals bounded by what has arrived (as `read_lake_records` does: "bounded") and without."""
+    runs = dict(zip(tables["patients"]["patient_id"].to_pylist(), tables["patients"]["run_id"].to_pylist(),
+                    strict=True))
+    newest = delta.read(lake, "vitals", columns=["ts"])["ts"]
+    newest = pc.max(newest).as_py()
+    seconds: dict[str, list[float]] = {"bounded": [], "unbounded": []}
+    for p in rng.sample(sorted(timelines), k=min(n, len(timelines))):
+        for how, since in (("bounded", newest - timedelta(hours=WINDOW_H + 1)), ("unbounded", None)):
+            t = time.perf_counter()
+            lake_records(lake, {p: runs[p]}, vitals_since=since)
+            seconds[how].append(time.perf_counter() - t)
+    return seconds
 
 
 def run(patients: int = 1000, days: float = 10.0, held_back_h: float = 48.0, batch: int = 250, reads: int = 2000,
@@ -247,15 +320,22 @@ def run(patients: int = 1000, days: float = 10.0, held_back_h: float = 48.0, bat
     model = load_model(Path(model_path) if model_path else None)
     root = Path(tempfile.mkdtemp(prefix="bench-predict-"))
     server = start_redis(root / "redis")
+    lake = None
     try:
-        out = asyncio.run(_bench(timelines, server.url, model, batch, reads, misses, rounds, readers, rng, say))
+        if lake_misses:
+            say(f"writing a Delta lake of {patients} patients' arrived data")
+            lake = write_lake(tables, next(iter(timelines.values())).now_us)
+        out = asyncio.run(_bench(timelines, server.url, model, batch, reads, misses, rounds, readers, rng, say,
+                                 lake, lake_misses))
+        if lake:
+            say(f"lake reads: {lake_misses} records")
+            for how, seconds in lake_miss_seconds(lake, tables, timelines, lake_misses, rng).items():
+                out |= {f"lake_record_{how}_{k}": v for k, v in _ms(seconds).items()}
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
-    if lake_misses:
-        say(f"lake reads: {lake_misses} records from a Delta lake of {patients} patients")
-        for how, seconds in lake_miss_seconds(tables, timelines, lake_misses, rng).items():
-            out |= {f"lake_record_{how}_{k}": v for k, v in _ms(seconds).items()}
+        if lake:
+            shutil.rmtree(lake, ignore_errors=True)
     vitals_rows = tables["vitals"].num_rows
     return {"patients": patients, "days": days, "vitals_rows": vitals_rows, "model_version": model.version,
             "simulate_s": round(simulate_s, 1), "batch": batch, "readers": readers} | out

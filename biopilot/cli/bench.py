@@ -367,7 +367,9 @@ def add_predict(benches: argparse._SubParsersAction) -> None:
                    help="requests checked for staleness while data arrives")
     p.add_argument("--readers", type=positive("--readers", int), default=8, help="concurrent readers in that check")
     p.add_argument("--lake-misses", type=int, default=50,
-                   help="records also read from a Delta lake of the patients (the API's miss path; 0: skip)")
+                   help="first requests timed through the API's miss path (the record store over a Delta lake "
+                        "of the patients: the lake at a patient's first request), then --misses more after new "
+                        "data; 0: skip the lake and the API path")
     p.add_argument("--model", default=None, help="a checkpoint (.pt, or a directory: its newest); default the "
                                                  "shipped one")
     p.add_argument("--seed", type=int, default=0)

@@ -179,7 +179,9 @@ def cmd_overview(args: argparse.Namespace) -> int:
 # an hour a second: a first INR within minutes, the twin refitting as the labs come)
 UP_DEFAULTS: dict[str, tuple[int, float, str]] = {"bioreactor": (4, 600.0, "normal"),
                                                    "patient": (8, 3600.0, "warfarin_standard")}
-PLANT_SPEED = "the plant's"  # --speed not given: the plant kind's default (`max` parses to None, so None can't say it)
+# --speed not given: the plant kind's default. Not None (that is what `max` parses to) and not a string (argparse
+# would parse it): a number no --speed can be.
+PLANT_SPEED = -1.0
 
 
 def add_up(subparsers: argparse._SubParsersAction) -> None:

@@ -5,6 +5,9 @@ data has not changed (`outcomes.serving`)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
@@ -16,8 +19,10 @@ from dashboard.deps import Runtime, runtime, viewer
 from dashboard.routers.control import live_units
 from dashboard.routers.patients import PatientId
 from outcomes.contract import PatientRecord
-from outcomes.serving import Champion, RiskCache, RiskService, Seen, read_lake_records
+from outcomes.drift import open_drift_words
+from outcomes.serving import Champion, RecordStore, RiskCache, RiskService, Seen, read_lake_records
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/patients", tags=["patients"])
 
 
@@ -54,6 +59,32 @@ class Risk(BaseModel):
     cached: bool = Field(description="served from the cache (the patient's data unchanged since)")
     data_behind_s: float = Field(description="how far the data used is behind the newest that has arrived (the "
                                              "lake catching up): 0 when current")
+    model_drift: str | None = Field(None, description="the served model's open input drift incident, in the "
+                                                      "agents' words (the lake's, at most `DRIFT_CHECK_S` old)")
+
+
+DRIFT_CHECK_S = 30.0
+
+
+class DriftWords:
+    """The open drift incidents' words per model version (`outcomes.drift.open_drift_words`), re-read from the
+    lake in the background at most every `DRIFT_CHECK_S`: a request never waits for the lake."""
+
+    def __init__(self, lake: str) -> None:
+        self.lake, self.words, self.checked = lake, {}, -DRIFT_CHECK_S
+        self.task: asyncio.Task | None = None
+
+    def get(self, model_version: str) -> str | None:
+        if time.monotonic() - self.checked >= DRIFT_CHECK_S and (self.task is None or self.task.done()):
+            self.checked = time.monotonic()
+            self.task = asyncio.create_task(self._read())
+        return self.words.get(model_version)
+
+    async def _read(self) -> None:
+        try:
+            self.words = await asyncio.to_thread(open_drift_words, self.lake)
+        except Exception:  # noqa: BLE001 - the answer goes on without the note; tried again later
+            log.exception("reading the drift incidents failed")
 
 
 def service(request: Request, rt: Runtime = Depends(runtime)) -> RiskService:
@@ -62,20 +93,28 @@ def service(request: Request, rt: Runtime = Depends(runtime)) -> RiskService:
     if getattr(state, "risk", None) is None:
         lake = rt.settings.lake
 
-        async def records(patient_ids: Sequence[str], seen: Sequence[Seen]) -> dict[str, PatientRecord]:
+        async def from_lake(patient_ids: Sequence[str], seen: Sequence[Seen]) -> dict[str, PatientRecord]:
             live = {p: where["run_id"] for p, where in (await live_units(rt)).items()}
             return await read_lake_records(lake, patient_ids, seen, live)
 
-        state.risk = RiskService(Champion(lake), RiskCache(rt.redis), records)
+        # the relay's records as they arrive, the lake the cold fallback (a dashboard without a relay: the lake)
+        store: RecordStore | None = getattr(state, "risk_records", None)
+
+        async def records(patient_ids: Sequence[str], seen: Sequence[Seen]) -> dict[str, PatientRecord]:
+            return await store.read(patient_ids, seen, from_lake)
+
+        state.risk = RiskService(Champion(lake), RiskCache(rt.redis), records if store else from_lake)
+        state.drift_words = DriftWords(lake)
     return state.risk
 
 
 @router.get("/{patient_id}/risk", dependencies=[viewer], response_model=Risk,
             responses={404: {"description": "no data of this patient in the lake"},
                        503: {"description": "no outcome model to serve (none trained or shipped)"}})
-async def get_risk(patient_id: PatientId, risk: RiskService = Depends(service)) -> dict:
+async def get_risk(patient_id: PatientId, request: Request, risk: RiskService = Depends(service)) -> dict:
     """The patient's risks now: from the cache when their data has not changed since the last answer, else
-    computed from the lake (their live run, else their latest) and kept."""
+    computed from their record as it arrived (the lake's at their first request: their live run, else their
+    latest) and kept."""
     try:
         answer = await risk.risk(patient_id)
     except FileNotFoundError as err:
@@ -83,4 +122,5 @@ async def get_risk(patient_id: PatientId, risk: RiskService = Depends(service)) 
     if answer is None:
         raise HTTPException(404, f"no data of patient {patient_id!r}")
     extra = answer.get("extra") or {}
-    return answer | {"explained_head": extra.get("explained_head"), "not_applicable": extra.get("not_applicable", [])}
+    return answer | {"explained_head": extra.get("explained_head"), "not_applicable": extra.get("not_applicable", []),
+                     "model_drift": request.app.state.drift_words.get(answer["model_version"])}

@@ -151,7 +151,7 @@ function onTwin(message) {  // the flow's refit: its forecast rows replace the b
 
 function onRisk(message) {  // the risk worker scored the patient at a closed hour and something changed
   if (message.run_id !== state.run) return;
-  state.risk = {...message, cached: false};
+  state.risk = {...message, cached: false, model_drift: state.risk?.model_drift};  // drift: the API's note
   renderRisk();
 }
 
@@ -181,6 +181,7 @@ function renderRisk() {
   rows.push(el("p", {className: "muted", textContent: `model ${risk.model_version} · confidence ` +
     `${Number(risk.confidence).toFixed(2)} · data to ${day(seconds(risk.data_watermark))}` +
     `${risk.cached ? " · cached" : ""}`}));
+  if (risk.model_drift) rows.push(el("p", {className: "drift", textContent: `model drift: ${risk.model_drift}`}));
   box.replaceChildren(...rows);
   box.dataset.heads = String(heads.length);
 }

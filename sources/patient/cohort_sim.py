@@ -56,6 +56,7 @@ from sources.patient.warfarin import (
 
 # independent random streams per patient: an adverse event never changes the noise or the cohort a patient sees
 _STREAM_COHORT, _STREAM_EVENTS, _STREAM_LABS, _STREAM_DOSES, _STREAM_INR = range(5)
+_STREAMS_DRAWN = (_STREAM_COHORT, _STREAM_EVENTS, _STREAM_INR)
 HB_ASSAY_SD_G_DL = 0.2  # analytical SD of a haemoglobin assay (docs/MODEL-PATIENT.md, "Labs")
 ESTABLISHED_H = 1e6  # hours on a co-medication that count as "taken since before the run"
 # co-medications as dose rows (the agents cite them): amiodarone's maintenance dose, rifampicin's daily dose
@@ -136,10 +137,12 @@ def active_mask(plan: EventPlan, n_patients: int, t_h: np.ndarray) -> tuple[np.n
     since = np.full((n_patients, len(t_h)), np.nan)
     magnitude = np.zeros(n_patients)
     for k, onset, duration, mag in zip(plan.patient, plan.onset_h, plan.duration_h, plan.magnitude, strict=True):
+        magnitude[k] = mag
+        if onset + duration <= t_h[0] or onset > t_h[-1]:  # its window misses these ticks: nothing to mark
+            continue
         on = (t_h >= onset) & (t_h < onset + duration)
         active[k] |= on
         since[k, on] = t_h[on] - onset
-        magnitude[k] = mag
     return active, since, magnitude
 
 
@@ -316,7 +319,9 @@ class PatientCohortSim:
         self.scenario, self.seed, self.n = scenario, seed, n_patients
         self.indices = list(range(first_index, first_index + n_patients))
         self.run_ids = run_ids or [patient_run_id(scenario, seed, i) for i in self.indices]
-        self.rngs = [[np.random.default_rng([seed, i, s]) for s in range(5)] for i in self.indices]
+        # only the streams drawn from (streams 2 and 3 are reserved, never drawn: making them cost a third of
+        # the set-up)
+        self.rngs = [{s: np.random.default_rng([seed, i, s]) for s in _STREAMS_DRAWN} for i in self.indices]
         co = scenario.cohort
         self.cohort = concat_cohorts([
             draw_cohort(1, r[_STREAM_COHORT], first_index=i, ancestry=co.ancestry, amiodarone_share=co.amiodarone_share,
@@ -462,8 +467,11 @@ class PatientCohortSim:
             if not len(rows):
                 continue
             for key, delta in event_effects(name, since[rows], magnitude[rows, None]).items():
-                effects.setdefault(key, np.zeros((n, n_ticks)))[rows] += np.where(active[rows], delta, 0.0)
-        effects.setdefault("hb_g_dl", np.zeros((n, n_ticks)))
+                if key not in effects:  # (setdefault would make the zeros every time)
+                    effects[key] = np.zeros((n, n_ticks))
+                effects[key][rows] += np.where(active[rows], delta, 0.0)
+        if "hb_g_dl" not in effects:
+            effects["hb_g_dl"] = np.zeros((n, n_ticks))
         true = self.vitals_model.step(t_h, {k: v for k, v in effects.items() if k in VITAL_SIGNALS})
         measured = self.vitals_model.measure(true, self.measure_rng, self._sensor_faults(t_h))
         self.seq += n_ticks

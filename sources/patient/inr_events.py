@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 OVER_INR = 4.0  # over_anticoagulation: true INR at or above this
@@ -71,26 +72,52 @@ def scan_episodes(cond: np.ndarray, inr: np.ndarray, t_h: np.ndarray, open_: Ope
     in it, (patient, start_h, end_h, extreme INR), in patient then time order, and those still open. `extreme`:
     np.maximum (peak) or np.minimum (nadir)."""
     cond = np.asarray(cond, bool)
-    n, nt = cond.shape
-    was_open = ~np.isnan(open_.start_h)
-    edges = np.diff(np.concatenate([was_open[:, None], cond], axis=1).astype(np.int8), axis=1)
     start_h, ext = open_.start_h.copy(), open_.extreme.copy()
-    seg_from = np.where(was_open, 0, -1)  # tick where the open episode's part in this chunk begins
-    closed = []
-    for k, j in zip(*np.nonzero(edges), strict=True):
-        if edges[k, j] > 0:
-            start_h[k], ext[k], seg_from[k] = t_h[j], np.nan, j
-        else:
-            # an episode carried over from the last chunk may close on this chunk's first tick: nothing to add
-            part = inr[k, seg_from[k]:j]
-            peak = float(extreme.reduce(part)) if part.size else np.nan
-            closed.append((int(k), float(start_h[k]), float(t_h[j]), peak if np.isnan(ext[k]) else
-                           float(ext[k]) if np.isnan(peak) else float(extreme(ext[k], peak))))
-            start_h[k], ext[k], seg_from[k] = np.nan, np.nan, -1
-    for k in np.nonzero(seg_from >= 0)[0]:  # still open at the chunk's end: carry the extreme on
-        peak = float(extreme.reduce(inr[k, seg_from[k]:]))
-        ext[k] = peak if np.isnan(ext[k]) else float(extreme(ext[k], peak))
+    size = cond.shape[0] * ((cond.shape[1] + 1) // 2 + 1)  # at most one closing every other tick
+    rows, starts, ends, peaks = np.empty(size, np.int64), np.empty(size), np.empty(size), np.empty(size)
+    found = _scan(cond, np.ascontiguousarray(inr, float), np.asarray(t_h, float), start_h, ext,
+                  extreme is np.maximum, rows, starts, ends, peaks)
+    closed = list(zip(rows[:found].tolist(), starts[:found].tolist(), ends[:found].tolist(), peaks[:found].tolist(),
+                      strict=True))
     return closed, OpenEpisodes(start_h, ext)
+
+
+@numba.njit(inline="always")
+def _extreme(a: float, b: float, peak: bool) -> float:
+    """np.maximum / np.minimum of two floats (NaN if either is)."""
+    if a != a or b != b:
+        return np.nan
+    return max(a, b) if peak else min(a, b)
+
+
+@numba.njit(cache=True)
+def _scan(cond: np.ndarray, inr: np.ndarray, t_h: np.ndarray, start_h: np.ndarray, ext: np.ndarray, peak: bool,
+          rows: np.ndarray, starts: np.ndarray, ends: np.ndarray, peaks: np.ndarray) -> int:
+    """`scan_episodes` tick by tick: `start_h`, `ext` updated in place; the closed episodes written to `rows`,
+    `starts`, `ends`, `peaks`; returns how many."""
+    found = 0
+    for k in range(cond.shape[0]):
+        prev = start_h[k] == start_h[k]  # open from the last chunk
+        seen, part = 0, np.nan  # the extreme of the episode's ticks in this chunk
+        for j in range(cond.shape[1]):
+            c = cond[k, j]
+            if c and not prev:
+                start_h[k], ext[k], seen = t_h[j], np.nan, 0
+            elif prev and not c:
+                # an episode carried over from the last chunk may close on this chunk's first tick: nothing to add
+                value = part if seen else np.nan
+                rows[found], starts[found], ends[found] = k, start_h[k], t_h[j]
+                peaks[found] = value if ext[k] != ext[k] else ext[k] if value != value else _extreme(ext[k], value,
+                                                                                                    peak)
+                found += 1
+                start_h[k], ext[k], seen = np.nan, np.nan, 0
+            if c:
+                part = inr[k, j] if seen == 0 else _extreme(part, inr[k, j], peak)
+                seen += 1
+            prev = c
+        if prev and seen:  # still open at the chunk's end: carry the extreme on
+            ext[k] = part if ext[k] != ext[k] else _extreme(ext[k], part, peak)
+    return found
 
 
 def hysteresis(enter: np.ndarray, leave: np.ndarray, was_on: np.ndarray) -> np.ndarray:
@@ -102,10 +129,22 @@ def hysteresis(enter: np.ndarray, leave: np.ndarray, was_on: np.ndarray) -> np.n
     [[0, 1, 1, 1, 1, 0, 1]]
     """
     enter, leave = np.asarray(enter, bool), np.asarray(leave, bool)
-    ticks = np.arange(enter.shape[1])[None, :]
-    last = np.maximum.accumulate(np.where(enter | leave, ticks, -1), axis=1)  # the latest deciding tick
-    decided = np.take_along_axis(enter, np.maximum(last, 0), axis=1)
-    return np.where(last >= 0, decided, np.asarray(was_on, bool)[:, None])
+    on = np.empty(enter.shape, bool)
+    _hysteresis(enter, leave, np.asarray(was_on, bool), on)
+    return on
+
+
+@numba.njit(cache=True)
+def _hysteresis(enter: np.ndarray, leave: np.ndarray, was_on: np.ndarray, on: np.ndarray) -> None:
+    """Tick by tick: a loop, where numpy needed an accumulate, a gather and two selects over (n, nt)."""
+    for k in range(enter.shape[0]):
+        state = was_on[k]
+        for j in range(enter.shape[1]):
+            if enter[k, j]:
+                state = True
+            elif leave[k, j]:
+                state = False
+            on[k, j] = state
 
 
 def initiation_end_h(first_dose_h: float, reached_h: np.ndarray) -> np.ndarray:

@@ -24,8 +24,8 @@ True
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-from scipy.signal import lfilter
 
 from sources.patient.warfarin import INR_RESIDUAL_VARIANCE
 
@@ -73,11 +73,25 @@ class InrFluctuation:
 
     def step(self, n_ticks: int) -> np.ndarray:
         """(n, n_ticks): x at the next `n_ticks` ticks (the OU discretised exactly, then the lag)."""
-        noise = np.stack([r.standard_normal(n_ticks) for r in self.rngs]) * self.innovation_sd
-        ou, _ = lfilter([1.0], [1.0, -self.decay], noise, axis=1, zi=(self.decay * self.ou)[:, None])
-        x, _ = lfilter([1.0 - self.lag], [1.0, -self.lag], ou, axis=1, zi=(self.lag * self.x)[:, None])
-        self.ou, self.x = ou[:, -1].copy(), x[:, -1].copy()
+        x = np.empty((len(self.rngs), n_ticks))
+        for r, row in zip(self.rngs, x, strict=True):
+            r.standard_normal(out=row)  # drawn in place: no list of rows to stack
+        _ou_through_lag(x, self.innovation_sd, self.decay, 1.0 - self.lag, self.lag, self.ou, self.x)
         return x
+
+
+@numba.njit(cache=True)
+def _ou_through_lag(x: np.ndarray, innovation_sd: float, decay: float, gain: float, lag: float, ou: np.ndarray,
+                    lagged: np.ndarray) -> None:
+    """In place: x (n, nt) standard normals -> the lagged OU; `ou`, `lagged` (n,) the states, updated. The
+    operations of the two first-order `scipy.signal.lfilter` passes it replaces, in their order (same bits)."""
+    for k in range(x.shape[0]):
+        o, v = ou[k], lagged[k]
+        for j in range(x.shape[1]):
+            o = decay * o + x[k, j] * innovation_sd
+            v = lag * v + gain * o
+            x[k, j] = v
+        ou[k], lagged[k] = o, v
 
 
 def correlation(lag_h: np.ndarray) -> np.ndarray:
