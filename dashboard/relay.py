@@ -310,8 +310,8 @@ class Relay:
                 raise
             except Exception as err:  # noqa: BLE001 - Redis down or hung: keep the batch, try again
                 self.positions = positions | self.positions
-                self.arrived = {u: max(t, self.arrived.get(u, -1)) for u, t in arrived.items()} | {
-                    u: t for u, t in self.arrived.items() if u not in arrived}
+                for unit, t in arrived.items():
+                    self.arrived[unit] = max(t, self.arrived.get(unit, -1))
                 if self.failing_since is None:
                     self.failing_since = time.time()
                     log.warning("relay: writing to Redis failed (%s); retrying, %d events waiting", err,

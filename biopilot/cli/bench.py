@@ -146,11 +146,11 @@ def cmd_bench_detectors(args: argparse.Namespace) -> int:
     if args.sweep:  # the shipped fusion through the flow's monitor, each run with its recipe; no recalibration
         sweep = bench.run_sweep(args.sweep, args.sweep_seed, 2.0 if args.grace_h is None else args.grace_h,
                                 args.recipe_blind, progress=say)
-        return _report(args, bench.sweep_markdown(sweep), sweep.as_json(), _sweep_name("detectors", args))
+        return _report(args, sweep.as_json(), _sweep_name("detectors", args), bench.sweep_markdown(sweep))
     results = bench.run(seeds=args.seeds, normal_runs=args.normal_runs, calibration_runs=args.calibration_runs,
                         grace_h=2.0 if args.grace_h is None else args.grace_h, with_speed=args.speed,
                         only=args.only.split(",") if args.only else None, progress=say)
-    _report(args, bench.markdown(results), bench.as_json(results), "detectors")
+    _report(args, bench.as_json(results), "detectors", bench.markdown(results))
     bench.chart(results, Path(args.out) / "detectors.png")
     say(f"written: detectors.md, .json and .png in {args.out}")
     return 0
@@ -163,7 +163,7 @@ def _bench_patient_detectors(args: argparse.Namespace, say) -> int:  # noqa: ANN
 
     result = bench.run(patients=args.seeds, normal_patients=args.normal_runs, normal_days=args.normal_days,
                        grace_h=bench.GRACE_H if args.grace_h is None else args.grace_h, progress=say)
-    _report(args, bench.markdown(result), result, "detectors-patient")
+    _report(args, result, "detectors-patient", bench.markdown(result))
     say(f"written: detectors-patient.md and .json in {args.out}")
     return 0
 
@@ -190,24 +190,29 @@ def cmd_bench_agents(args: argparse.Namespace) -> int:
         from agents import patient_benchmark as bench
 
         res = bench.run(args.seeds, args.normal_runs or 20, progress=progress(args))
-        return _report(args, bench.markdown(res), res.as_json(), "agents-patient")
+        return _report(args, res.as_json(), "agents-patient", bench.markdown(res))
     from agents import benchmark as bench
 
     if args.sweep:
         res = bench.evaluate_sweep(args.sweep, args.sweep_seed, recipe_blind=args.recipe_blind,
                                    progress=progress(args))
-        return _report(args, bench.markdown(res), res.as_json(), _sweep_name("agents", args))
+        return _report(args, res.as_json(), _sweep_name("agents", args), bench.markdown(res))
     res = bench.run(args.seeds, args.normal_runs or 10, args.latency_alerts, progress=progress(args))
-    return _report(args, bench.markdown(res), res.as_json(), "agents")
+    return _report(args, res.as_json(), "agents", bench.markdown(res))
 
 
-def _report(args: argparse.Namespace, markdown: str, result: dict, name: str) -> int:
-    """Write a benchmark's `<name>.md` and `<name>.json` under `--out`; print the JSON (`--json`) or the Markdown."""
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.md").write_text(markdown + "\n")
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result) if args.json else markdown)
+def _report(args: argparse.Namespace, result: dict, name: str | None = None, markdown: str | None = None) -> int:
+    """Print a benchmark's figures: the JSON (`--json`), else the Markdown or a line per figure; given `name`, keep
+    them as `<name>.json` (and `<name>.md`) under `--out` too."""
+    if name:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        if markdown is not None:
+            (out / f"{name}.md").write_text(markdown + "\n")
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    width = max([28, *map(len, result)])
+    text = markdown if markdown is not None else "\n".join(f"{k:{width}s} {v}" for k, v in result.items())
+    print(json.dumps(result) if args.json else text)
     return 0
 
 
@@ -317,14 +322,10 @@ def cmd_bench_trial(args: argparse.Namespace) -> int:
 
     res = json_safe(bench.run(args.patients_per_arm, args.n_trials, args.null_trials, args.pool, args.seed,
                               say=progress(args)))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "trial.json").write_text(json.dumps(res, indent=2) + "\n")
     curve = res["power_curve"] | {"design": "eu_pact", "arms": ["standard", "genotype"], "alpha": 0.05,
                                   "n_trials": args.n_trials}
-    plot_curve(curve, out / "trial-power.png")
-    print(json.dumps(res) if args.json else "\n".join(f"{k:28s} {v}" for k, v in res.items()))
-    return 0
+    plot_curve(curve, Path(args.out) / "trial-power.png")
+    return _report(args, res, "trial")
 
 
 def add_cohort(benches: argparse._SubParsersAction) -> None:
@@ -345,11 +346,7 @@ def cmd_bench_cohort(args: argparse.Namespace) -> int:
     from biopilot.bench import cohort as bench
 
     res = bench.run(args.patients, args.seed, args.epochs, args.rounds, say=progress(args))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cohort.json").write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res) if args.json else "\n".join(f"{k:28s} {v}" for k, v in res.items()))
-    return 0
+    return _report(args, res, "cohort")
 
 
 def add_predict(benches: argparse._SubParsersAction) -> None:
@@ -387,8 +384,7 @@ def cmd_bench_predict(args: argparse.Namespace) -> int:
         raise UsageError("--held-back-h must leave at least a day of --days arrived before the bench")
     res = predict.run(args.patients, args.days, args.held_back_h, args.batch, args.reads, args.misses, args.rounds,
                       args.readers, args.lake_misses, args.seed, args.model, say=progress(args))
-    print(json.dumps(res) if args.json else "\n".join(f"{k:28s} {v}" for k, v in res.items()))
-    return 0
+    return _report(args, res)
 
 
 def add_drift(benches: argparse._SubParsersAction) -> None:
@@ -423,11 +419,7 @@ def cmd_bench_drift(args: argparse.Namespace) -> int:
     res = bench.run(pre_patients=args.pre_patients, post_patients=args.post_patients,
                     admissions_per_h=args.admissions_per_h, days=args.days, seed=args.seed, epochs=args.epochs,
                     margin=args.margin, lake=args.lake, say=progress(args))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "drift.json").write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res) if args.json else "\n".join(f"{k:36s} {v}" for k, v in res.items()))
-    return 0
+    return _report(args, res, "drift")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
