@@ -170,7 +170,7 @@ def test_nats_server_restart_mid_stream_loses_nothing(nats_server, lake, run_flo
 def test_kill_9_mid_stream_then_restart_gives_every_tick_exactly_once(nats_server, lake, run_flow):
     ticks = make_ticks(reactors=2, ticks=4000, seed=7)
     flow = run_flow(nats_server.url, lake)
-    publisher = threading.Thread(target=publish, args=(nats_server.url, ticks), kwargs={"chunk": 50, "pace_s": 0.04})
+    publisher = threading.Thread(target=publish, args=(nats_server.url, ticks), kwargs={"chunk": 50, "pace_s": 0.1})  # 16 s: past the flow's first commit
     publisher.start()
     deadline = time.monotonic() + 60
     while delta.read(lake, "ticks", columns=["seq"]) is None and time.monotonic() < deadline:
