@@ -19,12 +19,13 @@ ALLOWED: dict[str, set[str]] = {
     "detectors": {"core", "sources"},
     "flows": {"core", "sources", "detectors", "sinks", "outcomes"},
     "outcomes": {"core", "sources", "detectors", "sinks"},
-    "agents": {"core", "sources", "detectors", "sinks", "outcomes"},
-    "dashboard": {"core", "sources", "sinks", "agents", "outcomes"},
+    "design": {"core", "sources", "sinks"},
+    "agents": {"core", "sources", "detectors", "sinks", "outcomes", "design"},
+    "dashboard": {"core", "sources", "sinks", "agents", "outcomes", "design"},
     "cohorts": {"core"},
     "trials": {"core", "sources", "detectors", "sinks", "agents", "cohorts"},
     "biopilot": {"core", "sources", "detectors", "sinks", "flows", "agents", "dashboard", "trials", "cohorts",
-                 "outcomes"},
+                 "outcomes", "design"},
 }
 
 
