@@ -82,6 +82,20 @@ def _nats_user(name: str, password: str) -> dict:
         "subscribe": {"allow": [*allowed["subscribe"], "_INBOX.>"]}}}
 
 
+def nats_servers(url: str) -> list[str]:
+    """The broker's URLs: one, or a cluster's nodes as a comma-separated list (any node serves a client, which
+    moves to another when its node goes away)."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("no NATS URL given")
+    return servers
+
+
+async def connect_nats(url: str, **options: object) -> nats.NATS:
+    """A client of the broker at `url` (one URL or a cluster's list, `nats_servers`)."""
+    return await nats.connect(servers=nats_servers(url), **options)
+
+
 def new_password() -> str:
     return secrets.token_urlsafe(24)  # URL-safe: it goes into the services' URLs as it is
 
