@@ -9,8 +9,9 @@ import nats
 
 from agents.diagnose import incidents_of
 from agents.llm import OfflineBackend
-from agents.workers import Workers
+from agents.workers import HANDLED_KEEP, STATE_KEY, Workers
 from core.events import TICKS
+from core.services import redis_client
 from detectors.reactor_monitor import MonitorConfig, ReactorMonitor
 from sinks import delta
 from sinks.nats_sink import alert_json
@@ -52,8 +53,17 @@ async def _scenario(nats_url: str, redis_url: str, lake: str, messages: list[dic
     await nc.subscribe("biopilot.agent.>", cb=on_chunk)
     await nc.flush()
     js = nc.jetstream()
-    for m in messages:
+    redis = redis_client(redis_url)
+    for i, m in enumerate(messages, start=1):
         await js.publish(f"biopilot.alerts.{m['reactor_id']}", alert_json(m))
+        # the flow publishes a reactor's alerts and clears minutes of event time apart; published all at once,
+        # two workers could take them out of order on a loaded machine, which is not what this test is about
+        for _ in range(200):
+            raw = await redis.get(STATE_KEY.format(reactor=m["reactor_id"]))
+            if raw and len(json.loads(raw).get("handled", [])) >= min(i, HANDLED_KEEP):
+                break
+            await asyncio.sleep(0.02)
+    await redis.aclose()
     # wait on the outcome, not a fixed time: a loaded CI machine opens the second incident late
     for _ in range(300):
         if all_explained_and_resolved():
