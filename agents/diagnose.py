@@ -127,14 +127,23 @@ def diagnose_ticks(ticks: pa.Table, assays: pa.Table | None = None, horizon: tim
     `annotations`: the run's rows of the `annotations` table, the operator's changes cited as evidence."""
     findings = []
     recipe = recipe_of(recipes)
-    for inc, alerts in incidents_of(ticks, recipes=recipes):
+    incidents = incidents_of(ticks, recipes=recipes)
+    for inc, alerts in incidents:
         end = inc["start_ts"] + horizon
         if inc["end_ts"] is not None:
             end = min(end, inc["end_ts"])
         ev = gather(ticks, inc["start_ts"], end, assays, contributions(alerts), recipe=recipe,
-                    annotations=annotations)
+                    annotations=annotations, after_ts=previous_end([i for i, _ in incidents], inc))
         findings.append(IncidentFinding(inc, ev, rank(ev)))
     return sorted(findings, key=lambda f: f.incident["start_ts"])
+
+
+def previous_end(incidents: list[dict], incident: dict) -> datetime | None:
+    """When the latest of a run's other `incidents` (lifecycle events) that had closed by `incident`'s start
+    closed."""
+    ends = [i["end_ts"] for i in incidents if i["end_ts"] is not None and i["end_ts"] <= incident["start_ts"]
+            and i["incident_id"] != incident["incident_id"]]
+    return max(ends, default=None)
 
 
 def recipe_of(recipes: list[dict] | None) -> Recipe | None:
@@ -158,6 +167,12 @@ def load_recipe_context(lake: str | Path, run_id: str) -> tuple[list[dict], list
     rows = [delta.read(lake, name, run_ids=[run_id]) for name in ("recipes", "annotations")]
     recipes, annotations = (sorted(t.to_pylist(), key=lambda r: r["ts"]) if t is not None else [] for t in rows)
     return recipes, annotations
+
+
+def previous_end_stored(lake: str | Path, incident: dict) -> datetime | None:
+    """`previous_end` over the run's incidents the monitoring agent wrote to the lake (`incidents`)."""
+    rows = delta.read(lake, "incidents", columns=["incident_id", "start_ts", "end_ts"], run_ids=[incident["run_id"]])
+    return None if rows is None else previous_end(rows.to_pylist(), incident)
 
 
 def diagnose_stored(lake: str | Path, run_id: str, horizon: timedelta = HORIZON) -> list[IncidentFinding]:

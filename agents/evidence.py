@@ -90,17 +90,35 @@ class Evidence:
     # per pump, the z its full rate reads against the reference's tightest spread: what a feed step weighs
     # depends on the vessel (the reference's pump floors scale with the pump, the shipped one's do not)
     pump_rate_z: dict[str, float] = field(default_factory=dict)
+    # per signal that left normal after the run's previous incident had closed: the other signals' z then, where
+    # already off normal. The earlier fault's aftermath (a culture slowed by a temperature spike) is the state a
+    # new fault starts from, and what the new fault moved is measured from there (`move`)
+    onset_z: dict[str, dict[str, float]] = field(default_factory=dict)
+    aftermath: list[str] = field(default_factory=list)  # the signals the previous incident left off normal
+    lead: str | None = None  # the signal with the largest contribution: whose onset is the fault's
     ticks_seen: int = 0
 
     def z(self, signal: str) -> float:
         d = self.deviations.get(signal)
         return 0.0 if d is None else d.z
 
+    def move(self, signal: str) -> float:
+        """The signal's deviation beyond the previous incident's aftermath: for a signal that incident left off
+        normal, beyond where it stood when this incident's lead signal left normal (`beyond`)."""
+        before = self.onset_z.get(self.lead or "", {}).get(signal, 0.0) if signal in self.aftermath else 0.0
+        return beyond(self.z(signal), before)
+
     def strongest(self, k: int = 4) -> list[Deviation]:
         return sorted(self.deviations.values(), key=lambda d: -abs(d.z))[:k]
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def beyond(z: float, before: float) -> float:
+    """A deviation `z` less the one a signal already had (`before`): only a move further from normal is new; one
+    back towards normal is the culture recovering, and one past normal counts from normal."""
+    return z if z * before <= 0 else float(np.sign(z)) * max(abs(z) - abs(before), 0.0)
 
 
 def change_sentence(annotation: dict) -> str:
@@ -146,11 +164,13 @@ def _longest_run(same: np.ndarray) -> tuple[int, int]:
 
 def gather(ticks: pa.Table, start_ts: datetime, end_ts: datetime, assays: pa.Table | None = None,
            contributions: dict[str, float] | None = None, dt_min: float | None = None,
-           recipe: Recipe | None = None, annotations: list[dict] | None = None) -> Evidence:
+           recipe: Recipe | None = None, annotations: list[dict] | None = None,
+           after_ts: datetime | None = None) -> Evidence:
     """Evidence over [start_ts - 10 min, end_ts] from one run's ticks (from the run's first tick on), against
     the reference of the run's `recipe` (default: the default recipe's, the shipped golden batch), with the
     operator's changes among `annotations` (rows of the `annotations` table) from `CHANGE_LOOKBACK` before the
-    window to its end."""
+    window to its end. `after_ts`: when the run's previous incident closed; the leading signal is the one with
+    the largest of `contributions` (`Evidence.onset_z`)."""
     ticks = ticks.sort_by("seq")
     run_id, reactor_id = ticks["run_id"][0].as_py(), ticks["reactor_id"][0].as_py()
     ev = Evidence(run_id, reactor_id, start_ts, end_ts, contributions=dict(contributions or {}),
@@ -169,6 +189,10 @@ def gather(ticks: pa.Table, start_ts: datetime, end_ts: datetime, assays: pa.Tab
     ev.ticks_seen = int(hi - lo)
     if hi <= lo:
         return ev
+    ev.lead = max(ev.contributions, key=ev.contributions.__getitem__, default=None)
+    after = None if after_ts is None else min(int(np.searchsorted(ts, int(after_ts.timestamp() * 1e6))), len(ts) - 1)
+    if after is not None:
+        ev.aftermath = [name for j, name in enumerate(DETECTOR_SIGNALS) if abs(Z[after, j]) >= ONSET_Z]
     step = dt_min or (float(np.median(np.diff(minutes))) if len(minutes) > 1 else 1.0)
     for j, name in enumerate(DETECTOR_SIGNALS):
         i = lo + int(np.argmax(np.abs(Z[lo:hi, j])))
@@ -178,6 +202,10 @@ def gather(ticks: pa.Table, start_ts: datetime, end_ts: datetime, assays: pa.Tab
         onset_min = float(minutes[i] - minutes[calm[-1]]) if len(calm) else float(minutes[i])
         ev.deviations[name] = Deviation(name, float(Z[i, j]), _dt(ts[i]), value, float(ref.median[b, j]),
                                         onset_min)
+        if after is not None and len(calm) and calm[-1] >= after:
+            at_onset = Z[calm[-1]]
+            ev.onset_z[name] = {other: float(at_onset[k]) for k, other in enumerate(DETECTOR_SIGNALS)
+                                if abs(at_onset[k]) >= ONSET_Z}
     for name in WATCHED:
         x = X[lo:hi, DETECTOR_SIGNALS.index(name)]
         missing = np.isnan(x)

@@ -53,7 +53,14 @@ SIGNATURES: dict[str, Signature] = {s.fault: s for s in (
 
 assert set(SIGNATURES) == set(CATALOGUE)
 
-# signals a single drifting reading would drag along if the process itself had moved
-COUPLED = {"do_pct": ("o2_sccm", "agitation_rpm", "our_mmol_l_h"), "ph": ("co2_sccm", "base_ml_per_tick"),
-           "temp_c": ("our_mmol_l_h", "cer_mmol_l_h"), "capacitance_pf_cm": ("our_mmol_l_h", "cer_mmol_l_h"),
-           "our_mmol_l_h": ("cer_mmol_l_h", "o2_sccm"), "cer_mmol_l_h": ("our_mmol_l_h", "co2_sccm")}
+# signals a single drifting reading would drag along if the process itself had moved, and which way (+1: the same
+# way as the reading): a controller answering a real rise of pH sparges more CO2 and doses less base; a cascade
+# answering a real rise of DO backs off O2 and agitation; a warmer or denser culture respires more
+COUPLED: dict[str, dict[str, int]] = {
+    "do_pct": {"o2_sccm": -1, "agitation_rpm": -1, "our_mmol_l_h": -1},
+    "ph": {"co2_sccm": 1, "base_ml_per_tick": -1},
+    "temp_c": {"our_mmol_l_h": 1, "cer_mmol_l_h": 1},
+    "capacitance_pf_cm": {"our_mmol_l_h": 1, "cer_mmol_l_h": 1},
+    "our_mmol_l_h": {"cer_mmol_l_h": 1, "o2_sccm": 1},
+    "cer_mmol_l_h": {"our_mmol_l_h": 1, "co2_sccm": -1},  # more CO2 made: pH falls, less CO2 sparged
+}

@@ -29,12 +29,19 @@ SYSTEM = ("You are the troubleshooting assistant of a CHO fed-batch bioreactor p
           "that states a fact must name its signal, its time and its value, as the evidence does. Be brief.")
 
 
+NARRATE_SYSTEM = ("You explain results to a process-development scientist of a CHO fed-batch plant: a design of "
+                  "experiments, a fitted model, a what-if re-simulation or a knowledge graph's evidence. Use only "
+                  "the facts given; every number you state must be one of theirs, with its unit. Be brief.")
+
+
 class Backend(Protocol):
     name: str
 
     def explain(self, finding: dict) -> Iterator[str]: ...
 
     def answer(self, question: str, findings: list[dict]) -> Iterator[str]: ...
+
+    def narrate(self, instruction: str, facts: dict, offline: list[str]) -> Iterator[str]: ...
 
 
 class OfflineBackend:
@@ -45,6 +52,10 @@ class OfflineBackend:
 
     def answer(self, question: str, findings: list[dict]) -> Iterator[str]:
         yield from phrasing.answer(question, findings)
+
+    def narrate(self, instruction: str, facts: dict, offline: list[str]) -> Iterator[str]:
+        """Facts someone else computed, in words: `offline` is already their text."""
+        yield from offline
 
 
 class OpenAIBackend:
@@ -64,6 +75,27 @@ class OpenAIBackend:
 
     def answer(self, question: str, findings: list[dict]) -> Iterator[str]:
         yield from self._chat(question, findings, lambda: self.offline.answer(question, findings))
+
+    def narrate(self, instruction: str, facts: dict, offline: list[str]) -> Iterator[str]:
+        """The facts rephrased by the model (no tools: the facts are all it gets); the offline text on any error
+        or past `llm_timeout_s`."""
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        messages = [SystemMessage(NARRATE_SYSTEM),
+                    HumanMessage(f"{instruction}\n\nFacts (JSON):\n{json.dumps(facts, default=str)}")]
+        sent = False
+        try:
+            for chunk in until(time.monotonic() + self.timeout_s, self.llm.stream(messages)):
+                if chunk.content:
+                    sent = True
+                    yield str(chunk.content)
+            if not sent:
+                raise RuntimeError("the model said nothing")
+        except Exception as err:  # noqa: BLE001 - any endpoint failure falls back to the offline text
+            log.warning("openai backend failed (%s); using the offline text", err)
+            if sent:
+                yield "\n\n"
+            yield from offline
 
     def _chat(self, prompt: str, findings: list[dict], fallback) -> Iterator[str]:  # noqa: ANN001
         from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage

@@ -67,6 +67,8 @@ def explain(finding: dict) -> list[str]:
             text += (f" (last assay, sampled {soft['last_assay_sample_ts'][:16].replace('T', ' ')} UTC: VCD "
                      f"{soft['last_assay_vcd_e6_per_ml']:.2f}, glucose {soft['last_assay_glucose_g_l']:.2f})")
         chunks.append(text + ".")
+    if finding.get("counterfactual"):  # agents.counterfactual: the run re-simulated without the named fault
+        chunks.append(f"What-if: {finding['counterfactual']['sentence']} (the twin re-ran this run without it).")
     checks = CHECKS.get(top["fault"], ())
     chunks.append(f"Recommended actions: {top['action']}" + (f"; confirm with: {', '.join(checks)}." if checks
                                                              else "."))
@@ -119,6 +121,9 @@ def explain_drift(finding: dict) -> list[str]:
     ...     {"feature": "amiodarone", "level": "True", "before": 0.0, "after": 0.3}]})[0])
     ancestry mix shifted: VKORC1 A/A share 38 % → 71 %. co-medication shifted: amiodarone share 0 % → 30 %.
     """
+    if finding["kind"] == "drift_cleared":  # outcomes.drift.DriftLifecycle's resolve
+        return [f"The drift of model {finding['model_version']} cleared: its monitor found none on its last "
+                "checks, so the incident is resolved."]
     if finding["kind"] == "outcomes_drift":
         s = finding["performance"]
         text = (f"The outcome model's {s['head']} predictions drifted over the last {s['window']} resolved: "

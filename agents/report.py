@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
+from agents.counterfactual import counterfactuals  # noqa: E402
 from agents.diagnose import IncidentFinding, diagnose_ticks, load_run  # noqa: E402
 from agents.figures import save_figure
 from agents.overview import RunSummary, summarize  # noqa: E402
@@ -64,6 +65,7 @@ class RunReport:
     excursions: list[Excursion]
     findings: list[IncidentFinding]
     plot: Path
+    counterfactuals: dict[str, dict] = field(default_factory=dict)  # named fault -> its `whatif` object
 
     def text_summary(self) -> str:
         s = self.summary
@@ -140,8 +142,9 @@ def build(lake: str | Path, run_id: str, out_dir: Path) -> RunReport:
     dt_min = float(np.median(np.diff(t_us))) / 6e7 if len(t_us) > 1 else 1.0
     findings = diagnose_ticks(ticks, assays)
     summary = next(iter(summarize(lake, [run_id])), None)
+    named = [f.diagnosis.top.fault for f in findings if f.diagnosis.top]
     return RunReport(run_id, summary, excursions(ticks, dt_min), findings,
-                     plot(ticks, findings, report_path(out_dir, run_id, "png")))
+                     plot(ticks, findings, report_path(out_dir, run_id, "png")), counterfactuals(lake, run_id, named))
 
 
 def markdown(r: RunReport, image: str) -> str:
@@ -162,13 +165,14 @@ def markdown(r: RunReport, image: str) -> str:
                   for e in r.excursions]
     else:
         lines.append("None.")
-    lines += ["", "## Incidents", "", *incident_lines(r.findings)]
+    lines += ["", "## Incidents", "", *incident_lines(r.findings, r.counterfactuals)]
     lines += ["", "## Key signals", "", f"![key signals with incidents shaded]({image})", ""]
     return "\n".join(lines)
 
 
-def incident_lines(findings: list[IncidentFinding]) -> list[str]:
-    """Markdown of each incident with its ranked causes and the top one's action (any plant's findings)."""
+def incident_lines(findings: list[IncidentFinding], counterfactuals: dict[str, dict] | None = None) -> list[str]:
+    """Markdown of each incident with its ranked causes and the top one's action (any plant's findings), and what
+    the run would have been without the named cause where `counterfactuals` has it (`agents.counterfactual`)."""
     lines = []
     for f in findings:
         d = f.as_dict()
@@ -181,8 +185,16 @@ def incident_lines(findings: list[IncidentFinding]) -> list[str]:
                          + " ".join(f"{e}." for e in h.evidence[:3]))
         if f.diagnosis.top:
             lines += ["", f"Action: {f.diagnosis.top.action}."]
+            if f.diagnosis.top.fault in (counterfactuals or {}):
+                lines += ["", what_if_line(counterfactuals[f.diagnosis.top.fault])]
         lines.append("")
     return lines or ["None."]
+
+
+def what_if_line(counterfactual: dict) -> str:
+    """A `whatif` object as the report's sentence."""
+    return (f"What-if: {counterfactual['sentence']} (the twin re-simulated this run from "
+            f"{counterfactual['from_ts'][:16].replace('T', ' ')} UTC without it, with the same random streams).")
 
 
 def to_html(md: str, png: Path) -> str:

@@ -16,16 +16,24 @@ the flow's flush: a patient whose record does not reach the closed hour yet stay
 
 Input drift: each patient's inputs at their first scoring since the worker started (an admission: a patient's
 hourly rescoring repeats their genotype and would count one person many times) go to the drift monitor
-(`outcomes.drift.FeatureDrift`, its reference the first `drift_reference` admissions). A drift opens one incident
-per model version (unit `outcome-model`) on `biopilot.incidents.outcome-model` and in the `incidents` table, and
+(`outcomes.drift.FeatureDrift`, its reference the first `drift_reference` admissions). A drift opens an incident
+for the model version (unit `outcome-model`) on `biopilot.incidents.outcome-model` and in the `incidents` table, and
 the agents' words for it (`agents.phrasing.explain_drift`) go out as its chunks (agent `drift`) on
-`biopilot.agent.<incident_id>` and into `agent_messages`: the dashboard shows it as any incident. A new champion
-learns its reference again.
+`biopilot.agent.<incident_id>` and into `agent_messages`: the dashboard shows it as any incident. While the
+drift lasts the incident is updated when what drifted changes (explained again), and resolved when the monitor
+has found no drift on `outcomes.drift.CLEAR_VERDICTS` checks in a row (`outcomes.drift.DriftLifecycle`). A new
+champion learns its reference again.
 
-Outcome drift: the one head whose outcome the live data shows, bradycardia within 24 h (an hour's mean measured
-heart rate below `BRADY_HR_BPM`), resolves each scored prediction once the patient's vitals cover its 24 h
-(`resolve`) and feeds `outcomes.performance_drift.PerformanceDrift`; a drift opens the version's outcome drift
-incident the same way. The INR heads' outcomes (the true INR) are not observed live: only on draw days.
+Outcome drift, per head whose outcome the live data shows (`OUTCOME_HEADS`), each scored prediction resolved
+(`resolve`) once its outcome is known and fed to its head's `outcomes.performance_drift.PerformanceDrift`, whose
+drift opens, updates and resolves the head's outcome drift incident the same way:
+- bradycardia within 24 h: once the patient's vitals cover its 24 h; 1 if an hour's mean measured heart rate
+  fell below `BRADY_HR_BPM`;
+- INR >= 4 within 7 days: the INR labels arrive late, as lab results: once the vitals reach `INR_WAIT_H` past
+  the 7 days (a draw late in the week reported); 1 if an INR sampled within the 7 days reached
+  `inr_events.OVER_INR`, unresolved (dropped) if none was drawn. Drawn on some days only, the measured INR misses
+  excursions the true INR the model learnt from makes, so its observed rate sits below the predicted: this head
+  is judged on its ranking only (AUROC against its first full window, `calibration=False`).
 
 One risk worker per stack (`biopilot agents` starts it for the patient plant): its open alerts, the last
 published risks and the drift monitor are its own.
@@ -43,7 +51,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import nats
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -52,23 +59,24 @@ from nats.aio.msg import Msg
 from agents.phrasing import explain_drift
 from core.codec import decode_rows
 from core.events import VITALS
-from core.services import redis_client
+from core.services import connect_nats, redis_client
 from detectors.unit_monitor import alarm_clear
 from outcomes.contract import PatientRecord
 from outcomes.dataset import BRADY_HR_BPM, HORIZON_H
-from outcomes.drift import MODEL_UNIT, MONITORED, FeatureDrift, Shift, drift_incident, input_features
+from outcomes.drift import MODEL_UNIT, MONITORED, DriftLifecycle, FeatureDrift, Shift, input_features
 from outcomes.features import encode_records
 from outcomes.performance_drift import PerformanceDrift
 from outcomes.serving import Champion, RiskCache, RiskService, Seen, read_lake_records, to_us
 from sinks.nats_sink import alert_json
 from sinks.table_writer import TableWriter
+from sources.patient.inr_events import OVER_INR
 from sources.telemetry import KIND_HEADER
 
 log = logging.getLogger(__name__)
 DETECTOR = "outcome_model"
-OUTCOME_HEAD = "bradycardia_24h"  # the head whose outcome the live data shows (measured heart rate)
-OUTCOME_HORIZON_US = int(HORIZON_H[OUTCOME_HEAD]) * 3_600_000_000
 HOUR_US = 3_600_000_000
+OUTCOME_HEADS = ("bradycardia_24h", "inr_ge4_7d")  # the heads whose outcomes the live data shows
+INR_WAIT_H = 24.0  # past the 7 days, for an INR drawn late in them to be reported (labs: ~6 h)
 MIN_CHANGE = 0.01  # a probability change worth an event on the page
 CRITICAL_SHARE = 2.0  # a probability at twice its head's threshold (or 0.9) makes the alert critical
 
@@ -125,18 +133,20 @@ class RiskWorker:
     drift: FeatureDrift | None = None  # made at the first admission (or given)
     drift_model: str | None = None  # the model version the monitor watches
     admitted: set[str] = field(default_factory=set)  # patients whose inputs the monitor has read
-    drift_incidents: dict[str, dict] = field(default_factory=dict)  # model version -> its open drift incident
+    # (model version, "inputs" or a head) -> its drift incident's lifecycle
+    drift_lifecycles: dict[tuple[str, str], DriftLifecycle] = field(default_factory=dict)
+    message_seq: dict[str, int] = field(default_factory=dict)  # incident -> its next agent message's seq
     writer: TableWriter | None = None  # incidents and agent messages to Delta
-    # outcome drift: the bradycardia head's predictions (watermark us, probability) waiting for their 24 h
-    pending: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    outcome_drift: PerformanceDrift | None = None
+    # outcome drift: per head, per patient the predictions (watermark us, probability) waiting for their outcome
+    pending: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)
+    outcome_drift: dict[str, PerformanceDrift] = field(default_factory=dict)  # head -> its monitor
     outcome_model: str | None = None
 
     async def start(self) -> None:
         """Load the model (FileNotFoundError when there is none), then connect and listen."""
         champion = Champion(self.lake)
         await asyncio.to_thread(champion.get)  # now, not at the first closed hour
-        self.nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        self.nc = await connect_nats(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         self.js = self.nc.jetstream()
         self.redis = redis_client(self.redis_url)
 
@@ -148,7 +158,11 @@ class RiskWorker:
             try:
                 version = (await self.service.model()).version
                 await self.admit(found, version)
-                await self.watch_outcomes([o for p, r in found.items() for o in self.resolve(p, r)], version)
+                resolved: dict[str, list[tuple[float, int]]] = {}
+                for patient, record in found.items():
+                    for head, pairs in self.resolve(patient, record).items():
+                        resolved.setdefault(head, []).extend(pairs)
+                await self.watch_outcomes(resolved, version)
             except Exception:  # noqa: BLE001 - monitoring must not stop the scoring
                 log.exception("drift monitoring failed")
             return found
@@ -170,7 +184,8 @@ class RiskWorker:
         await self.redis.aclose()
 
     async def _on_vitals(self, msg: Msg) -> None:
-        if msg.headers and msg.headers.get(KIND_HEADER) == "watermark":
+        if msg.headers and msg.headers.get(KIND_HEADER) == "watermark":  # the stream's closing watermark
+            self.forget(msg.subject.rsplit(".", 1)[-1])
             return
         try:
             vitals = decode_rows(msg.data, VITALS)
@@ -186,6 +201,14 @@ class RiskWorker:
         if before is not None and hour > before:
             self.due[patient] = (hour, self.due.get(patient, (0, time.monotonic()))[1])
         self.hour_of[patient] = max(hour, before or hour)
+
+    def forget(self, patient: str) -> None:
+        """The patient's run ended: their hour, last published answer and the predictions waiting for outcomes
+        (no more data will resolve them) go; a last closed hour still due is scored."""
+        self.hour_of.pop(patient, None)
+        self.published.pop(patient, None)
+        for by_patient in self.pending.values():
+            by_patient.pop(patient, None)
 
     async def _score_loop(self) -> None:
         while True:
@@ -253,65 +276,111 @@ class RiskWorker:
             self.drift_model = model_version
         for x in admissions:
             self.drift.update(x)
-            if self.drift.drift_detected and model_version not in self.drift_incidents:
-                await self.open_drift(model_version, self.drift.shifts)
+            if self.drift.judged:
+                await self.drift_verdict(model_version, "inputs", self.drift.drift_detected, shifts=self.drift.shifts)
 
     # ---- outcome drift ----------------------------------------------------------------------------------
     def note_prediction(self, answer: dict) -> None:
-        """Keep the answer's bradycardia probability until its 24 h outcome shows in the vitals."""
-        head = answer["heads"].get(OUTCOME_HEAD)
-        if head is None or OUTCOME_HEAD in (answer.get("extra") or {}).get("not_applicable", []):
-            return
+        """Keep the answer's probabilities of `OUTCOME_HEADS` until their outcomes show in the data."""
         at_us = to_us(datetime.fromisoformat(answer["data_watermark"]))
-        self.pending.setdefault(answer["patient_id"], []).append((at_us, float(head["estimate"])))
+        not_applicable = (answer.get("extra") or {}).get("not_applicable", [])
+        for name in OUTCOME_HEADS:
+            head = answer["heads"].get(name)
+            if head is not None and name not in not_applicable:
+                self.pending.setdefault(name, {}).setdefault(answer["patient_id"], []).append(
+                    (at_us, float(head["estimate"])))
 
-    def resolve(self, patient: str, record: PatientRecord) -> list[tuple[float, int]]:
-        """The patient's pending predictions whose 24 h the record's vitals cover: (probability, outcome), the
-        outcome 1 if an hour's mean measured heart rate fell below `BRADY_HR_BPM` within them."""
-        pending = self.pending.get(patient)
-        if not pending or record.vitals.num_rows == 0:
-            return []
-        ts_us = record.vitals["ts"].cast(pa.int64()).to_numpy()
-        hours, hr = ts_us // HOUR_US, record.vitals["hr_bpm"].to_numpy(zero_copy_only=False).astype(float)
-        newest_us, out, left = int(ts_us.max()), [], []
-        for at_us, probability in pending:
-            if at_us + OUTCOME_HORIZON_US > newest_us:
-                left.append((at_us, probability))
+    def resolve(self, patient: str, record: PatientRecord) -> dict[str, list[tuple[float, int]]]:
+        """Per head, the patient's pending predictions whose outcome the record shows: (probability, outcome)."""
+        out = {}
+        if record.vitals.num_rows == 0:
+            return out
+        newest_us = pc.max(record.vitals["ts"]).value
+        for head, resolve in (("bradycardia_24h", _bradycardia_outcome), ("inr_ge4_7d", _inr_over_outcome)):
+            pending = self.pending.get(head, {}).get(patient)
+            if not pending:
                 continue
-            inside = (ts_us > at_us) & (ts_us <= at_us + OUTCOME_HORIZON_US) & ~np.isnan(hr)
-            means = [hr[inside & (hours == h)].mean() for h in np.unique(hours[inside])]
-            out.append((probability, int(any(m < BRADY_HR_BPM for m in means))))
-        self.pending[patient] = left
+            left, done = [], []
+            for at_us, probability in pending:
+                outcome = resolve(record, at_us, newest_us)
+                if outcome is None:
+                    left.append((at_us, probability))
+                elif outcome >= 0:  # -1: the outcome cannot be known (no INR drawn): dropped
+                    done.append((probability, outcome))
+            self.pending[head][patient] = left
+            if done:
+                out[head] = done
         return out
 
-    async def watch_outcomes(self, resolved: Sequence[tuple[float, int]], model_version: str) -> None:
-        """Resolved (probability, outcome) pairs to the outcome monitor; a drift opens the version's incident."""
-        if self.outcome_drift is None or self.outcome_model != model_version:
-            self.outcome_drift, self.outcome_model = PerformanceDrift(), model_version
-        m = self.outcome_drift
-        for probability, outcome in resolved:
-            m.update(probability, outcome)
-            if m.drift_detected and f"{model_version}|outcomes" not in self.drift_incidents:
-                await self.open_drift(model_version, performance={
-                    "head": OUTCOME_HEAD, "reference_auroc": m.reference_auroc, "auroc": m.auroc, "ece": m.ece,
-                    "window": m.window, "mean_probability": m.mean_probability, "observed_rate": m.observed_rate})
+    async def watch_outcomes(self, resolved: dict[str, Sequence[tuple[float, int]]], model_version: str) -> None:
+        """Resolved (probability, outcome) pairs per head to the head's outcome monitor; its verdicts open,
+        update and resolve the head's outcome drift incident."""
+        if self.outcome_model != model_version:
+            self.outcome_drift, self.outcome_model = {}, model_version
+        for head, pairs in resolved.items():
+            m = self.outcome_drift.setdefault(head, PerformanceDrift(calibration=head != "inr_ge4_7d"))
+            for probability, outcome in pairs:
+                m.update(probability, outcome)
+                if m.judged:
+                    await self.drift_verdict(model_version, head, m.drift_detected, performance={
+                        "head": head, "reference_auroc": m.reference_auroc, "auroc": m.auroc, "ece": m.ece,
+                        "window": m.window, "mean_probability": m.mean_probability,
+                        "observed_rate": m.observed_rate})
 
-    async def open_drift(self, model_version: str, shifts: Sequence[Shift] = (),
-                         performance: dict | None = None) -> dict:
-        """The drift incident and its explanation, on NATS and in Delta."""
-        row, findings = drift_incident(model_version, datetime.now(UTC), shifts=shifts, performance=performance)
-        self.drift_incidents[f"{model_version}|outcomes" if performance else model_version] = row
+    async def drift_verdict(self, model_version: str, monitor: str, detected: bool, shifts: Sequence[Shift] = (),
+                            performance: dict | None = None) -> dict | None:
+        """A monitor's check (`monitor`: "inputs" or a head): the incident event it makes, if any, published."""
+        life = self.drift_lifecycles.setdefault((model_version, monitor), DriftLifecycle(model_version))
+        event = life.verdict(detected, datetime.now(UTC), shifts=shifts, performance=performance)
+        if event is None:
+            return None
+        row, findings = event
+        await self.publish_drift(row, findings)
+        return row
+
+    async def publish_drift(self, row: dict, findings: dict) -> None:
+        """A drift incident's event and its explanation, on NATS and in Delta."""
         await self.js.publish(f"biopilot.incidents.{MODEL_UNIT}", alert_json(row),
                               headers={"Nats-Msg-Id": f"{row['incident_id']}-{row['version']}"})
-        for chunk in drift_messages(row, findings):
+        chunks = drift_messages(row, findings, self.message_seq.get(row["incident_id"], 0))
+        self.message_seq[row["incident_id"]] = chunks[-1]["seq"] + 1
+        if row["status"] == "resolved":
+            self.message_seq.pop(row["incident_id"])
+        for chunk in chunks:
             payload = chunk | ({"findings": findings} if chunk["done"] else {})
             await self.nc.publish(f"biopilot.agent.{row['incident_id']}", json.dumps(payload, default=str).encode())
             if self.writer is not None:
                 self.writer.put("agent_messages", chunk)
         if self.writer is not None:
             self.writer.put("incidents", row)
-        log.warning("input drift of %s: %s", model_version, ", ".join(row["signals"]))
-        return row
+        log.warning("drift of %s %s: %s", row["run_id"], row["event"], ", ".join(row["signals"]))
+
+
+def _bradycardia_outcome(record: PatientRecord, at_us: int, newest_us: int) -> int | None:
+    """1 if an hour's mean measured heart rate fell below `BRADY_HR_BPM` within the 24 h after `at_us`, 0 if not,
+    None while the vitals do not cover them yet."""
+    horizon_us = int(HORIZON_H["bradycardia_24h"]) * HOUR_US
+    if at_us + horizon_us > newest_us:
+        return None
+    ts_us = record.vitals["ts"].cast(pa.int64()).to_numpy()
+    hr = record.vitals["hr_bpm"].to_numpy(zero_copy_only=False).astype(float)
+    inside = (ts_us > at_us) & (ts_us <= at_us + horizon_us) & ~np.isnan(hr)
+    hours = ts_us // HOUR_US
+    return int(any(hr[inside & (hours == h)].mean() < BRADY_HR_BPM for h in np.unique(hours[inside])))
+
+
+def _inr_over_outcome(record: PatientRecord, at_us: int, newest_us: int) -> int | None:
+    """1 if an INR sampled within the 7 days after `at_us` reached `OVER_INR`, 0 if those drawn stayed below,
+    -1 if none was drawn, None while the vitals have not reached `INR_WAIT_H` past the 7 days."""
+    horizon_us = int(HORIZON_H["inr_ge4_7d"]) * HOUR_US
+    if at_us + horizon_us + int(INR_WAIT_H * HOUR_US) > newest_us:
+        return None
+    if record.labs.num_rows == 0:
+        return -1
+    sampled = record.labs["sample_ts"].cast(pa.int64()).to_numpy()
+    inr = record.labs["inr"].to_numpy(zero_copy_only=False).astype(float)
+    inside = (sampled > at_us) & (sampled <= at_us + horizon_us) & ~np.isnan(inr)
+    return int((inr[inside] >= OVER_INR).any()) if inside.any() else -1
 
 
 def drift_messages(row: dict, findings: dict, first_seq: int = 0) -> list[dict]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.evidence import Evidence
+from agents.evidence import Evidence, beyond
 from agents.knowledge import COUPLED, SIGNATURES, Signature
 
 Z_FULL = 8.0
@@ -92,7 +92,7 @@ def _process_match(sig: Signature, ev: Evidence) -> tuple[float, list[str]]:
     total = sum(abs(w) for w in sig.expect.values())
     score, cited = 0.0, []
     for signal, w in sig.expect.items():
-        z = ev.z(signal) * np.sign(w)
+        z = ev.move(signal) * np.sign(w)
         score += abs(w) * (_strength(z, signal, ev) - 0.5 * _strength(-z, signal, ev))
         if _strength(z, signal, ev) >= 0.25:
             cited.append(ev.deviations[signal].sentence())
@@ -111,7 +111,7 @@ def _sensor_match(sig: Signature, ev: Evidence) -> tuple[float, list[str]]:
     best, cited = 0.0, []
     for signal, coupled in COUPLED.items():
         own = _strength(abs(ev.z(signal)))
-        echo = max((_strength(abs(ev.z(c))) for c in coupled), default=0.0)
+        echo = max((_strength(abs(_echo(ev, c, signal, drag))) for c, drag in coupled.items()), default=0.0)
         # a probe drifts over days: a deviation that built up within hours is the process, not the probe
         slow = float(np.clip(ev.deviations[signal].onset_min / DRIFT_FULL_MIN, 0.0, 1.0)) if signal in ev.deviations else 0.0
         match = own * (1.0 - echo) * slow * 0.8  # never as sure as a direct observation
@@ -119,6 +119,17 @@ def _sensor_match(sig: Signature, ev: Evidence) -> tuple[float, list[str]]:
             best, cited = match, [ev.deviations[signal].sentence() + ", while "
                                   + ", ".join(c for c in coupled) + " stayed near normal"]
     return best, cited
+
+
+def _echo(ev: Evidence, signal: str, reading: str, drag: int) -> float:
+    """`signal`'s deviation as an echo of `reading`'s (`drag`: the way the process would move it with the
+    reading). A controller answers a real change the way `drag` says, often before the reading moves (a cascade
+    holds DO until it saturates): that move is an echo whenever it came. One the other way, already there when
+    the reading left normal after an earlier incident (`Evidence.onset_z`), is that fault's aftermath: only what
+    the signal moved since counts."""
+    before = ev.onset_z.get(reading, {}).get(signal, 0.0)
+    against = before * drag * np.sign(ev.z(reading)) < 0
+    return beyond(ev.z(signal), before) if against else ev.z(signal)
 
 
 def rank(ev: Evidence) -> Diagnosis:

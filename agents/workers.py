@@ -31,14 +31,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 from redis.exceptions import RedisError
 
-from agents.diagnose import HORIZON, IncidentFinding, load_recipe_context, recipe_of
+from agents.diagnose import HORIZON, IncidentFinding, load_recipe_context, previous_end_stored, recipe_of
 from agents.evidence import gather
 from agents.incidents import IncidentTracker
 from agents.llm import Backend, OfflineBackend
 from agents.troubleshooting import rank
 from core.config import load_settings
 from core.plants import PLANTS
-from core.services import redis_client, wait_port
+from core.services import connect_nats, redis_client, wait_nats
 from outcomes.drift import MODEL_UNIT
 from sinks import delta
 from sinks.nats_sink import alert_json
@@ -57,7 +57,9 @@ ACK_WAIT_S = 30.0  # a message still being handled tells JetStream so every thir
 POISON_DELIVERIES = 5
 RETRY_MAX_S = 30.0
 OUTAGES = (RedisError, nats.errors.Error, OSError)  # retried without limit: the message is not at fault
-EVIDENCE_WAIT_S = 5.0  # how long to wait for the flow to commit the ticks around a new incident
+# how long to wait for the flow to commit the ticks around a new incident: on a loaded machine its commits lag
+# the alerts by more than 5 s, and evidence read before them is empty (the first chunk does not wait for it)
+EVIDENCE_WAIT_S = 30.0
 OPEN_WAIT_S = 5.0  # how long an incident's resolve waits for its open's first chunk (another worker's)
 
 
@@ -72,12 +74,8 @@ class Workers:
     plant: str = "bioreactor"  # whose tables and knowledge base explain an incident (`Settings.plant`)
 
     async def start(self) -> None:
-        from urllib.parse import urlparse
-
-        port = urlparse(self.nats_url).port
-        if port:  # connecting before the broker listens prints a traceback and stalls 2 s
-            await asyncio.to_thread(wait_port, port)
-        self.nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        await asyncio.to_thread(wait_nats, self.nats_url)
+        self.nc = await connect_nats(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         self.js = self.nc.jetstream()
         self.redis = redis_client(self.redis_url)
         self.writer = TableWriter(self.lake)
@@ -280,7 +278,8 @@ class Workers:
         assays = delta.read(self.lake, "assays", run_ids=[event["run_id"]])
         recipes, annotations = load_recipe_context(self.lake, event["run_id"])
         ev = gather(ticks, start, min(start + self.horizon, latest), assays,
-                    {s: 1.0 for s in event["signals"]}, recipe=recipe_of(recipes), annotations=annotations)
+                    {s: 1.0 for s in event["signals"]}, recipe=recipe_of(recipes), annotations=annotations,
+                    after_ts=previous_end_stored(self.lake, event | {"start_ts": start}))
         return IncidentFinding(event | {"start_ts": start, "end_ts": None}, ev, rank(ev))
 
 

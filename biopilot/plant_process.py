@@ -3,34 +3,52 @@ either plant kind (`--plant`: the bioreactor fleet's `PlantFeed` or the patient 
 
 A restarted plant must not publish anything twice nor reuse a run: its progress file (JSON, `--progress`) says
 which batch ran last (its seed and start) and whether it ended. A plant that died inside a batch leaves that
-run as it was (every tick it published stays; its `runs` row says it never ended) and the next plant starts a
-new batch, with the next seed, after the whole of the dead one's time span and the turnaround: new run ids,
-and event times past everything published before, so nothing is late and nothing is repeated.
+run as it was (every tick it published stays; its `runs` row says it never ended; a run that published no tick
+before the kill gets no row) and the next plant starts a new batch, with the next seed, after the whole of the
+dead one's time span and the turnaround: new run ids, and event times past everything published before, so
+nothing is late and nothing is repeated.
 """
 
+# ruff: noqa: E402 - the signal handlers below go in before the slow imports
 from __future__ import annotations
+
+import signal
+
+# A stop asked for while the modules below load (seconds on a loaded machine) is kept rather than the default
+# death by the signal: the plant still closes a batch the last plant process died in (whose closing watermarks
+# release what the flow holds), then ends without starting one.
+STOP_ASKED: list[int] = []
+if __name__ == "__main__":  # the plant process itself, not a module importing this one
+    for _stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_stop, lambda signum, _frame: STOP_ASKED.append(signum))
 
 import argparse
 import asyncio
+import contextlib
 import json
-import signal
 import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
+from core.codec import decode_rows
 from core.config import load_settings
 from core.events import SCHEMAS
 from core.plants import PLANTS
-from core.services import write_private
+from core.services import connect_nats, write_private
 from sinks import delta
 from sources.patient.live import PatientFeed
 from sources.patient.scenarios import PatientScenario
 from sources.plant import LiveFeed, PlantFeed
+from sources.publish import publish_watermark
 from sources.scenarios import Scenario
+from sources.telemetry import KIND_HEADER
 
 
 @dataclass
@@ -101,13 +119,33 @@ class Supervised(LiveFeed):
         """When a batch begun at `start` is surely over and turned around, however far it got."""
         return start + timedelta(days=self.scenario.days, hours=self.turnaround_h, seconds=self.lateness_s)
 
-    def close_interrupted(self) -> None:
-        """The batch a plant process died in: its `runs` rows (not ended) if it has none yet, and the next batch
-        after it."""
-        sim = super()._new_sim(0, datetime.fromisoformat(self.progress.start))  # the same runs, rebuilt
+    async def close_interrupted(self) -> None:
+        """The batch a plant process died in: the `runs` rows (not ended) of its runs that published a tick, and
+        their closing watermarks, if it has none yet; and the next batch after it. A run that published nothing
+        (the kill came between the batch's start and its unit's first message) gets no row: the broker says
+        which did."""
+        start = datetime.fromisoformat(self.progress.start)
+        sim = super()._new_sim(0, start)  # the same runs, rebuilt
         known = delta.read(self.lake, "runs", columns=["run_id"], run_ids=sim.run_ids)
         if known is None or known.num_rows == 0:
-            delta.append(self.lake, "runs", sim.runs_table(ended=False), SCHEMAS["runs"])
+            nc = await connect_nats(self.nats_url, connect_timeout=5)
+            try:
+                js, since_us = nc.jetstream(), int(start.timestamp() * 1e6)
+                published = []
+                for unit, run in zip(sim.unit_ids, sim.run_ids, strict=True):
+                    last_us = await last_event_us(js, unit)
+                    if last_us is not None and last_us >= since_us:
+                        published.append(run)
+                        # its closing watermark, as a batch's end publishes it: the flow releases the ticks it
+                        # holds for lateness now, not when (if ever) this unit's next batch comes
+                        await publish_watermark(js, unit, last_us + int(self.lateness_s * 1e6) + 1)
+            finally:
+                await nc.close()
+            rows = sim.runs_table(ended=False)
+            rows = rows.filter(pc.is_in(rows["run_id"], pa.array(published, pa.string())))
+            if rows.num_rows:
+                delta.append(self.lake, "runs", rows, SCHEMAS["runs"])
+            print(f"plant: {len(published)} of the batch's {len(sim.run_ids)} runs had published", flush=True)
         self.progress.seed += 1
         self.progress.start = self.after(datetime.fromisoformat(self.progress.start)).isoformat()
         self.progress.begun = False
@@ -122,6 +160,22 @@ class Supervised(LiveFeed):
         self.progress.batches, self.progress.ticks = batches + self.stats.batches, ticks + self.stats.ticks
         self.progress.assays, self.progress.doses = assays + self.stats.assays, doses + self.stats.doses
         self.progress.save(self.progress_path)
+
+
+async def last_event_us(js: JetStreamContext, unit: str) -> int | None:
+    """The event time of the last message on `unit`'s telemetry subject (under whichever partition the stream
+    stores it): its ticks' latest, or its watermark's; None if it has none. From a batch's start on, it is that
+    batch's: an earlier batch's messages are all before, the next batch starts past its closing watermark."""
+    found = []
+    for subject in (f"biopilot.telemetry.{unit}", f"biopilot.telemetry.{unit}.*"):
+        with contextlib.suppress(NotFoundError):
+            found.append(await js.get_last_msg("TELEMETRY", subject))
+    if not found:
+        return None
+    last = max(found, key=lambda msg: msg.seq)
+    if (last.headers or {}).get(KIND_HEADER) == "watermark":
+        return round(json.loads(last.data)["ts"] * 1e6)
+    return pc.max(decode_rows(last.data)["ts"].cast(pa.int64())).as_py()
 
 
 class SupervisedPlant(Supervised, PlantFeed):
@@ -149,15 +203,17 @@ async def run(args: argparse.Namespace) -> int:
                       scenario_model.model_validate_json(Path(args.scenario_json).read_text()), args.units,
                       speed=None if args.speed == "max" else float(args.speed), jitter_share=args.jitter,
                       lateness_s=args.lateness_s)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the closing below: a stop then publishes nothing
+        loop.add_signal_handler(sig, feed.interrupt)
+    if STOP_ASKED:
+        feed.interrupt()
     if progress.begun:
         print(f"plant: the last plant process died in batch {progress.seed}; starting batch {progress.seed + 1}",
               flush=True)
-        feed.close_interrupted()
+        await feed.close_interrupted()
     if progress.batches_left is not None and progress.batches_left <= 0:
         return 0
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, feed.interrupt)
 
     async def keep_counts() -> None:  # what was published, for `up` to report however this process ends
         while True:

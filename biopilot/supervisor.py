@@ -6,6 +6,9 @@ State per child, in the Redis hash `biopilot:processes` (a field per child, JSON
 purpose: it finished, or `up` is stopping); `pid`, `restarts`, `last_exit` (its exit code, -N for signal N) and
 `since` (epoch seconds of the last change). The hash expires unless the supervisor refreshes it, so a supervisor
 that died leaves no "running" behind. Restarts are also a Prometheus gauge (`biopilot_process_restarts`).
+
+Children of one `group` (the processes of a Bytewax cluster, which cannot lose a member) die together: when one
+dies, the others are stopped, and all of them restart together.
 """
 
 from __future__ import annotations
@@ -40,14 +43,15 @@ RUNNING = _gauge("biopilot_process_running", "1 while a supervised process runs,
 
 @dataclass
 class Child:
-    """One supervised process. `finishes`: an exit with code 0 means its work is done (the plant after its
-    batches, or told to stop), not a crash: it is not restarted."""
+    """One supervised process. `finishes`: an exit with code 0, or by SIGTERM, means its work is done (the plant
+    after its batches, or told to stop), not a crash: it is not restarted."""
 
     name: str
     command: list[str]
     env: dict[str, str]
     log_path: Path
     finishes: bool = False
+    group: str | None = None
     proc: subprocess.Popen | None = field(default=None, repr=False)
     state: str = "stopped"
     restarts: int = 0
@@ -114,9 +118,11 @@ class Supervisor:
                     return True
                 return False
             child.last_exit = code
-            if child.finishes and code == 0:
+            # SIGTERM asks a process to stop: one that took it before it set up its handler (while importing,
+            # seconds on a loaded machine) is done, not crashed
+            if child.finishes and code in (0, -signal.SIGTERM):
                 self._set(child, "stopped")
-                self.say(f"{child.name} (pid {child.proc.pid}) finished")
+                self.say(f"{child.name} (pid {child.proc.pid}) finished" + (" (SIGTERM)" if code else ""))
                 self.finished.set()
                 return True
             up_s = now - child.started_mono
@@ -126,6 +132,7 @@ class Supervisor:
             self._set(child, "down")
             self.say(f"{child.name} (pid {child.proc.pid}) died after {up_s:.1f} s: {_describe(code)}; restarting "
                      f"in {child.backoff_s:g} s (restart {child.restarts + 1}, log {child.log_path})")
+            self._stop_group(child)
             return True
         if child.state == "down" and now >= child.restart_at:
             child.restarts += 1
@@ -134,6 +141,20 @@ class Supervisor:
             self.say(f"{child.name} restarted: pid {child.proc.pid} (restart {child.restarts})")
             return True
         return False
+
+    def _stop_group(self, dead: Child) -> None:
+        """The rest of `dead`'s group is stopped, to restart with it."""
+        siblings = [c for c in self.children.values()
+                    if dead.group is not None and c is not dead and c.group == dead.group and c.state != "down"]
+        if not siblings:
+            return
+        stop_process_groups([c.proc for c in siblings], 2.0)
+        for sibling in siblings:
+            sibling.last_exit = sibling.proc.returncode
+            sibling.backoff_s, sibling.restart_at = dead.backoff_s, dead.restart_at
+            self._set(sibling, "down")
+        self.say(f"{', '.join(c.name for c in siblings)} stopped with {dead.name} (group {dead.group}): a "
+                 "cluster restarts as a whole")
 
     async def _publish(self) -> None:
         """Every child's state to Redis, the hash's expiry renewed. Redis away: said once, tried again later."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import get_args, get_type_hints
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "BIOPILOT_"
 PLANT_KINDS = ("bioreactor", "patient")  # core.plants describes each
@@ -40,12 +41,20 @@ class Settings:
     event_horizon_h: int = 48  # watermarks and ticks further than this from a unit's recent event time: dead letters
     # the monitoring flow (flows/monitor.py); `flows.launch` sets the lateness, consumer and recovery for its runs
     detector: str = "fusion"  # what the flow runs: fusion | zscore
+    detect_far: float | None = None  # `biopilot detect`'s false-alarm budget when --far is not given
     lateness_s: float = 300.0  # event-time lateness a tick is allowed before it counts as late
     flush_rows: int = 250_000  # rows per Delta micro-batch at most (sinks/lake_sink.py says why large)
     flush_s: float = 1.0  # a micro-batch is committed once its oldest row is this old
     flow_durable: str | None = None  # the flow's durable consumer on TELEMETRY; None: the flow's own name
     flow_recovery: bool = True  # whether the flow runs with a recovery store (snapshots and the sink's log)
     flow_wal: str | None = None  # the Delta sink's write-ahead log (local); None: <lake>/.flow-wal/<consumer>
+    # a lake on object storage (lake = s3://bucket/prefix, docs/SCALE-OUT.md); each unset one falls back to AWS's
+    # variable (`AWS_FALLBACKS`), then to the AWS SDK's own chain (instance roles and the like)
+    s3_endpoint: str | None = None  # an S3-compatible store's URL (http://host:port); None: AWS itself
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_region: str | None = None  # None: us-east-1
+    s3_allow_http: bool = False  # a plain-http endpoint: only on loopback or a network you trust
 
 
 @dataclass(frozen=True)
@@ -57,10 +66,36 @@ class DetectOptions:
     # SKAB's creeping temperatures from its other signals (docs/QUALITY.md has their roughness)
     min_roughness: float = 0.6
     margin: float = 2.0  # alarm threshold = margin x the highest score held on the training rows
+    # a false-alarm budget instead of the margin: the share of normal rows allowed to alarm (docs/DETECT.md)
+    far: float | None = None
+    persist: str | None = None  # with `far`: the persistence rule "k/n"; None: the one that meets the budget
+    # wandering signals (min_roughness): drop | detrend | auto = dropped with a margin, detrended under a budget
+    wander: str = "auto"
 
 
 class SettingsError(ValueError):
     pass
+
+
+# The AWS SDK's variables that stand in for an unset s3_* setting (the first one set wins)
+AWS_FALLBACKS = {"s3_endpoint": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), "s3_access_key": ("AWS_ACCESS_KEY_ID",),
+                 "s3_secret_key": ("AWS_SECRET_ACCESS_KEY",), "s3_region": ("AWS_REGION", "AWS_DEFAULT_REGION")}
+
+
+def s3_storage_options(settings: Settings, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The options deltalake (its object_store) is given for an `s3://` lake. Commits create each log entry with
+    a conditional PUT (`If-None-Match: *`: of concurrent writers of one version exactly one wins, the others
+    retry on the next), never by a copy-and-rename, which S3 cannot make atomic (docs/SCALE-OUT.md)."""
+    env = os.environ if env is None else env
+    given = {name: getattr(settings, name) or next((env[v] for v in names if env.get(v)), None)
+             for name, names in AWS_FALLBACKS.items()}
+    options = {"AWS_REGION": given["s3_region"] or "us-east-1", "AWS_CONDITIONAL_PUT": "etag",
+               "AWS_S3_ALLOW_UNSAFE_RENAME": "false", "AWS_ALLOW_HTTP": str(settings.s3_allow_http).lower()}
+    for name, key in (("s3_endpoint", "AWS_ENDPOINT_URL"), ("s3_access_key", "AWS_ACCESS_KEY_ID"),
+                      ("s3_secret_key", "AWS_SECRET_ACCESS_KEY")):
+        if given[name]:
+            options[key] = given[name]
+    return options
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -99,6 +134,15 @@ def _coerce(name: str, value: object, kind: type) -> object:
     return None if value in ("", None) else str(value)
 
 
+def lake_storage_options(lake: str | Path) -> dict[str, str] | None:
+    """deltalake's options for a lake: `s3_storage_options` of this process's settings for `s3://`, none for a
+    local folder (or another scheme, configured by its own environment variables). Read afresh each time: cheap
+    next to opening a table, and a process's settings are its environment's."""
+    if urlsplit(str(lake)).scheme not in ("s3", "s3a"):
+        return None
+    return s3_storage_options(load_settings())
+
+
 def load_settings(toml_path: str | Path = "biopilot.toml", env: dict[str, str] | None = None) -> Settings:
     """Defaults, then `biopilot.toml` (if present), then `BIOPILOT_*` environment variables."""
     env = os.environ if env is None else env
@@ -124,4 +168,7 @@ def load_settings(toml_path: str | Path = "biopilot.toml", env: dict[str, str] |
         raise SettingsError(f"llm: {settings.llm!r} is not allowed; use offline or openai")
     if settings.plant not in PLANT_KINDS:
         raise SettingsError(f"plant: {settings.plant!r} is not allowed; use {' or '.join(PLANT_KINDS)}")
+    if (settings.s3_endpoint or "").startswith("http://") and not settings.s3_allow_http:
+        raise SettingsError(f"s3_endpoint: {settings.s3_endpoint} is plain http; set s3_allow_http = true if it is "
+                            "on loopback or a network you trust, else use https")
     return settings

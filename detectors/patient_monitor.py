@@ -60,6 +60,7 @@ from scipy.stats import norm
 
 import detectors  # noqa: F401 - registers every detector
 from core.codec import validate_ticks
+from core.config import lake_storage_options
 from core.events import ALERTS, DOSES, LABS, SCORES, TWIN_FORECASTS, VITAL_SIGNALS, VITALS, distinct
 from core.eventtime import ReorderBuffer
 from core.plants import PLANTS
@@ -581,7 +582,7 @@ def read_run(lake: str | Path, name: str, run_id: str) -> pa.Table | None:
     lake = str(lake)
     uri = f"{lake.rstrip('/')}/{name}" if "://" in lake else str(Path(lake) / name)
     try:
-        table = DeltaTable(uri)
+        table = DeltaTable(uri, storage_options=lake_storage_options(lake))
     except TableNotFoundError:
         return None
     return table.to_pyarrow_dataset().to_table(filter=ds.field("run_id") == run_id)

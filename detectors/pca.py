@@ -58,4 +58,8 @@ class Pca(ReferenceWindowDetector):
         t2 = (T**2 / model.eigvals).sum(axis=1)
         resid = Z - T @ model.loadings.T
         spe = (resid**2).sum(axis=1)
-        return np.maximum(t2 / model.t2_limit, spe / model.spe_limit), resid**2
+        t2, spe = t2 / model.t2_limit, spe / model.spe_limit
+        # contributions of the leading statistic: SPE's squared residuals, or T²'s complete decomposition
+        # z * (P Λ^-1 P' z) (Westerhuis et al. 2000), so a shift along a retained component names its signal
+        c_t2 = np.abs(Z * ((T / model.eigvals) @ model.loadings.T)) / model.t2_limit
+        return np.maximum(t2, spe), np.where((t2 > spe)[:, None], c_t2, resid**2 / model.spe_limit)

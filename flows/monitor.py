@@ -3,8 +3,8 @@
 Thin wiring only; the logic lives in `sources.telemetry` (routing, validation) and the plant kind's monitor
 (`Settings.plant`): `detectors.reactor_monitor` for reactors, `detectors.patient_monitor` for patients (whose
 twin refits are also published on `biopilot.twin.<patient>`); `detectors.unit_monitor` holds the shared steps.
-Run it with `python -m bytewax.run "flows.monitor:build_flow()" -r RECOVERY_DIR -s 5 -b 30`, as `flows.launch`
-does; its settings come from `core.config` (README's Settings). Without a recovery store (`flow_recovery`
+Run it with `python -m bytewax.run "flows.monitor:build_flow()" -r RECOVERY_DIR -s 5 -b 30` (as a cluster of N
+processes add `-i I -a "HOST:PORT;..."`: docs/SCALE-OUT.md), as `flows.launch` does; its settings come from `core.config` (README's Settings). Without a recovery store (`flow_recovery`
 false) nothing keeps a snapshot: the monitors are not copied at each epoch, the Delta sink keeps no
 write-ahead log.
 """
@@ -25,9 +25,9 @@ from core.plants import PLANTS
 from core.services import FLOW_DURABLE
 from detectors import patient_monitor, reactor_monitor
 from detectors.unit_monitor import MonitorConfig, MonitorFactory, Outputs, judged_step
-from sinks.lake_sink import LakeSink, default_wal_dir
+from sinks.lake_sink import EPOCH_ITEM, LakeSink, default_wal_dir, part_name
 from sinks.nats_sink import NatsPublishSink, Publish, alert_json
-from sources.jetstream import JetStreamSource
+from sources.jetstream import EPOCH_MARK, JetStreamSource, stream_partitions, unit_partition
 from sources.telemetry import REASON_HEADER, route
 
 
@@ -87,8 +87,18 @@ def build_flow() -> Dataflow:
     gc.freeze()
     keep_freed_memory()
 
+    # one source partition per partition of the stream, and the lake's rows of a unit to its partition's sink:
+    # the processes of a cluster share both (docs/SCALE-OUT.md)
+    partitions = stream_partitions(settings.nats_url)
+
+    def to_lake(unit_id: str) -> str:
+        return part_name(unit_partition(unit_id, partitions))
+
     flow = Dataflow("biopilot-monitor")
-    messages = op.input("nats", flow, JetStreamSource(settings.nats_url, durable=durable))
+    received = op.input("nats", flow, JetStreamSource(settings.nats_url, durable=durable, partitions=partitions))
+    messages = op.filter("messages", received, lambda m: m is not EPOCH_MARK)
+    epochs = op.flat_map("epochs", op.filter("epoch_marks", received, lambda m: m is EPOCH_MARK),
+                         lambda _: [(part_name(k), EPOCH_ITEM) for k in range(max(1, partitions))])
     routed = op.map("route", messages, partial(route, vocab=vocab))
     items = op.flat_map("items", routed, lambda r: r[0])
     dead = op.filter_map("dead", routed, lambda r: r[1])
@@ -96,10 +106,11 @@ def build_flow() -> Dataflow:
     horizon_us = settings.event_horizon_h * 3_600_000_000
     outputs = op.stateful_flat_map("monitor", keyed, partial(judged_step, config=config, horizon_us=horizon_us,
                                                              make=make))
-    tables = op.flat_map("tables", outputs, lambda kv: list(kv[1].tables.items()))
-    dead_rows = op.map("dead_rows", dead, lambda t: ("deadletter", t))
-    lake_items = op.key_on("to_lake", op.merge("lake_rows", tables, dead_rows), lambda _: "lake")
-    op.output("lake", lake_items, LakeSink(settings.lake, settings.flush_rows, settings.flush_s, wal_dir=wal_dir))
+    tables = op.flat_map("tables", outputs, lambda kv: [(to_lake(kv[0]), item) for item in kv[1].tables.items()])
+    dead_rows = op.map("dead_rows", dead, lambda t: (part_name(0), ("deadletter", t)))
+    lake_items = op.merge("lake_rows", tables, dead_rows, epochs)
+    op.output("lake", lake_items, LakeSink(settings.lake, settings.flush_rows, settings.flush_s, wal_dir=wal_dir,
+                                           partitions=partitions, app_id=durable))
     alerts = op.flat_map("alerts", outputs, lambda kv: [
         (f"biopilot.alerts.{a['reactor_id']}", alert_json(a), {"Nats-Msg-Id": a["alert_id"]}) for a in kv[1].alerts]
         + [(f"biopilot.alerts.{c['reactor_id']}", alert_json(c), {"Nats-Msg-Id": f"clear-{c['alert_id']}"})

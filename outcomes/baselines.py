@@ -1,7 +1,7 @@
 """What the outcome model must beat, trained in the same run on the same patients:
 - logistic regression and gradient boosting (scikit-learn) per classification head on flattened features
-  (`flatten`: per hourly series the mean of the last 24 h, of the whole window, the last hour, the 24-h min and
-  max; the static covariates; the genotypes one-hot);
+  (`outcomes.linear_head.flatten`: per hourly series the mean of the last 24 h, of the whole window, the last
+  hour, the 24-h min and max; the static covariates; the genotypes one-hot);
 - the mechanistic twin's own forecast (`sources.patient.twin_fit`, as the flow refits it on every INR): the
   patient's twin fitted to the doses taken and INRs reported by `as_of`, the doses going on as the last one;
   P(INR >= 4 within 7 days) is the posterior's share of forecasts reaching 4, `inr_3d` its median 72 h ahead.
@@ -9,25 +9,20 @@
   model's AUROC on that same subsample goes with it.
 
 >>> import numpy as np
->>> from outcomes.features import PatientArrays, encode
->>> row = {"cyp2c9": "*1/*1", "vkorc1_1639": "G/G", "cyp2d6": "NM", "ancestry": "white"}
->>> flatten(encode(PatientArrays.empty(), row, np.array([100.0]))).shape
-(1, 121)
+>>> _auroc(np.array([0.0, 1.0, 1.0, np.nan]), np.array([0.2, 0.9, 0.1, 0.5]))  # unlabelled samples skipped
+0.5
 """
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from outcomes.contract import CLASS_HEADS
 from outcomes.dataset import OutcomeDataset
-from outcomes.features import CATEGORICAL, Encoded
-from sources.patient import warfarin
+from outcomes.linear_head import flatten, logistic_regression
+from outcomes.twin_features import continued_doses, twin_inputs
 from sources.patient.inr_events import OVER_INR
 from sources.patient.twin_fit import fit_patient, simulate_inr
 
@@ -36,32 +31,24 @@ TWIN_DRAWS = 100
 TWIN_MAX_ITER = 40
 
 
-def flatten(x: Encoded) -> np.ndarray:
-    """[n, 5 x series + static + one-hot genotypes] for the tabular baselines."""
-    s = x.series
-    day = s[:, -24:, :]
-    parts = [day.mean(axis=1), s.mean(axis=1), s[:, -1, :], day.min(axis=1), day.max(axis=1), x.static]
-    parts += [np.eye(len(values), dtype=np.float32)[x.categorical[:, i]] for i, values in
-              enumerate(CATEGORICAL.values())]
-    return np.hstack(parts)
-
-
 def _auroc(y: np.ndarray, p: np.ndarray) -> float:
     keep = ~np.isnan(y)
     y, p = y[keep], p[keep]
     return round(float(roc_auc_score(y, p)), 4) if len(y) and 0 < y.sum() < len(y) else float("nan")
 
 
-def tabular_baselines(train: OutcomeDataset, test: OutcomeDataset, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Per classification head: the test AUROC of logistic regression and of gradient boosting."""
-    xtr, xte = flatten(train.inputs), flatten(test.inputs)
+def tabular_baselines(train: OutcomeDataset, test: OutcomeDataset, seed: int = 0,
+                      static_columns: int | None = None) -> dict[str, dict[str, float]]:
+    """Per classification head: the test AUROC of logistic regression and of gradient boosting (on the first
+    `static_columns` static inputs only, if given)."""
+    xtr, xte = flatten(train.inputs, static_columns), flatten(test.inputs, static_columns)
     out = {}
     for h in CLASS_HEADS:
         y = train.labels[h]
         keep = ~np.isnan(y)
         res = {}
         if keep.any() and 0 < y[keep].sum() < keep.sum():
-            models = {"logistic_regression": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+            models = {"logistic_regression": logistic_regression(),
                       "gradient_boosting": HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05,
                                                                           random_state=seed)}
             for name, m in models.items():
@@ -76,34 +63,15 @@ def twin_forecast(ds: OutcomeDataset, index: np.ndarray) -> tuple[np.ndarray, np
     p_over, inr_3d = np.full(len(index), np.nan), np.full(len(index), np.nan)
     for j, i in enumerate(index):
         row, arrays = ds.histories[ds.run_id[i]]
-        as_of = ds.as_of_h[i]
-        warf = (arrays.dose_drug == "warfarin") & (arrays.dose_h <= as_of)
-        if not warf.any():
+        t = twin_inputs(arrays, row, ds.as_of_h[i])
+        if t is None:
             continue
-        t0 = arrays.dose_h[warf][0]
-        dose_t, dose_mg = arrays.dose_h[warf] - t0, arrays.dose_mg[warf]
-        known = (arrays.lab_reported_h <= as_of) & ~np.isnan(arrays.inr) & (arrays.lab_sample_h > t0)
-        cov = warfarin.Covariates(np.array([row["age_years"]]), np.array([row["weight_kg"]]),
-                                  np.array([row["cyp2c9"]]), np.array([row["vkorc1_1639"]]),
-                                  np.array([bool(row["amiodarone"])]), np.array([bool(row["enzyme_inducer"])]))
-        amio = (arrays.dose_drug == "amiodarone") & (arrays.dose_h <= as_of)
-        started_h = arrays.dose_h[amio][0] - t0 if amio.any() and not row["amiodarone"] else None
-        steady = float(warfarin.steady_state_factor(cov)[0])
-
-        def clearance(t_h: np.ndarray, started_h: float | None = started_h, steady: float = steady) -> np.ndarray:
-            amio_h = t_h - started_h if started_h is not None else np.full_like(t_h, np.nan)
-            return steady * warfarin.clearance_factor(amio_h, np.full_like(t_h, np.nan))
-
         try:
-            fit = fit_patient(cov, dose_t, dose_mg, arrays.lab_sample_h[known] - t0, arrays.inr[known],
-                              cl_factor_h=clearance, max_iter=TWIN_MAX_ITER)
-            now = as_of - t0
-            future_t = dose_t[-1] + 24.0 * np.arange(1, 9)
-            times = np.r_[dose_t, future_t]
-            doses = np.r_[dose_mg, np.full(len(future_t), dose_mg[-1] if dose_mg[-1] > 0 else np.median(dose_mg))]
+            fit = fit_patient(t.cov, t.dose_t_h, t.dose_mg, t.inr_t_h, t.inr, cl_factor_h=t.clearance,
+                              max_iter=TWIN_MAX_ITER)
+            times, doses = continued_doses(t)
             eta, w = fit.posterior_draws(TWIN_DRAWS)
-            grid = now + np.arange(1.0, 169.0)
-            sims = simulate_inr(fit.params(eta), times, doses, grid, clearance)
+            sims = simulate_inr(fit.params(eta), times, doses, t.now_h + np.arange(1.0, 169.0), t.clearance)
             p_over[j] = float(w @ (sims.max(axis=1) >= OVER_INR))
             order = np.argsort(sims[:, 71])
             inr_3d[j] = float(sims[order, 71][np.searchsorted(np.cumsum(w[order]), 0.5)])

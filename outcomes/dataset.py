@@ -42,7 +42,8 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from outcomes.contract import CLASS_HEADS, REGRESSION_HEADS
-from outcomes.features import Encoded, PatientArrays, encode, epoch_hours, metoprolol_group, warfarin_group
+from outcomes.features import Encoded, encode, metoprolol_group, warfarin_group
+from outcomes.patient_arrays import PatientArrays, epoch_hours
 from sources.patient.cohort_sim import PatientCohortSim
 from sources.patient.inr_events import OVER_INR
 from sources.patient.scenarios import load_patient_scenario

@@ -109,6 +109,7 @@ class FeatureDrift:
         self._recent: deque[np.ndarray] = deque(maxlen=window)
         self._reference_values: np.ndarray | None = None
         self.drift_detected = False
+        self.judged = False  # whether the last update was a check (its verdict: `drift_detected`)
         self.shifts: list[Shift] = []
         self.n_seen = 0
 
@@ -125,7 +126,7 @@ class FeatureDrift:
 
     def update(self, x: Mapping[str, object]) -> None:
         self.n_seen += 1
-        self.drift_detected, self.shifts = False, []
+        self.drift_detected, self.judged, self.shifts = False, False, []
         row = self._row(x)
         if self._reference_values is None:
             self._reference.append(row)
@@ -136,7 +137,7 @@ class FeatureDrift:
         if len(self._recent) < self.window or self.n_seen % self.check_every:
             return
         self.shifts = sorted(self._test(np.array(self._recent)), key=lambda s: s.p_value)
-        self.drift_detected = bool(self.shifts)
+        self.drift_detected, self.judged = bool(self.shifts), True
 
     def reset(self) -> None:
         """Learn the reference again from the next `reference_size` samples (the population now served)."""
@@ -186,6 +187,66 @@ def drift_incident(model_version: str, detected_ts: datetime, *, shifts: Sequenc
     return row, findings
 
 
+CLEAR_VERDICTS = 3  # verdicts in a row without drift before a drift incident resolves
+AUROC_NEWS = 0.05  # an outcome drift's AUROC moving this much is an update
+
+
+@dataclass
+class DriftLifecycle:
+    """One monitor's drift incident (a model version's inputs, or one head's outcomes) through open -> updated
+    -> resolved, as `agents/incidents.py` carries an alarm's: `verdict(...)` after each check of the monitor
+    returns the event to publish, if any - `open` at the first drift; `update` while it lasts and what drifted
+    changes (a feature joins or leaves the shifts, the head's AUROC moves by `AUROC_NEWS`); `resolve` after
+    `clear_verdicts` checks in a row without drift (one quiet check of a noisy window is not the end of it).
+    A drift after that opens a new incident.
+
+    >>> from datetime import UTC, datetime, timedelta
+    >>> t0, life = datetime(2026, 1, 1, tzinfo=UTC), DriftLifecycle("m1")
+    >>> aa, amio = Shift("vkorc1_1639", "A/A", 0.38, 0.71, 1e-9), Shift("amiodarone", "True", 0.0, 0.3, 1e-8)
+    >>> verdicts = [[aa], [aa], [aa, amio], [], [], [aa], [], [], []]
+    >>> [(e[0]["event"], e[0]["status"], e[0]["version"]) if (e := life.verdict(bool(v), t0, shifts=v)) else None
+    ...  for v in verdicts]  # doctest: +NORMALIZE_WHITESPACE
+    [('open', 'open', 1), None, ('update', 'updated', 2), None, None, ('update', 'updated', 3), None, None,
+     ('resolve', 'resolved', 4)]
+    """
+
+    model_version: str
+    clear_verdicts: int = CLEAR_VERDICTS
+    row: dict | None = None  # the open incident's newest row; None: no drift incident open
+    auroc: float | None = None  # the outcome drift's AUROC at its last event
+    quiet: int = 0  # checks in a row without drift since the incident's last drifting check
+
+    def verdict(self, detected: bool, ts: datetime, *, shifts: Sequence[Shift] = (),
+                performance: Mapping[str, object] | None = None) -> tuple[dict, dict] | None:
+        """After a check: (the incidents row, the findings for the agents' words) when there is news."""
+        if not detected:
+            if self.row is None:
+                return None
+            self.quiet += 1
+            if self.quiet < self.clear_verdicts:
+                return None
+            row = self.row | {"version": self.row["version"] + 1, "event": "resolve", "status": "resolved",
+                              "end_ts": ts, "emitted_at": ts}
+            self.row, self.auroc, self.quiet = None, None, 0
+            return row, {"incident_id": row["incident_id"], "kind": "drift_cleared",
+                         "model_version": self.model_version, "detected_ts": ts.isoformat(),
+                         "shifts": [], "performance": {}}
+        self.quiet = 0
+        fresh, findings = drift_incident(self.model_version, ts, shifts=shifts, performance=performance)
+        auroc = performance.get("auroc") if performance else None
+        if self.row is None:
+            self.row, self.auroc = fresh, auroc  # type: ignore[assignment]
+            return fresh, findings
+        moved = auroc is not None and self.auroc is not None and abs(float(auroc) - self.auroc) >= AUROC_NEWS
+        if set(fresh["signals"]) == set(self.row["signals"]) and not moved:
+            return None
+        self.row = self.row | {"version": self.row["version"] + 1, "event": "update", "status": "updated",
+                               "signals": fresh["signals"], "alert_count": self.row["alert_count"] + 1,
+                               "emitted_at": ts}
+        self.auroc = auroc if auroc is not None else self.auroc  # type: ignore[assignment]
+        return self.row, findings | {"incident_id": self.row["incident_id"]}
+
+
 def open_drift_words(lake: str) -> dict[str, str]:
     """model version -> its open drift incident in the agents' words (the newest, from the lake's `incidents`
     and `agent_messages`); versions without one are left out."""
@@ -200,10 +261,19 @@ def open_drift_words(lake: str) -> dict[str, str]:
     for row in sorted(latest.values(), key=lambda r: r["start_ts"]):
         if row["status"] != "resolved":
             newest[row["run_id"]] = row["incident_id"]
-    messages = delta.read(lake, "agent_messages", columns=["incident_id", "seq", "text"],
+    messages = delta.read(lake, "agent_messages", columns=["incident_id", "seq", "text", "done"],
                           where=pc.field("incident_id").isin(pa.array(list(newest.values()), pa.string())))
-    texts: dict[str, list[tuple[int, str]]] = {}
+    texts: dict[str, list[tuple[int, str, bool]]] = {}
     for m in [] if messages is None else messages.to_pylist():
-        texts.setdefault(m["incident_id"], []).append((m["seq"], m["text"] or ""))
-    return {version: " ".join(t for _, t in sorted(texts.get(incident, [])) if t).strip() or "inputs drifted"
+        texts.setdefault(m["incident_id"], []).append((m["seq"], m["text"] or "", bool(m["done"])))
+    return {version: " ".join(_newest_explanation(texts.get(incident, []))).strip() or "inputs drifted"
             for version, incident in newest.items()}
+
+
+def _newest_explanation(chunks: list[tuple[int, str, bool]]) -> list[str]:
+    """The texts of an incident's newest explanation: the chunks after the last but one `done` (an updated
+    incident was explained again)."""
+    chunks = sorted(chunks)
+    ends = [k for k, (_, _, done) in enumerate(chunks) if done]
+    first = ends[-2] + 1 if len(ends) >= 2 else 0
+    return [text for _, text, _ in chunks[first:] if text]

@@ -6,7 +6,9 @@ same hours of the day (a clock has no neutral value: the hour's sin/cos stay as 
 never "a reason"). A patient with the reference genotypes thus owes none of the risk to them. The attributions are summed per feature (`FEATURE_OF`: the INR's
 hourly values and its summary make one feature, "inr"), shared out by absolute value, and for a series given
 the span of hours that holds most of it. The sentence is written as the agents' phrasing writes findings
-(`agents/phrasing.py`, which outcomes may not import): the facts, their numbers, no hedging words.
+(`agents/phrasing.py`, which outcomes may not import): the facts, their numbers, no hedging words. A risk the
+model serves by logistic regression (`outcomes.linear_head`) is explained by that regression's exact
+attributions from the same baseline patient (`served_attributions`), not by the network it does not use.
 
 >>> round(_span(np.array([0.0, 0.0, 1.0, 3.0, 0.0]))[0]), round(_span(np.array([0.0, 0.0, 1.0, 3.0, 0.0]))[1])
 (1, 3)
@@ -16,7 +18,7 @@ the span of hours that holds most of it. The sentence is written as the agents' 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +26,8 @@ from torch import nn
 
 from outcomes.contract import CLASS_HEADS, Attribution
 from outcomes.features import CATEGORICAL, SERIES, STATIC, WINDOW_H, Encoded
+from outcomes.linear_head import LinearHead
+from outcomes.twin_features import TWIN_STATIC
 
 IG_STEPS = 8
 REFERENCE_GENOTYPES = {"cyp2c9": "*1/*1", "vkorc1_1639": "G/G", "cyp2d6": "NM", "ancestry": "white"}
@@ -38,7 +42,8 @@ FEATURE_OF: dict[str, str] = {
     "days_on_amiodarone": "amiodarone", "days_on_warfarin": "time_on_warfarin", "weekly_warfarin_mg": "warfarin_dose",
     "inr_last": "inr", "inr_prev": "inr", "inr_prev2": "inr", "inr_last_age_d": "inr", "inr_slope_per_d": "inr",
     "hr_mean_24h": "hr_bpm", "hr_min_24h": "hr_bpm", "hr_max_24h": "hr_bpm", "sbp_mean_24h": "sbp_mmhg",
-    "sbp_min_24h": "sbp_mmhg",
+    "sbp_min_24h": "sbp_mmhg", "inr_trend_7d_per_d": "inr",
+    **{name: "twin_forecast" for name in TWIN_STATIC if name.startswith("twin_")},
     "vkorc1_1639": "vkorc1",
 }
 GENE_WORDS = {"cyp2c9": "CYP2C9", "vkorc1": "VKORC1", "cyp2d6": "CYP2D6", "ancestry": "ancestry"}
@@ -49,7 +54,16 @@ WORDS: dict[str, str] = {"inr": "INR", "hb_g_dl": "haemoglobin", "hr_bpm": "hear
                          "temp_c": "temperature", "warfarin_dose": "warfarin doses", "metoprolol_dose": "metoprolol doses",
                          "amiodarone": "amiodarone", "time_of_day": "time of day", "missing_vitals": "missing vitals",
                          "sex": "sex", "body_size": "body size", "enzyme_inducer": "enzyme inducer",
-                         "time_on_warfarin": "time on warfarin", "ancestry": "ancestry"}
+                         "time_on_warfarin": "time on warfarin", "ancestry": "ancestry",
+                         "twin_forecast": "the twin's INR forecast"}
+
+
+def baseline(x: Encoded) -> Encoded:
+    """The baseline patient of each sample: inputs at their centres (0), the reference genotypes, its clock."""
+    series = np.zeros_like(x.series)
+    series[:, :, CLOCK] = x.series[:, :, CLOCK]
+    reference = [values.index(REFERENCE_GENOTYPES[key]) for key, values in CATEGORICAL.items()]
+    return Encoded(series, np.zeros_like(x.static), np.tile(np.array(reference, x.categorical.dtype), (len(x), 1)))
 
 
 def integrated_gradients(net: nn.Module, x: Encoded, head_index: np.ndarray
@@ -58,13 +72,10 @@ def integrated_gradients(net: nn.Module, x: Encoded, head_index: np.ndarray
     (`net`: an `outcomes.model.OutcomeNet`)."""
     net.eval()
     series, static, cat = x.tensors()
+    s_base, _, reference = baseline(x).tensors()
     n = len(series)
     with torch.no_grad():
-        embedded = net.embed(cat)
-        reference = torch.tensor([[values.index(REFERENCE_GENOTYPES[key]) for key, values in CATEGORICAL.items()]])
-        e_base = net.embed(reference).expand(n, -1)
-    s_base = torch.zeros_like(series)
-    s_base[:, :, CLOCK] = series[:, :, CLOCK]
+        embedded, e_base = net.embed(cat), net.embed(reference)
     alphas = (torch.arange(IG_STEPS, dtype=torch.float32) + 0.5) / IG_STEPS  # midpoint rule
     a_s = alphas.repeat_interleave(n)
 
@@ -117,11 +128,30 @@ def _feature_words(feature: str, span: tuple[float, float] | None, codes: np.nda
     return f"{words} {'trend ' if feature == 'inr' else ''}over {over}"
 
 
-def explain_batch(net: nn.Module, x: Encoded, heads: Sequence[str], estimates: Sequence[float]
-                  ) -> list[tuple[tuple[Attribution, ...], str]]:
-    """Per sample: the attributions of the head named in `heads` (shares, largest first) and its sentence."""
-    index = np.array([CLASS_HEADS.index(h) for h in heads])
-    attr_s, attr_st, attr_e = integrated_gradients(net, x, index)
+def served_attributions(net: nn.Module, x: Encoded, heads: Sequence[str], linear: Mapping[str, LinearHead]
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As `integrated_gradients`, of the head named in `heads` as served: a head in `linear` (served by logistic
+    regression) by its exact linear attributions from the same baseline patient."""
+    out = (np.zeros(x.series.shape), np.zeros(x.static.shape), np.zeros(x.categorical.shape))
+    by_net = np.array([h not in linear for h in heads], bool)
+    parts = [(np.flatnonzero(by_net), None)] + [(np.flatnonzero([h == name for h in heads]), head)
+                                                   for name, head in linear.items()]
+    for rows, head in parts:
+        if not len(rows):
+            continue
+        xs = x.take(rows)
+        found = (integrated_gradients(net, xs, np.array([CLASS_HEADS.index(heads[j]) for j in rows]))
+                 if head is None else head.attributions(xs, baseline(xs)))
+        for whole, part in zip(out, found, strict=True):
+            whole[rows] = part
+    return out
+
+
+def explain_batch(net: nn.Module, x: Encoded, heads: Sequence[str], estimates: Sequence[float],
+                  linear: Mapping[str, LinearHead] | None = None) -> list[tuple[tuple[Attribution, ...], str]]:
+    """Per sample: the attributions of the head named in `heads` (shares, largest first) and its sentence
+    (`linear`: the heads served by logistic regression, `outcomes.linear_head`)."""
+    attr_s, attr_st, attr_e = served_attributions(net, x, heads, linear or {})
     out = []
     for j, head in enumerate(heads):
         per_feature: dict[str, float] = {}
@@ -130,7 +160,7 @@ def explain_batch(net: nn.Module, x: Encoded, heads: Sequence[str], estimates: S
             f = FEATURE_OF[name]
             per_feature[f] = per_feature.get(f, 0.0) + float(np.abs(attr_s[j, :, k]).sum())
             hourly[f] = hourly.get(f, np.zeros(WINDOW_H)) + np.abs(attr_s[j, :, k])
-        for k, name in enumerate(STATIC):
+        for k, name in enumerate(STATIC[:attr_st.shape[1]]):  # an older model's inputs: STATIC_BASE
             f = FEATURE_OF.get(name, name)
             per_feature[f] = per_feature.get(f, 0.0) + abs(float(attr_st[j, k]))
         for k, name in enumerate(CATEGORICAL):

@@ -1,8 +1,8 @@
 """A patient's data as the outcome model reads it: one code path for training (`outcomes.dataset`) and serving
 (`OutcomeModel.predict` on `PatientRecord`s).
 
-`PatientArrays.from_tables` turns a patient's VITALS, LABS and DOSES rows into sorted numpy arrays (times in
-hours on one clock, epoch hours); `encode(arrays, patient_row, as_of_h)` builds, for each time in `as_of_h`,
+`PatientArrays.from_tables` (`outcomes.patient_arrays`) turns a patient's VITALS, LABS and DOSES rows into
+sorted numpy arrays (times in hours on one clock, epoch hours); `encode(arrays, patient_row, as_of_h)` builds, for each time in `as_of_h`,
 - `series` [n, WINDOW_H, len(SERIES)]: the last WINDOW_H hours, one row per hour ending at `as_of`: the vitals'
   hourly means (missing = 0 after scaling, plus a share-missing column), the latest INR and Hb *reported* by the
   hour's end and the days since they were sampled, the warfarin / metoprolol / amiodarone mg taken in the hour,
@@ -10,7 +10,8 @@ hours on one clock, epoch hours); `encode(arrays, patient_row, as_of_h)` builds,
 - `static` [n, len(STATIC)]: covariates (age, sex, body size, co-medications), days on warfarin, the last
   weekly warfarin dose, the INR history summarised (last three reported values, their ages, the slope), and the
   last day's heart rate (mean, min, max) and systolic pressure (mean, min) from the series (a skip path: the
-  network need not rediscover a daily minimum through attention);
+  network need not rediscover a daily minimum through attention), then the INR's trend over the last week and
+  the patient twin's INR forecast over the horizon (`outcomes.twin_features`);
 - `categorical` [n, 4]: CYP2C9, VKORC1, CYP2D6 and ancestry as indices (the model embeds them).
 Every value is scaled by fixed physiological centres and spreads (no statistics learned from data), so a
 record is encoded the same way whatever it is trained or served with. The patient's true PK/PD parameters
@@ -22,19 +23,19 @@ record is encoded the same way whatever it is trained or served with. The patien
 ...        "vkorc1_1639": "A/A", "cyp2d6": "PM", "ancestry": "asian", "amiodarone": False, "enzyme_inducer": False}
 >>> x = encode(arrays, row, np.array([1000.0]))
 >>> x.series.shape, x.static.shape, x.categorical.tolist()
-((1, 120, 17), (1, 19), [[2, 2, 0, 2]])
+((1, 120, 17), (1, 24), [[2, 2, 0, 2]])
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
-import pyarrow as pa
 
 from core.events import VITAL_SIGNALS
+from outcomes.patient_arrays import PatientArrays, epoch_hours
+from outcomes.twin_features import TWIN_STATIC, twin_features
 from sources.patient.genetics import ANCESTRIES, CYP2C9_GENOTYPES, CYP2D6_PHENOTYPES, VKORC1_GENOTYPES
 
 WINDOW_H = 120  # five days of hourly aggregates: the span over which an INR trend and a dose change show
@@ -46,62 +47,17 @@ VITAL_SCALES: dict[str, tuple[float, float]] = {
 SERIES: tuple[str, ...] = (*VITAL_SIGNALS, "vitals_missing", "inr", "inr_age_d", "hb_g_dl", "hb_age_d",
                            "warfarin_mg", "metoprolol_mg", "amiodarone_mg", "hour_sin", "hour_cos",
                            "inr_reported")
-STATIC: tuple[str, ...] = ("age_years", "male", "weight_kg", "height_cm", "amiodarone", "enzyme_inducer",
-                           "days_on_warfarin", "days_on_amiodarone", "weekly_warfarin_mg", "inr_last",
-                           "inr_prev", "inr_prev2", "inr_last_age_d", "inr_slope_per_d", "hr_mean_24h", "hr_min_24h",
-                           "hr_max_24h", "sbp_mean_24h", "sbp_min_24h")
+STATIC_BASE: tuple[str, ...] = ("age_years", "male", "weight_kg", "height_cm", "amiodarone", "enzyme_inducer",
+                                "days_on_warfarin", "days_on_amiodarone", "weekly_warfarin_mg", "inr_last",
+                                "inr_prev", "inr_prev2", "inr_last_age_d", "inr_slope_per_d", "hr_mean_24h",
+                                "hr_min_24h", "hr_max_24h", "sbp_mean_24h", "sbp_min_24h")
+# then the INR's trend over a week and the patient twin's forecast (`outcomes.twin_features`): the models before
+# them read only STATIC_BASE, so `encode(..., twin=False)` leaves them out (and their cost)
+STATIC: tuple[str, ...] = STATIC_BASE + TWIN_STATIC
 CATEGORICAL: dict[str, tuple[str, ...]] = {"cyp2c9": CYP2C9_GENOTYPES, "vkorc1_1639": VKORC1_GENOTYPES,
                                            "cyp2d6": CYP2D6_PHENOTYPES, "ancestry": ANCESTRIES}
 INR_NONE = 1.0  # no INR reported yet: a drug-naive patient's INR
 AGE_NONE_D = 14.0  # "days since" when nothing was ever measured, and the cap of every "days since"
-US_PER_H = 3_600_000_000
-
-
-@dataclass(frozen=True)
-class PatientArrays:
-    """One patient's rows as sorted arrays; times in epoch hours."""
-
-    vitals_h: np.ndarray
-    vitals: np.ndarray  # [n, 6] in VITAL_SIGNALS order, NaN = missing
-    lab_sample_h: np.ndarray
-    lab_reported_h: np.ndarray
-    inr: np.ndarray
-    hb_g_dl: np.ndarray
-    dose_h: np.ndarray
-    dose_drug: np.ndarray  # str
-    dose_mg: np.ndarray  # taken mg (0 where missed)
-
-    @classmethod
-    def empty(cls) -> PatientArrays:
-        e = np.zeros(0)
-        return cls(e, np.zeros((0, len(VITAL_SIGNALS))), e, e, e, e, e, np.zeros(0, dtype=object), e)
-
-    @classmethod
-    def from_tables(cls, vitals: pa.Table, labs: pa.Table, doses: pa.Table) -> PatientArrays:
-        """From one patient's VITALS, LABS and DOSES tables (any order)."""
-        vh = _hours(vitals["ts"])
-        vo = np.argsort(vh, kind="stable")
-        v = np.column_stack([vitals[s].to_numpy(zero_copy_only=False).astype(float) for s in VITAL_SIGNALS]
-                            ) if vitals.num_rows else np.zeros((0, len(VITAL_SIGNALS)))
-        rh = _hours(labs["reported_ts"])
-        lo = np.argsort(rh, kind="stable")
-        dh = _hours(doses["ts"])
-        do = np.argsort(dh, kind="stable")
-        taken = np.asarray(doses["taken"].fill_null(True).to_numpy(zero_copy_only=False), bool)
-        mg = np.where(taken, np.nan_to_num(doses["dose_mg"].to_numpy(zero_copy_only=False).astype(float)), 0.0)
-        return cls(vh[vo], v[vo], _hours(labs["sample_ts"])[lo], rh[lo],
-                   labs["inr"].to_numpy(zero_copy_only=False).astype(float)[lo],
-                   labs["hb_g_dl"].to_numpy(zero_copy_only=False).astype(float)[lo], dh[do],
-                   np.asarray(doses["drug"].to_pylist(), dtype=object)[do], mg[do])
-
-
-def _hours(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    us = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
-    return np.asarray(us, float) / US_PER_H
-
-
-def epoch_hours(when: datetime) -> float:
-    return when.timestamp() / 3600.0
 
 
 @dataclass(frozen=True)
@@ -218,26 +174,31 @@ def categorical_codes(patient: dict) -> np.ndarray:
                      for key, values in CATEGORICAL.items()], np.int64)
 
 
-def encode(arrays: PatientArrays, patient: dict, as_of_h: np.ndarray) -> Encoded:
-    """The model inputs at each time in `as_of_h` (epoch hours) from the data known by then."""
+def encode(arrays: PatientArrays, patient: dict, as_of_h: np.ndarray, twin: bool = True) -> Encoded:
+    """The model inputs at each time in `as_of_h` (epoch hours) from the data known by then (`twin` False:
+    STATIC_BASE only, without the INR trend and the twin's forecast)."""
     as_of_h = np.asarray(as_of_h, float)
+    n_static = len(STATIC) if twin else len(STATIC_BASE)
     if not len(as_of_h):
-        return Encoded(np.zeros((0, WINDOW_H, len(SERIES)), np.float32), np.zeros((0, len(STATIC)), np.float32),
+        return Encoded(np.zeros((0, WINDOW_H, len(SERIES)), np.float32), np.zeros((0, n_static), np.float32),
                        np.zeros((0, len(CATEGORICAL)), np.int64))
     series = np.stack([hourly_series(arrays, t - WINDOW_H + 1.0 + np.arange(WINDOW_H)) for t in as_of_h])
     day = series[:, -24:, :]
     hr, sbp = SERIES.index("hr_bpm"), SERIES.index("sbp_mmhg")
     summary = np.column_stack([day[:, :, hr].mean(axis=1), day[:, :, hr].min(axis=1), day[:, :, hr].max(axis=1),
                                day[:, :, sbp].mean(axis=1), day[:, :, sbp].min(axis=1)])
-    static = np.hstack([np.stack([_static(arrays, patient, float(t)) for t in as_of_h]), summary]).astype(np.float32)
+    parts = [np.stack([_static(arrays, patient, float(t)) for t in as_of_h]), summary]
+    if twin:
+        parts.append(np.stack([twin_features(arrays, patient, float(t)) for t in as_of_h]))
+    static = np.hstack(parts).astype(np.float32)
     codes = np.repeat(categorical_codes(patient)[None, :], len(as_of_h), axis=0)
     return Encoded(series, static, codes)
 
 
-def encode_records(records: Sequence) -> Encoded:
+def encode_records(records: Sequence, twin: bool = True) -> Encoded:
     """The inputs of `PatientRecord`s at their `as_of` (the serving path)."""
     return Encoded.concat([encode(PatientArrays.from_tables(r.vitals, r.labs, r.doses), r.patient,
-                                  np.array([epoch_hours(r.as_of)])) for r in records])
+                                  np.array([epoch_hours(r.as_of)]), twin) for r in records])
 
 
 def warfarin_group(patient: dict) -> str:

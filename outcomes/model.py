@@ -10,7 +10,10 @@ Around the network, what makes its answers usable (`OutcomeModel`):
 - conformal prediction (`outcomes.conformal`, crepes, Mondrian by genotype group): a prediction set per
   classification head and an interval per regression head at 90 %;
 - an alert threshold per classification head (Youden's J on the calibration patients);
-- explanations (`outcomes.explain`: integrated gradients).
+- explanations (`outcomes.explain`: integrated gradients);
+- per risk, the predictor served: the network's head, or logistic regression on the flattened inputs
+  (`outcomes.linear_head`) where that ranked the validation patients better (opt-in, `TrainConfig.choose_heads`;
+  `linear_heads`, `served_by`; the temperature, threshold and conformal scores are then the regression's).
 
 `OutcomeModel.predict(records)` is the serving path (one batched forward pass); `predict_dataset(ds)` the
 evaluation's. `save(directory)` writes `<version>.pt`; `load_model()` loads the shipped checkpoint
@@ -40,12 +43,14 @@ from outcomes.features import (
     CATEGORICAL,
     SERIES,
     STATIC,
+    STATIC_BASE,
     WINDOW_H,
     Encoded,
     encode_records,
     metoprolol_group,
     warfarin_group,
 )
+from outcomes.linear_head import LinearHead
 
 CHECKPOINT = Path(__file__).parent / "outcome_model.pt"
 # regression targets are learned standardised: (y - centre) / spread
@@ -62,6 +67,9 @@ class OutcomeConfig:
     dropout: float = 0.1
     embed_dim: int = 4
     mc_samples: int = 8
+    # the static inputs include the INR trend and the twin's forecast (`outcomes.twin_features`); False: the
+    # checkpoints before them, which read STATIC_BASE
+    twin_features: bool = True
 
 
 class OutcomeNet(nn.Module):
@@ -72,7 +80,8 @@ class OutcomeNet(nn.Module):
         self.encoder = HybridEncoder(len(SERIES) * cfg.patch_h, WINDOW_H // cfg.patch_h, d, cfg.heads, cfg.layers,
                                      cfg.dropout)
         self.embeddings = nn.ModuleList([nn.Embedding(len(v), cfg.embed_dim) for v in CATEGORICAL.values()])
-        self.static = nn.Sequential(nn.Linear(len(STATIC) + len(CATEGORICAL) * cfg.embed_dim, d), nn.GELU())
+        self.static_width = len(STATIC) if cfg.twin_features else len(STATIC_BASE)
+        self.static = nn.Sequential(nn.Linear(self.static_width + len(CATEGORICAL) * cfg.embed_dim, d), nn.GELU())
         self.trunk = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Dropout(cfg.dropout))
         self.out = nn.Linear(d, len(CLASS_HEADS) + len(REGRESSION_HEADS))
 
@@ -83,7 +92,7 @@ class OutcomeNet(nn.Module):
         """[b, 5]: the class logits then the standardised regression values."""
         b, w, f = series.shape
         fused = self.encoder.encode(series.reshape(b, w // self.cfg.patch_h, self.cfg.patch_h * f)).fused
-        s = self.static(torch.cat([static, embedded], dim=-1))
+        s = self.static(torch.cat([static[:, :self.static_width], embedded], dim=-1))
         return self.out(self.trunk(torch.cat([fused, s], dim=-1)))
 
     def forward(self, series: torch.Tensor, static: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
@@ -114,6 +123,10 @@ class OutcomeModel:
     version: str = ""
     metrics: dict = field(default_factory=dict)
     created: str = ""
+    # the risks served by logistic regression on the flattened inputs, where it ranked the validation patients
+    # better than the network (`outcomes.train.choose_heads`); their AUROCs there per predictor
+    linear_heads: dict[str, LinearHead] = field(default_factory=dict)
+    validation_auroc: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.net.eval()
@@ -126,11 +139,20 @@ class OutcomeModel:
         for k, v in sorted(self.net.state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().float().numpy().tobytes())
+        for k, head in sorted(self.linear_heads.items()):
+            h.update(k.encode())
+            h.update(head.weights.tobytes())
         return h.hexdigest()[:8]
+
+    @property
+    def served_by(self) -> dict[str, str]:
+        """Per risk, the predictor behind its probability: `hybrid` or `logistic_regression`."""
+        return {h: "logistic_regression" if h in self.linear_heads else "hybrid" for h in CLASS_HEADS}
 
     # ---- the forward passes ------------------------------------------------------------------------------
     def _passes(self, x: Encoded, batch: int = 4096) -> np.ndarray:
-        """[mc, n, 5] network outputs with dropout on (reproducible: a fixed seed)."""
+        """[mc, n, 5] outputs with dropout on (reproducible: a fixed seed): the network's, a risk served by
+        logistic regression its logit in every pass (no spread)."""
         mc = self.net.cfg.mc_samples
         outs = []
         with torch.no_grad(), torch.random.fork_rng():
@@ -144,7 +166,10 @@ class OutcomeModel:
                     outs.append(y.reshape(mc, m, -1).numpy())
             finally:
                 self.net.eval()
-        return np.concatenate(outs, axis=1) if outs else np.zeros((mc, 0, len(CLASS_HEADS) + len(REGRESSION_HEADS)))
+        y = np.concatenate(outs, axis=1) if outs else np.zeros((mc, 0, len(CLASS_HEADS) + len(REGRESSION_HEADS)))
+        for h, head in self.linear_heads.items():
+            y[:, :, CLASS_HEADS.index(h)] = head.logit(x)
+        return y
 
     def raw(self, x: Encoded) -> Raw:
         y = self._passes(x)
@@ -179,14 +204,15 @@ class OutcomeModel:
         """Risk for each record at its `as_of`: one batched pass (MC dropout, conformal, explanations)."""
         if not records:
             return []
-        x = encode_records(records)
+        x = encode_records(records, twin=self.net.cfg.twin_features)
         r = self.raw(x)
         groups = {h: np.array([metoprolol_group(rec.patient) if h == "bradycardia_24h" else
                                warfarin_group(rec.patient) for rec in records], dtype=object)
                   for h in (*CLASS_HEADS, *REGRESSION_HEADS)}
         heads = self._heads(r, groups)
         target = [self._focus(heads, j, rec) for j, rec in enumerate(records)]
-        explanations = explain_batch(self.net, x, target, [float(heads[h]["estimate"][j]) for j, h in enumerate(target)])
+        explanations = explain_batch(self.net, x, target, [float(heads[h]["estimate"][j]) for j, h in enumerate(target)],
+                                     self.linear_heads)
         out = []
         for j, rec in enumerate(records):
             preds = {}
@@ -205,7 +231,7 @@ class OutcomeModel:
             out.append(RiskPrediction(
                 str(rec.patient.get("patient_id", "")), str(rec.patient.get("run_id", "")), preds,
                 round(float(np.clip((1.0 - spread) * covered, 0.0, 1.0)), 3), attributions, sentence, self.version,
-                data_watermark(rec), {"explained_head": target[j],
+                data_watermark(rec), {"explained_head": target[j], "served_by": self.served_by,
                                       "not_applicable": [h for h in CLASS_HEADS if not _applies(h, rec)]}))
         return out
 
@@ -223,7 +249,9 @@ class OutcomeModel:
                 "class_conformal": {h: {"scores": c.scores.astype(np.float32).tolist(), "bins": c.bins.tolist()}
                                     for h, c in self.class_conformal.items()},
                 "regression_conformal": {h: {"scores": c.scores.astype(np.float32).tolist(), "bins": c.bins.tolist()}
-                                         for h, c in self.regression_conformal.items()}}
+                                         for h, c in self.regression_conformal.items()},
+                "linear_heads": {h: head.to_blob() for h, head in self.linear_heads.items()},
+                "validation_auroc": self.validation_auroc}
 
     def save(self, directory: Path) -> Path:
         """Write `<directory>/<version>.pt`; returns its path."""
@@ -251,7 +279,7 @@ def data_watermark(rec: PatientRecord) -> datetime:
 
 
 def from_blob(blob: dict) -> OutcomeModel:
-    net = OutcomeNet(OutcomeConfig(**blob["config"]))
+    net = OutcomeNet(OutcomeConfig(**({"twin_features": False} | blob["config"])))  # older: no twin inputs
     net.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
 
     def arrays(d: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -260,7 +288,9 @@ def from_blob(blob: dict) -> OutcomeModel:
     return OutcomeModel(net, dict(blob["temperatures"]), dict(blob["thresholds"]),
                         {h: ClassConformal(*arrays(d)) for h, d in blob["class_conformal"].items()},
                         {h: RegressionConformal(*arrays(d)) for h, d in blob["regression_conformal"].items()},
-                        blob["version"], blob.get("metrics", {}), blob.get("created", ""))
+                        blob["version"], blob.get("metrics", {}), blob.get("created", ""),
+                        {h: LinearHead.from_blob(d) for h, d in blob.get("linear_heads", {}).items()},
+                        blob.get("validation_auroc", {}))
 
 
 def load_model(path: Path | None = None) -> OutcomeModel:

@@ -8,7 +8,10 @@ newest `window` resolved (probability, outcome) pairs of one head and judges the
 - calibration: the mean probability off the observed rate by more than `min_gap` and `z` binomial standard
   errors (calibration-in-the-large; the window's ECE is reported too, but 10 bins of a few dozen samples each
   are too noisy to alarm on).
-A window with fewer than `min_events` outcomes of either kind is not judged.
+A window with fewer than `min_events` outcomes of either kind is not judged (`judged` False after it).
+`calibration=False` judges discrimination only: for an outcome observed more coarsely than the label the model
+learnt (the INR measured on draw days, not the true INR hour by hour), the observed rate sits below the
+predicted one by design, and the reference AUROC is then the first full window's of the same observations.
 
 >>> import random
 >>> rng = random.Random(1)
@@ -36,11 +39,13 @@ from outcomes.calibration import expected_calibration_error
 
 
 def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
-    """Hanley & McNeil (1982), Radiology 143:29, eq. 2.
+    """Hanley & McNeil (1982), Radiology 143:29, eq. 2; NaN without both classes (no AUROC to be unsure of).
 
-    >>> round(auroc_standard_error(0.77, 100, 300), 3)
-    0.03
+    >>> round(auroc_standard_error(0.77, 100, 300), 3), auroc_standard_error(float("nan"), 0, 30)
+    (0.03, nan)
     """
+    if positives <= 0 or negatives <= 0:
+        return float("nan")
     q1, q2 = auroc / (2.0 - auroc), 2.0 * auroc**2 / (1.0 + auroc)
     var = (auroc * (1.0 - auroc) + (positives - 1) * (q1 - auroc**2) + (negatives - 1) * (q2 - auroc**2)) / (
         positives * negatives)
@@ -52,8 +57,9 @@ class PerformanceDrift:
 
     def __init__(self, window: int = 500, *, reference_auroc: float | None = None, reference_se: float = 0.0,
                  auroc_drop: float = 0.05, min_gap: float = 0.05, z: float = 3.0, min_events: int = 20,
-                 check_every: int = 25) -> None:
+                 check_every: int = 25, calibration: bool = True) -> None:
         self.window, self.auroc_drop, self.min_gap, self.z = window, auroc_drop, min_gap, z
+        self.calibration = calibration
         self.reference_auroc, self.reference_se = reference_auroc, reference_se
         self.min_events, self.check_every = min_events, check_every
         self._probability: deque[float] = deque(maxlen=window)
@@ -63,10 +69,12 @@ class PerformanceDrift:
         self.mean_probability: float | None = None
         self.observed_rate: float | None = None
         self.drift_detected = False
+        self.judged = False  # whether the last update was a check that reached a verdict (drift or none)
         self.n_seen = 0
 
     def update(self, probability: float, outcome: int) -> None:
         self.n_seen += 1
+        self.judged = False
         self._probability.append(float(probability))
         self._outcome.append(int(outcome))
         if self.n_seen % self.check_every or len(self._outcome) < self.window:
@@ -87,4 +95,5 @@ class PerformanceDrift:
         worse = self.reference_auroc - self.auroc > max(self.auroc_drop,
                                                         self.z * math.hypot(se, self.reference_se))
         miscalibrated = abs(self.mean_probability - rate) > max(self.min_gap, self.z * math.sqrt(rate * (1.0 - rate) / len(y)))
-        self.drift_detected = worse or miscalibrated
+        self.drift_detected = worse or (miscalibrated and self.calibration)
+        self.judged = True

@@ -26,6 +26,7 @@ import getpass
 import hashlib
 import json
 import socket
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,7 @@ import pyarrow as pa
 from core.events import MODELS
 from sinks import delta
 from sinks.audit import AuditLog, lake_lock
+from sinks.objects import fetch_file, put_file
 
 if TYPE_CHECKING:
     from outcomes.model import OutcomeModel
@@ -158,13 +160,26 @@ def _demotions(state: dict[str, dict], alias: str, keep: str) -> list[tuple[dict
     return [(row, "demote", None) for v, row in state.items() if row["alias"] == alias and v != keep]
 
 
+def _keep_artefact(lake: str, model: Savable) -> str:
+    """Save the model's artefact beside the table (on an `s3://` lake: into its object store, where every
+    process serving the lake finds it); its URI."""
+    if not delta.is_remote(lake):
+        return str(Path(model.save(Path(lake) / ARTEFACTS / model.version)).resolve())
+    with tempfile.TemporaryDirectory() as scratch:
+        saved = Path(model.save(Path(scratch)))
+        return put_file(saved, lake, f"{ARTEFACTS}/{model.version}/{saved.name}")
+
+
+def _artefact(uri: str) -> Path:
+    """A local copy of a version's artefact (downloaded once from an object store)."""
+    return fetch_file(uri, Path(tempfile.gettempdir()) / "biopilot-models")
+
+
 def register(lake: str | Path, model: Savable, *, data_snapshot: str, metrics: dict, actor: str,
              alias: str | None = CHALLENGER, role: str = "service") -> ModelEntry:
     """Save the model's artefacts beside the table and add its version (as the challenger by default, which
     demotes the challenger before it)."""
     lake = str(lake)
-    if "://" in lake:
-        raise RegistryError(f"the registry keeps artefacts on a local lake; {lake} is remote")
     if alias not in (None, CHALLENGER):
         raise RegistryError(f"a new version is registered as {CHALLENGER} or with no alias, not {alias!r}: "
                             "promote it to make it champion")
@@ -174,10 +189,9 @@ def register(lake: str | Path, model: Savable, *, data_snapshot: str, metrics: d
         state = _state(rows)
         if model.version in state:
             raise RegistryError(f"model version {model.version} is already registered")
-        artefact = Path(model.save(Path(lake) / ARTEFACTS / model.version))
         row = {"version": model.version, "data_snapshot": data_snapshot, "code_hash": code_hash(),
                "metrics_json": json.dumps(metrics, sort_keys=True, default=float),
-               "artefact_uri": str(artefact.resolve()), "created_ts": now, "created_by": actor,
+               "artefact_uri": _keep_artefact(lake, model), "created_ts": now, "created_by": actor,
                "promoted_ts": None, "promoted_by": None}
         changes = [(row, "register", alias)] + (_demotions(state, CHALLENGER, model.version) if alias else [])
         written = _commit(lake, rows, changes, actor, "", now)
@@ -251,7 +265,7 @@ def load(lake: str | Path, version: str) -> OutcomeModel:
     state = _state(_rows(str(lake)))
     if version not in state:
         raise RegistryError(f"unknown model version {version!r}")
-    return load_model(Path(state[version]["artefact_uri"]))
+    return load_model(_artefact(state[version]["artefact_uri"]))
 
 
 def load_champion(lake: str | Path) -> OutcomeModel:
@@ -259,4 +273,4 @@ def load_champion(lake: str | Path) -> OutcomeModel:
     from outcomes.model import load_model
 
     entry = champion(lake)
-    return load_model(Path(entry.artefact_uri) if entry else None)
+    return load_model(_artefact(entry.artefact_uri) if entry else None)

@@ -278,6 +278,8 @@ def _first_of(table: pa.Table, keys: Sequence[str]) -> pa.Table:
 
 
 _KEYS = {"vitals": ("seq",), "labs": ("sample_ts", "reported_ts"), "doses": ("ts", "drug")}
+IDLE_TTL_S = 6 * 3600.0  # no data for 6 h: vitals come every few minutes while a patient is monitored
+MAX_HELD_PATIENTS = 5_000  # ~120 kB each (5 days of 5-min vitals): ~0.6 GB at most
 
 
 @dataclass
@@ -288,6 +290,7 @@ class _Held:
     patient: dict | None = None  # the `patients` row: set by the lake backfill, from then on the record is whole
     chunks: dict[str, list[pa.Table]] = field(default_factory=lambda: {k: [] for k in _KINDS})
     first_us: int = -1  # the oldest event time that arrived on NATS (-1: none)
+    arrived_s: float = 0.0  # when their data last arrived (the store's clock)
 
     def table(self, kind: str) -> pa.Table:
         chunks = self.chunks[kind]
@@ -307,11 +310,19 @@ class RecordStore:
     them can be missing); otherwise the lake record is served (and not cached if behind), and the next request
     tries again. A patient whose rows come from a new run starts again from the lake. Limit: a row lost between
     NATS and this process (the relay's connection dropped) is missing from the record until the patient's next
-    run; the lookup's watermark check catches only a loss at the newest end."""
+    run; the lookup's watermark check catches only a loss at the newest end.
 
-    def __init__(self, window_h: float = WINDOW_H + 1.0) -> None:
+    Bounded: a patient is dropped when their run ends (`end`: the closing watermark of their stream), when no
+    data of theirs has arrived for `idle_ttl_s` (a monitor unplugged, a transfer: a request then reads the lake
+    again), and, the least recently fed first, beyond `max_patients`. `held` is kept in order of the last
+    arrival, so the sweep reads only the patients it drops."""
+
+    def __init__(self, window_h: float = WINDOW_H + 1.0, *, idle_ttl_s: float = IDLE_TTL_S,
+                 max_patients: int = MAX_HELD_PATIENTS, clock: Callable[[], float] = time.monotonic) -> None:
         self.window_us = int(window_h * 3600 * US)
-        self.held: dict[str, _Held] = {}
+        self.idle_ttl_s, self.max_patients, self.clock = idle_ttl_s, max_patients, clock
+        self.held: dict[str, _Held] = {}  # in order of their data's last arrival, oldest first
+        self.dropped = 0  # patients dropped (ended, idle or beyond max_patients)
 
     def add(self, kind: str, rows: pa.Table) -> None:
         """Rows of one kind (`vitals`, `labs`, `doses`) that arrived on NATS, any patients."""
@@ -320,15 +331,33 @@ class RecordStore:
         schema, time_column = _KINDS[kind]
         rows = rows.select(schema.names).cast(schema)
         for (patient, run), part in _split_by(rows, ("patient_id", "run_id")).items():
-            held = self.held.get(patient)
+            held = self.held.pop(patient, None)
             if held is None or held.run_id != run:
-                held = self.held[patient] = _Held(run)
+                held = _Held(run)
+            held.arrived_s = self.clock()
+            self.held[patient] = held  # the newest arrival last
             oldest = pc.min(part[time_column]).value
             held.first_us = oldest if held.first_us < 0 else min(held.first_us, oldest)
             chunks = held.chunks[kind]
             chunks.append(part)
             if len(chunks) >= _COMPACT_AT:
                 self._compact(held)
+        self.sweep()
+
+    def end(self, patient: str) -> None:
+        """The patient's run ended (their stream's closing watermark): nothing more arrives to keep it for."""
+        if self.held.pop(patient, None) is not None:
+            self.dropped += 1
+
+    def sweep(self) -> None:
+        """Drop the patients idle past `idle_ttl_s`, then the least recently fed beyond `max_patients`."""
+        idle_before = self.clock() - self.idle_ttl_s
+        while self.held:
+            patient, held = next(iter(self.held.items()))
+            if held.arrived_s >= idle_before and len(self.held) <= self.max_patients:
+                return
+            del self.held[patient]
+            self.dropped += 1
 
     def _compact(self, held: _Held) -> None:
         """Join each kind's chunks; drop the vitals older than the window before the newest."""
@@ -361,7 +390,8 @@ class RecordStore:
         if held is None or held.run_id != run:
             if held is not None:  # the lake's run is not the one arriving: nothing to join
                 return lake_record
-            held = self.held[patient] = _Held(run)
+            held = self.held[patient] = _Held(run, arrived_s=self.clock())
+            self.sweep()
         lake_us = to_us(lake_record.as_of)
         if held.first_us >= 0 and lake_us < held.first_us:
             return lake_record  # a gap between the lake and the first NATS rows: try again later

@@ -22,10 +22,11 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm import tqdm
 
-from outcomes.calibration import expected_calibration_error, fit_temperature
+from outcomes.calibration import expected_calibration_error, fit_temperature, sigmoid
 from outcomes.conformal import ClassConformal, RegressionConformal
 from outcomes.contract import CLASS_HEADS, COVERAGE_TARGET, REGRESSION_HEADS
 from outcomes.dataset import OutcomeDataset
+from outcomes.linear_head import LinearHead
 from outcomes.model import REGRESSION_SCALE, OutcomeConfig, OutcomeModel, OutcomeNet
 
 
@@ -37,6 +38,30 @@ class TrainConfig:
     weight_decay: float = 1e-4
     regression_weight: float = 0.5
     model: OutcomeConfig = field(default_factory=OutcomeConfig)
+    # serve logistic regression on a risk where it ranks the validation patients better: off by default, since at
+    # the default size (198 validation patients) the choice followed the noise (docs/OUTCOMES.md, run D)
+    choose_heads: bool = False
+
+
+def _auroc(y: np.ndarray, p: np.ndarray) -> float:
+    keep = ~np.isnan(y)
+    return float(roc_auc_score(y[keep], p[keep])) if 0 < np.nansum(y) < keep.sum() else float("nan")
+
+
+def choose_heads(model: OutcomeModel, train: OutcomeDataset, validation: OutcomeDataset) -> None:
+    """Per risk, serve whichever ranks the validation patients better (AUROC): the network, or logistic
+    regression on the flattened inputs fitted to the same training samples (`outcomes.linear_head`; the
+    baseline `train outcome` reports). Sets `model.linear_heads` and `model.validation_auroc`; the validation
+    patients are the calibration ones (never trained on; the test patients are never looked at)."""
+    p = sigmoid(model._passes(validation.inputs)[:, :, :len(CLASS_HEADS)]).mean(axis=0)
+    for i, h in enumerate(CLASS_HEADS):
+        linear = LinearHead.fit(train.inputs, train.labels[h])
+        y = validation.labels[h]
+        scores = {"hybrid": _auroc(y, p[:, i]),
+                  "logistic_regression": _auroc(y, linear.logit(validation.inputs)) if linear else float("nan")}
+        model.validation_auroc[h] = {k: round(v, 4) for k, v in scores.items()}
+        if scores["logistic_regression"] > scores["hybrid"]:  # NaN (a class missing) compares False
+            model.linear_heads[h] = linear
 
 
 def _targets(ds: OutcomeDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +126,8 @@ def train_outcome(train: OutcomeDataset, calibration: OutcomeDataset, *, config:
         raise ValueError("train and calibration must both hold samples")
     net = _fit_net(train, config, seed, progress, init)
     model = OutcomeModel(net, {h: 1.0 for h in CLASS_HEADS}, {h: 0.5 for h in CLASS_HEADS}, {}, {})
+    if config.choose_heads:
+        choose_heads(model, train, calibration)
     passes = model._passes(calibration.inputs)
     for i, h in enumerate(CLASS_HEADS):
         model.temperatures[h] = fit_temperature(passes[:, :, i], calibration.labels[h])

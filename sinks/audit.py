@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import DeltaError
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from core.events import AUDIT
 from sinks import delta
@@ -43,10 +43,17 @@ def row_hash(row: dict) -> str:
     return hashlib.sha256((row["prev_hash"] + canonical).encode()).hexdigest()
 
 
+# Every chained row's commit records this Delta app transaction: two writers that chained a row to the same head
+# conflict, and the second chains again after the first's row (an `s3://` lake has no file lock to take)
+CHAIN_APP_ID = "biopilot-audit-chain"
+CHAIN_RETRIES = 20
+
+
 @contextlib.contextmanager
 def lake_lock(lake: str, name: str) -> Iterator[None]:
     """Serialises appenders of one table across processes (the dashboard, `biopilot token revoke`, `biopilot
-    models`) on a local lake, by an flock on `<lake>/.<name>.lock`; a remote lake has one appender, the dashboard."""
+    models`) on a local lake, by an flock on `<lake>/.<name>.lock`; on a remote lake there is none (the audit
+    chain's commits conflict instead: `CHAIN_APP_ID`)."""
     if "://" in lake:
         yield
         return
@@ -82,13 +89,12 @@ class AuditLog:
         chained = _chained(rows).to_pylist() if rows is not None else []
         return (chained[-1]["seq"] + 1, chained[-1]["hash"]) if chained else (0, GENESIS)
 
-    def _open(self) -> DeltaTable | None:
+    def _open(self) -> DeltaTable:
         if self._table is None:
-            self._table = delta.open_table(self.lake, TABLE)
-            if self._table is not None:
-                properties = delta.table_properties(TABLE)
-                if any(self._table.metadata().configuration.get(k) != v for k, v in properties.items()):
-                    self._table.alter.set_table_properties(properties)  # a table from before they were set
+            self._table = delta.create_table(self.lake, TABLE, AUDIT)
+            properties = delta.table_properties(TABLE)
+            if any(self._table.metadata().configuration.get(k) != v for k, v in properties.items()):
+                self._table.alter.set_table_properties(properties)  # a table from before they were set
             self._head = None
             return self._table
         version = self._table.version()
@@ -97,27 +103,37 @@ class AuditLog:
             self._head = None
         return self._table
 
+    @staticmethod
+    def _commit(table: DeltaTable, data: pa.Table, seq: int) -> None:
+        """Commit one chained row with the chain's app transaction at `seq`: of two processes committing on the
+        same head, the second is refused (a concurrent transaction of the same app id), lock or no lock. Merge:
+        an audit table from before the chain gains the new columns (null in old rows)."""
+        write_deltalake(table, data, mode="append", schema_mode="merge", writer_properties=delta.WRITER,
+                        commit_properties=CommitProperties(app_transactions=[Transaction(CHAIN_APP_ID, seq)]))
+
     def append(self, row: dict) -> dict:
         """Chain `row` (ts, actor, role, token_id, action, target, payload_json, request_id, client, result)
         and commit it; returns the row as written (with seq, prev_hash, hash)."""
         with self._lock, lake_lock(self.lake, "audit"):
-            table = self._open()
-            if self._head is None:
-                self._head = self._read_head()
-            seq, prev_hash = self._head
-            chained = {**row, "seq": seq, "prev_hash": prev_hash}
-            chained["hash"] = row_hash(chained)
-            data = pa.Table.from_pylist([chained], schema=AUDIT)
-            try:
-                if table is None:
-                    delta.append(self.lake, TABLE, data, AUDIT)
-                else:  # merge: an audit table from before the chain gains the new columns (null in old rows)
-                    write_deltalake(table, data, mode="append", schema_mode="merge", writer_properties=delta.WRITER)
-            except Exception:
-                self._table = None  # unknown state: reopen and reread the head next time
-                raise
+            for attempt in range(CHAIN_RETRIES):
+                table = self._open()
+                if self._head is None:
+                    self._head = self._read_head()
+                seq, prev_hash = self._head
+                chained = {**row, "seq": seq, "prev_hash": prev_hash}
+                chained["hash"] = row_hash(chained)
+                try:
+                    self._commit(table, pa.Table.from_pylist([chained], schema=AUDIT), seq)
+                    break
+                except CommitFailedError:  # another process chained a row to this head first: again, after it
+                    self._table = None
+                    if attempt == CHAIN_RETRIES - 1:
+                        raise
+                except Exception:
+                    self._table = None  # unknown state: reopen and reread the head next time
+                    raise
             self._head = (seq + 1, chained["hash"])
-            if table is not None and table.version() % delta.CHECKPOINT_INTERVAL == 0:
+            if table.version() % delta.CHECKPOINT_INTERVAL == 0:
                 # as the Appender does: one-row files and a handle replaying commits since its checkpoint
                 # each slow every later append; merged (not vacuumed: the history stays) and reopened
                 self._table = None

@@ -2,20 +2,37 @@
 
 Sensor readings are quantised to instrument resolution, so dictionary encoding keeps the files small; the
 writer streams record batches (a `RecordBatchReader`) so a fleet never has to sit in memory at once.
+
+The lake is a local folder or `s3://bucket/prefix`: every table is opened here with the object store's options
+(`core.config.lake_storage_options`: the settings' endpoint, keys and region, commits by conditional PUT) and every read goes
+through a pyarrow filesystem made from the same options, so nothing else needs to know where the lake is.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from deltalake import ColumnProperties, DeltaTable, WriterProperties, write_deltalake
-from deltalake.exceptions import DeltaError, TableNotFoundError
+import pyarrow.fs as pafs
+from deltalake import (
+    ColumnProperties,
+    CommitProperties,
+    DeltaTable,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+
+from core.config import lake_storage_options
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +82,40 @@ SMALL_FILE_BYTES = 2 << 20
 VACUUM_AFTER_HOURS = 1
 
 
+def is_remote(lake: str | Path) -> bool:
+    """Whether the lake is on object storage (a URL), not a local folder."""
+    return "://" in str(lake)
+
+
 def table_uri(lake: str | Path, name: str) -> str:
     lake = str(lake)
-    return f"{lake.rstrip('/')}/{name}" if "://" in lake else str(Path(lake) / name)
+    return f"{lake.rstrip('/')}/{name}" if is_remote(lake) else str(Path(lake) / name)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(options: tuple[tuple[str, str], ...]) -> pafs.S3FileSystem:
+    given = dict(options)
+    endpoint = urlsplit(given.get("AWS_ENDPOINT_URL", ""))
+    return pafs.S3FileSystem(access_key=given.get("AWS_ACCESS_KEY_ID"), secret_key=given.get("AWS_SECRET_ACCESS_KEY"),
+                             region=given["AWS_REGION"], endpoint_override=endpoint.netloc or None,
+                             scheme=endpoint.scheme or "https")
+
+
+def filesystem(uri: str | Path) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of a lake path or URL (the lake's object store, with its settings, for `s3://`)
+    and the path within it."""
+    options = lake_storage_options(uri)
+    if options is None:
+        return pafs.LocalFileSystem(), str(Path(uri).resolve())
+    return _s3_filesystem(tuple(sorted(options.items()))), str(uri).split("://", 1)[1]
+
+
+def _files(lake: str | Path, table: DeltaTable) -> tuple[list[str], pafs.FileSystem | None]:
+    """The snapshot's data files and the filesystem pyarrow reads them through."""
+    uris = table.file_uris()
+    if lake_storage_options(lake) is None:
+        return uris, None
+    return [uri.split("://", 1)[1] for uri in uris], filesystem(lake)[0]
 
 
 def table_properties(name: str) -> dict[str, str]:
@@ -79,7 +127,7 @@ def table_properties(name: str) -> dict[str, str]:
 
 def open_table(lake: str | Path, name: str) -> DeltaTable | None:
     try:
-        return DeltaTable(table_uri(lake, name))
+        return DeltaTable(table_uri(lake, name), storage_options=lake_storage_options(lake))
     except TableNotFoundError:
         return None
 
@@ -96,16 +144,76 @@ def _prepared(data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch], 
     return data
 
 
+AppTransaction = tuple[str, int]  # a Delta app transaction (`txn`): the writer's id, and the version it commits
+
+
+# a flow's partitions append to one table at each epoch's end at once: blind appends, which a retry always
+# resolves, so they retry for longer than deltalake's default before the sink gives up
+PARTITIONED_COMMIT_RETRIES = 100
+
+
+def _commit_properties(app_transaction: AppTransaction | None) -> CommitProperties | None:
+    if app_transaction is None:
+        return None
+    return CommitProperties(app_transactions=[Transaction(app_id=app_transaction[0], version=app_transaction[1])],
+                            max_commit_retries=PARTITIONED_COMMIT_RETRIES)
+
+
 def append(lake: str | Path, name: str, data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
-           schema: pa.Schema) -> None:
-    """Append rows in one commit; `data` may be a stream of batches of `schema`."""
+           schema: pa.Schema, app_transaction: AppTransaction | None = None) -> None:
+    """Append rows in one commit; `data` may be a stream of batches of `schema`. `app_transaction`: recorded with
+    the commit in the same atomic step (`transaction_version` reads it back): a writer's idempotence key."""
     data = _prepared(data, schema)
     if data is None:
         return
-    if "://" not in str(lake):
+    if not is_remote(lake):
         Path(lake).mkdir(parents=True, exist_ok=True)
     write_deltalake(table_uri(lake, name), data, mode="append", writer_properties=WRITER,
-                    configuration=table_properties(name))
+                    configuration=table_properties(name), storage_options=lake_storage_options(lake),
+                    commit_properties=_commit_properties(app_transaction))
+
+
+def create_table(lake: str | Path, name: str, schema: pa.Schema) -> DeltaTable:
+    """The table, made empty with its properties if it does not exist: of processes making it at once one does,
+    and the others open it (a first commit that both create and append would not conflict with another's)."""
+    if not is_remote(lake):
+        Path(lake).mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(DeltaError):  # another process made it between our check and our commit
+        DeltaTable.create(table_uri(lake, name), schema, mode="ignore", configuration=table_properties(name),
+                          storage_options=lake_storage_options(lake))
+    table = open_table(lake, name)
+    if table is None:
+        raise DeltaError(f"table {name} could not be made in {lake}")
+    return table
+
+
+def transaction_version(lake: str | Path, name: str, app_id: str) -> int | None:
+    """The last version `app_id` committed to table `name` (`append`'s `app_transaction`), None if none."""
+    table = open_table(lake, name)
+    return None if table is None else table.transaction_version(app_id)
+
+
+def prepare_tables(lake: str | Path, names: Iterable[str]) -> None:
+    """Give the existing tables among `names` their properties (`table_properties`) now, before several writers
+    append to them: a metadata change aborts the appends committed beside it."""
+    for name in names:
+        table = open_table(lake, name)
+        properties = table_properties(name)
+        if table is not None and any(table.metadata().configuration.get(k) != v for k, v in properties.items()):
+            table.alter.set_table_properties(properties)
+
+
+CREATION_RACE_RETRIES = 8
+
+
+def _landed(table: DeltaTable, app_transaction: AppTransaction | None) -> bool:
+    """Whether a commit that raised had landed all the same: its answer lost (the object store restarting),
+    deltalake's retry of it refused as a concurrent transaction by itself. Its `txn` says so; appending again
+    would commit its rows twice."""
+    if app_transaction is None:
+        return False
+    done = table.transaction_version(app_transaction[0])
+    return done is not None and done >= app_transaction[1]
 
 
 class Appender:
@@ -115,7 +223,8 @@ class Appender:
     reads only newer log entries if another writer committed in between). But a handle also replays every
     commit since the checkpoint it was opened at, so it is reopened every 100 commits, just after Delta writes
     a checkpoint: a handle kept for good slows down as its table grows, more than opening afresh for each
-    commit (docs/PERFORMANCE.md). Every `compact_every` commits of a table its small files are compacted.
+    commit (docs/PERFORMANCE.md). Every `compact_every` commits of a table its small files are compacted (never
+    if None: one of several writers of a table compacts).
 
     >>> import tempfile
     >>> appender = Appender(tempfile.mkdtemp(), compact_every=2)
@@ -126,20 +235,28 @@ class Appender:
     ([0, 1, 2], 2)
     """
 
-    def __init__(self, lake: str | Path, compact_every: int = COMPACT_EVERY) -> None:
+    def __init__(self, lake: str | Path, compact_every: int | None = COMPACT_EVERY) -> None:
         self.lake, self.compact_every = lake, compact_every
         self.tables: dict[str, DeltaTable] = {}
         self.commits: dict[str, int] = defaultdict(int)  # per table, since its last compaction
 
     def append(self, name: str, data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
-               schema: pa.Schema) -> None:
+               schema: pa.Schema, app_transaction: AppTransaction | None = None) -> None:
         table = self.tables.get(name)
         if table is None:
             table = open_table(self.lake, name)
             if table is None:  # the first commit creates the table
-                append(self.lake, name, data, schema)
-                self.commits[name] += 1
-                return
+                try:
+                    append(self.lake, name, data, schema, app_transaction)
+                    self.commits[name] += 1
+                    return
+                except DeltaError:  # another writer created it first: append to theirs
+                    table = open_table(self.lake, name)
+                    if table is None:
+                        raise
+                    if _landed(table, app_transaction):
+                        self.commits[name] += 1
+                        return
             properties = table_properties(name)
             if any(table.metadata().configuration.get(k) != v for k, v in properties.items()):
                 table.alter.set_table_properties(properties)  # a table from before they were set
@@ -147,9 +264,28 @@ class Appender:
         data = _prepared(data, schema)
         if data is None:
             return
-        write_deltalake(table, data, mode="append", writer_properties=WRITER)
+        try:
+            write_deltalake(table, data, mode="append", writer_properties=WRITER,
+                            commit_properties=_commit_properties(app_transaction))
+        except CommitFailedError:
+            # a concurrent commit changed the metadata (another process's creation of the table landing just
+            # after ours, a properties change): ours was refused whole, so it is made again on the table as it
+            # is now (a stream of batches, already consumed, cannot be: the caller retries it)
+            if not isinstance(data, pa.Table):
+                raise
+            for attempt in range(CREATION_RACE_RETRIES):  # several partitions of a flow may create it at once
+                table = self.tables[name] = open_table(self.lake, name)
+                if _landed(table, app_transaction):
+                    break
+                try:
+                    write_deltalake(table, data, mode="append", writer_properties=WRITER,
+                                    commit_properties=_commit_properties(app_transaction))
+                    break
+                except CommitFailedError:
+                    if attempt == CREATION_RACE_RETRIES - 1:
+                        raise
         self.commits[name] += 1
-        if self.commits[name] >= self.compact_every:
+        if self.compact_every is not None and self.commits[name] >= self.compact_every:
             self.commits[name] = 0
             del self.tables[name]  # reopened from the newest checkpoint, whatever version the compaction reached
             try:
@@ -170,7 +306,8 @@ def read(lake: str | Path, name: str, columns: list[str] | None = None, run_ids:
     # pyarrow's own Parquet reader over the snapshot's files: reading through deltalake's dataset bridge
     # aborted the process at exit about one time in three ("terminate called without an active exception")
     schema = pa.schema(table.schema().to_arrow())
-    dataset = ds.dataset(table.file_uris(), format="parquet", schema=schema)
+    files, filesystem = _files(lake, table)
+    dataset = ds.dataset(files, format="parquet", schema=schema, filesystem=filesystem)
     flt = None
     if run_ids is not None:
         flt = pc.field("run_id").isin(pa.array(list(run_ids), pa.string()))

@@ -1,25 +1,28 @@
-"""Bytewax sink writing the flow's outputs to Delta in micro-batches, idempotently.
+"""Bytewax sink writing the flow's outputs to Delta in micro-batches, idempotently, one partition per partition
+of the units (`sources.jetstream.unit_partition`).
 
-Items are `(table_name, pa.Table)`. Rows are buffered per table and committed when a table reaches
-`max_rows`, when the oldest buffered row is `max_age_s` old, and at the end of every epoch. Commits happen on a
-writer thread, so scoring goes on while a micro-batch is written. A re-delivered row is recognised by its key
-and skipped: ticks, scores and late ticks by (run, seq) — the flow releases a run's ticks in seq order, so a
-per-run high-water mark is enough — alerts by alert id, assays by (run, sample time), dead letters by stream
-sequence. The keys already in the lake are read once when the partition starts.
+Items are `(table_name, pa.Table)`. Rows are buffered per table and committed on a writer thread, so scoring
+goes on while a micro-batch is written.
 
-With a recovery store the sink keeps a write-ahead log (`wal_dir`, beside the store): rows are appended there
-as Arrow IPC as they come, each micro-batch's segment is sealed when it goes to the writer and removed once
-committed, and an epoch's snapshot only seals the open segment. A restarted partition first commits the
-segments left over, in the order they were written (the idempotent keys skip what had landed), so every row a
-stored epoch acknowledged reaches Delta although no snapshot waited for a commit. Waiting held the dataflow
-thread up at each epoch's end, alerts included; carrying the rows in the snapshot was worse (Bytewax pickled
-them into its store every epoch). The segments are not fsynced (an fsync each epoch would cost the dataflow
-thread too): a crash of the process leaves them in the page cache, and against a power cut the stack is no
-stronger than its broker, whose JetStream file store syncs every two minutes by default. The measured
-trade-offs: docs/PERFORMANCE.md, "The figures behind the design".
+With a recovery store each partition keeps its own write-ahead log (`wal_dir`, beside the store) and commits
+like a two-phase sink: rows are appended to the log as Arrow IPC as they come; a segment is sealed at each
+epoch's end (and at `max_rows`); the epoch's snapshot is the number of the next segment; and a segment is
+committed only once the epoch that sealed it is in the recovery store, one epoch later (as the source's acks
+are), each table's commit carrying a Delta app transaction (`txn`: this partition's id, the segment's number).
+A restarted partition commits the segments its stored snapshot acknowledged, skipping a table whose `txn`
+version shows it already has them, and deletes the later ones: the source replays their input. So no key is
+scanned and no row lands twice, whichever partition, process or machine commits (docs/SCALE-OUT.md). Rows reach
+Delta up to two epochs after they came; alerts do not wait (they go to NATS). The segments are not fsynced: a
+crash of the process leaves them in the page cache, and against a power cut the stack is no stronger than its
+broker. The measured trade-offs: docs/PERFORMANCE.md, "The figures behind the design".
+
 Without a recovery store (`wal_dir=None`) nothing keeps a snapshot and delivery around a crash is best effort:
-the snapshot only hands the buffer to the writer; at most two sealed micro-batches wait for it (the dataflow
-thread waits beyond that), which keeps the commits close behind.
+micro-batches are committed when a table reaches `max_rows`, when the oldest buffered row is `max_age_s` old
+and at the end of every epoch; a re-delivered row is recognised by its key and skipped (ticks, scores and late
+ticks by (run, seq) — the flow releases a run's ticks in seq order, so a per-run high-water mark is enough —
+alerts by alert id, assays by (run, sample time), dead letters by stream sequence: the keys in the lake are read
+once when the partition starts). At most two sealed micro-batches wait for the writer (the dataflow thread
+waits beyond that), which keeps the commits close behind.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ KEY_COLUMNS = {"alerts": ["alert_id"], "late_ticks": ["run_id", "seq"], "assays"
                "deadletter": ["stream_seq"], "late_vitals": ["run_id", "seq"], "labs": ["run_id", "sample_ts"],
                "doses": ["run_id", "ts", "drug"], "twin_forecasts": ["run_id", "fitted_ts", "ts", "dosing"],
                "recipes": ["run_id", "recipe_hash"], "annotations": ["run_id", "ts", "kind"]}
+FLOW_TABLES = (*SEQ_KEYED, *KEY_COLUMNS)  # every table the flow writes
+# no rows: an item the flow sends every partition once an epoch, so that Bytewax snapshots it (it snapshots only
+# the partitions an epoch brought items) and what the epoch before sealed goes to Delta
+EPOCH_ITEM: tuple[str, pa.Table] = ("", pa.table({}))
 # a micro-batch's rows at most: a Delta commit costs the same CPU whatever its size, and encoding a large
 # batch costs less per row than several small ones, so at full rate the batches are large; at live rates the
 # age limit closes them long before (docs/PERFORMANCE.md)
@@ -60,10 +67,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Batch:
-    """One micro-batch for the writer, with its write-ahead segment (deleted once it is committed)."""
+    """One micro-batch for the writer: its rows (None: read back from `segment`), its write-ahead segment
+    (deleted once it is committed) and that segment's number, the app-transaction version it commits with."""
 
-    parts: Parts
+    parts: Parts | None
     segment: Path | None = None
+    version: int | None = None
+    recovered: bool = False  # left by a previous process: a table may have it already
 
 
 class WriteAheadLog:
@@ -81,21 +91,29 @@ class WriteAheadLog:
         self.segment: BinaryIO | None = None
         self.next_number = 0
 
-    def leftovers(self) -> list[_Batch]:
-        """The batches a previous process wrote and never committed, oldest first."""
+    def leftovers(self, acknowledged_below: int) -> list[_Batch]:
+        """The segments a previous process sealed before its stored snapshot (numbered below
+        `acknowledged_below`), oldest first, to commit; the later ones and torn ones are deleted (the source
+        replays their input). Numbering goes on from `acknowledged_below`."""
         for torn in self.root.glob("*.tmp"):
             torn.unlink()
         batches = []
         for path in sorted(self.root.glob("*.batch")):
-            try:
-                parts = self._read(path.read_bytes())
-            except (pa.ArrowInvalid, struct.error, UnicodeDecodeError, ValueError) as err:
-                log.warning("skipping unreadable write-ahead segment %s: %s", path, err)
+            if int(path.stem) >= acknowledged_below:
                 path.unlink()
-                continue
-            batches.append(_Batch(parts, path))
-            self.next_number = int(path.stem) + 1
+            else:
+                batches.append(_Batch(None, path, int(path.stem), recovered=True))
+        self.next_number = acknowledged_below
         return batches
+
+    def read(self, path: Path) -> Parts | None:
+        """A sealed segment's tables; None, with a warning, if it cannot be read (then it is deleted)."""
+        try:
+            return self._read(path.read_bytes())
+        except (pa.ArrowInvalid, struct.error, UnicodeDecodeError, ValueError) as err:
+            log.warning("skipping unreadable write-ahead segment %s: %s", path, err)
+            path.unlink()
+            return None
 
     def _read(self, data: bytes) -> Parts:
         parts: Parts = defaultdict(list)
@@ -120,8 +138,8 @@ class WriteAheadLog:
     def _path(self, suffix: str) -> Path:
         return self.root / f"{self.next_number:012d}{suffix}"
 
-    def seal(self) -> Path | None:
-        """Close the open segment (the rows of the next flush go to a new one); its path, if there was one."""
+    def seal(self) -> _Batch | None:
+        """Close the open segment (the rows of the next flush go to a new one); it, if there was one."""
         if self.segment is None:
             return None
         self.segment.close()
@@ -129,7 +147,7 @@ class WriteAheadLog:
         path = self._path(".batch")
         os.replace(self._path(".tmp"), path)
         self.next_number += 1
-        return path
+        return _Batch(None, path, self.next_number - 1)
 
 
 def default_wal_dir(lake: str, consumer: str) -> str:
@@ -203,53 +221,67 @@ class _Dedupe:
                     del seen[key]
 
 
-class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
-    def __init__(self, lake: str, max_rows: int, max_age_s: float, wal_dir: str | Path | None = None) -> None:
-        self.lake, self.max_rows, self.max_age_s = lake, max_rows, max_age_s
-        self.dedupe = _Dedupe(lake)
-        self.appender = delta.Appender(lake)
+class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], int | None]):
+    def __init__(self, lake: str, max_rows: int, max_age_s: float, wal_dir: str | Path | None = None,
+                 app_id: str = "biopilot-flow", compacts: bool = True, resume_state: int | None = None) -> None:
+        self.lake, self.max_rows, self.max_age_s, self.app_id = lake, max_rows, max_age_s, app_id
+        # one partition compacts: the compaction's commit then never races another partition's
+        self.appender = delta.Appender(lake, delta.COMPACT_EVERY if compacts else None)
         self.buffers: Parts = defaultdict(list)
         self.rows: dict[str, int] = defaultdict(int)
         self.oldest: float | None = None
         self.wal = None if wal_dir is None else WriteAheadLog(wal_dir)
-        if self.wal is not None:
-            for batch in self.wal.leftovers():  # what the last process had acknowledged but not committed
-                self._commit(batch)
+        self.dedupe = _Dedupe(lake) if self.wal is None else None
         # batch assembly, de-duplication and commits run on a writer thread (Arrow and the Delta writer release
-        # the GIL), so the dataflow thread only hands tables over and keeps scoring and alerting. The writer also
-        # keeps the age limit: when the input pauses (a run ends, a replay is paused) the last rows land
-        # `max_age_s` later rather than at the end of the epoch, up to 5 s on. At most two sealed batches wait:
-        # the back-pressure. One condition guards the buffers, the log's open segment and the sealed batches.
+        # the GIL), so the dataflow thread only hands tables over and keeps scoring and alerting. Without a log
+        # the writer also keeps the age limit: when the input pauses (a run ends, a replay is paused) the last
+        # rows land `max_age_s` later rather than at the end of the epoch, up to 5 s on. At most two batches
+        # wait for the writer: the back-pressure. One condition guards the buffers, the log's open segment and
+        # the batches.
         self.changed = threading.Condition()
-        self.sealed: deque[_Batch] = deque()
+        self.sealed: deque[_Batch] = deque()  # for the writer, in order
+        self.held: list[_Batch] = []  # sealed in the epoch now ending: committed once the next one ends
+        self.acknowledged_below = resume_state or 0  # the segment number the last snapshot returned
+        if self.wal is not None:  # what the last process's stored snapshot acknowledged, and not deleted
+            self.sealed.extend(self.wal.leftovers(self.acknowledged_below))
         self.committing = False
         self.closing = False
         self.failure: BaseException | None = None
         self.writer = threading.Thread(target=self._write_loop, name="biopilot-delta-writer", daemon=True)
         self.writer.start()
+        if self.wal is not None:
+            self.wait_committed()  # a restarted partition's leftovers land before anything new
 
     def _commit(self, batch: _Batch) -> None:
-        for name, tables in batch.parts.items():
+        parts = batch.parts if batch.parts is not None or self.wal is None else self.wal.read(batch.segment)
+        for name, tables in (parts or {}).items():
+            if batch.recovered:
+                done = delta.transaction_version(self.lake, name, self.app_id)
+                if done is not None and done >= batch.version:
+                    continue  # the table had this segment before the crash
             schema = SCHEMAS[name]
             # one copy and one cast per table: casting each of the many message-sized parts (their fields
             # arrive nullable) one by one cost more, and Parquet encodes one chunk per column faster than many
             table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
-            table = self.dedupe.fresh(name, table if table.schema == schema else table.cast(schema))
+            table = table if table.schema == schema else table.cast(schema)
+            if self.dedupe is not None:
+                table = self.dedupe.fresh(name, table)
             if table.num_rows:
-                self.appender.append(name, table, schema)
+                self.appender.append(name, table, schema, None if batch.version is None
+                                     else (self.app_id, batch.version))
         if batch.segment is not None:
-            batch.segment.unlink()
+            batch.segment.unlink(missing_ok=True)
 
     def _next_batch(self) -> _Batch | None:
-        """The oldest sealed batch, sealing the buffers once their oldest row is `max_age_s` old; None at the
-        close (writer thread, with the condition held)."""
+        """The oldest batch for the writer, sealing the buffers once their oldest row is `max_age_s` old
+        (without a log); None at the close (writer thread, with the condition held)."""
         while True:
             if self.sealed:
                 self.changed.notify_all()  # room for the dataflow thread
                 return self.sealed.popleft()
             if self.closing:
                 return None
-            if self.oldest is None:
+            if self.oldest is None or self.wal is not None:
                 self.changed.wait()
                 continue
             due = self.oldest + self.max_age_s - time.monotonic()
@@ -269,6 +301,8 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
                 if self.failure is None:  # after a failure the segments stay for the next process
                     self._commit(batch)
             except BaseException as err:  # surfaced on the dataflow's thread at the next call
+                # and said here: in a cluster Bytewax aborts on it without its traceback (bytewax#318)
+                log.exception("Delta commit of %s failed", self.app_id)
                 self.failure = err
             finally:
                 with self.changed:
@@ -280,9 +314,13 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
             raise RuntimeError(f"Delta write failed: {self.failure}") from self.failure
 
     def _seal(self) -> None:
-        """Hand the buffered rows to the writer (with the condition held)."""
-        if self.buffers:
-            self.sealed.append(_Batch(dict(self.buffers), None if self.wal is None else self.wal.seal()))
+        """Hand the buffered rows on (with the condition held): to the writer, or with a log to the batches
+        held until their epoch is stored (their rows are on disk: not kept in memory)."""
+        if self.wal is not None:
+            if (batch := self.wal.seal()) is not None:
+                self.held.append(batch)
+        elif self.buffers:
+            self.sealed.append(_Batch(dict(self.buffers)))
             self.changed.notify_all()
         self.buffers = defaultdict(list)
         self.rows.clear()
@@ -291,11 +329,13 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
     def write_batch(self, values: list[tuple[str, pa.Table]]) -> None:
         self._check()
         with self.changed:
+            values = [v for v in values if v[0]]  # not the epoch's mark
             for name, table in values:
-                self.buffers[name].append(table)
                 self.rows[name] += table.num_rows
                 if self.wal is not None:
                     self.wal.append(name, table)
+                else:
+                    self.buffers[name].append(table)
             if self.oldest is None and values:
                 self.oldest = time.monotonic()
                 self.changed.notify_all()  # the writer's age clock starts
@@ -304,21 +344,37 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
             if len(self.sealed) > 2:  # the writer is behind (batches sealed by size, age or epoch): wait for it
                 self.changed.wait_for(lambda: len(self.sealed) <= 2 or self.failure is not None)
 
-    def snapshot(self) -> None:
-        """End of an epoch: every row handed over so far is on its way to Delta, and with a write-ahead log it is
-        in a sealed segment, so it survives a crash of the process."""
+    def snapshot(self) -> int | None:
+        """End of an epoch: every row handed over so far is on its way to Delta; with a write-ahead log it is in
+        a sealed segment, so it survives a crash of the process, and the segments of the epoch before (stored
+        by now) go to the writer. The state: the number of the next segment, below which everything is in a
+        stored epoch once this one is."""
         with self.changed:
+            if self.wal is not None:
+                ready = [b for b in self.held if b.version < self.acknowledged_below]
+                self.held = [b for b in self.held if b.version >= self.acknowledged_below]
+                self.sealed.extend(ready)
+                self.changed.notify_all()
             self._seal()
+            if self.wal is not None:
+                self.acknowledged_below = self.wal.next_number
+                if len(self.sealed) > 2:  # the writer is behind: wait for it
+                    self.changed.wait_for(lambda: len(self.sealed) <= 2 or self.failure is not None)
         self._check()
+        return None if self.wal is None else self.acknowledged_below
 
     def wait_committed(self) -> None:
-        """Until every sealed batch is in Delta (or failed)."""
+        """Until every batch given to the writer is in Delta (or failed)."""
         with self.changed:
             self.changed.wait_for(lambda: not self.sealed and not self.committing)
 
     def close(self) -> None:
+        """The input ended (a finite run): nothing is replayed, so everything goes to Delta now."""
         with self.changed:
             self._seal()
+            self.sealed.extend(self.held)
+            self.held = []
+            self.changed.notify_all()
         self.wait_committed()
         self._check()
         with self.changed:
@@ -327,19 +383,29 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], None]):
         self.writer.join(30)
 
 
-class LakeSink(FixedPartitionedSink[tuple[str, pa.Table], None]):
-    """`wal_dir`: where the write-ahead log lives; give one (beside the store) whenever the flow runs with a
-    recovery store, or rows in flight at a crash are lost."""
+def part_name(partition: int) -> str:
+    """A sink partition's key: the units' partition, zero-padded so that the keys sort in partition order."""
+    return f"p{partition:03d}"
+
+
+class LakeSink(FixedPartitionedSink[tuple[str, pa.Table], int | None]):
+    """`partitions` partitions, keyed `part_name(k)`: route each unit's rows to its partition's key (the same on
+    every process). `wal_dir`: where the write-ahead logs live (one folder per partition); give one (beside the
+    store) whenever the flow runs with a recovery store, or rows in flight at a crash are lost. `app_id`: the
+    flow's name in the Delta app transactions (`<app_id>/<partition>`); partition 0 compacts."""
 
     def __init__(self, lake: str | Path, max_rows: int = MAX_ROWS, max_age_s: float = 1.0,
-                 wal_dir: str | Path | None = None) -> None:
+                 wal_dir: str | Path | None = None, partitions: int = 1, app_id: str = "biopilot-flow") -> None:
         self.lake, self.max_rows, self.max_age_s, self.wal_dir = str(lake), max_rows, max_age_s, wal_dir
+        self.partitions, self.app_id = max(1, partitions), app_id
 
     def list_parts(self) -> list[str]:
-        return ["lake"]
+        return [part_name(k) for k in range(self.partitions)]
 
     def part_fn(self, item_key: str) -> int:
-        return 0
+        return int(item_key[1:])
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _LakePartition:
-        return _LakePartition(self.lake, self.max_rows, self.max_age_s, self.wal_dir)
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _LakePartition:
+        wal_dir = None if self.wal_dir is None else Path(self.wal_dir) / for_part
+        return _LakePartition(self.lake, self.max_rows, self.max_age_s, wal_dir, f"{self.app_id}/{for_part}",
+                              compacts=for_part == part_name(0), resume_state=resume_state)

@@ -14,10 +14,10 @@ import json
 import logging
 from datetime import datetime
 
-import nats
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from core.aio import BackgroundLoop
+from core.services import connect_nats
 
 log = logging.getLogger(__name__)
 MAX_BATCHES_IN_FLIGHT = 64  # back-pressure when the broker falls behind
@@ -36,7 +36,7 @@ def alert_json(alert: dict) -> bytes:
 class _Publisher(StatefulSinkPartition[Publish, None]):
     def __init__(self, url: str) -> None:
         self.io = BackgroundLoop()
-        self.nc = self.io.run(nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2))
+        self.nc = self.io.run(connect_nats(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2))
         self.js = self.nc.jetstream()
         self.in_flight: list[concurrent.futures.Future] = []
 

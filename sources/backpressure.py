@@ -27,18 +27,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 import nats.errors
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 
-from core.services import FLOW_DURABLE, STREAMS
+from core.services import FLOW_DURABLE, STREAMS, transform_partitions
 
 log = logging.getLogger(__name__)
 
 # a quarter of the stream: the flow may fall this far behind before producers wait, well inside what is kept
 DEFAULT_MAX_BYTES = STREAMS["TELEMETRY"].max_bytes // 4
+
+
+async def flow_consumers(js: JetStreamContext, durable: str = FLOW_DURABLE, stream: str = "TELEMETRY",
+                         ) -> list[ConsumerInfo]:
+    """The flow's consumers on `stream`: `durable`, and `<durable>-<k>` for each partition of the stream
+    (sources/jetstream.py)."""
+    partition = re.compile(re.escape(durable) + r"(-\d+)?")
+    return [c for c in await js.consumers_info(stream) if partition.fullmatch(c.name)]
+
+
+async def flow_backlog(js: JetStreamContext, durable: str = FLOW_DURABLE, stream: str = "TELEMETRY",
+                       ) -> tuple[int, int] | None:
+    """How far the flow's consumers are behind: (messages not yet delivered, delivered but not yet
+    acknowledged), summed; None while one of them (one per partition of the stream) does not exist yet."""
+    partitions = transform_partitions((await js.stream_info(stream)).config.subject_transform)
+    consumers = await flow_consumers(js, durable, stream)
+    if len(consumers) < 1 + partitions:
+        return None
+    return sum(c.num_pending for c in consumers), sum(c.num_ack_pending for c in consumers)
 
 
 class Backpressure:
@@ -95,14 +116,17 @@ class Backpressure:
         if self.js is None:
             return None
         try:
-            consumer = await self.js.consumer_info(self.stream, self.durable)
-            seq = consumer.delivered.stream_seq
+            consumers = await flow_consumers(self.js, self.durable, self.stream)
+            if not consumers:
+                return None
+            seq = sum(c.delivered.stream_seq for c in consumers)  # grows while any partition reads
+            pending = sum(c.num_pending for c in consumers)
             if self._stalled_at is not None:
                 if seq == self._stalled_at:
                     return None
                 self._stalled_at = None
                 log.info("the flow's consumer %r reads again: producers wait for it again", self.durable)
-            if not consumer.num_pending:
+            if not pending:
                 return 0.0, seq
             state = (await self.js.stream_info(self.stream)).state
         except NotFoundError:
@@ -111,7 +135,7 @@ class Backpressure:
             # the broker is away (a restart): the publish itself waits it out; asked again at the next check
             log.debug("could not ask the broker how far the flow is behind: %s", err)
             return None
-        return consumer.num_pending * state.bytes / max(1, state.messages), seq
+        return pending * state.bytes / max(1, state.messages), seq
 
     def held_text(self) -> str:
         """"held 2.3 s while the flow caught up", or "" when it never held the producer noticeably."""

@@ -55,6 +55,22 @@ def _draw(value: float | tuple[float, float], rng: np.random.Generator) -> float
     return float(rng.uniform(*value)) if isinstance(value, tuple) else float(value)
 
 
+def true_assays(y: np.ndarray) -> dict[str, float]:
+    """What a perfect off-line assay of state `y` reads (the sampled assays add `ASSAY_CV` to it)."""
+    total = y[K.S_XV] + y[K.S_XD]
+    return {
+        "vcd_e6_per_ml": y[K.S_XV],
+        "viability_pct": 100.0 * y[K.S_XV] / total if total > 0 else 0.0,
+        "glucose_g_l": y[K.S_GLC] * K.GLUCOSE_G_PER_MMOL,
+        "lactate_g_l": y[K.S_LAC] * K.LACTATE_G_PER_MMOL,
+        "glutamine_mm": y[K.S_GLN],
+        "ammonia_mm": y[K.S_AMM],
+        "osmolality_mosm_kg": y[K.S_OSM_SALTS] + y[K.S_GLC] + y[K.S_GLN] + y[K.S_LAC] + y[K.S_AMM],
+        "titer_g_l": y[K.S_TITER],
+        "hcp_ng_ml": y[K.S_HCP],
+    }
+
+
 @dataclass
 class Chunk:
     ticks: pa.RecordBatch
@@ -169,6 +185,31 @@ class Fleet:
         self.inject_fault(k, spec.fault, start_h, _draw(spec.duration_h, rng), _draw(spec.magnitude, rng),
                           spec.signal)
 
+    @classmethod
+    def stack(cls, fleets: list[Fleet]) -> Fleet:
+        """One fleet advancing the reactors of `fleets` together, each keeping its own recipe, kinetics, faults
+        and random streams (a design's runs, each on its own settings: `design.twin`). They must share the
+        run's length, tick and measurement settings, which the integrator and the sensors take fleet-wide."""
+        first = fleets[0]
+        for other in fleets[1:]:
+            a, b = first.scenario, other.scenario
+            if (a.days, a.tick_s, a.measurement) != (b.days, b.tick_s, b.measurement):
+                raise ValueError("stacked fleets must share days, tick_s and measurement settings")
+        if any(f.seq.any() for f in fleets):
+            raise ValueError("stack fleets before they advance")
+        fleet = cls.__new__(cls)
+        vars(fleet).update(vars(first))
+        for name in ("indices", "reactor_ids", "run_ids", "rngs", "started", "labels"):
+            setattr(fleet, name, [x for f in fleets for x in getattr(f, name)])
+        width = max(f.bolus.shape[1] for f in fleets)
+        padded = [np.concatenate([f.bolus, np.tile([np.inf, 0.0], (f.n, width - f.bolus.shape[1], 1))], axis=1)
+                  for f in fleets]
+        fleet.bolus = np.concatenate(padded)
+        for name in ("p", "c", "y", "mem", "t_h", "seq", "faults", "sensor_faults", "drift_rate"):
+            setattr(fleet, name, np.concatenate([getattr(f, name) for f in fleets]))
+        fleet.n = sum(f.n for f in fleets)
+        return fleet
+
     # ---- live changes ---------------------------------------------------------------------------------
     def inject_fault(self, k: int, fault: str, start_h: float, duration_h: float, magnitude: float,
                      signal: str | None = None) -> Label:
@@ -222,8 +263,10 @@ class Fleet:
     def done(self) -> bool:
         return self.remaining_ticks <= 0
 
-    def step(self, n_ticks: int) -> Chunk:
-        """Advance every reactor by `n_ticks` ticks; returns their measured ticks and the assays drawn."""
+    def step(self, n_ticks: int, measure_ticks: bool = True) -> Chunk:
+        """Advance every reactor by `n_ticks` ticks; returns their measured ticks and the assays drawn. Without
+        `measure_ticks` the ticks batch is empty (a study that needs only the assays: 2-3x faster); the online
+        sensors' noise stream is then not drawn, the process and the assays are the same."""
         n_ticks = min(n_ticks, self.remaining_ticks)
         if n_ticks <= 0:
             return Chunk(pa.RecordBatch.from_pylist([], schema=TICKS), ASSAYS.empty_table())
@@ -236,6 +279,8 @@ class Fleet:
         n_samples = np.zeros(self.n, dtype=np.int64)
         R.advance_fleet(self.y, self.mem, self.p, self.c, self.bolus, self.faults, self.t_h, self.seq,
                         self.dt_s, n_ticks, sample_every, sample_phase, true, samples, n_samples)
+        if not measure_ticks:
+            return Chunk(pa.RecordBatch.from_pylist([], schema=TICKS), self._assays(samples, n_samples))
         measured = np.empty((R.N_SIGNAL, self.n, n_ticks))
         offsets = np.empty((self.n, R.N_SIGNAL), dtype=np.int64)
         days = n_ticks * self.dt_s / 86400.0
@@ -274,18 +319,7 @@ class Fleet:
             for j in range(int(n_samples[k])):
                 seq, y = int(samples[k, j, 0]), samples[k, j, 1:]
                 sample_ts = self.started[k] + timedelta(seconds=seq * self.dt_s)
-                total = y[K.S_XV] + y[K.S_XD]
-                true = {
-                    "vcd_e6_per_ml": y[K.S_XV],
-                    "viability_pct": 100.0 * y[K.S_XV] / total if total > 0 else 0.0,
-                    "glucose_g_l": y[K.S_GLC] * K.GLUCOSE_G_PER_MMOL,
-                    "lactate_g_l": y[K.S_LAC] * K.LACTATE_G_PER_MMOL,
-                    "glutamine_mm": y[K.S_GLN],
-                    "ammonia_mm": y[K.S_AMM],
-                    "osmolality_mosm_kg": y[K.S_OSM_SALTS] + y[K.S_GLC] + y[K.S_GLN] + y[K.S_LAC] + y[K.S_AMM],
-                    "titer_g_l": y[K.S_TITER],
-                    "hcp_ng_ml": y[K.S_HCP],
-                }
+                true = true_assays(y)
                 noise = rng.standard_normal(len(ASSAY_CV))
                 values = {name: float(max(0.0, v * (1.0 + ASSAY_CV[name] * n)))
                           for (name, v), n in zip(true.items(), noise, strict=True)}

@@ -1,10 +1,12 @@
-"""A Bytewax source over NATS JetStream: batched pulls from a durable consumer, resumable after a crash.
+"""A Bytewax source over NATS JetStream: batched pulls from durable consumers, one per partition of the stream
+(`core.services.telemetry_transform`), resumable after a crash.
 
-The partition's snapshot is the stream sequence below which everything was handed to the flow; Bytewax
-stores it with the epoch, and a resumed partition re-creates its consumer to start right after it. Without a
-recovery store the durable consumer's acks are the resume point (messages are acked one epoch after they were
-handed over, when the sinks have committed them), so a restarted flow still continues where the last one
-stopped; a message lost in transit is redelivered after `ack_wait`. A broker outage is waited out.
+A partition's snapshot is the highest stream sequence it handed to the flow; Bytewax stores it with the epoch,
+and a resumed partition re-creates its consumer to start right after it. Without a recovery store the durable
+consumer's acks are the resume point (messages are acked one epoch after they were handed over, when the sinks
+have committed them), so a restarted flow still continues where the last one stopped; a message lost in
+transit makes the consumer start again after the last one handed over. A broker outage is waited out. The
+partitions of a Bytewax cluster's processes share the work (docs/SCALE-OUT.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import nats
@@ -26,7 +29,7 @@ from nats.js.api import DEFAULT_PREFIX, AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from core.aio import BackgroundLoop
-from core.services import FLOW_DURABLE
+from core.services import FLOW_DURABLE, connect_nats, transform_partitions
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,12 @@ class Message:
     data: bytes
     headers: dict[str, str]
     stream_seq: int
+
+
+# Handed to the flow once per epoch by every partition, before its messages: Bytewax snapshots a sink partition
+# only in an epoch that brought it items, and the lake's sink commits what an epoch sealed at a later snapshot
+# (sinks/lake_sink.py), so every sink partition is sent one at each epoch (flows/monitor.py).
+EPOCH_MARK = Message("", b"", {}, 0)
 
 
 class ContinuousPull:
@@ -133,96 +142,136 @@ class ContinuousPull:
                 await self.sub.unsubscribe()
 
 
-class _Partition(StatefulSourcePartition[Message, int]):
-    def __init__(self, url: str, stream: str, durable: str, subjects: list[str], batch: int, wait_s: float,
-                 resume_seq: int | None) -> None:
+API_TIMEOUT_S = 30.0  # consumer requests, answered behind a backlog's messages when the broker is busy
+
+
+class _Client:
+    """A partition's NATS connection and the thread it lives on. (One shared by a process's partitions timed
+    out its consumer requests behind the other partitions' messages while they pulled a backlog.)"""
+
+    def __init__(self, url: str, reconnected: Callable[[], Awaitable[None]]) -> None:
         self.io = BackgroundLoop()
-        self.url, self.stream, self.durable, self.subjects = url, stream, durable, subjects
-        self.batch, self.wait_s = batch, wait_s
-        self.floor = resume_seq or 0  # every stream sequence <= floor has been handed to the flow
-        self.above: set[int] = set()  # handed over, above the floor (a gap below them is still coming)
+        self.nc = self.io.run(connect_nats(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                                           connect_timeout=5, pending_size=256 * 1024 * 1024,
+                                           reconnected_cb=reconnected))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.io.run(self.nc.close(), timeout=5)
+        self.io.close()
+
+
+class _Partition(StatefulSourcePartition[Message, int]):
+    """One consumer's messages. The snapshot (`floor`) is the highest stream sequence handed to the flow: a
+    consumer with a filter sees a sparse subset of the stream's sequences, so the gaps below it say nothing; one
+    connection delivers in stream order, so everything of the filter below the floor was handed over too. A
+    message lost in transit goes with its connection: after a reconnect the consumer is made again to start
+    right after the floor (a redelivery after `ack_wait` would come below it, taken for a repeat)."""
+
+    def __init__(self, url: str, stream: str, durable: str, subjects: list[str], batch: int, wait_s: float,
+                 resume_seq: int | None, partitioned: bool) -> None:
+        self.stream, self.durable, self.subjects = stream, durable, subjects
+        self.batch, self.wait_s, self.partitioned = batch, wait_s, partitioned
+        self.floor = resume_seq or 0  # every stream sequence <= floor of this filter has been handed to the flow
         self.unacked: list[str] = []  # reply subjects: no payloads kept alive
         self.ack_next: list[str] = []
         self.stream_first_seq = 0  # the stream's oldest message, as last asked (an epoch ago)
-        self.discarded = 0  # messages the broker dropped before the flow read them
+        self.discarded = 0  # messages the broker dropped before the flow read them (at most)
         self.asking: concurrent.futures.Future | None = None
-        self.nc = None
         self.pull: ContinuousPull | None = None
+        self.resuming: asyncio.Task | None = None  # the consumer made again after a reconnect
+        self.epoch_marked = False
+        self.client = _Client(url, self.reconnected)
+        self.io, self.nc = self.client.io, self.client.nc
         self.io.run(self._connect(resume_seq))
 
-    async def _connect(self, resume_seq: int | None) -> None:
-        async def reconnected() -> None:
-            if self.pull:
-                await self.pull.reconnected()
-
-        self.nc = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
-                                     connect_timeout=5, pending_size=256 * 1024 * 1024, reconnected_cb=reconnected)
-        js = self.nc.jetstream()
+    def _config(self, start_seq: int | None = None) -> ConsumerConfig:
         config = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT, max_ack_pending=-1,
                                 filter_subjects=self.subjects, ack_wait=60)
-        if resume_seq is not None:  # Bytewax recovery knows better than the consumer's ack state
-            with contextlib.suppress(NotFoundError):
-                await js.delete_consumer(self.stream, self.durable)
+        if start_seq is not None:
             config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = resume_seq + 1
-            await js.add_consumer(self.stream, config)
+            config.opt_start_seq = start_seq
+        return config
+
+    async def _renew(self, start_seq: int) -> None:
+        js = self.nc.jetstream(timeout=API_TIMEOUT_S)
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(self.stream, self.durable)
+        await js.add_consumer(self.stream, self._config(start_seq))
+
+    async def _connect(self, resume_seq: int | None) -> None:
+        js = self.nc.jetstream(timeout=API_TIMEOUT_S)
+        if resume_seq is not None:  # Bytewax recovery knows better than the consumer's ack state
+            await self._renew(resume_seq + 1)
         else:
             try:
                 info = await js.consumer_info(self.stream, self.durable)
             except NotFoundError:
-                await js.add_consumer(self.stream, config)
+                await js.add_consumer(self.stream, self._config())
             else:
                 # a restart without recovery state: continue right after what was acknowledged, in stream
                 # order, now (messages delivered but never acked would otherwise wait out `ack_wait`)
-                start = info.ack_floor.stream_seq + 1
-                await js.delete_consumer(self.stream, self.durable)
-                config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-                config.opt_start_seq = start
-                await js.add_consumer(self.stream, config)
-                self.floor = start - 1
+                self.floor = info.ack_floor.stream_seq
+                await self._renew(self.floor + 1)
         # the window: the next messages are on their way while the flow works on the last ones (waiting for
         # each round trip left the dataflow thread idle: docs/PERFORMANCE.md)
         self.pull = ContinuousPull(self.io, self.nc, f"{DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}",
                                    window=2 * self.batch, expires_s=5.0)
         await self.pull.start()
 
+    async def reconnected(self) -> None:
+        """A new connection: what the last one had in flight may be lost, so start again after the floor (in a
+        task: nats-py awaits this callback inside its reconnect, which must not wait on our retries)."""
+        if self.pull is None:
+            return
+        if self.resuming is not None:
+            self.resuming.cancel()
+        self.resuming = asyncio.get_running_loop().create_task(self._resume())
+
+    async def _resume(self) -> None:
+        # retried until it works: after a cluster node's loss the stream may have no leader for seconds, and a
+        # renewal given up between its delete and its add left the partition without a consumer for good
+        while True:
+            try:
+                await self._renew(self.floor + 1)
+                break
+            except Exception as err:  # noqa: BLE001 - no stream leader yet, or the broker away again
+                log.warning("making consumer %s again failed (%s); retrying", self.durable, err)
+                await asyncio.sleep(0.5)
+        await self.pull.reconnected()
+
+    async def _stop(self) -> None:
+        if self.resuming is not None:
+            self.resuming.cancel()
+        await self.pull.stop()
+
     def next_batch(self) -> list[Message]:
         msgs = self.pull.take(self.batch, self.wait_s)
-        out = []
+        out = [] if self.epoch_marked else [EPOCH_MARK]
+        self.epoch_marked = True
         for m in msgs:
             seq = m.metadata.sequence.stream
             self.unacked.append(m.reply)
-            if seq <= self.floor or seq in self.above:  # a redelivery of something already handed over
+            if seq <= self.floor:  # a redelivery of something already handed over
                 continue
-            self.above.add(seq)
-            out.append(Message(m.subject, m.data, dict(m.headers or {}), seq))
-        self._advance_floor()
+            self._note_discarded(seq)
+            self.floor = seq
+            # a partition's subjects carry the partition as a last token: the flow sees what was published
+            subject = m.subject.rpartition(".")[0] if self.partitioned else m.subject
+            out.append(Message(subject, m.data, dict(m.headers or {}), seq))
         return out
 
-    def _advance_floor(self) -> None:
-        while self.floor + 1 in self.above:
-            self.floor += 1
-            self.above.discard(self.floor)
-
-    def _skip_discarded(self) -> None:
-        """A stream at its size limit drops its oldest messages, read or not. One dropped before the flow read
-        it never comes: the resume point moves past it (else it waited for it for good, and every later
-        message stayed in `above`) and the loss is logged. The stream's first sequence was asked an epoch ago,
-        so what was delivered before then is buffered or handed over by now; buffered ones are not skipped."""
-        if self.stream_first_seq - 1 <= self.floor:  # nothing dropped unread: the usual case, every epoch
+    def _note_discarded(self, seq: int) -> None:
+        """A stream at its size limit drops its oldest messages, read or not. One dropped before the flow read it
+        never comes: the loss is logged (up to the gap's size: a filtered consumer's gap holds other subjects'
+        messages too). The stream's first sequence was asked an epoch ago."""
+        gone_below = min(seq, self.stream_first_seq)
+        if gone_below - 1 <= self.floor:  # nothing dropped unread: the usual case
             return
-        buffered = [m.metadata.sequence.stream for m in list(self.pull.buffer)] if self.pull else []
-        target = min([self.stream_first_seq - 1, *(seq - 1 for seq in buffered)])
-        if target <= self.floor:
-            return
-        lost = target - self.floor - sum(1 for seq in self.above if seq <= target)
-        self.above = {seq for seq in self.above if seq > target}
-        self.floor = target
-        self._advance_floor()
-        if lost:
-            self.discarded += lost
-            log.error("the broker discarded %d message(s) of stream %s before the flow read them (%d in all): "
-                      "the flow is further behind than the stream's limits hold", lost, self.stream, self.discarded)
+        lost = gone_below - 1 - self.floor
+        self.discarded += lost
+        log.error("the broker discarded up to %d message(s) of stream %s before the flow read them (%d in all): "
+                  "the flow is further behind than the stream's limits hold", lost, self.stream, self.discarded)
 
     async def _ask_first_seq(self) -> None:
         with contextlib.suppress(Exception):  # broker away: asked again at the next epoch
@@ -241,8 +290,8 @@ class _Partition(StatefulSourcePartition[Message, int]):
         if self.ack_next:
             self.io.submit(self._ack(self.ack_next))
         self.ack_next, self.unacked = self.unacked, []
-        self._skip_discarded()
         self.asking = self.io.submit(self._ask_first_seq())
+        self.epoch_marked = False
         return self.floor
 
     def close(self) -> None:
@@ -251,27 +300,69 @@ class _Partition(StatefulSourcePartition[Message, int]):
             with contextlib.suppress(Exception):
                 self.asking.result(timeout=2)
         with contextlib.suppress(Exception):
-            self.io.run(self.pull.stop(), timeout=5)
-        with contextlib.suppress(Exception):
-            self.io.run(self.nc.close(), timeout=5)
-        self.io.close()
+            self.io.run(self._stop(), timeout=5)
+        self.client.close()
+
+
+def stream_partitions(url: str, stream: str = "TELEMETRY") -> int:
+    """How many partitions `stream`'s subject transform makes (`core.services.telemetry_transform`); 0 if none
+    (a stream made before partitions, or never given one)."""
+    async def ask() -> int:
+        nc = await connect_nats(url, connect_timeout=5)
+        try:
+            return transform_partitions((await nc.jetstream().stream_info(stream)).config.subject_transform)
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+def unit_partition(unit_id: str, partitions: int) -> int:
+    """The partition NATS's `{{partition(n, token)}}` puts `unit_id` in: FNV-1a (32 bits) modulo `partitions`."""
+    digest = 0x811C9DC5
+    for byte in unit_id.encode():
+        digest = ((digest ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return digest % partitions if partitions else 0
+
+
+# what a partitioned stream leaves untransformed: messages stored before the stream had partitions (one token for
+# the unit), and subjects of more tokens than a unit's (dead letters for the flow)
+UNPARTITIONED_SUBJECTS = ["biopilot.telemetry.*", "biopilot.assays.*", "biopilot.*.*.*.>"]
 
 
 class JetStreamSource(FixedPartitionedSource[Message, int]):
-    """One partition per consumer (`durable`), handing `subjects` of `stream` to the flow in batches of up to
-    `batch` messages as they arrive, with up to twice that many buffered or on their way. A message is itself a
-    batch of ticks, so 8 is enough for throughput (8 x 10k ticks at full rate) while at live rates (~50-tick
-    messages) a message waits for at most 7 others. `wait_s`: how long an idle `next_batch` waits for one."""
+    """Messages of `stream` in batches of up to `batch` as they arrive, with up to twice that many buffered or
+    on their way per partition. A message is itself a batch of ticks, so 8 is enough for throughput (8 x 10k
+    ticks at full rate) while at live rates (~50-tick messages) a message waits for at most 7 others.
+    `wait_s`: how long an idle `next_batch` waits for one.
+
+    With `subjects`, one partition: the consumer `durable` on those subjects. Without, one partition per
+    partition of the stream's subject transform (`partitions`, asked of the stream if None): consumer
+    `<durable>-<k>` on `biopilot.*.*.<k>`, plus `durable` itself on what the transform left alone (the stream's
+    messages from before it had partitions: an older stack's consumer goes on where it stopped)."""
 
     def __init__(self, url: str, stream: str = "TELEMETRY", durable: str = FLOW_DURABLE,
-                 subjects: list[str] | None = None, batch: int = 8, wait_s: float = 0.01) -> None:
+                 subjects: list[str] | None = None, batch: int = 8, wait_s: float = 0.01,
+                 partitions: int | None = None) -> None:
         self.url, self.stream, self.durable = url, stream, durable
-        self.subjects = subjects or ["biopilot.telemetry.>", "biopilot.assays.>"]
+        self.subjects, self.partitions = subjects, partitions
         self.batch, self.wait_s = batch, wait_s
 
+    def _parts(self) -> dict[str, tuple[list[str], bool]]:
+        """Each partition's consumer name: its subjects, and whether they carry the partition token."""
+        if self.subjects is not None:
+            return {self.durable: (self.subjects, False)}
+        if self.partitions is None:
+            self.partitions = stream_partitions(self.url, self.stream)
+        parts = {self.durable: (UNPARTITIONED_SUBJECTS if self.partitions else
+                                ["biopilot.telemetry.>", "biopilot.assays.>"], False)}
+        parts.update({f"{self.durable}-{k}": ([f"biopilot.*.*.{k}"], True) for k in range(self.partitions)})
+        return parts
+
     def list_parts(self) -> list[str]:
-        return [self.durable]
+        return list(self._parts())
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
-        return _Partition(self.url, self.stream, self.durable, self.subjects, self.batch, self.wait_s,
-                          resume_state)
+        subjects, partitioned = self._parts()[for_part]
+        return _Partition(self.url, self.stream, for_part, subjects, self.batch, self.wait_s, resume_state,
+                          partitioned)

@@ -42,7 +42,7 @@ import pyarrow as pa
 
 from core.events import LABELS, RECIPES, to_table
 from core.plants import PLANTS, PlantVocabulary
-from core.services import FLOW_DURABLE
+from core.services import FLOW_DURABLE, connect_nats
 from sources.backpressure import Backpressure
 from sources.commands import Command, CommandError, ReplayCommand, parse_command
 from sources.fleet import Fleet, run_id_for
@@ -193,7 +193,7 @@ class LiveFeed:
 
     # ---- main loop ------------------------------------------------------------------------------------
     async def run(self) -> PlantStats:
-        nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        nc = await connect_nats(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         js = nc.jetstream()
         self.backpressure.js = js
         sub = await nc.subscribe("biopilot.control.*", cb=self._on_control)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import nats
 import pyarrow as pa
 
-from core.services import FLOW_DURABLE
+from core.services import FLOW_DURABLE, connect_nats
 from sources.backpressure import DEFAULT_MAX_BYTES, Backpressure
 from sources.publish import publish_assays, publish_ticks, publish_watermark
 
@@ -69,7 +69,7 @@ class Replay:
             raise ValueError(f"unknown replay command {kind!r}; use pause, resume or stop")
 
     async def run(self, progress: Callable[[int], None] | None = None) -> int:
-        nc = await nats.connect(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        nc = await connect_nats(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         js = nc.jetstream()
         self.backpressure.js = js
         sub = await nc.subscribe(f"biopilot.control.{self.reactor}", cb=self._on_control)

@@ -94,9 +94,11 @@ def _serve(app: ASGIApp, join_s: float) -> tuple[str, Callable[[], None]]:
     return f"http://127.0.0.1:{port}", stop
 
 
-def _dashboard(nats_url: str, redis_url: str, lake: Path, **settings_overrides: Any) -> Dashboard:
-    # the revocation list lives beside the secret file: in the test's tmp dir, not the home dir
-    secret_file = str(Path(lake).parent / "config" / "secret")
+def _dashboard(nats_url: str, redis_url: str, lake: Path | str, config_dir: Path | None = None,
+               **settings_overrides: Any) -> Dashboard:
+    # the revocation list lives beside the secret file: in the test's tmp dir (`config_dir`, else beside a local
+    # lake), not the home dir
+    secret_file = str((config_dir or Path(lake).parent / "config") / "secret")
     settings = Settings(nats_url=nats_url, redis_url=redis_url, lake=str(lake), secret=SECRET,
                         secret_file=secret_file, **settings_overrides)
     url, stop = _serve(create_app(settings), join_s=15)
@@ -110,8 +112,9 @@ def start_dashboard(nats_server: ManagedServer, redis_server: ManagedServer,
     """`start_dashboard(lake=tmp_path / "lake", **settings_overrides)`: a dashboard over this test's
     nats-server and redis-server. It stops at the end of a `with` block on it, or at teardown."""
     with ExitStack() as started:
-        def start(lake: Path | None = None, **settings_overrides: Any) -> Dashboard:
-            dash = _dashboard(nats_server.url, redis_server.url, lake or tmp_path / "lake", **settings_overrides)
+        def start(lake: Path | str | None = None, **settings_overrides: Any) -> Dashboard:
+            dash = _dashboard(nats_server.url, redis_server.url, lake or tmp_path / "lake", tmp_path / "config",
+                              **settings_overrides)
             started.callback(dash.stop)
             return dash
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.processes import kill_process_group, stop_process_group
+from core.services import connect_nats
 from sinks import delta
 from sources.fleet import Fleet
 from sources.publish import publish_retrying, publish_ticks, publish_watermark
@@ -30,7 +31,7 @@ def by_reactor(table: pa.Table) -> dict[str, pa.Table]:
 
 
 async def _publish(url: str, table: pa.Table, chunk: int, watermark: bool, pace_s: float) -> None:
-    nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    nc = await connect_nats(url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
     js = nc.jetstream()
     for reactor, rows in by_reactor(table).items():
         for offset in range(0, rows.num_rows, chunk):

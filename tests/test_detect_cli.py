@@ -41,10 +41,12 @@ def test_scores_keep_time_add_columns_and_report_metrics(historian, tmp_path):
                   "--train-rows", "600", "--detectors", "pca", "--out", str(out))
     assert res.returncode == 0, res.stderr
     table = pq.read_table(out)
-    assert table.column_names == ["time", "score_pca", "score_fusion", "is_alarm"]
+    assert table.column_names == ["time", "score_pca", "score_fusion", "is_alarm", "drivers"]
     assert table.num_rows == 1500
     alarm = table["is_alarm"].to_numpy()
     assert alarm[1205:1300].mean() > 0.9 and alarm[600:1190].mean() < 0.05
+    named = [d.split(",")[0] for d in table["drivers"].to_pylist()[1205:1300] if d]
+    assert named.count("pressure") > 0.9 * len(named)  # the alarm rows name the signal that broke away
     assert "F1" in res.stdout and "FAR" in res.stdout and "MAR" in res.stdout
 
 

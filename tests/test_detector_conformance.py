@@ -18,7 +18,9 @@ from sources.patient.cohort_sim import PatientCohortSim
 from sources.patient.scenarios import load_patient_scenario
 from sources.scenarios import load_scenario
 
-SMALL = {"pca": {"reference_ticks": 300}, "iforest": {"reference_ticks": 300, "n_estimators": 30}}
+SMALL = {"pca": {"reference_ticks": 300}, "iforest": {"reference_ticks": 300, "n_estimators": 30},
+         "dpca": {"reference_ticks": 300}, "cva": {"reference_ticks": 300},
+         "lagged_ae": {"reference_ticks": 300, "epochs": 40}}
 N_TICKS = 900
 
 

@@ -13,7 +13,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, StreamConfig
 
 from core.aio import BackgroundLoop
 from core.services import ManagedServer, restart
-from sources.jetstream import ContinuousPull, JetStreamSource
+from sources.jetstream import (
+    EPOCH_MARK,
+    ContinuousPull,
+    JetStreamSource,
+    Message,
+    stream_partitions,
+    unit_partition,
+)
 
 
 def _pull(server: ManagedServer, window: int, expires_s: float, published: int) -> tuple[BackgroundLoop, object,
@@ -79,7 +86,7 @@ def test_continuous_pull_renews_its_requests_as_they_expire(nats_server: Managed
 
 
 def test_after_a_broker_crash_the_source_asks_again_at_once(nats_server: ManagedServer) -> None:
-    source = JetStreamSource(nats_server.url, durable="restart-test")
+    source = JetStreamSource(nats_server.url, durable="restart-test", subjects=["biopilot.telemetry.>"])
     part = source.build_part("nats", "restart-test", None)
     server = None
     try:
@@ -95,7 +102,7 @@ def test_after_a_broker_crash_the_source_asks_again_at_once(nats_server: Managed
         asyncio.run(publish())
         start, got = time.monotonic(), []
         while not got and time.monotonic() - start < 10:
-            got = part.next_batch()
+            got = [m for m in part.next_batch() if m is not EPOCH_MARK]
         # the lost requests would be written off only 6 s after they were made, had the source not noticed
         assert [m.data for m in got] == [b"after"]
         assert time.monotonic() - start < 4
@@ -118,19 +125,58 @@ def test_messages_the_broker_discarded_unread_are_skipped_and_logged(nats_server
 
     asyncio.run(setup())
     part = JetStreamSource(nats_server.url, stream="SMALL", durable="small", subjects=["small.>"]).build_part(
-        "nats", "small", None)
+        "nats", "small", 2)  # resumed after 2: 3-5 are gone unread
     try:
-        got, deadline = [], time.monotonic() + 5
-        while len(got) < 5 and time.monotonic() < deadline:
-            got += [m.stream_seq for m in part.next_batch()]
-        assert got == [6, 7, 8, 9, 10]
-        assert part.snapshot() == 0  # 1-5 not yet known to be gone: waited for
         deadline = time.monotonic() + 5
+        part.snapshot()  # asks for the stream's first sequence
         while part.stream_first_seq == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
+        got = []
         with caplog.at_level(logging.ERROR, logger="sources.jetstream"):
-            assert part.snapshot() == 10  # resumes after what is there, not before what is gone
-        assert part.discarded == 5 and not part.above
-        assert "discarded 5 message(s) of stream SMALL" in caplog.text
+            while len(got) < 5 and time.monotonic() < deadline:
+                got += [m.stream_seq for m in part.next_batch() if m is not EPOCH_MARK]
+        assert got == [6, 7, 8, 9, 10]
+        assert part.snapshot() == 10  # resumes after what is there, not before what is gone
+        assert part.discarded == 3
+        assert "discarded up to 3 message(s) of stream SMALL" in caplog.text
+    finally:
+        part.close()
+
+
+def test_a_partition_resumes_after_the_last_message_it_handed_over_though_its_sequences_are_sparse(
+        nats_server: ManagedServer) -> None:
+    async def publish(units: list[str]) -> None:
+        nc = await nats.connect(nats_server.url)
+        for unit in units:
+            await nc.jetstream().publish(f"biopilot.telemetry.{unit}", unit.encode())
+        await nc.close()
+
+    partitions = stream_partitions(nats_server.url)
+    units = [f"r{k}" for k in range(12)]
+    mine = [u for u in units if unit_partition(u, partitions) == unit_partition("r0", partitions)]
+    asyncio.run(publish(units))
+    source = JetStreamSource(nats_server.url, durable="sparse")
+    name = f"sparse-{unit_partition('r0', partitions)}"
+    assert name in source.list_parts()
+
+    def take(part: object, n: int) -> list[Message]:
+        got, deadline = [], time.monotonic() + 5
+        while len(got) < n and time.monotonic() < deadline:
+            got += [m for m in part.next_batch() if m is not EPOCH_MARK]  # type: ignore[attr-defined]
+        return got
+
+    part = source.build_part("nats", name, None)
+    try:
+        first = take(part, len(mine))
+        assert [m.data.decode() for m in first] == mine  # its units only, in order, on the published subject
+        assert {m.subject for m in first} == {f"biopilot.telemetry.{u}" for u in mine}
+        resume = part.snapshot()
+        assert resume == first[-1].stream_seq
+    finally:
+        part.close()
+    asyncio.run(publish(units))  # more of every unit: the partition's next ones are far apart in the stream
+    part = source.build_part("nats", name, resume)
+    try:
+        assert [m.data.decode() for m in take(part, len(mine))] == mine  # nothing again, nothing skipped
     finally:
         part.close()

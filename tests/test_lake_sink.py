@@ -1,5 +1,6 @@
 """The flow's Delta sink without the engine: an epoch's snapshot never waits for a commit; with a write-ahead
-log (a recovery store) the rows it acknowledged survive a crash and land exactly once after the restart;
+log (a recovery store) an epoch's rows land once the next epoch ends, and the rows a stored epoch acknowledged
+survive a crash and land exactly once after the restart (Delta app transactions);
 without one every row still lands; rows land by age when the input pauses; appends go through kept-open table
 handles, keep the Delta log bounded, keep per-file statistics of the full-rate tables' key columns only and
 compact small files as they go; increasing keys and continuous scores are written without a dictionary,
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from deltalake.exceptions import CommitFailedError
 
 import sinks.lake_sink as lake_sink
 from core.events import SCORES, TICKS
@@ -47,43 +49,47 @@ def _seqs(lake: str) -> list[int]:
     return sorted(delta.read(lake, "ticks", columns=["seq"])["seq"].to_pylist())
 
 
-def test_with_a_write_ahead_log_a_snapshot_does_not_wait_and_a_restart_commits_what_the_crash_left(
+def test_with_a_write_ahead_log_an_epoch_lands_once_the_next_ends_and_a_restart_commits_what_it_acknowledged(
         tmp_path, monkeypatch):
     lake, wal = str(tmp_path / "lake"), tmp_path / "wal"
     ticks = _ticks(900)
-    sink = LakeSink(lake, max_rows=10_000, max_age_s=3600, wal_dir=wal)
-    part = sink.build_part("lake", "lake", None)
+    sink = LakeSink(lake, max_rows=10_000, max_age_s=3600, wal_dir=wal, partitions=2)
+    part = sink.build_part("lake", "p000", None)
     part.write_batch([("ticks", ticks.slice(0, 300))])
-    part.snapshot()
-    part.wait_committed()  # epoch 0 is in Delta
-    gate, crashed, entered = _held_writer(monkeypatch)
+    assert part.snapshot() == 1  # epoch 1 sealed segment 0: not in Delta until epoch 1 is stored
+    committed_segment = (wal / "p000" / "000000000000.batch").read_bytes()
     part.write_batch([("ticks", ticks.slice(300, 300))])
-    part.snapshot()  # returns although the writer is held: epoch 1 is only in the log
-    assert entered.wait(10)
-    part.write_batch([("ticks", ticks.slice(600))])
-    part.snapshot()
-    crashed.set()  # the process dies before it commits epochs 1 and 2
-    gate.set()
+    assert part.snapshot() == 2  # epoch 1 is stored by now: its segment goes to Delta
     part.wait_committed()
     assert _seqs(lake) == ticks["seq"].to_pylist()[:300]
-    (wal / "000000000099.tmp").write_bytes(b"torn")  # a segment the crash cut short
+    assert delta.transaction_version(lake, "ticks", "biopilot-flow/p000") == 0
+    gate, crashed, entered = _held_writer(monkeypatch)
+    part.write_batch([("ticks", ticks.slice(600))])
+    assert part.snapshot() == 3  # returns although the writer is held with segment 1
+    assert entered.wait(10)
+    crashed.set()  # the process dies before it commits segment 1; segment 2's epoch was never stored
+    gate.set()
+    part.wait_committed()
     monkeypatch.undo()
-    restarted = sink.build_part("lake", "lake", None)
-    assert _seqs(lake) == ticks["seq"].to_pylist()  # every row once: the log's batches, in order
-    assert not any(wal.iterdir())
-    restarted.write_batch([("ticks", ticks.slice(600))])  # the replayed epoch adds nothing
+    (wal / "p000" / "000000000000.batch").write_bytes(committed_segment)  # committed, then the crash: not deleted
+    (wal / "p000" / "000000000099.tmp").write_bytes(b"torn")  # a segment the crash cut short
+    restarted = sink.build_part("lake", "p000", 2)  # the store holds epoch 2: segments 0 and 1
+    assert _seqs(lake) == ticks["seq"].to_pylist()[:600]  # segment 0 not twice (its txn), segment 1 once
+    assert not any((wal / "p000").iterdir())  # segment 2 deleted: its epoch's input is replayed
+    restarted.write_batch([("ticks", ticks.slice(600))])  # the replayed epoch
+    restarted.snapshot()
     restarted.close()
     assert _seqs(lake) == ticks["seq"].to_pylist()
 
 
 def test_an_unreadable_write_ahead_segment_is_skipped_with_a_warning(tmp_path, caplog):
     wal = tmp_path / "wal"
-    wal.mkdir()
-    (wal / "000000000000.batch").write_bytes(b"not a batch")
-    part = LakeSink(str(tmp_path / "lake"), wal_dir=wal).build_part("lake", "lake", None)
+    (wal / "p000").mkdir(parents=True)
+    (wal / "p000" / "000000000000.batch").write_bytes(b"not a batch")
+    part = LakeSink(str(tmp_path / "lake"), wal_dir=wal).build_part("lake", "p000", 1)
     part.close()
     assert "unreadable write-ahead segment" in caplog.text
-    assert not any(wal.iterdir())
+    assert not any((wal / "p000").iterdir())
 
 
 def test_a_failed_commit_surfaces_on_the_dataflow_thread(tmp_path, monkeypatch):
@@ -303,3 +309,23 @@ def test_keys_of_rows_without_a_seq_are_remembered_for_a_window_of_commits_not_f
     dedupe.fresh("late_ticks", late([5]))  # the fourth batch: the first one's keys are forgotten
     assert set(dedupe.seen["late_ticks"]) == {("run-a", s) for s in (2, 3, 4, 5)}  # 2 came again in batch two
     assert dedupe.fresh("late_ticks", late([1, 2, 5])).num_rows == 1
+
+
+def test_a_commit_that_landed_but_was_refused_on_its_retry_is_not_appended_again(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """The object store restarting mid-commit: the commit lands, its answer is lost, deltalake's retry of it is
+    refused as a concurrent transaction (by itself). The appender sees its own `txn` and does not append the rows
+    a second time."""
+    schema = pa.schema([("x", pa.int64())])
+    appender = delta.Appender(tmp_path, compact_every=None)
+    appender.append("numbers", pa.table({"x": [0]}), schema, ("p000", 0))  # the table and its first commit
+    real = delta.write_deltalake
+
+    def lands_then_refused(*args: object, **kwargs: object) -> None:
+        monkeypatch.setattr(delta, "write_deltalake", real)
+        real(*args, **kwargs)
+        raise CommitFailedError("concurrent transaction")
+
+    monkeypatch.setattr(delta, "write_deltalake", lands_then_refused)
+    appender.append("numbers", pa.table({"x": [1, 2]}), schema, ("p000", 1))
+    assert sorted(delta.read(tmp_path, "numbers")["x"].to_pylist()) == [0, 1, 2]  # not [0, 1, 1, 2, 2]
+    assert delta.transaction_version(tmp_path, "numbers", "p000") == 1

@@ -13,7 +13,8 @@ from agents.phrasing import explain_drift
 from outcomes import registry
 from outcomes.dataset import simulate_dataset
 from outcomes.drift import MONITORED, FeatureDrift, drift_incident, input_features
-from outcomes.features import Encoded, PatientArrays, encode
+from outcomes.features import Encoded, encode
+from outcomes.patient_arrays import PatientArrays
 from outcomes.performance_drift import PerformanceDrift
 from outcomes.retrain import PromotionRule, retrain
 from outcomes.train import TrainConfig, train_outcome

@@ -22,6 +22,7 @@ from sinks import delta
 from sources.patient.cohort_sim import PatientCohortSim
 from sources.patient.live import PatientFeed
 from sources.patient.scenarios import load_patient_scenario
+from sources.publish import publish_watermark
 from sources.telemetry import KIND_HEADER
 from tests.dashboard_helpers import wait_for
 
@@ -270,13 +271,22 @@ def test_a_supervised_patient_plant_closes_a_dead_cohort_and_goes_on_with_new_pa
     Progress(seed=0, start=began.isoformat(), begun=True, batches_left=2).save(path)
     scenario = load_patient_scenario("warfarin_standard").with_overrides(days=1.0)
     feed = SupervisedPatients(Progress.load(path), path, lake, nats_server.url, scenario, 2, speed=None)
-    feed.close_interrupted()
-    dead = delta.read(lake, "runs").to_pylist()
-    assert [r["reactor_id"] for r in dead] == ["p000000", "p000001"] and all(r["ended_ts"] is None for r in dead)
+
+    async def the_dead_cohort_published_for_its_first_patient_only() -> None:
+        nc = await nats.connect(nats_server.url)
+        try:
+            await publish_watermark(nc.jetstream(), "p000000", int(began.timestamp() * 1e6) + 3_600_000_000)
+        finally:
+            await nc.close()
+
+    asyncio.run(the_dead_cohort_published_for_its_first_patient_only())
+    asyncio.run(feed.close_interrupted())
+    dead = delta.read(lake, "runs").to_pylist()  # the patient who published nothing has no run
+    assert [r["reactor_id"] for r in dead] == ["p000000"] and all(r["ended_ts"] is None for r in dead)
     stats = asyncio.run(feed.run())
     assert stats.batches == 1 and feed.unit_ids == ["p000002", "p000003"]  # new people, new ids
     runs = delta.read(lake, "runs").to_pylist()
-    assert len({r["run_id"] for r in runs}) == 4
+    assert len({r["run_id"] for r in runs}) == 3
     later = [r for r in runs if r["reactor_id"] in feed.unit_ids]
     assert all(r["started_ts"] >= began + timedelta(days=1) for r in later)  # past all the dead cohort's time
     assert delta.read(lake, "patients", columns=["patient_id"])["patient_id"].to_pylist() == feed.unit_ids

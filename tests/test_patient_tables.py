@@ -374,3 +374,14 @@ def test_bench_simulate_plant_patient_reports_its_rate_beside_the_solve_ivp_base
     assert result["patients"] == 3 and result["days"] == 1
     assert result["patient_days_per_s"] > 0 and result["baseline_patient_days_per_s"] > 0
     assert result["speedup"] == pytest.approx(result["patient_days_per_s"] / result["baseline_patient_days_per_s"])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("plant", "data_table"), [(["--reactors", "1", "--days", "2"], "ticks"),
+                                                  (["--plant", "patient", "--patients", "2", "--days", "7"], "vitals")])
+def test_a_scenario_name_both_kinds_have_is_the_given_kinds(tmp_path, plant, data_table):
+    out = _cli("simulate", "--scenario", "sensor_drift", *plant, "--seed", "1", "--lake", str(tmp_path), "--quiet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    labels = pl.read_delta(str(tmp_path / "labels"))
+    assert "sensor_drift" in labels["fault"].to_list()
+    assert (tmp_path / data_table).exists()

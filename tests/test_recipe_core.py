@@ -21,9 +21,10 @@ from core.codec import encode_arrow
 from core.events import RUNS, TICKS
 from core.plants import PLANTS
 from detectors import recipe as recipes
-from detectors.golden_build import tail_limit
+from detectors.base import DETECTOR_SIGNALS
+from detectors.golden_build import ENVELOPE_Z, summarise_runs, tail_limit
 from detectors.reactor_monitor import ReactorMonitor
-from detectors.recipe import BUILD_VERSION, Recipe, cached, reference_for
+from detectors.recipe import BUILD_VERSION, Recipe, cached, pump_levels, reference_for, spread_floor
 from detectors.unit_monitor import MonitorConfig, MonitorState, monitor_step
 from sources.commands import parse_command
 from sources.fleet import Fleet, simulate_run
@@ -241,3 +242,24 @@ def test_a_tail_limit_from_30_runs_maxima_is_crossed_by_new_runs_about_as_often_
     crossed = 1 - np.exp(-np.exp(-(limit - 2.0) / 0.4))
     crossed_worst = 1 - np.exp(-np.exp(-(maxima.max(axis=0) - 2.0) / 0.4))
     assert 0.005 < float(crossed.mean()) < 0.02 < 0.025 < float(crossed_worst.mean()) < 0.04
+
+
+def test_a_cascade_stage_only_one_reference_run_reached_reads_below_the_golden_level():
+    """One of 12 normal runs reaches the cascade's air stage (+20 sccm) for two hours while the others stay at the
+    minimum: a new run doing the same must not read z ~100 against the other runs' tight spread. A probe (pH)
+    keeps its spread: one run's dip does not blunt it."""
+    fleet = Fleet(_scenario(days=2.0), 12, seed=5)
+    ticks = pa.Table.from_batches([fleet.step(fleet.remaining_ticks).ticks])
+    day = ticks["seq"].to_numpy() / 1440
+    dip = pc.equal(ticks["run_id"], ticks["run_id"][0]).to_numpy(zero_copy_only=False) & (day >= 1.5) & (day < 1.58)
+    dipped = ticks
+    for name, move in (("air_sccm", 20.0), ("ph", -0.2)):
+        x = ticks[name].to_numpy().copy()
+        x[dip] += move
+        dipped = dipped.set_column(ticks.schema.get_field_index(name), name, pa.array(x))
+    before, after = (summarise_runs(t, spread_floor(), pump_levels()) for t in (ticks, dipped))
+    bins = np.unique((day[dip] * 1440 // after.bin_min).astype(int))
+    air, ph = DETECTOR_SIGNALS.index("air_sccm"), DETECTOR_SIGNALS.index("ph")
+    assert (20.0 / before.scale[bins, air]).min() > 2 * ENVELOPE_Z  # the other runs agreed there
+    assert (20.0 / after.scale[bins, air]).max() <= ENVELOPE_Z + 1e-9
+    np.testing.assert_allclose(after.scale[bins, ph], before.scale[bins, ph], rtol=0.2)

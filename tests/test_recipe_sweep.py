@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import pyarrow as pa
 import pytest
 
 from agents.benchmark import AgentResult, LabelOutcome, markdown
-from agents.diagnose import diagnose_ticks, recipe_rows
-from agents.evidence import gather
+from agents.diagnose import diagnose_ticks, previous_end, previous_end_stored, recipe_rows
+from agents.evidence import Deviation, Evidence, gather
 from agents.incidents import IncidentTracker
 from agents.troubleshooting import ABSTAIN_BELOW, rank
 from detectors.benchmark import NO_MAGNITUDE, SWEEP_COMPOSITES, SWEEP_RANGES, draw_recipes, sweep_plan
@@ -136,3 +137,69 @@ def test_a_ph_probe_drifting_after_a_temperature_spike_gets_its_own_alert_while_
     assert news[0]["signals"] == [{"name": "ph", "contribution": 1.0}]
     # the spike's own aftermath is not news: nothing else of the member before the drift began
     assert not [a for a in alerts if a["member"].startswith("twin_residual:") and a["ts"] < drift.start_ts]
+
+
+def _slumped_culture_with_a_high_ph(t0: datetime) -> Evidence:
+    """A culture a temperature spike left slower (respiration and the CO2 it needs for pH down), and a pH reading
+    that has since climbed on its own: the drift's incident, led by pH."""
+    def dev(signal: str, z: float, onset_min: float = 0.0) -> Deviation:
+        return Deviation(signal, z, t0, None, 0.0, onset_min)
+
+    ev = Evidence("run", "r1", t0, t0 + timedelta(hours=2), contributions={"ph": 1.0})
+    ev.deviations = {d.signal: d for d in (dev("ph", 7.2, 2300.0), dev("co2_sccm", -5.6), dev("o2_sccm", -5.7),
+                                           dev("our_mmol_l_h", -5.9), dev("cer_mmol_l_h", -6.1))}
+    return ev
+
+
+def test_a_ph_drift_after_a_closed_incident_is_judged_by_what_moved_since_the_reading_left_normal():
+    t0 = load_scenario("normal").start + timedelta(days=9)
+    ev = _slumped_culture_with_a_high_ph(t0)
+    alone = rank(ev)  # no earlier incident: the slump is this incident's, and no reading is alone
+    assert alone.top is None or alone.top.fault != "sensor_drift"
+    # the spike's incident had closed before pH left normal, when the culture was already as slow as now
+    ev.lead, ev.aftermath = "ph", ["o2_sccm", "our_mmol_l_h", "cer_mmol_l_h"]
+    ev.onset_z = {"ph": {"co2_sccm": -4.8, "o2_sccm": -5.4, "our_mmol_l_h": -6.3, "cer_mmol_l_h": -6.4}}
+    after = rank(ev)
+    assert after.top is not None and after.top.fault == "sensor_drift"
+    assert {h.fault: h.match for h in after.hypotheses}["do_limitation"] < ABSTAIN_BELOW
+    # a signal back towards normal since then is recovery, not a move: it counts for nothing
+    assert ev.move("our_mmol_l_h") == 0.0 and ev.move("o2_sccm") == pytest.approx(-0.3)
+    assert ev.move("co2_sccm") == -5.6  # not left off normal by the spike: all of it is this incident's
+
+
+def test_a_controllers_answer_before_the_reading_moved_is_still_an_echo():
+    """A cascade holds DO by raising O2 before DO falls: O2 already up when DO left normal is the process, not an
+    earlier fault's aftermath, so a falling DO with O2 up is no lone reading even after an earlier incident."""
+    t0 = load_scenario("normal").start + timedelta(days=6)
+    ev = Evidence("run", "r1", t0, t0 + timedelta(hours=2), contributions={"do_pct": 1.0})
+    ev.deviations = {"do_pct": Deviation("do_pct", -9.0, t0, None, 0.0, 1500.0),
+                     "o2_sccm": Deviation("o2_sccm", 9.0, t0, None, 0.0)}
+    ev.lead, ev.onset_z = "do_pct", {"do_pct": {"o2_sccm": 8.0}}
+    assert {h.fault: h.match for h in rank(ev).hypotheses}["sensor_drift"] < 0.1
+
+
+def test_the_previous_incident_is_the_latest_other_one_closed_by_the_start():
+    t0 = load_scenario("normal").start
+    incidents = [{"incident_id": "spike", "start_ts": t0, "end_ts": t0 + timedelta(hours=9)},
+                 {"incident_id": "blip", "start_ts": t0 + timedelta(hours=20), "end_ts": t0 + timedelta(hours=20)},
+                 {"incident_id": "open", "start_ts": t0 + timedelta(hours=30), "end_ts": None}]
+    assert previous_end(incidents, incidents[1]) == t0 + timedelta(hours=9)  # not its own end
+    assert previous_end(incidents, incidents[2]) == t0 + timedelta(hours=20)
+    assert previous_end(incidents, incidents[0]) is None
+
+
+def test_the_live_worker_finds_the_previous_incident_in_the_lake(tmp_path):
+    from core.events import INCIDENTS
+    from sinks import delta
+
+    t0 = load_scenario("normal").start
+    lake = str(tmp_path / "lake")
+    assert previous_end_stored(lake, {"incident_id": "new", "run_id": "run", "start_ts": t0}) is None  # no table
+    rows = [{"incident_id": "spike", "version": v, "event": e, "run_id": run, "reactor_id": "r1", "status": e,
+             "start_ts": t0, "end_ts": end, "severity": "warning", "alert_count": 1, "signals": ["temp_c"],
+             "emitted_at": t0} for v, e, end, run in ((1, "open", None, "run"),
+                                                      (2, "resolve", t0 + timedelta(hours=9), "run"),
+                                                      (1, "resolve", t0 + timedelta(hours=30), "other run"))]
+    delta.append(lake, "incidents", pa.Table.from_pylist(rows, INCIDENTS), INCIDENTS)
+    drift = {"incident_id": "drift", "run_id": "run", "start_ts": t0 + timedelta(days=2)}
+    assert previous_end_stored(lake, drift) == t0 + timedelta(hours=9)

@@ -52,6 +52,7 @@ def test_risk_is_typed_and_the_second_answer_is_the_cached_one(dash):
         assert head["threshold"] is not None
     assert first["heads"]["inr_3d"]["lo"] <= first["heads"]["inr_3d"]["estimate"] <= first["heads"]["inr_3d"]["hi"]
     assert first["explanation"] and first["model_version"] and 0 <= first["confidence"] <= 1
+    assert first["served_by"] == load_model().served_by  # per risk, the network or logistic regression
     assert (first["cached"], again["cached"]) == (False, True)
     assert again["data_watermark"] == first["data_watermark"] and again["heads"] == first["heads"]
 

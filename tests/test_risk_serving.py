@@ -199,3 +199,45 @@ def test_the_record_store_joins_the_lake_once_then_serves_what_arrives_without_r
         assert cold_reads == [patient] * 3  # the lake again, until it reaches the NATS rows
 
     asyncio.run(go())
+
+
+def _vitals(patient: str, minute: int) -> pa.Table:
+    """One vital of `patient` at `minute` past 2026-01-01 (run `run-<patient>`)."""
+    return pa.Table.from_pylist([{"run_id": f"run-{patient}", "patient_id": patient, "seq": minute,
+                                  "ts": datetime(2026, 1, 1) + timedelta(minutes=minute), "hr_bpm": 70.0}],
+                                schema=VITALS)
+
+
+def test_the_record_store_drops_ended_idle_and_surplus_patients_so_its_memory_is_bounded(lake):
+    now = [0.0]
+    store = RecordStore(idle_ttl_s=3600.0, max_patients=50, clock=lambda: now[0])
+    for k in range(200):  # 200 patients fed, one a minute of the store's clock: never more than 50 held
+        now[0] = 60.0 * k
+        store.add("vitals", _vitals(f"q{k:03d}", k))
+        assert len(store.held) <= 50
+    assert sorted(store.held) == [f"q{k:03d}" for k in range(150, 200)]  # the least recently fed went first
+    store.add("vitals", _vitals("q150", 300))  # fed again: now the most recent
+    store.end("q151")  # their stream's closing watermark
+    assert "q151" not in store.held and list(store.held)[-1] == "q150"
+    now[0] += 3600.0 - 570.0  # an hour and 30 s after q189's last data, 59.5 min after q190's
+    store.add("vitals", _vitals("q199", 400))
+    assert sorted(store.held) == [f"q{k:03d}" for k in (150, *range(190, 200))]  # idle past the hour: dropped
+    assert store.dropped == 200 - len(store.held)
+
+    # a dropped patient of the lake is read from the lake again, then held again
+    patient = sorted(delta.read(lake, "patients")["patient_id"].to_pylist())[0]
+    cold_reads: list[str] = []
+
+    async def cold(ids: Sequence[str], seen: Sequence[Seen]) -> dict[str, PatientRecord]:
+        cold_reads.extend(ids)
+        return await read_lake_records(str(lake), ids, seen)
+
+    async def go() -> None:
+        arrived = [Seen(0, "0")]
+        await store.read([patient], arrived, cold)
+        assert patient in store.held
+        store.end(patient)
+        await store.read([patient], arrived, cold)
+
+    asyncio.run(go())
+    assert cold_reads == [patient, patient]

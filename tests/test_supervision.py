@@ -5,6 +5,7 @@ Also: the embedded broker's users may do only what their component needs."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import subprocess
@@ -15,13 +16,19 @@ from pathlib import Path
 
 import httpx
 import nats
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from nats.errors import Error as NatsError
 
+from biopilot.plant_process import last_event_us
+from biopilot.supervisor import Child, Supervisor
 from core.codec import decode_rows
-from core.services import NATS_PERMISSIONS, ensure_streams, free_port, new_password, start_nats
+from core.services import NATS_PERMISSIONS, connect_nats, ensure_streams, free_port, new_password, start_nats
 from sinks import delta
+from sources.publish import publish_watermark
 from sources.telemetry import KIND_HEADER
+from tests.stream_helpers import make_ticks, publish
 
 BIOPILOT = [sys.executable, "-m", "biopilot.cli"]
 pytestmark = pytest.mark.integration  # `biopilot up` in a subprocess, nats-servers of its own
@@ -117,9 +124,11 @@ def test_killed_flow_plant_and_agents_come_back_and_every_published_tick_lands_o
     assert landed == published  # and every published one
     runs = delta.read(lake, "runs").to_pylist()
     assert Counter(r["run_id"] for r in runs) == Counter(set(run for run, _ in published))  # one row per run
-    # the run the plant was killed in kept what it had published, and says it never ended
-    assert any(r["ended_ts"] is None for r in runs)
-    assert "died in batch" in (lake / ".services" / "plant.log").read_text()
+    # the runs the plant was killed in kept what they had published, and say they never ended (none if the kill
+    # came before the batch's first tick)
+    plant_log = (lake / ".services" / "plant.log").read_text()
+    assert "died in batch" in plant_log
+    assert any(r["ended_ts"] is None for r in runs) or "plant: 0 of the batch's" in plant_log
 
 
 @pytest.mark.parametrize("component", sorted(set(NATS_PERMISSIONS) - {"dashboard"}))
@@ -196,3 +205,53 @@ def test_each_component_can_do_its_own_work_on_jetstream_with_its_user(tmp_path:
         asyncio.run(work())
     finally:
         server.stop()
+
+
+def test_a_finishing_child_stopped_by_sigterm_before_its_handler_is_done_not_restarted(tmp_path: Path) -> None:
+    """The plant told to stop while still importing dies by the signal's default action: that is the stop it was
+    asked for, so `up` goes on to drain rather than restarting it."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]  # no handler: SIGTERM ends it as -15
+    plant = Child("plant", sleeper, {}, tmp_path / "plant.log", finishes=True)
+    crashing = Child("flow", sleeper, {}, tmp_path / "flow.log")
+    supervisor = Supervisor([plant, crashing], f"redis://127.0.0.1:{free_port()}/0", io.StringIO(),
+                            first_delay_s=0.1, poll_s=0.02)
+
+    async def run() -> None:
+        supervisor.start()
+        watching = asyncio.create_task(supervisor.run())
+        try:
+            plant.proc.send_signal(signal.SIGTERM)
+            crashing.proc.send_signal(signal.SIGTERM)  # not a finishing child: a crash, restarted
+            await asyncio.wait_for(supervisor.finished.wait(), 20)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not crashing.restarts:
+                await asyncio.sleep(0.05)
+        finally:
+            await supervisor.stop(grace_s=2)
+            await watching
+
+    asyncio.run(run())
+    assert plant.restarts == 0 and plant.last_exit == -signal.SIGTERM
+    assert crashing.restarts == 1
+
+
+def test_a_restarted_plant_asks_the_broker_which_units_of_the_dead_batch_published(nats_server) -> None:  # noqa: ANN001
+    """`close_interrupted` writes `runs` rows (and closing watermarks) only for the units whose last message is
+    from the batch's start on: a kill before a unit's first message leaves its run without a row."""
+    ticks = make_ticks(reactors=2, ticks=20)
+    first, second = sorted(pc.unique(ticks["reactor_id"]).to_pylist())
+    rows = ticks.filter(pc.equal(ticks["reactor_id"], first))
+    times = rows["ts"].cast(pa.int64())
+    publish(nats_server.url, rows, watermark=False)  # the first unit's ticks; the second published nothing
+
+    async def ask() -> list[int | None]:
+        nc = await connect_nats(nats_server.url)
+        try:
+            js = nc.jetstream()
+            answers = [await last_event_us(js, first), await last_event_us(js, second)]
+            await publish_watermark(js, second, 12345)
+            return [*answers, await last_event_us(js, second)]
+        finally:
+            await nc.close()
+
+    assert asyncio.run(ask()) == [pc.max(times).as_py(), None, 12345]

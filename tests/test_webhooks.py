@@ -366,3 +366,21 @@ def test_the_sender_rides_out_poison_a_broker_restart_and_a_deleted_consumer_los
             assert len(delivered()) <= 31  # the consumer made again repeats at most the last alert taken
         finally:
             nats_again.stop()
+
+
+def test_stop_ends_the_sender_even_when_the_client_turns_the_cancel_into_a_timeout():
+    class CancelEatingSender(WebhookSender):
+        async def _serve(self) -> None:  # as nats-py's fetch does with a cancel that lands while it waits
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise nats.errors.TimeoutError from None
+
+    async def scenario() -> None:
+        sender = CancelEatingSender(nc=None, js=None)  # type: ignore[arg-type]
+        await sender.start()
+        async with asyncio.timeout(5):
+            await sender.stop()
+        assert sender.task.done() and sender.state == "stopped"
+
+    asyncio.run(scenario())

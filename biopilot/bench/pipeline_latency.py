@@ -80,8 +80,8 @@ def live_ticks(reactors: int, per_reactor: int) -> pa.Table:
     return pa.Table.from_batches([fleet.step(per_reactor).ticks])
 
 
-async def _live(url: str, lake: Path, ticks: pa.Table, rate: float, rows_per_msg: int, staggered: bool = True,
-                ) -> tuple[list[float], list[tuple[str, float]]]:
+async def publish_live(url: str, lake: Path, ticks: pa.Table, rate: float, rows_per_msg: int,
+                       staggered: bool = True) -> tuple[list[float], list[tuple[str, float]]]:
     """Publish -> commit latencies, and (run, publish -> alert latency) per alert in arrival order. Each round
     sends one message per reactor; `staggered` spreads them evenly over the round, else they go at once."""
     nc = await nats.connect(url)
@@ -154,8 +154,8 @@ def measure_latency(broker: Callable[[str], str], root: Path, rate: float, durat
                           log_path=root / f"live-{mode}.log", extra_env={"BIOPILOT_DETECTOR": detector})
         try:
             wait_for_consumer(url, "bench-live")  # the flow warms its models up before it subscribes
-            measured[mode] = asyncio.run(_live(url, root / f"live-{mode}", live, rate, LIVE_ROWS_PER_MESSAGE,
-                                               staggered=mode != "burst"))
+            measured[mode] = asyncio.run(publish_live(url, root / f"live-{mode}", live, rate,
+                                                      LIVE_ROWS_PER_MESSAGE, staggered=mode != "burst"))
         finally:
             stop_process_group(proc)
     commit_lat, alerts = measured["staggered"]

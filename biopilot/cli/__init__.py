@@ -2,7 +2,8 @@
 
 One module per group of commands: plant (scenarios, simulate, overview, up, replay), lake, detect, agents
 (diagnose, report, chat, agents), dashboard (dashboard, token, audit), bench, train, twin (dose), trial (run,
-designs, power), reference (build), cohort (synthesize, gate), models (list, promote, rollback).
+designs, power), reference (build), cohort (synthesize, gate), models (list, promote, rollback), design
+(propose, run, analyse, sequential), whatif, graph (build, query), deploy (streams, flow-prepare).
 Each declares a command's options next to its handler (whose docstring is the command's
 description) and adds its commands to the parser in `register(subparsers)`.
 
@@ -23,7 +24,10 @@ from biopilot.cli import (
     bench,
     cohort,
     dashboard,
+    deploy,
+    design,
     detect,
+    graph,
     lake,
     models,
     plant,
@@ -31,11 +35,13 @@ from biopilot.cli import (
     train,
     trial,
     twin,
+    whatif,
 )
 from biopilot.cli.errors import EXIT_USAGE, UsageError
 from core.config import SettingsError
 
-GROUPS = (plant, lake, detect, agents, dashboard, bench, train, twin, trial, reference, cohort, models)
+GROUPS = (plant, lake, detect, agents, dashboard, bench, train, twin, trial, reference, cohort, models, design,
+          whatif, graph, deploy)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -58,20 +58,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def add_chat(subparsers: argparse._SubParsersAction) -> None:
-    p = command(subparsers, "chat", cmd_chat, "ask a question about a stored run")
+    p = command(subparsers, "chat", cmd_chat, "ask about a stored run, the process, or the next experiments")
     p.add_argument("question")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", default=None, help="the run asked about (a question about the process or a goal "
+                                               "needs none)")
     p.add_argument("--incident", default=None, help="limit the answer to one incident")
     lake_option(p)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Answers from the troubleshooting evidence (BIOPILOT_LLM=offline phrases it deterministically;
-    openai uses OPENAI_BASE_URL with tool calls)."""
-    from agents.chat import ask
+    openai uses OPENAI_BASE_URL with tool calls); "what raises HCP?" from the knowledge graph; a goal ("maximise
+    titer with lactate below 3 g/L") or a what-if through the Experiment Designer."""
+    from agents.chat import ask, route
     from agents.diagnose import RunNotFound
     from agents.llm import make_backend
 
+    if args.run is None and route(args.question) == "run":
+        raise UsageError("give --run RUN_ID for a question about a run (see `biopilot overview`)")
     with user_errors(RunNotFound):
         for text in ask(lake_of(args), args.run, args.question, make_backend(load_settings()), args.incident):
             print(text, flush=True)

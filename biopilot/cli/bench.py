@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from biopilot.cli.errors import UsageError, user_errors
@@ -278,6 +278,73 @@ def cmd_bench_skab(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_detect(benches: argparse._SubParsersAction) -> None:
+    from biopilot.cli.detect import budget_options
+
+    p = command(benches, "detect", cmd_bench_detect, "`biopilot detect` under false-alarm budgets on a folder of "
+                "labelled CSV runs (or make the twin's suite of them)")
+    p.add_argument("--data", default=None, help="the folder: one normal training file (name contains 'train', or "
+                   "--train) and test files with a label column")
+    p.add_argument("--train", default=None, help="the training file's name in --data")
+    p.add_argument("--time-col", default="time_min", help="(default time_min)")
+    p.add_argument("--label-col", default="label", help="1 = a fault is active (default label)")
+    p.add_argument("--sep", default=",", help="CSV separator (default ,)")
+    p.add_argument("--detectors", default="pca,dpca,cva,lagged_ae", help="comma-separated; the fusion is added "
+                   "(default pca,dpca,cva,lagged_ae)")
+    p.add_argument("--far", type=float, nargs="+", default=[0.01, 0.05], help="budgets (default 0.01 0.05)")
+    budget_options(p)
+    conditioning_options(p)
+    p.add_argument("--make-suite", default=None, metavar="DIR",
+                   help="instead: write the twin's suite into DIR (every fault archetype x --seeds, a normal "
+                        "training file of --train-runs runs, a normal test run), then bench it")
+    p.add_argument("--make-plant", default=None, metavar="DIR",
+                   help="instead: write the generated continuous plant's suite into DIR (19 faults, a 500-row "
+                        "normal training run, a normal test run; biopilot/bench/process_plant.py), then bench it")
+    p.add_argument("--plant-seed", type=int, default=0, help="with --make-plant: which plant (default 0)")
+    p.add_argument("--seeds", type=positive("--seeds", int), default=3, help="with --make-suite (default 3)")
+    p.add_argument("--days", type=positive("--days"), default=2.5, help="with --make-suite: run length (default 2.5)")
+    p.add_argument("--tick-s", type=positive("--tick-s"), default=300.0,
+                   help="with --make-suite: seconds between readings (default 300)")
+    p.add_argument("--train-runs", type=positive("--train-runs", int), default=3,
+                   help="with --make-suite: normal runs in the training file (default 3)")
+    json_option(p)
+
+
+def cmd_bench_detect(args: argparse.Namespace) -> int:
+    """Per labelled file: detection rate (fault rows that alarm), false-alarm rate (normal rows that alarm) and
+    detection delay, for each detector and the fusion, each fitted on the normal training file under each
+    false-alarm budget; then the means (docs/DETECT.md)."""
+    from biopilot.bench import detect as bench
+    from biopilot.cli.detect import check_persist
+    from detectors import external
+    from detectors.false_alarm_budget import Persistence
+    from sources.scenarios import FAULT_NAMES
+
+    if not args.data and not args.make_suite and not args.make_plant:
+        raise UsageError("give --data DIR, or --make-suite / --make-plant DIR to write a suite first")
+    bad = [f for f in args.far if not 0 < f < 1]
+    if bad:
+        raise UsageError(f"--far must be between 0 and 1 (a share of rows), got {bad[0]}")
+    check_persist(args.persist)
+    data = args.data
+    if args.make_suite:
+        bench.make_suite(args.make_suite, FAULT_NAMES, args.seeds, args.days, args.tick_s, args.train_runs,
+                         progress=progress(args))
+        data = args.make_suite
+    if args.make_plant:
+        from biopilot.bench import process_plant
+
+        process_plant.make_suite(args.make_plant, args.plant_seed, progress=progress(args))
+        data = args.make_plant
+    with user_errors(external.InputError):
+        options = replace(detect_options(args), wander=args.wander)
+        res = bench.run(data, args.detectors.split(","), args.far, args.train, args.time_col, args.label_col,
+                        args.sep, options, Persistence.parse(args.persist) if args.persist else None,
+                        progress=progress(args))
+    print(json.dumps(res) if args.json else bench.markdown(res))
+    return 0
+
+
 def add_twin(benches: argparse._SubParsersAction) -> None:
     p = command(benches, "twin", cmd_bench_twin, "the patient twin's INR forecast and dose advice, beside the "
                 "population model and IWPC")
@@ -422,10 +489,99 @@ def cmd_bench_drift(args: argparse.Namespace) -> int:
     return _report(args, res, "drift")
 
 
+def add_design(benches: argparse._SubParsersAction) -> None:
+    p = command(benches, "design", cmd_bench_design,
+                "a designed optimum against an exhaustive grid of the same factors on the twin")
+    p.add_argument("--study", default="titer", help="a built-in study or a TOML file (default titer)")
+    p.add_argument("--levels", type=positive("--levels", int), default=11,
+                   help="grid levels per numeric factor (default 11: 1,331 settings for 3 factors)")
+    p.add_argument("--budget-share", type=positive("--budget-share"), default=0.05,
+                   help="the design's runs as a share of the grid's (default 0.05)")
+    p.add_argument("--batch", type=positive("--batch", int), default=6, help="runs per batch (default 6)")
+    p.add_argument("--repeats", type=positive("--repeats", int), default=7,
+                   help="design seeds; the figures are the median one's (default 7)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="docs/quality", help="where design.json/.md go")
+    json_option(p)
+
+
+def cmd_bench_design(args: argparse.Namespace) -> int:
+    """The ground truth first: every setting of a grid of the study's factors on the noise-free twin, the best
+    whose constraints hold. Then the sequential design (Bayesian optimisation) on the twin as a lab sees it
+    (run-to-run variability, assay errors), within the run budget; its recommendation's true response beside
+    the grid's best, and the classical face-centred central composite design's."""
+    from biopilot.bench import design as bench
+    from design.study import StudyError
+
+    with user_errors(StudyError, ValueError):
+        res = bench.run(args.study, args.levels, args.budget_share, args.batch, args.repeats, args.seed,
+                        say=progress(args))
+    return _report(args, res, "design", bench.markdown(res))
+
+
+def add_scale(benches: argparse._SubParsersAction) -> None:
+    p = command(benches, "scale", cmd_bench_scale,
+                "the flow as a Bytewax cluster: throughput by processes, exactly-once under faults")
+    p.add_argument("--ticks", type=positive("--ticks", int), default=3_000_000,
+                   help="the backlog each flow drains (default 3,000,000)")
+    p.add_argument("--processes", default="1,2,3", help="flow processes to measure, comma-separated (default 1,2,3)")
+    p.add_argument("--partitions", type=positive("--partitions", int), default=8,
+                   help="partitions of the TELEMETRY stream (default 8, as `biopilot up` makes it)")
+    p.add_argument("--fault-ticks", type=positive("--fault-ticks", int), default=240_000,
+                   help="ticks published during each fault (default 240,000)")
+    p.add_argument("--repeats", type=positive("--repeats", int), default=2,
+                   help="drains of each flow shape, in turns; their medians are reported (default 2)")
+    p.add_argument("--no-faults", action="store_true", help="no faults")
+    p.add_argument("--faults", default=None,
+                   help="the faults to strike, comma-separated (default all: kill_mid_epoch, kill_during_commit, "
+                        "rescale, kill_stream_leader, restart_object_store)")
+    p.add_argument("--live-rate", type=positive("--live-rate"), default=10_000.0,
+                   help="ticks/s of the live latency phase (default 10,000)")
+    p.add_argument("--live-s", type=float, default=30.0, help="seconds of it per flow shape (default 30; 0: none)")
+    p.add_argument("--live-processes", default="1,2",
+                   help="flow processes of the live latency phase, comma-separated (default 1,2)")
+    p.add_argument("--keep", default=None, help="keep brokers' data, lakes and logs in this directory")
+    p.add_argument("--out", default="docs/performance", help="where scale.json goes (default docs/performance)")
+    json_option(p)
+
+
+def _counts(option: str, value: str) -> tuple[int, ...]:
+    """A comma-separated list of process counts, each at least 1."""
+    try:
+        counts = tuple(int(n) for n in value.split(","))
+    except ValueError:
+        raise UsageError(f"{option} takes numbers separated by commas, not {value!r}") from None
+    if not counts or min(counts) < 1:
+        raise UsageError(f"{option}: each at least 1")
+    return counts
+
+
+def cmd_bench_scale(args: argparse.Namespace) -> int:
+    """The monitoring flow as 1, 2, 3 processes draining one backlog beside today's single unpartitioned
+    process; CPU-seconds per million ticks; kill -9 mid-epoch and during a commit, a rescale 2 -> 3 -> 2, a kill of
+    the NATS node leading the stream and the object store restarted, each checked for exactly-once (ticks =
+    published, no duplicate (run_id, seq), scores = ticks, alert ids unique); live publish -> alert latency with
+    1 and 2 processes."""
+    from biopilot.bench import scale as bench
+    from biopilot.bench.results import as_json
+
+    faults = {} if args.no_faults else bench.FAULTS
+    if args.faults and not args.no_faults:
+        unknown = set(args.faults.split(",")) - set(bench.FAULTS)
+        if unknown:
+            raise UsageError(f"--faults: no fault {', '.join(sorted(unknown))}; there are {', '.join(bench.FAULTS)}")
+        faults = {name: bench.FAULTS[name] for name in args.faults.split(",")}
+    result = bench.run(args.ticks, _counts("--processes", args.processes), args.partitions, args.fault_ticks, faults,
+                       args.keep, args.repeats, _counts("--live-processes", args.live_processes), args.live_rate,
+                       max(0.0, args.live_s), say=progress(args))
+    _report(args, as_json(result), "scale", bench.format_report(result))
+    return 0 if result.exactly_once else 1
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     benches = group(subparsers, "bench", help="measured figures, each beside its baseline",
                     description="Benchmarks; each prints ours beside a baseline measured in the same run.",
                     metavar="BENCH")
-    for add in (add_simulate, add_pipeline, add_detectors, add_agents, add_sse, add_skab, add_twin, add_trial,
-                add_cohort, add_predict, add_drift):
+    for add in (add_simulate, add_pipeline, add_detectors, add_agents, add_sse, add_skab, add_detect, add_twin, add_trial,
+                add_cohort, add_predict, add_drift, add_design, add_scale):
         add(benches)

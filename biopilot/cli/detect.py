@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
-from biopilot.cli.errors import user_errors
+from biopilot.cli.errors import UsageError, user_errors
 from biopilot.cli.options import command, conditioning_options, detect_options, positive
+from core.config import DetectOptions, load_settings
+
+MARGIN_DETECTORS = "pca,zscore"  # SKAB's measured default (docs/QUALITY.md)
+BUDGET_DETECTORS = "pca,dpca,cva"  # static and dynamic MSPC, fused under the budget (docs/DETECT.md)
+
+
+def budget_options(parser: argparse.ArgumentParser) -> None:
+    """The false-alarm budget (`detect`, `bench detect`)."""
+    parser.add_argument("--wander", choices=("auto", "drop", "detrend"), default="auto",
+                        help="signals whose level wanders on the training rows (--min-roughness): drop them, or "
+                             "score their departure from their own slow baseline (a causal 100-row EWMA), which "
+                             "keeps their drifts and short steps in view; when detrending, the roughness is taken "
+                             "over a twentieth of the training rows, so a slow but stationary signal counts as "
+                             "steady (default auto: drop with --margin, detrend with --far)")
+    parser.add_argument("--persist", default=None,
+                        help="with a budget: the persistence rule, k/n = alarm when k of the last n rows are above "
+                             "threshold (default: the rule with the lowest threshold that keeps the budget on the "
+                             "held-back normal rows)")
 
 
 def add_detect(subparsers: argparse._SubParsersAction) -> None:
@@ -18,20 +37,51 @@ def add_detect(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-rows", type=positive("--train-rows", int), default=400,
                    help="the first N rows are normal operation (default 400)")
     p.add_argument("--train-file", default=None, help="normal-operation data in a separate file instead")
-    p.add_argument("--detectors", default="pca,zscore", help="comma-separated (default pca,zscore)")
+    p.add_argument("--detectors", default=None,
+                   help=f"comma-separated (default {MARGIN_DETECTORS}, with --far {BUDGET_DETECTORS}; dynamic: dpca, "
+                        "cva, lagged_ae)")
     conditioning_options(p)
+    p.add_argument("--far", type=float, default=None,
+                   help="false-alarm budget: the share of normal rows allowed to alarm (e.g. 0.01). Thresholds "
+                        "and persistence come from out-of-fold scores of the training rows; their last quarter is "
+                        "held back first to check the rate, which is printed, with a warning when the training "
+                        "rows are too few for the budget (about 13/far rows). Replaces --margin (default: the "
+                        "detect_far setting, else the margin; docs/DETECT.md)")
+    budget_options(p)
     p.add_argument("--out", required=True, help="output .parquet")
+
+
+def check_persist(text: str | None) -> None:
+    from detectors.false_alarm_budget import Persistence
+
+    if text is not None:
+        try:
+            Persistence.parse(text)
+        except ValueError:
+            raise UsageError(f"--persist must be k/n with 1 <= k <= n, got {text!r}") from None
+
+
+def options_of(args: argparse.Namespace) -> DetectOptions:
+    """DetectOptions from the command line; --far falls back to the detect_far setting."""
+    far = args.far if args.far is not None else load_settings().detect_far
+    if far is not None and not 0 < far < 1:
+        raise UsageError(f"--far must be between 0 and 1 (a share of rows), got {far}")
+    check_persist(args.persist)
+    return replace(detect_options(args), far=far, persist=args.persist, wander=args.wander)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
     """Score a multivariate time series (e.g. a historian export): the output keeps the time column and
-    adds one score column per detector, the fused score and is_alarm. Detectors learn in time order;
-    thresholds and reference models come from the training rows. With --label-col, prints F1, FAR and MAR."""
+    adds one score column per detector, the fused score, is_alarm and the signals that drove each alarm row.
+    Detectors learn in time order; thresholds and reference models come from the training rows, with a margin
+    or a false-alarm budget (--far). With --label-col, prints F1, FAR and MAR."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from detectors import external
 
+    options = options_of(args)
+    detectors_ = args.detectors or (BUDGET_DETECTORS if options.far is not None else MARGIN_DETECTORS)
     with user_errors(external.InputError):
         table = external.read_table(args.input, args.sep)
         train_rows = args.train_rows
@@ -42,19 +92,51 @@ def cmd_detect(args: argparse.Namespace) -> int:
             except (KeyError, pa.ArrowInvalid) as err:
                 raise external.InputError(f"--train-file columns do not match the input: {err}") from None
             train_rows = train.num_rows
-        result = external.score(table, args.time_col, args.detectors.split(","), train_rows, args.label_col,
-                                set(args.ignore_cols.split(",")) if args.ignore_cols else set(), detect_options(args))
+        result = external.score(table, args.time_col, detectors_.split(","), train_rows, args.label_col,
+                                set(args.ignore_cols.split(",")) if args.ignore_cols else set(), options)
     out = result.table.slice(train_rows) if args.train_file else result.table  # the user's rows only
     pq.write_table(out, args.out)
-    if result.left_out:
-        print(f"left out {len(result.left_out)} signal(s) whose level wanders on the training rows "
-              f"(roughness < {args.min_roughness}): {', '.join(result.left_out)}; keep them with --min-roughness 0")
+    wander = result.conditioning.wander
+    if wander and result.conditioning.detrend:
+        print(f"{len(wander)} signal(s) whose level wanders on the training rows (roughness < {args.min_roughness}) "
+              f"scored as their departure from their own slow baseline: {', '.join(wander)}")
+    elif wander:
+        print(f"left out {len(wander)} signal(s) whose level wanders on the training rows "
+              f"(roughness < {args.min_roughness}): {', '.join(wander)}; keep them with --min-roughness 0 or "
+              "--wander detrend")
+    if result.budget:
+        print_budget(result.budget, options.far, train_rows)
     alarms = int(pa.compute.sum(out["is_alarm"]).as_py() or 0)
-    print(f"scored {out.num_rows:,} rows with {args.detectors} -> {args.out} ({alarms:,} alarm rows)")
+    print(f"scored {out.num_rows:,} rows with {detectors_} -> {args.out} ({alarms:,} alarm rows)")
+    named = [d for d in out["drivers"].to_pylist() if d]
+    if named:
+        from collections import Counter
+
+        lead = Counter(d.split(",")[0] for d in named).most_common(3)
+        print("alarm rows led by: " + ", ".join(f"{name} ({n:,})" for name, n in lead))
     if result.metrics:
         m = result.metrics
         print(f"F1 {m['f1']:.3f}  FAR {m['far_pct']:.2f} %  MAR {m['mar_pct']:.2f} %  (rows after the training part)")
     return 0
+
+
+def print_budget(budget: dict, far: float, train_rows: int) -> None:
+    from detectors.false_alarm_budget import rows_needed
+
+    print(f"false-alarm budget {100 * far:g} %: threshold, persistence rule (k of n rows), alarm rate on the "
+          "calibration rows / on the held-back normal rows")
+    for name, fit in budget.items():
+        print(f"  {name:10s} {fit.threshold:10.4g}  {fit.rule!s:5s}  {100 * fit.calibration_rate:5.2f} % / "
+              f"{100 * fit.held_back_rate:5.2f} %")
+    fused = budget["fusion"]
+    if fused.held_back_rate > far:
+        print(f"warning: the held-back normal rows alarm on {100 * fused.held_back_rate:.2f} % of rows, over the "
+              f"budget: the plant moved during the training data, so expect more false alarms than "
+              f"{100 * far:g} %; train on a longer, steadier stretch")
+    if any(fit.short_of_rows for fit in budget.values()):
+        print(f"warning: {train_rows:,} training rows are too few to support a {100 * far:g} % budget: the threshold "
+              f"rests on fewer than 10 alarm rows; give about {rows_needed(far) * 4 // 3:,} normal rows or a larger "
+              "--far")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -107,11 +107,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _not_the_other_kind(name: str, plant: str) -> None:
-    """A scenario of the other plant kind, named or given as a file, is one clear line, not a schema error."""
+    """A scenario of the other plant kind, named or given as a file, is one clear line, not a schema error. A
+    name both kinds have (`sensor_drift`) is the given kind's."""
     from sources.patient.scenarios import is_patient_scenario_file, patient_scenario_names
     from sources.scenarios import builtin_names
 
     path = Path(name)
+    both = set(patient_scenario_names()) & set(builtin_names())
+    if name in both and not path.suffix:
+        return
     if plant == "bioreactor" and (name in patient_scenario_names() and not path.suffix
                                   or path.suffix and path.is_file() and is_patient_scenario_file(path)):
         raise UsageError(f"{name!r} is a patient scenario: pass --plant patient (and --patients N)")
@@ -204,6 +208,18 @@ def add_up(subparsers: argparse._SubParsersAction) -> None:
                    help="allowed event-time lateness before a tick is late (default: the lateness_s setting, 300)")
     p.add_argument("--batches", type=positive("--batches", int), default=None,
                    help="stop after this many batches (default: run until Ctrl-C)")
+    p.add_argument("--nats-cluster", type=positive("--nats-cluster", int), default=None, metavar="N",
+                   help="the embedded broker as a cluster of N >= 3 nats-server nodes on loopback, streams with 3 "
+                        "replicas: any one node may die (default: one node; an external cluster: its URLs, "
+                        "comma-separated, in BIOPILOT_NATS_URL)")
+    p.add_argument("--flow-processes", type=positive("--flow-processes", int), default=1, metavar="N",
+                   help="the monitoring flow as a Bytewax cluster of N processes (one worker each) sharing the "
+                        "stream's partitions; restarting with another N rescales from the same recovery store "
+                        "(at most the store's 16 partitions; default 1; docs/SCALE-OUT.md)")
+    p.add_argument("--s3", action="store_true",
+                   help="the lake on an embedded S3-compatible object store (SeaweedFS, data under "
+                        "<lake>/.services/s3): s3://biopilot/<the lake folder's name> (an external store: "
+                        "BIOPILOT_LAKE=s3://bucket/prefix and the s3_* settings)")
     lake_option(p)
 
 
@@ -235,8 +251,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         settings = replace(settings, port=args.port)
     if port_in_use(settings.port, settings.host):
         raise UsageError(f"port {settings.port} on {settings.host} is in use: pass --port or set BIOPILOT_PORT")
+    if args.nats_cluster is not None and args.nats_cluster < 3:
+        raise UsageError("--nats-cluster needs 3 nodes or more (a stream's 3 replicas keep a quorum when one dies)")
+    if args.nats_cluster and settings.nats_url:
+        raise UsageError("--nats-cluster starts an embedded cluster, but BIOPILOT_NATS_URL names a broker: unset "
+                         "it, or list the external cluster's nodes there (comma-separated)")
+    from flows.launch import RECOVERY_PARTITIONS
+
+    if args.flow_processes > RECOVERY_PARTITIONS:
+        raise UsageError(f"--flow-processes is at most {RECOVERY_PARTITIONS} (the recovery store's partitions)")
+    if args.s3 and "://" in settings.lake:
+        raise UsageError(f"--s3 starts an embedded object store, but the lake is {settings.lake}: pass a local "
+                         "--lake (its folder keeps the store's data) or drop --s3")
     return run_up(settings, scenario, units, args.speed, args.jitter,
-                  settings.lateness_s if args.lateness_s is None else args.lateness_s, args.batches)
+                  settings.lateness_s if args.lateness_s is None else args.lateness_s, args.batches,
+                  nats_nodes=args.nats_cluster or 1, object_store=args.s3, flow_processes=args.flow_processes)
 
 
 def add_replay(subparsers: argparse._SubParsersAction) -> None:

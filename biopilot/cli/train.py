@@ -53,7 +53,13 @@ def add_outcome(models: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="the cohorts, the split and the network's initialisation")
     p.add_argument("--out", default="outcome-models",
                    help="directory the versioned model is written to (<version>.pt)")
-    p.add_argument("--ship", action="store_true", help="also write it as the checkpoint the package ships")
+    p.add_argument("--ship", action="store_true",
+                   help="also write it as the checkpoint the package ships, only if it beats the shipped one on "
+                        "this run's test patients (AUROC on every risk; ECE <= 0.05 and coverage in 0.88-0.92)")
+    p.add_argument("--force-ship", action="store_true", help="with --ship: ship even if it does not beat it")
+    p.add_argument("--choose-heads", action="store_true",
+                   help="per risk, serve logistic regression where it ranks the validation patients better than "
+                        "the hybrid (default: the hybrid on every risk; docs/OUTCOMES.md)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -68,7 +74,7 @@ def cmd_train_outcome(args: argparse.Namespace) -> int:
     import torch
 
     from biopilot.cli.errors import UsageError
-    from outcomes.model import CHECKPOINT
+    from outcomes.model import CHECKPOINT, load_model
     from outcomes.report import format_report, jsonable, train_and_report
 
     if args.days < 9:
@@ -76,13 +82,17 @@ def cmd_train_outcome(args: argparse.Namespace) -> int:
     if args.patients < 5:
         raise UsageError(f"--patients {args.patients} must be >= 5 (train, calibration and test need patients)")
     torch.set_num_threads(1)  # the model is small: one thread beats two fighting over a loaded CPU
+    previous = load_model() if CHECKPOINT.exists() else None
     report, model = train_and_report(args.patients, args.shift_patients, args.days, args.samples_per_patient,
-                                     args.epochs, args.twin_samples, args.seed, progress=not args.json)
+                                     args.epochs, args.twin_samples, args.seed, progress=not args.json,
+                                     previous=previous, choose_heads=args.choose_heads)
     path = model.save(Path(args.out))
     report["path"] = str(path)
-    if args.ship:
+    if args.ship and (args.force_ship or report.get("previous", {}).get("ship_ok", True)):
         shutil.copyfile(path, CHECKPOINT)
         report["shipped"] = str(CHECKPOINT)
+    elif args.ship:
+        report["shipped"] = None  # `previous` says why: the shipped model stays
     print(json.dumps(jsonable(report), indent=2) if args.json else format_report(report))
     return 0
 

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from fastapi import APIRouter, Depends, HTTPException
 from starlette.concurrency import iterate_in_threadpool
 
-from agents.chat import ask
+from agents.chat import ask, route
 from agents.diagnose import RunNotFound, load_run
 from dashboard.auth import Principal
 from dashboard.deps import Runtime, is_viewer, runtime, viewer
@@ -34,15 +34,17 @@ def _run_of_incident(lake: str, incident_id: str) -> str | None:
 @router.post("/chat")
 def chat(body: ChatRequest, rt: Runtime = Depends(runtime),
          who: Principal = Depends(is_viewer)) -> HeldStream:
-    """Streams `chunk` events ({"text"}) and a final `done` event."""
+    """Streams `chunk` events ({"text"}) and a final `done` event. A question about the process ("what raises
+    HCP?") or a goal ("maximise titer with lactate below 3 g/L") needs no run."""
     lake = rt.settings.lake
     run_id = body.run_id or (_run_of_incident(lake, body.incident_id) if body.incident_id else None)
-    if run_id is None:
+    if run_id is None and route(body.question) == "run":
         raise HTTPException(422, "name a run_id, or an incident_id the monitoring agent has recorded")
-    try:
-        load_run(lake, run_id)
-    except RunNotFound as err:
-        raise HTTPException(404, str(err)) from None
+    if run_id is not None:
+        try:
+            load_run(lake, run_id)
+        except RunNotFound as err:
+            raise HTTPException(404, str(err)) from None
 
     async def chunks() -> AsyncIterator[dict]:
         async for text in iterate_in_threadpool(ask(lake, run_id, body.question, rt.backend, body.incident_id)):

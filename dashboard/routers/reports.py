@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -21,10 +22,12 @@ MEDIA = {"md": "text/markdown; charset=utf-8", "html": "text/html; charset=utf-8
 @router.get("/{run_id}")
 def get_report(run_id: IdPath, format: Literal["html", "md", "pdf"] = "html",  # noqa: A002 - the public parameter
                rt: Runtime = Depends(runtime)) -> FileResponse:
-    if "://" in rt.settings.lake:
-        raise HTTPException(501, "reports are written next to a local lake only")
+    # a report is made for this response and read by nothing else: beside a local lake, or in a local scratch
+    # folder when the lake is on object storage (the lake holds tables only)
+    lake = rt.settings.lake
+    out_dir = Path(tempfile.gettempdir()) / "biopilot-reports" if "://" in lake else Path(lake) / "reports"
     try:
-        out = patient_report.write_run(rt.settings.lake, run_id, format, Path(rt.settings.lake) / "reports")
+        out = patient_report.write_run(lake, run_id, format, out_dir)
     except RunNotFound as err:
         raise HTTPException(404, str(err)) from None
     except report.UnsafeRunId as err:  # the id passed the pattern, so a link in the report folder points out

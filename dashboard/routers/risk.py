@@ -53,6 +53,9 @@ class Risk(BaseModel):
     explained_head: str | None = Field(None, description="the head the explanation is about")
     not_applicable: list[str] = Field(default_factory=list, description="heads that do not apply to this patient "
                                                                         "(bradycardia without metoprolol)")
+    served_by: dict[str, str] = Field(default_factory=dict, description="per risk, the model version's predictor: "
+                                      "`hybrid` (the network) or `logistic_regression` (where it ranked the "
+                                      "validation patients better)")
     model_version: str
     data_watermark: datetime = Field(description="the latest event time in the data the answer was computed on")
     computed_at: datetime
@@ -123,4 +126,5 @@ async def get_risk(patient_id: PatientId, request: Request, risk: RiskService = 
         raise HTTPException(404, f"no data of patient {patient_id!r}")
     extra = answer.get("extra") or {}
     return answer | {"explained_head": extra.get("explained_head"), "not_applicable": extra.get("not_applicable", []),
+                     "served_by": extra.get("served_by", {}),
                      "model_drift": request.app.state.drift_words.get(answer["model_version"])}

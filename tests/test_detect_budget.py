@@ -1,0 +1,183 @@
+"""`biopilot detect --far`: thresholds and persistence set for a false-alarm budget, checked on held-back rows;
+alarms name their signals; `biopilot bench detect` on the twin's labelled suite."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from core.config import DetectOptions
+from detectors.external import score
+from detectors.false_alarm_budget import Persistence, calibrate
+
+BIOPILOT = [sys.executable, "-m", "biopilot.cli"]
+
+
+def plant(n: int, seed: int) -> np.ndarray:
+    """A stationary plant: two slow states (AR(1)) seen through four correlated signals, plus sensor noise."""
+    rng = np.random.default_rng(seed)
+    states = np.zeros((n, 2))
+    for t in range(1, n):
+        states[t] = 0.9 * states[t - 1] + rng.normal(size=2)
+    mixing = np.array([[1.0, 0.5, -0.8, 0.0], [0.0, 1.0, 0.6, -1.0]])
+    return states @ mixing + 0.3 * rng.normal(size=(n, 4))
+
+
+@pytest.fixture(scope="module")
+def export() -> tuple[pa.Table, np.ndarray]:
+    train, test = plant(3000, 1), plant(1500, 2)
+    label = np.zeros(len(test))
+    test[1000:1300, 2] += 1.5  # a bias on one transmitter, about 1 sd of the signal
+    label[1000:1300] = 1
+    X = np.vstack([train, test])
+    table = pa.table({"t": np.arange(len(X)), **{f"s{j}": X[:, j] for j in range(4)},
+                      "label": np.concatenate([np.zeros(len(train)), label])})
+    return table, label
+
+
+def test_persistence_counts_k_of_the_last_n_rows():
+    above = np.array([1, 0, 1, 0, 0, 1, 1, 1], dtype=bool)
+    assert Persistence(2, 3).apply(above).tolist() == [False, False, True, False, False, False, True, True]
+    assert Persistence.parse("3") == Persistence(3, 3) and str(Persistence.parse("2/5")) == "2/5"
+    with pytest.raises(ValueError):
+        Persistence.parse("4/2")
+
+
+def test_the_threshold_keeps_the_budget_and_few_rows_are_flagged():
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=8000)
+    for far in (0.01, 0.05):
+        fit = calibrate(normal[:6000], normal[6000:], far)
+        assert fit.calibration_rate <= far and fit.held_back_rate <= far
+        assert fit.calibration_rate > far / 2  # not far above where it must be
+        assert not fit.short_of_rows
+    assert calibrate(normal[:300], normal[300:400], 0.01).short_of_rows
+
+
+@pytest.mark.parametrize("detectors", [["pca"], ["dpca", "cva"]])
+def test_a_budget_holds_on_new_normal_rows_and_finds_a_small_bias(export, detectors):
+    table, label = export
+    res = score(table, "t", detectors, 3000, "label", options=DetectOptions(far=0.05, min_roughness=0.0))
+    alarm = res.table["is_alarm"].to_numpy()[3000:]
+    normal_rate = alarm[:1000].mean()  # rows of a new run before the fault
+    assert normal_rate <= 0.10  # the budget is 5 %; new rows are not the calibration rows
+    assert alarm[1000:1300].mean() > 0.8
+    assert res.budget is not None and set(res.budget) == {*detectors, "fusion"}
+    drivers = [d for d in res.table["drivers"].to_pylist()[4000:4300] if d]
+    assert sum(d.split(",")[0] == "s2" for d in drivers) > 0.6 * len(drivers)  # alarms name the biased signal
+
+
+def test_a_tighter_budget_raises_fewer_alarms(export):
+    table, _ = export
+    rates = []
+    for far in (0.01, 0.1):
+        res = score(table, "t", ["pca"], 3000, "label", options=DetectOptions(far=far, min_roughness=0.0))
+        rates.append(res.table["is_alarm"].to_numpy()[3000:4000].mean())
+    assert rates[0] < rates[1]
+
+
+@pytest.mark.integration
+def test_detect_prints_the_budget_and_warns_when_training_is_short(export, tmp_path):
+    table, _ = export
+    path = tmp_path / "export.parquet"
+    pq.write_table(table.slice(2400), path)  # 600 training rows: too few for a 1 % budget
+    out = tmp_path / "scores.parquet"
+    res = subprocess.run([*BIOPILOT, "detect", "--input", str(path), "--time-col", "t", "--label-col", "label",
+                          "--train-rows", "600", "--detectors", "dpca", "--far", "0.01", "--persist", "2/3",
+                          "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "false-alarm budget 1 %" in res.stdout and "2/3" in res.stdout
+    assert "too few to support a 1 % budget" in res.stdout
+    assert {"alarm_dpca", "drivers", "is_alarm"} <= set(pq.read_table(out).column_names)
+
+
+@pytest.mark.parametrize(("far", "persist", "needle"), [(5.0, None, "--far must be between 0 and 1"),
+                                                        (0.01, "4/2", "--persist must be k/n")])
+def test_a_bad_budget_or_rule_is_a_usage_error(far, persist, needle):
+    from biopilot.cli.detect import options_of
+    from biopilot.cli.errors import UsageError
+
+    args = argparse.Namespace(far=far, persist=persist, smooth_rows=20, min_roughness=0.6, margin=2.0)
+    with pytest.raises(UsageError, match=needle):
+        options_of(args)
+
+
+@pytest.mark.integration
+def test_bench_detect_on_the_twin_suite(tmp_path):
+    suite = tmp_path / "suite"
+    res = subprocess.run([*BIOPILOT, "bench", "detect", "--make-suite", str(suite), "--seeds", "1", "--tick-s", "900",
+                          "--train-runs", "2", "--detectors", "pca,dpca", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert (suite / "normal_train.csv").exists() and (suite / "do_limitation_s0.csv").exists()
+    files = {r["file"] for r in out["results"]}
+    assert "normal_test" in files and len(files) == 10  # the normal test run and 9 fault archetypes
+    summary = {(s["far"], s["detector"]): s for s in out["summary"]}
+    assert set(summary) == {(far, d) for far in (0.01, 0.05) for d in ("pca", "dpca", "fusion")}
+    for s in summary.values():
+        assert s["normal_false_alarm_rate"] <= 0.1 and s["mean_detection_rate"] > 0.2
+    (spike,) = [r for r in out["results"] if r["file"] == "temperature_spike_s0" and r["far"] == 0.05
+                and r["detector"] == "fusion"]
+    assert spike["detection_rate"] > 0.8 and spike["delay_rows"] is not None
+
+
+def test_a_wandering_signal_is_detrended_under_a_budget_so_its_drifting_sensor_is_seen():
+    rng = np.random.default_rng(7)
+    n = 4500
+    X = rng.normal(size=(n, 1)) @ np.array([[1.0, 0.5, -0.8, 0.6]]) + 0.5 * rng.normal(size=(n, 4))
+    # a level with no reference to learn: a slow cycle (a temperature following the weather) and a random walk
+    walk = 3 * np.sin(2 * np.pi * np.arange(n) / 2000) + np.cumsum(0.05 * rng.normal(size=n))
+    walk += 0.2 * rng.normal(size=n)
+    walk[4000:4300] += np.linspace(0, 6, 300)  # then its transmitter drifts
+    table = pa.table({"t": np.arange(n), **{f"s{j}": X[:, j] for j in range(4)}, "walk": walk})
+    found = {}
+    for wander in ("drop", "detrend"):
+        res = score(table, "t", ["pca"], 3000, options=DetectOptions(far=0.05, wander=wander))
+        assert res.conditioning.wander == ["walk"]
+        alarm = res.table["is_alarm"].to_numpy()
+        assert alarm[3000:4000].mean() <= 0.1  # the wander itself raises no more than the budget's alarms
+        found[wander] = alarm[4100:4300].mean()
+        named = [d.split(",")[0] for d in res.table["drivers"].to_pylist()[4100:4300] if d]
+    assert found["drop"] < 0.2 and found["detrend"] > 0.8  # left out, the drift is hidden; detrended, seen
+    assert named.count("walk") > 0.9 * len(named)
+
+
+def test_the_generated_plant_is_stationary_under_control_and_its_faults_depart():
+    from biopilot.bench import process_plant as pp
+
+    plant = pp.draw_plant(0)
+    names, normal, label = pp.run(plant, 2000, None, 160, seed=5)
+    assert len(names) == normal.shape[1] == pp.MEASURED + pp.MVS and not label.any()
+    sd = normal.std(axis=0)
+    halves = np.abs(normal[:1000].mean(axis=0) - normal[1000:].mean(axis=0)) / sd
+    assert np.median(halves) < 0.3  # no level wanders off: the halves agree
+    assert np.abs(normal[:, :pp.MVS].mean(axis=0) / sd[:pp.MVS]).max() < 0.5  # controlled to their set-points
+    held = normal[:, pp.MEASURED - pp.ANALYSERS:pp.MEASURED]
+    assert (np.diff(held, axis=0) == 0).mean() > 0.7  # the analysers hold their readings
+    _, stuck, label = pp.run(plant, 960, pp.FAULTS["stuck_v2"], 160, seed=5)
+    assert label[:160].sum() == 0 and label[160:].all()
+    assert np.abs(stuck[200:] - normal[:760].mean(axis=0)).max() > 3 * sd.max() / 2  # the plant drifts off
+
+
+@pytest.mark.integration
+def test_bench_detect_on_the_generated_plant(tmp_path):
+    suite = tmp_path / "plant"
+    res = subprocess.run([*BIOPILOT, "bench", "detect", "--make-plant", str(suite), "--detectors", "pca",
+                          "--far", "0.05", "--json"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert len(list(suite.glob("*.csv"))) == 21  # training, a normal test run, 19 faults
+    assert len(out["signals"]) == 36
+    summary = {s["detector"]: s for s in out["summary"]}
+    assert summary["fusion"]["fault_files"] == 19
+    assert summary["fusion"]["normal_false_alarm_rate"] <= 0.1
+    rates = {r["file"]: r["detection_rate"] for r in out["results"] if r["detector"] == "fusion"}
+    assert rates["stuck_v2"] > 0.8 and rates["bias_y0_controlled"] > 0.5
