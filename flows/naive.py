@@ -15,7 +15,7 @@ from bytewax.dataflow import Dataflow
 
 from core.config import load_settings
 from detectors.naive import decode_json_tick, hst_step
-from sinks.lake_sink import LakeSink
+from sinks.lake_sink import LakeSink, part_name
 from sources.jetstream import JetStreamSource
 
 
@@ -27,6 +27,6 @@ def build_flow() -> Dataflow:
     ticks = op.filter_map("decode", messages, decode_json_tick)
     keyed = op.key_on("by_reactor", ticks, lambda t: t["reactor_id"])
     scored = op.stateful_map("hst", keyed, partial(hst_step))
-    rows = op.map("rows", scored, lambda kv: ("lake", kv[1]))
+    rows = op.map("rows", scored, lambda kv: (part_name(0), kv[1]))  # one sink partition
     op.output("lake", rows, LakeSink(settings.lake, max_rows=1000))
     return flow

@@ -12,9 +12,10 @@ for again until it reads.
 >>> import asyncio
 >>> class Broker:  # stands in for a JetStream context: the flow is 4 messages of 1 MB behind, then caught up
 ...     pending = [4, 4, 0]
-...     async def consumer_info(self, stream, durable):
+...     async def consumers_info(self, stream):  # the flow's one consumer (a partitioned flow: one per partition)
 ...         n = self.pending.pop(0)
-...         return type("Info", (), {"num_pending": n, "delivered": type("D", (), {"stream_seq": 10 - n})()})()
+...         return [type("Info", (), {"name": "biopilot-monitor", "num_pending": n,
+...                                   "delivered": type("D", (), {"stream_seq": 10 - n})()})()]
 ...     async def stream_info(self, stream):
 ...         return type("Info", (), {"state": type("S", (), {"bytes": 10 << 20, "messages": 10})()})()
 >>> gate = Backpressure(Broker(), max_bytes=2 << 20, poll_s=0.01, check_every_s=0.0)

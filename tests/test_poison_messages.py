@@ -14,8 +14,8 @@ import pyarrow.compute as pc
 import pytest
 
 from core.events import TICKS
-from core.services import FLOW_DURABLE
 from sinks import delta
+from sources.backpressure import flow_backlog
 from sources.jetstream import Message
 from sources.telemetry import KIND_HEADER, route
 from tests.stream_helpers import make_ticks, publish, publish_raw, wait_rows
@@ -27,8 +27,7 @@ async def _acked_and_dead_lettered(url: str, timeout_s: float = 20.0) -> tuple[b
         js = nc.jetstream()
         deadline = time.monotonic() + timeout_s
         while True:
-            last = (await js.stream_info("TELEMETRY")).state.last_seq
-            acked = (await js.consumer_info("TELEMETRY", FLOW_DURABLE)).ack_floor.stream_seq >= last
+            acked = await flow_backlog(js) == (0, 0)  # every partition's consumer: nothing pending or unacked
             dead = (await js.stream_info("DEADLETTER")).state.messages
             if (acked and dead >= 4) or time.monotonic() > deadline:
                 return acked, dead

@@ -306,9 +306,10 @@ def test_a_hung_receiver_and_a_redis_restart_do_not_stop_the_fast_webhook(
             assert all(_signed_correctly(subs["fast"]["secret"], h, b) for h, b in fast.got)
             assert {json.loads(b)["subscription_id"] for _, b in fast.got} == {subs["fast"]["id"]}
 
+            # running: on a loaded machine a broker call may time out once and the reader restart, healed in seconds
+            assert _poll(lambda: c.get("/healthz").json()["webhooks"]["state"] == "running", 15)
             health = c.get("/healthz").json()
             webhooks = health["webhooks"]
-            assert webhooks["state"] == "running", webhooks
             slow_stats, fast_stats = (webhooks["subscriptions"][subs[n]["id"]] for n in ("slow", "fast"))
             assert fast_stats["delivered"] == 600 and fast_stats["lag"] == 0
             assert slow_stats["lag"] > 500 and slow_stats["in_flight"] == 2 and slow_stats["delivered"] == 0

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from core.services import ManagedServer, ensure_streams, start_nats
+from sources.backpressure import flow_backlog
 
 ROWS_PER_MESSAGE = 10_000  # the throughput and soak phases publish Arrow messages of this many rows
 
@@ -65,8 +66,8 @@ class CommittedRows:
 
 
 def wait_for_consumer(url: str, durable: str, timeout_s: float = 60.0) -> None:
-    """Until the flow's durable consumer exists: it is created after the flow has loaded its models, so
-    publishing before would time the start-up backlog, not the pipeline."""
+    """Until the flow's durable consumers (one per partition of the stream) exist: they are created after the
+    flow has loaded its models, so publishing before would time the start-up backlog, not the pipeline."""
     async def poll() -> None:
         nc = await nats.connect(url)
         try:
@@ -74,12 +75,13 @@ def wait_for_consumer(url: str, durable: str, timeout_s: float = 60.0) -> None:
             deadline = time.monotonic() + timeout_s
             while True:
                 try:
-                    await js.consumer_info("TELEMETRY", durable)
-                    return
-                except nats.js.errors.NotFoundError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"the flow's consumer {durable} did not appear in {timeout_s:.0f} s") from None
-                    await asyncio.sleep(0.1)
+                    if await flow_backlog(js, durable) is not None:
+                        return
+                except nats.js.errors.NotFoundError:  # the stream is not made yet
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the flow's consumer {durable} did not appear in {timeout_s:.0f} s")
+                await asyncio.sleep(0.1)
         finally:
             await nc.close()
     asyncio.run(poll())

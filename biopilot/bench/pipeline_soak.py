@@ -21,7 +21,7 @@ from core.codec import encode_arrow
 from core.events import TICKS
 from core.processes import stop_process_group
 from flows.launch import start_flow
-from sources.backpressure import Backpressure
+from sources.backpressure import Backpressure, flow_consumers
 from sources.publish import ARROW_HEADERS, split_by_reactor
 
 SOAK_SAMPLE_S = 5.0
@@ -97,8 +97,8 @@ def measure_soak(url: str, root: Path, data: pa.Table, duration_s: float, detect
                         break
             generation += 1
         # the stream keeps its newest messages up to its size limit, read or not: what it dropped was never delivered
-        consumer = await js.consumer_info("TELEMETRY", "bench-soak")
-        lost = max(0, messages - consumer.delivered.consumer_seq - consumer.num_pending)
+        consumers = await flow_consumers(js, "bench-soak")  # one per partition of the stream
+        lost = max(0, messages - sum(c.delivered.consumer_seq + c.num_pending for c in consumers))
         await nc.close()
 
     try:

@@ -23,6 +23,7 @@ import nats
 import numpy as np
 import pyarrow as pa
 from deltalake import DeltaTable
+from nats.js.errors import NotFoundError
 
 from biopilot.bench.pipeline_probes import ROWS_PER_MESSAGE, CommittedRows, wait_for_consumer
 from core.codec import encode_arrow
@@ -31,6 +32,7 @@ from core.events import TICKS
 from core.processes import stop_process_group
 from flows.launch import start_flow
 from sinks.delta import Appender
+from sources.backpressure import flow_consumers
 from sources.publish import ARROW_HEADERS, publish_watermark, split_by_reactor
 
 FLOW_TIMEOUT_S = 600.0  # a flow that has not committed every row by then fails the phase
@@ -105,9 +107,9 @@ async def _prepublish_json(url: str, table: pa.Table) -> None:
 def _delivered(url: str, durable: str) -> int:
     async def ask() -> int:
         nc = await nats.connect(url)
-        try:
-            return (await nc.jetstream().consumer_info("TELEMETRY", durable)).delivered.stream_seq
-        except Exception:  # noqa: BLE001 - consumer not created yet
+        try:  # the flow's consumers: one per partition of the stream (none yet: 0)
+            return sum(c.delivered.stream_seq for c in await flow_consumers(nc.jetstream(), durable))
+        except NotFoundError:  # the stream is not made yet
             return 0
         finally:
             await nc.close()
