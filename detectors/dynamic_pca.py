@@ -31,6 +31,7 @@ from detectors.lagged import (
     per_signal,
     quadratic_contributions,
 )
+from detectors.pca import principal_components, t2_spe
 
 
 @dataclass
@@ -55,27 +56,17 @@ class DynamicPca(LaggedReferenceDetector):
     def fit(self, Z: np.ndarray) -> DpcaModel:
         lags = lag_order(Z, self.max_lag)
         W = lag_matrix(Z, lags)
-        _, s, vt = np.linalg.svd(W, full_matrices=False)
-        eig = s**2 / max(len(W) - 1, 1)
-        k = int(np.searchsorted(np.cumsum(eig) / max(eig.sum(), 1e-12), self.explained) + 1)
-        k = max(1, min(k, W.shape[1] - 1 if W.shape[1] > 1 else 1))
-        model = DpcaModel(lags, vt[:k].T, np.maximum(eig[:k], 1e-9), 1.0, 1.0)
-        t2, q = self.statistics(model, W)
-        model.t2_limit = float(np.quantile(t2, self.quantile)) + 1e-9
-        model.q_limit = float(np.quantile(q, self.quantile)) + 1e-9
-        return model
-
-    @staticmethod
-    def statistics(model: DpcaModel, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        T = W @ model.loadings
-        return (T**2 / model.eigvals).sum(axis=1), ((W - T @ model.loadings.T) ** 2).sum(axis=1)
+        P, eigvals = principal_components(W, self.explained)
+        t2, q, _, _ = t2_spe(W, P, eigvals)
+        return DpcaModel(lags, P, eigvals, float(np.quantile(t2, self.quantile)) + 1e-9,
+                         float(np.quantile(q, self.quantile)) + 1e-9)
 
     def score_lagged(self, model: DpcaModel, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        t2, q = self.statistics(model, W)
-        t2, q = t2 / model.t2_limit, q / model.q_limit
         P = model.loadings
+        t2, q, _, resid = t2_spe(W, P, model.eigvals)
+        t2, q = t2 / model.t2_limit, q / model.q_limit
         c_t2 = quadratic_contributions(W, (P / model.eigvals) @ P.T) / model.t2_limit
-        c_q = (W - W @ P @ P.T) ** 2 / model.q_limit
+        c_q = resid**2 / model.q_limit
         m = W.shape[1] // (model.lags + 1)
         contrib = np.where((t2 >= q)[:, None], per_signal(c_t2, m), per_signal(c_q, m))
         return np.maximum(t2, q), contrib

@@ -32,6 +32,26 @@ class PcaModel:
     spe_limit: float
 
 
+def principal_components(Z: np.ndarray, explained: float) -> tuple[np.ndarray, np.ndarray]:
+    """The loadings [m, k] and variances [k] (floored at 1e-9) of the fewest principal components of Z that
+    explain `explained` of its variance (at least 1, at most m - 1)."""
+    n, m = Z.shape
+    _, s, vt = np.linalg.svd(Z, full_matrices=False)
+    eig = s**2 / max(n - 1, 1)
+    k = int(np.searchsorted(np.cumsum(eig) / max(eig.sum(), 1e-12), explained) + 1)
+    k = max(1, min(k, m - 1 if m > 1 else 1))
+    return vt[:k].T, np.maximum(eig[:k], 1e-9)
+
+
+def t2_spe(Z: np.ndarray, loadings: np.ndarray, eigvals: np.ndarray,
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's Hotelling T² and SPE (Q), with the component scores [n, k] and residuals [n, m] that the
+    contributions are made of."""
+    T = Z @ loadings
+    resid = Z - T @ loadings.T
+    return (T**2 / eigvals).sum(axis=1), (resid**2).sum(axis=1), T, resid
+
+
 @register("pca")
 class Pca(ReferenceWindowDetector):
     name = "pca"
@@ -42,22 +62,15 @@ class Pca(ReferenceWindowDetector):
         self.alpha = alpha
 
     def fit(self, Z: np.ndarray) -> PcaModel:
-        n, m = Z.shape
-        _, s, vt = np.linalg.svd(Z, full_matrices=False)
-        eig = s**2 / max(n - 1, 1)
-        k = int(np.searchsorted(np.cumsum(eig) / max(eig.sum(), 1e-12), self.explained) + 1)
-        k = max(1, min(k, m - 1 if m > 1 else 1))
-        P = vt[:k].T
+        n = len(Z)
+        P, eigvals = principal_components(Z, self.explained)
+        k = len(eigvals)
         t2_limit = k * (n - 1) * (n + 1) / (n * max(n - k, 1)) * stats.f.ppf(self.alpha, k, max(n - k, 1))
-        spe = ((Z - Z @ P @ P.T) ** 2).sum(axis=1)
-        spe_limit = float(np.quantile(spe, self.alpha)) * 1.5 + 1e-9
-        return PcaModel(P, np.maximum(eig[:k], 1e-9), float(t2_limit), spe_limit)
+        spe_limit = float(np.quantile(t2_spe(Z, P, eigvals)[1], self.alpha)) * 1.5 + 1e-9
+        return PcaModel(P, eigvals, float(t2_limit), spe_limit)
 
     def score(self, model: PcaModel, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        T = Z @ model.loadings
-        t2 = (T**2 / model.eigvals).sum(axis=1)
-        resid = Z - T @ model.loadings.T
-        spe = (resid**2).sum(axis=1)
+        t2, spe, T, resid = t2_spe(Z, model.loadings, model.eigvals)
         t2, spe = t2 / model.t2_limit, spe / model.spe_limit
         # contributions of the leading statistic: SPE's squared residuals, or T²'s complete decomposition
         # z * (P Λ^-1 P' z) (Westerhuis et al. 2000), so a shift along a retained component names its signal
