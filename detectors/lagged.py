@@ -22,13 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detectors.reference import (
-    ReferenceState,
-    ReferenceWindowDetector,
-    collect,
-    reference_matrix,
-    standardise,
-)
+from detectors.reference import ReferenceState, ReferenceWindowDetector
 
 
 def lag_matrix(Z: np.ndarray, lags: int) -> np.ndarray:
@@ -101,22 +95,12 @@ class LaggedReferenceDetector(ReferenceWindowDetector):
     def score_lagged(self, model: object, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def score_learn_detail(self, state: LaggedState, ts: np.ndarray, X: np.ndarray,
-                           ) -> tuple[LaggedState, np.ndarray, np.ndarray]:
-        X = np.asarray(X, dtype=np.float64)
-        scores = np.zeros(len(X))
-        contrib = np.zeros_like(X)
-        used = 0
-        if state.model is None:
-            used = collect(state, X, self.reference_ticks)
-            if state.n >= self.reference_ticks:
-                R = reference_matrix(state)
-                state.model = self.fit(R)
-                state.history = R[-(self.max_lag + 2):]
-        if state.model is not None and used < len(X):
-            Z = standardise(X[used:], state.mean, state.sd)
-            full = np.vstack([state.history, Z])
-            W = lag_matrix(full, self.window(state.model))[-len(Z):]
-            scores[used:], contrib[used:] = self.score_lagged(state.model, W)
-            state.history = full[-(self.max_lag + 2):]
-        return state, scores, contrib
+    def fit_state(self, state: LaggedState, R: np.ndarray) -> None:
+        super().fit_state(state, R)
+        state.history = R[-(self.max_lag + 2):]  # the lags of the first rows scored
+
+    def score_state(self, state: LaggedState, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        full = np.vstack([state.history, Z])
+        W = lag_matrix(full, self.window(state.model))[-len(Z):]
+        state.history = full[-(self.max_lag + 2):]
+        return self.score_lagged(state.model, W)

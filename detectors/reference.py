@@ -45,7 +45,7 @@ def reference_matrix(state: ReferenceState) -> np.ndarray:
 class ReferenceWindowDetector:
     """Base of the detectors fitted once on the first `reference_ticks` of a run: subclasses give `fit` (the
     standardised reference -> a model) and `score` (model, standardised rows -> scores, per-signal
-    contributions)."""
+    contributions); one that keeps rows across calls overrides `fit_state` and `score_state` instead."""
 
     name = "reference"
 
@@ -61,6 +61,14 @@ class ReferenceWindowDetector:
     def score(self, model: object, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def fit_state(self, state: ReferenceState, R: np.ndarray) -> None:
+        """Fit on the standardised reference R."""
+        state.model = self.fit(R)
+
+    def score_state(self, state: ReferenceState, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and per-signal contributions of standardised rows after the fit."""
+        return self.score(state.model, Z)
+
     def score_learn_detail(self, state: ReferenceState, ts: np.ndarray, X: np.ndarray,
                            ) -> tuple[ReferenceState, np.ndarray, np.ndarray]:
         X = np.asarray(X, dtype=np.float64)
@@ -70,9 +78,9 @@ class ReferenceWindowDetector:
         if state.model is None:
             used = collect(state, X, self.reference_ticks)
             if state.n >= self.reference_ticks:
-                state.model = self.fit(reference_matrix(state))
+                self.fit_state(state, reference_matrix(state))
         if state.model is not None and used < len(X):
-            scores[used:], contrib[used:] = self.score(state.model, standardise(X[used:], state.mean, state.sd))
+            scores[used:], contrib[used:] = self.score_state(state, standardise(X[used:], state.mean, state.sd))
         return state, scores, contrib
 
     def score_learn(self, state: ReferenceState, ts: np.ndarray, X: np.ndarray) -> tuple[ReferenceState, np.ndarray]:
