@@ -40,7 +40,7 @@ from core.services import (
 )
 from dashboard.app import create_app
 from dashboard.auth import issue_login_code
-from flows.launch import cluster_addresses, flow_command, prepare_lake, set_aside_stale_store
+from flows.launch import cluster_commands, set_aside_stale_store
 from sources.patient.scenarios import PatientScenario
 from sources.scenarios import Scenario
 
@@ -78,12 +78,10 @@ class _Dashboard(uvicorn.Server):
 def _flow_children(services: Services, lake: str, state: Path, lateness_s: float, plant: str,
                    processes: int) -> list[Child]:
     """The flow: one process, or a Bytewax cluster of `processes` (`flow-0`, ...) restarted as a whole."""
-    prepare_lake(lake)
-    addresses = cluster_addresses(processes)
+    commands = cluster_commands(services.nats_url_for("flow"), lake, processes, state / "recovery", lateness_s,
+                                plant=plant)
     children = []
-    for process_id in range(processes):
-        cmd, env = flow_command(services.nats_url_for("flow"), lake, state / "recovery", lateness_s, plant=plant,
-                                process_id=process_id, addresses=addresses)
+    for process_id, (cmd, env) in enumerate(commands):
         name = "flow" if processes == 1 else f"flow-{process_id}"
         children.append(Child(name, cmd, env, state / f"{name}.log", group="flow" if processes > 1 else None))
     return children

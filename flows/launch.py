@@ -102,17 +102,24 @@ def start_flow(nats_url: str, lake: str, recovery_dir: Path | None = None, laten
     return spawn(cmd, log_path or Path(os.devnull), env)
 
 
+def cluster_commands(nats_url: str, lake: str, processes: int, recovery_dir: Path | None = None,
+                     lateness_s: float = 300.0, durable: str = FLOW_DURABLE, extra_env: dict[str, str] | None = None,
+                     snapshot_s: float = 5.0, plant: str | None = None) -> list[tuple[list[str], dict[str, str]]]:
+    """The command and environment of each process I of the monitoring flow as a cluster of `processes` on this
+    machine (one: a lone process), the lake prepared for them."""
+    prepare_lake(lake)
+    addresses = cluster_addresses(processes)
+    return [flow_command(nats_url, lake, recovery_dir, lateness_s, durable, extra_env, snapshot_s, plant=plant,
+                         process_id=process_id, addresses=addresses) for process_id in range(processes)]
+
+
 def start_cluster(nats_url: str, lake: str, processes: int, recovery_dir: Path | None = None,
                   lateness_s: float = 300.0, durable: str = FLOW_DURABLE, log_dir: Path | None = None,
                   extra_env: dict[str, str] | None = None, snapshot_s: float = 5.0, plant: str | None = None,
                   ) -> list[subprocess.Popen]:
     """The monitoring flow as a cluster of `processes` on this machine, process I's output appended to
     `log_dir/flow-I.log`."""
-    prepare_lake(lake)
-    addresses = cluster_addresses(processes)
-    procs = []
-    for process_id in range(processes):
-        cmd, env = flow_command(nats_url, lake, recovery_dir, lateness_s, durable, extra_env, snapshot_s,
-                                plant=plant, process_id=process_id, addresses=addresses)
-        procs.append(spawn(cmd, Path(os.devnull) if log_dir is None else log_dir / f"flow-{process_id}.log", env))
-    return procs
+    commands = cluster_commands(nats_url, lake, processes, recovery_dir, lateness_s, durable, extra_env, snapshot_s,
+                                plant)
+    return [spawn(cmd, Path(os.devnull) if log_dir is None else log_dir / f"flow-{process_id}.log", env)
+            for process_id, (cmd, env) in enumerate(commands)]
