@@ -14,7 +14,7 @@ import contextlib
 import functools
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -148,21 +148,26 @@ AppTransaction = tuple[str, int]  # a Delta app transaction (`txn`): the writer'
 
 
 # a flow's partitions append to one table at each epoch's end at once: blind appends, which a retry always
-# resolves, so they retry for longer than deltalake's default before the sink gives up
+# resolves, so they retry for longer than a creation race before the sink gives up
 PARTITIONED_COMMIT_RETRIES = 100
 
 
-def _commit_properties(app_transaction: AppTransaction | None) -> CommitProperties | None:
-    if app_transaction is None:
+def _commit_properties(app_transactions: Sequence[AppTransaction]) -> CommitProperties | None:
+    """With app transactions, deltalake does not retry the commit itself: when the store took a commit but its
+    answer was lost (the store restarting), deltalake's retry found the version taken, and as a blind append
+    does not conflict with another it committed the same rows again at the next version, under the same `txn`.
+    The `Appender` retries instead, once it has read the table's `txn` (`_landed`)."""
+    if not app_transactions:
         return None
-    return CommitProperties(app_transactions=[Transaction(app_id=app_transaction[0], version=app_transaction[1])],
-                            max_commit_retries=PARTITIONED_COMMIT_RETRIES)
+    return CommitProperties(app_transactions=[Transaction(app_id=app_id, version=version)
+                                              for app_id, version in app_transactions], max_commit_retries=0)
 
 
 def append(lake: str | Path, name: str, data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
-           schema: pa.Schema, app_transaction: AppTransaction | None = None) -> None:
-    """Append rows in one commit; `data` may be a stream of batches of `schema`. `app_transaction`: recorded with
-    the commit in the same atomic step (`transaction_version` reads it back): a writer's idempotence key."""
+           schema: pa.Schema, app_transactions: Sequence[AppTransaction] = ()) -> None:
+    """Append rows in one commit; `data` may be a stream of batches of `schema`. `app_transactions`: recorded with
+    the commit in the same atomic step (`transaction_version` reads each back): writers' idempotence keys (one
+    commit may carry the rows of several writers, each with its own)."""
     data = _prepared(data, schema)
     if data is None:
         return
@@ -170,7 +175,7 @@ def append(lake: str | Path, name: str, data: pa.Table | pa.RecordBatchReader | 
         Path(lake).mkdir(parents=True, exist_ok=True)
     write_deltalake(table_uri(lake, name), data, mode="append", writer_properties=WRITER,
                     configuration=table_properties(name), storage_options=lake_storage_options(lake),
-                    commit_properties=_commit_properties(app_transaction))
+                    commit_properties=_commit_properties(app_transactions))
 
 
 def create_table(lake: str | Path, name: str, schema: pa.Schema) -> DeltaTable:
@@ -188,7 +193,7 @@ def create_table(lake: str | Path, name: str, schema: pa.Schema) -> DeltaTable:
 
 
 def transaction_version(lake: str | Path, name: str, app_id: str) -> int | None:
-    """The last version `app_id` committed to table `name` (`append`'s `app_transaction`), None if none."""
+    """The last version `app_id` committed to table `name` (`append`'s `app_transactions`), None if none."""
     table = open_table(lake, name)
     return None if table is None else table.transaction_version(app_id)
 
@@ -206,14 +211,14 @@ def prepare_tables(lake: str | Path, names: Iterable[str]) -> None:
 CREATION_RACE_RETRIES = 8
 
 
-def _landed(table: DeltaTable, app_transaction: AppTransaction | None) -> bool:
+def _landed(table: DeltaTable, app_transactions: Sequence[AppTransaction]) -> bool:
     """Whether a commit that raised had landed all the same: its answer lost (the object store restarting),
-    deltalake's retry of it refused as a concurrent transaction by itself. Its `txn` says so; appending again
-    would commit its rows twice."""
-    if app_transaction is None:
+    deltalake's retry of it refused as a concurrent transaction by itself. Its `txn`s say so (they land together);
+    appending again would commit its rows twice."""
+    if not app_transactions:
         return False
-    done = table.transaction_version(app_transaction[0])
-    return done is not None and done >= app_transaction[1]
+    done = [table.transaction_version(app_id) for app_id, _ in app_transactions]
+    return all(d is not None and d >= version for d, (_, version) in zip(done, app_transactions, strict=True))
 
 
 class Appender:
@@ -241,20 +246,20 @@ class Appender:
         self.commits: dict[str, int] = defaultdict(int)  # per table, since its last compaction
 
     def append(self, name: str, data: pa.Table | pa.RecordBatchReader | Iterable[pa.RecordBatch],
-               schema: pa.Schema, app_transaction: AppTransaction | None = None) -> None:
+               schema: pa.Schema, app_transactions: Sequence[AppTransaction] = ()) -> None:
         table = self.tables.get(name)
         if table is None:
             table = open_table(self.lake, name)
             if table is None:  # the first commit creates the table
                 try:
-                    append(self.lake, name, data, schema, app_transaction)
+                    append(self.lake, name, data, schema, app_transactions)
                     self.commits[name] += 1
                     return
                 except DeltaError:  # another writer created it first: append to theirs
                     table = open_table(self.lake, name)
                     if table is None:
                         raise
-                    if _landed(table, app_transaction):
+                    if _landed(table, app_transactions):
                         self.commits[name] += 1
                         return
             properties = table_properties(name)
@@ -266,23 +271,25 @@ class Appender:
             return
         try:
             write_deltalake(table, data, mode="append", writer_properties=WRITER,
-                            commit_properties=_commit_properties(app_transaction))
+                            commit_properties=_commit_properties(app_transactions))
         except CommitFailedError:
-            # a concurrent commit changed the metadata (another process's creation of the table landing just
-            # after ours, a properties change): ours was refused whole, so it is made again on the table as it
-            # is now (a stream of batches, already consumed, cannot be: the caller retries it)
+            # a concurrent commit: another partition's append, or a change of the metadata (another process's
+            # creation of the table landing just after ours, a properties change), or ours landed unanswered.
+            # Ours is made again on the table as it is now, unless its `txn` says it landed (a stream of batches,
+            # already consumed, cannot be: the caller retries it)
             if not isinstance(data, pa.Table):
                 raise
-            for attempt in range(CREATION_RACE_RETRIES):  # several partitions of a flow may create it at once
+            attempts = PARTITIONED_COMMIT_RETRIES if app_transactions else CREATION_RACE_RETRIES
+            for attempt in range(attempts):
                 table = self.tables[name] = open_table(self.lake, name)
-                if _landed(table, app_transaction):
+                if _landed(table, app_transactions):
                     break
                 try:
                     write_deltalake(table, data, mode="append", writer_properties=WRITER,
-                                    commit_properties=_commit_properties(app_transaction))
+                                    commit_properties=_commit_properties(app_transactions))
                     break
                 except CommitFailedError:
-                    if attempt == CREATION_RACE_RETRIES - 1:
+                    if attempt == attempts - 1:
                         raise
         self.commits[name] += 1
         if self.compact_every is not None and self.commits[name] >= self.compact_every:

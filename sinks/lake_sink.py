@@ -221,39 +221,143 @@ class _Dedupe:
                     del seen[key]
 
 
+class _Committer:
+    """The one writer thread of a lake in this process, for every sink partition the process holds: it takes the
+    batches all of them sealed and commits each table once, the rows of several partitions in one Delta commit
+    that carries each partition's app transaction (they land together or not at all). A writer per partition
+    made a commit per partition and table: on one machine eight partitions' writers committed eight times as
+    often, and the flow waited on them (docs/PERFORMANCE.md). The partitions share its condition: it guards
+    their buffers, logs' open segments and batches, and the writer's work. Partition `p000`'s process compacts:
+    the compaction's commit then never races another process's."""
+
+    registry: dict[str, _Committer] = {}
+    registry_lock = threading.Lock()
+
+    def __init__(self, lake: str) -> None:
+        self.lake = lake
+        self.appender = delta.Appender(lake, None)
+        self.changed = threading.Condition()
+        self.partitions: list[_LakePartition] = []
+        self.thread = threading.Thread(target=self._write_loop, name="biopilot-delta-writer", daemon=True)
+
+    @classmethod
+    def join(cls, part: _LakePartition, compacts: bool) -> _Committer:
+        with cls.registry_lock:
+            committer = cls.registry.get(part.lake)
+            if committer is None:
+                committer = cls.registry[part.lake] = cls(part.lake)
+            with committer.changed:
+                committer.partitions.append(part)
+                if compacts:
+                    committer.appender.compact_every = delta.COMPACT_EVERY
+            if not committer.thread.is_alive():  # started with its first partition: it ends with its last
+                committer.thread.start()
+        return committer
+
+    def leave(self, part: _LakePartition) -> None:
+        """`part` closed; the last one out ends the thread."""
+        with self.registry_lock, self.changed:
+            self.partitions.remove(part)
+            if not self.partitions:
+                del self.registry[self.lake]
+                self.changed.notify_all()
+
+    def _work(self) -> list[tuple[_LakePartition, list[_Batch]]] | None:
+        """Every partition's sealed batches, sealing the buffers whose oldest row is `max_age_s` old (partitions
+        without a log); None once no partition is left (with the condition held)."""
+        while True:
+            work, due, taken = [], None, False
+            for part in self.partitions:
+                if part.wal is None and part.oldest is not None:
+                    wait_s = part.oldest + part.max_age_s - time.monotonic()
+                    if wait_s <= 0:
+                        part.seal()
+                    else:
+                        due = wait_s if due is None else min(due, wait_s)
+                if part.sealed:
+                    batches, taken = list(part.sealed), True
+                    part.sealed.clear()
+                    if part.failure is None:  # after a failure the segments stay for the next process
+                        work.append((part, batches))
+            if taken:
+                self.changed.notify_all()  # room for the dataflow thread
+            if work:
+                return work
+            if not self.partitions:
+                return None
+            self.changed.wait(due)
+
+    def _write_loop(self) -> None:
+        while True:
+            with self.changed:
+                work = self._work()
+                if work is None:
+                    return
+                for part, _ in work:
+                    part.committing = True
+            try:
+                self._commit(work)
+            except BaseException as err:  # surfaced on the dataflow's thread at the partitions' next call
+                # and said here: in a cluster Bytewax aborts on it without its traceback (bytewax#318)
+                log.exception("Delta commit of %s failed", ", ".join(part.app_id for part, _ in work))
+                for part, _ in work:
+                    part.failure = err
+            finally:
+                with self.changed:
+                    for part, _ in work:
+                        part.committing = False
+                    self.changed.notify_all()
+
+    def _commit(self, work: list[tuple[_LakePartition, list[_Batch]]]) -> None:
+        rows: dict[str, list[pa.Table]] = defaultdict(list)
+        versions: dict[str, dict[str, int]] = defaultdict(dict)  # per table: each partition's last segment
+        for part, batches in work:
+            for batch in batches:
+                for name, table in part.rows_of(batch).items():
+                    rows[name].append(table)
+                    if batch.version is not None:
+                        versions[name][part.app_id] = batch.version
+        for name, tables in rows.items():
+            self.appender.append(name, pa.concat_tables(tables), SCHEMAS[name], list(versions[name].items()))
+        for _, batches in work:
+            for batch in batches:
+                if batch.segment is not None:
+                    batch.segment.unlink(missing_ok=True)
+
+
 class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], int | None]):
     def __init__(self, lake: str, max_rows: int, max_age_s: float, wal_dir: str | Path | None = None,
                  app_id: str = "biopilot-flow", compacts: bool = True, resume_state: int | None = None) -> None:
         self.lake, self.max_rows, self.max_age_s, self.app_id = lake, max_rows, max_age_s, app_id
-        # one partition compacts: the compaction's commit then never races another partition's
-        self.appender = delta.Appender(lake, delta.COMPACT_EVERY if compacts else None)
         self.buffers: Parts = defaultdict(list)
         self.rows: dict[str, int] = defaultdict(int)
         self.oldest: float | None = None
         self.wal = None if wal_dir is None else WriteAheadLog(wal_dir)
         self.dedupe = _Dedupe(lake) if self.wal is None else None
-        # batch assembly, de-duplication and commits run on a writer thread (Arrow and the Delta writer release
-        # the GIL), so the dataflow thread only hands tables over and keeps scoring and alerting. Without a log
-        # the writer also keeps the age limit: when the input pauses (a run ends, a replay is paused) the last
-        # rows land `max_age_s` later rather than at the end of the epoch, up to 5 s on. At most two batches
-        # wait for the writer: the back-pressure. One condition guards the buffers, the log's open segment and
-        # the batches.
-        self.changed = threading.Condition()
+        # batch assembly, de-duplication and commits run on the lake's writer thread (Arrow and the Delta writer
+        # release the GIL), so the dataflow thread only hands tables over and keeps scoring and alerting. Without
+        # a log the writer also keeps the age limit: when the input pauses (a run ends, a replay is paused) the
+        # last rows land `max_age_s` later rather than at the end of the epoch, up to 5 s on. At most two
+        # batches wait for the writer: the back-pressure.
         self.sealed: deque[_Batch] = deque()  # for the writer, in order
         self.held: list[_Batch] = []  # sealed in the epoch now ending: committed once the next one ends
         self.acknowledged_below = resume_state or 0  # the segment number the last snapshot returned
         if self.wal is not None:  # what the last process's stored snapshot acknowledged, and not deleted
             self.sealed.extend(self.wal.leftovers(self.acknowledged_below))
         self.committing = False
-        self.closing = False
         self.failure: BaseException | None = None
-        self.writer = threading.Thread(target=self._write_loop, name="biopilot-delta-writer", daemon=True)
-        self.writer.start()
+        self.committer = _Committer.join(self, compacts)
+        self.changed = self.committer.changed
         if self.wal is not None:
+            with self.changed:
+                self.changed.notify_all()
             self.wait_committed()  # a restarted partition's leftovers land before anything new
 
-    def _commit(self, batch: _Batch) -> None:
+    def rows_of(self, batch: _Batch) -> dict[str, pa.Table]:
+        """A batch's rows per table, in the table's schema, less what the lake has already: a recovered segment's
+        tables that have it (their `txn`), and without a log the rows whose keys it holds (writer thread)."""
         parts = batch.parts if batch.parts is not None or self.wal is None else self.wal.read(batch.segment)
+        out = {}
         for name, tables in (parts or {}).items():
             if batch.recovered:
                 done = delta.transaction_version(self.lake, name, self.app_id)
@@ -267,53 +371,14 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], int | None]):
             if self.dedupe is not None:
                 table = self.dedupe.fresh(name, table)
             if table.num_rows:
-                self.appender.append(name, table, schema, None if batch.version is None
-                                     else (self.app_id, batch.version))
-        if batch.segment is not None:
-            batch.segment.unlink(missing_ok=True)
-
-    def _next_batch(self) -> _Batch | None:
-        """The oldest batch for the writer, sealing the buffers once their oldest row is `max_age_s` old
-        (without a log); None at the close (writer thread, with the condition held)."""
-        while True:
-            if self.sealed:
-                self.changed.notify_all()  # room for the dataflow thread
-                return self.sealed.popleft()
-            if self.closing:
-                return None
-            if self.oldest is None or self.wal is not None:
-                self.changed.wait()
-                continue
-            due = self.oldest + self.max_age_s - time.monotonic()
-            if due <= 0:
-                self._seal()
-            else:
-                self.changed.wait(due)
-
-    def _write_loop(self) -> None:
-        while True:
-            with self.changed:
-                batch = self._next_batch()
-                if batch is None:
-                    return
-                self.committing = True
-            try:
-                if self.failure is None:  # after a failure the segments stay for the next process
-                    self._commit(batch)
-            except BaseException as err:  # surfaced on the dataflow's thread at the next call
-                # and said here: in a cluster Bytewax aborts on it without its traceback (bytewax#318)
-                log.exception("Delta commit of %s failed", self.app_id)
-                self.failure = err
-            finally:
-                with self.changed:
-                    self.committing = False
-                    self.changed.notify_all()
+                out[name] = table
+        return out
 
     def _check(self) -> None:
         if self.failure is not None:
             raise RuntimeError(f"Delta write failed: {self.failure}") from self.failure
 
-    def _seal(self) -> None:
+    def seal(self) -> None:
         """Hand the buffered rows on (with the condition held): to the writer, or with a log to the batches
         held until their epoch is stored (their rows are on disk: not kept in memory)."""
         if self.wal is not None:
@@ -340,7 +405,7 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], int | None]):
                 self.oldest = time.monotonic()
                 self.changed.notify_all()  # the writer's age clock starts
             if any(n >= self.max_rows for n in self.rows.values()):
-                self._seal()
+                self.seal()
             if len(self.sealed) > 2:  # the writer is behind (batches sealed by size, age or epoch): wait for it
                 self.changed.wait_for(lambda: len(self.sealed) <= 2 or self.failure is not None)
 
@@ -355,7 +420,7 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], int | None]):
                 self.held = [b for b in self.held if b.version >= self.acknowledged_below]
                 self.sealed.extend(ready)
                 self.changed.notify_all()
-            self._seal()
+            self.seal()
             if self.wal is not None:
                 self.acknowledged_below = self.wal.next_number
                 if len(self.sealed) > 2:  # the writer is behind: wait for it
@@ -371,16 +436,13 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], int | None]):
     def close(self) -> None:
         """The input ended (a finite run): nothing is replayed, so everything goes to Delta now."""
         with self.changed:
-            self._seal()
+            self.seal()
             self.sealed.extend(self.held)
             self.held = []
             self.changed.notify_all()
         self.wait_committed()
+        self.committer.leave(self)
         self._check()
-        with self.changed:
-            self.closing = True
-            self.changed.notify_all()
-        self.writer.join(30)
 
 
 def part_name(partition: int) -> str:

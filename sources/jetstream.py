@@ -48,6 +48,23 @@ class Message:
 EPOCH_MARK = Message("", b"", {}, 0)
 
 
+class Arrivals:
+    """Whether any of a process's partitions has messages buffered. A partition with none waits for a message on
+    any of them, not only on its own: each waiting for its own, the eight partitions of a live stream kept the
+    dataflow thread asleep for most of each round while the others' messages waited, and the flow fell behind
+    (docs/PERFORMANCE.md)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.pulls: list[ContinuousPull] = []
+
+    def wait(self, wait_s: float) -> None:
+        """Up to `wait_s` for a message on any partition, unless one has some already (dataflow thread)."""
+        self.event.clear()
+        if not any(pull.buffer for pull in self.pulls):  # after the clear: an arrival in between sets it again
+            self.event.wait(wait_s)
+
+
 class ContinuousPull:
     """Keeps a pull consumer's messages flowing into a local buffer, as the newer NATS clients' `consume` does
     (nats-py has only `fetch`). Pull requests ask for up to `window` messages in all, minus what is buffered,
@@ -59,11 +76,13 @@ class ContinuousPull:
     status is written off a second after it should have ended, and asked again; a new connection (after a
     broker restart) asks again at once."""
 
-    def __init__(self, io: BackgroundLoop, nc: nats.NATS, api_subject: str, window: int, expires_s: float) -> None:
+    def __init__(self, io: BackgroundLoop, nc: nats.NATS, api_subject: str, window: int, expires_s: float,
+                 arrivals: Arrivals | None = None) -> None:
         self.io, self.nc, self.api_subject = io, nc, api_subject
         self.window, self.expires_s = window, expires_s
         self.buffer: collections.deque = collections.deque()
-        self.ready = threading.Event()
+        self.arrivals = arrivals or Arrivals()
+        self.arrivals.pulls.append(self)
         self.requests: collections.deque[list] = collections.deque()  # [deadline, messages still to come], oldest first
         self.inbox = nc.new_inbox()
         self.sub = None
@@ -97,7 +116,7 @@ class ContinuousPull:
                 if self.requests[0][1] <= 0:
                     self.requests.popleft()
             self.buffer.append(msg)
-            self.ready.set()
+            self.arrivals.event.set()
         elif status in ("408", "409"):  # a request ended (expired, or refused: then it asked for nothing)
             if self.requests:
                 self.requests.popleft()
@@ -122,11 +141,10 @@ class ContinuousPull:
             await self._top_up()
 
     def take(self, limit: int, wait_s: float) -> list[Msg]:
-        """Up to `limit` buffered messages, waiting up to `wait_s` for the first (dataflow thread)."""
+        """Up to `limit` buffered messages; none buffered, first up to `wait_s` for a message on any partition
+        (dataflow thread)."""
         if not self.buffer:
-            self.ready.clear()
-            if not self.buffer:
-                self.ready.wait(wait_s)
+            self.arrivals.wait(wait_s)
         out = []
         while self.buffer and len(out) < limit:
             out.append(self.buffer.popleft())
@@ -135,6 +153,8 @@ class ContinuousPull:
         return out
 
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):  # its buffer is never taken again: no longer a reason not to wait
+            self.arrivals.pulls.remove(self)
         if self.ticker:
             self.ticker.cancel()
         if self.sub:
@@ -169,8 +189,8 @@ class _Partition(StatefulSourcePartition[Message, int]):
     right after the floor (a redelivery after `ack_wait` would come below it, taken for a repeat)."""
 
     def __init__(self, url: str, stream: str, durable: str, subjects: list[str], batch: int, wait_s: float,
-                 resume_seq: int | None, partitioned: bool) -> None:
-        self.stream, self.durable, self.subjects = stream, durable, subjects
+                 resume_seq: int | None, partitioned: bool, arrivals: Arrivals) -> None:
+        self.stream, self.durable, self.subjects, self.arrivals = stream, durable, subjects, arrivals
         self.batch, self.wait_s, self.partitioned = batch, wait_s, partitioned
         self.floor = resume_seq or 0  # every stream sequence <= floor of this filter has been handed to the flow
         self.unacked: list[str] = []  # reply subjects: no payloads kept alive
@@ -216,7 +236,7 @@ class _Partition(StatefulSourcePartition[Message, int]):
         # the window: the next messages are on their way while the flow works on the last ones (waiting for
         # each round trip left the dataflow thread idle: docs/PERFORMANCE.md)
         self.pull = ContinuousPull(self.io, self.nc, f"{DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.stream}.{self.durable}",
-                                   window=2 * self.batch, expires_s=5.0)
+                                   window=2 * self.batch, expires_s=5.0, arrivals=self.arrivals)
         await self.pull.start()
 
     async def reconnected(self) -> None:
@@ -334,7 +354,7 @@ class JetStreamSource(FixedPartitionedSource[Message, int]):
     """Messages of `stream` in batches of up to `batch` as they arrive, with up to twice that many buffered or
     on their way per partition. A message is itself a batch of ticks, so 8 is enough for throughput (8 x 10k
     ticks at full rate) while at live rates (~50-tick messages) a message waits for at most 7 others.
-    `wait_s`: how long an idle `next_batch` waits for one.
+    `wait_s`: how long an idle `next_batch` waits for one (on any of the process's partitions).
 
     With `subjects`, one partition: the consumer `durable` on those subjects. Without, one partition per
     partition of the stream's subject transform (`partitions`, asked of the stream if None): consumer
@@ -347,6 +367,7 @@ class JetStreamSource(FixedPartitionedSource[Message, int]):
         self.url, self.stream, self.durable = url, stream, durable
         self.subjects, self.partitions = subjects, partitions
         self.batch, self.wait_s = batch, wait_s
+        self.arrivals = Arrivals()  # shared by this process's partitions
 
     def _parts(self) -> dict[str, tuple[list[str], bool]]:
         """Each partition's consumer name: its subjects, and whether they carry the partition token."""
@@ -365,4 +386,4 @@ class JetStreamSource(FixedPartitionedSource[Message, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
         subjects, partitioned = self._parts()[for_part]
         return _Partition(self.url, self.stream, for_part, subjects, self.batch, self.wait_s, resume_state,
-                          partitioned)
+                          partitioned, self.arrivals)

@@ -48,6 +48,42 @@ def _close(io: BackgroundLoop, nc: object, pull: ContinuousPull) -> None:
     io.close()
 
 
+def test_an_empty_partition_does_not_wait_while_another_partition_of_the_process_has_messages(
+        nats_server: ManagedServer) -> None:
+    # the dataflow thread asks each partition in turn: one waiting out its own timeout while another's messages
+    # were buffered held the flow up, and with eight partitions it fell behind a live stream
+    io_busy, nc_busy, busy = _pull(nats_server, window=8, expires_s=5.0, published=4)
+    arrivals = busy.arrivals
+    io_idle = BackgroundLoop()
+
+    async def idle_pull() -> tuple[object, ContinuousPull]:
+        nc = await nats.connect(nats_server.url)
+        pull = ContinuousPull(io_idle, nc, "$JS.API.CONSUMER.MSG.NEXT.TELEMETRY.none", 8, 5.0, arrivals=arrivals)
+        return nc, pull
+
+    nc_idle, idle = io_idle.run(idle_pull(), timeout=10)
+    try:
+        deadline = time.monotonic() + 5
+        while len(busy.buffer) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        assert idle.take(8, wait_s=3.0) == []
+        assert time.monotonic() - started < 1.0, "the empty partition waited although another had messages"
+        assert len(busy.take(8, wait_s=3.0)) == 4
+        started = time.monotonic()
+        assert idle.take(8, wait_s=0.3) == []  # none buffered anywhere: it waits
+        assert time.monotonic() - started >= 0.25
+        io_busy.run(nc_busy.jetstream().publish("biopilot.telemetry.r1", b"late"), timeout=5)
+        started = time.monotonic()
+        assert idle.take(8, wait_s=3.0) == []  # a message on the other partition ends the wait
+        assert time.monotonic() - started < 2.0
+        assert [m.data for m in busy.take(8, wait_s=0.0)] == [b"late"]
+    finally:
+        _close(io_busy, nc_busy, busy)
+        io_idle.run(nc_idle.close(), timeout=5)
+        io_idle.close()
+
+
 def test_continuous_pull_hands_over_every_message_once_in_order_with_a_bounded_buffer(
         nats_server: ManagedServer) -> None:
     io, nc, pull = _pull(nats_server, window=8, expires_s=5.0, published=40)

@@ -104,6 +104,28 @@ def test_a_failed_commit_surfaces_on_the_dataflow_thread(tmp_path, monkeypatch):
         part.write_batch([("ticks", _ticks(10))])
 
 
+def test_a_partition_whose_commit_failed_closes_with_the_error_instead_of_waiting_for_its_last_rows(
+        tmp_path, monkeypatch):
+    # its later rows are never committed (the next process replays them): the close must not wait for them
+    part = LakeSink(str(tmp_path / "lake"), max_rows=10_000, max_age_s=3600).build_part("lake", "lake", None)
+    gate, crashed, entered = _held_writer(monkeypatch)
+    part.write_batch([("ticks", _ticks(10))])
+    part.snapshot()
+    assert entered.wait(10)
+    part.write_batch([("ticks", _ticks(20).slice(10))])  # buffered while the commit before is on its way
+    crashed.set()
+    gate.set()
+    deadline = time.monotonic() + 10
+    while part.failure is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    closed: list[BaseException] = []
+    closer = lake_sink.threading.Thread(target=lambda: closed.append(pytest.raises(RuntimeError, part.close).value))
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive(), "the close waited for rows that will never be committed"
+    assert "Delta write failed" in str(closed[0])
+
+
 def test_without_a_recovery_store_a_snapshot_hands_rows_over_without_waiting(tmp_path, monkeypatch):
     # nothing keeps the snapshot, so it must not hold the dataflow up; the rows still all land
     lake = str(tmp_path / "lake")
@@ -317,7 +339,7 @@ def test_a_commit_that_landed_but_was_refused_on_its_retry_is_not_appended_again
     a second time."""
     schema = pa.schema([("x", pa.int64())])
     appender = delta.Appender(tmp_path, compact_every=None)
-    appender.append("numbers", pa.table({"x": [0]}), schema, ("p000", 0))  # the table and its first commit
+    appender.append("numbers", pa.table({"x": [0]}), schema, [("p000", 0)])  # the table and its first commit
     real = delta.write_deltalake
 
     def lands_then_refused(*args: object, **kwargs: object) -> None:
@@ -326,6 +348,6 @@ def test_a_commit_that_landed_but_was_refused_on_its_retry_is_not_appended_again
         raise CommitFailedError("concurrent transaction")
 
     monkeypatch.setattr(delta, "write_deltalake", lands_then_refused)
-    appender.append("numbers", pa.table({"x": [1, 2]}), schema, ("p000", 1))
+    appender.append("numbers", pa.table({"x": [1, 2]}), schema, [("p000", 1)])
     assert sorted(delta.read(tmp_path, "numbers")["x"].to_pylist()) == [0, 1, 2]  # not [0, 1, 1, 2, 2]
     assert delta.transaction_version(tmp_path, "numbers", "p000") == 1
