@@ -135,13 +135,11 @@ def change_sentence(annotation: dict) -> str:
 def _smoothed_z(X: np.ndarray, minutes: np.ndarray, ref: GoldenReference) -> np.ndarray:
     last = len(ref.median) - 1
     bins = np.clip((minutes // ref.bin_min).astype(int), 0, last)
-    z = (X - ref.median[bins]) / ref.scale[bins]
+    z = ref.z(X, bins)
     # a feed or base step a tick off the age bin's edge is the schedule's timing, not a fault: the pumps are
     # judged against the nearest of the neighbouring bins (a missed bolus or an overfeed lasts many bins)
-    for j in PUMPS:
-        near = [(X[:, j] - ref.median[b, j]) / ref.scale[b, j] for b in (np.maximum(bins - 1, 0),
-                                                                           np.minimum(bins + 1, last))]
-        z[:, j] = np.select([np.abs(n) < np.abs(z[:, j]) for n in near], near, z[:, j])
+    near = [ref.z(X, b)[:, PUMPS] for b in (np.maximum(bins - 1, 0), np.minimum(bins + 1, last))]
+    z[:, PUMPS] = np.select([np.abs(n) < np.abs(z[:, PUMPS]) for n in near], near, z[:, PUMPS])
     alpha = 1.0 - 0.5 ** (1.0 / SMOOTH_HALFLIFE_TICKS)
     # a missing reading adds no deviation (as in the golden detector), so gaps do not pose as faults
     return lfilter([alpha], [1.0, alpha - 1.0], np.nan_to_num(z), axis=0)

@@ -3,10 +3,10 @@ bin, the golden trajectory and the limits the live detectors alarm at, from the 
 (`detectors.recipe.reference_for`).
 
 - the golden trajectory: the normal runs' median;
-- the alarm limits: median ± the golden detector's alarm z × the robust scale (a reading held beyond them for a
-  few ticks alarms);
-- the sustained limits: median ± the twin residual's alarm ratio × the signal's drift limit × the robust scale
-  (a deviation held beyond them for about a day alarms).
+- the alarm limits: median ± the golden detector's alarm z × the robust spread on that side of the median (a
+  reading held beyond them for a few ticks alarms);
+- the sustained limits: median ± the twin residual's alarm ratio × the signal's drift limit × the spread on that
+  side (a deviation held beyond them for about a day alarms).
 
 Both levels are the live fusion's calibrated member thresholds (`detectors/calibration.json`). Only the signals
 the detectors compare as the page draws them have a band: the detectors see the feed and base totals as per-tick
@@ -66,9 +66,10 @@ def reference_band(recipe: Recipe) -> ReferenceBand:
     bands = {}
     for name in BANDED:
         j = DETECTOR_SIGNALS.index(name)
-        median, scale = ref.median[:, j], ref.scale[:, j]
-        wide, narrow = golden_z * scale, drift_ratio * drift[j] * scale
-        bands[name] = np.stack([median, median - wide, median + wide, median - narrow, median + narrow])
+        median, below, above = ref.median[:, j], ref.scale[:, j], ref.upper[:, j]
+        wide, narrow = golden_z, drift_ratio * drift[j]
+        bands[name] = np.stack([median, median - wide * below, median + wide * above, median - narrow * below,
+                                median + narrow * above])
     if len(_KEPT) >= MAX_KEPT:
         _KEPT.clear()
     _KEPT[key] = ReferenceBand(recipe.hash, reference_source(recipe), ref.bin_min, golden_z, drift_ratio, bands)

@@ -55,22 +55,47 @@ def minute_steps(minutes: np.ndarray, last_min: float) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def reading_z(x: float, lo: float, hi: float, below: float, above: float) -> float:
+    """The robust z of a reading `x` against a band of golden medians [`lo`, `hi`] (one median, or the medians
+    within a timing tolerance: `GoldenReference.band`): 0 inside it, else how far past it in the spread of the bin
+    whose median bounds it on that side (`below`, `above`)."""
+    if x > hi:
+        return (x - hi) / above
+    if x < lo:
+        return (x - lo) / below
+    return 0.0
+
+
+@njit(cache=True, nogil=True)
+def golden_z(X: np.ndarray, bins: np.ndarray, lo: np.ndarray, hi: np.ndarray, below: np.ndarray, above: np.ndarray,
+             out: np.ndarray) -> None:
+    """`reading_z` of every reading of `X` [n, signals] in its row's age bin `bins` [n] (NaN where missing)."""
+    for i in range(X.shape[0]):
+        b = bins[i]
+        for j in range(X.shape[1]):
+            x = X[i, j]
+            out[i, j] = np.nan if np.isnan(x) else reading_z(x, lo[b, j], hi[b, j], below[b, j], above[b, j])
+
+
+@njit(cache=True, nogil=True)
 def golden_residual(X: np.ndarray, minutes: np.ndarray, dt: np.ndarray, halflife: float, bin_min: float,
-                    median: np.ndarray, scale: np.ndarray, clip: float, limit: np.ndarray, acc: np.ndarray,
-                    out: np.ndarray, contrib: np.ndarray) -> None:
-    """Each signal's robust z against the golden batch at the same culture age (`minutes`, binned by `bin_min`),
-    clipped at +-`clip`, smoothed by an EWMA in `acc` whose weight per tick follows from the tick's step `dt` and
-    the `halflife` (in the same unit as `dt`). `contrib[i, j]` is |acc| / limit per signal, `out[i]` their largest.
-    A missing reading counts as on the golden trajectory."""
+                    lo: np.ndarray, hi: np.ndarray, below: np.ndarray, above: np.ndarray, clip: float,
+                    limit: np.ndarray, acc: np.ndarray, out: np.ndarray, contrib: np.ndarray) -> None:
+    """Each signal's robust z against the golden batch's band at the same culture age (`minutes`, binned by
+    `bin_min`: `reading_z` against `GoldenReference.band`), clipped at +-`clip`, smoothed by an EWMA in `acc`
+    whose weight per tick follows from the tick's step `dt` and the `halflife` (in the same unit as `dt`).
+    `contrib[i, j]` is |acc| / limit per signal, `out[i]` their largest. A missing reading counts as on the golden
+    trajectory."""
     n, m = X.shape
-    last_bin = median.shape[0] - 1
+    last_bin = lo.shape[0] - 1
     for i in range(n):
         a = 1.0 - 0.5 ** (max(dt[i], 0.0) / halflife)
         b = min(max(int(minutes[i] // bin_min), 0), last_bin)
         best = 0.0
         for j in range(m):
             x = X[i, j]
-            z = 0.0 if np.isnan(x) else min(max((x - median[b, j]) / scale[b, j], -clip), clip)
+            z = 0.0 if np.isnan(x) else reading_z(x, lo[b, j], hi[b, j], below[b, j], above[b, j])
+            z = min(max(z, -clip), clip)
             acc[j] += a * (z - acc[j])
             r = abs(acc[j]) / limit[j]
             contrib[i, j] = r

@@ -4,7 +4,12 @@ A fed-batch is not stationary — feeds, the temperature shift, growth and decli
 fault has to be judged against what a normal run shows at the same time since inoculation. The reference is
 the median and a robust spread per signal and per 10-minute age bin over normal runs of the twin (built by
 `python -m detectors.golden_build`, shipped as `golden_batch.npz`); the score is the largest smoothed robust z
-over the signals. The run's start is the first tick the detector sees, so it must see a run from its beginning.
+over the signals. A recipe's reference (`detectors.recipe`) also has a spread above the median of its own
+(`scale_up`: where a controller pins one side of a signal's band, the CO2 sparge capping pH, the runs spread to
+the other side only, and a reading past the pinned side is further out than the other side's spread says) and a
+timing tolerance (`timing_tolerance`: the DO cascade's stages come earlier or later by run, so their actuators
+are judged against the closest bin within it). The run's start is the first tick the detector sees, so it must
+see a run from its beginning.
 
 >>> import numpy as np
 >>> from detectors.base import make_detector
@@ -22,13 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from detectors.base import register
-from detectors.features import culture_minutes, golden_residual
+from detectors.features import culture_minutes, golden_residual, golden_z
 
 REFERENCE_PATH = Path(__file__).parent / "golden_batch.npz"
 BIN_MIN = 10.0
@@ -41,10 +46,46 @@ class GoldenReference:
     copy the reference's constants once per detector (they would be the bulk of the snapshot)."""
 
     median: np.ndarray  # [bins, signals]
-    scale: np.ndarray  # [bins, signals]
+    scale: np.ndarray  # [bins, signals]: the spread below the median (and above it, without `scale_up`)
     bin_min: float = BIN_MIN
     drift_limit: np.ndarray | None = None  # [signals]: the twin_residual detector's per-signal limits
+    scale_up: np.ndarray | None = None  # [bins, signals]: the spread above the median
+    # [signals], minutes: a reading is judged against the medians within it either side (`band`)
+    timing_tolerance: np.ndarray | None = None
     source: Path | None = field(default=None, compare=False)  # the file it was loaded from
+
+    @property
+    def upper(self) -> np.ndarray:
+        """The spread above the median [bins, signals]."""
+        return self.scale if self.scale_up is None else self.scale_up
+
+    @cached_property
+    def band(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per bin and signal [bins, signals] each: the lowest and highest median within the timing tolerance
+        either side (the bin's own median without one), and the spread below the lowest's and above the
+        highest's bin. A reading inside reads z 0: a culture that far ahead or behind is where a reference run
+        was; past it, its z is against the closest median."""
+        if self.timing_tolerance is None:
+            return self.median, self.median, self.scale, self.upper
+        lo, hi, below, above = (a.copy() for a in (self.median, self.median, self.scale, self.upper))
+        bins = np.arange(len(self.median))
+        for j, reach_min in enumerate(self.timing_tolerance):
+            k = int(reach_min // self.bin_min)
+            if k == 0:
+                continue
+            window = np.lib.stride_tricks.sliding_window_view(np.pad(self.median[:, j], k, mode="edge"), 2 * k + 1)
+            at_lo = np.clip(bins - k + window.argmin(axis=1), 0, len(bins) - 1)
+            at_hi = np.clip(bins - k + window.argmax(axis=1), 0, len(bins) - 1)
+            lo[:, j], below[:, j] = self.median[at_lo, j], self.scale[at_lo, j]
+            hi[:, j], above[:, j] = self.median[at_hi, j], self.upper[at_hi, j]
+        return lo, hi, below, above
+
+    def z(self, X: np.ndarray, bins: np.ndarray) -> np.ndarray:
+        """The robust z of readings `X` [n, signals] in age bins `bins` [n] against the band (`band`,
+        `features.reading_z`; NaN where a reading is missing)."""
+        out = np.empty(X.shape)
+        golden_z(np.ascontiguousarray(X, dtype=np.float64), np.asarray(bins, dtype=np.int64), *self.band, out)
+        return out
 
     def __deepcopy__(self, memo: dict) -> GoldenReference:
         return self
@@ -52,7 +93,8 @@ class GoldenReference:
     def __reduce__(self) -> tuple:
         if self.source is not None:
             return load_reference, (self.source,)
-        return GoldenReference, (self.median, self.scale, self.bin_min, self.drift_limit)
+        return GoldenReference, (self.median, self.scale, self.bin_min, self.drift_limit, self.scale_up,
+                                 self.timing_tolerance)
 
 
 def load_reference(path: Path = REFERENCE_PATH) -> GoldenReference:
@@ -71,12 +113,12 @@ def _load_reference(path: Path) -> GoldenReference:
         raise FileNotFoundError(f"{path} missing: run `python -m detectors.golden_build` to build it")
     data = np.load(path)  # an NpzFile reads an array anew at each access: read each once
     median, scale = data["median"], data["scale"]
-    limit = data.get("drift_limit")
-    limit = limit if limit is not None and limit.size else None
-    for a in (median, scale, limit):
+    limit, scale_up, tolerance = (data.get(name) for name in ("drift_limit", "scale_up", "timing_tolerance"))
+    limit, scale_up, tolerance = (a if a is not None and a.size else None for a in (limit, scale_up, tolerance))
+    for a in (median, scale, limit, scale_up, tolerance):
         if a is not None:
             a.flags.writeable = False  # shared by every reactor: nobody may change it
-    return GoldenReference(median, scale, float(data["bin_min"]), limit, path)
+    return GoldenReference(median, scale, float(data["bin_min"]), limit, scale_up, tolerance, path)
 
 
 @dataclass
@@ -119,8 +161,8 @@ class Golden:
         minutes = culture_minutes(state.start_us, ts)
         out, contrib = np.zeros(len(X)), np.zeros_like(X)
         ref = self.reference
-        golden_residual(X, minutes, self._steps(state, minutes), self.halflife, ref.bin_min, ref.median, ref.scale,
-                        self.clip, self._limit(X.shape[1]), state.smooth, out, contrib)
+        golden_residual(X, minutes, self._steps(state, minutes), self.halflife, ref.bin_min, *ref.band, self.clip,
+                        self._limit(X.shape[1]), state.smooth, out, contrib)
         if len(ts):
             state.last_us = int(ts[-1])
         return state, out, contrib

@@ -33,6 +33,12 @@ RUN_FALSE_ALARM = 0.01
 # golden level (66), so that a new run going as far as a few of the normal runs did raises nothing
 ENVELOPE_Z = 30.0
 ENVELOPE_BINS = 3  # and as far as they went within half an hour either side: when a stage comes varies by run
+# a culture that starts slower than every reference run reaches each stage of the DO cascade hours later (5 h
+# behind at day 1, where all of them sit at the agitation maximum, reads z -60): the stages' actuators are judged
+# against the closest of the bins within this many minutes either side. Not DO itself, nor the respiration
+# rates: a fault shows there (a DO limitation, a contamination), and the actuators' timing is what varies by run
+STAGED = [DETECTOR_SIGNALS.index(name) for name in ("agitation_rpm", "air_sccm", "o2_sccm")]
+TIMING_TOLERANCE_MIN = 360.0
 
 
 def build_reference(runs: int = 30, seed: int = 500, scenario: Scenario | None = None,
@@ -72,7 +78,9 @@ def summarise_runs(ticks: pa.Table, floor: np.ndarray | None = None,
     blocks = np.full((n_bins, int(counts.max()), X.shape[1]), np.nan)
     blocks[bins[order], np.arange(len(order)) - starts[bins[order]]] = X[order]
     median = _nanmedian_rows(blocks)
-    scale = _nanmedian_rows(np.abs(blocks - median[:, None, :])) * 1.4826
+    deviation = blocks - median[:, None, :]
+    scale = _nanmedian_rows(np.abs(deviation)) * 1.4826
+    scale_up = tolerance = None
     # a bin where all runs agree must not give infinite z; nor a signal that stays put in most bins (the O2 flow
     # of a recipe that rarely needs O2) have no spread at all: `floor`, the default recipe's
     least = np.nanmedian(scale, axis=0) * 0.5 + 1e-3
@@ -84,17 +92,36 @@ def summarise_runs(ticks: pa.Table, floor: np.ndarray | None = None,
         scale = np.maximum(scale, (_nanquantile_rows(blocks, 0.9) - _nanquantile_rows(blocks, 0.1)) / 2.5631)
         # ... and a stage that only one or two runs reach (a culture that runs short of glucose before a late
         # feed start: the cascade backs off, respiration halves) reads no more than `ENVELOPE_Z` in the runs
-        scale[:, CASCADE] = np.maximum(scale[:, CASCADE], _envelope(blocks, median)[:, CASCADE] / ENVELOPE_Z)
+        scale[:, CASCADE] = np.maximum(scale[:, CASCADE], _envelope(np.abs(deviation))[:, CASCADE] / ENVELOPE_Z)
+        # a controller that pins one side of a signal's band (the CO2 sparge caps pH) leaves the runs spread to
+        # the other side only: a side whose own spread is tighter has it, so a reading past the pinned side is
+        # judged by how far the runs went there, not by how far they went the other way. The side they spread
+        # to keeps the spread above, which the fusion's alarm levels were set with: its own (twice the above's
+        # where one side holds still) would blunt the alarms there (a DO limitation below a DO the controller
+        # holds at its setpoint: measured in docs/QUALITY.md)
+        above, below = (_side_spread(np.where(deviation * sign >= 0, deviation * sign, np.nan)) for sign in (1, -1))
+        scale_up = np.maximum(np.nan_to_num(np.minimum(scale, above)), np.maximum(least, floor))
+        scale = np.minimum(scale, below)
+        tolerance = np.where(np.isin(np.arange(X.shape[1]), STAGED), TIMING_TOLERANCE_MIN, 0.0)
     scale = np.maximum(np.nan_to_num(scale), least if floor is None else np.maximum(least, floor))
-    ref = GoldenReference(np.nan_to_num(median), scale)
-    return GoldenReference(ref.median, ref.scale, BIN_MIN, _drift_limits(ref, X_runs, ts_runs))
+    ref = GoldenReference(np.nan_to_num(median), scale, scale_up=scale_up, timing_tolerance=tolerance)
+    return replace(ref, drift_limit=_drift_limits(ref, X_runs, ts_runs))
 
 
-def _envelope(blocks: np.ndarray, median: np.ndarray) -> np.ndarray:
-    """Per bin and signal, the farthest any row of [bins, rows, signals] is from the bin's `median`, within
-    `ENVELOPE_BINS` bins either side (0 where none)."""
-    far = np.nan_to_num(np.nanmax(np.abs(blocks - median[:, None, :]), axis=1, initial=0.0))
-    padded = np.pad(far, ((ENVELOPE_BINS, ENVELOPE_BINS), (0, 0)))
+def _side_spread(far: np.ndarray) -> np.ndarray:
+    """The robust spread [bins, signals] of the distances `far` [bins, rows, signals] of the rows on one side of
+    each bin's median (NaN: a row on the other side), as the symmetric one: that side's MAD, at least out to the
+    tenth of the runs farthest on this side (q90 or q10), and for the cascade's signals the envelope."""
+    spread = np.maximum(_nanmedian_rows(far) * 1.4826, _nanquantile_rows(far, 0.8) / 1.2816)
+    spread[:, CASCADE] = np.maximum(spread[:, CASCADE], _envelope(far)[:, CASCADE] / ENVELOPE_Z)
+    return spread
+
+
+def _envelope(far: np.ndarray) -> np.ndarray:
+    """Per bin and signal, the largest of `far` [bins, rows, signals] (a distance from the bin's median, NaN
+    where none) within `ENVELOPE_BINS` bins either side (0 where none)."""
+    nearest = np.nan_to_num(np.nanmax(far, axis=1, initial=0.0))
+    padded = np.pad(nearest, ((ENVELOPE_BINS, ENVELOPE_BINS), (0, 0)))
     return np.lib.stride_tricks.sliding_window_view(padded, 2 * ENVELOPE_BINS + 1, axis=0).max(axis=-1)
 
 
@@ -140,7 +167,9 @@ def tail_limit(maxima: np.ndarray, exceed: float) -> np.ndarray:
 
 def save_reference(ref: GoldenReference, path: Path = REFERENCE_PATH) -> None:
     np.savez_compressed(path, median=ref.median, scale=ref.scale, bin_min=ref.bin_min,
-                        drift_limit=ref.drift_limit if ref.drift_limit is not None else np.zeros(0))
+                        **{name: np.zeros(0) if a is None else a
+                           for name, a in (("drift_limit", ref.drift_limit), ("scale_up", ref.scale_up),
+                                           ("timing_tolerance", ref.timing_tolerance))})
 
 
 if __name__ == "__main__":

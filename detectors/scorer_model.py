@@ -41,7 +41,7 @@ def model_inputs(X: np.ndarray, minutes: np.ndarray, ref: GoldenReference | None
     """[n, 13] float32: golden z of the 12 signals, clipped, missing = 0; culture age / 14 days."""
     ref = ref or load_reference()
     bins = np.clip((minutes // ref.bin_min).astype(np.int64), 0, len(ref.median) - 1)
-    z = np.clip(np.nan_to_num((X - ref.median[bins]) / ref.scale[bins]), -Z_CLIP, Z_CLIP)
+    z = np.clip(np.nan_to_num(ref.z(X, bins)), -Z_CLIP, Z_CLIP)
     return np.hstack([z, (minutes / (14 * 1440.0))[:, None]]).astype(np.float32)
 
 
