@@ -71,6 +71,9 @@ class DetectOptions:
     persist: str | None = None  # with `far`: the persistence rule "k/n"; None: the one that meets the budget
     # wandering signals (min_roughness): drop | detrend | auto = dropped with a margin, detrended under a budget
     wander: str = "auto"
+    # with `far`: causal EWMA span over each detector's statistic before its threshold (lambda = 2 / (span + 1));
+    # 1 = none: on top of `smooth_rows` it did not pay on the generated plants (docs/DETECT.md)
+    stat_smooth_rows: int = 1
 
 
 class SettingsError(ValueError):

@@ -17,6 +17,7 @@ from detectors import (  # noqa: F401 - registration
     transformer,
     twin_residual,
     vitals_residual,
+    window_variance,
     zscore,
 )
 from detectors.base import REGISTRY, make_detector  # noqa: E402

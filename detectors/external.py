@@ -23,7 +23,13 @@ training rows, so `is_alarm` needs no labels, in one of two ways:
   on the out-of-fold scores of all the training rows, and the models that score the user's rows are fitted on
   all of them (a model fitted on fewer rows scores normal rows higher: thresholds from three quarters alone sat
   above where the full model needs them). The fusion divides each detector's score by its threshold, takes the
-  largest and is calibrated the same way.
+  largest and is calibrated the same way. `stat_smooth_rows` > 1 thresholds each detector's statistic after a
+  causal EWMA, on the out-of-fold scores as on the user's rows (the thresholds are set on the smoothed normal
+  scores, so the budget still holds): a small persistent fault lifts the statistic a little on every row, which
+  the average accumulates (the EWMA chart's argument, Roberts 1959). Off by default: the signals' own EWMA
+  (`smooth_rows`) already makes T² a MEWMA statistic (Lowry et al. 1992), and smoothing the statistic again
+  gained little on the generated plants while it widened the spread of the measured false-alarm rate
+  (docs/DETECT.md).
 Every alarm row names the signals that drove it (`drivers`): the largest contributions of the detector that
 leads the fused score. With a label column the command reports F1, FAR and MAR on the rows after the training
 part (SKAB's protocol).
@@ -250,6 +256,11 @@ def out_of_sample(name: str, names: list[str], X: np.ndarray, calibration_rows: 
     return scores, CONTEXT  # the first fold's first rows lag into the end of the fitting rows: left out
 
 
+def statistic(scores: np.ndarray, smooth_rows: int) -> np.ndarray:
+    """A detector's scores as a budget thresholds them: a causal EWMA over `smooth_rows` (module doc)."""
+    return smoothed(scores[:, None], smooth_rows)[:, 0]
+
+
 @dataclass
 class BudgetModel:
     """Detectors fitted on normal training rows under a false-alarm budget, ready to score what follows."""
@@ -257,9 +268,14 @@ class BudgetModel:
     names: list[str]
     streamed: dict[str, Streamed]  # over the training rows, fitted on all of them
     budget: dict[str, Calibrated]  # per detector, and "fusion"
+    smooth_rows: int  # the EWMA span over each detector's scores before its threshold
 
     def thresholds(self) -> np.ndarray:
         return np.array([self.budget[n].threshold for n in self.streamed])[:, None]
+
+    def statistics(self, scores: np.ndarray) -> np.ndarray:
+        """The detectors' scores [detectors, rows] of a stretch of rows -> what their thresholds apply to."""
+        return np.stack([statistic(s, self.smooth_rows) for s in scores])
 
 
 @dataclass
@@ -286,24 +302,27 @@ def normal_scores(names: list[str], train: np.ndarray, detectors_: list[str]) ->
 
 
 def fit_budget(names: list[str], train: np.ndarray, detectors_: list[str], far: float,
-               rule: Persistence | None = None, normal: NormalScores | None = None) -> BudgetModel:
+               rule: Persistence | None = None, normal: NormalScores | None = None,
+               smooth_rows: int = DEFAULT_OPTIONS.stat_smooth_rows) -> BudgetModel:
     """The budget's check, then its setting (module doc): thresholds and rules set on the first three quarters'
-    out-of-fold scores and checked on the last quarter; then, with each rule kept, the thresholds set again on
-    the out-of-fold scores of all the training rows, for the models fitted on all of them. `normal`: the
+    out-of-fold statistics and checked on the last quarter; then, with each rule kept, the thresholds set again
+    on the out-of-fold statistics of all the training rows, for the models fitted on all of them. `normal`: the
     training rows' scores when already computed (several budgets on one training run)."""
     normal = normal or normal_scores(names, train, detectors_)
-    start, cal = normal.start, normal.calibration_rows
-    budget = {n: calibrate(normal.checked[n][start:cal], normal.checked[n][cal:], far, rule) for n in detectors_}
+    cal = normal.calibration_rows - normal.start
+    checked = {n: statistic(normal.checked[n][normal.start:], smooth_rows) for n in detectors_}
+    final = {n: statistic(normal.final[n][normal.start:], smooth_rows) for n in detectors_}
+    budget = {n: calibrate(checked[n][:cal], checked[n][cal:], far, rule) for n in detectors_}
 
     def fused(scores: dict[str, np.ndarray]) -> np.ndarray:
         return np.max(np.stack([scores[n] / budget[n].threshold for n in detectors_]), axis=0)
 
-    checked = fused(normal.checked)
-    budget["fusion"] = calibrate(checked[start:cal], checked[cal:], far, rule)
+    fused_checked = fused(checked)
+    budget["fusion"] = calibrate(fused_checked[:cal], fused_checked[cal:], far, rule)
     for n in detectors_:
-        budget[n].threshold = threshold_for(normal.final[n][start:], far, budget[n].rule)
-    budget["fusion"].threshold = threshold_for(fused(normal.final)[start:], far, budget["fusion"].rule)
-    return BudgetModel(names, normal.streamed, budget)
+        budget[n].threshold = threshold_for(final[n], far, budget[n].rule)
+    budget["fusion"].threshold = threshold_for(fused(final), far, budget["fusion"].rule)
+    return BudgetModel(names, normal.streamed, budget, smooth_rows)
 
 
 def go_on(streamed: dict[str, Streamed], X: np.ndarray) -> dict[str, Streamed]:
@@ -343,9 +362,13 @@ def score(table: pa.Table, time_col: str, detectors_: list[str], train_rows: int
     budget = None
     if options.far is not None:
         model = fit_budget(names, X[:train_rows], detectors_, options.far,
-                           Persistence.parse(options.persist) if options.persist else None)
+                           Persistence.parse(options.persist) if options.persist else None,
+                           smooth_rows=options.stat_smooth_rows)
         after = go_on(model.streamed, X[train_rows:])
-        scores = np.stack([np.concatenate([model.streamed[n].scores, after[n].scores]) for n in detectors_])
+        # the training rows and the rows after are each smoothed from their own first row: on the training rows
+        # the reference detectors score 0 while they collect their reference
+        scores = np.hstack([model.statistics(np.stack([model.streamed[n].scores for n in detectors_])),
+                            model.statistics(np.stack([after[n].scores for n in detectors_]))])
         contributions = np.stack([np.concatenate([model.streamed[n].contributions, after[n].contributions])
                                   for n in detectors_])
         ratios = scores / model.thresholds()

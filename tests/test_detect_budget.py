@@ -181,3 +181,42 @@ def test_bench_detect_on_the_generated_plant(tmp_path):
     assert summary["fusion"]["normal_false_alarm_rate"] <= 0.1
     rates = {r["file"]: r["detection_rate"] for r in out["results"] if r["detector"] == "fusion"}
     assert rates["stuck_v2"] > 0.8 and rates["bias_y0_controlled"] > 0.5
+
+
+@pytest.fixture(scope="module")
+def quiet_sensor() -> tuple[np.ndarray, np.ndarray]:
+    """The stationary plant (3,000 training rows, then 1,500) and a transmitter that reads mostly its own noise."""
+    return np.vstack([plant(3000, 1), plant(1500, 2)]), np.random.default_rng(3).normal(size=4500)
+
+
+@pytest.mark.parametrize(("fault", "without_at_most", "with_at_least"), [("frozen", 0.1, 0.9), ("noisier", 0.5, 0.6)])
+def test_a_frozen_or_noisier_transmitter_is_found_by_its_variance(quiet_sensor, fault, without_at_most, with_at_least):
+    X, sensor = quiet_sensor
+    sensor = sensor.copy()
+    if fault == "frozen":
+        sensor[4000:] = 0.0  # stuck at its normal level: neither T² nor Q moves
+    else:
+        sensor[4000:] *= 2.0  # its noise doubles, its level does not move
+    table = pa.table({"t": np.arange(len(X)), **{f"s{j}": X[:, j] for j in range(4)}, "sensor": sensor})
+    found = {}
+    for detectors in (["pca", "dpca"], ["pca", "dpca", "variance"]):
+        res = score(table, "t", detectors, 3000, options=DetectOptions(far=0.01))
+        alarm = res.table["is_alarm"].to_numpy()
+        assert alarm[3000:4000].mean() <= 0.03  # a new normal stretch: the budget holds with the detector added
+        found[len(detectors)] = alarm[4000:].mean()
+    assert found[2] <= without_at_most and found[3] >= with_at_least
+    named = [d.split(",")[0] for d in res.table["drivers"].to_pylist()[4000:] if d]
+    assert named.count("sensor") > 0.8 * len(named)
+
+
+def test_smoothing_the_statistics_under_a_budget_finds_a_small_persistent_shift():
+    X = np.vstack([plant(3000, 1), plant(1500, 2)])
+    X[4000:, 2] += 0.5 * X[:3000, 2].std()  # half a standard deviation on one transmitter
+    table = pa.table({"t": np.arange(len(X)), **{f"s{j}": X[:, j] for j in range(4)}})
+    found = {}
+    for rows in (1, 10):
+        res = score(table, "t", ["pca"], 3000, options=DetectOptions(far=0.01, smooth_rows=1, stat_smooth_rows=rows))
+        alarm = res.table["is_alarm"].to_numpy()
+        assert alarm[3000:4000].mean() <= 0.03
+        found[rows] = alarm[4000:].mean()
+    assert found[1] < 0.25 and found[10] > 0.45

@@ -20,7 +20,7 @@ from sources.scenarios import load_scenario
 
 SMALL = {"pca": {"reference_ticks": 300}, "iforest": {"reference_ticks": 300, "n_estimators": 30},
          "dpca": {"reference_ticks": 300}, "cva": {"reference_ticks": 300},
-         "lagged_ae": {"reference_ticks": 300, "epochs": 40}}
+         "lagged_ae": {"reference_ticks": 300, "epochs": 40}, "variance": {"reference_ticks": 300}}
 N_TICKS = 900
 
 

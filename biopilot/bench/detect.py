@@ -6,8 +6,9 @@ A folder holds one normal training file (its name contains "train", or `--train`
 column (1 = a fault is active): a file whose labels are all 0 is a normal run, where only the false-alarm rate
 counts. Every detector is fitted once on the training file, with its out-of-fold scores there
 (detectors/external.py, `normal_scores`), and goes on over each test file as if it followed the training rows;
-each budget then sets the thresholds and rules of the detectors and the fusion (`fit_budget`). Per file: detection rate
-(the share of fault rows that alarm), false-alarm rate (the share of normal rows that alarm), detection delay
+each budget then sets the thresholds and rules of the detectors and the fusion (`fit_budget`; on each
+detector's EWMA-smoothed statistic with `--stat-smooth-rows`). Per file: detection rate (the share of fault
+rows that alarm), false-alarm rate (the share of normal rows that alarm), detection delay
 (rows from the fault's first row to the first alarm at or after it).
 
 The twin suite (`--make-suite DIR`): normal training runs (one file, one run after another) and a normal test
@@ -150,12 +151,13 @@ def run(data: str | Path, detectors_: list[str], fars: Sequence[float], train: s
                              np.stack([after[n].scores for n in detectors_]))
     rows, summary, budgets = [], [], {}
     for far in fars:
-        model = fit_budget(names, conditioned_train, detectors_, far, persist, normal)
+        model = fit_budget(names, conditioned_train, detectors_, far, persist, normal, options.stat_smooth_rows)
         budgets[str(far)] = {n: {"threshold": b.threshold, "rule": str(b.rule), "held_back_rate": b.held_back_rate,
                                  "short_of_rows": b.short_of_rows} for n, b in model.budget.items()}
         for stem, (label, scores) in scored.items():
-            alarms = {n: model.budget[n].alarms(s) for n, s in zip(detectors_, scores, strict=True)}
-            alarms["fusion"] = model.budget["fusion"].alarms((scores / model.thresholds()).max(axis=0))
+            stats = model.statistics(scores)
+            alarms = {n: model.budget[n].alarms(s) for n, s in zip(detectors_, stats, strict=True)}
+            alarms["fusion"] = model.budget["fusion"].alarms((stats / model.thresholds()).max(axis=0))
             for name, alarm in alarms.items():
                 rows.append({"far": far, "detector": name, "file": stem, **file_metrics(label, alarm)})
         for name in [*detectors_, "fusion"]:

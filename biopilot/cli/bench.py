@@ -289,8 +289,8 @@ def add_detect(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--time-col", default="time_min", help="(default time_min)")
     p.add_argument("--label-col", default="label", help="1 = a fault is active (default label)")
     p.add_argument("--sep", default=",", help="CSV separator (default ,)")
-    p.add_argument("--detectors", default="pca,dpca,cva,lagged_ae", help="comma-separated; the fusion is added "
-                   "(default pca,dpca,cva,lagged_ae)")
+    p.add_argument("--detectors", default="pca,dpca,cva,lagged_ae,variance",
+                   help="comma-separated; the fusion is added (default pca,dpca,cva,lagged_ae,variance)")
     p.add_argument("--far", type=float, nargs="+", default=[0.01, 0.05], help="budgets (default 0.01 0.05)")
     budget_options(p)
     conditioning_options(p)
@@ -337,7 +337,7 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
         process_plant.make_suite(args.make_plant, args.plant_seed, progress=progress(args))
         data = args.make_plant
     with user_errors(external.InputError):
-        options = replace(detect_options(args), wander=args.wander)
+        options = replace(detect_options(args), wander=args.wander, stat_smooth_rows=args.stat_smooth_rows)
         res = bench.run(data, args.detectors.split(","), args.far, args.train, args.time_col, args.label_col,
                         args.sep, options, Persistence.parse(args.persist) if args.persist else None,
                         progress=progress(args))

@@ -10,7 +10,8 @@ from biopilot.cli.options import command, conditioning_options, detect_options, 
 from core.config import DetectOptions, load_settings
 
 MARGIN_DETECTORS = "pca,zscore"  # SKAB's measured default (docs/QUALITY.md)
-BUDGET_DETECTORS = "pca,dpca,cva"  # static and dynamic MSPC, fused under the budget (docs/DETECT.md)
+# static and dynamic MSPC and each signal's variance, fused under the budget (docs/DETECT.md)
+BUDGET_DETECTORS = "pca,dpca,cva,variance"
 
 
 def budget_options(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +26,12 @@ def budget_options(parser: argparse.ArgumentParser) -> None:
                         help="with a budget: the persistence rule, k/n = alarm when k of the last n rows are above "
                              "threshold (default: the rule with the lowest threshold that keeps the budget on the "
                              "held-back normal rows)")
+    parser.add_argument("--stat-smooth-rows", type=positive("--stat-smooth-rows", int),
+                        default=DetectOptions().stat_smooth_rows,
+                        help="with a budget: causal EWMA span over each detector's statistic before its threshold "
+                             "(lambda = 2/(span+1)): a small persistent fault adds up; the thresholds are set on the "
+                             "smoothed normal scores, so the budget holds, but the measured rate spreads more from "
+                             f"run to run; 1 = none (default {DetectOptions().stat_smooth_rows}; docs/DETECT.md)")
 
 
 def add_detect(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +46,7 @@ def add_detect(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-file", default=None, help="normal-operation data in a separate file instead")
     p.add_argument("--detectors", default=None,
                    help=f"comma-separated (default {MARGIN_DETECTORS}, with --far {BUDGET_DETECTORS}; dynamic: dpca, "
-                        "cva, lagged_ae)")
+                        "cva, lagged_ae; a signal's spread: variance)")
     conditioning_options(p)
     p.add_argument("--far", type=float, default=None,
                    help="false-alarm budget: the share of normal rows allowed to alarm (e.g. 0.01). Thresholds "
@@ -67,7 +74,8 @@ def options_of(args: argparse.Namespace) -> DetectOptions:
     if far is not None and not 0 < far < 1:
         raise UsageError(f"--far must be between 0 and 1 (a share of rows), got {far}")
     check_persist(args.persist)
-    return replace(detect_options(args), far=far, persist=args.persist, wander=args.wander)
+    return replace(detect_options(args), far=far, persist=args.persist, wander=args.wander,
+                   stat_smooth_rows=args.stat_smooth_rows)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
