@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# two workers, each test file on one (its module fixtures set up once): most integration tests wait on a
+# subprocess or a clock, which the other worker's tests overlap
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # without the tests that start servers or subprocesses (marked `integration`): runs in seconds
 test-unit: install

@@ -72,6 +72,7 @@ class Workers:
     horizon: timedelta = HORIZON
     retry_s: float = 1.0  # redelivery delay after a failure, doubling with each delivery up to RETRY_MAX_S
     plant: str = "bioreactor"  # whose tables and knowledge base explain an incident (`Settings.plant`)
+    evidence_wait_s: float = EVIDENCE_WAIT_S  # shortened by tests whose lake never gets the incident's ticks
 
     async def start(self) -> None:
         await asyncio.to_thread(wait_nats, self.nats_url)
@@ -259,7 +260,7 @@ class Workers:
 
     def _diagnose(self, event: dict) -> IncidentFinding | None:
         start = datetime.fromisoformat(event["last_ts" if event["event"] == "update" else "start_ts"])
-        deadline = time.monotonic() + EVIDENCE_WAIT_S
+        deadline = time.monotonic() + self.evidence_wait_s
         ticks_table = PLANTS[self.plant].ticks_table
         while True:  # wait for the flow's commit by polling the event times only, then read the run once
             seen = delta.read(self.lake, ticks_table, columns=["ts"], run_ids=[event["run_id"]])

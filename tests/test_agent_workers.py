@@ -15,7 +15,7 @@ from core.services import redis_client
 from detectors.reactor_monitor import MonitorConfig, ReactorMonitor
 from sinks import delta
 from sinks.nats_sink import alert_json
-from tests.agent_helpers import simulated
+from tests.agent_helpers import NO_TICKS_WAIT_S, simulated
 
 
 def _flow_messages(ticks) -> list[dict]:
@@ -142,7 +142,8 @@ def test_an_incident_stream_begins_with_its_open_even_when_its_resolve_arrives_f
     opened = resolve | {"event": "open", "status": "open", "end_ts": None}
 
     async def go() -> list[dict]:
-        w = Workers(nats_server.url, redis_server.url, str(tmp_path / "lake"), OfflineBackend())
+        w = Workers(nats_server.url, redis_server.url, str(tmp_path / "lake"), OfflineBackend(),
+                    evidence_wait_s=NO_TICKS_WAIT_S)
         await w.start()
         nc = await nats.connect(nats_server.url)
         chunks: list[dict] = []

@@ -25,7 +25,7 @@ from dashboard.hub import Hub, Outgoing, stream_key
 from dashboard.relay import REACTORS_KEY, RELAY_DURABLE, Outbox, Pending
 from sinks import delta
 from sources.publish import publish_ticks
-from tests.agent_helpers import simulated
+from tests.agent_helpers import NO_TICKS_WAIT_S, simulated
 from tests.dashboard_helpers import Events, alert_ids, make_alert, publish_alerts, read_events, wait_for
 
 
@@ -163,7 +163,8 @@ def test_alerts_published_while_the_workers_were_down_open_incidents_when_they_r
         js = nc.jetstream()
         for alert in (make_alert(1), make_alert(2, reactor="r2")):
             await js.publish(f"biopilot.alerts.{alert['reactor_id']}", json.dumps(alert).encode())
-        again = Workers(nats_server.url, redis_server.url, lake, OfflineBackend())
+        again = Workers(nats_server.url, redis_server.url, lake, OfflineBackend(),
+                        evidence_wait_s=NO_TICKS_WAIT_S)
         await again.start()
         await _until(lambda: len(got) >= 2)
         await again.stop()
@@ -181,7 +182,8 @@ def test_a_redelivered_alert_changes_no_incident(nats_server, redis_server, tmp_
     later = make_alert(600, signals=[{"name": "ph", "contribution": 0.9}])
 
     async def go() -> list[dict]:
-        w = Workers(nats_server.url, redis_server.url, str(tmp_path / "lake"), OfflineBackend())
+        w = Workers(nats_server.url, redis_server.url, str(tmp_path / "lake"), OfflineBackend(),
+                    evidence_wait_s=NO_TICKS_WAIT_S)
         await w.start()
         nc, got = await _incident_events(nats_server.url)
         await w._monitor(first, 1)
@@ -200,7 +202,8 @@ def test_a_redelivered_alert_changes_no_incident(nats_server, redis_server, tmp_
 def test_a_poison_alert_is_given_up_after_a_few_deliveries_and_the_next_one_handled(nats_server, redis_server,
                                                                                    tmp_path, caplog):
     async def go() -> tuple[list[dict], tuple[int, int]]:
-        w = Workers(nats_server.url, redis_server.url, str(tmp_path / "lake"), OfflineBackend(), retry_s=0.05)
+        w = Workers(nats_server.url, redis_server.url, str(tmp_path / "lake"), OfflineBackend(), retry_s=0.05,
+                    evidence_wait_s=NO_TICKS_WAIT_S)
         await w.start()
         nc, got = await _incident_events(nats_server.url)
         js = nc.jetstream()
@@ -259,9 +262,10 @@ FINDING = {"incident_id": "inc42", "reactor_id": "r2", "start_ts": "2026-01-11T1
 def test_an_answer_that_dribbles_forever_is_cut_at_the_deadline_and_falls_back(fake_openai_server):
     url, _ = fake_openai_server({"kind": "dribble"})
     answer: list[str] = []
+    # built before the clock starts: its first import of langchain_openai alone takes seconds on a loaded machine
+    backend = OpenAIBackend("local-model", url, None, timeout_s=2)
     t = time.monotonic()
-    reader = threading.Thread(target=lambda: answer.extend(
-        OpenAIBackend("local-model", url, None, timeout_s=2).explain(FINDING)), daemon=True)
+    reader = threading.Thread(target=lambda: answer.extend(backend.explain(FINDING)), daemon=True)
     reader.start()
     reader.join(10)
     took_s = time.monotonic() - t
