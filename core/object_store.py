@@ -103,13 +103,21 @@ class ObjectStore:
                 socket_path.unlink(missing_ok=True)
 
 
+READY_PROBE_KEY = ".biopilot-ready"  # a byte at the bucket's root, beside (not in) the lake's prefixes
+
+
 def _wait_ready(store: ObjectStore, timeout_s: float) -> None:
+    """Until the bucket answers and an object can be written and read back: after a restart the store answered
+    for the bucket while its volume server was not back, reads of objects failed (500) for a few seconds, and
+    the readers started then got errors."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if store.proc.poll() is not None:
             raise RuntimeError(f"weed exited with code {store.proc.returncode} (log: {store.log_path})")
         try:
-            if store.request("HEAD", timeout_s=1.0).status_code == 200:
+            if (store.request("HEAD", timeout_s=1.0).status_code == 200
+                    and store.request("PUT", READY_PROBE_KEY, body=b"1", timeout_s=1.0).status_code == 200
+                    and store.request("GET", READY_PROBE_KEY, timeout_s=1.0).status_code == 200):
                 return
         except httpx.TransportError:
             pass
