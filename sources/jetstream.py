@@ -84,6 +84,10 @@ class ContinuousPull:
         self.arrivals = arrivals or Arrivals()
         self.arrivals.pulls.append(self)
         self.requests: collections.deque[list] = collections.deque()  # [deadline, messages still to come], oldest first
+        # their sum, kept by the loop's thread (every change there is followed by its own `_top_up`), read by
+        # `take` to ask for more only when the window is short: asking after every message woke the loop's
+        # thread for nothing at live rates, and the dataflow thread waited for the GIL behind nine of them
+        self.pending = 0
         self.inbox = nc.new_inbox()
         self.sub = None
         self.ticker: asyncio.Task | None = None
@@ -93,19 +97,26 @@ class ContinuousPull:
         self.ticker = asyncio.get_running_loop().create_task(self._tick())
         await self._top_up()
 
-    def _outstanding(self) -> int:
-        return sum(r[1] for r in self.requests)
+    def _short(self) -> int:
+        """How many messages to ask for: none unless half the window or more is free (asked in halves, not
+        message by message)."""
+        wanted = self.window - len(self.buffer) - self.pending
+        return wanted if wanted >= max(1, self.window // 2) else 0
+
+    def _written_off(self, request: list) -> None:
+        self.pending -= request[1]
 
     async def _top_up(self) -> None:
-        wanted = self.window - len(self.buffer) - self._outstanding()
-        if wanted < max(1, self.window // 2):  # ask in halves, not message by message
+        wanted = self._short()
+        if not wanted:
             return
         self.requests.append([time.monotonic() + self.expires_s + 1.0, wanted])
+        self.pending += wanted
         body = json.dumps({"batch": wanted, "expires": int(self.expires_s * 1e9)}).encode()
         try:
             await self.nc.publish(self.api_subject, body, reply=self.inbox)
         except Exception as err:  # noqa: BLE001 - broker away: the ticker asks again
-            self.requests.pop()
+            self._written_off(self.requests.pop())
             log.warning("NATS pull request failed (%s); retrying", err)
 
     async def _on_msg(self, msg: Msg) -> None:
@@ -113,13 +124,14 @@ class ContinuousPull:
         if status is None:
             if self.requests:
                 self.requests[0][1] -= 1
+                self.pending -= 1
                 if self.requests[0][1] <= 0:
                     self.requests.popleft()
             self.buffer.append(msg)
             self.arrivals.event.set()
         elif status in ("408", "409"):  # a request ended (expired, or refused: then it asked for nothing)
             if self.requests:
-                self.requests.popleft()
+                self._written_off(self.requests.popleft())
             if status == "409":
                 log.warning("NATS pull request ended: %s", msg.headers.get("Description", ""))
                 await asyncio.sleep(0.1)
@@ -130,6 +142,7 @@ class ContinuousPull:
     async def reconnected(self) -> None:
         """A new connection: the requests the broker held for the last one may be gone with it."""
         self.requests.clear()
+        self.pending = 0
         await self._top_up()
 
     async def _tick(self) -> None:
@@ -137,7 +150,7 @@ class ContinuousPull:
             await asyncio.sleep(min(1.0, self.expires_s / 2))
             now = time.monotonic()
             while self.requests and self.requests[0][0] < now:  # its end never came: written off
-                self.requests.popleft()
+                self._written_off(self.requests.popleft())
             await self._top_up()
 
     def take(self, limit: int, wait_s: float) -> list[Msg]:
@@ -148,7 +161,7 @@ class ContinuousPull:
         out = []
         while self.buffer and len(out) < limit:
             out.append(self.buffer.popleft())
-        if out:
+        if out and self._short():  # else the loop's thread asks when the next message or a request's end comes
             self.io.submit(self._top_up())
         return out
 

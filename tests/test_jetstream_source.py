@@ -107,7 +107,7 @@ def test_continuous_pull_renews_its_requests_as_they_expire(nats_server: Managed
     io, nc, pull = _pull(nats_server, window=4, expires_s=0.2, published=0)
     try:
         time.sleep(1.0)  # several requests expire unused meanwhile
-        assert 0 < pull._outstanding() <= 4
+        assert 0 < pull.pending <= 4 and pull.pending == sum(r[1] for r in pull.requests)
         # renewed when the server ended the last one (every 0.2 s), not written off 1.2 s after it was made
         made_s_ago = 0.2 + 1.0 - (pull.requests[0][0] - time.monotonic())
         assert made_s_ago < 0.6
