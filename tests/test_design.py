@@ -203,7 +203,8 @@ def test_study_rejects_bad_factors_and_responses() -> None:
         parse_response("titer_g_l:median")
 
 
-def test_design_cli_proposes_runs_and_analyses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _short_study(tmp_path: Path) -> Path:
+    """A two-factor study on 5-day runs, with a constraint."""
     scenario = tmp_path / "short.toml"
     scenario.write_text('days = 5.0\n')
     study = tmp_path / "study.toml"
@@ -211,6 +212,11 @@ def test_design_cli_proposes_runs_and_analyses(tmp_path: Path, capsys: pytest.Ca
                      'constraints = ["peak_osmolality <= 420"]\n'
                      '[[factors]]\nname = "feed.percent_of_volume"\nlow = 2.0\nhigh = 6.0\n'
                      '[[factors]]\nname = "process.do_setpoint_pct"\nlow = 30.0\nhigh = 50.0\n')
+    return study
+
+
+def test_design_cli_proposes_runs_and_analyses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study = _short_study(tmp_path)
     sheet = tmp_path / "runs.csv"
     assert main(["design", "propose", "--study", str(study), "--design", "ccf", "--out", str(sheet), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["runs"] == 11
@@ -279,13 +285,7 @@ def test_design_analyse_reads_a_labs_results_and_writes_a_pdf(tmp_path: Path,
 
 def test_bench_design_reports_the_grid_and_the_design_on_it(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    scenario = tmp_path / "short.toml"
-    scenario.write_text('days = 5.0\n')
-    study = tmp_path / "study.toml"
-    study.write_text(f'scenario = "{scenario}"\nresponses = ["ivcd", "peak_osmolality"]\n'
-                     'constraints = ["peak_osmolality <= 420"]\n'
-                     '[[factors]]\nname = "feed.percent_of_volume"\nlow = 2.0\nhigh = 6.0\n'
-                     '[[factors]]\nname = "process.do_setpoint_pct"\nlow = 30.0\nhigh = 50.0\n')
+    study = _short_study(tmp_path)
     assert main(["bench", "design", "--study", str(study), "--levels", "5", "--budget-share", "0.8", "--batch", "4",
                  "--repeats", "1", "--out", str(tmp_path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 
 from agents.patient_diagnose import diagnose_patient_stored
 from core.codec import encode_arrow
-from core.events import AGENT_MESSAGES, DOSES, INCIDENTS, LABS, TWIN_FORECASTS, VITAL_SIGNALS, VITALS
+from core.events import DOSES, INCIDENTS, LABS, TWIN_FORECASTS, VITAL_SIGNALS, VITALS
 from dashboard.relay import REACTORS_KEY
 from dashboard.routers.patients import open_incidents
 from detectors.patient_monitor import twin_message
@@ -35,6 +35,7 @@ from sources.publish import ARROW_HEADERS, publish_assays, publish_ticks
 from sources.telemetry import KIND_HEADER
 from tests.browser_helpers import needs_chromium
 from tests.dashboard_helpers import Events, mark_live, read_events
+from tests.graph_helpers import store_findings
 from tests.test_controls_hardening import published_controls
 
 SCREENSHOT = Path(__file__).parent.parent / "docs" / "screenshots" / "patient.png"
@@ -66,13 +67,7 @@ def _diagnosed(lake: Path, run_id: str) -> None:
     """The run's incidents and the agent's findings, as the workers leave them in the lake: the patient
     monitor's alerts over the stored run, grouped into incidents and diagnosed (`agents.patient_diagnose`), the
     findings in the explanation's last chunk (the explanation's text is the LLM backend's: not this test's)."""
-    findings = diagnose_patient_stored(lake, run_id)
-    delta.append(lake, "incidents", pa.Table.from_pylist([f.incident for f in findings], schema=INCIDENTS),
-                 INCIDENTS)
-    chunks = [{"incident_id": f.incident["incident_id"], "seq": 0, "agent": "troubleshooting", "text": "",
-               "done": True, "findings_json": json.dumps(f.as_dict()), "emitted_at": datetime.now(UTC)}
-              for f in findings]
-    delta.append(lake, "agent_messages", pa.Table.from_pylist(chunks, schema=AGENT_MESSAGES), AGENT_MESSAGES)
+    store_findings(lake, diagnose_patient_stored(lake, run_id))
 
 
 @pytest.fixture(scope="module")

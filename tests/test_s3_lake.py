@@ -113,16 +113,22 @@ for seq in range(commits):
 """
 
 
-def test_two_processes_appending_to_one_table_lose_nothing(store: ObjectStore) -> None:
-    lake, commits = store.lake("concurrent"), 15
-    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, lake, name, str(commits)], stderr=subprocess.PIPE,
-                                text=True) for name in ("w1", "w2")]
+def _two_processes(script: str, lake: str, names: tuple[str, str], count: int) -> tuple[list[int], list[str]]:
+    """`script` run by two processes at once (argv: lake, name, count); their exit codes and stderr."""
+    writers = [subprocess.Popen([sys.executable, "-c", script, lake, name, str(count)], stderr=subprocess.PIPE,
+                                text=True) for name in names]
     try:
         errors = [writer.communicate(timeout=120)[1] for writer in writers]
     finally:
         for writer in writers:
             writer.kill()
-    assert [writer.returncode for writer in writers] == [0, 0], errors
+    return [writer.returncode for writer in writers], errors
+
+
+def test_two_processes_appending_to_one_table_lose_nothing(store: ObjectStore) -> None:
+    lake, commits = store.lake("concurrent"), 15
+    codes, errors = _two_processes(_WRITER, lake, ("w1", "w2"), commits)
+    assert codes == [0, 0], errors
     rows = delta.read(lake, "shared")
     keys = sorted(zip(rows["run_id"].to_pylist(), rows["seq"].to_pylist(), strict=True))
     assert keys == sorted((name, seq) for name in ("w1", "w2") for seq in range(commits))
@@ -175,14 +181,8 @@ def test_two_processes_chaining_audit_rows_keep_one_intact_chain(store: ObjectSt
     from biopilot.cli import main
 
     lake, rows = store.lake("audit"), 8
-    writers = [subprocess.Popen([sys.executable, "-c", _AUDITOR, lake, name, str(rows)], stderr=subprocess.PIPE,
-                                text=True) for name in ("a1", "a2")]
-    try:
-        errors = [writer.communicate(timeout=120)[1] for writer in writers]
-    finally:
-        for writer in writers:
-            writer.kill()
-    assert [writer.returncode for writer in writers] == [0, 0], errors
+    codes, errors = _two_processes(_AUDITOR, lake, ("a1", "a2"), rows)
+    assert codes == [0, 0], errors
     assert main(["audit", "verify", "--lake", lake]) == 0
     assert f"audit chain intact: {2 * rows} row(s)" in capsys.readouterr().out
 
