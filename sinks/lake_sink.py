@@ -11,7 +11,9 @@ committed only once the epoch that sealed it is in the recovery store, one epoch
 are), each table's commit carrying a Delta app transaction (`txn`: this partition's id, the segment's number).
 A restarted partition commits the segments its stored snapshot acknowledged, skipping a table whose `txn`
 version shows it already has them, and deletes the later ones: the source replays their input. So no key is
-scanned and no row lands twice, whichever partition, process or machine commits (docs/SCALE-OUT.md). Rows reach
+scanned and no row lands twice, whichever partition, process or machine commits (docs/SCALE-OUT.md). Bytewax
+stores an epoch's snapshot some time after the epoch ends, so under load a restart can resume from before a
+segment the last process committed: then (its `txn` says so) the replayed rows are recognised by key. Rows reach
 Delta up to two epochs after they came; alerts do not wait (they go to NATS). The segments are not fsynced: a
 crash of the process leaves them in the page cache, and against a power cut the stack is no stronger than its
 broker. The measured trade-offs: docs/PERFORMANCE.md, "The figures behind the design".
@@ -342,8 +344,12 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], int | None]):
         self.sealed: deque[_Batch] = deque()  # for the writer, in order
         self.held: list[_Batch] = []  # sealed in the epoch now ending: committed once the next one ends
         self.acknowledged_below = resume_state or 0  # the segment number the last snapshot returned
+        # per table, the last segment of this partition in Delta (its `txn`), as the partition starts
+        self.committed: dict[str, int | None] = {}
         if self.wal is not None:  # what the last process's stored snapshot acknowledged, and not deleted
+            self.committed = {name: delta.transaction_version(lake, name, app_id) for name in FLOW_TABLES}
             self.sealed.extend(self.wal.leftovers(self.acknowledged_below))
+            self._resume_past_commits()
         self.committing = False
         self.failure: BaseException | None = None
         self.committer = _Committer.join(self, compacts)
@@ -353,6 +359,21 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], int | None]):
                 self.changed.notify_all()
             self.wait_committed()  # a restarted partition's leftovers land before anything new
 
+    def _resume_past_commits(self) -> None:
+        """The last process may have committed segments at or past the snapshot this partition resumes from:
+        Bytewax stores an epoch's snapshots some time after the epoch ends, and under load that was after the next
+        epoch's end, when the segment is committed (docs/SCALE-OUT.md §5). The source then replays those
+        segments' input. Their rows are recognised by key, as without a log, and numbering goes on past the last
+        committed segment: a new segment numbered below it would pass for one that had landed (`txn`)."""
+        last = max((v for v in self.committed.values() if v is not None), default=None)
+        if last is None or last < self.acknowledged_below:
+            return
+        log.warning("partition %s resumes before segment %d, which is in Delta already (its epoch was not stored "
+                    "when it was committed): the replayed rows that Delta has are skipped by key", self.app_id,
+                    last)
+        self.wal.next_number = last + 1
+        self.dedupe = _Dedupe(self.lake)
+
     def rows_of(self, batch: _Batch) -> dict[str, pa.Table]:
         """A batch's rows per table, in the table's schema, less what the lake has already: a recovered segment's
         tables that have it (their `txn`), and without a log the rows whose keys it holds (writer thread)."""
@@ -360,7 +381,7 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], int | None]):
         out = {}
         for name, tables in (parts or {}).items():
             if batch.recovered:
-                done = delta.transaction_version(self.lake, name, self.app_id)
+                done = self.committed.get(name)
                 if done is not None and done >= batch.version:
                     continue  # the table had this segment before the crash
             schema = SCHEMAS[name]

@@ -60,9 +60,6 @@ def test_the_stream_leaders_death_and_a_kill_of_the_cluster_as_it_commits_leave_
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=False, reason="known, open: after the store's restart the cluster sometimes resumes from an "
-                   "epoch before a segment one process had committed, and replays its rows (2 of 6 runs here; "
-                   "docs/SCALE-OUT.md §5)")
 def test_the_object_store_restarted_under_the_cluster_loses_and_repeats_nothing(tmp_path: Path) -> None:
     ticks = make_ticks(reactors=8, ticks=2500, seed=13)  # 20k ticks: 100k in this file's three
     result = scale.run_fault("store", scale.FAULTS["restart_object_store"], tmp_path, ticks, processes=2,

@@ -82,6 +82,28 @@ def test_with_a_write_ahead_log_an_epoch_lands_once_the_next_ends_and_a_restart_
     assert _seqs(lake) == ticks["seq"].to_pylist()
 
 
+def test_a_restart_from_before_segments_the_last_process_committed_skips_their_replayed_rows_and_numbers_past_them(
+        tmp_path, caplog):
+    lake, wal = str(tmp_path / "lake"), tmp_path / "wal"
+    ticks = _ticks(900)
+    sink = LakeSink(lake, max_rows=10_000, max_age_s=3600, wal_dir=wal)
+    part = sink.build_part("lake", "p000", None)
+    for start in (0, 300, 600):
+        part.write_batch([("ticks", ticks.slice(start, 300))])
+        part.snapshot()
+    part.wait_committed()
+    assert delta.transaction_version(lake, "ticks", "biopilot-flow/p000") == 1  # segments 0 and 1 in Delta
+    # the crash; the store had stored epoch 1 only (its snapshot came late): the source replays from segment 1 on
+    restarted = sink.build_part("lake", "p000", 1)
+    assert "resumes before segment 1" in caplog.text
+    assert restarted.wal.next_number == 2  # a new segment 1 would pass for the committed one
+    restarted.write_batch([("ticks", ticks.slice(300))])
+    restarted.snapshot()
+    restarted.close()
+    assert _seqs(lake) == ticks["seq"].to_pylist()
+    assert delta.transaction_version(lake, "ticks", "biopilot-flow/p000") == 2
+
+
 def test_an_unreadable_write_ahead_segment_is_skipped_with_a_warning(tmp_path, caplog):
     wal = tmp_path / "wal"
     (wal / "p000").mkdir(parents=True)

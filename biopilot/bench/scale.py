@@ -58,6 +58,7 @@ from sources.publish import publish_ticks, publish_watermark, split_by_reactor
 DETECTOR = "zscore"  # the flow's own cost, not the fusion's models: what scaling out divides
 SNAPSHOT_S = 1.0  # epochs of 1 s: with a recovery store rows land an epoch or two after they came
 TIMEOUT_S = 300.0
+DRAIN_TIMEOUT_S = 150.0  # a fault run's drain once the publisher is done (its ticks are all in the stream)
 STORE_DOWN_S = 3.0  # how long the object store stays away in its fault
 
 
@@ -412,8 +413,13 @@ def run_fault(name: str, fault: Fault, root: Path, ticks: pa.Table, processes: i
         publisher.join(TIMEOUT_S)
         if failed:
             raise RuntimeError(f"{name}: publishing failed") from failed[0]
-        wait_until("the flow drained", lambda: not s.restart_dead() and drained(cluster, ticks.num_rows),
-                   every_s=0.5)
+        try:  # well inside the tests' own limit, so that a failure says what is missing
+            wait_until("the flow drained", lambda: not s.restart_dead() and drained(cluster, ticks.num_rows),
+                       timeout_s=DRAIN_TIMEOUT_S, every_s=0.5)
+        except TimeoutError as err:
+            segments = sorted(p.name for p in (cluster.recovery / "lake-wal").rglob("0*"))
+            raise TimeoutError(f"{err}: {ticks_rows(cluster.lake)} of {ticks.num_rows} ticks in Delta, backlog "
+                               f"{backlog(broker.url, cluster.durable)}, write-ahead segments {segments}") from None
         time.sleep(2 * SNAPSHOT_S)  # anything extra would land now
         return dataclasses.replace(exactly_once(name, cluster.lake, ticks, recovery_s), crashes=s.crashes)
     finally:
