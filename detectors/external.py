@@ -22,17 +22,19 @@ training rows, so `is_alarm` needs no labels, in one of two ways:
   quarter, scored by a model fitted on the three quarters. Then, each rule kept, the thresholds are set again
   on the out-of-fold scores of all the training rows, and the models that score the user's rows are fitted on
   all of them (a model fitted on fewer rows scores normal rows higher: thresholds from three quarters alone sat
-  above where the full model needs them). The fusion divides each detector's score by its threshold, takes the
-  largest and is calibrated the same way. `stat_smooth_rows` > 1 thresholds each detector's statistic after a
-  causal EWMA, on the out-of-fold scores as on the user's rows (the thresholds are set on the smoothed normal
-  scores, so the budget still holds): a small persistent fault lifts the statistic a little on every row, which
-  the average accumulates (the EWMA chart's argument, Roberts 1959). Off by default: the signals' own EWMA
-  (`smooth_rows`) already makes T² a MEWMA statistic (Lowry et al. 1992), and smoothing the statistic again
-  gained little on the generated plants while it widened the spread of the measured false-alarm rate
-  (docs/DETECT.md).
+  above where the full model needs them). The training rows' first scores, while the signals' EWMA still
+  carries its first reading (`SETTLED_WEIGHT`), are left out. The fusion alarms where any detector alarms under
+  its own threshold and rule, each set at a share of the budget, the largest share that keeps the fusion within
+  the budget (`union` in detectors/false_alarm_budget.py). `stat_smooth_rows` > 1 thresholds each detector's
+  statistic after a causal EWMA, on the out-of-fold scores as on the user's rows (the thresholds are set on the
+  smoothed normal scores, so the budget still holds): a small persistent fault lifts the statistic a little on
+  every row, which the average accumulates (the EWMA chart's argument, Roberts 1959). Off by default: the
+  signals' own EWMA (`smooth_rows`) already makes T² a MEWMA statistic (Lowry et al. 1992), and smoothing the
+  statistic again gained little on the generated plants while it widened the spread of the measured
+  false-alarm rate (docs/DETECT.md).
 Every alarm row names the signals that drove it (`drivers`): the largest contributions of the detector that
-leads the fused score. With a label column the command reports F1, FAR and MAR on the rows after the training
-part (SKAB's protocol).
+leads the fused score (under a budget: the one furthest above its own alarm level in the fusion). With a label
+column the command reports F1, FAR and MAR on the rows after the training part (SKAB's protocol).
 
 >>> rng = np.random.default_rng(0)
 >>> level = rng.normal(size=(400, 2))
@@ -44,6 +46,7 @@ part (SKAB's protocol).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,7 +60,7 @@ from scipy.signal import lfilter
 import detectors  # noqa: F401 - registers every detector
 from core.config import DetectOptions
 from detectors.base import REGISTRY, Detector, make_detector
-from detectors.false_alarm_budget import Calibrated, Persistence, calibrate, threshold_for
+from detectors.false_alarm_budget import Calibrated, Persistence, Union, calibrate, threshold_for, union
 from detectors.reference import ReferenceWindowDetector
 
 DEFAULT_OPTIONS = DetectOptions()
@@ -67,6 +70,11 @@ PERSIST = 3
 # optimistic on a new run of the twin suite: docs/DETECT.md)
 FOLDS = 10
 CONTEXT = 8  # rows before a fold streamed first, so lagged detectors see its rows with their true lags
+# under a budget the training rows' first scores are left out of the calibration until the signals' EWMA has
+# forgotten its first reading to this weight: a start from one reading is noisier than the steady EWMA (on the
+# generated plants the first 30 rows scored 2-7 times the rest, cva 200 times on its first row; the rows
+# the user scores follow the training rows and carry no start)
+SETTLED_WEIGHT = 0.05
 DRIVERS = 3  # signals named per alarm row
 # under a budget a wandering signal is scored as its departure from a causal EWMA of this span: the wander goes, a
 # drift turns into a lasting offset and a step shows for about this many rows
@@ -88,6 +96,7 @@ class Scored:
     metrics: dict[str, float] | None
     conditioning: Conditioning  # which signals wander, and whether they were left out or detrended
     budget: dict[str, Calibrated] | None = None  # with a false-alarm budget: each detector's and the fusion's
+    union: Union | None = None  # ... and the detectors' thresholds and rules inside the fusion
 
 
 @dataclass
@@ -184,6 +193,13 @@ class Conditioning:
         return cls(names, wander, detrend, options.smooth_rows)
 
     @property
+    def settle_rows(self) -> int:
+        """Rows until the first reading weighs less than SETTLED_WEIGHT in the signals' EWMA."""
+        if self.smooth_rows <= 1:
+            return 0
+        return math.ceil(math.log(SETTLED_WEIGHT) / math.log(1 - 2 / (self.smooth_rows + 1)))
+
+    @property
     def scored(self) -> list[str]:
         return self.names if self.detrend else [n for n in self.names if n not in self.wander]
 
@@ -267,11 +283,9 @@ class BudgetModel:
 
     names: list[str]
     streamed: dict[str, Streamed]  # over the training rows, fitted on all of them
-    budget: dict[str, Calibrated]  # per detector, and "fusion"
+    budget: dict[str, Calibrated]  # per detector alone, and "fusion" (threshold 1 on `union.ratios`' largest)
+    union: Union  # the detectors' thresholds and rules inside the fusion
     smooth_rows: int  # the EWMA span over each detector's scores before its threshold
-
-    def thresholds(self) -> np.ndarray:
-        return np.array([self.budget[n].threshold for n in self.streamed])[:, None]
 
     def statistics(self, scores: np.ndarray) -> np.ndarray:
         """The detectors' scores [detectors, rows] of a stretch of rows -> what their thresholds apply to."""
@@ -291,38 +305,36 @@ class NormalScores:
     streamed: dict[str, Streamed]
 
 
-def normal_scores(names: list[str], train: np.ndarray, detectors_: list[str]) -> NormalScores:
+def normal_scores(names: list[str], train: np.ndarray, detectors_: list[str], settle_rows: int = 0) -> NormalScores:
+    """`settle_rows`: the conditioning's start-up (`Conditioning.settle_rows`), left out of the calibration with
+    the first fold's lags (at most a quarter of the rows)."""
     calibration_rows = len(train) - max(len(train) // 4, 1)
     checked, starts = zip(*(out_of_sample(n, names, train, calibration_rows) for n in detectors_), strict=True)
     final, _ = zip(*(out_of_sample(n, names, train, len(train)) for n in detectors_), strict=True)
     dets = {n: build(n, len(train)) for n in detectors_}
     return NormalScores(dict(zip(detectors_, checked, strict=True)), dict(zip(detectors_, final, strict=True)),
-                        max(starts), calibration_rows,
+                        min(settle_rows + max(starts), max(len(train) // 4, max(starts))), calibration_rows,
                         {n: stream(d, d.init_state(names), train) for n, d in dets.items()})
 
 
 def fit_budget(names: list[str], train: np.ndarray, detectors_: list[str], far: float,
                rule: Persistence | None = None, normal: NormalScores | None = None,
-               smooth_rows: int = DEFAULT_OPTIONS.stat_smooth_rows) -> BudgetModel:
+               smooth_rows: int = DEFAULT_OPTIONS.stat_smooth_rows, settle_rows: int = 0) -> BudgetModel:
     """The budget's check, then its setting (module doc): thresholds and rules set on the first three quarters'
     out-of-fold statistics and checked on the last quarter; then, with each rule kept, the thresholds set again
     on the out-of-fold statistics of all the training rows, for the models fitted on all of them. `normal`: the
-    training rows' scores when already computed (several budgets on one training run)."""
-    normal = normal or normal_scores(names, train, detectors_)
+    training rows' scores when already computed (several budgets on one training run); else computed, leaving out
+    the first `settle_rows` (`normal_scores`)."""
+    normal = normal or normal_scores(names, train, detectors_, settle_rows)
     cal = normal.calibration_rows - normal.start
     checked = {n: statistic(normal.checked[n][normal.start:], smooth_rows) for n in detectors_}
     final = {n: statistic(normal.final[n][normal.start:], smooth_rows) for n in detectors_}
     budget = {n: calibrate(checked[n][:cal], checked[n][cal:], far, rule) for n in detectors_}
-
-    def fused(scores: dict[str, np.ndarray]) -> np.ndarray:
-        return np.max(np.stack([scores[n] / budget[n].threshold for n in detectors_]), axis=0)
-
-    fused_checked = fused(checked)
-    budget["fusion"] = calibrate(fused_checked[:cal], fused_checked[cal:], far, rule)
     for n in detectors_:
         budget[n].threshold = threshold_for(final[n], far, budget[n].rule)
-    budget["fusion"].threshold = threshold_for(fused(final), far, budget["fusion"].rule)
-    return BudgetModel(names, normal.streamed, budget, smooth_rows)
+    fused = union(checked, final, cal, far, rule)
+    budget["fusion"] = fused.fusion
+    return BudgetModel(names, normal.streamed, budget, fused, smooth_rows)
 
 
 def go_on(streamed: dict[str, Streamed], X: np.ndarray) -> dict[str, Streamed]:
@@ -359,11 +371,11 @@ def score(table: pa.Table, time_col: str, detectors_: list[str], train_rows: int
     conditioning = Conditioning.fit(names, X[:train_rows], options)
     names, X = conditioning.scored, conditioning.apply(X)
     columns: dict[str, pa.Array] = {time_col: table[time_col]}
-    budget = None
+    budget, fused_by = None, None
     if options.far is not None:
         model = fit_budget(names, X[:train_rows], detectors_, options.far,
                            Persistence.parse(options.persist) if options.persist else None,
-                           smooth_rows=options.stat_smooth_rows)
+                           smooth_rows=options.stat_smooth_rows, settle_rows=conditioning.settle_rows)
         after = go_on(model.streamed, X[train_rows:])
         # the training rows and the rows after are each smoothed from their own first row: on the training rows
         # the reference detectors score 0 while they collect their reference
@@ -371,8 +383,8 @@ def score(table: pa.Table, time_col: str, detectors_: list[str], train_rows: int
                             model.statistics(np.stack([after[n].scores for n in detectors_]))])
         contributions = np.stack([np.concatenate([model.streamed[n].contributions, after[n].contributions])
                                   for n in detectors_])
-        ratios = scores / model.thresholds()
-        budget = model.budget
+        ratios = model.union.ratios(scores)
+        budget, fused_by = model.budget, model.union
         fused = ratios.max(axis=0)
         alarm = budget["fusion"].alarms(fused)
         for name, s in zip(detectors_, scores, strict=True):
@@ -390,7 +402,7 @@ def score(table: pa.Table, time_col: str, detectors_: list[str], train_rows: int
     if label_col:
         y = table[label_col].cast(pa.float64()).fill_null(0).to_numpy() > 0.5
         metrics = classification(y[train_rows:], alarm[train_rows:])
-    return Scored(pa.table(columns), train_rows, metrics, conditioning, budget)
+    return Scored(pa.table(columns), train_rows, metrics, conditioning, budget, fused_by)
 
 
 def margin_ratios(names: list[str], X: np.ndarray, detectors_: list[str], train_rows: int, margin: float,

@@ -9,17 +9,29 @@ if none does, the one that comes closest. Too few normal rows cannot support a s
 with fewer than MIN_ALARM_ROWS alarm rows' worth of calibration rows (or checked on fewer than half that) is
 reported as such.
 
+Several detectors share one budget as a union (`union`): each alarms under its own threshold and rule, set at
+a share of the budget, and a row alarms where any of them does. The share is the largest at which the union's
+alarm rate on the calibration rows stays within the budget: the budget divided by the detector count
+(Bonferroni) guarantees that much, and detectors that alarm together on normal rows leave room above it. A
+detector added for the faults the others miss (a frozen reading) then takes its part of the budget and the
+others keep theirs, where a threshold on the largest of the detectors' score ratios had to rise with every
+detector added, at the others' cost (docs/DETECT.md).
+
 >>> rng = np.random.default_rng(0)
 >>> normal = rng.normal(size=20_000)
 >>> fit = calibrate(normal[:15_000], normal[15_000:], 0.01)
 >>> fit.rule, round(fit.calibration_rate, 3), bool(fit.held_back_rate < 0.015), fit.short_of_rows
 (Persistence(k=3, n=3), 0.01, True, False)
+>>> both = {"a": normal, "b": rng.normal(size=20_000)}
+>>> fused = union(both, both, 15_000, 0.01)
+>>> bool(0.005 <= fused.share <= 0.01), bool(fused.fusion.calibration_rate <= 0.01)
+(True, True)
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -48,6 +60,13 @@ class Persistence:
         counts = np.cumsum(np.asarray(above, dtype=np.int64))
         counts[self.n:] = counts[self.n:] - counts[:-self.n]
         return counts >= self.k
+
+    def held(self, scores: np.ndarray) -> np.ndarray:
+        """The k-th largest of the last n scores (-inf with fewer than k rows): `apply(scores > t)` is `held > t`,
+        so a rule becomes a statistic that one threshold alarms on, whatever the threshold."""
+        padded = np.r_[np.full(self.n - 1, -np.inf), np.asarray(scores, dtype=np.float64)]
+        windows = np.lib.stride_tricks.sliding_window_view(padded, self.n)
+        return np.partition(windows, self.n - self.k, axis=1)[:, self.n - self.k]
 
 
 RULES = (Persistence(1, 1), Persistence(2, 2), Persistence(2, 3), Persistence(3, 3), Persistence(3, 5),
@@ -100,5 +119,63 @@ def calibrate(calibration: np.ndarray, held_back: np.ndarray, far: float,
                                alarm_rate(held_back, threshold, r), False))
     within = [f for f in fits if f.held_back_rate <= far]
     best = min(within, key=lambda f: f.threshold) if within else min(fits, key=lambda f: f.held_back_rate)
-    best.short_of_rows = len(calibration) < rows_needed(far) or len(held_back) < rows_needed(far) / 2
+    best.short_of_rows = short_of_rows(len(calibration), len(held_back), far)
     return best
+
+
+def short_of_rows(calibration_rows: int, held_back_rows: int, far: float) -> bool:
+    return calibration_rows < rows_needed(far) or held_back_rows < rows_needed(far) / 2
+
+
+FUSED = Persistence(1, 1)  # a union's rules are its members': the largest held ratio alarms on its own
+
+
+@dataclass
+class Union:
+    """Several detectors under one budget: each alarms under its own threshold and rule, set at `share` of the
+    budget, and the fusion alarms where any of them does (module doc)."""
+
+    share: float
+    members: dict[str, Calibrated]  # each detector's threshold and rule at the share, set on all the rows
+    fusion: Calibrated  # threshold 1 on `ratios(...).max(axis=0)`; its rates are the union's
+
+    def ratios(self, scores: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
+        return held_ratios(self.members, scores)
+
+
+def held_ratios(members: dict[str, Calibrated], scores: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
+    """Each detector's scores (in the members' order) held by its rule (`Persistence.held`) over its threshold
+    [detectors, rows]: a row alarms where the largest is above 1."""
+    rows = scores.values() if isinstance(scores, dict) else scores
+    return np.stack([m.rule.held(s) / m.threshold for m, s in zip(members.values(), rows, strict=True)])
+
+
+def union(checked: dict[str, np.ndarray], final: dict[str, np.ndarray], calibration_rows: int, far: float,
+          rule: Persistence | None = None, steps: int = 10) -> Union:
+    """The largest share (from far / detectors up, by `steps` bisections on a log scale) at which the union of
+    the detectors' alarms stays within `far` on the `final` scores: each detector's rule is checked on `checked`
+    (its first `calibration_rows` set the threshold, the rows after are held back), its threshold set again on
+    `final` (module doc)."""
+
+    def at(share: float) -> tuple[dict[str, Calibrated], dict[str, Calibrated]]:
+        check = {n: calibrate(s[:calibration_rows], s[calibration_rows:], share, rule) for n, s in checked.items()}
+        return check, {n: replace(c, threshold=threshold_for(final[n], share, c.rule)) for n, c in check.items()}
+
+    def rate(members: dict[str, Calibrated], scores: dict[str, np.ndarray]) -> float:
+        return float((held_ratios(members, scores).max(axis=0) > 1).mean())
+
+    lo, hi = far / len(checked), far  # at far / detectors each keeps its share, so the union keeps the budget
+    best = at(lo)
+    for _ in range(steps if len(checked) > 1 else 0):
+        mid = math.sqrt(lo * hi)
+        members = at(mid)
+        if rate(members[1], final) <= far:
+            lo, best = mid, members
+        else:
+            hi = mid
+    check, members = best
+    held_back = {n: s[calibration_rows:] for n, s in checked.items()}
+    fusion = Calibrated(1.0, FUSED, rate(members, final), rate(check, held_back),
+                        short_of_rows(calibration_rows, len(next(iter(held_back.values()))), far))
+    return Union(lo, members, fusion)
+

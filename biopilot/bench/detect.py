@@ -137,7 +137,7 @@ def run(data: str | Path, detectors_: list[str], fars: Sequence[float], train: s
     names = conditioning.scored
     conditioned_train = conditioning.apply(X_train)
     progress(f"fitting {', '.join(detectors_)} on {train_path.name}")
-    normal = normal_scores(names, conditioned_train, detectors_)
+    normal = normal_scores(names, conditioned_train, detectors_, conditioning.settle_rows)
     scored = {}  # per test file: its label and each detector's scores (the same whatever the budget)
     for path in tests:
         table = read_table(path, sep)
@@ -154,10 +154,11 @@ def run(data: str | Path, detectors_: list[str], fars: Sequence[float], train: s
         model = fit_budget(names, conditioned_train, detectors_, far, persist, normal, options.stat_smooth_rows)
         budgets[str(far)] = {n: {"threshold": b.threshold, "rule": str(b.rule), "held_back_rate": b.held_back_rate,
                                  "short_of_rows": b.short_of_rows} for n, b in model.budget.items()}
+        budgets[str(far)]["fusion"]["share"] = model.union.share
         for stem, (label, scores) in scored.items():
             stats = model.statistics(scores)
             alarms = {n: model.budget[n].alarms(s) for n, s in zip(detectors_, stats, strict=True)}
-            alarms["fusion"] = model.budget["fusion"].alarms((stats / model.thresholds()).max(axis=0))
+            alarms["fusion"] = model.budget["fusion"].alarms(model.union.ratios(stats).max(axis=0))
             for name, alarm in alarms.items():
                 rows.append({"far": far, "detector": name, "file": stem, **file_metrics(label, alarm)})
         for name in [*detectors_, "fusion"]:

@@ -112,8 +112,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(f"left out {len(wander)} signal(s) whose level wanders on the training rows "
               f"(roughness < {args.min_roughness}): {', '.join(wander)}; keep them with --min-roughness 0 or "
               "--wander detrend")
-    if result.budget:
-        print_budget(result.budget, options.far, train_rows)
+    if result.budget and result.union:
+        print_budget(result.budget, result.union.share, options.far, train_rows)
     alarms = int(pa.compute.sum(out["is_alarm"]).as_py() or 0)
     print(f"scored {out.num_rows:,} rows with {detectors_} -> {args.out} ({alarms:,} alarm rows)")
     named = [d for d in out["drivers"].to_pylist() if d]
@@ -128,15 +128,18 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_budget(budget: dict, far: float, train_rows: int) -> None:
+def print_budget(budget: dict, share: float, far: float, train_rows: int) -> None:
     from detectors.false_alarm_budget import rows_needed
 
     print(f"false-alarm budget {100 * far:g} %: threshold, persistence rule (k of n rows), alarm rate on the "
           "calibration rows / on the held-back normal rows")
-    for name, fit in budget.items():
-        print(f"  {name:10s} {fit.threshold:10.4g}  {fit.rule!s:5s}  {100 * fit.calibration_rate:5.2f} % / "
-              f"{100 * fit.held_back_rate:5.2f} %")
     fused = budget["fusion"]
+    for name, fit in budget.items():
+        if fit is not fused:
+            print(f"  {name:10s} {fit.threshold:10.4g}  {fit.rule!s:5s}  {100 * fit.calibration_rate:5.2f} % / "
+                  f"{100 * fit.held_back_rate:5.2f} %")
+    print(f"  fusion     any detector, each at {100 * share:.2g} % under its own rule  "
+          f"{100 * fused.calibration_rate:5.2f} % / {100 * fused.held_back_rate:5.2f} %")
     if fused.held_back_rate > far:
         print(f"warning: the held-back normal rows alarm on {100 * fused.held_back_rate:.2f} % of rows, over the "
               f"budget: the plant moved during the training data, so expect more false alarms than "
