@@ -178,20 +178,51 @@ class ContinuousPull:
 API_TIMEOUT_S = 30.0  # consumer requests, answered behind a backlog's messages when the broker is busy
 
 
-class _Client:
-    """A partition's NATS connection and the thread it lives on. (One shared by a process's partitions timed
-    out its consumer requests behind the other partitions' messages while they pulled a backlog.)"""
+class SharedLoop:
+    """The one thread the connections of a process's partitions live on, started with the first and stopped
+    with the last. A thread per partition had nine threads waking for their messages at live rates, and the
+    dataflow thread waited for the GIL behind them (docs/SCALE-OUT.md §5)."""
 
-    def __init__(self, url: str, reconnected: Callable[[], Awaitable[None]]) -> None:
-        self.io = BackgroundLoop()
-        self.nc = self.io.run(connect_nats(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
-                                           connect_timeout=5, pending_size=256 * 1024 * 1024,
-                                           reconnected_cb=reconnected))
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.io: BackgroundLoop | None = None
+        self.users = 0
+
+    def acquire(self) -> BackgroundLoop:
+        with self.lock:
+            if self.io is None:
+                self.io = BackgroundLoop()
+            self.users += 1
+            return self.io
+
+    def release(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if not self.users and self.io is not None:
+                self.io.close()
+                self.io = None
+
+
+class _Client:
+    """A partition's NATS connection, on its process's shared thread. (One connection shared by a process's
+    partitions timed out its consumer requests behind the other partitions' messages while they pulled a
+    backlog.)"""
+
+    def __init__(self, url: str, reconnected: Callable[[], Awaitable[None]], loop: SharedLoop) -> None:
+        self.loop = loop
+        self.io = loop.acquire()
+        try:
+            self.nc = self.io.run(connect_nats(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                                               connect_timeout=5, pending_size=256 * 1024 * 1024,
+                                               reconnected_cb=reconnected))
+        except BaseException:
+            loop.release()
+            raise
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.io.run(self.nc.close(), timeout=5)
-        self.io.close()
+        self.loop.release()
 
 
 class _Partition(StatefulSourcePartition[Message, int]):
@@ -202,7 +233,7 @@ class _Partition(StatefulSourcePartition[Message, int]):
     right after the floor (a redelivery after `ack_wait` would come below it, taken for a repeat)."""
 
     def __init__(self, url: str, stream: str, durable: str, subjects: list[str], batch: int, wait_s: float,
-                 resume_seq: int | None, partitioned: bool, arrivals: Arrivals) -> None:
+                 resume_seq: int | None, partitioned: bool, arrivals: Arrivals, loop: SharedLoop) -> None:
         self.stream, self.durable, self.subjects, self.arrivals = stream, durable, subjects, arrivals
         self.batch, self.wait_s, self.partitioned = batch, wait_s, partitioned
         self.floor = resume_seq or 0  # every stream sequence <= floor of this filter has been handed to the flow
@@ -214,7 +245,7 @@ class _Partition(StatefulSourcePartition[Message, int]):
         self.pull: ContinuousPull | None = None
         self.resuming: asyncio.Task | None = None  # the consumer made again after a reconnect
         self.epoch_marked = False
-        self.client = _Client(url, self.reconnected)
+        self.client = _Client(url, self.reconnected, loop)
         self.io, self.nc = self.client.io, self.client.nc
         self.io.run(self._connect(resume_seq))
 
@@ -380,7 +411,7 @@ class JetStreamSource(FixedPartitionedSource[Message, int]):
         self.url, self.stream, self.durable = url, stream, durable
         self.subjects, self.partitions = subjects, partitions
         self.batch, self.wait_s = batch, wait_s
-        self.arrivals = Arrivals()  # shared by this process's partitions
+        self.arrivals, self.loop = Arrivals(), SharedLoop()  # shared by this process's partitions
 
     def _parts(self) -> dict[str, tuple[list[str], bool]]:
         """Each partition's consumer name: its subjects, and whether they carry the partition token."""
@@ -399,4 +430,4 @@ class JetStreamSource(FixedPartitionedSource[Message, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
         subjects, partitioned = self._parts()[for_part]
         return _Partition(self.url, self.stream, for_part, subjects, self.batch, self.wait_s, resume_state,
-                          partitioned, self.arrivals)
+                          partitioned, self.arrivals, self.loop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 import nats
@@ -216,3 +217,23 @@ def test_a_partition_resumes_after_the_last_message_it_handed_over_though_its_se
         assert [m.data.decode() for m in take(part, len(mine))] == mine  # nothing again, nothing skipped
     finally:
         part.close()
+
+
+def test_a_processs_partitions_share_one_connection_thread_that_ends_with_the_last(
+        nats_server: ManagedServer) -> None:
+    def nats_threads() -> int:
+        return sum(t.name == "biopilot-nats" and t.is_alive() for t in threading.enumerate())
+
+    before = nats_threads()
+    source = JetStreamSource(nats_server.url, durable="shared")
+    parts = [source.build_part("nats", name, None) for name in source.list_parts()]
+    try:
+        assert len(parts) > 2
+        assert nats_threads() == before + 1
+        assert len({id(p.nc) for p in parts}) == len(parts)  # a connection each: requests not queued behind
+    finally:
+        for part in parts[:-1]:
+            part.close()
+    assert nats_threads() == before + 1  # the last partition's connection still lives on it
+    parts[-1].close()
+    assert nats_threads() == before
