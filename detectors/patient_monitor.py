@@ -121,8 +121,9 @@ MISSED_DOSES, MISSED_WINDOW_DAYS = 3, 7  # this many warfarin doses missed withi
 TARGET_INR = 2.5
 FORECAST_DAYS = 14
 TWIN_DRAWS = 100  # posterior draws of a forecast band: what keeps a refit within a fraction of a second
-# a refit starts from the previous MAP and its optimiser stops at this budget or iteration count; stopped short,
-# the previous fit stands (its forecasts are the latest) and the next INR tries again, from where this one got
+# a refit starts from the previous MAP and its optimiser stops at this budget (CPU seconds of the dataflow thread)
+# or iteration count; stopped short, the previous fit stands (its forecasts are the latest) and the next INR tries
+# again, from where this one got
 TWIN_FIT_BUDGET_S, TWIN_FIT_MAX_ITER = 0.3, 30
 US_PER_H = 3_600_000_000
 PATIENT_RETRY_S = 60.0
@@ -498,7 +499,7 @@ class PatientMonitor(EventTimeInputs):
     def _refit(self, row: dict, out: Outputs) -> None:
         if not self.warfarin:
             return
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         t0_us = self.warfarin[0][0]
         dose_t_h = np.array([(t - t0_us) / US_PER_H for t, _ in self.warfarin])
         dose_mg = np.array([mg for _, mg in self.warfarin])
@@ -511,7 +512,7 @@ class PatientMonitor(EventTimeInputs):
         try:
             fit = fit_patient(cov, dose_t_h, dose_mg, lab_t_h[keep], inr[keep], cl_factor_h=self._clearance(t0_us),
                               start_eta=self.twin_eta, max_iter=TWIN_FIT_MAX_ITER,
-                              deadline_s=started + TWIN_FIT_BUDGET_S)
+                              cpu_deadline_s=started_cpu + TWIN_FIT_BUDGET_S)
             if not fit.converged and self.twin_eta is not None:
                 self.twin_eta = fit.eta  # the next refit goes on from here
                 self.twin_refits_kept += 1

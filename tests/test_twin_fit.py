@@ -213,5 +213,5 @@ def test_a_refit_from_the_previous_map_stops_at_its_deadline_and_says_so():
     warm = fit_patient(cov, doses_t, np.full(21, 5.0), t_obs, inr, start_eta=first.eta)
     cold = fit_patient(cov, doses_t, np.full(21, 5.0), t_obs, inr)
     assert warm.converged and np.allclose(warm.eta, cold.eta, atol=0.02)
-    stopped = fit_patient(cov, doses_t, np.full(21, 5.0), t_obs, inr, start_eta=first.eta, deadline_s=0.0)
+    stopped = fit_patient(cov, doses_t, np.full(21, 5.0), t_obs, inr, start_eta=first.eta, cpu_deadline_s=0.0)
     assert not stopped.converged

@@ -12,7 +12,8 @@ model (`inr_variability.log_likelihood`): the assay's error on each reading plus
 fluctuation, correlated between readings days apart. The INR is simulated with the cohort simulator's kernel
 (`pkpd.step_pkpd`), so twin and virtual patient share one model; the optimiser evaluates the objective and its
 central-difference gradient as one batch of patients. A refit can start from the previous fit (`start_eta`) and stop
-at a deadline (`deadline_s`, `TwinFit.converged` False then), which keeps a live refit within its time.
+at a deadline of its thread's CPU time (`cpu_deadline_s`, `TwinFit.converged` False then), which keeps a live
+refit within its time.
 
 >>> import numpy as np
 >>> from sources.patient import warfarin
@@ -184,14 +185,15 @@ def weighted_quantiles(values: np.ndarray, quantiles: tuple[float, ...], weights
 def fit_patient(cov: warfarin.Covariates, dose_times_h: np.ndarray, doses_mg: np.ndarray, inr_times_h: np.ndarray,
                 inr: np.ndarray, cl_factor_h: object = None, keys: tuple[str, ...] = ETA_KEYS,
                 start_eta: np.ndarray | None = None, max_iter: int | None = None,
-                deadline_s: float | None = None) -> TwinFit:
+                cpu_deadline_s: float | None = None) -> TwinFit:
     """MAP of the patient's parameters given the doses taken and the INR readings (times in hours from the first
     dose; `cov` holds one patient), with the Laplace approximation of their posterior. With no readings the
     answer is the prior: eta 0 and the population's variability.
 
     `start_eta`: where to start the optimiser (a previous fit's `eta` for the same `keys`: one more reading
-    moves the MAP little); `max_iter`: at most this many BFGS iterations; `deadline_s`: a `time.perf_counter()` value at which
-    the optimiser stops. Stopped early, the fit is the best point reached, `converged` False."""
+    moves the MAP little); `max_iter`: at most this many BFGS iterations; `cpu_deadline_s`: a `time.thread_time()`
+    value at which the optimiser stops (CPU time, not wall time: on a loaded machine a wall-clock deadline cut
+    short refits that an idle one finished, so what the flow wrote depended on the machine's load). Stopped early, the fit is the best point reached, `converged` False."""
     if len(cov.cyp2c9) != 1:
         raise ValueError(f"fit_patient fits one patient; got {len(cov.cyp2c9)}")
     inr = np.asarray(inr, float)
@@ -219,7 +221,7 @@ def fit_patient(cov: warfarin.Covariates, dose_times_h: np.ndarray, doses_mg: np
         return float(values[0]), (values[1:k + 1] - values[k + 1:]) / (2 * FD_STEP)
 
     def past_deadline(intermediate_result: object) -> None:
-        if deadline_s is not None and time.perf_counter() > deadline_s:
+        if cpu_deadline_s is not None and time.thread_time() > cpu_deadline_s:
             raise StopIteration
 
     eta0 = np.zeros(k) if start_eta is None else np.asarray(start_eta, float)
