@@ -128,14 +128,22 @@ def diagnose_ticks(ticks: pa.Table, assays: pa.Table | None = None, horizon: tim
     findings = []
     recipe = recipe_of(recipes)
     incidents = incidents_of(ticks, recipes=recipes)
+    starts = [i["start_ts"] for i, _ in incidents]
     for inc, alerts in incidents:
-        end = inc["start_ts"] + horizon
-        if inc["end_ts"] is not None:
-            end = min(end, inc["end_ts"])
-        ev = gather(ticks, inc["start_ts"], end, assays, contributions(alerts), recipe=recipe,
-                    annotations=annotations, after_ts=previous_end([i for i, _ in incidents], inc))
+        ev = gather(ticks, inc["start_ts"], evidence_end(inc, starts, horizon), assays, contributions(alerts),
+                    recipe=recipe, annotations=annotations, after_ts=previous_end([i for i, _ in incidents], inc))
         findings.append(IncidentFinding(inc, ev, rank(ev)))
     return sorted(findings, key=lambda f: f.incident["start_ts"])
+
+
+def evidence_end(incident: dict, starts: list[datetime], horizon: timedelta = HORIZON) -> datetime:
+    """Where an incident's evidence ends: `horizon` after its start, or its end where sooner. One that the next
+    incident superseded at its first alert (the tracker resolves it at its last activity: its start) is not
+    without evidence: it lasts until the next of the run's incidents (`starts`) began, as it did live."""
+    start, end = incident["start_ts"], incident["end_ts"]
+    if end is not None and end <= start:
+        end = min((t for t in starts if t > start), default=None)
+    return start + horizon if end is None else min(start + horizon, end)
 
 
 def previous_end(incidents: list[dict], incident: dict) -> datetime | None:

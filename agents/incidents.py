@@ -47,6 +47,7 @@ class Incident:
     open_alerts: list[str] = field(default_factory=list)
     signals: dict[str, float] = field(default_factory=dict)  # lead signal -> its largest contribution
     leads: list[str] = field(default_factory=list)  # each alert's leading signal, first seen first
+    news: list[str] = field(default_factory=list)  # the news alarms (`news_key`) among its alerts
 
     def event(self, kind: str) -> dict:
         self.version += 1
@@ -74,6 +75,13 @@ class Incident:
 def incident_id_for(run_id: str, first_alert_id: str) -> str:
     """Deterministic, so a re-delivered alert on another worker names the same incident."""
     return hashlib.sha1(f"{run_id}|{first_alert_id}".encode()).hexdigest()[:12]
+
+
+def news_key(alert: dict) -> str | None:
+    """The alert's member where it is a news alarm, `member:signal` (the monitor's: a signal that moved a whole
+    alarm level from where an alarm a day old left it); None for any other alert."""
+    member = alert.get("member") or ""
+    return member if ":" in member else None
 
 
 def _ts(value: datetime | str) -> datetime:
@@ -110,8 +118,11 @@ class IncidentTracker:
             # Related: soon after, or led by a signal that led one of its alerts. A signal that merely took part
             # in them is not enough: a fault that follows another one (a DO limitation after an overfeed, a
             # drifting pH probe after a temperature spike) moves some of the same signals, and is news.
+            # A news alarm is news by construction: its signal leading an alert of the excursion it moved away
+            # from (the spike's pH aftermath, then a drifting pH probe) does not relate it; the same news does.
             top = max(lead, key=lead.__getitem__) if lead else None
-            led_before = top is None or top in inc.leads
+            news = news_key(alert)
+            led_before = news in inc.news if news else (top is None or top in inc.leads)
             related = gap <= self.near or led_before
             # An alarm still on keeps the incident live past the gap for alerts led by one of its leads:
             # the gap alone split a day-long excursion in two (and only when its clears came late).
@@ -160,6 +171,8 @@ class IncidentTracker:
             inc.signals[name] = max(inc.signals.get(name, 0.0), c)
         if lead and (top := max(lead, key=lead.__getitem__)) not in inc.leads:
             inc.leads.append(top)
+        if (news := news_key(alert)) and news not in inc.news:
+            inc.news.append(news)
         if SEVERITY_RANK.get(alert.get("severity") or "warning", 1) > SEVERITY_RANK[inc.severity]:
             inc.severity = alert["severity"]
         self._escalate(inc)

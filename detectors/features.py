@@ -84,8 +84,8 @@ def golden_residual(X: np.ndarray, minutes: np.ndarray, dt: np.ndarray, halflife
     """Each signal's robust z against the golden batch's band at the same culture age (`minutes`, binned by
     `bin_min`: `reading_z` against `GoldenReference.band`), clipped at +-`clip`, smoothed by an EWMA in `acc`
     whose weight per tick follows from the tick's step `dt` and the `halflife` (in the same unit as `dt`).
-    `contrib[i, j]` is |acc| / limit per signal, `out[i]` their largest. A missing reading counts as on the golden
-    trajectory."""
+    `contrib[i, j]` is acc / limit per signal (signed: which side of the band), `out[i]` the largest magnitude.
+    A missing reading counts as on the golden trajectory."""
     n, m = X.shape
     last_bin = lo.shape[0] - 1
     for i in range(n):
@@ -97,8 +97,8 @@ def golden_residual(X: np.ndarray, minutes: np.ndarray, dt: np.ndarray, halflife
             z = 0.0 if np.isnan(x) else reading_z(x, lo[b, j], hi[b, j], below[b, j], above[b, j])
             z = min(max(z, -clip), clip)
             acc[j] += a * (z - acc[j])
-            r = abs(acc[j]) / limit[j]
-            contrib[i, j] = r
+            contrib[i, j] = acc[j] / limit[j]
+            r = abs(contrib[i, j])
             if r > best:
                 best = r
         out[i] = best

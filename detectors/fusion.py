@@ -58,8 +58,8 @@ class Fusion:
     def score_learn_members(self, state: FusionState, ts: np.ndarray, X: np.ndarray, held: Collection[str] = (),
                             ) -> tuple[FusionState, np.ndarray, np.ndarray]:
         """Each member's score over its threshold [members, n] and its per-signal contributions
-        [members, n, signals]; members in `self.thresholds` order. A `held` member is not scored (0, its state
-        unchanged): it has nothing valid to compare with yet."""
+        [members, n, signals], signed where the member signs them; members in `self.thresholds` order. A `held`
+        member is not scored (0, its state unchanged): it has nothing valid to compare with yet."""
         ratios, contribs = [], []
         for name, det in self.detectors.items():
             if name in held:
@@ -70,14 +70,14 @@ class Fusion:
                 state.members[name], s = det.score_learn(state.members[name], ts, X)
                 c = np.zeros_like(np.asarray(X, dtype=np.float64))
             ratios.append(s / self.thresholds[name])
-            contribs.append(np.abs(c))
+            contribs.append(c)
         return state, np.stack(ratios), np.stack(contribs)
 
     def score_learn_detail(self, state: FusionState, ts: np.ndarray, X: np.ndarray,
                            ) -> tuple[FusionState, np.ndarray, np.ndarray]:
         state, R, C = self.score_learn_members(state, ts, X)
         lead = R.argmax(axis=0)
-        return state, R.max(axis=0), C[lead, np.arange(len(lead))]
+        return state, R.max(axis=0), np.abs(C[lead, np.arange(len(lead))])
 
     def score_learn(self, state: FusionState, ts: np.ndarray, X: np.ndarray) -> tuple[FusionState, np.ndarray]:
         state, scores, _ = self.score_learn_detail(state, ts, X)

@@ -52,10 +52,14 @@ SENSOR_HEALTH = ("flatline", "dropout")
 PENDING_KEPT = 4  # recipes held for runs not begun yet
 # Members whose contributions are per-signal scores on the member's own scale. Once such a member's alarm has
 # been on for `REBASE_US`, the levels its signals then have are the run's new normal (a fault's aftermath: a
-# temperature spike leaves the culture smaller for days); a signal that rises a whole alarm level above its own
-# level since is news (a pH probe drifting after the spike) and fires an alert of its own, `member:signal`.
+# temperature spike leaves the culture smaller for days); a signal that moves a whole alarm level away from its own
+# level since is news (a pH probe drifting after the spike) and fires an alert of its own, `member:signal`. Only a
+# move away from normal counts (a fading aftermath is not news); one that crossed normal counts from the level (a
+# reading the spike left low drifting up past normal), up to `PAST_NORMAL` times its distance past normal (a
+# recovery that overshoots a little is not news).
 NEWS_MEMBERS = ("twin_residual",)
 REBASE_US = 24 * 3_600_000_000
+PAST_NORMAL = 1.5
 
 
 @dataclass
@@ -323,8 +327,8 @@ class ReactorMonitor(EventTimeInputs):
 
     def _news(self, member: str, ts: np.ndarray, ratios: np.ndarray, fired: np.ndarray, cleared: np.ndarray,
               ) -> np.ndarray:
-        """[signals, n]: each signal's rise over its level once `member`'s alarm has been on `REBASE_US`; 0
-        before and while the member's alarm is off."""
+        """[signals, n]: each signal's move from its level (signed ratios) once `member`'s alarm has been on
+        `REBASE_US`; 0 before and while the member's alarm is off."""
         st = self.news.setdefault(member, NewsState(alarms=MemberAlarms(
             1.0, self.config.alarm_off / self.config.alarm_on, self.config.alarm_persist_ticks,
             self.config.alarm_clear_ticks)))
@@ -342,7 +346,9 @@ class ReactorMonitor(EventTimeInputs):
                 continue
             if st.level is None:
                 st.level = ratios[:, ripe[0]].copy()
-            news[:, ripe] = ratios[:, ripe] - st.level[:, None]
+            move = ratios[:, ripe] - st.level[:, None]
+            away = move * ratios[:, ripe] > 0  # moving away from normal, not back to it
+            news[:, ripe] = np.where(away, np.minimum(np.abs(move), PAST_NORMAL * np.abs(ratios[:, ripe])), 0.0)
         return news
 
     def _news_alerts(self, ticks: pa.Table, member: str, news: np.ndarray, scores: np.ndarray, out: Outputs) -> None:

@@ -31,11 +31,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from core.events import TICK_SIGNALS
 from detectors.base import DETECTOR_SIGNALS
 from detectors.golden import GoldenReference, forget_loaded_references, load_reference
-from detectors.golden_build import build_reference, save_reference, summarise_runs
-from sources.measurement import RESOLUTION
+from detectors.golden_build import build_reference, reading_steps, save_reference, summarise_runs
 from sources.recipe import BOLUS, Change, Recipe
 
 __all__ = ["BOLUS", "Change", "Recipe", "cache_dir", "cached", "learn_reference", "reference_for",
@@ -61,7 +59,7 @@ def cache_dir() -> Path:
 
 # Bumped whenever the twin or the reference build changes, so that a cached reference built by older code is not
 # used (the recipe hash alone does not see a change of code).
-BUILD_VERSION = 16
+BUILD_VERSION = 20
 
 
 def _twin_path(recipe: Recipe) -> Path:
@@ -118,8 +116,7 @@ def spread_floor() -> np.ndarray:
     bin, and one reading step (the sensor's resolution, as a robust sd: a totaliser's increments are whole
     steps, so all runs may agree on a bin by chance). The pumps' floors are the default's at its pump rates:
     `pump_levels`."""
-    steps = np.array([RESOLUTION[TICK_SIGNALS.index(name.removesuffix("_per_tick"))] for name in DETECTOR_SIGNALS])
-    return np.maximum(load_reference().scale.min(axis=0), steps * 1.4826)
+    return np.maximum(load_reference().scale.min(axis=0), reading_steps() * 1.4826)
 
 
 def pump_levels() -> np.ndarray:

@@ -8,11 +8,18 @@ import pyarrow as pa
 import pytest
 
 from agents.benchmark import AgentResult, LabelOutcome, markdown
-from agents.diagnose import diagnose_ticks, previous_end, previous_end_stored, recipe_rows
+from agents.diagnose import diagnose_ticks, evidence_end, previous_end, previous_end_stored, recipe_rows
 from agents.evidence import Deviation, Evidence, gather
 from agents.incidents import IncidentTracker
 from agents.troubleshooting import ABSTAIN_BELOW, rank
-from detectors.benchmark import NO_MAGNITUDE, SWEEP_COMPOSITES, SWEEP_RANGES, draw_recipes, sweep_plan
+from detectors.benchmark import (
+    NO_MAGNITUDE,
+    SWEEP_COMPOSITES,
+    SWEEP_RANGES,
+    draw_recipes,
+    monitor_run,
+    sweep_plan,
+)
 from detectors.reactor_monitor import ReactorMonitor
 from detectors.recipe import Recipe
 from detectors.unit_monitor import MonitorConfig
@@ -121,6 +128,37 @@ def test_a_fault_after_another_fault_opens_its_own_incident_while_the_first_alar
     assert events[1]["incident_id"] != first["incident_id"]
 
 
+def test_a_news_alarm_opens_its_own_incident_though_its_signal_led_one_of_the_earlier_incidents_alerts():
+    """Seed 7 r12: the spike's twin_residual alarm, led by pH (the culture the spike left), stays on over the pH
+    probe's drift; the drift's news alarm (`twin_residual:ph`), led by pH too, joined the spike's incident and the
+    drift was never diagnosed. The same news again is the same incident."""
+    t0 = load_scenario("normal").start
+    tracker = IncidentTracker()
+
+    def alert(alert_id: str, hours: float, member: str, signal: str) -> list[dict]:
+        return tracker.on_alert({"alert_id": alert_id, "run_id": "run", "reactor_id": "r1", "severity": "warning",
+                                 "ts": t0 + timedelta(hours=hours), "member": member,
+                                 "signals": [{"name": signal, "contribution": 1.0}]})
+
+    spike = alert("golden", 100.0, "golden", "temp_c")[0]
+    assert alert("residual", 100.5, "twin_residual", "ph")[0]["incident_id"] == spike["incident_id"]
+    assert alert("residual-again", 130.0, "twin_residual", "ph")[0]["incident_id"] == spike["incident_id"]
+    events = alert("news", 150.0, "twin_residual:ph", "ph")
+    assert [e["event"] for e in events] == ["resolve", "open"] and events[1]["incident_id"] != spike["incident_id"]
+    assert [e["event"] for e in alert("news-again", 170.0, "twin_residual:ph", "ph")] == ["update"]
+
+
+def test_an_incident_superseded_at_its_first_alert_has_evidence_until_the_next_began():
+    t0 = load_scenario("normal").start
+    hours = [t0 + timedelta(hours=h) for h in (0.0, 0.5, 10.0)]
+    first, second, third = ({"start_ts": t, "end_ts": t} for t in hours)  # each resolved at once by the next
+    starts = [i["start_ts"] for i in (first, second, third)]
+    assert evidence_end(first, starts) == hours[1]
+    assert evidence_end(second, starts) == hours[1] + timedelta(hours=2)  # no more than the horizon
+    assert evidence_end({"start_ts": t0, "end_ts": t0 + timedelta(hours=1)}, starts) == t0 + timedelta(hours=1)
+    assert evidence_end({"start_ts": t0, "end_ts": None}, starts) == t0 + timedelta(hours=2)
+
+
 def test_a_ph_probe_drifting_after_a_temperature_spike_gets_its_own_alert_while_the_spike_alarm_is_still_on():
     base = load_scenario("normal").model_dump()
     faults = [{"fault": "temperature_spike", "start_day": 4.5, "duration_h": 8.0, "magnitude": 3.0},
@@ -137,6 +175,17 @@ def test_a_ph_probe_drifting_after_a_temperature_spike_gets_its_own_alert_while_
     assert news[0]["signals"] == [{"name": "ph", "contribution": 1.0}]
     # the spike's own aftermath is not news: nothing else of the member before the drift began
     assert not [a for a in alerts if a["member"].startswith("twin_residual:") and a["ts"] < drift.start_ts]
+
+
+def test_a_ph_drift_up_from_where_the_spikes_aftermath_left_the_reading_low_is_news():
+    """Sweep seed 24's r13 (pH setpoint 7.12): the spike leaves the reading 0.05 below the median (twin_residual
+    ratio -1.1 when its levels are taken), and the probe then drifts 0.14 up. The drift's residual only reaches
+    +0.95 by the window's end: as a magnitude it first falls to 0, and only the signed move (2.0) is news."""
+    case = next(c for c in sweep_plan(16, 24) if c.recipe == "r13" and c.kind == "temperature_spike_then_ph_drift")
+    sim, alerts = monitor_run(case)
+    drift = sim.labels[1]
+    news = [a for a in alerts if a["member"] == "twin_residual:ph"]
+    assert news and drift.start_ts <= news[0]["ts"] <= drift.end_ts
 
 
 def _slumped_culture_with_a_high_ph(t0: datetime) -> Evidence:
