@@ -1,7 +1,8 @@
 """The dashboard in real headless Chromium (Debian `chromium`, driven by Playwright) on a real `biopilot up`:
 live points arrive against the recipe's reference band, a fault injected from the page raises an incident, the
-agent's explanation streams in, the fleet overview puts that reactor first and opens another in one click, and
-a setpoint lowered there from the page is marked on the time axis as the band bends with it."""
+agent's explanation streams in and so does its answer to a question asked on the page, the fleet overview puts
+that reactor first and opens another in one click, and a setpoint lowered there from the page is marked on the
+time axis as the band bends with it."""
 
 from __future__ import annotations
 
@@ -80,6 +81,12 @@ def test_live_points_band_fault_injection_agent_fleet_and_a_setpoint_change_mark
     expect(page.locator("#agent")).to_contain_text("opened on", timeout=30_000)
     expect(page.locator("#agent")).to_contain_text(re.compile("Most likely cause|Insufficient evidence"),
                                                    timeout=60_000)
+    # a question to the agents from the page: the answer streams in under it (POST /api/chat)
+    page.fill("#chat-q", "why did the temperature rise?")
+    page.click("#chat-form button")
+    expect(page.locator("#agent p.q")).to_contain_text("why did the temperature rise?")
+    expect(page.locator("#agent p.q + p.chunk")).to_be_visible(timeout=60_000)
+    expect(page.locator("#agent")).not_to_contain_text("chat failed")
     page.wait_for_timeout(1500)  # let the plots catch up for the picture
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)

@@ -396,27 +396,12 @@ function wireControls() {
 async function ask(question) {
   const run = state.data[state.reactor]?.run;
   const box = $("agent");
-  const q = document.createElement("p"); q.className = "chunk q"; q.textContent = `» ${question}`; box.appendChild(q);
+  box.append(el("p", {className: "chunk q"}, `» ${question}`));
   try {
-    const reply = await fetch("/api/chat", {method: "POST", credentials: "same-origin",
-      headers: {"Content-Type": "application/json"}, body: JSON.stringify({question, run_id: run, incident_id: state.focus})});
-    if (!reply.ok) throw new Error((await reply.json()).message || reply.status);
-    const reader = reply.body.getReader(); const decoder = new TextDecoder(); let buffer = "";
-    for (;;) {
-      const {value, done} = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, {stream: true});
-      let cut;
-      while ((cut = buffer.indexOf("\r\n\r\n")) >= 0 || (cut = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, cut); buffer = buffer.slice(cut + (buffer[cut] === "\r" ? 4 : 2));
-        const data = block.split(/\r?\n/).filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("");
-        if (block.includes("event: chunk") && data) {
-          const p = document.createElement("p"); p.className = "chunk"; p.textContent = JSON.parse(data).text; box.appendChild(p);
-          box.scrollTop = box.scrollHeight;
-        }
-      }
-    }
-  } catch (err) { const p = document.createElement("p"); p.className = "chunk"; p.textContent = `chat failed: ${err.message}`; box.appendChild(p); }
+    await askAgents({question, run_id: run, incident_id: state.focus}, (text) => {
+      box.append(el("p", {className: "chunk"}, text)); box.scrollTop = box.scrollHeight;
+    });
+  } catch (err) { box.append(el("p", {className: "chunk"}, `chat failed: ${err.message}`)); }
 }
 
 async function refreshSoftSensors() {

@@ -1,5 +1,6 @@
-// BioPilot dashboard: what both pages (app.js for reactors, patient.js for patients) share. Loaded first, as a
-// plain script: no build step. Elements are built with textContent, never innerHTML (see app.js).
+// BioPilot dashboard: what the pages (app.js for reactors, patient.js for patients, graph.js for the knowledge
+// graph) share. Loaded first, as a plain script: no build step. Elements are built with textContent, never
+// innerHTML (see app.js).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -35,6 +36,25 @@ function stream(path, handlers) {
   source.onopen = () => { $("status").textContent = "live"; $("status").className = "pill live"; };
   source.onerror = () => { $("status").textContent = "reconnecting…"; $("status").className = "pill down"; };
   return source;
+}
+
+// a question to the agents (POST /api/chat): `onChunk(text)` for each chunk of the streamed answer as it comes
+async function askAgents(body, onChunk) {
+  const reply = await fetch("/api/chat", {method: "POST", credentials: "same-origin",
+    headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  if (!reply.ok) throw new Error((await reply.json()).message || reply.status);
+  const reader = reply.body.getReader(); const decoder = new TextDecoder(); let buffer = "";
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, {stream: true});
+    let cut;
+    while ((cut = buffer.search(/\r?\n\r?\n/)) >= 0) {
+      const block = buffer.slice(0, cut); buffer = buffer.slice(cut).replace(/^\r?\n\r?\n/, "");
+      const data = block.split(/\r?\n/).filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("");
+      if (block.includes("event: chunk") && data) onChunk(JSON.parse(data).text);
+    }
+  }
 }
 
 function say(message, ok = true) {

@@ -83,21 +83,9 @@ async function ask(question) {
   const box = $("answer");
   box.append(el("p", {className: "q"}, `» ${question}`));
   try {
-    const reply = await fetch("/api/chat", {method: "POST", credentials: "same-origin",
-      headers: {"Content-Type": "application/json"}, body: JSON.stringify({question})});
-    if (!reply.ok) throw new Error((await reply.json()).message || reply.status);
-    const reader = reply.body.getReader(); const decoder = new TextDecoder(); let buffer = "";
-    for (;;) {
-      const {value, done} = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, {stream: true});
-      let cut;
-      while ((cut = buffer.search(/\r?\n\r?\n/)) >= 0) {
-        const block = buffer.slice(0, cut); buffer = buffer.slice(cut).replace(/^\r?\n\r?\n/, "");
-        const data = block.split(/\r?\n/).filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("");
-        if (block.includes("event: chunk") && data) { box.append(el("p", {className: "chunk"}, JSON.parse(data).text)); box.scrollTop = box.scrollHeight; }
-      }
-    }
+    await askAgents({question}, (text) => {
+      box.append(el("p", {className: "chunk"}, text)); box.scrollTop = box.scrollHeight;
+    });
   } catch (err) { box.append(el("p", {className: "error"}, `failed: ${err.message}`)); }
 }
 
