@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -93,3 +94,18 @@ def test_when_one_process_of_a_cluster_dies_the_supervisor_restarts_them_all(tmp
     assert after[0] != before[0] and after[1] != before[1]  # both members of the cluster are new
     assert after[2] == before[2] and children[2].restarts == 0  # the agents were left alone
     assert "flow-1 stopped with flow-0 (group flow)" in out.getvalue()
+
+
+def test_a_fault_runs_publisher_ends_when_cancelled_though_its_broker_is_gone(nats_server) -> None:  # noqa: ANN001
+    # a failed run's publisher, left retrying against the stopped broker, logged its reconnects into later tests
+    publisher = scale._Publisher(nats_server.url, make_ticks(reactors=2, ticks=2000), message_rows=10, pace_s=0.2,
+                                 paced_until=threading.Event())
+    publisher.start()
+    deadline = time.monotonic() + 10
+    while publisher.task is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    nats_server.stop()
+    time.sleep(0.5)
+    started = time.monotonic()
+    publisher.cancel()
+    assert not publisher.is_alive() and time.monotonic() - started < 5

@@ -403,16 +403,15 @@ def run_fault(name: str, fault: Fault, root: Path, ticks: pa.Table, processes: i
         stack.callback(cluster.stop)
         cluster.start(processes)
         wait_until("the flow's consumers", lambda: backlog(broker.url, cluster.durable) is not None, cluster)
-        failed: list[BaseException] = []
         struck = threading.Event()  # the rest goes at once: a fault's restarts take long on a loaded machine
-        publisher = threading.Thread(target=_catching, args=(failed, publish, broker.url, ticks, message_rows,
-                                                             pace_s, struck), daemon=True)
+        publisher = _Publisher(broker.url, ticks, message_rows, pace_s, struck)
         publisher.start()
+        stack.callback(publisher.cancel)
         recovery_s = fault.strike(s)
         struck.set()
         publisher.join(TIMEOUT_S)
-        if failed:
-            raise RuntimeError(f"{name}: publishing failed") from failed[0]
+        if publisher.error is not None or publisher.is_alive():
+            raise RuntimeError(f"{name}: publishing failed or did not finish") from publisher.error
         try:  # well inside the tests' own limit, so that a failure says what is missing
             wait_until("the flow drained", lambda: not s.restart_dead() and drained(cluster, ticks.num_rows),
                        timeout_s=DRAIN_TIMEOUT_S, every_s=0.5)
@@ -426,12 +425,33 @@ def run_fault(name: str, fault: Fault, root: Path, ticks: pa.Table, processes: i
         stack.close()
 
 
-def _catching(failed: list[BaseException], work: Callable[..., None], *args: object) -> None:
-    """`work(*args)` on a thread; its exception kept in `failed`."""
-    try:
-        work(*args)
-    except BaseException as err:  # noqa: BLE001 - handed to the thread that waits for it
-        failed.append(err)
+class _Publisher(threading.Thread):
+    """`_publish` on a thread of its own; `cancel` ends it wherever it waits. (Left running after a failed run, a
+    publish retrying against the stopped broker logged its client's reconnects into the tests that came next.)"""
+
+    def __init__(self, url: str, ticks: pa.Table, message_rows: int, pace_s: float,
+                 paced_until: threading.Event) -> None:
+        super().__init__(name="scale-publisher", daemon=True)
+        self.args = (url, ticks, message_rows, pace_s, paced_until)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task | None = None
+        self.error: BaseException | None = None
+
+    async def _main(self) -> None:
+        self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
+        await _publish(*self.args)
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())  # its end cancels what the client left running
+        except BaseException as err:  # noqa: BLE001 - handed to the thread that waits for it
+            self.error = err
+
+    def cancel(self) -> None:
+        if self.loop is not None and self.task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing left to end
+                self.loop.call_soon_threadsafe(self.task.cancel)
+        self.join(5)
 
 
 # ---- throughput vs processes --------------------------------------------------------------------------------
