@@ -9,6 +9,15 @@ if none does, the one that comes closest. Too few normal rows cannot support a s
 with fewer than MIN_ALARM_ROWS alarm rows' worth of calibration rows (or checked on fewer than half that) is
 reported as such.
 
+What the budget will give on new normal rows is checked on the training rows themselves (`blocked_check`): each
+of BLOCKS contiguous blocks of the out-of-fold scores is held back in turn, the thresholds are set on the other
+blocks (under the rules already chosen) and the alarm rate is measured on the held block. The rate is the mean
+over blocks, with a Student t interval from their spread: consecutive normal rows are strongly alike, so one
+held-back stretch says little, and the blocks' spread shows how much the plant moved during the training run.
+The check warns when the budget is below the interval, or when the blocks alarm more the later they come (a
+one-sided Kendall test on the block rates, TREND_P) and the later half of them alarms over the budget: the
+plant moved during the training run, and the rows after it will alarm more if it stays where it went.
+
 Several detectors share one budget as a union (`union`): each alarms under its own threshold and rule, set at
 a share of the budget, and a row alarms where any of them does. The share is the largest at which the union's
 alarm rate on the calibration rows stays within the budget: the budget divided by the detector count
@@ -26,6 +35,9 @@ detector added, at the others' cost (docs/DETECT.md).
 >>> fused = union(both, both, 15_000, 0.01)
 >>> bool(0.005 <= fused.share <= 0.01), bool(fused.fusion.calibration_rate <= 0.01)
 (True, True)
+>>> check = blocked_check({"a": normal}, {"a": fit.rule}, 0.01)
+>>> str(check), check.warns(0.01)
+('1.0 % ± 0.1 % over 10 blocks', False)
 """
 
 from __future__ import annotations
@@ -34,8 +46,12 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy import stats
 
 MIN_ALARM_ROWS = 10
+BLOCKS = 10  # held back in turn by the check: about one of the out-of-fold scores' folds each
+CONFIDENCE = 0.95  # of the check's interval
+TREND_P = 0.05  # the check's trend test (module doc)
 
 
 @dataclass(frozen=True)
@@ -97,9 +113,67 @@ class Calibrated:
     calibration_rate: float  # alarm rate on the rows the threshold was set on
     held_back_rate: float  # on the normal rows held back from the setting
     short_of_rows: bool  # too few normal rows for this budget (module doc)
+    check: Check | None = None  # the alarm rate on normal blocks held back from the setting (`blocked_check`)
 
     def alarms(self, scores: np.ndarray) -> np.ndarray:
         return self.rule.apply(scores > self.threshold)
+
+
+@dataclass(frozen=True)
+class Check:
+    """Alarm rates on normal blocks each held back from the thresholds' setting (`blocked_check`)."""
+
+    rates: tuple[float, ...]
+
+    @property
+    def rate(self) -> float:
+        return float(np.mean(self.rates))
+
+    @property
+    def half_width(self) -> float:
+        """Of the CONFIDENCE Student t interval for the mean rate over the blocks."""
+        if len(self.rates) < 2:
+            return math.inf
+        sem = float(stats.sem(self.rates))
+        return float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(self.rates) - 1)) * sem
+
+    @property
+    def trend_p(self) -> float:
+        """One-sided p-value of Kendall's tau between the blocks' order and their rates (rising rates: small)."""
+        if np.ptp(self.rates) == 0:
+            return 1.0
+        return float(stats.kendalltau(np.arange(len(self.rates)), self.rates, alternative="greater").pvalue)
+
+    def over(self, far: float) -> bool:
+        """The budget is below the whole interval: new normal rows will alarm more than the budget allows."""
+        return self.rate - self.half_width > far
+
+    def moved(self, far: float) -> bool:
+        """The later blocks alarm more, and over the budget: the plant moved during the training rows."""
+        return self.trend_p < TREND_P and float(np.mean(self.rates[len(self.rates) // 2:])) > far
+
+    def warns(self, far: float) -> bool:
+        return self.over(far) or self.moved(far)
+
+    def __str__(self) -> str:
+        return f"{100 * self.rate:.1f} % ± {100 * self.half_width:.1f} % over {len(self.rates)} blocks"
+
+
+def blocked_check(scores: dict[str, np.ndarray], rules: dict[str, Persistence], share: float,
+                  blocks: int = BLOCKS) -> Check:
+    """Each of `blocks` contiguous blocks of the scores held back in turn: each detector's threshold set at
+    `share` under its rule on the other blocks, and the alarm rate of the detectors' union (one detector: its own
+    rate) measured on the held block (module doc)."""
+    rows = len(next(iter(scores.values())))
+    edges = np.linspace(0, rows, min(blocks, rows) + 1).astype(int)  # no empty block on a few rows
+    rates = []
+    for start, end in zip(edges[:-1], edges[1:], strict=True):
+        alarm = np.zeros(end - start, dtype=bool)
+        for name, s in scores.items():
+            threshold = threshold_for(np.r_[s[:start], s[end:]], share, rules[name])
+            alarm |= rules[name].apply(s[start:end] > threshold)
+        rates.append(float(alarm.mean()))
+    return Check(tuple(rates))
 
 
 def rows_needed(far: float) -> int:

@@ -15,7 +15,7 @@ import pytest
 
 from core.config import DetectOptions
 from detectors.external import score
-from detectors.false_alarm_budget import Persistence, calibrate
+from detectors.false_alarm_budget import Check, Persistence, calibrate
 
 BIOPILOT = [sys.executable, "-m", "biopilot.cli"]
 
@@ -94,7 +94,7 @@ def test_detect_prints_the_budget_and_warns_when_training_is_short(export, tmp_p
                           "--out", str(out)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "false-alarm budget 1 %" in res.stdout and "2/3" in res.stdout
-    assert "too few to support a 1 % budget" in res.stdout
+    assert "too few to support a 1 % budget" in res.stdout and " % over 10 blocks" in res.stdout
     assert {"alarm_dpca", "drivers", "is_alarm"} <= set(pq.read_table(out).column_names)
 
 
@@ -276,3 +276,57 @@ def test_the_budget_leaves_out_the_smoothing_start_of_the_training_rows():
     assert normal.start == conditioning.settle_rows + CONTEXT
     cva = normal.final["cva"]  # what it leaves out: an EWMA started from one reading scores above the rest
     assert cva[CONTEXT:normal.start].mean() > 1.3 * cva[normal.start:].mean()
+
+
+def _trained_then_new(seed: int, far: float, gain: np.ndarray) -> tuple[float, Check]:
+    """The plant trained on 3,000 rows whose amplitude follows `gain`, then a new 3,000-row run at the gain it
+    ended at: the new run's alarm rate, and the budget's check on the training rows."""
+    train = plant(len(gain), seed) * gain[:, None]
+    X = np.vstack([train, gain[-1] * plant(3000, seed + 10)])
+    table = pa.table({"t": np.arange(len(X)), **{f"s{j}": X[:, j] for j in range(4)}})
+    res = score(table, "t", ["pca", "dpca"], len(gain), None, options=DetectOptions(far=far))
+    assert res.budget is not None and res.budget["fusion"].check is not None
+    return float(res.table["is_alarm"].to_numpy()[len(gain):].mean()), res.budget["fusion"].check
+
+
+def test_the_check_warns_when_the_budget_is_below_its_interval_or_its_later_blocks_rise_over_it():
+    rising = tuple(np.linspace(0.0, 0.1, 10))
+    assert Check((0.08, 0.1, 0.12) * 3 + (0.1,)).over(0.05)
+    assert not Check((0.0, 0.1) * 5).warns(0.05)  # on the budget on average, however much the blocks differ
+    assert Check(rising).moved(0.05) and not Check(rising).over(0.05)
+    assert not Check(rising[::-1]).warns(0.05)  # the plant settled during training
+    assert not Check(tuple(np.linspace(0.0, 0.04, 10))).warns(0.05)  # it moved, but within the budget
+    assert str(Check((0.01, 0.03))) == "2.0 % ± 12.7 % over 2 blocks"
+
+
+def test_on_a_stationary_plant_the_check_brackets_the_new_runs_rate_and_stays_quiet():
+    far, covered, warned, rates = 0.05, 0, 0, []
+    for seed in (1, 3, 5, 7, 9):
+        new_rate, check = _trained_then_new(seed, far, np.ones(3000))
+        covered += abs(new_rate - check.rate) <= check.half_width
+        warned += check.warns(far)
+        rates.append(check.rate)
+    # the last quarter alone, scored by a three-quarter model (the check before), read 3-12 % on these runs and
+    # warned on three of them
+    assert 0.035 <= np.mean(rates) <= 0.07 and covered >= 3 and warned <= 1
+
+
+def test_the_check_warns_when_the_plant_moves_during_training():
+    far = 0.05
+    for seed in (1, 3, 5):
+        new_rate, check = _trained_then_new(seed, far, np.linspace(1.0, 2.0, 3000))  # the noise doubles
+        assert new_rate > 2 * far  # the plant stays where it went: the new run alarms over the budget
+        assert check.moved(far) and check.warns(far)
+        assert check.rates[-1] > check.rates[0]
+
+
+def test_detect_warns_when_the_plant_moved_during_training_and_not_when_it_held(tmp_path):
+    for gain, warns in ((np.ones(3000), False), (np.linspace(1.0, 2.0, 3000), True)):
+        X = np.vstack([plant(3000, 1) * gain[:, None], plant(500, 11)])
+        path, out = tmp_path / "export.parquet", tmp_path / "scores.parquet"
+        pq.write_table(pa.table({"t": np.arange(len(X)), **{f"s{j}": X[:, j] for j in range(4)}}), path)
+        res = subprocess.run([*BIOPILOT, "detect", "--input", str(path), "--time-col", "t", "--train-rows", "3000",
+                              "--detectors", "pca,dpca", "--far", "0.05", "--out", str(out)],
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        assert ("the plant moved during the training data" in res.stdout) is warns, res.stdout

@@ -43,7 +43,7 @@ from detectors.external import (
     read_table,
     signal_matrix,
 )
-from detectors.false_alarm_budget import Persistence
+from detectors.false_alarm_budget import Check, Persistence
 
 SKIP_H = 12.0
 
@@ -153,7 +153,8 @@ def run(data: str | Path, detectors_: list[str], fars: Sequence[float], train: s
     for far in fars:
         model = fit_budget(names, conditioned_train, detectors_, far, persist, normal, options.stat_smooth_rows)
         budgets[str(far)] = {n: {"threshold": b.threshold, "rule": str(b.rule), "held_back_rate": b.held_back_rate,
-                                 "short_of_rows": b.short_of_rows} for n, b in model.budget.items()}
+                                 "short_of_rows": b.short_of_rows, **check_of(b.check, far)}
+                             for n, b in model.budget.items()}
         budgets[str(far)]["fusion"]["share"] = model.union.share
         for stem, (label, scores) in scored.items():
             stats = model.statistics(scores)
@@ -172,10 +173,19 @@ def run(data: str | Path, detectors_: list[str], fars: Sequence[float], train: s
                 "normal_false_alarm_rate": (float(np.mean([r["false_alarm_rate"] for r in normal_runs]))
                                             if normal_runs else None),
                 "mean_delay_rows": float(np.mean(delays)) if delays else None,
-                "held_back_rate": model.budget[name].held_back_rate})
+                "held_back_rate": model.budget[name].held_back_rate, **check_of(model.budget[name].check, far)})
     return {"train": train_path.name, "signals": names, "wandering": conditioning.wander,
             "wandering_detrended": conditioning.detrend, "budgets": budgets,
             "summary": summary, "results": rows}
+
+
+def check_of(check: Check | None, far: float) -> dict:
+    """The budget's check (`blocked_check`) as json: mean rate over the held-back blocks, its interval's half
+    width, the blocks' rates and whether the command warns."""
+    if check is None:
+        return {}
+    return {"check_rate": check.rate, "check_half_width": check.half_width, "check_block_rates": list(check.rates),
+            "check_trend_p": check.trend_p, "check_warns": check.warns(far)}
 
 
 def _pct(v: float | None) -> str:
@@ -186,12 +196,13 @@ def markdown(res: dict) -> str:
     lines = [f"training file {res['train']}; signals {len(res['signals'])}"
              + (f" (wandering, {'detrended' if res['wandering_detrended'] else 'left out'}: "
                 f"{', '.join(res['wandering'])})" if res["wandering"] else ""), "",
-             "| budget | detector | mean detection % | normal-file FAR % | held-back FAR % | mean delay (rows) |",
+             "| budget | detector | mean detection % | normal-file FAR % | check FAR % (± 95 %) | mean delay (rows) |",
              "|---|---|---|---|---|---|"]
     for s in res["summary"]:
         delay = "—" if s["mean_delay_rows"] is None else f"{s['mean_delay_rows']:.1f}"
+        check = f"{_pct(s['check_rate'])} ± {_pct(s['check_half_width'])}{' (warns)' if s['check_warns'] else ''}"
         lines.append(f"| {s['far']:g} | {s['detector']} | {_pct(s['mean_detection_rate'])} | "
-                     f"{_pct(s['normal_false_alarm_rate'])} | {_pct(s['held_back_rate'])} | {delay} |")
+                     f"{_pct(s['normal_false_alarm_rate'])} | {check} | {delay} |")
     detectors_ = list(dict.fromkeys(r["detector"] for r in res["results"]))
     for far in dict.fromkeys(r["far"] for r in res["results"]):
         lines += ["", f"detection % (false-alarm % on a normal file) per file at budget {far:g}:", "",

@@ -50,9 +50,10 @@ def add_detect(subparsers: argparse._SubParsersAction) -> None:
     conditioning_options(p)
     p.add_argument("--far", type=float, default=None,
                    help="false-alarm budget: the share of normal rows allowed to alarm (e.g. 0.01). Thresholds "
-                        "and persistence come from out-of-fold scores of the training rows; their last quarter is "
-                        "held back first to check the rate, which is printed, with a warning when the training "
-                        "rows are too few for the budget (about 13/far rows). Replaces --margin (default: the "
+                        "and persistence come from out-of-fold scores of the training rows; the rate is checked on "
+                        "10 blocks of them, each held back in turn, and printed with its 95 % interval, with a "
+                        "warning when it is over the budget, rises through the training rows, or when the rows "
+                        "are too few for the budget (about 13/far rows). Replaces --margin (default: the "
                         "detect_far setting, else the margin; docs/DETECT.md)")
     budget_options(p)
     p.add_argument("--out", required=True, help="output .parquet")
@@ -132,18 +133,22 @@ def print_budget(budget: dict, share: float, far: float, train_rows: int) -> Non
     from detectors.false_alarm_budget import rows_needed
 
     print(f"false-alarm budget {100 * far:g} %: threshold, persistence rule (k of n rows), alarm rate on the "
-          "calibration rows / on the held-back normal rows")
+          "calibration rows / on normal blocks held back in turn (mean ± 95 % interval)")
     fused = budget["fusion"]
     for name, fit in budget.items():
         if fit is not fused:
             print(f"  {name:10s} {fit.threshold:10.4g}  {fit.rule!s:5s}  {100 * fit.calibration_rate:5.2f} % / "
-                  f"{100 * fit.held_back_rate:5.2f} %")
+                  f"{fit.check}")
+    check = fused.check
     print(f"  fusion     any detector, each at {100 * share:.2g} % under its own rule  "
-          f"{100 * fused.calibration_rate:5.2f} % / {100 * fused.held_back_rate:5.2f} %")
-    if fused.held_back_rate > far:
-        print(f"warning: the held-back normal rows alarm on {100 * fused.held_back_rate:.2f} % of rows, over the "
-              f"budget: the plant moved during the training data, so expect more false alarms than "
-              f"{100 * far:g} %; train on a longer, steadier stretch")
+          f"{100 * fused.calibration_rate:5.2f} % / {check}")
+    if check.over(far):
+        print(f"warning: the held-back normal blocks alarm on {check}, over the {100 * far:g} % budget: expect more "
+              "false alarms; train on a longer, steadier stretch")
+    elif check.moved(far):
+        print(f"warning: the later held-back normal blocks alarm more (Kendall trend p = {check.trend_p:.2f}), over "
+              f"the {100 * far:g} % budget: the plant moved during the training data, so expect more false alarms if "
+              "it stays where it went; train on a steadier stretch")
     if any(fit.short_of_rows for fit in budget.values()):
         print(f"warning: {train_rows:,} training rows are too few to support a {100 * far:g} % budget: the threshold "
               f"rests on fewer than 10 alarm rows; give about {rows_needed(far) * 4 // 3:,} normal rows or a larger "
