@@ -180,8 +180,8 @@ API_TIMEOUT_S = 30.0  # consumer requests, answered behind a backlog's messages 
 
 class SharedLoop:
     """The one thread the connections of a process's partitions live on, started with the first and stopped
-    with the last: their sockets need no more, where a thread per partition made nine threads to wake, each
-    taking the GIL from the dataflow thread (docs/SCALE-OUT.md §5)."""
+    with the last: their sockets need no more than one (a thread per partition made nine; the latency measured
+    the same either way: docs/SCALE-OUT.md §5)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
