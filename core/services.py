@@ -282,6 +282,9 @@ def redis_client(url: str, socket_timeout_s: float = REDIS_SOCKET_TIMEOUT_S) -> 
 # cluster of fewer nodes than replicas (no suitable peers, insufficient resources)
 NO_ROOM_FOR_REPLICAS = {10074, 10005, 10023}
 STREAM_REPLICAS = 3  # on a cluster: any one node may die (a RAFT group of 3 keeps its quorum) and nothing is lost
+# creating a stream is safe to wait for: on a cluster that had just elected its leaders, a replicated stream's
+# creation took over nats-py's default 5 s on a loaded machine (a make test run failed on it)
+STREAM_API_TIMEOUT_S = 30.0
 
 
 async def _put_streams(js: nats.js.JetStreamContext, replicas: int) -> None:
@@ -298,7 +301,7 @@ async def ensure_streams(nats_url: str, replicas: int | None = None) -> int:
     JetStream cluster with room for them, else 1); safe to call any number of times. The replicas they have."""
     nc = await connect_nats(nats_url, connect_timeout=5)
     try:
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=STREAM_API_TIMEOUT_S)
         if replicas is None:
             try:
                 await _put_streams(js, STREAM_REPLICAS)
