@@ -26,14 +26,14 @@ training rows, so `is_alarm` needs no labels, in one of two ways:
   carries its first reading (`SETTLED_WEIGHT`), are left out. The fusion alarms where any detector alarms under
   its own threshold and rule, each set at a share of the budget, the largest share that keeps the fusion within
   the budget (`union` in detectors/false_alarm_budget.py). What the setting gives on new normal rows is checked
-  on blocks of the out-of-fold scores, each held back in turn (`blocked_check`; the held-back quarter alone, scored by a
-  three-quarter model, read far from what the next normal run measured: docs/DETECT.md). `stat_smooth_rows` > 1 thresholds each detector's
-  statistic after a causal EWMA, on the out-of-fold scores as on the user's rows (the thresholds are set on the
-  smoothed normal scores, so the budget still holds): a small persistent fault lifts the statistic a little on
-  every row, which the average accumulates (the EWMA chart's argument, Roberts 1959). Off by default: the
-  signals' own EWMA (`smooth_rows`) already makes T² a MEWMA statistic (Lowry et al. 1992), and smoothing the
-  statistic again gained little on the generated plants while it widened the spread of the measured
-  false-alarm rate (docs/DETECT.md).
+  on blocks of the out-of-fold scores, each held back in turn (`blocked_check`; the held-back quarter alone,
+  scored by a three-quarter model, read far from what the next normal run measured: docs/DETECT.md).
+  `stat_smooth_rows` > 1 thresholds each detector's statistic after a causal EWMA, on the out-of-fold scores as
+  on the user's rows (the thresholds are set on the smoothed normal scores, so the budget still holds): a small
+  persistent fault lifts the statistic a little on every row, which the average accumulates (the EWMA chart's
+  argument, Roberts 1959). Off by default: the signals' own EWMA (`smooth_rows`) already makes T² a MEWMA
+  statistic (Lowry et al. 1992), and smoothing the statistic again gained little on the generated plants while
+  it widened the spread of the measured false-alarm rate (docs/DETECT.md).
 Every alarm row names the signals that drove it (`drivers`): the largest contributions of the detector that
 leads the fused score (under a budget: the one furthest above its own alarm level in the fusion). With a label
 column the command reports F1, FAR and MAR on the rows after the training part (SKAB's protocol).
@@ -333,9 +333,9 @@ def fit_budget(names: list[str], train: np.ndarray, detectors_: list[str], far: 
     """The budget's rules, setting and check (module doc): thresholds and rules set on the first three quarters'
     out-of-fold statistics and the rules picked on the last quarter; then, with each rule kept, the thresholds set
     again on the out-of-fold statistics of all the training rows, for the models fitted on all of them, and
-    checked on blocks of those statistics held back in turn. `normal`: the
-    training rows' scores when already computed (several budgets on one training run); else computed, leaving out
-    the first `settle_rows` (`normal_scores`)."""
+    checked on blocks of those statistics held back in turn. `normal`: the training rows' scores when already
+    computed (several budgets on one training run); else computed, leaving out the first `settle_rows`
+    (`normal_scores`)."""
     normal = normal or normal_scores(names, train, detectors_, settle_rows)
     cal = normal.calibration_rows - normal.start
     checked = {n: statistic(normal.checked[n][normal.start:], smooth_rows) for n in detectors_}

@@ -193,7 +193,8 @@ def fit_patient(cov: warfarin.Covariates, dose_times_h: np.ndarray, doses_mg: np
     `start_eta`: where to start the optimiser (a previous fit's `eta` for the same `keys`: one more reading
     moves the MAP little); `max_iter`: at most this many BFGS iterations; `cpu_deadline_s`: a `time.thread_time()`
     value at which the optimiser stops (CPU time, not wall time: on a loaded machine a wall-clock deadline cut
-    short refits that an idle one finished, so what the flow wrote depended on the machine's load). Stopped early, the fit is the best point reached, `converged` False."""
+    short refits that an idle one finished, so what the flow wrote depended on the machine's load). Stopped early,
+    the fit is the best point reached, `converged` False."""
     if len(cov.cyp2c9) != 1:
         raise ValueError(f"fit_patient fits one patient; got {len(cov.cyp2c9)}")
     inr = np.asarray(inr, float)
