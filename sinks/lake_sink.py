@@ -9,11 +9,13 @@ like a two-phase sink: rows are appended to the log as Arrow IPC as they come; a
 epoch's end (and at `max_rows`); the epoch's snapshot is the number of the next segment; and a segment is
 committed only once the epoch that sealed it is in the recovery store, one epoch later (as the source's acks
 are), each table's commit carrying a Delta app transaction (`txn`: this partition's id, the segment's number).
-A restarted partition commits the segments its stored snapshot acknowledged, skipping a table whose `txn`
-version shows it already has them, and deletes the later ones: the source replays their input. So no key is
-scanned and no row lands twice, whichever partition, process or machine commits (docs/SCALE-OUT.md). Bytewax
-stores an epoch's snapshot some time after the epoch ends, so under load a restart can resume from before a
-segment the last process committed: then (its `txn` says so) the replayed rows are recognised by key. Rows reach
+A restarted partition commits what the last process left: the segments its stored snapshot acknowledged,
+skipping a table whose `txn` version shows it already has them, and also the later ones, sealed or cut short.
+The source replays the input of those later ones, so after a crash the replayed rows that Delta has are
+recognised by key (as without a recovery store, below). Keeping them costs that key read at the restart;
+deleting them, on the promise that the source's stored position and the sink's are of one moment, lost a
+partition's rows after a broker fault and a kill (docs/SCALE-OUT.md §5). A clean stop leaves nothing: then no
+key is read. Either way no row lands twice, whichever partition, process or machine commits. Rows reach
 Delta up to two epochs after they came; alerts do not wait (they go to NATS). The segments are not fsynced: a
 crash of the process leaves them in the page cache, and against a power cut the stack is no stronger than its
 broker. The measured trade-offs: docs/PERFORMANCE.md, "The figures behind the design".
@@ -82,7 +84,7 @@ class WriteAheadLog:
     """Micro-batches on local disk until Delta has them. Every table handed to the sink is appended to the open
     segment as it comes (a frame: table name, length, Arrow IPC stream), which is cheap for a live message's
     rows; a flush closes the segment and renames it `<number>.batch`, so a segment cut short by a crash keeps
-    its temporary name and is never taken for a whole one. Writing a second's many small tables at the flush
+    its temporary name: only its whole frames are read back. Writing a second's many small tables at the flush
     instead held the dataflow thread up at each epoch's end."""
 
     _FRAME = struct.Struct("<HQ")  # name length, payload length
@@ -94,18 +96,24 @@ class WriteAheadLog:
         self.next_number = 0
 
     def leftovers(self, acknowledged_below: int) -> list[_Batch]:
-        """The segments a previous process sealed before its stored snapshot (numbered below
-        `acknowledged_below`), oldest first, to commit; the later ones and torn ones are deleted (the source
-        replays their input). Numbering goes on from `acknowledged_below`."""
-        for torn in self.root.glob("*.tmp"):
-            torn.unlink()
+        """Every segment a previous process left, oldest first, to commit: those sealed before its stored snapshot
+        (numbered below `acknowledged_below`) and also the later ones and the whole frames of a torn one. Their
+        input is replayed only if the source's stored position is before them, and Bytewax does not promise that
+        the positions and this snapshot it restores are of one moment (docs/SCALE-OUT.md §5): rows dropped here
+        on that promise were lost. The replayed rows are recognised by key instead (`replays`). Numbering goes on
+        past them all."""
         batches = []
-        for path in sorted(self.root.glob("*.batch")):
-            if int(path.stem) >= acknowledged_below:
-                path.unlink()
-            else:
-                batches.append(_Batch(None, path, int(path.stem), recovered=True))
-        self.next_number = acknowledged_below
+        for path in sorted(self.root.glob("*.batch")) + sorted(self.root.glob("*.tmp")):
+            number = int(path.stem)
+            parts = None
+            if path.suffix == ".tmp":  # cut short by the crash: its whole frames
+                parts = self._read(path.read_bytes(), torn=True)
+                if not parts:
+                    path.unlink()
+                    continue
+            batches.append(_Batch(parts, path, number, recovered=True))
+        batches.sort(key=lambda b: b.version)
+        self.next_number = max([acknowledged_below] + [b.version + 1 for b in batches])
         return batches
 
     def read(self, path: Path) -> Parts | None:
@@ -117,15 +125,20 @@ class WriteAheadLog:
             path.unlink()
             return None
 
-    def _read(self, data: bytes) -> Parts:
+    def _read(self, data: bytes, torn: bool = False) -> Parts:
+        """The frames of a segment; `torn`: up to the first one the crash cut short."""
         parts: Parts = defaultdict(list)
         offset = 0
         while offset < len(data):
+            if torn and len(data) - offset < self._FRAME.size:
+                break
             name_len, size = self._FRAME.unpack_from(data, offset)
             offset += self._FRAME.size
-            name = data[offset:offset + name_len].decode()
+            name = data[offset:offset + name_len].decode(errors="replace" if torn else "strict")
             payload = data[offset + name_len:offset + name_len + size]
             if len(payload) != size:
+                if torn:
+                    break
                 raise ValueError("truncated frame")
             parts[name].append(pa.ipc.open_stream(payload).read_all())
             offset += name_len + size
@@ -360,18 +373,24 @@ class _LakePartition(StatefulSinkPartition[tuple[str, pa.Table], int | None]):
             self.wait_committed()  # a restarted partition's leftovers land before anything new
 
     def _resume_past_commits(self) -> None:
-        """The last process may have committed segments at or past the snapshot this partition resumes from:
-        Bytewax stores an epoch's snapshots some time after the epoch ends, and under load that was after the next
-        epoch's end, when the segment is committed (docs/SCALE-OUT.md §5). The source then replays those
-        segments' input. Their rows are recognised by key, as without a log, and numbering goes on past the last
-        committed segment: a new segment numbered below it would pass for one that had landed (`txn`)."""
+        """The last process may have left segments at or past the snapshot this partition resumes from: sealed or
+        torn after it (`WriteAheadLog.leftovers`: they are committed), or even committed (Bytewax stores an epoch's
+        snapshots some time after the epoch ends, and under load that was after the next epoch's end, when the
+        segment is committed; docs/SCALE-OUT.md §5). The source replays what its stored position is before: those
+        rows are recognised by key, as without a log, and numbering goes on past the last segment, committed or
+        not (a new segment numbered below a committed one would pass for it: `txn`)."""
         last = max((v for v in self.committed.values() if v is not None), default=None)
-        if last is None or last < self.acknowledged_below:
+        beyond = [b.version for b in self.sealed if b.version is not None and b.version >= self.acknowledged_below]
+        if last is not None and last >= self.acknowledged_below:
+            log.warning("partition %s resumes before segment %d, which is in Delta already (its epoch was not stored "
+                        "when it was committed): the replayed rows that Delta has are skipped by key", self.app_id,
+                        last)
+            self.wal.next_number = max(self.wal.next_number, last + 1)
+        elif beyond:
+            log.warning("partition %s commits %d segment(s) from after its stored snapshot (the last process did not "
+                        "close): the replayed rows that Delta has are skipped by key", self.app_id, len(beyond))
+        else:
             return
-        log.warning("partition %s resumes before segment %d, which is in Delta already (its epoch was not stored "
-                    "when it was committed): the replayed rows that Delta has are skipped by key", self.app_id,
-                    last)
-        self.wal.next_number = last + 1
         self.dedupe = _Dedupe(self.lake)
 
     def rows_of(self, batch: _Batch) -> dict[str, pa.Table]:

@@ -74,9 +74,10 @@ def test_with_a_write_ahead_log_an_epoch_lands_once_the_next_ends_and_a_restart_
     (wal / "p000" / "000000000000.batch").write_bytes(committed_segment)  # committed, then the crash: not deleted
     (wal / "p000" / "000000000099.tmp").write_bytes(b"torn")  # a segment the crash cut short
     restarted = sink.build_part("lake", "p000", 2)  # the store holds epoch 2: segments 0 and 1
-    assert _seqs(lake) == ticks["seq"].to_pylist()[:600]  # segment 0 not twice (its txn), segment 1 once
-    assert not any((wal / "p000").iterdir())  # segment 2 deleted: its epoch's input is replayed
-    restarted.write_batch([("ticks", ticks.slice(600))])  # the replayed epoch
+    # segment 0 not twice (its txn), segment 1 once, and segment 2 too: its rows are kept, not left to the replay
+    assert _seqs(lake) == ticks["seq"].to_pylist()
+    assert not any((wal / "p000").iterdir())
+    restarted.write_batch([("ticks", ticks.slice(600))])  # the replayed epoch: Delta has it
     restarted.snapshot()
     restarted.close()
     assert _seqs(lake) == ticks["seq"].to_pylist()
@@ -96,12 +97,37 @@ def test_a_restart_from_before_segments_the_last_process_committed_skips_their_r
     # the crash; the store had stored epoch 1 only (its snapshot came late): the source replays from segment 1 on
     restarted = sink.build_part("lake", "p000", 1)
     assert "resumes before segment 1" in caplog.text
-    assert restarted.wal.next_number == 2  # a new segment 1 would pass for the committed one
+    # segment 2, sealed after the stored epoch, is committed too; a new segment 1 would pass for the committed one
+    assert restarted.wal.next_number == 3
     restarted.write_batch([("ticks", ticks.slice(300))])
     restarted.snapshot()
     restarted.close()
     assert _seqs(lake) == ticks["seq"].to_pylist()
     assert delta.transaction_version(lake, "ticks", "biopilot-flow/p000") == 2
+
+
+def test_a_restart_whose_stored_sink_state_is_older_than_the_sources_commits_every_row_the_dead_process_had(
+        tmp_path, caplog):
+    lake, wal = str(tmp_path / "lake"), tmp_path / "wal"
+    ticks = _ticks(900)
+    sink = LakeSink(lake, max_rows=10_000, max_age_s=3600, wal_dir=wal)
+    part = sink.build_part("lake", "p000", None)
+    part.write_batch([("ticks", ticks.slice(0, 300))])
+    part.snapshot()  # segment 0 sealed, held until its epoch is stored
+    part.write_batch([("ticks", ticks.slice(300, 300))])  # in the open segment 1
+    part.wal.segment.write(b"\x05\x00\x10")  # the kill cut its last frame short
+    part.wal.segment.close()
+    part.committer.leave(part)  # kill -9: nothing more of this process
+    # the restart resumes from a stored sink state from before both segments, and a source position past seq 449
+    restarted = sink.build_part("lake", "p000", 0)
+    assert _seqs(lake) == ticks["seq"].to_pylist()[:600]  # neither segment dropped
+    assert "commits 2 segment(s) from after its stored snapshot" in caplog.text
+    assert restarted.wal.next_number == 2
+    restarted.write_batch([("ticks", ticks.slice(450))])  # the replay: what Delta has is skipped by key
+    restarted.snapshot()
+    restarted.close()
+    assert _seqs(lake) == ticks["seq"].to_pylist()
+    assert not any((wal / "p000").iterdir())
 
 
 def test_an_unreadable_write_ahead_segment_is_skipped_with_a_warning(tmp_path, caplog):
