@@ -49,9 +49,6 @@ def test_a_process_killed_mid_stream_and_a_restart_as_three_leave_every_tick_onc
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=False, reason="known, open: in about 1 of 12 runs here the first 800 ticks of one "
-                   "partition's reactors are neither in Delta nor read again after the restart (the source's stored "
-                   "position is past rows its sink partition never committed; docs/SCALE-OUT.md §5)")
 def test_the_stream_leaders_death_and_a_kill_of_the_cluster_as_it_commits_leave_every_tick_once(
         tmp_path: Path) -> None:
     """On a stream of 3 replicas on a 3-node NATS cluster: the node leading it killed, then kill -9 of every flow
