@@ -226,7 +226,8 @@ def markdown(res: AgentResult) -> str:
         lines.append(f"| {f} | {r['labels']} | {r['detected']:.0%} | {r['top1']:.0%} | {r['top3']:.0%} | "
                      f"{r['abstained']:.0%} |" if r["detected"] else
                      f"| {f} | {r['labels']} | 0% | 0% | 0% | – |")
-    lines.append(f"| **all** | {len(res.outcomes)} | {j['detection_rate']:.0%} | {j['top1']:.0%} | {j['top3']:.0%} | "
+    built_in = sum(o.magnitude == "built-in" for o in res.outcomes)  # the rates' labels: the sweep's halves apart
+    lines.append(f"| **all** | {built_in} | {j['detection_rate']:.0%} | {j['top1']:.0%} | {j['top3']:.0%} | "
                  f"{j['abstention_rate']:.0%} |")
     lines += ["", f"Over detected faults only: top-1 {j['top1_detected']:.0%}, top-3 {j['top3_detected']:.0%}. "
               f"Incidents on {res.normal_runs} normal runs: {res.incidents_on_normal_runs}. Incidents on fault runs "

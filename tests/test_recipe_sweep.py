@@ -74,6 +74,7 @@ def test_the_sweep_json_keeps_the_suite_keys_and_adds_per_recipe_and_half_magnit
     assert j["half_magnitude"]["per_archetype"]["overfeed"] == {"labels": 1, "detected": 0.0, "top1": 0.0,
                                                                 "top3": 0.0}
     assert "| r00 | 30 | 7 | bolus | none | 200 | 0.4 | 1 |" in markdown(res)
+    assert "| **all** | 2 | 100% | 50% | 100% |" in markdown(res)  # the half-magnitude label is in its own table
 
 
 @pytest.fixture(scope="module")
