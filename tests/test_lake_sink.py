@@ -49,7 +49,7 @@ def _seqs(lake: str) -> list[int]:
     return sorted(delta.read(lake, "ticks", columns=["seq"])["seq"].to_pylist())
 
 
-def test_with_a_write_ahead_log_an_epoch_lands_once_the_next_ends_and_a_restart_commits_what_it_acknowledged(
+def test_with_a_write_ahead_log_an_epoch_lands_once_the_next_ends_and_a_restart_commits_what_the_dead_process_left(
         tmp_path, monkeypatch):
     lake, wal = str(tmp_path / "lake"), tmp_path / "wal"
     ticks = _ticks(900)
