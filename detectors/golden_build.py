@@ -41,6 +41,15 @@ ENVELOPE_BINS = 3  # and as far as they went within half an hour either side: wh
 # rates: a fault shows there (a DO limitation, a contamination), and the actuators' timing is what varies by run
 STAGED = [DETECTOR_SIGNALS.index(name) for name in ("agitation_rpm", "air_sccm", "o2_sccm")]
 TIMING_TOLERANCE_MIN = 360.0
+# The DO cascade's first stage, agitation, leaves its maximum (a recipe setting) only once air is back at its
+# minimum and O2 off (one controller output drives the three in turn: `sources.reactor`), so once the culture's
+# oxygen demand has fallen to what agitation alone supplies: its decline. Where the runs hold agitation at its
+# maximum (their median: demand beyond it) their spread there is the reading's noise, which says nothing of how
+# early a normal culture's decline may start; its spread below there is the one they show where agitation is
+# free, between its limits (how far apart their demands are). A DO limitation holds it at the maximum and reads
+# the same. A smaller fall of demand (a missed feed) backs off air first, judged by air's own spread: air keeps it
+CEILINGS = {"agitation_rpm": "agitation_max_rpm"}
+PINNED_FRACTION = 0.02  # of the limit: the runs' readings there are at it (their noise is a fraction of this)
 
 
 def build_reference(runs: int = 30, seed: int = 500, scenario: Scenario | None = None,
@@ -48,17 +57,29 @@ def build_reference(runs: int = 30, seed: int = 500, scenario: Scenario | None =
                     floor_level: np.ndarray | None = None) -> GoldenReference:
     """The reference of `runs` normal runs of the twin under `scenario` (default: `normal`) with `changes`
     applied (`summarise_runs`)."""
-    fleet = Fleet(scenario or load_scenario("normal"), runs, seed=seed)
-    return summarise_runs(simulate_with_changes(fleet, changes), floor, floor_level)
+    scenario = scenario or load_scenario("normal")
+    fleet = Fleet(scenario, runs, seed=seed)
+    return summarise_runs(simulate_with_changes(fleet, changes), floor, floor_level, ceilings(scenario, changes))
 
 
-def summarise_runs(ticks: pa.Table, floor: np.ndarray | None = None,
-                   floor_level: np.ndarray | None = None) -> GoldenReference:
+def ceilings(scenario: Scenario, changes: Sequence[Change] = ()) -> list[tuple[float, int, float]]:
+    """The DO cascade stages' upper limits (`CEILINGS`) under `scenario` with `changes`: (hours since
+    inoculation, signal index, limit from then on)."""
+    return ([(0.0, DETECTOR_SIGNALS.index(name), float(getattr(scenario.process, control)))
+             for name, control in CEILINGS.items()]
+            + [(hours, DETECTOR_SIGNALS.index(name), value) for hours, control, value in changes
+               for name, limit in CEILINGS.items() if control == limit])
+
+
+def summarise_runs(ticks: pa.Table, floor: np.ndarray | None = None, floor_level: np.ndarray | None = None,
+                   ceilings: Sequence[tuple[float, int, float]] = ()) -> GoldenReference:
     """Median and robust spread (1.4826 MAD) per culture-age bin over the normal runs in `ticks` (any number,
     of any length; culture age from each tick's `seq` at the run's own tick), and the drift limits on the same
     runs. The spread is floored per signal at half its median over the bins, and at `floor` [signals] where
     given; a signal with a `floor_level` (not NaN) has its floor scaled by how much its level here (its largest
-    median) exceeds that one: a floor relative to the level (a pump's increments grow with the vessel)."""
+    median) exceeds that one: a floor relative to the level (a pump's increments grow with the vessel). With a
+    floor, a DO cascade stage's spread below where the runs hold it at its upper limit (`ceilings`: (hours since
+    inoculation, signal index, limit) from then on) is at least its spread where it is free (`CEILINGS`)."""
     X_runs, ts_runs, bin_runs = [], [], []
     ticks = ticks.sort_by([("run_id", "ascending"), ("seq", "ascending")])
     run_codes = pc.dictionary_encode(ticks["run_id"]).combine_chunks().indices.to_numpy()
@@ -113,7 +134,7 @@ def summarise_runs(ticks: pa.Table, floor: np.ndarray | None = None,
         # holds at its setpoint: measured in docs/QUALITY.md)
         above, below = (_side_spread(np.where(deviation * sign >= 0, deviation * sign, np.nan)) for sign in (1, -1))
         scale_up = np.maximum(np.nan_to_num(np.minimum(scale, above)), np.maximum(least, floor))
-        scale = np.minimum(scale, below)
+        scale = _free_spread_at_limit(np.minimum(scale, below), median, ceilings)
         tolerance = np.where(np.isin(np.arange(X.shape[1]), STAGED), TIMING_TOLERANCE_MIN, 0.0)
     scale = np.maximum(np.nan_to_num(scale), least if floor is None else np.maximum(least, floor))
     ref = GoldenReference(np.nan_to_num(median), scale, scale_up=scale_up, timing_tolerance=tolerance)
@@ -123,6 +144,24 @@ def summarise_runs(ticks: pa.Table, floor: np.ndarray | None = None,
 def reading_steps() -> np.ndarray:
     """Per detector signal, one step of its reading (a totaliser's increments are whole steps of it)."""
     return np.array([RESOLUTION[TICK_SIGNALS.index(name.removesuffix("_per_tick"))] for name in DETECTOR_SIGNALS])
+
+
+def _free_spread_at_limit(below: np.ndarray, median: np.ndarray,
+                          ceilings: Sequence[tuple[float, int, float]]) -> np.ndarray:
+    """The spread `below` [bins, signals], raised in the bins where a stage's `median` is at its upper limit
+    (`ceilings`, as in `summarise_runs`; within `PINNED_FRACTION` of it: most runs there) to the median of its
+    spread over the bins where its median is between that and its lowest median plus as much (none: unchanged)."""
+    limit = np.full(below.shape, np.nan)
+    for hours, j, value in sorted(ceilings):
+        limit[int(hours * 60 // BIN_MIN):, j] = value
+    near = PINNED_FRACTION * limit
+    with np.errstate(invalid="ignore"):  # NaN: no limit
+        pinned = median >= limit - near
+        free = (median < limit - near) & (median > np.nanmin(median, axis=0) + near)
+    out = below.copy()
+    for j in np.flatnonzero(free.any(axis=0) & pinned.any(axis=0)):
+        out[pinned[:, j], j] = np.maximum(below[pinned[:, j], j], np.median(below[free[:, j], j]))
+    return out
 
 
 def _side_spread(far: np.ndarray) -> np.ndarray:

@@ -324,6 +324,29 @@ def test_a_culture_hours_behind_every_reference_run_raises_nothing_on_the_cascad
     assert max(_twin_residual_peak(tolerant, new, name, 330) for name in ("agitation_rpm", "air_sccm")) < level
 
 
+def test_a_culture_backing_off_the_agitation_maximum_all_reference_runs_hold_is_judged_by_their_free_spread():
+    """All 12 reference runs hold agitation at its 220 rpm maximum from day 1 (spread 0.3 rpm, the reading's
+    noise): a normal culture whose demand falls earlier backs off it. 10 rpm below for the last half day alarmed
+    (twin_residual) against the noise; against the spread the runs show where agitation is free (about 5 rpm) it
+    does not, 20 rpm below still does; the side above (a contamination's, a DO limitation's) and air (a missed
+    feed backs air off first) keep their spreads."""
+    scenario = _scenario(process={"do_setpoint_pct": 56.0, "seed_vcd_e6_per_ml": 0.6}, days=2.5)
+    fleet = Fleet(scenario, 12, seed=5)
+    ticks = pa.Table.from_batches([fleet.step(fleet.remaining_ticks).ticks])
+    ref = summarise_runs(ticks, spread_floor(), pump_levels(), golden_build.ceilings(scenario))
+    noise = summarise_runs(ticks, spread_floor(), pump_levels())
+    new = simulate_run(scenario, 99).ticks
+    late = new["seq"].to_numpy() / 1440 >= 2.0
+    level = calibrated_members()["twin_residual"]
+    backed_off = _shifted(new, "agitation_rpm", late, -10.0)
+    assert _twin_residual_peak(noise, backed_off, "agitation_rpm") > level > _twin_residual_peak(ref, backed_off,
+                                                                                                   "agitation_rpm")
+    assert _twin_residual_peak(ref, _shifted(new, "agitation_rpm", late, -20.0), "agitation_rpm") > level
+    np.testing.assert_array_equal(ref.upper, noise.upper)
+    air = DETECTOR_SIGNALS.index("air_sccm")
+    np.testing.assert_array_equal(ref.scale[:, air], noise.scale[:, air])
+
+
 def test_a_small_vessels_steady_feed_is_judged_against_its_rate_and_a_three_hour_overfeed_alarms():
     """Seed 7 r10's feed (1.3 L, continuous at 0.036 mL a tick, a totaliser of 0.01 mL steps): the runs' median
     increment is a whole step, 0.04, and twin_residual integrated the gap to the rate, z -0.26, for as long as
