@@ -44,7 +44,6 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -335,7 +334,9 @@ class WebhookSender:
         while True:
             try:
                 msgs = await alerts.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py's, and asyncio's that its fetch raises when a wait leaves no time
+                if self.stopping:  # or a cancel nats-py turned into one
+                    raise asyncio.CancelledError from None
                 continue
             for msg in msgs:
                 self._dispatch("alerts", _event(msg.data))

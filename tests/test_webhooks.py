@@ -387,3 +387,24 @@ def test_stop_ends_the_sender_even_when_the_client_turns_the_cancel_into_a_timeo
         assert sender.task.done() and sender.state == "stopped"
 
     asyncio.run(scenario())
+
+
+def test_an_idle_fetch_that_times_out_with_asyncios_error_does_not_restart_the_sender():
+    class Alerts:  # nats-py's fetch raises asyncio's TimeoutError, not its own, when no time is left for a wait
+        def __init__(self) -> None:
+            self.fetches = 0
+
+        async def fetch(self, batch: int, timeout: float) -> list:
+            self.fetches += 1
+            if self.fetches < 3:
+                raise TimeoutError
+            await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        sender, alerts = WebhookSender(nc=None, js=None), Alerts()  # type: ignore[arg-type]
+        consuming = asyncio.create_task(sender._consume(alerts))  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        assert not consuming.done() and alerts.fetches == 3
+        consuming.cancel()
+
+    asyncio.run(scenario())
