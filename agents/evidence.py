@@ -37,6 +37,9 @@ PUMPS = [DETECTOR_SIGNALS.index(name) for name in ("feed_ml_per_tick", "base_ml_
 LOOKBACK = timedelta(minutes=10)
 CHANGE_LOOKBACK = timedelta(hours=12)  # an operator's change this long before an incident is still its context
 ONSET_Z = 3.0
+# where a deviation's build-up is timed from: a probe drifting a little per hour crosses |z| 1 -> 3 over hours, so
+# timed from |z| < 3 a drift caught early reads as quick as a process step (`Deviation.onset_min`)
+NORMAL_Z = 1.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Deviation:
     ts: datetime
     value: float | None
     expected: float
-    onset_min: float = 0.0  # how long the deviation took to build from |z| < 3 to its peak
+    onset_min: float = 0.0  # how long the deviation took to build from |z| < NORMAL_Z to its peak
 
     def sentence(self) -> str:
         unit = UNITS.get(self.signal, "")
@@ -197,7 +200,8 @@ def gather(ticks: pa.Table, start_ts: datetime, end_ts: datetime, assays: pa.Tab
         b = min(int(minutes[i] // ref.bin_min), len(ref.median) - 1)
         value = None if np.isnan(X[i, j]) else float(X[i, j])
         calm = np.flatnonzero(np.abs(Z[: i + 1, j]) < ONSET_Z)
-        onset_min = float(minutes[i] - minutes[calm[-1]]) if len(calm) else float(minutes[i])
+        near = np.flatnonzero(np.abs(Z[: i + 1, j]) < NORMAL_Z)
+        onset_min = float(minutes[i] - minutes[near[-1]]) if len(near) else float(minutes[i])
         ev.deviations[name] = Deviation(name, float(Z[i, j]), _dt(ts[i]), value, float(ref.median[b, j]),
                                         onset_min)
         if after is not None and len(calm) and calm[-1] >= after:

@@ -43,9 +43,11 @@ SIGNATURES: dict[str, Signature] = {s.fault: s for s in (
     # jacket failure: temperature above setpoint, metabolism speeds up
     Signature("temperature_spike", {"temp_c": 3.0, "our_mmol_l_h": 0.5, "cer_mmol_l_h": 0.5},
               checks=("jacket and chiller", "temperature probe against a reference")),
-    # bacteria respire and acidify far beyond what CHO cells do
+    # bacteria respire and acidify far beyond what CHO cells do, and kill them: the viable-cell capacitance falls
+    # while respiration holds (a capacitance probe drifting alone would look the same but for the acid)
     Signature("contamination", {"our_mmol_l_h": 2.0, "cer_mmol_l_h": 2.0, "do_pct": -1.0, "o2_sccm": 1.0,
-                                "base_ml_per_tick": 0.5}, checks=("sterility sample (Gram stain, plating)",)),
+                                "base_ml_per_tick": 0.5, "capacitance_pf_cm": -1.0, "ph": -1.0},
+              checks=("sterility sample (Gram stain, plating)",)),
     Signature("sensor_stuck", sensor="frozen", checks=("transmitter", "probe cable")),
     Signature("sensor_dropout", sensor="missing", checks=("transmitter connection", "historian link")),
     Signature("sensor_drift", sensor="lone", checks=("off-line measurement of the drifting signal",)),

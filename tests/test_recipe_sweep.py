@@ -228,6 +228,39 @@ def test_a_controllers_answer_before_the_reading_moved_is_still_an_echo():
     assert {h.fault: h.match for h in rank(ev).hypotheses}["sensor_drift"] < 0.1
 
 
+def test_a_falling_viable_capacitance_with_acid_and_respiration_holding_points_to_a_contamination():
+    """Sweep seed 3's r06 contamination, its first incident: the contaminant has killed CHO cells (capacitance
+    down for days) and made acid (pH down), while respiration held. A capacitance probe drifting alone looks the
+    same but for the acid: the two stay the first two hypotheses (without the capacitance and the acid in the
+    contamination's signature it ranked fourth, behind a pH excursion and a temperature spike)."""
+    t0 = load_scenario("normal").start + timedelta(days=6)
+    ev = Evidence("run", "r1", t0, t0 + timedelta(hours=2), contributions={"capacitance_pf_cm": 1.0})
+    ev.deviations = {d.signal: d for d in (
+        Deviation("capacitance_pf_cm", -13.4, t0, None, 0.0, 4478.0), Deviation("ph", -9.9, t0, None, 0.0, 725.0),
+        Deviation("co2_sccm", -3.7, t0, None, 0.0, 2414.0), Deviation("our_mmol_l_h", 2.9, t0, None, 0.0, 750.0),
+        Deviation("cer_mmol_l_h", 3.3, t0, None, 0.0, 745.0), Deviation("o2_sccm", 2.3, t0, None, 0.0, 759.0),
+        Deviation("temp_c", 1.9, t0, None, 0.0, 239.0))}
+    assert {h.fault for h in rank(ev).ranked(2)} == {"sensor_drift", "contamination"}
+    with_acid = {h.fault: h.match for h in rank(ev).hypotheses}["contamination"]
+    ev.deviations["ph"] = Deviation("ph", 0.0, t0, None, 0.0)
+    assert {h.fault: h.match for h in rank(ev).hypotheses}["contamination"] < with_acid - 0.1
+
+
+def test_a_probe_drift_caught_early_is_timed_from_where_the_reading_left_normal():
+    """Sweep seed 11's r08 sensor drift: the probe wanders for hours before it crosses |z| 3 and alarms. Timed
+    from |z| < 3 the deviation built within the horizon (a process step); from |z| < 1, over hours: the drift."""
+    case = next(c for c in sweep_plan(16, 11) if c.recipe == "r08" and c.kind == "sensor_drift"
+                and c.magnitude == "built-in")
+    sim = simulate_run(case.scenario, case.seed)
+    findings = diagnose_ticks(sim.ticks, sim.assays, recipes=recipe_rows(Recipe.from_scenario(case.scenario),
+                                                                         sim.started))
+    label = sim.labels[0]
+    first = next(f for f in findings if label.start_ts <= f.incident["start_ts"] <= label.end_ts)
+    lead = first.evidence.deviations[first.evidence.lead]
+    assert lead.onset_min >= 6 * 60
+    assert first.diagnosis.top is not None and first.diagnosis.top.fault == "sensor_drift"
+
+
 def test_the_previous_incident_is_the_latest_other_one_closed_by_the_start():
     t0 = load_scenario("normal").start
     incidents = [{"incident_id": "spike", "start_ts": t0, "end_ts": t0 + timedelta(hours=9)},
