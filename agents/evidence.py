@@ -199,8 +199,8 @@ def gather(ticks: pa.Table, start_ts: datetime, end_ts: datetime, assays: pa.Tab
         i = lo + int(np.argmax(np.abs(Z[lo:hi, j])))
         b = min(int(minutes[i] // ref.bin_min), len(ref.median) - 1)
         value = None if np.isnan(X[i, j]) else float(X[i, j])
-        calm = np.flatnonzero(np.abs(Z[: i + 1, j]) < ONSET_Z)
-        near = np.flatnonzero(np.abs(Z[: i + 1, j]) < NORMAL_Z)
+        size = np.abs(Z[: i + 1, j])
+        calm, near = np.flatnonzero(size < ONSET_Z), np.flatnonzero(size < NORMAL_Z)
         onset_min = float(minutes[i] - minutes[near[-1]]) if len(near) else float(minutes[i])
         ev.deviations[name] = Deviation(name, float(Z[i, j]), _dt(ts[i]), value, float(ref.median[b, j]),
                                         onset_min)

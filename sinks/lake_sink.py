@@ -100,8 +100,8 @@ class WriteAheadLog:
         (numbered below `acknowledged_below`) and also the later ones and the whole frames of a torn one. Their
         input is replayed only if the source's stored position is before them, and Bytewax does not promise that
         the positions and this snapshot it restores are of one moment (docs/SCALE-OUT.md §5): rows dropped here
-        on that promise were lost. The replayed rows are recognised by key instead (`replays`). Numbering goes on
-        past them all."""
+        on that promise were lost. The replayed rows are recognised by key instead (`_LakePartition`). Numbering
+        goes on past them all."""
         batches = []
         for path in sorted(self.root.glob("*.batch")) + sorted(self.root.glob("*.tmp")):
             number = int(path.stem)
@@ -130,17 +130,17 @@ class WriteAheadLog:
         parts: Parts = defaultdict(list)
         offset = 0
         while offset < len(data):
-            if torn and len(data) - offset < self._FRAME.size:
-                break
-            name_len, size = self._FRAME.unpack_from(data, offset)
-            offset += self._FRAME.size
-            name = data[offset:offset + name_len].decode(errors="replace" if torn else "strict")
-            payload = data[offset + name_len:offset + name_len + size]
-            if len(payload) != size:
+            whole = len(data) - offset >= self._FRAME.size
+            if whole:
+                name_len, size = self._FRAME.unpack_from(data, offset)
+                whole = offset + self._FRAME.size + name_len + size <= len(data)
+            if not whole:
                 if torn:
                     break
                 raise ValueError("truncated frame")
-            parts[name].append(pa.ipc.open_stream(payload).read_all())
+            offset += self._FRAME.size
+            name = data[offset:offset + name_len].decode()
+            parts[name].append(pa.ipc.open_stream(data[offset + name_len:offset + name_len + size]).read_all())
             offset += name_len + size
         return dict(parts)
 
