@@ -62,12 +62,14 @@ def reference_band(recipe: Recipe) -> ReferenceBand:
     if key in _KEPT:
         return _KEPT[key]
     ref = reference_for(recipe)
-    drift = ref.drift_limit if ref.drift_limit is not None else np.zeros(len(DETECTOR_SIGNALS))
+    # per culture-age bin (a recipe's limits are per age; the default's one per signal)
+    drift = np.broadcast_to(np.atleast_2d(ref.drift_limit if ref.drift_limit is not None
+                                          else np.zeros(len(DETECTOR_SIGNALS))), ref.median.shape)
     bands = {}
     for name in BANDED:
         j = DETECTOR_SIGNALS.index(name)
         median, below, above = ref.median[:, j], ref.scale[:, j], ref.upper[:, j]
-        wide, narrow = golden_z, drift_ratio * drift[j]
+        wide, narrow = golden_z, drift_ratio * drift[:, j]
         bands[name] = np.stack([median, median - wide * below, median + wide * above, median - narrow * below,
                                 median + narrow * above])
     if len(_KEPT) >= MAX_KEPT:

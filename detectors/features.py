@@ -84,10 +84,11 @@ def golden_residual(X: np.ndarray, minutes: np.ndarray, dt: np.ndarray, halflife
     """Each signal's robust z against the golden batch's band at the same culture age (`minutes`, binned by
     `bin_min`: `reading_z` against `GoldenReference.band`), clipped at +-`clip`, smoothed by an EWMA in `acc`
     whose weight per tick follows from the tick's step `dt` and the `halflife` (in the same unit as `dt`).
-    `contrib[i, j]` is acc / limit per signal (signed: which side of the band), `out[i]` the largest magnitude.
-    A missing reading counts as on the golden trajectory."""
+    `contrib[i, j]` is acc / limit per signal (signed: which side of the band; `limit` [bins, signals], a single
+    row for every bin), `out[i]` the largest magnitude. A missing reading counts as on the golden trajectory."""
     n, m = X.shape
     last_bin = lo.shape[0] - 1
+    last_limit = limit.shape[0] - 1
     for i in range(n):
         a = 1.0 - 0.5 ** (max(dt[i], 0.0) / halflife)
         b = min(max(int(minutes[i] // bin_min), 0), last_bin)
@@ -97,7 +98,7 @@ def golden_residual(X: np.ndarray, minutes: np.ndarray, dt: np.ndarray, halflife
             z = 0.0 if np.isnan(x) else reading_z(x, lo[b, j], hi[b, j], below[b, j], above[b, j])
             z = min(max(z, -clip), clip)
             acc[j] += a * (z - acc[j])
-            contrib[i, j] = acc[j] / limit[j]
+            contrib[i, j] = acc[j] / limit[min(b, last_limit), j]
             r = abs(contrib[i, j])
             if r > best:
                 best = r

@@ -48,7 +48,8 @@ class GoldenReference:
     median: np.ndarray  # [bins, signals]
     scale: np.ndarray  # [bins, signals]: the spread below the median (and above it, without `scale_up`)
     bin_min: float = BIN_MIN
-    drift_limit: np.ndarray | None = None  # [signals]: the twin_residual detector's per-signal limits
+    # [signals], or [bins, signals] (a recipe's: per culture age): the twin_residual detector's per-signal limits
+    drift_limit: np.ndarray | None = None
     scale_up: np.ndarray | None = None  # [bins, signals]: the spread above the median
     # [signals], minutes: a reading is judged against the medians within it either side (`band`)
     timing_tolerance: np.ndarray | None = None
@@ -149,8 +150,8 @@ class Golden:
         return np.ones(len(minutes))
 
     def _limit(self, n_signals: int) -> np.ndarray:
-        """What each signal's smoothed residual is divided by."""
-        return np.ones(n_signals)
+        """What each signal's smoothed residual is divided by [bins, signals] (one row: at every age)."""
+        return np.ones((1, n_signals))
 
     def score_learn_detail(self, state: GoldenState, ts: np.ndarray, X: np.ndarray,
                            ) -> tuple[GoldenState, np.ndarray, np.ndarray]:

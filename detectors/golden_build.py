@@ -31,6 +31,14 @@ from sources.scenarios import Scenario, load_scenario
 CASCADE_SIGNALS = ("do_pct", "agitation_rpm", "air_sccm", "o2_sccm", "our_mmol_l_h", "cer_mmol_l_h")
 CASCADE = [DETECTOR_SIGNALS.index(name) for name in CASCADE_SIGNALS]
 RUN_FALSE_ALARM = 0.01
+# A probe's or pump's drift limit in a recipe's reference holds at the ages near where the runs reached it: one
+# reference run whose pH skips the dip at day 4 (7 times the others' largest residual) says nothing of a pH probe
+# drifting at day 9 (docs/QUALITY.md, the recipe sweep). Two days either side covers the normal runs' spread in
+# when a stage comes (a pH dip 20 h early read against one half-life either side alarmed)
+LIMIT_REACH_MIN = 48 * 60.0
+# ... and away from them, the largest residual of the other runs: a run that went this many robust spreads past
+# the runs' median is the outlier (the largest of 30 usual runs sits about 3 past it)
+OUTLIER_MADS = 4.0
 # the golden z the farthest reference run reaches on a cascade signal, at most: half the fusion's calibrated
 # golden level (66), so that a new run going as far as a few of the normal runs did raises nothing
 ENVELOPE_Z = 30.0
@@ -138,7 +146,7 @@ def summarise_runs(ticks: pa.Table, floor: np.ndarray | None = None, floor_level
         tolerance = np.where(np.isin(np.arange(X.shape[1]), STAGED), TIMING_TOLERANCE_MIN, 0.0)
     scale = np.maximum(np.nan_to_num(scale), least if floor is None else np.maximum(least, floor))
     ref = GoldenReference(np.nan_to_num(median), scale, scale_up=scale_up, timing_tolerance=tolerance)
-    return replace(ref, drift_limit=_drift_limits(ref, X_runs, ts_runs))
+    return replace(ref, drift_limit=_drift_limits(ref, X_runs, ts_runs, None if floor is None else bin_runs))
 
 
 def reading_steps() -> np.ndarray:
@@ -204,17 +212,46 @@ def _nanmedian_rows(blocks: np.ndarray) -> np.ndarray:
     return np.where(n > 0, (lo + hi) / 2, np.nan)[:, 0, :]
 
 
-def _drift_limits(ref: GoldenReference, X_runs: list[np.ndarray], ts_runs: list[np.ndarray]) -> np.ndarray:
+def _drift_limits(ref: GoldenReference, X_runs: list[np.ndarray], ts_runs: list[np.ndarray],
+                  bin_runs: list[np.ndarray] | None = None) -> np.ndarray:
     """Per signal, the largest twin_residual residual any of the normal runs (features [ticks, signals] and
     event times each) reaches, floored at 1; for `CASCADE_SIGNALS`, the residual a new normal run passes with
-    probability `RUN_FALSE_ALARM` over all of them (`tail_limit`)."""
+    probability `RUN_FALSE_ALARM` over all of them (`tail_limit`). With the runs' age bins (`bin_runs`: a
+    recipe's reference), the other signals' limits are per culture-age bin [bins, signals]: the largest residual
+    any run reaches within `LIMIT_REACH_MIN` of that age (`_age_limits`), and at least the largest of the runs
+    that are not outliers (`_usual_largest`): an outlier run's residual holds only near its age."""
     n_signals = ref.median.shape[1]
     detector = TwinResidual(reference=replace(ref, drift_limit=np.ones(n_signals)))
-    maxima = np.array([np.abs(detector.score_learn_detail(detector.init_state(DETECTOR_SIGNALS), ts, run)[2])
-                       .max(axis=0) for run, ts in zip(X_runs, ts_runs, strict=True)])
+    residuals = [np.abs(detector.score_learn_detail(detector.init_state(DETECTOR_SIGNALS), ts, run)[2])
+                 for run, ts in zip(X_runs, ts_runs, strict=True)]
+    maxima = np.array([r.max(axis=0) for r in residuals])
     limit = maxima.max(axis=0)
     limit[CASCADE] = tail_limit(maxima[:, CASCADE], RUN_FALSE_ALARM / len(CASCADE))
-    return np.maximum(limit, 1.0)
+    if bin_runs is None:
+        return np.maximum(limit, 1.0)
+    by_age = np.maximum(_age_limits(residuals, bin_runs, ref.median.shape[0], int(LIMIT_REACH_MIN // ref.bin_min)),
+                        _usual_largest(maxima))
+    by_age[:, CASCADE] = limit[CASCADE]
+    return np.maximum(by_age, 1.0)
+
+
+def _usual_largest(maxima: np.ndarray) -> np.ndarray:
+    """Per column of `maxima` [runs, signals], the largest value of the runs that are not outliers (within
+    `OUTLIER_MADS` robust spreads of the runs' median)."""
+    typical = np.median(maxima, axis=0)
+    spread = 1.4826 * np.median(np.abs(maxima - typical), axis=0)
+    return np.where(maxima <= typical + OUTLIER_MADS * spread, maxima, 0.0).max(axis=0)
+
+
+def _age_limits(residuals: list[np.ndarray], bin_runs: list[np.ndarray], n_bins: int, reach: int) -> np.ndarray:
+    """[n_bins, signals]: the largest of the runs' `residuals` ([ticks, signals] each, in age bins `bin_runs`)
+    within `reach` bins of each bin."""
+    largest = np.zeros((n_bins, residuals[0].shape[1]))
+    for r, bins in zip(residuals, bin_runs, strict=True):
+        np.maximum.at(largest, np.clip(bins, 0, n_bins - 1), r)
+    reach = min(reach, n_bins)  # farther reaches every bin already
+    padded = np.pad(largest, ((reach, reach), (0, 0)))
+    return np.lib.stride_tricks.sliding_window_view(padded, 2 * reach + 1, axis=0).max(axis=-1)
 
 
 def tail_limit(maxima: np.ndarray, exceed: float) -> np.ndarray:

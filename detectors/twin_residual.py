@@ -7,7 +7,9 @@ half-life (`HALFLIFE_MIN`) by event time, so a faster tick rate changes nothing.
 residual is divided by its own limit — the largest value it reaches on the normal runs the reference was built
 from (`drift_limit` in `golden_batch.npz`) — so 1.0 means "as far as any normal run ever went, and for as long"
 (for the DO cascade's signals in a recipe's reference, as far as one normal run in a hundred goes:
-`detectors.golden_build.tail_limit`); the score is the largest of these ratios. A drifting pH probe goes well past its limit within days while the
+`detectors.golden_build.tail_limit`; for its other signals, as far as any run went within two days of the same
+culture age, and at least as far as the runs that are not outliers went: `golden_build._drift_limits`); the
+score is the largest of these ratios. A drifting pH probe goes well past its limit within days while the
 process, and so every other signal, stays normal (which is how the troubleshooting agent tells a drifting probe
 from a process fault). The run's start is the first tick the detector sees, so it must see a run from its
 beginning.
@@ -54,4 +56,4 @@ class TwinResidual(Golden):
         return minute_steps(minutes, last_min)
 
     def _limit(self, n_signals: int) -> np.ndarray:
-        return self.reference.drift_limit  # type: ignore[return-value] - checked on construction
+        return np.atleast_2d(self.reference.drift_limit)  # checked on construction

@@ -12,6 +12,7 @@ import json
 import pickle
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -231,6 +232,7 @@ def test_a_reference_learned_from_the_plants_own_batches_is_used_and_said(tmp_pa
     built = json.loads(capsys.readouterr().out)
     recipe = Recipe.from_scenario(scenario)
     assert (built["source"], built["recipe_hash"], built["runs"]) == ("learned", recipe.hash, 2)
+    assert built["path"] and Path(built["path"]).is_file()  # where the learned reference went (was null)
 
     monitor = ReactorMonitor("r1", CONFIG)
     out = monitor.set_recipe(recipe, runs[0].started, run_id="next-run")
@@ -369,3 +371,32 @@ def test_a_small_vessels_steady_feed_is_judged_against_its_rate_and_a_three_hour
     feed = DETECTOR_SIGNALS.index("feed_ml_per_tick")
     on = bolus.median[:, feed][bolus.median[:, feed] > 0]
     np.testing.assert_allclose(on, on.max(), rtol=0.02)
+
+
+def test_one_reference_runs_early_excursion_does_not_blunt_a_probe_drift_found_days_later(monkeypatch):
+    """One of 12 normal runs reads pH 0.15 high for 8 hours on day 1 (seed 7 r02's reference run skipping the pH
+    dip): with one drift limit per signal, that run's residual set pH's limit for the whole batch and a pH probe
+    drifting 0.08 per day from day 3.5 stayed under the alarm level; with a limit per culture age it is found,
+    and a new normal run still raises nothing. Near the excursion the limit stays as high as before; away from it,
+    it is the other runs' largest."""
+    scenario = _scenario(days=5.0)
+    fleet = Fleet(scenario, 12, seed=5)
+    ticks = pa.Table.from_batches([fleet.step(fleet.remaining_ticks).ticks])
+    day, runs = ticks["seq"].to_numpy() / 1440, ticks["run_id"].to_numpy(zero_copy_only=False)
+    ticks = _shifted(ticks, "ph", (runs == runs[0]) & (day >= 1.0) & (day < 1.33), 0.15)
+    per_age = summarise_runs(ticks, spread_floor(), pump_levels())
+    monkeypatch.setattr(golden_build, "LIMIT_REACH_MIN", 1e9)  # within reach of every age: one limit per signal
+    whole_run = summarise_runs(ticks, spread_floor(), pump_levels())
+    ph = DETECTOR_SIGNALS.index("ph")
+    assert per_age.drift_limit.shape == per_age.median.shape
+    near = int(1.2 * 1440 // per_age.bin_min)
+    assert per_age.drift_limit[near, ph] == pytest.approx(whole_run.drift_limit[:, ph].max())
+    assert per_age.drift_limit[-1, ph] < 0.7 * whole_run.drift_limit[-1, ph]
+    new = simulate_run(scenario, 99).ticks
+    new_day = new["seq"].to_numpy() / 1440
+    ph_x = new["ph"].to_numpy().copy()
+    ph_x += 0.08 * np.maximum(new_day - 3.5, 0.0)
+    drifting = new.set_column(new.schema.get_field_index("ph"), "ph", pa.array(ph_x))
+    level = calibrated_members()["twin_residual"]
+    assert _twin_residual_peak(per_age, drifting, "ph") > level > _twin_residual_peak(whole_run, drifting, "ph")
+    assert max(_twin_residual_peak(per_age, new, name) for name in DETECTOR_SIGNALS) < level
