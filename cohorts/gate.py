@@ -28,6 +28,7 @@ import pandas as pd
 from cohorts.table import CohortInputError, ColumnSpec, sdmetrics_metadata
 
 DETECTION_TREES = 40
+MIN_SCORED_ROWS = 2  # the detection's 3 folds each need a synthetic row to train on; the DCR needs 2 rows
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class GateReport:
         def mark(name: str) -> str:
             return "" if name not in self.passed_checks else (" ok" if self.passed_checks[name] else " FAIL")
         s = self.scores
-        parts = [f"shapes {s['shapes']:.3f}{mark('shapes')}", f"pairs {s['pairs']:.3f}{mark('pairs')}",
+        pairs = "pairs n/a (one column)" if s["pairs"] is None else f"pairs {s['pairs']:.3f}{mark('pairs')}"
+        parts = [f"shapes {s['shapes']:.3f}{mark('shapes')}", pairs,
                  f"detection AUC {s['detection_auc']:.3f}{mark('detection_auc')}",
                  f"adherence {s['adherence']:.3f}{mark('adherence')}",
                  f"exact copies {s['exact_copies']}{mark('exact_copies')}"]
@@ -171,6 +173,9 @@ def check_target(spec: list[ColumnSpec], target: str | None) -> None:
         raise CohortInputError(f"unknown target column {target!r} (columns: {', '.join(names)})")
     if names[target].kind == "id":
         raise CohortInputError(f"target column {target!r} is an id (one distinct value per row): pick another")
+    if not [c for c in learned(spec) if c.name != target]:  # the utility models would have no feature
+        raise CohortInputError(f"target column {target!r} is the only learned column: nothing predicts it; "
+                               "drop --target")
 
 
 def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, spec: list[ColumnSpec], *,
@@ -183,6 +188,10 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, spec: list[ColumnSpec]
     from sdmetrics.single_table import DCROverfittingProtection
 
     check_target(spec, target)
+    for what, frame in (("synthetic", synthetic), ("holdout", holdout)):
+        if frame is not None and len(frame) < MIN_SCORED_ROWS:
+            raise CohortInputError(f"the {what} table has {len(frame)} row(s); the gate needs at least "
+                                   f"{MIN_SCORED_ROWS}")
     settings = settings or GateSettings()
     columns = learned(spec)
     names = [c.name for c in columns]
@@ -197,6 +206,8 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, spec: list[ColumnSpec]
         report.generate(real, synthetic, metadata, verbose=False)
         props = report.get_properties().set_index("Property")["Score"]
         scores["shapes"], scores["pairs"] = float(props["Column Shapes"]), float(props["Column Pair Trends"])
+        if len(columns) < 2:  # no pair to trend (SDMetrics gives NaN, which no threshold passes): not measured
+            scores["pairs"] = None
         details = report.get_details("Column Shapes")
         column_shapes = {str(r.Column): round(float(r.Score), 4) for r in details.itertuples()}
         scores["detection_auc"] = detection_auc(real, synthetic, columns, seed)
@@ -214,7 +225,8 @@ def evaluate(real: pd.DataFrame, synthetic: pd.DataFrame, spec: list[ColumnSpec]
                                                              num_iterations=3)
             scores["dcr_protection"] = float(dcr["score"])
             scores["dcr_closer_to_training"] = float(dcr["synthetic_data_percentages"]["closer_to_training"])
-    checks = {"shapes": scores["shapes"] >= settings.min_shapes, "pairs": scores["pairs"] >= settings.min_pairs,
+    checks = {"shapes": scores["shapes"] >= settings.min_shapes,
+              **({} if scores["pairs"] is None else {"pairs": scores["pairs"] >= settings.min_pairs}),
               "detection_auc": scores["detection_auc"] <= settings.max_detection_auc,
               "adherence": scores["adherence"] >= settings.min_adherence,
               "exact_copies": scores["exact_copies"] <= settings.max_exact_copies}

@@ -97,8 +97,8 @@ def synthesize(real: pd.DataFrame, spec: list[ColumnSpec], n: int, *, seed: int 
                on_epoch: Callable[[int, float], None] | None = None,
                on_round: Callable[[Round], None] | None = None) -> Synthesis:
     """`n` synthetic records learned from `real` (a frame of `spec`'s columns), gated round by round."""
-    if n < 1:
-        raise CohortInputError(f"--n must be at least 1, got {n}")
+    if n < gate.MIN_SCORED_ROWS:
+        raise CohortInputError(f"--n must be at least {gate.MIN_SCORED_ROWS} (the gate scores no fewer), got {n}")
     settings, config = settings or gate.GateSettings(), config or generator.GeneratorConfig()
     gate.check_target(spec, target)
     columns = gate.learned(spec)
@@ -137,6 +137,11 @@ def synthesize(real: pd.DataFrame, spec: list[ColumnSpec], n: int, *, seed: int 
             copies += int(is_copy.sum())
             pool = pd.concat([pool, fresh[~is_copy]], ignore_index=True) if len(pool) else fresh[~is_copy]
         pool = pool.reset_index(drop=True)
+        if len(pool) < gate.MIN_SCORED_ROWS:  # every draw copied a real row: redrawing cannot help
+            raise CohortInputError(
+                f"{copies} of the records drawn copied a real row in every learned column ({', '.join(names)}): "
+                "their values make too few distinct rows for records that copy no patient; add columns with "
+                "more distinct values (numbers such as age or weight)")
         report = gate.evaluate(train_rows, pool, spec, holdout=holdout, target=target, settings=settings,
                                seed=seed + number)
         result.rounds.append(Round(number, temperature, copies, rejected_by_detection, conditioned, report))

@@ -118,7 +118,11 @@ def to_frame(table: pa.Table, spec: list[ColumnSpec]) -> pd.DataFrame:
             if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
                 text = pc.utf8_trim_whitespace(col)
                 col = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
-            cols[c.name] = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            try:
+                cols[c.name] = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:  # a synthetic table read in the real types
+                raise CohortInputError(f"column {c.name} is a number in the real table, but: "
+                                       f"{str(err).splitlines()[0]}") from None
         else:
             cols[c.name] = pd.Series([None if v is None else str(v).strip() or None for v in col.to_pylist()],
                                      dtype=object)

@@ -102,7 +102,9 @@ def create_app(settings: Settings, cors_origins: list[str] | None = None, relay:
     async def clear_422(_request: Request, err: RequestValidationError) -> JSONResponse:
         """One readable line per problem (field: message) besides FastAPI's detail list."""
         errors = [{k: v for k, v in e.items() if k not in ("ctx", "input", "url")} for e in err.errors()]
-        problems = ["/".join(str(p) for p in e["loc"] if p != "body") + ": " + e["msg"] for e in errors]
+        # a check of the whole body has no field to name; pydantic prefixes a validator's own words
+        problems = [": ".join(part for part in ("/".join(str(p) for p in e["loc"] if p != "body"),
+                                                 e["msg"].removeprefix("Value error, ")) if part) for e in errors]
         return JSONResponse({"message": "; ".join(problems), "detail": jsonable_encoder(errors)}, status_code=422)
 
     for module in (admin, runs, streams, control, reactors, patients, risk, chat, graph, subscriptions, reports):

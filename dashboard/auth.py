@@ -27,7 +27,6 @@ from pathlib import Path
 import jwt
 
 from core.config import Settings, SettingsError
-from core.events import ID_PATTERN
 
 log = logging.getLogger(__name__)
 ROLES = ("viewer", "operator", "admin")
@@ -99,6 +98,9 @@ def secret_for(settings: Settings) -> str:
 
 def ttl_cap_s(settings: Settings) -> int:
     return settings.token_ttl_h * 3600
+
+
+JTI_PATTERN = r"[0-9a-f]{24}"  # what new_token_id makes
 
 
 def new_token_id() -> str:
@@ -183,8 +185,10 @@ def revocation_target(secret: str, jti_or_token: str) -> tuple[str, int | None]:
     if jti_or_token.count(".") == 2:  # a JWT: header.claims.signature
         claims = claims_of(secret, jti_or_token, check_expiry=False)
         return claims["jti"], int(claims["exp"])
-    if not re.fullmatch(ID_PATTERN, jti_or_token):
-        raise AuthError(f"{jti_or_token[:40]!r} is neither a token nor a token id (jti)")
+    # only the shape a jti has: a mistyped one would be listed, reported revoked, and the token left working
+    if not re.fullmatch(JTI_PATTERN, jti_or_token):
+        raise AuthError(f"{jti_or_token[:40]!r} is neither a token nor a token id (a jti: the 24 hex characters "
+                        "`token create` prints)")
     return jti_or_token, None
 
 

@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from scipy.signal import lfilter
@@ -132,6 +133,9 @@ def read_table(path: str | Path, sep: str = ",") -> pa.Table:
         raise InputError(f"{path}: cannot read: {str(err).splitlines()[0]}") from None
     if table.num_rows == 0:
         raise InputError(f"{path}: no rows")
+    twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
+    if twice:  # a column named twice cannot be told apart (pyarrow refuses to pick one)
+        raise InputError(f"{path}: column(s) {', '.join(map(repr, twice))} appear more than once in the header")
     return table
 
 
@@ -146,8 +150,31 @@ def signal_matrix(table: pa.Table, time_col: str, skip: set[str]) -> tuple[list[
         col = table[name]
         if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
             raise InputError(f"column {name!r} is not numeric ({col.type}); exclude it with --ignore-cols")
-        cols.append(col.cast(pa.float64()).to_numpy(zero_copy_only=False))
+        values = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        infinite = np.flatnonzero(np.isinf(values))
+        if infinite.size:  # one infinite reading would poison the smoothing and every model fitted on it
+            raise InputError(f"column {name!r} is infinite at row {infinite[0] + 1} ({infinite.size} row(s)): "
+                             "leave a missing reading empty")
+        cols.append(values)
     return names, np.column_stack(cols)
+
+
+def check_time_order(table: pa.Table, time_col: str, train_rows: int) -> None:
+    """The detectors learn in row order, so a numeric or timestamp time column must not go back, within the
+    training rows or within the rows after them (a separate training file may come from a later period)."""
+    time = table[time_col]
+    kind = time.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_temporal(kind)):
+        return  # text times (any format): their order cannot be judged
+    for start, stop in ((0, train_rows), (train_rows, len(time))):
+        part = time.slice(start, stop - start).drop_null()
+        if len(part) < 2:
+            continue
+        back = np.flatnonzero(pc.less(part.slice(1), part.slice(0, len(part) - 1)).to_numpy(zero_copy_only=False))
+        if back.size:
+            i = int(back[0]) + 1
+            raise InputError(f"time column {time_col!r} goes back at row {start + i + 1} ({part[i]} after "
+                             f"{part[i - 1]}): sort the rows by time (the detectors learn in time order)")
 
 
 def wandering(train: np.ndarray, names: list[str], min_roughness: float, lag: int = 1) -> list[str]:
@@ -379,8 +406,11 @@ def score(table: pa.Table, time_col: str, detectors_: list[str], train_rows: int
             raise InputError(f"label column {label_col!r} not found; columns: {', '.join(table.column_names)}")
         skip.add(label_col)
     names, X = signal_matrix(table, time_col, skip)
+    if len(X) < 3:  # else the range below reads "between 2 and 0"
+        raise InputError(f"{len(X)} row(s) are too few: give at least 3 (2 to train on, 1 to score)")
     if not 2 <= train_rows < len(X):
         raise InputError(f"--train-rows must be between 2 and {len(X) - 1} for {len(X)} rows, got {train_rows}")
+    check_time_order(table, time_col, train_rows)
     conditioning = Conditioning.fit(names, X[:train_rows], options)
     names, X = conditioning.scored, conditioning.apply(X)
     columns: dict[str, pa.Array] = {time_col: table[time_col]}

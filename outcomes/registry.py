@@ -251,6 +251,8 @@ def rollback(lake: str | Path, *, actor: str, to: str | None = None, reason: str
             to = earlier[-1]
         elif to not in state:
             raise RegistryError(f"unknown model version {to!r} (registered: {', '.join(sorted(state))})")
+        elif to == current:  # not "promote it instead": promote refuses the champion
+            raise RegistryError(f"model version {to} is already the champion")
         elif to not in earlier:
             raise RegistryError(f"model version {to} was not a champion before {current}: promote it instead")
         changes = [(state[to], "rollback", CHAMPION)] + [(state[current], "rolled_back", None)]

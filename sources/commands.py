@@ -61,6 +61,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def _not_a_bool(v: object) -> object:
+    """JSON true/false is not a number: lax validation would make `"value": true` a DO setpoint of 1 %."""
+    if isinstance(v, bool):
+        raise ValueError(f"must be a valid number, not {str(v).lower()}")
+    return v
+
+
 class ControlCommand(_Strict):
     """A setpoint change (`name`, `value`), a feed bolus (`volume_ml`) or a stop of the whole plant."""
 
@@ -70,6 +77,8 @@ class ControlCommand(_Strict):
                                 + "; ".join(f"{k} {lo:g}..{hi:g}" for k, (lo, hi) in SETPOINT_LIMITS.items()))
     volume_ml: float | None = Field(None, gt=0, le=2000)
     changed_by: str | None = Field(None, max_length=200, description="who made the change (the annotation says)")
+
+    _numbers = field_validator("value", "volume_ml", mode="before")(_not_a_bool)
 
     @field_validator("name")
     @classmethod
@@ -95,6 +104,8 @@ class FaultInjection(NamesItsSensor, _Strict):
     fault: Literal[FAULT_NAMES]  # type: ignore[valid-type]
     duration_h: float = Field(4.0, gt=0, le=24 * 14)
     magnitude: float = Field(1.0, ge=0, le=1000)
+
+    _numbers = field_validator("duration_h", "magnitude", mode="before")(_not_a_bool)
 
 
 class FaultCommand(FaultInjection):

@@ -41,7 +41,9 @@ class ScenarioError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN slips past every bound (each comparison is False) and inf past the lower ones: the twin would integrate
+    # garbage, so a setting must be a finite number
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NamesItsSensor(BaseModel):
@@ -154,9 +156,11 @@ class Scenario(_Strict):
     @field_validator("kinetics")
     @classmethod
     def _known_params(cls, v: dict[str, float]) -> dict[str, float]:
-        for key in v:
+        for key, value in v.items():
             if key not in PARAM_NAMES:
                 raise ValueError(f"unknown kinetic parameter {key!r}; allowed: {', '.join(PARAM_NAMES)}")
+            if value < 0:  # rates, yields, constants, temperatures in C: none is negative
+                raise ValueError(f"kinetic parameter {key} must be >= 0, got {value:g}")
         return v
 
     @field_validator("start")
@@ -186,6 +190,10 @@ def read_builtin_or_toml(name_or_path: str | Path, folder: Path, what: str,
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise error(f"{path.name}: invalid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path.name}: not a text (UTF-8) file; a {what} is a TOML file") from None
+    except OSError as err:
+        raise error(f"cannot read {path}: {err.strerror}") from None
     data.setdefault("name", path.stem)
     return data, path.name
 

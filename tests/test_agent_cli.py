@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,28 @@ def test_report_refuses_a_run_id_that_is_not_an_id_one_line_exit_2(tmp_path, run
     res = _cli("report", run, "--lake", str(tmp_path / "lake"), "--out", str(out))
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "is not an id" in res.stderr, res.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["report", "run-1"], ["scenarios", "propose"]])
+def test_an_out_folder_that_is_a_file_is_one_line_exit_2(tmp_path, command):
+    out = tmp_path / "overview.png"
+    out.write_bytes(b"png")
+    res = _cli(*command, "--lake", str(tmp_path / "lake"), "--out", str(out)) if command[0] == "report" else \
+        _cli(*command, "--out", str(out))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "is a file" in res.stderr, res.stderr
+    assert out.read_bytes() == b"png"
+
+
+def test_agents_with_no_broker_at_the_url_is_one_line_exit_2(tmp_path):
+    from core.services import free_port
+
+    env = {**os.environ, "BIOPILOT_NATS_URL": f"nats://biopilot-agents:secret@127.0.0.1:{free_port()}",
+           "BIOPILOT_REDIS_URL": f"redis://127.0.0.1:{free_port()}"}
+    res = subprocess.run([*BIOPILOT, "agents", "--lake", str(tmp_path / "lake")], capture_output=True, text=True,
+                         env=env, timeout=90)
+    # before: a TimeoutError traceback once the wait for the broker ran out
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr[-2000:]
+    assert "no NATS node of nats://127.0.0.1:" in res.stderr and "secret" not in res.stderr
 
 
 def test_report_refuses_to_follow_a_link_out_of_the_report_folder(tmp_path):

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -167,12 +168,63 @@ def test_the_command_refuses_bad_input_with_exit_2(tmp_path, capsys) -> None:  #
              (["synthesize", "--input", str(empty), "--n", "5", "--out", out], "no rows"),
              (["synthesize", "--input", str(unreadable), "--n", "5", "--out", out], "cannot read"),
              (["synthesize", "--input", str(good), "--n", "5", "--out", out, "--target", "nope"], "unknown target"),
-             (["gate", "--real", str(good), "--synthetic", str(tmp_path / "none.csv")], "no such file")]
+             (["gate", "--real", str(good), "--synthetic", str(tmp_path / "none.csv")], "no such file"),
+             # refused before the training, not a traceback after it
+             (["synthesize", "--input", str(good), "--n", "5", "--out", str(tmp_path / "no" / "synth.csv"),
+               "--epochs", "1"], f"no folder {tmp_path / 'no'}")]
     for args, message in cases:
         status, stderr = _cli(capsys, *args)
         assert status == 2, (args, stderr)
         assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert not (tmp_path / "synth.parquet").exists()
+
+
+def test_a_one_column_table_has_no_pair_trends_to_fail() -> None:
+    """SDMetrics' pair trends of one column are NaN, which no threshold passes: the gate failed on it forever."""
+    rng = np.random.default_rng(0)
+    table = pa.table({"weight_kg": pa.array([f"{w:.2f}" for w in rng.normal(75, 12, 200)], pa.string())})
+    spec = infer_spec(table)
+    frame = to_frame(table, spec)
+    report = evaluate(frame.iloc[:100], frame.iloc[100:], spec)
+    assert report.scores["pairs"] is None and "pairs" not in report.failed
+    assert "pairs n/a (one column)" in report.line() and report.passed_checks["shapes"]
+
+
+def test_tables_the_gate_cannot_score_are_one_line_not_a_library_traceback(tmp_path, capsys) -> None:  # noqa: ANN001
+    """Only categories with few levels: every record drawn copies a real row and is rejected, so nothing is left
+    to score (SDMetrics' DCR raised on 0 rows); --n 1 or a one-row synthetic table broke the detection's folds;
+    a target that is the only learned column left the utility models no feature."""
+    rng = np.random.default_rng(0)
+    categorical = tmp_path / "categories.csv"
+    categorical.write_text("sex,ancestry\n" + "".join(f"{rng.choice(['M', 'F'])},{rng.choice(['white', 'asian'])}\n"
+                                                       for _ in range(60)))
+    good = tmp_path / "real.parquet"
+    pq.write_table(_patients(60, 5), good)
+    one_column = tmp_path / "sex.csv"
+    one_column.write_text("sex\n" + "".join(f"{rng.choice(['M', 'F'])}\n" for _ in range(40)))
+    text_age = tmp_path / "text_age.csv"
+    patients = _patients(30, 7)
+    pacsv.write_csv(patients.set_column(patients.column_names.index("age_years"), "age_years",
+                                        pa.array(["old"] * 30)), text_age)
+    one_row = tmp_path / "one.parquet"
+    pq.write_table(_patients(1, 6), one_row)
+    out = str(tmp_path / "synth.csv")
+    cases = [(["synthesize", "--input", str(categorical), "--n", "20", "--out", out, "--epochs", "1", "--rounds",
+               "1"], "copied a real row in every learned column (sex, ancestry)"),
+             (["synthesize", "--input", str(good), "--n", "1", "--out", out, "--epochs", "1"], "--n must be at least 2"),
+             (["gate", "--real", str(good), "--synthetic", str(one_row)], "the synthetic table has 1 row(s)"),
+             (["gate", "--real", str(good), "--synthetic", str(good), "--holdout", str(one_row)],
+              "the holdout table has 1 row(s)"),
+             # text in a synthetic table's number column: pyarrow's cast error named neither file nor column
+             (["gate", "--real", str(good), "--synthetic", str(text_age)],
+              f"{text_age}: column age_years is a number in the real table, but: Failed to parse string: 'old'"),
+             # a target with no other learned column: the utility models had no feature (scikit-learn raised)
+             (["gate", "--real", str(one_column), "--synthetic", str(one_column), "--target", "sex"],
+              "target column 'sex' is the only learned column")]
+    for args, message in cases:
+        status, stderr = _cli(capsys, *args)
+        assert status == 2, (args, stderr)
+        assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr
 
 
 def test_a_failed_cohort_is_written_only_with_allow_failed(tmp_path, capsys) -> None:  # noqa: ANN001

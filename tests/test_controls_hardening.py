@@ -74,7 +74,10 @@ def published_controls(nats_url: str) -> Iterator[list[tuple[str, bytes]]]:
     '{"type": "setpoint", "name": "ph_setpoint", "value": 2}',
     '{"type": "setpoint", "name": "feed_pump_ml_min", "value": 0}',
     '{"type": "feed", "volume_ml": NaN}',
-], ids=["NaN", "1e999", "-Infinity", "10**400", "DO 150 %", "pH 2", "feed pump 0", "feed NaN"])
+    '{"type": "setpoint", "name": "do_setpoint_pct", "value": true}',
+    '{"type": "feed", "volume_ml": true}',
+], ids=["NaN", "1e999", "-Infinity", "10**400", "DO 150 %", "pH 2", "feed pump 0", "feed NaN", "value true",
+        "feed true"])
 def test_nan_infinite_huge_and_out_of_range_controls_are_422_and_publish_nothing(dash, nats_server, body):
     with published_controls(nats_server.url) as got, dash.client("operator") as c:
         r = c.post("/api/reactors/r1/control", content=body, headers={"Content-Type": "application/json"})
@@ -94,6 +97,15 @@ def test_faults_with_nan_or_infinite_numbers_are_422(dash, body):
     with dash.client("operator") as c:
         r = c.post("/api/reactors/r1/faults", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and "finite" in r.json()["message"], r.text
+
+
+def test_a_whole_body_refusal_and_a_bool_fault_number_read_as_plain_lines(dash):
+    with dash.client("operator") as c:
+        r = c.post("/api/reactors/r1/control", json={"type": "setpoint", "name": "do_setpoint_pct", "value": 150})
+        f = c.post("/api/reactors/r1/faults", json={"fault": "overfeed", "magnitude": True})
+    # the range check is on the whole body: no empty field name before it, no "Value error, " from pydantic
+    assert r.status_code == 422 and r.json()["message"] == "do_setpoint_pct must be within 1..100, got 150", r.text
+    assert f.status_code == 422 and f.json()["message"] == "magnitude: must be a valid number, not true", f.text
 
 
 def test_every_setpoint_range_is_finite_and_in_the_api_description(dash):

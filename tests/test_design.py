@@ -250,6 +250,24 @@ def test_design_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: s
     assert not (tmp_path / "x.csv").exists()
 
 
+@pytest.mark.parametrize("value, message", [("500", "less than or equal to 100"), ("nan", "finite number")])
+def test_design_run_names_an_edited_sheets_row_the_twin_refuses_before_any_run(
+        value: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flags = ["--factor", "process.do_setpoint_pct=30:60", "--factor", "feed.percent_of_volume=2:6"]
+    sheet = tmp_path / "runs.csv"
+    assert main(["design", "propose", *flags, "--design", "full", "--no-randomise", "--out", str(sheet)]) == 0
+    lines = sheet.read_text().splitlines()
+    cells = lines[3].split(",")  # the third run: the lab typed a DO setpoint the twin cannot run
+    cells[lines[0].split(",").index("process.do_setpoint_pct")] = value
+    lines[3] = ",".join(cells)
+    sheet.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["design", "run", *flags, "--sheet", str(sheet), "--confirm", "0"]) == 2
+    captured = capsys.readouterr()
+    assert f"{sheet}: row 3: " in captured.err and message in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and "running" not in captured.err  # no run started
+
+
 def test_fast_prediction_matches_the_fitted_formula() -> None:
     rng = np.random.default_rng(2)
     x = rng.uniform(-1, 1, (30, 2))

@@ -34,6 +34,16 @@ def _detect(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*BIOPILOT, "detect", *args], capture_output=True, text=True)
 
 
+def test_help_prints_every_option_without_a_traceback(capsys):
+    from biopilot.cli import main
+
+    # a bare "%" in an option's help (as in "95 % interval") is a format directive to argparse
+    with pytest.raises(SystemExit) as exit_:
+        main(["detect", "--help"])
+    assert exit_.value.code == 0
+    assert "95 % interval" in capsys.readouterr().out
+
+
 @pytest.mark.integration
 def test_scores_keep_time_add_columns_and_report_metrics(historian, tmp_path):
     out = tmp_path / "scores.parquet"
@@ -70,6 +80,15 @@ def test_a_separate_training_file(historian, tmp_path):
     ("time;a\n1;x\n2;y\n3;z\n", ["--time-col", "time", "--train-rows", "2"], "column 'a' is not numeric"),
     ("time;a\n", ["--time-col", "time"], "no rows"),
     (None, ["--time-col", "time", "--detectors", "magic"], "unknown detector(s) magic"),
+    ("time;a;a\n1;1;2\n2;2;3\n3;3;4\n", ["--time-col", "time", "--train-rows", "2"],
+     "column(s) 'a' appear more than once"),
+    ("time;a\n1;1\n", ["--time-col", "time"], "1 row(s) are too few"),
+    ("time;a;b\n1;1;2\n2;inf;3\n3;3;4\n4;1;2\n", ["--time-col", "time", "--train-rows", "2"],
+     "column 'a' is infinite at row 2"),
+    ("time;a;b\n1;1;2\n3;2;3\n2;3;4\n4;1;2\n", ["--time-col", "time", "--train-rows", "3"],
+     "time column 'time' goes back at row 3"),
+    (None, ["--time-col", "time", "--sep", ";;"], "--sep must be one character"),
+    (None, ["--time-col", "time", "--out", "/no/such/folder/o.parquet"], "no folder /no/such/folder"),
 ])
 def test_bad_input_is_one_line_and_exit_2(historian, tmp_path, content, args, needle):
     path = historian

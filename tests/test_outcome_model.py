@@ -217,6 +217,15 @@ def test_train_outcome_end_to_end_on_a_tiny_cohort(tmp_path, capsys) -> None:
         assert head["served_by"] == model.served_by[h] == ("logistic_regression" if better else "hybrid")
 
 
+def test_train_outcome_says_where_it_wrote_the_model(tmp_path, capsys) -> None:
+    """The text report's figures alone did not say where the versioned model went."""
+    code = main(["train", "outcome", "--patients", "5", "--shift-patients", "2", "--days", "9",
+                 "--samples-per-patient", "1", "--epochs", "1", "--twin-samples", "0", "--out", str(tmp_path)])
+    assert code == 0
+    written = list(tmp_path.glob("*.pt"))
+    assert len(written) == 1 and f"model written to {written[0]}" in capsys.readouterr().out
+
+
 def test_train_outcome_refuses_a_run_too_short_to_label(capsys) -> None:
     assert main(["train", "outcome", "--days", "5", "--json"]) == 2
     assert "--days 5 must be >= 9" in capsys.readouterr().err

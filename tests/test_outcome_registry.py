@@ -78,6 +78,9 @@ def test_an_unknown_or_repeated_version_is_refused(lake):
     registry.promote(lake, "m1", actor="alice")
     with pytest.raises(registry.RegistryError, match="not a champion before"):
         registry.rollback(lake, actor="bob", to="m2")
+    # rolling back to the champion itself: said so, not "promote it instead" (which promote then refuses)
+    with pytest.raises(registry.RegistryError, match="model version m1 is already the champion"):
+        registry.rollback(lake, actor="bob", to="m1")
 
 
 def test_an_empty_registry_serves_the_shipped_checkpoint(tmp_path):

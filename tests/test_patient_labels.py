@@ -126,3 +126,16 @@ def test_drug_interaction_is_named_as_the_cause_of_the_over_anticoagulation_it_d
     for lab in over:
         assert lab.root_cause == ADVERSE_EVENTS["drug_interaction"].root_cause
         assert lab.action == ADVERSE_EVENTS["drug_interaction"].action
+
+
+def test_an_event_planned_after_the_run_ends_gets_no_label():
+    """major_bleed's onset is drawn in days 15-25: in a run shortened to 20 days some patients' bleeds never
+    happen, and a label for them (past the run's end) would be counted as a missed event."""
+    sc = load_patient_scenario("major_bleed").with_overrides(days=20)
+    sim = cs.PatientCohortSim(sc, 12, seed=3)
+    planned = [onset_h for name, onset_h in zip(sim.plan.name, sim.plan.onset_h, strict=True)
+               if name == "major_bleed"]
+    end = sim.started + timedelta(days=20)
+    bleeds = [lab for lab in sim.labels if lab.fault == "major_bleed"]
+    assert 0 < sum(h < 20 * 24 for h in planned) < len(planned)  # some before the end, some after
+    assert len(bleeds) == sum(h < 20 * 24 for h in planned) and all(lab.start_ts < end for lab in bleeds)

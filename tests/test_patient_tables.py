@@ -238,6 +238,43 @@ def test_the_wrong_kind_of_scenario_or_option_is_one_line_exit_2(tmp_path, args,
     assert not (tmp_path / "lake").exists()
 
 
+def test_a_malformed_patient_scenario_file_is_reported_as_invalid_toml_not_as_a_bioreactor_one(tmp_path, capsys):
+    from biopilot.cli import main
+
+    broken = tmp_path / "my_warfarin.toml"
+    broken.write_text('drug = "warfarin"\ndays = [\n')  # a patient scenario with a typo
+    assert main(["simulate", "--plant", "patient", "--scenario", str(broken), "--lake", str(tmp_path / "lake")]) == 2
+    err = capsys.readouterr().err
+    assert "my_warfarin.toml: invalid TOML" in err and "bioreactor" not in err
+    assert not (tmp_path / "lake").exists()
+
+
+def test_overview_of_a_patient_lake_says_it_summarises_reactors_not_that_the_lake_is_empty(tmp_path, capsys):
+    from biopilot.cli import main
+
+    lake = str(tmp_path / "lake")
+    assert main(["simulate", "--plant", "patient", "--patients", "1", "--days", "1", "--lake", lake, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["overview", "--lake", lake]) == 2
+    err = capsys.readouterr().err
+    assert "overview summarises bioreactor runs" in err and "1 run(s)" in err and "biopilot report RUN_ID" in err
+    assert "run `biopilot simulate` first" not in err
+    assert main(["overview", "--lake", lake, "--run", "no-such-run"]) == 2
+    assert "no run no-such-run in" in capsys.readouterr().err
+
+
+def test_a_lake_that_is_a_file_is_one_line_not_a_traceback(tmp_path, capsys):
+    from biopilot.cli import main
+
+    not_a_folder = tmp_path / "lake"
+    not_a_folder.write_text("a file where the lake should be")
+    for args in (["simulate", "--plant", "patient", "--patients", "1", "--days", "1"],
+                 ["trial", "run", "--design", "eu_pact", "--patients-per-arm", "2"]):
+        assert main([*args, "--lake", str(not_a_folder)]) == 2
+        err = capsys.readouterr().err
+        assert f"the lake {not_a_folder} is a file" in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.integration
 def test_scenarios_plant_patient_lists_the_patient_builtins():
     out = _cli("scenarios", "--plant", "patient")

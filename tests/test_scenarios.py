@@ -34,6 +34,12 @@ def test_a_scenario_file_by_path(tmp_path):
     ({"name": "x", "kinetics": {"mu_maxx": 1}}, "unknown kinetic parameter 'mu_maxx'"),
     ({"name": "x", "feed": {"colour": "blue"}}, "feed.colour"),
     ({"name": "x", "faults": [{"fault": "overfeed", "start_day": [5, 2]}]}, "reversed"),
+    # NaN passes every bound and inf every lower one: the twin would integrate NaN
+    ({"name": "x", "process": {"glucose_g_l": float("nan")}}, "process.glucose_g_l: Input should be a finite number"),
+    ({"name": "x", "process": {"agitation_max_rpm": float("inf")}}, "process.agitation_max_rpm: Input should be a "
+                                                                       "finite number"),
+    ({"name": "x", "kinetics": {"mu_max_1_h": float("nan")}}, "kinetics.mu_max_1_h: Input should be a finite"),
+    ({"name": "x", "kinetics": {"mu_max_1_h": -5.0}}, "kinetic parameter mu_max_1_h must be >= 0, got -5"),
 ])
 def test_bad_values_name_the_field(data, needle):
     with pytest.raises(ScenarioError) as err:
@@ -52,4 +58,11 @@ def test_invalid_toml_is_reported(tmp_path):
     path = tmp_path / "broken.toml"
     path.write_text("days = = 3")
     with pytest.raises(ScenarioError, match="broken.toml: invalid TOML"):
+        load_scenario(path)
+
+
+def test_a_scenario_file_that_is_not_text_is_reported(tmp_path):
+    path = tmp_path / "binary.toml"
+    path.write_bytes(b"\x00\x01\xff\xfe")
+    with pytest.raises(ScenarioError, match="binary.toml: not a text"):
         load_scenario(path)

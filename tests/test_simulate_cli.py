@@ -96,6 +96,8 @@ def test_one_second_ticks(tmp_path):
     (["--days", "-3"], "--days must be > 0"),
     (["--reactors", "0"], "--reactors must be > 0"),
     (["--tick-s", "7200"], "tick_s"),
+    (["--seed", "-1"], "--seed must be from 0 to 2**63 - 1, got -1"),
+    (["--seed", str(2**64)], "--seed must be from 0 to 2**63 - 1"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, needle):
     out = subprocess.run([*BIOPILOT, "simulate", "--lake", str(tmp_path / "lake"), *args], capture_output=True,
@@ -103,6 +105,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, needle)
     assert out.returncode == 2
     assert needle in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "lake").exists()
+
+
+def test_a_scenario_file_that_is_not_text_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "binary.toml"
+    bad.write_bytes(b"\x00\x01\xff\xfe")
+    assert main(["simulate", "--scenario", str(bad), "--lake", str(tmp_path / "lake")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("biopilot: error: binary.toml: not a text (UTF-8) file; a scenario is a TOML file") and "\n" not in err
     assert not (tmp_path / "lake").exists()
 
 

@@ -69,6 +69,19 @@ def test_up_stops_everything_on_ctrl_c(tmp_path):
     assert _children_using(str(lake)) == []
 
 
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--jitter", "2"], "--jitter must be from 0 to 1 (a share), got 2"),
+    (["--jitter", "nan"], "--jitter must be from 0 to 1"),
+    (["--port", "70000"], "--port must be from 1 to 65535, got 70000"),
+])
+def test_up_refuses_an_out_of_range_option_in_one_line_and_starts_nothing(tmp_path, args, needle):
+    lake = tmp_path / "lake"
+    res = subprocess.run([*BIOPILOT, "up", "--reactors", "1", "--lake", str(lake), *args], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and needle in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert not lake.exists() and not _children_using(str(lake))
+
+
 def test_replay_publishes_a_stored_run(nats_server, tmp_path):
     store = tmp_path / "store"
     ids = subprocess.run([*BIOPILOT, "simulate", "--lake", str(store), "--days", "0.25", "--quiet"],
@@ -93,6 +106,20 @@ def test_replay_publishes_a_stored_run(nats_server, tmp_path):
     unset = subprocess.run([*BIOPILOT, "replay", "--run", ids[0], "--lake", str(store)], capture_output=True,
                            text=True, env={k: v for k, v in env.items() if not k.startswith("BIOPILOT_")})
     assert unset.returncode == 2 and "no broker" in unset.stderr
+
+
+def test_replay_to_a_broker_that_is_gone_is_one_line_not_a_hang(tmp_path):
+    store = tmp_path / "store"
+    ids = subprocess.run([*BIOPILOT, "simulate", "--lake", str(store), "--days", "0.1", "--quiet"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    stale = f"nats://biopilot-plant:secret@127.0.0.1:{free_port()}"  # a stopped stack's URL: nobody listens
+    env = {**os.environ, "BIOPILOT_NATS_URL": stale}
+    started = time.monotonic()
+    out = subprocess.run([*BIOPILOT, "replay", "--run", ids[0], "--lake", str(store)], capture_output=True,
+                         text=True, env=env, timeout=60)  # before: retried for ever, a traceback per try
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-2000:]
+    assert "no servers available" in out.stderr and "secret" not in out.stderr
+    assert time.monotonic() - started < 30
 
 
 def test_lake_optimize_compacts_small_files(tmp_path):

@@ -52,6 +52,15 @@ def test_cli_token_lifetime_is_capped(tmp_path, monkeypatch, capsys):
     assert code == 0 and claims["exp"] - claims["iat"] == 12 * 3600 and claims["typ"] == "access" and claims["jti"]
 
 
+@pytest.mark.parametrize("jti", ["garbage", "5bbb7baa74641ab93dbc32c", "5bbb7baa74641ab93dbc32c1x"])
+def test_cli_revoke_of_a_mistyped_token_id_is_refused_not_reported_done(jti, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BIOPILOT_SECRET", SECRET)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    code, out, err = _cli(capsys, "token", "revoke", jti, "--lake", str(tmp_path / "lake"))
+    assert code == 2 and "neither a token nor a token id" in err and "revoked" not in out
+    assert not (tmp_path / "config" / "biopilot" / "revoked").exists()
+
+
 def test_an_admin_minted_token_has_the_chosen_subject_the_minting_admin_and_a_capped_lifetime(dash):
     admin = _fresh("admin")
     with _client(dash, admin) as c:

@@ -18,7 +18,7 @@ from trials import analysis, report, tables
 from trials.design import load_design
 from trials.endpoints import rosendaal_ttr
 from trials.run import Trial, run_trial
-from trials.simulate import randomise
+from trials.simulate import cohort_from_table, randomise, read_population_file
 
 
 def test_rosendaal_ttr_matches_a_hand_computed_example() -> None:
@@ -123,6 +123,18 @@ def test_a_bad_design_is_one_line_and_exit_2(tmp_path: Path, capsys, text: str, 
     assert expected in err and len(err.splitlines()) == 1
 
 
+def test_patients_per_arm_is_the_planned_size_and_the_help_says_arms_may_differ(capsys) -> None:
+    """Stratified blocks left 31 and 29 of a planned 30 per arm; the help said 30 were randomised to the
+    smallest arm."""
+    assert main(["trial", "run", "--design", "eu_pact", "--patients-per-arm", "30", "--json"]) == 0
+    per_arm = json.loads(capsys.readouterr().out)["endpoints"]["ttr"]["per_arm"]
+    assert sum(arm["n"] for arm in per_arm.values()) == 60
+    with pytest.raises(SystemExit):
+        main(["trial", "run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "randomised to the smallest arm" not in text and "a few patients either side" in text
+
+
 def test_an_unknown_design_names_the_built_ins(capsys) -> None:
     assert main(["trial", "run", "--design", "no_such_design"]) == 2
     assert "eu_pact" in capsys.readouterr().err
@@ -158,6 +170,16 @@ def test_biopilot_report_on_a_trial_run_gives_the_patients_trial_report(stored_t
     assert "not-a-run" in capsys.readouterr().err
 
 
+def test_diagnose_and_chat_on_a_trial_run_say_it_has_no_vitals_and_point_to_the_report(stored_trial,
+                                                                                       capsys) -> None:
+    trial, lake = stored_trial[0], stored_trial[1]
+    run_id = trial.run_ids()[0]
+    for args in (["diagnose", "--run", run_id], ["chat", "why is the INR low?", "--run", run_id]):
+        assert main([*args, "--lake", str(lake)]) == 2
+        err = capsys.readouterr().err
+        assert "has no ticks or vitals to diagnose" in err and f"biopilot report {run_id}" in err, err
+
+
 def test_a_population_file_supplies_the_patients_covariates(tmp_path: Path) -> None:
     cohort = draw_cohort(40, np.random.default_rng(9), ancestry={"asian": 1.0})
     table = cohort.patients_table([f"r{i}" for i in range(40)])
@@ -167,6 +189,31 @@ def test_a_population_file_supplies_the_patients_covariates(tmp_path: Path) -> N
     trial = run_trial(design, 6, seed=1, population_table=pq.read_table(path))
     assert set(trial.cohort.ancestry) == {"asian"}
     assert set(np.round(trial.cohort.age_years, 6)) <= set(np.round(cohort.age_years, 6))
+
+
+def test_a_population_files_yes_no_flags_are_read_as_written_and_bad_cells_are_one_line(tmp_path: Path,
+                                                                                       capsys) -> None:
+    """A CSV's amiodarone column of yes/no is text: "no" must not become True (numpy's astype(bool) of any
+    non-empty text), and text in a number column or an unknown sex is one line, exit 2, not a traceback."""
+    header = "age_years,sex,height_cm,weight_kg,ancestry,cyp2c9,vkorc1_1639,amiodarone,enzyme_inducer\n"
+    rows = [f"{50 + i},{'MF'[i % 2]},170,75,white,*1/*1,G/A,{'yes' if i < 2 else 'no'},n\n" for i in range(40)]
+    good = tmp_path / "good.csv"
+    good.write_text(header + "".join(rows))
+    cohort = cohort_from_table(read_population_file(str(good)), np.random.default_rng(0))
+    assert sorted(zip(cohort.age_years.tolist(), cohort.amiodarone.tolist(), strict=True))[:3] == [
+        (50.0, True), (51.0, True), (52.0, False)]
+    assert cohort.amiodarone.sum() == 2 and not cohort.enzyme_inducer.any()
+    for bad_row, words in (("abc,M,170,75,white,*1/*1,G/A,no,no", "age_years must be a number, got 'abc'"),
+                           ("60,X,170,75,white,*1/*1,G/A,no,no", "unknown sex 'X'"),
+                           ("60,M,170,75,white,*1/*1,G/A,maybe,no", "amiodarone must be true/false")):
+        path = tmp_path / "bad.csv"
+        path.write_text(header + "".join(rows[:30]) + bad_row + "\n")
+        design = tmp_path / "design.toml"
+        design.write_text(f'[population]\nfrom = "{path}"\n[[arms]]\nname = "a"\nprotocol = "standard"\n'
+                          '[[arms]]\nname = "b"\nprotocol = "genotype"\n')
+        assert main(["trial", "run", "--design", str(design), "--patients-per-arm", "5"]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err
 
 
 def test_procova_reports_rho_the_variance_ratio_and_the_ci_widths() -> None:

@@ -381,6 +381,10 @@ def test_twin_dose_target_inr_raises_the_dose(tmp_path):
     ("patient_id,amiodarone\np1,maybe\n", [], "amiodarone must be true/false, yes/no or 1/0, got 'maybe'"),
     ("patient_id\np1\n", ["--target-inr", "5"], "target INR 5 is outside 1.5 to 4"),
     ("patient_id\np1\n", ["--target-inr", "1"], "target INR 1 is outside 1.5 to 4"),
+    ("patient_id,age_years,patient_id\np1,60,p2\n", [], "has more than one column named patient_id"),
+    # the row of a bad genotype or an implausible number, as of a value that is not a number
+    ("patient_id,cyp2c9\np1,*1/*1\np2,\np3,*1/*9\n", [], "*3/*3 (or empty for unknown; row 3)"),
+    ("patient_id,weight_kg\np1,70\np2,700\n", [], "30 to 250 (or empty for unknown; row 2)"),
 ])
 def test_twin_dose_bad_input_is_one_line_and_exit_2(tmp_path, capsys, csv_text, extra, message):
     src, out = tmp_path / "cohort.csv", tmp_path / "doses.csv"
@@ -401,6 +405,25 @@ def test_twin_dose_unreadable_input_is_one_line_and_exit_2(tmp_path, capsys, mak
     assert _twin_dose("--input", str(src), "--out", str(tmp_path / "o.csv")) == 2
     err = capsys.readouterr().err
     assert f"cannot read {src}" in err and err.count("\n") == 1, err
+
+
+def test_twin_dose_help_states_the_values_a_missing_age_and_weight_take(tmp_path, capsys):
+    """The help said a missing age is 71 and a missing weight 70 kg; the advice takes the cohort's mean age and its
+    median BMI at the patient's height (docs/MODEL-PATIENT.md)."""
+    with pytest.raises(SystemExit):
+        main(["twin", "dose", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(missing: {cohort.AGE_MEAN_YEARS:g}, the virtual cohort's mean)" in text
+    assert f"(missing: the cohort's median BMI, {cohort.BMI_MEDIAN_KG_M2:g}, at the patient's height)" in text
+    height_m = 1.75
+    bmi_weight = round(cohort.BMI_MEDIAN_KG_M2 * height_m**2, 3)
+    src, out = tmp_path / "cohort.csv", tmp_path / "doses.csv"
+    src.write_text("patient_id,age_years,weight_kg,height_cm,sex,ancestry,cyp2c9,vkorc1_1639\n"
+                   f"missing,,,{height_m * 100:g},M,white,*1/*1,G/G\n"
+                   f"stated,{cohort.AGE_MEAN_YEARS:g},{bmi_weight},{height_m * 100:g},M,white,*1/*1,G/G\n")
+    assert _twin_dose("--input", str(src), "--out", str(out)) == 0
+    doses = pacsv.read_csv(out)["weekly_dose_mg"].to_pylist()
+    assert doses[0] == pytest.approx(doses[1], abs=0.02)
 
 
 def test_twin_dose_help_explains_the_columns(capsys):

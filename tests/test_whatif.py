@@ -109,6 +109,17 @@ def test_whatif_cli_bad_input_is_one_line_and_exit_2(lake: str, args: list[str],
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+def test_help_points_only_to_commands_that_exist(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["whatif", "--help"])
+    pointed = re.findall(r"`biopilot ([a-z -]+)`", " ".join(capsys.readouterr().out.split()))
+    assert pointed  # the run id's help says where run ids are listed
+    for command in pointed:  # each answers its own --help (exit 0), not "invalid choice" (exit 2)
+        with pytest.raises(SystemExit) as exit_:
+            main([*command.split(), "--help"])
+        assert exit_.value.code == 0, command
+
+
 
 def test_troubleshooting_quotes_the_whatif_of_the_fault_it_names(lake: str, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:

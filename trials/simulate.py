@@ -82,25 +82,54 @@ def cohort_from_table(table: object, rng: np.random.Generator, first_index: int 
         raise DesignError("population file has no rows")
     drawn = draw_cohort(n, rng, first_index)
     values = {}
-    for name in COHORT_FILE_COLUMNS:
-        col = np.asarray(table[name].to_pylist(), dtype=object)
-        missing_cell = np.array([v is None or v == "" or (isinstance(v, float) and v != v) for v in col])
-        own = getattr(drawn, name)
-        merged = np.where(missing_cell, own, col)
-        values[name] = merged.astype(own.dtype) if own.dtype != object else merged
-    try:
-        values["amiodarone"] = values["amiodarone"].astype(bool)
-        values["enzyme_inducer"] = values["enzyme_inducer"].astype(bool)
+    try:  # a bad cell (text in a number column, an unknown sex or genotype) is one line, not a traceback
+        for name in COHORT_FILE_COLUMNS:
+            col = np.asarray(table[name].to_pylist(), dtype=object)
+            missing_cell = np.array([v is None or v == "" or (isinstance(v, float) and v != v) for v in col])
+            own = getattr(drawn, name)
+            if own.dtype == bool:  # numpy's astype(bool) makes any non-empty text True: "no" would be True
+                col = np.array([v if m else _flag(v, name) for v, m in zip(col, missing_cell, strict=True)],
+                               dtype=object)
+            merged = np.where(missing_cell, own, col)
+            try:
+                values[name] = merged.astype(own.dtype) if own.dtype != object else merged
+            except ValueError as err:
+                bad = [v for v, m in zip(col, missing_cell, strict=True) if not m and not _is_number(v)]
+                raise ValueError(f"{name} must be a number, got {bad[0]!r}" if bad else f"{name}: {err}") from None
         cov = warfarin.Covariates(values["age_years"].astype(float), values["weight_kg"].astype(float),
                                   values["cyp2c9"].astype(str), values["vkorc1_1639"].astype(str),
                                   values["amiodarone"], values["enzyme_inducer"])
         params = warfarin.individual_params(cov, rng)
+        metoprolol_params = metoprolol.individual_params(values["sex"].astype(str), drawn.cyp2d6, rng)
     except (ValueError, KeyError) as err:
         raise DesignError(f"population file: {str(err).splitlines()[0]}") from None
     return replace(drawn, **{k: (v.astype(str) if k in ("sex", "ancestry", "cyp2c9", "vkorc1_1639") else v)
                              for k, v in values.items()},
-                   warfarin=params, metoprolol=metoprolol.individual_params(values["sex"].astype(str), drawn.cyp2d6,
-                                                                            rng))
+                   warfarin=params, metoprolol=metoprolol_params)
+
+
+FLAG_WORDS = {"1": True, "true": True, "t": True, "yes": True, "y": True,
+              "0": False, "false": False, "f": False, "no": False, "n": False}
+
+
+def _flag(value: object, name: str) -> bool:
+    """A population file's true/false cell: a boolean, 1/0, or true/false, yes/no as text."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    word = str(value).strip().lower()
+    if word.endswith(".0"):  # 1.0 / 0.0 from a float column
+        word = word[:-2]
+    if word not in FLAG_WORDS:
+        raise ValueError(f"{name} must be true/false, yes/no or 1/0, got {value!r}")
+    return FLAG_WORDS[word]
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def read_population_file(path: str) -> object:

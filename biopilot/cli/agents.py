@@ -32,7 +32,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 def add_report(subparsers: argparse._SubParsersAction) -> None:
     p = command(subparsers, "report", cmd_report, "batch-record style run report (Markdown, HTML or PDF)")
     p.add_argument("run", help="run id")
-    p.add_argument("--format", choices=["md", "html", "pdf"], default="md")
+    p.add_argument("--format", choices=["md", "html", "pdf"], default="md", help="(default md)")
     p.add_argument("--out", default="reports", help="output folder (default ./reports)")
     lake_option(p)
 
@@ -48,6 +48,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from agents.diagnose import RunNotFound
     from trials import run_report
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a file; give the folder the report goes in")
     with user_errors(RunNotFound, report.UnsafeRunId):
         report.report_path(Path(args.out), args.run, args.format)  # an id before the lake is read
         trial = run_report.trial_row(lake_of(args), args.run)
@@ -111,7 +113,10 @@ def cmd_agents(args: argparse.Namespace) -> int:
               f"(llm {settings.llm}); Ctrl-C stops", flush=True)
         await run_workers(settings.nats_url, settings.redis_url, lake_of(args), make_backend(settings), stop)
 
-    asyncio.run(work_until_stopped())
+    try:
+        asyncio.run(work_until_stopped())
+    except TimeoutError as err:  # no broker listening at the URL (`wait_nats` says which, without credentials)
+        raise UsageError(f"{err}: is the stack running? BIOPILOT_NATS_URL is the URL `biopilot up` prints") from None
     return 0
 
 

@@ -279,7 +279,7 @@ def cmd_bench_skab(args: argparse.Namespace) -> int:
 
 
 def add_detect(benches: argparse._SubParsersAction) -> None:
-    from biopilot.cli.detect import budget_options
+    from biopilot.cli.detect import budget_options, one_character
 
     p = command(benches, "detect", cmd_bench_detect, "`biopilot detect` under false-alarm budgets on a folder of "
                 "labelled CSV runs (or make the twin's suite of them)")
@@ -288,7 +288,7 @@ def add_detect(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--train", default=None, help="the training file's name in --data")
     p.add_argument("--time-col", default="time_min", help="(default time_min)")
     p.add_argument("--label-col", default="label", help="1 = a fault is active (default label)")
-    p.add_argument("--sep", default=",", help="CSV separator (default ,)")
+    p.add_argument("--sep", type=one_character, default=",", help="CSV separator (default ,)")
     p.add_argument("--detectors", default="pca,dpca,cva,lagged_ae,variance",
                    help="comma-separated; the fusion is added (default pca,dpca,cva,lagged_ae,variance)")
     p.add_argument("--far", type=float, nargs="+", default=[0.01, 0.05], help="budgets (default 0.01 0.05)")

@@ -58,7 +58,10 @@ def _read(path: str, spec: list[ColumnSpec] | None = None) -> tuple[pd.DataFrame
             raise CohortInputError(f"{path} lacks the real table's columns {', '.join(missing)}")
         if table.num_rows == 0:
             raise CohortInputError(f"{path} has no rows")
-        return to_frame(table, spec), spec
+        try:
+            return to_frame(table, spec), spec
+        except CohortInputError as err:  # which of the files (real, synthetic, holdout) it is
+            raise CohortInputError(f"{path}: {err}") from None
 
 
 def add_synthesize(cohort: argparse._SubParsersAction) -> None:
@@ -93,6 +96,8 @@ def cmd_cohort_synthesize(args: argparse.Namespace) -> int:
 
     if not args.out.endswith((".csv", ".parquet")):
         raise UsageError(f"--out must end in .csv or .parquet, got {args.out}")
+    if not Path(args.out).absolute().parent.is_dir():  # before the training, not after it
+        raise UsageError(f"cannot write {args.out}: no folder {Path(args.out).absolute().parent}")
     frame, spec = _read(args.input)
     say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     bar = tqdm(total=args.epochs, unit="epoch", desc="train", disable=args.json or not sys.stderr.isatty())
@@ -115,13 +120,13 @@ def cmd_cohort_synthesize(args: argparse.Namespace) -> int:
     report_path = Path(args.out + ".gate.json")
     report = {"input": args.input, "out": args.out, "n": len(result.frame), "seed": args.seed, **result.as_json(),
               "written": result.final.passed or args.allow_failed}
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
-    if report["written"]:
-        table = to_arrow(result.frame, spec)
-        try:
+    try:
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
+        if report["written"]:
+            table = to_arrow(result.frame, spec)
             pq.write_table(table, args.out) if args.out.endswith(".parquet") else pacsv.write_csv(table, args.out)
-        except OSError as err:
-            raise UsageError(f"cannot write {args.out}: {err}") from None
+    except OSError as err:
+        raise UsageError(f"cannot write {args.out}: {err}") from None
     final = result.final
     if args.json:
         print(json.dumps({"passed": final.passed, "written": report["written"], **final.scores}))

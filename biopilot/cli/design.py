@@ -14,7 +14,7 @@ import textwrap
 from typing import TYPE_CHECKING
 
 from biopilot.cli.errors import UsageError, user_errors
-from biopilot.cli.options import command, group, positive, progress
+from biopilot.cli.options import command, group, positive, progress, seed
 
 if TYPE_CHECKING:
     import numpy as np
@@ -81,7 +81,7 @@ def add_propose(designs: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=positive("--runs", int), default=None, help="size of an lhs or sobol design")
     p.add_argument("--resolution", type=int, choices=(3, 4, 5), default=4, help="of a fractional factorial")
     p.add_argument("--no-randomise", action="store_true", help="keep the standard order")
-    p.add_argument("--seed", type=int, default=0, help="draws the run order and each run's twin seed")
+    p.add_argument("--seed", type=seed, default=0, help="draws the run order and each run's twin seed")
     p.add_argument("--out", required=True, help="the run sheet (.csv)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -137,8 +137,15 @@ def add_analyse(designs: argparse._SubParsersAction) -> None:
 
 
 def _run_on_twin(sheet: RunSheet, args: argparse.Namespace) -> dict[str, np.ndarray]:
+    from design.study import StudyError
     from design.twin import run_settings
 
+    # every row before the first run: an edited sheet can hold a setting the twin refuses (pH 9, NaN)
+    for i, settings in enumerate(sheet.settings):
+        try:
+            sheet.study.scenario_at(settings)
+        except StudyError as err:
+            raise UsageError(f"{args.sheet}: row {i + 1}: {err}") from None
     say = progress(args)
     say(f"running {len(sheet.coded)} runs on the twin fleet")
     return run_settings(sheet.study, sheet.settings, sheet.seeds, progress=lambda n: say(f"  {n} runs done"))
@@ -268,7 +275,7 @@ def add_sequential(designs: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive("--batch", int), default=8, help="runs per batch (default 8)")
     p.add_argument("--initial", type=positive("--initial", int), default=None,
                    help="space-filling runs first (default max(2 x factors + 2, batch))")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--results", default=None, help="write every run (batch, settings, responses) as .csv")
     p.add_argument("--png", default=None, help="plot the runs and the best so far")
     p.add_argument("--json", action="store_true", help="print one JSON object")

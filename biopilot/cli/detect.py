@@ -38,7 +38,7 @@ def add_detect(subparsers: argparse._SubParsersAction) -> None:
     p = command(subparsers, "detect", cmd_detect, "score your own CSV/Parquet time series")
     p.add_argument("--input", required=True, help="a .csv or .parquet file")
     p.add_argument("--time-col", required=True, help="the time column (kept as is)")
-    p.add_argument("--sep", default=",", help="CSV separator (default ,)")
+    p.add_argument("--sep", type=one_character, default=",", help="CSV separator (default ,)")
     p.add_argument("--label-col", default=None, help="0/1 anomaly labels, for metrics")
     p.add_argument("--ignore-cols", default="", help="comma-separated columns that are not signals")
     p.add_argument("--train-rows", type=positive("--train-rows", int), default=400,
@@ -51,12 +51,30 @@ def add_detect(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--far", type=float, default=None,
                    help="false-alarm budget: the share of normal rows allowed to alarm (e.g. 0.01). Thresholds "
                         "and persistence come from out-of-fold scores of the training rows; the rate is checked on "
-                        "10 blocks of them, each held back in turn, and printed with its 95 % interval, with a "
+                        "10 blocks of them, each held back in turn, and printed with its 95 %% interval, with a "
                         "warning when it is over the budget, rises through the training rows, or when the rows "
                         "are too few for the budget (about 13/far rows). Replaces --margin (default: the "
                         "detect_far setting, else the margin; docs/DETECT.md)")
     budget_options(p)
     p.add_argument("--out", required=True, help="output .parquet")
+
+
+def one_character(text: str) -> str:
+    """An argparse type: the CSV reader takes a separator of exactly one character."""
+    if len(text) != 1:
+        raise argparse.ArgumentTypeError(f"--sep must be one character, got {text!r}")
+    return text
+
+
+def check_out(path: str) -> None:
+    """Before any scoring: --out must be a file that can be written (the scoring of a long export takes a while)."""
+    from pathlib import Path
+
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"--out {path} is a folder; give the .parquet file to write")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {path}: no folder {out.parent}")
 
 
 def check_persist(text: str | None) -> None:
@@ -90,6 +108,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from detectors import external
 
     options = options_of(args)
+    check_out(args.out)
     detectors_ = args.detectors or (BUDGET_DETECTORS if options.far is not None else MARGIN_DETECTORS)
     with user_errors(external.InputError):
         table = external.read_table(args.input, args.sep)
@@ -104,7 +123,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
         result = external.score(table, args.time_col, detectors_.split(","), train_rows, args.label_col,
                                 set(args.ignore_cols.split(",")) if args.ignore_cols else set(), options)
     out = result.table.slice(train_rows) if args.train_file else result.table  # the user's rows only
-    pq.write_table(out, args.out)
+    try:
+        pq.write_table(out, args.out)
+    except OSError as err:
+        raise UsageError(f"cannot write {args.out}: {str(err).splitlines()[0]}") from None
     wander = result.conditioning.wander
     if wander and result.conditioning.detrend:
         print(f"{len(wander)} signal(s) whose level wanders on the training rows (roughness < {args.min_roughness}) "

@@ -53,13 +53,52 @@ def positive(name: str, kind: type = float, allow_max: bool = False) -> Callable
     return parse
 
 
+def share(name: str) -> Callable[[str], float]:
+    """An argparse type: a share, a number from 0 to 1 (NaN fails the check)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number from 0 to 1, got {text!r}") from None
+        if not 0 <= value <= 1:
+            raise argparse.ArgumentTypeError(f"{name} must be from 0 to 1 (a share), got {text}")
+        return value
+    return parse
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535 (the socket's own error for a larger one is a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--port must be an integer, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"--port must be from 1 to 65535, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """An argparse type: a random seed, an integer from 0 to 2**63 - 1 (numpy refuses negative seeds; the runs
+    table keeps the seed as int64)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be an integer, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"--seed must be from 0 to 2**63 - 1, got {text}")
+    return value
+
+
 def lake_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
 
 
 def lake_of(args: argparse.Namespace) -> str:
     """The command's --lake, else the settings' lake (the settings are read only when needed)."""
-    return getattr(args, "lake", None) or load_settings().lake
+    lake = getattr(args, "lake", None) or load_settings().lake
+    if Path(lake).is_file():  # else a FileExistsError traceback from the first table's mkdir
+        raise UsageError(f"the lake {lake} is a file; give a folder (--lake or BIOPILOT_LAKE)")
+    return lake
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
@@ -105,10 +144,16 @@ def read_table(path: str) -> pa.Table:
         raise UsageError(f"cannot read {path}: {'not a file' if Path(path).exists() else 'no such file'}")
     try:
         if path.endswith(".parquet"):
-            return pq.read_table(path)
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in header}, strings_can_be_null=True))
+            table = pq.read_table(path)
+        else:
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), [])
+            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in header}, strings_can_be_null=True))
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as err:
         raise UsageError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
+    # a column by name is then ambiguous (pyarrow raises KeyError on it): say which, rather than pick one
+    twice = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
+    if twice:
+        raise UsageError(f"{path} has more than one column named {', '.join(twice)}: rename or drop the copies")
+    return table

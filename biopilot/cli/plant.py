@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from biopilot.cli.errors import UsageError, user_errors
-from biopilot.cli.options import command, lake_of, lake_option, positive, settings_for
+from biopilot.cli.options import command, lake_of, lake_option, port, positive, seed, settings_for, share
 
 
 def add_scenarios(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def add_scenarios(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("action", nargs="?", choices=["list", "propose"], default="list")
     p.add_argument("--n", type=positive("--n", int), default=3, help="how many to propose (default 3)")
     p.add_argument("--out", default="scenarios", help="folder for proposed scenarios (default ./scenarios)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the proposals (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed of the proposals (default 0)")
     p.add_argument("--plant", choices=["bioreactor", "patient"], default="bioreactor",
                    help="whose scenarios (default bioreactor)")
 
@@ -40,6 +40,8 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     if args.action == "propose":
         from agents.scenario_agent import write
 
+        if Path(args.out).exists() and not Path(args.out).is_dir():  # else mkdir's FileExistsError traceback
+            raise UsageError(f"--out {args.out} is a file; give the folder the scenarios go in")
         for path in write(args.n, Path(args.out), args.seed):
             print(f"{path}  (labels: {path.with_suffix('.labels.json').name})")
         return 0
@@ -62,7 +64,7 @@ def add_simulate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=positive("--days"), default=None, help="run length (default: scenario's)")
     p.add_argument("--tick-s", type=positive("--tick-s"), default=None,
                    help="seconds of process time per tick, 1-3600 (default: scenario's, 60)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     lake_option(p)
     p.add_argument("--quiet", action="store_true", help="print only the run ids")
 
@@ -120,9 +122,21 @@ def _not_the_other_kind(name: str, plant: str) -> None:
                                   or path.suffix and path.is_file() and is_patient_scenario_file(path)):
         raise UsageError(f"{name!r} is a patient scenario: pass --plant patient (and --patients N)")
     if plant == "patient" and (name in builtin_names() and not path.suffix
-                               or path.suffix and path.is_file() and not is_patient_scenario_file(path)):
+                               or path.suffix and path.is_file() and _reads_as_toml(path)
+                               and not is_patient_scenario_file(path)):
         raise UsageError(f"{name!r} is a bioreactor scenario, not a patient one: drop --plant patient, or see "
                          "`biopilot scenarios --plant patient`")
+
+
+def _reads_as_toml(path: Path) -> bool:
+    """Whether a file parses as TOML: one that does not is no scenario of either kind, and the loader says why."""
+    import tomllib
+
+    try:
+        tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return True
 
 
 def _simulate_patients(args: argparse.Namespace) -> int:
@@ -171,6 +185,17 @@ def cmd_overview(args: argparse.Namespace) -> int:
     lake = lake_of(args)
     summaries = summarize(lake, args.run or None)
     if not summaries:
+        from sinks import delta
+
+        # runs without assays (patients', trials'): "no runs" read as if the lake were empty
+        stored = delta.read(lake, "runs", columns=["run_id"], run_ids=args.run or None)
+        if stored is not None and stored.num_rows:
+            raise UsageError(f"overview summarises bioreactor runs (VCD, titer, HCP from their assays); the "
+                             f"{stored.num_rows} run(s) {'asked for' if args.run else 'in ' + str(lake)} have no "
+                             "assays: a patient's or a trial patient's run has its own report, "
+                             "`biopilot report RUN_ID`")
+        if args.run:
+            raise UsageError(f"no run {', '.join(args.run)} in {lake}")
         raise UsageError(f"no runs in {lake}: run `biopilot simulate` first")
     print(format_table(summaries))
     if args.png:
@@ -201,8 +226,9 @@ def add_up(subparsers: argparse._SubParsersAction) -> None:
                         "second; the plant waits while the flow is more than 1 GB behind)")
     p.add_argument("--scenario", default=None,
                    help="scenario of every batch or cohort (default normal; warfarin_standard for patients)")
-    p.add_argument("--jitter", type=float, default=0.0, help="share of ticks delivered out of order (0-1)")
-    p.add_argument("--port", type=positive("--port", int), default=None,
+    p.add_argument("--jitter", type=share("--jitter"), default=0.0,
+                   help="share of ticks delivered out of order (0-1)")
+    p.add_argument("--port", type=port, default=None,
                    help="dashboard port (default BIOPILOT_PORT or 8000)")
     p.add_argument("--lateness-s", type=positive("--lateness-s"), default=None,
                    help="allowed event-time lateness before a tick is late (default: the lateness_s setting, 300)")
@@ -284,8 +310,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     has not read (not for a flow that has stopped)."""
     import asyncio
 
+    import nats.errors
     from tqdm import tqdm
 
+    from core.services import without_credentials
     from sinks import delta
     from sources.replay import Replay
 
@@ -297,11 +325,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise UsageError(f"run {args.run!r} has no ticks in {settings.lake}")
     assays = delta.read(settings.lake, "assays", run_ids=[args.run])
     replay = Replay(settings.nats_url, ticks, assays, speed=args.speed, as_run=args.as_run)
+    try:
+        asyncio.run(_reachable(settings.nats_url))
+    except (OSError, nats.errors.Error) as err:  # a stack that has stopped leaves a stale URL behind
+        raise UsageError(f"the broker at {without_credentials(settings.nats_url)}: {err or type(err).__name__} "
+                         "(is `biopilot up` running? BIOPILOT_NATS_URL is the URL it prints)") from None
     with tqdm(total=ticks.num_rows, unit="tick", desc=f"replay {args.run}", disable=not sys.stderr.isatty()) as bar:
         n = asyncio.run(replay.run(progress=bar.update))
     held = replay.backpressure.held_text()
     print(f"published {n:,} ticks of {args.as_run or args.run}" + (f" ({held})" if held else ""))
     return 0
+
+
+async def _reachable(nats_url: str) -> None:
+    """Connect once (two tries per node) before the replay, whose own client retries for ever, as a live
+    component should: run by hand against a broker that is gone it would hang, logging a traceback a try."""
+    from core.services import connect_nats
+
+    async def quiet(_err: Exception) -> None:
+        return None
+
+    nc = await connect_nats(nats_url, max_reconnect_attempts=1, reconnect_time_wait=0.5, connect_timeout=5,
+                            error_cb=quiet)
+    await nc.close()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

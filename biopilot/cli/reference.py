@@ -66,6 +66,7 @@ def cmd_reference_build(args: argparse.Namespace) -> int:
         was_cached = cached(recipe)
         ref = reference_for(recipe)
         how, runs = f"simulated by the twin ({REFERENCE_RUNS} normal runs)", REFERENCE_RUNS
+        path = str(ref.source) if ref.source else None
         if was_cached:
             how = "already built (cached)"
     else:
@@ -77,11 +78,11 @@ def cmd_reference_build(args: argparse.Namespace) -> int:
         ticks = delta.read(lake, "ticks", run_ids=run_ids)
         if ticks is None or ticks.num_rows == 0:
             raise UsageError(f"no ticks of run(s) {', '.join(run_ids)} in {lake}")
-        ref, _ = learn_reference(recipe, ticks)
+        ref, stored = learn_reference(recipe, ticks)  # the learned arrays carry no file name: where they went
+        path = str(stored)
         was_cached = False
         how, runs = f"learned from {len(run_ids)} normal batch(es) of the plant", len(run_ids)
     seconds = time.perf_counter() - started
-    path = str(ref.source) if ref.source else None
     if args.json:
         print(json.dumps({"recipe_hash": recipe.hash, "source": "twin" if args.scenario else "learned",
                           "runs": runs, "bins": int(ref.median.shape[0]), "seconds": round(seconds, 2),

@@ -39,20 +39,24 @@ def add_outcome(models: argparse._SubParsersAction) -> None:
     p = command(models, "outcome", cmd_train_outcome,
                 "the patient outcome model (risks, calibrated, conformal) on simulated cohorts")
     p.add_argument("--patients", type=positive("--patients", int), default=1000,
-                   help="virtual patients, split 60/20/20 by patient into train, calibration and test")
+                   help="virtual patients, split 60/20/20 by patient into train, calibration and test (at least 5; "
+                        "default 1000)")
     p.add_argument("--shift-patients", type=positive("--shift-patients", int), default=200,
                    help="patients of the held-out ancestry-shift set (mostly Asian and Black ancestry, 30 %% on "
-                        "amiodarone)")
+                        "amiodarone; default 200)")
     p.add_argument("--days", type=positive("--days", int), default=112,
-                   help="simulated days per patient (the 12-week TTR label needs samples 84 days before the end)")
+                   help="simulated days per patient, at least 9 (the 12-week TTR label needs samples 84 days before "
+                        "the end; default 112)")
     p.add_argument("--samples-per-patient", type=positive("--samples-per-patient", int), default=12,
-                   help="samples per patient at random hours (day 2-28 at the default length)")
-    p.add_argument("--epochs", type=positive("--epochs", int), default=10, help="passes over the training samples")
+                   help="samples per patient at random hours (day 2-28 at the default length; default 12)")
+    p.add_argument("--epochs", type=positive("--epochs", int), default=10,
+                   help="passes over the training samples (default 10)")
     p.add_argument("--twin-samples", type=int, default=100,
-                   help="test samples the mechanistic twin baseline is refitted on (0: skip it)")
-    p.add_argument("--seed", type=int, default=0, help="the cohorts, the split and the network's initialisation")
+                   help="test samples the mechanistic twin baseline is refitted on (0: skip it; default 100)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the cohorts, the split and the network's initialisation (default 0)")
     p.add_argument("--out", default="outcome-models",
-                   help="directory the versioned model is written to (<version>.pt)")
+                   help="directory the versioned model is written to (<version>.pt; default ./outcome-models)")
     p.add_argument("--ship", action="store_true",
                    help="also write it as the checkpoint the package ships, only if it beats the shipped one on "
                         "this run's test patients (AUROC on every risk; ECE <= 0.05 and coverage in 0.88-0.92)")
@@ -93,7 +97,15 @@ def cmd_train_outcome(args: argparse.Namespace) -> int:
         report["shipped"] = str(CHECKPOINT)
     elif args.ship:
         report["shipped"] = None  # `previous` says why: the shipped model stays
-    print(json.dumps(jsonable(report), indent=2) if args.json else format_report(report))
+    if args.json:
+        print(json.dumps(jsonable(report), indent=2))
+        return 0
+    print(format_report(report))
+    # the report's figures alone do not say where the model went, nor whether --ship replaced the shipped one
+    print(f"model written to {path}")
+    if args.ship:
+        print(f"shipped as {CHECKPOINT}" if report["shipped"] else
+              "not shipped: it does not beat the shipped model (see above; --force-ship ships it anyway)")
     return 0
 
 

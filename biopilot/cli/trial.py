@@ -36,7 +36,9 @@ def add_run(trials: argparse._SubParsersAction) -> None:
     p = command(trials, "run", cmd_trial_run, "simulate one randomised trial and analyse its endpoints")
     p.add_argument("--design", required=True, help="a built-in design (see `biopilot trial designs`) or a TOML file")
     p.add_argument("--patients-per-arm", type=positive("--patients-per-arm", int), default=200,
-                   help="patients randomised to the smallest arm (default 200)")
+                   help="patients planned for the smallest arm of the ratio (default 200); the trial enrols that "
+                        "times the ratio's sum over its smallest share, and the stratified blocks leave each arm "
+                        "a few patients either side")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same trial (default 0)")
     p.add_argument("--lake", default=None, help="write the Delta tables here (patients, labs, doses, labels, runs, "
                    "trial_arms, trial_results); default: none written")

@@ -25,10 +25,10 @@ COLUMNS_HELP = """\
 input columns (one row per patient; only patient_id is required, any other column may be absent or have empty
 cells, which then take the population prior):
   patient_id      any text, copied to the output
-  age_years       18 to 110 (missing: 71, the model's reference patient)
-  sex             M or F (checked; the model has no sex covariate)
-  height_cm       120 to 230 (checked; the model scales by weight)
-  weight_kg       30 to 250 (missing: 70)
+  age_years       18 to 110 (missing: 68, the virtual cohort's mean)
+  sex             M or F (no sex covariate; with ancestry, the typical height when height is missing)
+  height_cm       120 to 230 (the model scales by weight; with a missing weight, BMI 27 at this height)
+  weight_kg       30 to 250 (missing: the cohort's median BMI, 27, at the patient's height)
   ancestry        white, black, asian or other (missing: the population mix)
   cyp2c9          *1/*1, *1/*2, *1/*3, *2/*2, *2/*3 or *3/*3 (missing: Hardy-Weinberg by ancestry)
   vkorc1_1639     G/G, G/A or A/A (missing: Hardy-Weinberg by ancestry)

@@ -35,7 +35,7 @@ def _setting(text: str) -> tuple[str, str]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = command(subparsers, "whatif", cmd_whatif, "a stored run re-simulated without a fault or with a change")
-    p.add_argument("--run", required=True, help="the run id (see `biopilot lake runs`)")
+    p.add_argument("--run", required=True, help="the run id (see `biopilot overview`)")
     change = p.add_mutually_exclusive_group(required=True)
     change.add_argument("--without-fault", default=None, metavar="FAULT",
                         help="remove one of the run's faults (overfeed, do_limitation, ...) from --from on")

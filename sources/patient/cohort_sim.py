@@ -333,7 +333,11 @@ class PatientCohortSim:
         self.total_ticks = int(round(scenario.days * 86400.0 / self.dt_s))
         self.seq = 0
         self.plan = plan_events(scenario.events, [r[_STREAM_EVENTS] for r in self.rngs])
-        self.labels = event_labels(self.plan, self.run_ids, self.patient_ids, self.started, ADVERSE_EVENTS)
+        # an event planned at or after the run's end never happens: no label for it (an onset past `days`, a
+        # range reaching past a shortened --days), else a benchmark counts it as missed
+        run_end = self.started + timedelta(days=scenario.days)
+        self.labels = [label for label in event_labels(self.plan, self.run_ids, self.patient_ids, self.started,
+                                                       ADVERSE_EVENTS) if label.start_ts < run_end]
         # one stream per block for what is drawn tick by tick (vitals noise, lab noise, adherence): vectorised
         block_seed = [seed, first_index, n_patients, 99]
         self.rng = np.random.default_rng(block_seed)

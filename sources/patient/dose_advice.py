@@ -102,7 +102,9 @@ def _categorical(values: object, allowed: Sequence[str], n: int, what: str) -> n
     match = labels[:, None] == allowed_arr[None, :]
     bad = ~unknown & ~match.any(axis=1)
     if bad.any():
-        raise ValueError(f"unknown {what} {arr[bad][0]!r}; allowed: {', '.join(allowed)} (or empty for unknown)")
+        # the row too: in a file of thousands the value alone does not find it
+        raise ValueError(f"unknown {what} {arr[bad][0]!r}; allowed: {', '.join(allowed)} (or empty for unknown; "
+                         f"row {np.flatnonzero(bad)[0] + 1})")
     return np.where(unknown, -1, match.argmax(axis=1))
 
 
@@ -114,7 +116,8 @@ def _continuous(values: object, n: int, what: str, typical: float | None) -> np.
     lo, hi = PLAUSIBLE[what]
     bad = ~np.isnan(arr) & ((arr < lo) | (arr > hi))
     if bad.any():
-        raise ValueError(f"implausible {what} {arr[bad][0]:g}; allowed: {lo:g} to {hi:g} (or empty for unknown)")
+        raise ValueError(f"implausible {what} {arr[bad][0]:g}; allowed: {lo:g} to {hi:g} (or empty for unknown; "
+                         f"row {np.flatnonzero(bad)[0] + 1})")
     return arr if typical is None else np.where(np.isnan(arr), typical, arr)
 
 

@@ -174,7 +174,7 @@ def is_patient_scenario_file(path: Path) -> bool:
     """Whether a TOML file reads as a patient scenario (it names a drug or protocol, or patient events)."""
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):  # not a readable TOML file: the loader says why
         return False
     return bool({"drug", "protocol", "events", "cohort", "vitals_every_min"} & set(data))
 
