@@ -69,7 +69,8 @@ def reference_band(recipe: Recipe) -> ReferenceBand:
     for name in BANDED:
         j = DETECTOR_SIGNALS.index(name)
         median, below, above = ref.median[:, j], ref.scale[:, j], ref.upper[:, j]
-        wide, narrow = golden_z, drift_ratio * drift[:, j]
+        wide = golden_z * (1.0 if ref.z_limit is None else float(ref.z_limit[j]))  # a recipe's quiet probes: less
+        narrow = drift_ratio * drift[:, j]
         bands[name] = np.stack([median, median - wide * below, median + wide * above, median - narrow * below,
                                 median + narrow * above])
     if len(_KEPT) >= MAX_KEPT:

@@ -53,6 +53,9 @@ class GoldenReference:
     scale_up: np.ndarray | None = None  # [bins, signals]: the spread above the median
     # [signals], minutes: a reading is judged against the medians within it either side (`band`)
     timing_tolerance: np.ndarray | None = None
+    # [signals], a recipe's: what the golden detector divides each signal's z by (<= 1: a signal that stays quiet
+    # in the normal runs alarms at a smaller z than the fusion's one golden level)
+    z_limit: np.ndarray | None = None
     source: Path | None = field(default=None, compare=False)  # the file it was loaded from
 
     @property
@@ -95,7 +98,7 @@ class GoldenReference:
         if self.source is not None:
             return load_reference, (self.source,)
         return GoldenReference, (self.median, self.scale, self.bin_min, self.drift_limit, self.scale_up,
-                                 self.timing_tolerance)
+                                 self.timing_tolerance, self.z_limit)
 
 
 def load_reference(path: Path = REFERENCE_PATH) -> GoldenReference:
@@ -114,12 +117,12 @@ def _load_reference(path: Path) -> GoldenReference:
         raise FileNotFoundError(f"{path} missing: run `python -m detectors.golden_build` to build it")
     data = np.load(path)  # an NpzFile reads an array anew at each access: read each once
     median, scale = data["median"], data["scale"]
-    limit, scale_up, tolerance = (data.get(name) for name in ("drift_limit", "scale_up", "timing_tolerance"))
-    limit, scale_up, tolerance = (a if a is not None and a.size else None for a in (limit, scale_up, tolerance))
-    for a in (median, scale, limit, scale_up, tolerance):
+    optional = [data.get(name) for name in ("drift_limit", "scale_up", "timing_tolerance", "z_limit")]
+    limit, scale_up, tolerance, z_limit = (a if a is not None and a.size else None for a in optional)
+    for a in (median, scale, limit, scale_up, tolerance, z_limit):
         if a is not None:
             a.flags.writeable = False  # shared by every reactor: nobody may change it
-    return GoldenReference(median, scale, float(data["bin_min"]), limit, scale_up, tolerance, path)
+    return GoldenReference(median, scale, float(data["bin_min"]), limit, scale_up, tolerance, z_limit, path)
 
 
 @dataclass
@@ -151,7 +154,8 @@ class Golden:
 
     def _limit(self, n_signals: int) -> np.ndarray:
         """What each signal's smoothed residual is divided by [bins, signals] (one row: at every age)."""
-        return np.ones((1, n_signals))
+        z_limit = self.reference.z_limit
+        return np.ones((1, n_signals)) if z_limit is None else z_limit[None, :]
 
     def score_learn_detail(self, state: GoldenState, ts: np.ndarray, X: np.ndarray,
                            ) -> tuple[GoldenState, np.ndarray, np.ndarray]:

@@ -16,7 +16,8 @@ import pyarrow.compute as pc
 from core.events import TICK_SIGNALS
 from detectors.base import DETECTOR_SIGNALS
 from detectors.features import features
-from detectors.golden import BIN_MIN, REFERENCE_PATH, GoldenReference
+from detectors.fusion import calibrated_members
+from detectors.golden import BIN_MIN, REFERENCE_PATH, Golden, GoldenReference
 from detectors.twin_residual import TwinResidual
 from sources.fleet import Fleet
 from sources.measurement import RESOLUTION
@@ -39,6 +40,14 @@ LIMIT_REACH_MIN = 48 * 60.0
 # ... and away from them, the largest residual of the other runs: a run that went this many robust spreads past
 # the runs' median is the outlier (the largest of 30 usual runs sits about 3 past it)
 OUTLIER_MADS = 4.0
+# The fusion's golden level (z 66) was set by the loudest signal on the default recipe's runs; a recipe's quiet
+# signals (temperature: z 3 at most over 30 normal runs, its spread 0.03 C) alarm at this many times their own
+# largest z, never below `GOLDEN_Z_MIN` (a signal the spread floors keep near z 0)
+GOLDEN_MARGIN = 3.0
+GOLDEN_Z_MIN = 10.0
+# ... the probes and the pH loop's CO2 only: a DO cascade stage or a bolus's edge that no reference run shows at
+# that age is normal and reads z 20-30 (`ENVELOPE_Z`), which the one level was set above
+OWN_GOLDEN_Z = ("ph", "temp_c", "co2_sccm", "capacitance_pf_cm")
 # the golden z the farthest reference run reaches on a cascade signal, at most: half the fusion's calibrated
 # golden level (66), so that a new run going as far as a few of the normal runs did raises nothing
 ENVELOPE_Z = 30.0
@@ -146,7 +155,8 @@ def summarise_runs(ticks: pa.Table, floor: np.ndarray | None = None, floor_level
         tolerance = np.where(np.isin(np.arange(X.shape[1]), STAGED), TIMING_TOLERANCE_MIN, 0.0)
     scale = np.maximum(np.nan_to_num(scale), least if floor is None else np.maximum(least, floor))
     ref = GoldenReference(np.nan_to_num(median), scale, scale_up=scale_up, timing_tolerance=tolerance)
-    return replace(ref, drift_limit=_drift_limits(ref, X_runs, ts_runs, None if floor is None else bin_runs))
+    ref = replace(ref, drift_limit=_drift_limits(ref, X_runs, ts_runs, None if floor is None else bin_runs))
+    return ref if floor is None else replace(ref, z_limit=_golden_z_limits(ref, X_runs, ts_runs))
 
 
 def reading_steps() -> np.ndarray:
@@ -254,6 +264,20 @@ def _age_limits(residuals: list[np.ndarray], bin_runs: list[np.ndarray], n_bins:
     return np.lib.stride_tricks.sliding_window_view(padded, 2 * reach + 1, axis=0).max(axis=-1)
 
 
+def _golden_z_limits(ref: GoldenReference, X_runs: list[np.ndarray], ts_runs: list[np.ndarray]) -> np.ndarray:
+    """Per signal, what the golden detector divides its z by: a signal alarms at `GOLDEN_MARGIN` times the largest
+    z the normal runs reach on it, between `GOLDEN_Z_MIN` and the fusion's golden level (as a share of that level)."""
+    level = float(calibrated_members().get("golden", 0.0))
+    if level <= 0:
+        return np.ones(ref.median.shape[1])
+    detector = Golden(reference=ref)
+    largest = np.array([np.abs(detector.score_learn_detail(detector.init_state(DETECTOR_SIGNALS), ts, run)[2])
+                        .max(axis=0) for run, ts in zip(X_runs, ts_runs, strict=True)]).max(axis=0)
+    limit = np.clip(GOLDEN_MARGIN * largest, GOLDEN_Z_MIN, level)
+    limit[[j for j, name in enumerate(DETECTOR_SIGNALS) if name not in OWN_GOLDEN_Z]] = level
+    return limit / level
+
+
 def tail_limit(maxima: np.ndarray, exceed: float) -> np.ndarray:
     """Per column of `maxima` [runs, signals] (each run's largest value), the value a new run's maximum exceeds
     with probability `exceed`: a Gumbel fit (moments) to the runs' maxima, extrapolated; never below the
@@ -268,7 +292,7 @@ def save_reference(ref: GoldenReference, path: Path = REFERENCE_PATH) -> None:
     np.savez_compressed(path, median=ref.median, scale=ref.scale, bin_min=ref.bin_min,
                         **{name: np.zeros(0) if a is None else a
                            for name, a in (("drift_limit", ref.drift_limit), ("scale_up", ref.scale_up),
-                                           ("timing_tolerance", ref.timing_tolerance))})
+                                           ("timing_tolerance", ref.timing_tolerance), ("z_limit", ref.z_limit))})
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from detectors import recipe as recipes
 from detectors.base import DETECTOR_SIGNALS
 from detectors.features import features
 from detectors.fusion import calibrated_members
-from detectors.golden import GoldenReference
+from detectors.golden import Golden, GoldenReference
 from detectors.golden_build import ENVELOPE_Z, summarise_runs, tail_limit
 from detectors.reactor_monitor import ReactorMonitor
 from detectors.recipe import BUILD_VERSION, Recipe, cached, pump_levels, reference_for, spread_floor
@@ -400,3 +400,33 @@ def test_one_reference_runs_early_excursion_does_not_blunt_a_probe_drift_found_d
     level = calibrated_members()["twin_residual"]
     assert _twin_residual_peak(per_age, drifting, "ph") > level > _twin_residual_peak(whole_run, drifting, "ph")
     assert max(_twin_residual_peak(per_age, new, name) for name in DETECTOR_SIGNALS) < level
+
+
+def _golden_peak(ref: GoldenReference, ticks: pa.Table, signal: str) -> float:
+    """The golden detector's largest |contribution| on `signal` over one run's `ticks` (alarms at the fusion's
+    golden level)."""
+    detector = Golden(reference=ref)
+    _, _, contrib = detector.score_learn_detail(detector.init_state(DETECTOR_SIGNALS),
+                                                ticks["ts"].cast(pa.int64()).to_numpy(),
+                                                features(ticks, np.array([np.nan, np.nan])))
+    return float(np.abs(contrib[:, DETECTOR_SIGNALS.index(signal)]).max())
+
+
+def test_a_jacket_failure_two_degrees_high_alarms_on_a_recipe_whose_temperature_stays_quiet():
+    """Seed 3 r06's temperature spike, +2 C for 8 h, read golden z 65.8 against its recipe's 0.03 C spread: under
+    the fusion's one golden level (66, set by the loudest signal of the default recipe's runs), missed. Here +1 C
+    reads z 59. The normal runs' temperature never reads more than z ~2: against a level of its own (3 times
+    that, at least 10) the step alarms, and a new normal run raises nothing on the probes that have one."""
+    scenario = _scenario(days=3.0)
+    fleet = Fleet(scenario, 12, seed=5)
+    ref = summarise_runs(pa.Table.from_batches([fleet.step(fleet.remaining_ticks).ticks]), spread_floor(),
+                         pump_levels())
+    one_level = replace(ref, z_limit=None)
+    level = calibrated_members()["golden"]
+    new = simulate_run(scenario, 99).ticks
+    new_day = new["seq"].to_numpy() / 1440
+    spike = _shifted(new, "temp_c", (new_day >= 2.0) & (new_day < 2.33), 1.0)
+    assert _golden_peak(ref, spike, "temp_c") > level > _golden_peak(one_level, spike, "temp_c")
+    assert max(_golden_peak(ref, new, name) for name in golden_build.OWN_GOLDEN_Z) < level
+    others = [j for j, name in enumerate(DETECTOR_SIGNALS) if name not in golden_build.OWN_GOLDEN_Z]
+    np.testing.assert_array_equal(ref.z_limit[others], 1.0)
