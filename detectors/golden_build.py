@@ -47,7 +47,7 @@ GOLDEN_MARGIN = 3.0
 GOLDEN_Z_MIN = 10.0
 # ... the probes and the pH loop's CO2 only: a DO cascade stage or a bolus's edge that no reference run shows at
 # that age is normal and reads z 20-30 (`ENVELOPE_Z`), which the one level was set above
-OWN_GOLDEN_Z = ("ph", "temp_c", "co2_sccm", "capacitance_pf_cm")
+OWN_GOLDEN_Z = ("do_pct", "ph", "temp_c", "co2_sccm", "capacitance_pf_cm")
 # the golden z the farthest reference run reaches on a cascade signal, at most: half the fusion's calibrated
 # golden level (66), so that a new run going as far as a few of the normal runs did raises nothing
 ENVELOPE_Z = 30.0

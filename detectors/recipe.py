@@ -59,7 +59,7 @@ def cache_dir() -> Path:
 
 # Bumped whenever the twin or the reference build changes, so that a cached reference built by older code is not
 # used (the recipe hash alone does not see a change of code).
-BUILD_VERSION = 26
+BUILD_VERSION = 27
 
 
 def _twin_path(recipe: Recipe) -> Path:

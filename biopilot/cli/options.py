@@ -53,40 +53,33 @@ def positive(name: str, kind: type = float, allow_max: bool = False) -> Callable
     return parse
 
 
-def share(name: str) -> Callable[[str], float]:
-    """An argparse type: a share, a number from 0 to 1 (NaN fails the check)."""
-    def parse(text: str) -> float:
+def in_range(name: str, kind: type, low: float, high: float, high_text: str = "", unit: str = ""
+             ) -> Callable[[str], float | int]:
+    """An argparse type: a number (an integer if `kind` is int) from `low` to `high` (`high_text` says it; NaN
+    fails the check), `unit` after the range in the message."""
+    what = "an integer" if kind is int else "a number"
+    span = f"from {low:g} to {high_text or f'{high:g}'}{unit}"
+
+    def parse(text: str) -> float | int:
         try:
-            value = float(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number from 0 to 1, got {text!r}") from None
-        if not 0 <= value <= 1:
-            raise argparse.ArgumentTypeError(f"{name} must be from 0 to 1 (a share), got {text}")
+            raise argparse.ArgumentTypeError(f"{name} must be {what} {span}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name} must be {span}, got {text}")
         return value
     return parse
 
 
-def port(text: str) -> int:
-    """An argparse type: a TCP port, 1 to 65535 (the socket's own error for a larger one is a traceback)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--port must be an integer, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"--port must be from 1 to 65535, got {text}")
-    return value
+def share(name: str) -> Callable[[str], float | int]:
+    """An argparse type: a share, a number from 0 to 1."""
+    return in_range(name, float, 0, 1, unit=" (a share)")
 
 
-def seed(text: str) -> int:
-    """An argparse type: a random seed, an integer from 0 to 2**63 - 1 (numpy refuses negative seeds; the runs
-    table keeps the seed as int64)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seed must be an integer, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"--seed must be from 0 to 2**63 - 1, got {text}")
-    return value
+# a TCP port (the socket's own error for a larger one is a traceback)
+port = in_range("--port", int, 1, 65535)
+# a random seed: numpy refuses negative seeds; the runs table keeps the seed as int64
+seed = in_range("--seed", int, 0, 2**63 - 1, high_text="2**63 - 1")
 
 
 def lake_option(parser: argparse.ArgumentParser) -> None:
