@@ -85,7 +85,7 @@ def test_concurrent_actions_and_a_cli_revoke_keep_one_unbroken_chain(dash, monke
     assert codes == [201] * 8
     monkeypatch.setenv("BIOPILOT_SECRET", SECRET)
     monkeypatch.setenv("BIOPILOT_SECRET_FILE", str(Path(dash.lake).parent / "config" / "secret"))
-    assert main(["token", "revoke", "0123abcd", "--lake", dash.lake]) == 0  # another process's append
+    assert main(["token", "revoke", "0123abcd" * 3, "--lake", dash.lake]) == 0  # another process's append
     with dash.client("admin") as c:  # the dashboard sees the CLI's row and chains after it
         assert c.post("/api/tokens", json={"role": "viewer"}).status_code == 201
     capsys.readouterr()
