@@ -69,7 +69,8 @@ def reference_band(recipe: Recipe) -> ReferenceBand:
     for name in BANDED:
         j = DETECTOR_SIGNALS.index(name)
         median, below, above = ref.median[:, j], ref.scale[:, j], ref.upper[:, j]
-        wide = golden_z * (1.0 if ref.z_limit is None else float(ref.z_limit[j]))  # a recipe's quiet probes: less
+        # a recipe's quiet probes alarm at a golden level of their own (`GoldenReference.z_limit`)
+        wide = golden_z * (1.0 if ref.z_limit is None else float(ref.z_limit[j]))
         narrow = drift_ratio * drift[:, j]
         bands[name] = np.stack([median, median - wide * below, median + wide * above, median - narrow * below,
                                 median + narrow * above])

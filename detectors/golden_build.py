@@ -45,9 +45,11 @@ OUTLIER_MADS = 4.0
 # largest z, never below `GOLDEN_Z_MIN` (a signal the spread floors keep near z 0)
 GOLDEN_MARGIN = 3.0
 GOLDEN_Z_MIN = 10.0
-# ... the probes and the pH loop's CO2 only: a DO cascade stage or a bolus's edge that no reference run shows at
-# that age is normal and reads z 20-30 (`ENVELOPE_Z`), which the one level was set above
+# ... the probes (DO too: the cascade holds it at its setpoint) and the pH loop's CO2 only: a DO cascade actuator's
+# stage or a bolus's edge that no reference run shows at that age is normal and reads z 20-30 (`ENVELOPE_Z`),
+# which the one level was set above
 OWN_GOLDEN_Z = ("do_pct", "ph", "temp_c", "co2_sccm", "capacitance_pf_cm")
+ONE_GOLDEN_Z = [j for j, name in enumerate(DETECTOR_SIGNALS) if name not in OWN_GOLDEN_Z]
 # the golden z the farthest reference run reaches on a cascade signal, at most: half the fusion's calibrated
 # golden level (66), so that a new run going as far as a few of the normal runs did raises nothing
 ENVELOPE_Z = 30.0
@@ -230,10 +232,8 @@ def _drift_limits(ref: GoldenReference, X_runs: list[np.ndarray], ts_runs: list[
     recipe's reference), the other signals' limits are per culture-age bin [bins, signals]: the largest residual
     any run reaches within `LIMIT_REACH_MIN` of that age (`_age_limits`), and at least the largest of the runs
     that are not outliers (`_usual_largest`): an outlier run's residual holds only near its age."""
-    n_signals = ref.median.shape[1]
-    detector = TwinResidual(reference=replace(ref, drift_limit=np.ones(n_signals)))
-    residuals = [np.abs(detector.score_learn_detail(detector.init_state(DETECTOR_SIGNALS), ts, run)[2])
-                 for run, ts in zip(X_runs, ts_runs, strict=True)]
+    residuals = _run_contributions(TwinResidual(reference=replace(ref, drift_limit=np.ones(ref.median.shape[1]))),
+                                   X_runs, ts_runs)
     maxima = np.array([r.max(axis=0) for r in residuals])
     limit = maxima.max(axis=0)
     limit[CASCADE] = tail_limit(maxima[:, CASCADE], RUN_FALSE_ALARM / len(CASCADE))
@@ -270,12 +270,17 @@ def _golden_z_limits(ref: GoldenReference, X_runs: list[np.ndarray], ts_runs: li
     level = float(calibrated_members().get("golden", 0.0))
     if level <= 0:
         return np.ones(ref.median.shape[1])
-    detector = Golden(reference=ref)
-    largest = np.array([np.abs(detector.score_learn_detail(detector.init_state(DETECTOR_SIGNALS), ts, run)[2])
-                        .max(axis=0) for run, ts in zip(X_runs, ts_runs, strict=True)]).max(axis=0)
+    largest = np.max([r.max(axis=0) for r in _run_contributions(Golden(reference=ref), X_runs, ts_runs)], axis=0)
     limit = np.clip(GOLDEN_MARGIN * largest, GOLDEN_Z_MIN, level)
-    limit[[j for j, name in enumerate(DETECTOR_SIGNALS) if name not in OWN_GOLDEN_Z]] = level
+    limit[ONE_GOLDEN_Z] = level
     return limit / level
+
+
+def _run_contributions(detector: Golden, X_runs: list[np.ndarray], ts_runs: list[np.ndarray]) -> list[np.ndarray]:
+    """Each run's |per-signal contribution| [ticks, signals] under `detector` (golden or twin_residual), scored
+    from the run's start."""
+    return [np.abs(detector.score_learn_detail(detector.init_state(DETECTOR_SIGNALS), ts, run)[2])
+            for run, ts in zip(X_runs, ts_runs, strict=True)]
 
 
 def tail_limit(maxima: np.ndarray, exceed: float) -> np.ndarray:
