@@ -26,7 +26,12 @@ HORIZON = timedelta(hours=2)
 
 
 class RunNotFound(LookupError):
-    pass
+    """`str()` is for the one who runs the command (it may name the lake and its runs); `for_api` is what an HTTP
+    caller is told: a server's paths and bucket are not theirs to see."""
+
+    def __init__(self, message: str, for_api: str | None = None) -> None:
+        super().__init__(message)
+        self.for_api = for_api or message
 
 
 @dataclass
@@ -166,7 +171,8 @@ def load_run(lake: str | Path, run_id: str) -> tuple[pa.Table, pa.Table | None]:
     if ticks is None or ticks.num_rows == 0:
         known = delta.run_ids(lake)
         hint = f"; runs in {lake}: {', '.join(sorted(known)[:5])}{' ...' if len(known) > 5 else ''}" if known else ""
-        raise RunNotFound(f"no ticks for run {run_id!r} in {lake}{hint}")
+        raise RunNotFound(f"no ticks for run {run_id!r} in {lake}{hint}",
+                          for_api=f"no ticks for run {run_id!r}; see GET /api/runs")
     return ticks, delta.read(lake, "assays", run_ids=[run_id])
 
 

@@ -172,7 +172,8 @@ def load_patient_run(lake: str | Path, run_id: str) -> PatientRun:
     if vitals is None or vitals.num_rows == 0:
         known = sorted(delta.run_ids(lake))
         hint = f"; runs in {lake}: {', '.join(known[:5])}{' ...' if len(known) > 5 else ''}" if known else ""
-        raise RunNotFound(f"no vitals for run {run_id!r} in {lake}{hint}")
+        raise RunNotFound(f"no vitals for run {run_id!r} in {lake}{hint}",
+                          for_api=f"no vitals for run {run_id!r}; see GET /api/runs")
     patients = delta.read(lake, "patients", run_ids=[run_id])
     patient = patients.to_pylist()[0] if patients is not None and patients.num_rows else None
     return PatientRun(run_id, vitals, delta.read(lake, "labs", run_ids=[run_id]),

@@ -24,7 +24,7 @@ from core.config import Settings
 from core.plants import PLANTS
 from core.services import connect_nats, redis_client
 from dashboard.auth import COOKIE, Principal, create_token, redeem_login_code, secret_for, ttl_cap_s
-from dashboard.deps import Runtime, is_viewer
+from dashboard.deps import MUTATING, Runtime, is_viewer
 from dashboard.hub import Hub
 from dashboard.limits import BodyLimit, RequestId
 from dashboard.relay import Relay, lab_values
@@ -99,13 +99,18 @@ def create_app(settings: Settings, cors_origins: list[str] | None = None, relay:
     app.add_middleware(RequestId)  # outermost: a refused request has its id too
 
     @app.exception_handler(RequestValidationError)
-    async def clear_422(_request: Request, err: RequestValidationError) -> JSONResponse:
-        """One readable line per problem (field: message) besides FastAPI's detail list."""
+    async def clear_422(request: Request, err: RequestValidationError) -> JSONResponse:
+        """One readable line per problem (field: message) besides FastAPI's detail list. A refused change
+        (POST, PUT, PATCH, DELETE) is audited like a 401 or 403: someone tried to act on the plant."""
         errors = [{k: v for k, v in e.items() if k not in ("ctx", "input", "url")} for e in err.errors()]
         # a check of the whole body has no field to name; pydantic prefixes a validator's own words
         problems = [": ".join(part for part in ("/".join(str(p) for p in e["loc"] if p != "body"),
                                                  e["msg"].removeprefix("Value error, ")) if part) for e in errors]
-        return JSONResponse({"message": "; ".join(problems), "detail": jsonable_encoder(errors)}, status_code=422)
+        message = "; ".join(problems)
+        if request.method in MUTATING:
+            await app.state.runtime.audit(request, getattr(request.state, "principal", None), "refused",
+                                          request.url.path, {"method": request.method}, f"422: {message}"[:2000])
+        return JSONResponse({"message": message, "detail": jsonable_encoder(errors)}, status_code=422)
 
     for module in (admin, runs, streams, control, reactors, patients, risk, chat, graph, subscriptions, reports):
         app.include_router(module.router)

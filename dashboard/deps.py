@@ -119,6 +119,7 @@ async def principal(request: Request, rt: Runtime = Depends(runtime)) -> Princip
         who = verify(rt.secret, token, typ, rt.revoked)
     except AuthError as err:
         raise await _refuse(request, rt, None, status.HTTP_401_UNAUTHORIZED, str(err), challenge) from None
+    request.state.principal = who  # a body refused later (422) is audited under its sender
     if request.method in MUTATING and (wait_s := rt.limiter.take(who.token_id)):
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
                             f"over {rt.settings.rate_limit_per_min} changes a minute for this token; "

@@ -101,6 +101,8 @@ class ControlCommand(_Strict):
 
 
 class FaultInjection(NamesItsSensor, _Strict):
+    # optional here, so the JSON published on the control subject (README) is also a valid HTTP body
+    type: Literal["fault"] = "fault"
     fault: Literal[FAULT_NAMES]  # type: ignore[valid-type]
     duration_h: float = Field(4.0, gt=0, le=24 * 14)
     magnitude: float = Field(1.0, ge=0, le=1000)

@@ -176,15 +176,20 @@ def builtin_names(folder: Path = BUILTIN_DIR) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.toml"))
 
 
+def builtin_or_path(name_or_path: str | Path, folder: Path) -> Path:
+    """The file a name stands for: the built-in `folder/<name>.toml` for a bare name that has one, else the path."""
+    path = Path(name_or_path)
+    return folder / f"{name_or_path}.toml" if not path.suffix and (folder / f"{name_or_path}.toml").exists() \
+        else path
+
+
 def read_builtin_or_toml(name_or_path: str | Path, folder: Path, what: str,
                          error: type[ScenarioError] | None = None) -> tuple[dict, str]:
     """The TOML of a built-in in `folder` by name, or of a file by path, as (data with its `name`, file name);
     an unknown name or bad TOML raises `error` (ScenarioError by default) naming `what` and the built-ins."""
     error = error or ScenarioError
-    path = Path(name_or_path)
-    if not path.suffix and (folder / f"{name_or_path}.toml").exists():
-        path = folder / f"{name_or_path}.toml"
-    elif not path.is_file():
+    path = builtin_or_path(name_or_path, folder)
+    if not path.is_file():
         raise error(f"unknown {what} {str(name_or_path)!r}: not a file; built-ins: {', '.join(builtin_names(folder))}")
     try:
         data = tomllib.loads(path.read_text())

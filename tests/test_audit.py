@@ -66,6 +66,16 @@ def test_an_action_is_audited_with_its_result_request_id_and_client_before_the_r
     assert rows[1]["request_id"] == odd.headers["x-request-id"]
 
 
+def test_a_change_refused_for_its_body_is_audited_under_its_sender_and_a_bad_query_is_not(dash):
+    with dash.client("operator") as c:
+        refused = c.post("/api/reactors/r1/faults", json={"fault": "meltdown"})
+        looked = c.get("/api/runs/r1-run/ticks", params={"max_points": "many"})
+    assert refused.status_code == 422 and looked.status_code == 422
+    (row,) = _rows(dash.lake)
+    assert row["action"] == "refused" and row["actor"] == "test-operator" and row["token_id"]
+    assert row["target"] == "/api/reactors/r1/faults" and row["result"].startswith("422: fault:")
+
+
 def test_refused_requests_and_logins_are_audited(dash):
     with dash.client(None, follow_redirects=False) as c:
         assert c.post("/api/reactors/r1/faults", json={"fault": "overfeed"}).status_code == 401

@@ -127,6 +127,16 @@ def test_a_live_reactor_takes_a_setpoint_an_unknown_one_is_404(dash, nats_server
     assert [s for s, _ in got] == ["biopilot.control.r1"]
 
 
+def test_the_readmes_published_fault_json_is_also_a_valid_http_body(dash, nats_server):
+    readme_form = {"type": "fault", "fault": "overfeed", "duration_h": 3, "magnitude": 2}
+    with published_controls(nats_server.url) as got, dash.client("operator") as c:
+        r = c.post("/api/reactors/r1/faults", json=readme_form)
+        wrong = c.post("/api/reactors/r1/faults", json=readme_form | {"type": "setpoint"})
+    assert r.status_code == 202, r.text
+    assert wrong.status_code == 422 and "type" in wrong.json()["message"], wrong.text
+    assert [{k: v for k, v in json.loads(data).items() if v is not None} for _, data in got] == [readme_form]
+
+
 def test_stop_on_an_unknown_reactor_is_404_and_publishes_nothing(dash, nats_server):
     with published_controls(nats_server.url) as got, dash.client("admin") as c:
         r = c.post("/api/reactors/ghost/control", json={"type": "stop"})

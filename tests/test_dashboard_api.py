@@ -112,6 +112,15 @@ def test_report_over_http(dash):
         assert c.get(f"/api/reports/{dash.run_id}", params={"format": "pdf"}).content.startswith(b"%PDF")
 
 
+def test_an_unknown_run_is_404_without_the_servers_lake_path(dash):
+    with dash.client("viewer") as c:
+        report = c.get("/api/reports/no-such-run")
+        chat = c.post("/api/chat", json={"question": "what happened?", "run_id": "no-such-run"})
+    for r in (report, chat):
+        assert r.status_code == 404 and "no-such-run" in r.json()["detail"], r.text
+        assert str(dash.lake) not in r.text and dash.run_id not in r.text, r.text
+
+
 class _Receiver(BaseHTTPRequestHandler):
     got: list = []
     fail_first = True

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pytest
 
 from core.codec import encode_arrow
-from core.events import RUNS, TICKS
+from core.events import LABELS, RUNS, TICKS, Label
 from core.plants import PLANTS
 from detectors import golden_build
 from detectors import recipe as recipes
@@ -217,7 +217,7 @@ def test_the_plant_publishes_each_recipe_change_and_the_flow_routes_it_to_the_mo
     assert change["text"] == "DO setpoint lowered to 30 % (from 40) at 03:00 by operator@plant"
 
 
-def test_a_reference_learned_from_the_plants_own_batches_is_used_and_said(tmp_path, capsys):
+def test_a_reference_learned_from_the_plants_own_batches_is_used_and_said_and_faulted_runs_refused(tmp_path, capsys):
     from biopilot.cli import main
     from sinks import delta
 
@@ -239,6 +239,14 @@ def test_a_reference_learned_from_the_plants_own_batches_is_used_and_said(tmp_pa
     assert out.tables["recipes"]["reference"].to_pylist() == ["learned"]
     assert "learned from the plant's own normal batches" in out.tables["annotations"]["text"][0].as_py()
     assert main(["reference", "build", "--runs", "no-such-run", "--lake", str(tmp_path)]) == 2
+    capsys.readouterr()
+    label = Label(run_id=runs[1].ticks["run_id"][0].as_py(), reactor_id="r2", fault="overfeed",
+                  start_ts=runs[1].started, end_ts=runs[1].started, signals=["osmolality"], magnitude=1.0,
+                  root_cause="feed pump overdosed", action="check the pump")
+    delta.append(tmp_path, "labels", pa.Table.from_pylist([vars(label)], LABELS), LABELS)
+    assert main(["reference", "build", "--runs", ids, "--lake", str(tmp_path)]) == 2
+    assert f"{label.run_id} (overfeed) carry fault labels" in capsys.readouterr().err
+    assert main(["reference", "build", "--runs", ids, "--lake", str(tmp_path), "--include-faulted"]) == 0
 
 
 def test_a_tail_limit_from_30_runs_maxima_is_crossed_by_new_runs_about_as_often_as_asked():

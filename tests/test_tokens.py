@@ -41,12 +41,15 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:  # noqa: ANN001
     return code, out.out, out.err
 
 
-def test_cli_token_lifetime_is_capped(tmp_path, monkeypatch, capsys):
+def test_cli_token_lifetime_is_capped_and_at_least_a_minute(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BIOPILOT_SECRET", SECRET)
     monkeypatch.setenv("BIOPILOT_TOKEN_TTL_H", "12")
     code, _, err = _cli(capsys, "token", "create", "--role", "viewer", "--ttl-h", "13",
                         "--lake", str(tmp_path / "lake"))
     assert code == 2 and "past the cap of 12 h" in err
+    code, out, err = _cli(capsys, "token", "create", "--role", "viewer", "--ttl-h", "0.0001",
+                          "--lake", str(tmp_path / "lake"))
+    assert code == 2 and "under a minute" in err and out == ""
     code, out, _ = _cli(capsys, "token", "create", "--role", "viewer", "--lake", str(tmp_path / "lake"))
     claims = jwt.decode(out.strip().splitlines()[-1], SECRET, algorithms=["HS256"])
     assert code == 0 and claims["exp"] - claims["iat"] == 12 * 3600 and claims["typ"] == "access" and claims["jti"]

@@ -191,6 +191,20 @@ def test_a_population_file_supplies_the_patients_covariates(tmp_path: Path) -> N
     assert set(np.round(trial.cohort.age_years, 6)) <= set(np.round(cohort.age_years, 6))
 
 
+def test_a_relative_population_file_is_read_beside_the_design_not_from_the_current_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = tmp_path / "study"
+    study.mkdir()
+    cohort = draw_cohort(40, np.random.default_rng(9), ancestry={"asian": 1.0})
+    pq.write_table(cohort.patients_table([f"r{i}" for i in range(40)]), study / "cohort.parquet")
+    (study / "design.toml").write_text('[population]\nfrom = "cohort.parquet"\n[[arms]]\nname = "a"\n'
+                                       'protocol = "standard"\n[[arms]]\nname = "b"\nprotocol = "genotype"\n')
+    monkeypatch.chdir(tmp_path)  # cohort.parquet is not here
+    design = load_design("study/design.toml")
+    assert Path(design.population.from_file).resolve() == (study / "cohort.parquet").resolve()
+    assert load_design(study / "design.toml").population.from_file == str(study / "cohort.parquet")
+
+
 def test_a_population_files_yes_no_flags_are_read_as_written_and_bad_cells_are_one_line(tmp_path: Path,
                                                                                        capsys) -> None:
     """A CSV's amiodarone column of yes/no is text: "no" must not become True (numpy's astype(bool) of any
@@ -214,6 +228,13 @@ def test_a_population_files_yes_no_flags_are_read_as_written_and_bad_cells_are_o
         assert main(["trial", "run", "--design", str(design), "--patients-per-arm", "5"]) == 2
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err
+
+
+def test_one_patient_per_arm_prints_n_a_and_says_why_not_nan(recwarn: pytest.WarningsRecorder) -> None:
+    text = report.text_summary(run_trial(load_design("eu_pact"), 1, seed=0).results)
+    assert "nan" not in text and "95 % CI n/a to n/a), p n/a" in text, text
+    assert "fewer than 2 assessed patients" in text
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 def test_procova_reports_rho_the_variance_ratio_and_the_ci_widths() -> None:

@@ -45,10 +45,18 @@ def compare(y: np.ndarray, treated: np.ndarray, score: np.ndarray | None = None,
     y, treated = np.asarray(y, float), np.asarray(treated, float)
     keep = ~np.isnan(y)
     cols = [np.ones(keep.sum()), treated[keep]] + ([] if score is None else [np.asarray(score, float)[keep]])
+    test = "ANCOVA on the prognostic score" if score is not None else "t-test (OLS)"
+    arms = treated[keep].astype(bool)
+    if keep.sum() - len(cols) < 1 or arms.all() or not arms.any():
+        # no residual degree of freedom (one patient per arm) or an empty arm: no interval, not a
+        # divide-by-zero warning and a NaN from statsmodels
+        difference = float(y[keep][arms].mean() - y[keep][~arms].mean()) if arms.any() and not arms.all() \
+            else float("nan")
+        return Comparison(difference, *[float("nan")] * 5, test)
     fit = sm.OLS(y[keep], np.column_stack(cols)).fit()
     lo, hi = fit.conf_int(alpha)[1]
     return Comparison(float(fit.params[1]), float(lo), float(hi), float(fit.pvalues[1]), float(fit.bse[1]),
-                      float(fit.scale), "ANCOVA on the prognostic score" if score is not None else "t-test (OLS)")
+                      float(fit.scale), test)
 
 
 def describe(y: np.ndarray) -> dict:

@@ -17,7 +17,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sources.patient.scenarios import CohortConfig, LabConfig, PatientScenario
-from sources.scenarios import ScenarioError, builtin_names, format_error, read_builtin_or_toml
+from sources.scenarios import (
+    ScenarioError,
+    builtin_names,
+    builtin_or_path,
+    format_error,
+    read_builtin_or_toml,
+)
 
 BUILTIN_DIR = Path(__file__).parent / "designs"
 # the columns a cohort file (`population.from`) must have: the `patients` table's covariates
@@ -194,5 +200,13 @@ def parse_design(data: dict, source: str = "design") -> Design:
 
 
 def load_design(name_or_path: str | Path) -> Design:
-    """A built-in by name, or a TOML file by path."""
-    return parse_design(*read_builtin_or_toml(name_or_path, BUILTIN_DIR, "trial design", DesignError))
+    """A built-in by name, or a TOML file by path. A relative `population.from` is read beside the design's
+    file, as an include is, not from wherever the command happens to run."""
+    data, source = read_builtin_or_toml(name_or_path, BUILTIN_DIR, "trial design", DesignError)
+    design = parse_design(data, source)
+    cohort_file = design.population.from_file
+    if cohort_file is None or Path(cohort_file).is_absolute():
+        return design
+    beside = builtin_or_path(name_or_path, BUILTIN_DIR).parent
+    population = design.population.model_copy(update={"from_file": str(beside / cohort_file)})
+    return design.model_copy(update={"population": population})

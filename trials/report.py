@@ -23,7 +23,7 @@ def _num(v: object, spec: str = "{:.1f}") -> str:
 
 
 def _p(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+    return "n/a" if math.isnan(p) else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def endpoint_lines(r: dict) -> list[str]:
@@ -60,10 +60,11 @@ def text_summary(r: dict) -> str:
     out = [f"{r['trial_id']}: {', '.join(r['arms'])}; {r['flow']['randomised']} randomised "
            f"({r['flow']['assessed']} assessed); primary endpoint: {primary['label']}"]
     for a, s in primary["per_arm"].items():
-        out.append(f"  {a:<10} n {s['n']:4d}  {s['mean']:6.1f} ± {s['sd']:5.1f}")
+        out.append(f"  {a:<10} n {s['n']:4d}  {_num(s['mean'], '{:6.1f}')} ± {_num(s['sd'], '{:5.1f}')}")
     for a, c in primary["vs_control"].items():
-        out.append(f"  {a} - {r['arms'][0]}: {c['difference']:+.2f} (95 % CI {c['ci_low']:+.2f} to "
-                   f"{c['ci_high']:+.2f}), p {_p(c['p_value'])} ({c['test']})")
+        out.append(f"  {a} - {r['arms'][0]}: {_num(c['difference'], '{:+.2f}')} (95 % CI "
+                   f"{_num(c['ci_low'], '{:+.2f}')} to {_num(c['ci_high'], '{:+.2f}')}), p {_p(c['p_value'])} "
+                   f"({c['test']})")
     for key, res in r["endpoints"].items():
         if key == r["primary"]:
             continue
@@ -85,6 +86,9 @@ def text_summary(r: dict) -> str:
                        f"{c['ci_width_adjusted']:.2f}")
     if "twin" in r:
         out.append(f"  twin arm: {r['twin']['refits']} refits, {r['twin']['refit_s_mean']:.3f} s each")
+    if min(s["n"] for s in primary["per_arm"].values()) < 2:
+        out.append("  n/a: an arm has fewer than 2 assessed patients, too few for a spread or an interval; "
+                   "run more patients per arm")
     return "\n".join(out)
 
 

@@ -63,6 +63,9 @@ def _audit(settings: Settings, action: str, target: str, payload: dict, result: 
         "request_id": None, "client": socket.gethostname(), "result": result})
 
 
+MIN_TOKEN_TTL_S = 60
+
+
 def add_token_create(actions: argparse._SubParsersAction) -> None:
     p = command(actions, "create", cmd_token_create, "print a signed token for a role")
     p.add_argument("--role", required=True, choices=ROLES)
@@ -83,6 +86,9 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     ttl_h = cap_h if args.ttl_h is None else args.ttl_h
     if ttl_h > cap_h:
         raise UsageError(f"--ttl-h {ttl_h:g} is past the cap of {cap_h} h (BIOPILOT_TOKEN_TTL_H)")
+    if ttl_h * 3600 < MIN_TOKEN_TTL_S:  # whole seconds: 0.0001 h would mint a token dead on arrival
+        raise UsageError(f"--ttl-h {ttl_h:g} is under a minute; the shortest lifetime is "
+                         f"{MIN_TOKEN_TTL_S / 3600:.4f} h")
     jti = new_token_id()
     with user_errors(AuthError):
         token = create_token(secret_for(settings), args.role, args.subject, int(ttl_h * 3600), jti=jti)

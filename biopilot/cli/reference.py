@@ -18,6 +18,9 @@ def add_build(reference: argparse._SubParsersAction) -> None:
                                            "simulated by the twin")
     source.add_argument("--runs", help="comma-separated run ids of normal batches in the lake: the reference "
                                        "learned from them, for a recipe the twin cannot represent")
+    p.add_argument("--include-faulted", action="store_true",
+                   help="with --runs: learn from runs that carry fault labels too (refused by default: a "
+                        "reference learns what normal is, and a fault learned as normal hides the next one)")
     lake_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -75,6 +78,12 @@ def cmd_reference_build(args: argparse.Namespace) -> int:
         if not run_ids:
             raise UsageError("--runs needs at least one run id")
         recipe = _recipe_of_runs(lake, run_ids)
+        labels = delta.read(lake, "labels", run_ids=run_ids)
+        if labels is not None and labels.num_rows and not args.include_faulted:
+            faults = sorted({f"{row['run_id']} ({row['fault']})" for row in labels.to_pylist()})
+            raise UsageError(f"run(s) {', '.join(faults)} carry fault labels: a reference is learned from normal "
+                             "batches; leave them out, or pass --include-faulted if the label did not disturb "
+                             "the batch")
         ticks = delta.read(lake, "ticks", run_ids=run_ids)
         if ticks is None or ticks.num_rows == 0:
             raise UsageError(f"no ticks of run(s) {', '.join(run_ids)} in {lake}")

@@ -44,7 +44,7 @@ def chat(body: ChatRequest, rt: Runtime = Depends(runtime),
         try:
             load_run(lake, run_id)
         except RunNotFound as err:
-            raise HTTPException(404, str(err)) from None
+            raise HTTPException(404, err.for_api) from None
 
     async def chunks() -> AsyncIterator[dict]:
         async for text in iterate_in_threadpool(ask(lake, run_id, body.question, rt.backend, body.incident_id)):

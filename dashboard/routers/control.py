@@ -87,7 +87,7 @@ async def control(body: ControlCommand, reactor_id: ReactorId, request: Request,
 async def inject_fault(body: FaultInjection, reactor_id: ReactorId, request: Request,
                        rt: Runtime = Depends(runtime), who: Principal = Depends(is_operator)) -> Accepted:
     """Inject a labelled fault into a live reactor, starting now."""
-    return await _to_live_reactor(rt, request, who, "fault", reactor_id, {"type": "fault", **body.model_dump()})
+    return await _to_live_reactor(rt, request, who, "fault", reactor_id, body.model_dump())
 
 
 async def live_units(rt: Runtime) -> dict[str, dict]:

@@ -29,7 +29,7 @@ def get_report(run_id: IdPath, format: Literal["html", "md", "pdf"] = "html",  #
     try:
         out = patient_report.write_run(lake, run_id, format, out_dir)
     except RunNotFound as err:
-        raise HTTPException(404, str(err)) from None
+        raise HTTPException(404, err.for_api) from None
     except report.UnsafeRunId as err:  # the id passed the pattern, so a link in the report folder points out
         raise HTTPException(409, str(err)) from None
     # the HTML report is self-contained (inline style, inlined plot) and has no script: its own, tighter policy
