@@ -139,8 +139,9 @@ def read_table(path: str | Path, sep: str = ",") -> pa.Table:
     return table
 
 
-def signal_matrix(table: pa.Table, time_col: str, skip: set[str]) -> tuple[list[str], np.ndarray]:
-    if time_col not in table.column_names:
+def signal_matrix(table: pa.Table, time_col: str | None, skip: set[str]) -> tuple[list[str], np.ndarray]:
+    """Every column but the time (None: the rows are in time order, there is no time column) and `skip`."""
+    if time_col is not None and time_col not in table.column_names:
         raise InputError(f"time column {time_col!r} not found; columns: {', '.join(table.column_names)}")
     names = [c for c in table.column_names if c != time_col and c not in skip]
     if not names:

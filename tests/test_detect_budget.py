@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -168,6 +169,33 @@ def test_the_generated_plant_is_stationary_under_control_and_its_faults_depart()
 
 
 @pytest.mark.integration
+def test_bench_detect_reads_a_users_folder_without_time_column_in_any_column_order(tmp_path):
+    """A benchmark's export: no time column (rows in time order), a run-number column that is not a signal, the
+    label as the fault's number, and a test file whose columns come in another order."""
+    from biopilot.bench import detect as bench
+    from detectors.external import InputError
+
+    def write(name: str, X: np.ndarray, label: np.ndarray | None, order: list[int]) -> None:
+        columns = {"run": np.full(len(X), 7), **{f"s{j}": X[:, j] for j in order}}
+        pacsv.write_csv(pa.table(columns if label is None else columns | {"label": label}), tmp_path / name)
+
+    write("d00_train.csv", plant(1500, 1), None, [0, 1, 2, 3])
+    write("d00_test.csv", plant(600, 2), np.zeros(600), [0, 1, 2, 3])
+    faulty, label = plant(600, 3), np.where(np.arange(600) >= 200, 4, 0)
+    faulty[200:, 2] += 3.0
+    write("d04.csv", faulty, label, [3, 1, 2, 0])
+    with pytest.raises(InputError, match="time column 'time' not found"):
+        bench.run(tmp_path, ["pca"], [0.05], time_col="time")
+    out = bench.run(tmp_path, ["pca"], [0.05], ignore=frozenset({"run"}))
+    assert out["signals"] == ["s0", "s1", "s2", "s3"]
+    rates = {r["file"]: r for r in out["results"] if r["detector"] == "fusion"}
+    assert rates["d04"]["detection_rate"] > 0.8 and rates["d04"]["false_alarm_rate"] < 0.2
+    assert rates["d00_test"]["detection_rate"] is None and rates["d00_test"]["false_alarm_rate"] < 0.2
+    write("d05.csv", faulty[:, :3], label, [0, 1, 2])
+    with pytest.raises(InputError, match="d05.csv: its signal columns differ from the training file's; missing s3"):
+        bench.run(tmp_path, ["pca"], [0.05], ignore=frozenset({"run"}))
+
+
 def test_bench_detect_on_the_generated_plant(tmp_path):
     suite = tmp_path / "plant"
     res = subprocess.run([*BIOPILOT, "bench", "detect", "--make-plant", str(suite), "--detectors", "pca",

@@ -99,6 +99,9 @@ def make_suite(out: str | Path, faults: Sequence[str], seeds: int, days: float =
     return written
 
 
+TIME_COL = "time_min"  # the suites' own time column; a folder without one is read in row order
+
+
 def suite_files(data: str | Path, train: str | None) -> tuple[Path, list[Path]]:
     files = sorted(Path(data).glob("*.csv"))
     if not files:
@@ -125,14 +128,20 @@ def file_metrics(label: np.ndarray, alarm: np.ndarray) -> dict[str, float | None
 
 
 def run(data: str | Path, detectors_: list[str], fars: Sequence[float], train: str | None = None,
-        time_col: str = "time_min", label_col: str = "label", sep: str = ",", options: DetectOptions | None = None,
-        persist: Persistence | None = None, progress: Callable[[str], None] = lambda _m: None) -> dict:
+        time_col: str | None = None, label_col: str = "label", sep: str = ",", options: DetectOptions | None = None,
+        persist: Persistence | None = None, progress: Callable[[str], None] = lambda _m: None,
+        ignore: frozenset[str] = frozenset()) -> dict:
     """Per budget, detector (and the fusion) and test file: detection rate, false-alarm rate, delay; and a
-    summary per budget and detector (module doc)."""
+    summary per budget and detector (module doc). `time_col` None: the suites' `time_min` where the training file
+    has it, else none (the rows are in time order); `ignore`: columns that are not signals (a run number, a
+    sample counter)."""
     options = options or DetectOptions()
     train_path, tests = suite_files(data, train)
     train_table = read_table(train_path, sep)
-    all_names, X_train = signal_matrix(train_table, time_col, {label_col})
+    if time_col is None and TIME_COL in train_table.column_names:
+        time_col = TIME_COL
+    skip = {label_col, *ignore}
+    all_names, X_train = signal_matrix(train_table, time_col, skip)
     conditioning = Conditioning.fit(all_names, X_train, replace(options, far=fars[0]))
     names = conditioning.scored
     conditioned_train = conditioning.apply(X_train)
@@ -143,9 +152,13 @@ def run(data: str | Path, detectors_: list[str], fars: Sequence[float], train: s
         table = read_table(path, sep)
         if label_col not in table.column_names:
             raise InputError(f"{path}: no label column {label_col!r}")
-        test_names, X = signal_matrix(table, time_col, {label_col})
-        if test_names != all_names:
-            raise InputError(f"{path.stem}: its signal columns differ from the training file's")
+        test_names, X = signal_matrix(table, time_col, skip)
+        if set(test_names) != set(all_names):
+            missing, extra = sorted(set(all_names) - set(test_names)), sorted(set(test_names) - set(all_names))
+            raise InputError(f"{path.name}: its signal columns differ from the training file's"
+                             + (f"; missing {', '.join(missing)}" if missing else "")
+                             + (f"; not in training: {', '.join(extra)}" if extra else ""))
+        X = X[:, [test_names.index(n) for n in all_names]]  # the same columns in another order are fine
         after = go_on(normal.streamed, conditioning.apply(np.vstack([X_train, X]))[len(X_train):])
         scored[path.stem] = (table[label_col].cast(pa.float64()).fill_null(0).to_numpy(),
                              np.stack([after[n].scores for n in detectors_]))

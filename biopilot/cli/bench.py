@@ -286,8 +286,12 @@ def add_detect(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="the folder: one normal training file (name contains 'train', or "
                    "--train) and test files with a label column")
     p.add_argument("--train", default=None, help="the training file's name in --data")
-    p.add_argument("--time-col", default="time_min", help="(default time_min)")
-    p.add_argument("--label-col", default="label", help="1 = a fault is active (default label)")
+    p.add_argument("--time-col", default=None, help="the time column, not a signal (default: time_min if the "
+                   "training file has it, else none: the rows are taken in file order)")
+    p.add_argument("--label-col", default="label", help="above 0.5 = a fault is active, e.g. 0/1 or the fault's "
+                   "number (default label)")
+    p.add_argument("--ignore-cols", default="", help="comma-separated columns that are not signals (a run "
+                   "number, a sample counter)")
     p.add_argument("--sep", type=one_character, default=",", help="CSV separator (default ,)")
     p.add_argument("--detectors", default="pca,dpca,cva,lagged_ae,variance",
                    help="comma-separated; the fusion is added (default pca,dpca,cva,lagged_ae,variance)")
@@ -340,7 +344,8 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
         options = replace(detect_options(args), wander=args.wander, stat_smooth_rows=args.stat_smooth_rows)
         res = bench.run(data, args.detectors.split(","), args.far, args.train, args.time_col, args.label_col,
                         args.sep, options, Persistence.parse(args.persist) if args.persist else None,
-                        progress=progress(args))
+                        progress=progress(args),
+                        ignore=frozenset(c.strip() for c in args.ignore_cols.split(",") if c.strip()))
     print(json.dumps(res) if args.json else bench.markdown(res))
     return 0
 
