@@ -60,6 +60,7 @@ OUTAGES = (RedisError, nats.errors.Error, OSError)  # retried without limit: the
 # how long to wait for the flow to commit the ticks around a new incident: on a loaded machine its commits lag
 # the alerts by more than 5 s, and evidence read before them is empty (the first chunk does not wait for it)
 EVIDENCE_WAIT_S = 30.0
+BROKER_WAIT_S = 15.0
 OPEN_WAIT_S = 5.0  # how long an incident's resolve waits for its open's first chunk (another worker's)
 
 
@@ -73,9 +74,10 @@ class Workers:
     retry_s: float = 1.0  # redelivery delay after a failure, doubling with each delivery up to RETRY_MAX_S
     plant: str = "bioreactor"  # whose tables and knowledge base explain an incident (`Settings.plant`)
     evidence_wait_s: float = EVIDENCE_WAIT_S  # shortened by tests whose lake never gets the incident's ticks
+    broker_wait_s: float = BROKER_WAIT_S  # how long a broker that is still starting is waited for
 
     async def start(self) -> None:
-        await asyncio.to_thread(wait_nats, self.nats_url)
+        await asyncio.to_thread(wait_nats, self.nats_url, self.broker_wait_s)
         self.nc = await connect_nats(self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         self.js = self.nc.jetstream()
         self.redis = redis_client(self.redis_url)
@@ -285,10 +287,11 @@ class Workers:
 
 
 async def run_workers(nats_url: str, redis_url: str, lake: str, backend: Backend,
-                      stop: asyncio.Event, plant: str | None = None) -> Workers:
+                      stop: asyncio.Event, plant: str | None = None, broker_wait_s: float = BROKER_WAIT_S) -> Workers:
     """The workers until `stop`; `plant` (default: the settings' `plant`) picks the knowledge base. For the patient
     plant, the live risk scoring too (`agents.risk_worker`)."""
-    workers = Workers(nats_url, redis_url, lake, backend, plant=plant or load_settings().plant)
+    workers = Workers(nats_url, redis_url, lake, backend, plant=plant or load_settings().plant,
+                      broker_wait_s=broker_wait_s)
     await workers.start()
     risk = None
     if workers.plant == "patient":

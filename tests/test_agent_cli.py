@@ -121,11 +121,12 @@ def test_agents_with_no_broker_at_the_url_is_one_line_exit_2(tmp_path):
 
     env = {**os.environ, "BIOPILOT_NATS_URL": f"nats://biopilot-agents:secret@127.0.0.1:{free_port()}",
            "BIOPILOT_REDIS_URL": f"redis://127.0.0.1:{free_port()}"}
-    res = subprocess.run([*BIOPILOT, "agents", "--lake", str(tmp_path / "lake")], capture_output=True, text=True,
-                         env=env, timeout=90)
+    res = subprocess.run([*BIOPILOT, "agents", "--wait-s", "1", "--lake", str(tmp_path / "lake")],
+                         capture_output=True, text=True, env=env, timeout=90)
     # before: a TimeoutError traceback once the wait for the broker ran out
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr[-2000:]
-    assert "no NATS node of nats://127.0.0.1:" in res.stderr and "secret" not in res.stderr
+    assert "no NATS node of nats://127.0.0.1:" in res.stderr and "after 1 s" in res.stderr
+    assert "secret" not in res.stderr
 
 
 def test_report_refuses_to_follow_a_link_out_of_the_report_folder(tmp_path):

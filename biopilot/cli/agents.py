@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from biopilot.cli.errors import UsageError, user_errors
-from biopilot.cli.options import command, lake_of, lake_option
+from biopilot.cli.options import command, in_range, lake_of, lake_option
 from core.config import load_settings
 
 
@@ -86,6 +86,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def add_agents(subparsers: argparse._SubParsersAction) -> None:
     p = command(subparsers, "agents", cmd_agents, "run the agent workers on a running stack")
+    p.add_argument("--wait-s", type=in_range("--wait-s", float, 0, 3600, unit=" s"), default=15.0,
+                   help="how long to wait for the broker at BIOPILOT_NATS_URL to listen, e.g. while the stack "
+                        "starts (default 15)")
     lake_option(p)
 
 
@@ -111,7 +114,8 @@ def cmd_agents(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         print(f"agents: monitoring + troubleshooting on {without_credentials(settings.nats_url)} "
               f"(llm {settings.llm}); Ctrl-C stops", flush=True)
-        await run_workers(settings.nats_url, settings.redis_url, lake_of(args), make_backend(settings), stop)
+        await run_workers(settings.nats_url, settings.redis_url, lake_of(args), make_backend(settings), stop,
+                          broker_wait_s=args.wait_s)
 
     try:
         asyncio.run(work_until_stopped())
