@@ -95,6 +95,7 @@ class RunSheet:
 
     def write_csv(self, path: str | Path) -> None:
         rows = self.rows()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # as the reports and plots do
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -137,8 +138,12 @@ def propose(study: Study, kind: str, centre_points: int = 3, replicates: int = 1
 
 def read_sheet(study: Study, path: str | Path) -> RunSheet:
     """A run sheet as `propose` wrote it (a lab may have edited the settings it actually ran)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except UnicodeDecodeError:
+        raise StudyError(f"{path}: not a text (UTF-8) CSV; a run sheet is the CSV `biopilot design propose` "
+                         "writes") from None
     if not rows:
         raise StudyError(f"{path}: the run sheet has no runs")
     missing = [c for c in (*SHEET_FIXED, *(f.name for f in study.factors)) if c not in rows[0]]
@@ -148,6 +153,8 @@ def read_sheet(study: Study, path: str | Path) -> RunSheet:
     for i, row in enumerate(rows):
         for j, factor in enumerate(study.factors):
             value = row[factor.name]
+            if value is None:  # csv.DictReader's filler for a row shorter than the header
+                raise StudyError(f"{path}: row {i + 1}: no {factor.name} (the row has fewer cells than the header)")
             if factor.categorical and value not in factor.levels:
                 raise StudyError(f"{path}: row {i + 1}: {factor.name} must be one of {', '.join(factor.levels)}, "
                                  f"got {value!r}")
@@ -155,9 +162,14 @@ def read_sheet(study: Study, path: str | Path) -> RunSheet:
                 coded[i, j] = factor.encode(value)
             except ValueError:
                 raise StudyError(f"{path}: row {i + 1}: {factor.name} must be a number, got {value!r}") from None
+            if not np.isfinite(coded[i, j]):  # NaN or inf: the fit's linear algebra would raise on it
+                raise StudyError(f"{path}: row {i + 1}: {factor.name} must be a finite number, got {value!r}")
     try:
         seeds = np.array([int(r["seed"]) for r in rows])
         std_order = np.array([int(r["std_order"]) for r in rows])
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):  # TypeError: a short row's missing cell (None)
         raise StudyError(f"{path}: seed and std_order must be integers") from None
+    bad = next((i for i, r in enumerate(rows) if not 0 <= int(r["seed"]) <= 2**63 - 1), None)
+    if bad is not None:  # the twin's random streams take a seed from 0 (numpy raises on a negative one)
+        raise StudyError(f"{path}: row {bad + 1}: seed must be from 0 to 2**63 - 1, got {rows[bad]['seed']}")
     return RunSheet(study, "sheet", coded, std_order, [r["point_type"] for r in rows], seeds)

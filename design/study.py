@@ -171,6 +171,8 @@ def _setting_default(scenario: Scenario, name: str) -> object:
 def parse_factor(spec: str | dict, scenario: Scenario) -> Factor:
     """`feed.percent_of_volume=2:8`, `feed.mode=bolus,continuous`, or a TOML table {name, low, high} / {name,
     levels}."""
+    if not isinstance(spec, str | dict):  # a TOML `factors = [3]`: an AttributeError on .get otherwise
+        raise StudyError(f"factor {spec!r}: expected a table {{name, low, high}} or {{name, levels}}")
     if isinstance(spec, str):
         name, _, rng = spec.partition("=")
         if ":" in rng:
@@ -189,12 +191,16 @@ def parse_factor(spec: str | dict, scenario: Scenario) -> Factor:
         levels = tuple(str(v) for v in spec["levels"])
         if len(levels) != 2:
             raise StudyError(f"factor {name!r}: a categorical factor has exactly two levels, got {len(levels)}")
+        if levels[0] == levels[1] or not all(levels):  # else every run at one level, an effect of 0 reported
+            raise StudyError(f"factor {name!r}: its two levels must differ and not be empty, got {', '.join(levels)}")
         factor = Factor(name, levels=levels)
     else:
         try:
             low, high = float(spec["low"]), float(spec["high"])
         except (KeyError, TypeError, ValueError):
             raise StudyError(f"factor {name!r}: needs numeric low and high (or two levels)") from None
+        if not (math.isfinite(low) and math.isfinite(high)):  # else a NaN setting reported by the scenario check
+            raise StudyError(f"factor {name!r}: low and high must be finite numbers, got {low:g} and {high:g}")
         if not high > low:
             raise StudyError(f"factor {name!r}: high ({high:g}) must be above low ({low:g})")
         factor = Factor(name, low, high, integer=isinstance(default, int) and not isinstance(default, bool))
@@ -203,7 +209,10 @@ def parse_factor(spec: str | dict, scenario: Scenario) -> Factor:
 
 def build_study(name: str, factors: list[str | dict], responses: list[str], constraints: list[str],
                 goal: str | None, maximize: bool = True, scenario: str | Scenario = "normal") -> Study:
-    base = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    try:  # an unknown base scenario is the study's error: a ScenarioError would escape the CLI's StudyError
+        base = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    except ScenarioError as err:
+        raise StudyError(str(err)) from None
     parsed = tuple(parse_factor(f, base) for f in factors)
     if not parsed:
         raise StudyError("a study needs at least one factor")
@@ -244,6 +253,16 @@ def load_study(name_or_path: str | Path) -> Study:
                            "maximize"}
     if unknown:
         raise StudyError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}")
+    # each key's type, before it is used: `maximize = "no"` would be true, `factors = 3` a TypeError
+    kinds = {"name": (str, "a string"), "description": (str, "a string"), "scenario": (str, "a string"),
+             "goal": (str, "a string"), "maximize": (bool, "true or false"), "factors": (list, "a list of tables"),
+             "responses": (list, "a list of strings"), "constraints": (list, "a list of strings")}
+    for key, (kind, what) in kinds.items():
+        if key in data and not isinstance(data[key], kind):
+            raise StudyError(f"{source}: {key} must be {what}, got {data[key]!r}")
+    for key in ("responses", "constraints"):
+        if not all(isinstance(v, str) for v in data.get(key, [])):
+            raise StudyError(f"{source}: {key} must be a list of strings, got {data[key]!r}")
     return build_study(data["name"], list(data.get("factors", [])), list(data.get("responses", [])),
                        list(data.get("constraints", [])), data.get("goal"), bool(data.get("maximize", True)),
                        data.get("scenario", "normal"))

@@ -205,7 +205,27 @@ def _fleet(scenario: Scenario, run: StoredRun, run_id: str) -> Fleet:
     return fleet
 
 
+def _live_target(key: str) -> None:
+    """Refuse, before any step, a setting that cannot change mid-run (else the actual run is stepped first)."""
+    name = key.split(".", 1)[-1]
+    control, _ = SETTING_CONTROLS.get(name, (name, 1.0))
+    if control not in R.C and name not in K.PARAM_NAMES and name != "percent_of_volume":
+        raise WhatIfError(f"{key} cannot change mid-run: give --from the run's start, or set a control "
+                          f"({', '.join(R.CONTROL_NAMES)}), a kinetic parameter or feed.percent_of_volume")
+
+
+def _in_scenario(scenario: Scenario, key: str) -> bool:
+    """Whether `key` names a scenario setting (whose bounds then hold mid-run too), not a control alone."""
+    section, _, name = key.rpartition(".")
+    parts = {"process": type(scenario.process).model_fields, "feed": type(scenario.feed).model_fields}
+    if section:
+        return name in parts.get(section, ()) or (section == "kinetics" and name in K.PARAM_NAMES)
+    return any(name in fields for fields in parts.values()) or name in K.PARAM_NAMES
+
+
 def what_if(run: StoredRun, change: Change, from_ts: datetime | None = None) -> WhatIf:
+    if not change.without_fault and not change.settings:  # `--without-fault ""`: else "with , ..." and no change
+        raise WhatIfError("nothing to change: name a fault the run had, or KEY=VALUE settings")
     if change.without_fault:
         if change.without_fault not in CATALOGUE:
             raise WhatIfError(f"unknown fault {change.without_fault!r}; allowed: {', '.join(CATALOGUE)}")
@@ -236,6 +256,11 @@ def what_if(run: StoredRun, change: Change, from_ts: datetime | None = None) -> 
                 number = float(value)
             except ValueError:
                 raise WhatIfError(f"{key} = {value!r}: a mid-run change takes a number") from None
+            _live_target(key)
+            if not math.isfinite(number):
+                raise WhatIfError(f"{key} = {value}: a mid-run change takes a finite number")
+            if _in_scenario(run.scenario, key):  # the bounds a change at the start is held to (DO 0-100 %...)
+                _scenario_with(run.scenario, {key: number})
             events.setdefault(int(round(from_h * 3600 / fleet.dt_s)), []).append(("cf", key, number, from_h))
     stops = sorted({*range(day_ticks, fleet.total_ticks, day_ticks), *events, fleet.total_ticks} - {0})
     ticks, assays = [], []

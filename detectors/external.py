@@ -10,7 +10,10 @@ Every numeric column except the time, label and ignored columns is a signal. Two
   its departure from its own slow baseline (a causal EWMA over DETREND_ROWS): dropping them hides the faults
   that show in them (a drifting or biased sensor, a stuck valve's controller output), and the budget's
   out-of-fold calibration prices in what wander is left (`--wander` chooses);
-- a causal EWMA (`smooth_rows`) takes the sample noise off every signal, so a persistent shift stands out.
+- a causal EWMA (`smooth_rows`) takes the sample noise off every signal, so a persistent shift stands out. A
+  detector named `<name>:raw` (e.g. `cva:raw`) sees the signals before that EWMA, wander handled the same: a
+  random variation or a faster oscillation, whose signature is spread rather than level, is what the EWMA
+  smooths away. Under a budget both kinds join the same union, each at its share.
 Detectors learn from the data in time order; the reference-window ones are fitted on the training rows (the
 first `train_rows`, or a separate training file prepended). Each detector's alarm threshold is set on the
 training rows, so `is_alarm` needs no labels, in one of two ways:
@@ -241,13 +244,29 @@ class Conditioning:
     def scored(self) -> list[str]:
         return self.names if self.detrend else [n for n in self.names if n not in self.wander]
 
-    def apply(self, X: np.ndarray) -> np.ndarray:
-        """X [rows, names] from the first training row on -> the detectors' input [rows, scored]."""
-        X = smoothed(X[:, [self.names.index(n) for n in self.scored]], self.smooth_rows)
+    def apply(self, X: np.ndarray, smooth: bool = True) -> np.ndarray:
+        """X [rows, names] from the first training row on -> the detectors' input [rows, scored]; `smooth` False:
+        without the EWMA (the `:raw` detectors')."""
+        X = smoothed(X[:, [self.names.index(n) for n in self.scored]], self.smooth_rows if smooth else 1)
         if self.detrend and self.wander:
             cols = [self.scored.index(n) for n in self.wander]
             X[:, cols] -= smoothed(X[:, cols], DETREND_ROWS)
         return X
+
+    def inputs(self, X: np.ndarray, detectors_: list[str]) -> Inputs:
+        """Each detector's input from X: the smoothed signals, or for a `:raw` one the signals before the EWMA
+        (each computed once)."""
+        kinds = {d.endswith(RAW) for d in detectors_}
+        made = {raw: self.apply(X, smooth=not raw) for raw in kinds}
+        return {d: made[d.endswith(RAW)] for d in detectors_}
+
+
+Inputs = dict[str, np.ndarray]  # per detector spec, its input rows [rows, signals]
+
+
+def take_rows(inputs: Inputs, start: int | None, stop: int | None = None) -> Inputs:
+    """The same rows of every detector's input."""
+    return {d: X[start:stop] for d, X in inputs.items()}
 
 
 def threshold_from(scores: np.ndarray, margin: float) -> float:
@@ -268,12 +287,28 @@ def persisted(alarm: np.ndarray) -> np.ndarray:
     return run >= PERSIST
 
 
+RAW = ":raw"  # `<detector>:raw`: the detector on the signals before their EWMA (module doc)
+
+
+def detector_kind(spec: str) -> str:
+    """The registered detector a spec (`cva`, `cva:raw`) runs."""
+    return spec.removesuffix(RAW)
+
+
+def check_detectors(specs: list[str]) -> None:
+    unknown = [d for d in specs if detector_kind(d) not in REGISTRY]
+    if unknown:
+        raise InputError(f"unknown detector(s) {', '.join(unknown)}; available: {', '.join(sorted(REGISTRY))} "
+                         f"(each also as <name>{RAW}: on the signals before their EWMA)")
+
+
 def is_reference(name: str) -> bool:
-    return issubclass(REGISTRY[name], ReferenceWindowDetector)
+    return issubclass(REGISTRY[detector_kind(name)], ReferenceWindowDetector)
 
 
 def build(name: str, train_rows: int) -> Detector:
-    """A detector whose reference (or warm-up) is the training rows."""
+    """A detector whose reference (or warm-up) is the training rows; `name` may carry `:raw`."""
+    name = detector_kind(name)
     if is_reference(name):
         return make_detector(name, reference_ticks=train_rows)
     return make_detector(name, **({"warmup_ticks": min(train_rows // 2, 60)}
@@ -343,19 +378,23 @@ class NormalScores:
     streamed: dict[str, Streamed]
 
 
-def normal_scores(names: list[str], train: np.ndarray, detectors_: list[str], settle_rows: int = 0) -> NormalScores:
-    """`settle_rows`: the conditioning's start-up (`Conditioning.settle_rows`), left out of the calibration with
-    the first fold's lags (at most a quarter of the rows)."""
-    calibration_rows = len(train) - max(len(train) // 4, 1)
-    checked, starts = zip(*(out_of_sample(n, names, train, calibration_rows) for n in detectors_), strict=True)
-    final, _ = zip(*(out_of_sample(n, names, train, len(train)) for n in detectors_), strict=True)
-    dets = {n: build(n, len(train)) for n in detectors_}
+def normal_scores(names: list[str], train: np.ndarray | Inputs, detectors_: list[str],
+                  settle_rows: int = 0) -> NormalScores:
+    """`train`: the training rows, or each detector's (`Conditioning.inputs`). `settle_rows`: the conditioning's
+    start-up (`Conditioning.settle_rows`), left out of the calibration with the first fold's lags (at most a
+    quarter of the rows)."""
+    inputs = train if isinstance(train, dict) else dict.fromkeys(detectors_, train)
+    n_rows = len(inputs[detectors_[0]])
+    calibration_rows = n_rows - max(n_rows // 4, 1)
+    checked, starts = zip(*(out_of_sample(n, names, inputs[n], calibration_rows) for n in detectors_), strict=True)
+    final, _ = zip(*(out_of_sample(n, names, inputs[n], n_rows) for n in detectors_), strict=True)
+    dets = {n: build(n, n_rows) for n in detectors_}
     return NormalScores(dict(zip(detectors_, checked, strict=True)), dict(zip(detectors_, final, strict=True)),
-                        min(settle_rows + max(starts), max(len(train) // 4, max(starts))), calibration_rows,
-                        {n: stream(d, d.init_state(names), train) for n, d in dets.items()})
+                        min(settle_rows + max(starts), max(n_rows // 4, max(starts))), calibration_rows,
+                        {n: stream(d, d.init_state(names), inputs[n]) for n, d in dets.items()})
 
 
-def fit_budget(names: list[str], train: np.ndarray, detectors_: list[str], far: float,
+def fit_budget(names: list[str], train: np.ndarray | Inputs | None, detectors_: list[str], far: float,
                rule: Persistence | None = None, normal: NormalScores | None = None,
                smooth_rows: int = DEFAULT_OPTIONS.stat_smooth_rows, settle_rows: int = 0) -> BudgetModel:
     """The budget's rules, setting and check (module doc): thresholds and rules set on the first three quarters'
@@ -378,11 +417,13 @@ def fit_budget(names: list[str], train: np.ndarray, detectors_: list[str], far: 
     return BudgetModel(names, normal.streamed, budget, fused, smooth_rows)
 
 
-def go_on(streamed: dict[str, Streamed], X: np.ndarray) -> dict[str, Streamed]:
-    """Each fitted detector over rows that follow the training rows (the fitted ones are left as they were)."""
+def go_on(streamed: dict[str, Streamed], X: np.ndarray | Inputs) -> dict[str, Streamed]:
+    """Each fitted detector over rows that follow the training rows (the fitted ones are left as they were); X:
+    the rows, or each detector's."""
     import copy
 
-    return {name: stream(fitted.detector, copy.deepcopy(fitted.state), X) for name, fitted in streamed.items()}
+    return {name: stream(fitted.detector, copy.deepcopy(fitted.state), X[name] if isinstance(X, dict) else X)
+            for name, fitted in streamed.items()}
 
 
 def drivers(names: list[str], ratios: np.ndarray, contributions: np.ndarray, alarm: np.ndarray) -> list[str | None]:
@@ -398,9 +439,7 @@ def drivers(names: list[str], ratios: np.ndarray, contributions: np.ndarray, ala
 
 def score(table: pa.Table, time_col: str, detectors_: list[str], train_rows: int, label_col: str | None = None,
           ignore: set[str] | None = None, options: DetectOptions = DEFAULT_OPTIONS) -> Scored:
-    unknown = [d for d in detectors_ if d not in REGISTRY]
-    if unknown:
-        raise InputError(f"unknown detector(s) {', '.join(unknown)}; available: {', '.join(sorted(REGISTRY))}")
+    check_detectors(detectors_)
     skip = set(ignore or ())
     if label_col:
         if label_col not in table.column_names:
@@ -413,14 +452,14 @@ def score(table: pa.Table, time_col: str, detectors_: list[str], train_rows: int
         raise InputError(f"--train-rows must be between 2 and {len(X) - 1} for {len(X)} rows, got {train_rows}")
     check_time_order(table, time_col, train_rows)
     conditioning = Conditioning.fit(names, X[:train_rows], options)
-    names, X = conditioning.scored, conditioning.apply(X)
+    names, inputs = conditioning.scored, conditioning.inputs(X, detectors_)
     columns: dict[str, pa.Array] = {time_col: table[time_col]}
     budget, fused_by = None, None
     if options.far is not None:
-        model = fit_budget(names, X[:train_rows], detectors_, options.far,
+        model = fit_budget(names, take_rows(inputs, None, train_rows), detectors_, options.far,
                            Persistence.parse(options.persist) if options.persist else None,
                            smooth_rows=options.stat_smooth_rows, settle_rows=conditioning.settle_rows)
-        after = go_on(model.streamed, X[train_rows:])
+        after = go_on(model.streamed, take_rows(inputs, train_rows))
         # the training rows and the rows after are each smoothed from their own first row: on the training rows
         # the reference detectors score 0 while they collect their reference
         scores = np.hstack([model.statistics(np.stack([model.streamed[n].scores for n in detectors_])),
@@ -436,7 +475,7 @@ def score(table: pa.Table, time_col: str, detectors_: list[str], train_rows: int
         for name, s in zip(detectors_, scores, strict=True):
             columns[f"alarm_{name}"] = pa.array(budget[name].alarms(s))
     else:
-        ratios, contributions = margin_ratios(names, X, detectors_, train_rows, options.margin, columns)
+        ratios, contributions = margin_ratios(names, inputs, detectors_, train_rows, options.margin, columns)
         fused = ratios.max(axis=0)
         alarm = persisted(fused > 1.0)
     columns["score_fusion"] = pa.array(fused)
@@ -449,18 +488,19 @@ def score(table: pa.Table, time_col: str, detectors_: list[str], train_rows: int
     return Scored(pa.table(columns), train_rows, metrics, conditioning, budget, fused_by)
 
 
-def margin_ratios(names: list[str], X: np.ndarray, detectors_: list[str], train_rows: int, margin: float,
+def margin_ratios(names: list[str], inputs: Inputs, detectors_: list[str], train_rows: int, margin: float,
                   columns: dict[str, pa.Array]) -> tuple[np.ndarray, np.ndarray]:
     """Each detector's score over its margin threshold [detectors, n] and its contributions [detectors, n, m];
     adds the score columns."""
     ratios, contributions = [], []
     for name in detectors_:
+        X = inputs[name]
         det = build(name, train_rows)
         run = stream(det, det.init_state(names), X)
         s = run.scores
         columns[f"score_{name}"] = pa.array(s)
         contributions.append(run.contributions)
-        if name == "iforest":  # a bounded score (a path-length ratio): a multiplied margin means nothing to it
+        if detector_kind(name) == "iforest":  # a bounded score (a path-length ratio): a multiplied margin means nothing to it
             ratios.append(s)  # already relative to its reference's 99.5th percentile
             continue
         if is_reference(name):

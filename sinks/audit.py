@@ -155,7 +155,8 @@ def verify(lake: str) -> Verdict:
     """Walk the chain; the first break names its seq."""
     rows = delta.read(lake, TABLE)
     if rows is None:
-        return Verdict(True, f"no audit table in {lake}")
+        # nothing to vouch for: a deleted table, or a mistyped lake, must not pass as an intact chain
+        return Verdict(False, f"no audit table in {lake} (the wrong --lake, or the table was removed)")
     chained = _chained(rows).to_pylist()
     before = rows.num_rows - len(chained)
     prev_hash, expected = GENESIS, 0

@@ -152,3 +152,12 @@ def test_lake_optimize_keeps_the_audit_history(tmp_path):
     before.load_as_version(tampered_version)
     assert all(Path(f.removeprefix("file://")).exists() for f in before.file_uris())
     assert DeltaTable(uri).metadata().configuration["delta.deletedFileRetentionDuration"] == "interval 3650 days"
+
+
+def test_verify_of_a_lake_without_an_audit_table_fails_and_tail_says_so(tmp_path, capsys):
+    # a deleted table or a mistyped --lake must not pass the integrity check as "intact"
+    assert main(["audit", "verify", "--lake", str(tmp_path / "typo")]) == 1
+    assert "no audit table" in capsys.readouterr().err
+    assert main(["audit", "tail", "--lake", str(tmp_path / "typo")]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and "no audit rows" in out.err

@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from biopilot.cli import build_parser
+from biopilot.cli import build_parser, main
 from core.nats_cluster import start_nats_cluster
 from core.processes import spawn, stop_process_groups
 from core.services import (
@@ -201,3 +201,22 @@ def test_the_compose_files_streams_prepare_agents_and_dashboard_commands_run_her
         stop_process_groups(procs)
         nats_cluster.stop()
         redis_server.stop()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["flow-prepare", "--recovery", "a-file"], "is a file; give a directory"),
+    (["flow-prepare", "--recovery", ""], "give the process's recovery directory"),
+    (["flow-prepare", "--recovery", "rec", "--lake", "a-file"], "the lake a-file is a file"),
+])
+def test_flow_prepare_refuses_a_file_or_empty_recovery_and_a_file_lake_writing_nothing(
+        args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a FileExistsError traceback; "" filled the working directory with 16 partitions; a lake that is a
+    file passed ("recovery partitions [...]", exit 0)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+

@@ -313,3 +313,75 @@ def test_bench_design_reports_the_grid_and_the_design_on_it(tmp_path: Path,
     truth = run_settings(load_study(str(study)), [out["grid_best_settings"]], [0], truth=True)
     assert truth["ivcd"][0] == pytest.approx(out["grid_best"]) and truth["peak_osmolality"][0] <= 420
     assert json.loads((tmp_path / "design.json").read_text())["grid_best"] == out["grid_best"]
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("factors = 3\n", "factors must be a list of tables"),
+    ("factors = [3]\n", "expected a table"),
+    ('maximize = "no"\n[[factors]]\nname = "feed.percent_of_volume"\nlow = 2.0\nhigh = 6.0\n',
+     "maximize must be true or false"),
+    ('responses = [1]\n[[factors]]\nname = "feed.percent_of_volume"\nlow = 2.0\nhigh = 6.0\n',
+     "responses must be a list of strings"),
+    ('scenario = "nope"\n[[factors]]\nname = "feed.percent_of_volume"\nlow = 2.0\nhigh = 6.0\n',
+     "unknown scenario 'nope'"),
+    ('[[factors]]\nname = "process.do_setpoint_pct"\nlow = 30.0\nhigh = inf\n', "must be finite numbers"),
+    ('[[factors]]\nname = "feed.mode"\nlevels = ["bolus", "bolus"]\n', "two levels must differ"),
+])
+def test_a_study_file_of_wrong_types_or_values_is_one_line_and_exit_2(
+        toml: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: TypeError/AttributeError tracebacks, a ScenarioError traceback for an unknown base scenario,
+    `maximize = "no"` maximised, and two equal levels gave a sheet whose factor never changes."""
+    study = tmp_path / "study.toml"
+    study.write_text(toml)
+    out = tmp_path / "x.csv"
+    assert main(["design", "propose", "--study", str(study), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_an_unknown_base_scenario_flag_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.csv"
+    assert main(["design", "propose", "--factor", "feed.percent_of_volume=2:6", "--scenario", "nope",
+                 "--out", str(out)]) == 2
+    assert "unknown scenario 'nope'" in capsys.readouterr().err and not out.exists()
+
+
+FLAGS = ["--factor", "process.do_setpoint_pct=30:60", "--factor", "feed.percent_of_volume=2:6"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: bytes(range(128, 256)), "not a text (UTF-8) CSV"),
+    (lambda text: text + "1,3,factorial\n", "fewer cells than the header"),
+    (lambda text: text.replace(",30.0,", ",inf,", 1), "must be a finite number"),
+    (lambda text: text.replace(text.splitlines()[1].rsplit(",", 1)[1], "-5", 1), "seed must be from 0"),
+])
+def test_a_broken_run_sheet_is_one_line_before_any_run(edit, message: str, tmp_path: Path,  # noqa: ANN001
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: UnicodeDecodeError, TypeError (a short row), numpy's "must not contain infs" and a negative seed's
+    ValueError, tracebacks (the last after the twin runs had started)."""
+    sheet = tmp_path / "runs.csv"
+    assert main(["design", "propose", *FLAGS, "--design", "full", "--centre-points", "0", "--out", str(sheet)]) == 0
+    edited = edit(sheet.read_text())
+    (sheet.write_bytes if isinstance(edited, bytes) else sheet.write_text)(edited)
+    capsys.readouterr()
+    assert main(["design", "run", *FLAGS, "--sheet", str(sheet), "--confirm", "0"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "running" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--confirm", "-1"], "--confirm must be >= 0"),
+    (["--report", "r.txt"], "must end in .html or .pdf"),
+    (["--results", "runs.csv/r.csv"], "is a file, not a folder"),
+])
+def test_design_run_checks_its_options_and_outputs_before_the_twin_runs(
+        args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: every run of the sheet first, then the error (or a FileNotFoundError traceback for --results)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["design", "propose", *FLAGS, "--design", "full", "--out", "runs.csv"]) == 0
+    capsys.readouterr()
+    assert main(["design", "run", *FLAGS, "--sheet", "runs.csv", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "running" not in err

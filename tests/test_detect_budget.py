@@ -196,6 +196,26 @@ def test_bench_detect_reads_a_users_folder_without_time_column_in_any_column_ord
         bench.run(tmp_path, ["pca"], [0.05], ignore=frozenset({"run"}))
 
 
+def test_a_loop_hunting_faster_than_the_smoothing_is_found_by_a_detector_on_the_raw_signals():
+    """The signals' EWMA (span 20) cancels an oscillation at a 2-row period; `cva:raw` sees the signals before it
+    and, in the union under the same budget, finds it and names the signal."""
+    X = np.vstack([plant(3000, 1), plant(1500, 2)])
+    X[4000:4300, 1] += 1.5 * (-1.0) ** np.arange(300)
+    fault = np.zeros(len(X), bool)
+    fault[4000:4300] = True
+    table = pa.table({"t": np.arange(len(X)), **{f"s{j}": X[:, j] for j in range(4)}})
+    found = {}
+    for raw in ([], ["cva:raw"]):
+        res = score(table, "t", ["pca", "dpca", "cva", *raw], 3000, None, options=DetectOptions(far=0.01))
+        alarm = res.table["is_alarm"].to_numpy()
+        found[bool(raw)] = alarm[fault].mean()
+        assert alarm[3000:][~fault[3000:]].mean() < 0.03
+    assert found[False] < 0.05 and found[True] > 0.5, found
+    leads = [d.split(",")[0] for d in res.table["drivers"].to_pylist()[4000:4300] if d]
+    assert max(set(leads), key=leads.count) == "s1"
+    assert "score_cva:raw" in res.table.column_names and "alarm_cva:raw" in res.table.column_names
+
+
 def test_bench_detect_on_the_generated_plant(tmp_path):
     suite = tmp_path / "plant"
     res = subprocess.run([*BIOPILOT, "bench", "detect", "--make-plant", str(suite), "--detectors", "pca",

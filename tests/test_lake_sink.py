@@ -399,3 +399,15 @@ def test_a_commit_that_landed_but_was_refused_on_its_retry_is_not_appended_again
     appender.append("numbers", pa.table({"x": [1, 2]}), schema, [("p000", 1)])
     assert sorted(delta.read(tmp_path, "numbers")["x"].to_pylist()) == [0, 1, 2]  # not [0, 1, 1, 2, 2]
     assert delta.transaction_version(tmp_path, "numbers", "p000") == 1
+
+
+def test_lake_optimize_compacts_tables_outside_the_event_schemas(tmp_path, capsys) -> None:  # noqa: ANN001
+    """Before: a lake holding only a `knowledge_graph` table was "no Delta tables in ...", exit 2."""
+    from biopilot.cli import main
+
+    for k in range(3):
+        table = pa.table({"build_id": [f"b{k}"]})
+        delta.append(str(tmp_path), "knowledge_graph", table, table.schema)
+    assert main(["lake", "optimize", "--lake", str(tmp_path)]) == 0
+    assert "knowledge_graph" in capsys.readouterr().out
+    assert sorted(delta.read(str(tmp_path), "knowledge_graph")["build_id"].to_pylist()) == ["b0", "b1", "b2"]

@@ -151,3 +151,23 @@ def test_no_sentence_for_a_run_still_going(lake: str, tmp_path: Path) -> None:
     delta.append(partial, "assays", assays.slice(0, assays.num_rows // 2), ASSAYS)
     assert counterfactuals(partial, run_id, ["overfeed"]) == {}
     assert set(counterfactuals(lake, run_id, ["overfeed"])) == {"overfeed"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--without-fault", ""], "nothing to change"),
+    (["--set", "do_setpoint_pct=-5", "--from", "2026-01-07T00:00Z"], "do_setpoint_pct"),
+    (["--set", "do_setpoint_pct=nan", "--from", "2026-01-07T00:00Z"], "finite number"),
+    (["--set", "do_setpoint_pct=1e400", "--from", "2026-01-07T00:00Z"], "finite number"),
+    (["--set", "do_setpoint_pct=40", "--png", "plot.txt"], "--png plot.txt: must end in"),
+])
+def test_whatif_refuses_an_empty_change_an_out_of_range_mid_run_setting_and_a_bad_plot_path(
+        lake: str, args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Mid-run settings are held to the bounds a change at the start is (before: DO -5 % or NaN ran and printed a
+    titer); an empty fault changed nothing yet printed "with , ..."; a plot path matplotlib refuses was a
+    ValueError traceback after the simulation."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["whatif", "--run", _run_id(lake), *args, "--lake", lake]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())

@@ -14,6 +14,7 @@ model per response and its constrained optimum (`rsm_best_true`).
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable
 
@@ -49,11 +50,17 @@ def _within(study: Study, ratio: float) -> bool:
     return ratio >= TARGET_RATIO if study.maximize else ratio <= 2.0 - TARGET_RATIO
 
 
+MAX_GRID = 2_000_000  # settings of the exhaustive grid (11 levels x 3 factors: 1,331)
+
+
 def run(study: str = "titer", levels: int = 11, budget_share: float = TARGET_SHARE, batch: int = 6,
         repeats: int = 7, seed: int = 0, say: Callable[[str], None] = lambda _: None) -> dict:
     st = load_study(study)
     sign = 1.0 if st.maximize else -1.0
     started = time.perf_counter()
+    size = math.prod(2 if f.categorical else levels for f in st.factors)
+    if size > MAX_GRID:  # checked before the grid is built: a few hundred levels would fill the memory
+        raise ValueError(f"--levels {levels} makes a grid of {size:,} settings; at most {MAX_GRID:,}")
     axes = [np.array([-1.0, 1.0]) if f.categorical else np.linspace(-1, 1, levels) for f in st.factors]
     grid = np.array(list(itertools.product(*axes)))
     say(f"grid: {len(grid)} noise-free runs")

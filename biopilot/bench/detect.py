@@ -37,11 +37,13 @@ from detectors.base import DETECTOR_SIGNALS
 from detectors.external import (
     Conditioning,
     InputError,
+    check_detectors,
     fit_budget,
     go_on,
     normal_scores,
     read_table,
     signal_matrix,
+    take_rows,
 )
 from detectors.false_alarm_budget import Check, Persistence
 
@@ -135,6 +137,7 @@ def run(data: str | Path, detectors_: list[str], fars: Sequence[float], train: s
     summary per budget and detector (module doc). `time_col` None: the suites' `time_min` where the training file
     has it, else none (the rows are in time order); `ignore`: columns that are not signals (a run number, a
     sample counter)."""
+    check_detectors(detectors_)
     options = options or DetectOptions()
     train_path, tests = suite_files(data, train)
     train_table = read_table(train_path, sep)
@@ -144,7 +147,7 @@ def run(data: str | Path, detectors_: list[str], fars: Sequence[float], train: s
     all_names, X_train = signal_matrix(train_table, time_col, skip)
     conditioning = Conditioning.fit(all_names, X_train, replace(options, far=fars[0]))
     names = conditioning.scored
-    conditioned_train = conditioning.apply(X_train)
+    conditioned_train = conditioning.inputs(X_train, detectors_)
     progress(f"fitting {', '.join(detectors_)} on {train_path.name}")
     normal = normal_scores(names, conditioned_train, detectors_, conditioning.settle_rows)
     scored = {}  # per test file: its label and each detector's scores (the same whatever the budget)
@@ -159,7 +162,8 @@ def run(data: str | Path, detectors_: list[str], fars: Sequence[float], train: s
                              + (f"; missing {', '.join(missing)}" if missing else "")
                              + (f"; not in training: {', '.join(extra)}" if extra else ""))
         X = X[:, [test_names.index(n) for n in all_names]]  # the same columns in another order are fine
-        after = go_on(normal.streamed, conditioning.apply(np.vstack([X_train, X]))[len(X_train):])
+        after = go_on(normal.streamed, take_rows(conditioning.inputs(np.vstack([X_train, X]), detectors_),
+                                                 len(X_train)))
         scored[path.stem] = (table[label_col].cast(pa.float64()).fill_null(0).to_numpy(),
                              np.stack([after[n].scores for n in detectors_]))
     rows, summary, budgets = [], [], {}

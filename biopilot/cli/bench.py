@@ -10,7 +10,36 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from biopilot.cli.errors import UsageError, user_errors
-from biopilot.cli.options import command, conditioning_options, detect_options, group, positive, progress
+from biopilot.cli.options import (
+    command,
+    conditioning_options,
+    detect_options,
+    group,
+    in_range,
+    positive,
+    progress,
+    seed,
+    seed_named,
+)
+
+# counts where 0 is meaningful (0 slow clients, 0 skips a part): a negative one ran on, or waited forever
+COUNT_OR_NONE = {name: in_range(name, int, 0, 10**6, high_text="1,000,000")
+                 for name in ("--latency-alerts", "--slow", "--lake-misses")}
+
+
+def _folder(option: str, path: str | None) -> None:
+    """Before any work: a folder the bench writes into may be missing (it is made) but must not be a file (else a
+    FileExistsError traceback once the run is done)."""
+    if path and Path(path).exists() and not Path(path).is_dir():
+        raise UsageError(f"{option} {path} is a file; give a folder")
+
+
+def _known_detectors(specs: list[str]) -> None:
+    """Before any work: every detector named exists (else a KeyError, or a refusal after the suite is written)."""
+    from detectors import external
+
+    with user_errors(external.InputError):
+        external.check_detectors(specs)
 
 
 def json_option(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +54,7 @@ def sweep_options(parser: argparse.ArgumentParser) -> None:
                              "shift day 4-8 or none, 1-2,000 L, seeding 0.25-0.7 e6/mL), each with 2 normal runs, "
                              "every archetype at its built-in and at half its magnitude, and 2 composites (20 runs "
                              "per recipe); writes <name>-sweep.md/json (-sweep-blind with --recipe-blind)")
-    parser.add_argument("--sweep-seed", type=int, default=24,
+    parser.add_argument("--sweep-seed", type=seed_named("--sweep-seed"), default=24,
                         help="draws the recipes and the runs (default 24, the reported one; tune on others)")
     parser.add_argument("--recipe-blind", action="store_true",
                         help="with --sweep: judge every run against the default recipe's reference (the baseline "
@@ -50,7 +79,7 @@ def add_simulate(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--reactors", type=positive("--reactors", int), default=1000)
     p.add_argument("--patients", type=positive("--patients", int), default=1000, help="--plant patient (default 1000)")
     p.add_argument("--days", type=positive("--days"), default=None, help="default 14 (bioreactor), 84 (patient)")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=seed, default=7)
     p.add_argument("--lake", default=None, help="keep the tables here (default: a temporary directory)")
     p.add_argument("--baseline-reactors", type=positive("--baseline-reactors", int), default=2)
     p.add_argument("--baseline-days", type=positive("--baseline-days"), default=None,
@@ -63,6 +92,7 @@ def add_simulate(benches: argparse._SubParsersAction) -> None:
 def cmd_bench_simulate(args: argparse.Namespace) -> int:
     """Simulate a fleet (noise, assays, faults) into Delta and time a per-reactor scipy solve_ivp loop of
     the same model on a sample."""
+    _folder("--lake", args.lake)
     from biopilot.bench import simulate as bench
 
     if args.plant == "patient":
@@ -105,6 +135,7 @@ def add_pipeline(benches: argparse._SubParsersAction) -> None:
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     """Throughput of (a) a bare NATS->Delta copy, (b) our flow, (c) a naive per-event JSON + River HST
     flow; latency at a live rate; flow memory over a soak at full rate."""
+    _folder("--keep", args.keep)
     from biopilot.bench import pipeline as bench
 
     result = bench.run(ticks=args.ticks, naive_ticks=args.naive_ticks, live_rate=args.live_rate,
@@ -120,7 +151,7 @@ def add_detectors(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=positive("--seeds", int), default=5)
     p.add_argument("--normal-runs", type=positive("--normal-runs", int), default=20)
     p.add_argument("--calibration-runs", type=positive("--calibration-runs", int), default=10)
-    p.add_argument("--grace-h", type=float, default=None,
+    p.add_argument("--grace-h", type=in_range("--grace-h", float, 0, 8760), default=None,
                    help="hours after a fault's end still counted as inside (default 2; patient 96: labs are days apart)")
     p.add_argument("--plant", choices=("bioreactor", "patient"), default="bioreactor",
                    help="patient: the patient monitor on every adverse event (--seeds patients each) and normal "
@@ -141,6 +172,9 @@ def cmd_bench_detectors(args: argparse.Namespace) -> int:
 
     say = progress(args)
     _check_sweep(args)
+    _folder("--out", args.out)
+    if args.only:
+        _known_detectors(args.only.split(","))
     if args.plant == "patient":
         return _bench_patient_detectors(args, say)
     if args.sweep:  # the shipped fusion through the flow's monitor, each run with its recipe; no recalibration
@@ -173,7 +207,8 @@ def add_agents(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=positive("--seeds", int), default=5, help="runs per archetype (default 5)")
     p.add_argument("--normal-runs", type=positive("--normal-runs", int), default=None,
                    help="default 10 (bioreactor), 20 (patient)")
-    p.add_argument("--latency-alerts", type=int, default=200, help="alerts for the latency part (0 skips it)")
+    p.add_argument("--latency-alerts", type=COUNT_OR_NONE["--latency-alerts"],
+                   default=200, help="alerts for the latency part (0 skips it)")
     p.add_argument("--out", default="docs/quality", help="where agents.md/json go (default docs/quality)")
     p.add_argument("--plant", choices=("bioreactor", "patient"), default="bioreactor",
                    help="patient: every adverse event and composite x --seeds patients + --normal-runs normal "
@@ -186,6 +221,7 @@ def cmd_bench_agents(args: argparse.Namespace) -> int:
     """Monitoring + troubleshooting over a labelled twin suite (top-1/top-3 per archetype, abstentions,
     incidents on normal runs) and the live latency from an alert to the first explanation chunk."""
     _check_sweep(args)
+    _folder("--out", args.out)
     if args.plant == "patient":
         from agents import patient_benchmark as bench
 
@@ -219,7 +255,8 @@ def _report(args: argparse.Namespace, result: dict, name: str | None = None, mar
 def add_sse(benches: argparse._SubParsersAction) -> None:
     p = command(benches, "sse", cmd_bench_sse, "the dashboard under 200 SSE clients, 20 slow")
     p.add_argument("--clients", type=positive("--clients", int), default=200)
-    p.add_argument("--slow", type=int, default=20, help="how many of them read slowly (default 20)")
+    p.add_argument("--slow", type=COUNT_OR_NONE["--slow"],
+                   default=20, help="how many of them read slowly (default 20)")
     p.add_argument("--duration-s", type=positive("--duration-s"), default=60.0)
     json_option(p)
 
@@ -227,6 +264,8 @@ def add_sse(benches: argparse._SubParsersAction) -> None:
 def cmd_bench_sse(args: argparse.Namespace) -> int:
     """Clients hold telemetry and alert streams at live rate; measures events/s, alert latency on the fast
     clients (beside bare NATS), server RSS, errors."""
+    if args.slow > args.clients:  # else the bench waits forever on clients it never starts
+        raise UsageError(f"--slow {args.slow} is more than --clients {args.clients}")
     from biopilot.bench import sse
 
     res = sse.run(args.clients, args.slow, args.duration_s, say=progress(args))
@@ -248,6 +287,8 @@ def add_skab(benches: argparse._SubParsersAction) -> None:
 def cmd_bench_skab(args: argparse.Namespace) -> int:
     """Every anomalous SKAB file: train on the first 400 rows, score the rest, F1/FAR/MAR over all test
     rows (the public leaderboard's protocol)."""
+    for combo in args.detectors:
+        _known_detectors(combo.split(","))
     from detectors import external
 
     with user_errors(external.InputError):
@@ -293,8 +334,9 @@ def add_detect(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--ignore-cols", default="", help="comma-separated columns that are not signals (a run "
                    "number, a sample counter)")
     p.add_argument("--sep", type=one_character, default=",", help="CSV separator (default ,)")
-    p.add_argument("--detectors", default="pca,dpca,cva,lagged_ae,variance",
-                   help="comma-separated; the fusion is added (default pca,dpca,cva,lagged_ae,variance)")
+    p.add_argument("--detectors", default="pca,dpca,cva,lagged_ae,variance,cva:raw,dpca:raw",
+                   help="comma-separated; the fusion is added (default pca,dpca,cva,lagged_ae,variance,cva:raw,"
+                        "dpca:raw; <name>:raw: on the signals before their EWMA)")
     p.add_argument("--far", type=float, nargs="+", default=[0.01, 0.05], help="budgets (default 0.01 0.05)")
     budget_options(p)
     conditioning_options(p)
@@ -304,7 +346,8 @@ def add_detect(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--make-plant", default=None, metavar="DIR",
                    help="instead: write the generated continuous plant's suite into DIR (19 faults, a 500-row "
                         "normal training run, a normal test run; biopilot/bench/process_plant.py), then bench it")
-    p.add_argument("--plant-seed", type=int, default=0, help="with --make-plant: which plant (default 0)")
+    p.add_argument("--plant-seed", type=seed_named("--plant-seed"), default=0,
+                   help="with --make-plant: which plant (default 0)")
     p.add_argument("--seeds", type=positive("--seeds", int), default=3, help="with --make-suite (default 3)")
     p.add_argument("--days", type=positive("--days"), default=2.5, help="with --make-suite: run length (default 2.5)")
     p.add_argument("--tick-s", type=positive("--tick-s"), default=300.0,
@@ -324,8 +367,14 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
     from detectors.false_alarm_budget import Persistence
     from sources.scenarios import FAULT_NAMES
 
-    if not args.data and not args.make_suite and not args.make_plant:
-        raise UsageError("give --data DIR, or --make-suite / --make-plant DIR to write a suite first")
+    given = [o for o, v in (("--data", args.data), ("--make-suite", args.make_suite), ("--make-plant", args.make_plant))
+             if v]
+    if len(given) != 1:  # two of them: the one benched would silently be the last
+        raise UsageError("give --data DIR, or --make-suite / --make-plant DIR to write a suite first"
+                         + (f"; one of them, not {' and '.join(given)}" if given else ""))
+    _folder("--make-suite", args.make_suite)
+    _folder("--make-plant", args.make_plant)
+    _known_detectors(args.detectors.split(","))
     bad = [f for f in args.far if not 0 < f < 1]
     if bad:
         raise UsageError(f"--far must be between 0 and 1 (a share of rows), got {bad[0]}")
@@ -355,7 +404,7 @@ def add_twin(benches: argparse._SubParsersAction) -> None:
                 "population model and IWPC")
     p.add_argument("--patients", type=positive("--patients", int), default=200,
                    help="simulated patients with known true parameters (default 200)")
-    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--seed", type=seed, default=11)
     json_option(p)
 
 
@@ -379,7 +428,7 @@ def add_trial(benches: argparse._SubParsersAction) -> None:
                    help="simulated null trials for the type I error (default 4000)")
     p.add_argument("--pool", type=positive("--pool", int), default=6000,
                    help="patients of the power simulations' pool, each simulated under both arms (default 6000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--out", default="docs/quality", help="where trial.json and trial-power.png go")
     json_option(p)
 
@@ -388,6 +437,11 @@ def cmd_bench_trial(args: argparse.Namespace) -> int:
     """One eu_pact_twin trial (TTR per arm: standard, genotype-guided, twin-guided), the type I error of the
     null design over --n-trials trials with and without PROCOVA, and PROCOVA's observed variance ratio and
     sample size saved on eu_pact (power curves over the trial size)."""
+    _folder("--out", args.out)
+    # the power curve draws two arms of up to 2,500 from the pool (else a ValueError after the whole trial)
+    need = 2 * max(args.patients_per_arm, 2500)
+    if args.pool < need:
+        raise UsageError(f"--pool {args.pool} is too small: two arms of {need // 2} need at least {need}")
     from biopilot.bench import trial as bench
     from trials.power import plot_curve
     from trials.run import json_safe
@@ -404,7 +458,7 @@ def add_cohort(benches: argparse._SubParsersAction) -> None:
     p = command(benches, "cohort", cmd_bench_cohort, "a synthetic cohort learned from a simulated one, gated")
     p.add_argument("--patients", type=positive("--patients", int), default=2000,
                    help="simulated real patients (default 2000; a fifth is held out)")
-    p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--seed", type=seed, default=5)
     p.add_argument("--epochs", type=positive("--epochs", int), default=60, help="at most (default 60)")
     p.add_argument("--rounds", type=positive("--rounds", int), default=5, help="gate rounds (default 5)")
     p.add_argument("--out", default="docs/quality", help="where cohort.json goes")
@@ -415,6 +469,11 @@ def cmd_bench_cohort(args: argparse.Namespace) -> int:
     """Draw a simulated cohort (its covariates, baseline vitals and true drug parameters), learn the generator
     from it, draw as many synthetic patients and report the quality gate's final scores (utility target:
     sex)."""
+    from cohorts.table import MIN_ROWS
+
+    _folder("--out", args.out)
+    if args.patients < MIN_ROWS:
+        raise UsageError(f"--patients {args.patients}: at least {MIN_ROWS} are needed to learn from")
     from biopilot.bench import cohort as bench
 
     res = bench.run(args.patients, args.seed, args.epochs, args.rounds, say=progress(args))
@@ -435,13 +494,13 @@ def add_predict(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=positive("--rounds", int), default=4000,
                    help="requests checked for staleness while data arrives")
     p.add_argument("--readers", type=positive("--readers", int), default=8, help="concurrent readers in that check")
-    p.add_argument("--lake-misses", type=int, default=50,
+    p.add_argument("--lake-misses", type=COUNT_OR_NONE["--lake-misses"], default=50,
                    help="first requests timed through the API's miss path (the record store over a Delta lake "
                         "of the patients: the lake at a patient's first request), then --misses more after new "
                         "data; 0: skip the lake and the API path")
     p.add_argument("--model", default=None, help="a checkpoint (.pt, or a directory: its newest); default the "
                                                  "shipped one")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     json_option(p)
 
 
@@ -452,6 +511,9 @@ def cmd_bench_predict(args: argparse.Namespace) -> int:
 
     if args.readers > args.rounds:
         raise UsageError("--readers must not exceed --rounds")
+    model = Path(args.model) if args.model else None
+    if model and not (model.is_file() or (model.is_dir() and any(model.glob("*.pt")))):  # else an IndexError
+        raise UsageError(f"--model {args.model}: no such checkpoint (a .pt file, or a folder holding one)")
     if args.held_back_h + 24 > args.days * 24:
         raise UsageError("--held-back-h must leave at least a day of --days arrived before the bench")
     res = predict.run(args.patients, args.days, args.held_back_h, args.batch, args.reads, args.misses, args.rounds,
@@ -472,9 +534,9 @@ def add_drift(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=positive("--days", int), default=40, help="days simulated per patient (default 40)")
     p.add_argument("--epochs", type=positive("--epochs", int), default=3,
                    help="the challenger's epochs, from the champion's weights (default 3)")
-    p.add_argument("--margin", type=float, default=0.01,
+    p.add_argument("--margin", type=in_range("--margin", float, -1, 1), default=0.01,
                    help="AUROC the challenger must gain over the champion in shadow to be promoted (default 0.01)")
-    p.add_argument("--seed", type=int, default=2601)
+    p.add_argument("--seed", type=seed, default=2601)
     p.add_argument("--lake", default=None, help="keep the registry, incidents and audit here (default: a temporary "
                                                 "directory)")
     p.add_argument("--out", default="docs/quality", help="where drift.json goes")
@@ -486,6 +548,10 @@ def cmd_bench_drift(args: argparse.Namespace) -> int:
     share on amiodarone): the input drift monitor's delay in simulated hours, the drift incident in the agents'
     words, the champion's AUROC (INR >= 4 within 7 days) before and after the shift, the challenger trained on
     the shifted patients and evaluated in shadow, and the AUROC after its promotion (on held-out patients)."""
+    _folder("--out", args.out)
+    _folder("--lake", args.lake)
+    if args.days < 9:
+        raise UsageError(f"--days {args.days} must be >= 9 (a sample needs 2 days of history and 7 ahead)")
     from biopilot.bench import drift as bench
 
     res = bench.run(pre_patients=args.pre_patients, post_patients=args.post_patients,
@@ -505,7 +571,7 @@ def add_design(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive("--batch", int), default=6, help="runs per batch (default 6)")
     p.add_argument("--repeats", type=positive("--repeats", int), default=7,
                    help="design seeds; the figures are the median one's (default 7)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--out", default="docs/quality", help="where design.json/.md go")
     json_option(p)
 
@@ -515,6 +581,10 @@ def cmd_bench_design(args: argparse.Namespace) -> int:
     whose constraints hold. Then the sequential design (Bayesian optimisation) on the twin as a lab sees it
     (run-to-run variability, assay errors), within the run budget; its recommendation's true response beside
     the grid's best, and the classical face-centred central composite design's."""
+    _folder("--out", args.out)
+    if args.budget_share > 1:  # more runs than the grid it is compared with
+        raise UsageError(f"--budget-share must be at most 1 (a share of the grid's runs), "
+                         f"got {args.budget_share:g}")
     from biopilot.bench import design as bench
     from design.study import StudyError
 
@@ -542,12 +612,16 @@ def add_scale(benches: argparse._SubParsersAction) -> None:
                         "rescale, kill_stream_leader, restart_object_store)")
     p.add_argument("--live-rate", type=positive("--live-rate"), default=10_000.0,
                    help="ticks/s of the live latency phase (default 10,000)")
-    p.add_argument("--live-s", type=float, default=30.0, help="seconds of it per flow shape (default 30; 0: none)")
+    p.add_argument("--live-s", type=in_range("--live-s", float, 0, 86400), default=30.0,
+                   help="seconds of it per flow shape (default 30; 0: none)")
     p.add_argument("--live-processes", default="1,2",
                    help="flow processes of the live latency phase, comma-separated (default 1,2)")
     p.add_argument("--keep", default=None, help="keep brokers' data, lakes and logs in this directory")
     p.add_argument("--out", default="docs/performance", help="where scale.json goes (default docs/performance)")
     json_option(p)
+
+
+MAX_PROCESSES = 64
 
 
 def _counts(option: str, value: str) -> tuple[int, ...]:
@@ -558,6 +632,8 @@ def _counts(option: str, value: str) -> tuple[int, ...]:
         raise UsageError(f"{option} takes numbers separated by commas, not {value!r}") from None
     if not counts or min(counts) < 1:
         raise UsageError(f"{option}: each at least 1")
+    if max(counts) > MAX_PROCESSES:  # each is a flow process: 1000 of them swamp the machine
+        raise UsageError(f"{option}: each at most {MAX_PROCESSES}, got {max(counts)}")
     return counts
 
 
@@ -567,6 +643,10 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     the NATS node leading the stream and the object store restarted, each checked for exactly-once (ticks =
     published, no duplicate (run_id, seq), scores = ticks, alert ids unique); live publish -> alert latency with
     1 and 2 processes."""
+    _folder("--out", args.out)
+    _folder("--keep", args.keep)
+    processes = _counts("--processes", args.processes)
+    live_processes = _counts("--live-processes", args.live_processes)
     from biopilot.bench import scale as bench
     from biopilot.bench.results import as_json
 
@@ -576,9 +656,8 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
         if unknown:
             raise UsageError(f"--faults: no fault {', '.join(sorted(unknown))}; there are {', '.join(bench.FAULTS)}")
         faults = {name: bench.FAULTS[name] for name in args.faults.split(",")}
-    result = bench.run(args.ticks, _counts("--processes", args.processes), args.partitions, args.fault_ticks, faults,
-                       args.keep, args.repeats, _counts("--live-processes", args.live_processes), args.live_rate,
-                       max(0.0, args.live_s), say=progress(args))
+    result = bench.run(args.ticks, processes, args.partitions, args.fault_ticks, faults, args.keep, args.repeats,
+                       live_processes, args.live_rate, args.live_s, say=progress(args))
     _report(args, as_json(result), "scale", bench.format_report(result))
     return 0 if result.exactly_once else 1
 

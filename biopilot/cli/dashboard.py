@@ -166,7 +166,10 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
     """Print the newest audit rows."""
     from sinks.audit import tail
 
-    for row in tail(lake_of(args), args.n):
+    rows = tail(lake_of(args), args.n)
+    if not rows:
+        print(f"biopilot: no audit rows in {lake_of(args)}", file=sys.stderr)
+    for row in rows:
         seq = "-" if row.get("seq") is None else row["seq"]
         print(f"{seq:>6} {row['ts']:%Y-%m-%d %H:%M:%S} {row['actor']} ({row['role'] or '-'}) {row['action']} "
               f"{row['target'] or '-'} -> {row.get('result') or '-'}  client {row.get('client') or '-'} "

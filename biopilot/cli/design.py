@@ -64,6 +64,27 @@ def study_of(args: argparse.Namespace) -> Study:
                            args.scenario)
 
 
+# what a plot may be written as (matplotlib picks the format by the suffix and raises on another)
+IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
+
+
+def check_output(path: str | None, flag: str, suffixes: tuple[str, ...] = ()) -> None:
+    """Before any run: an output file that can be written (a missing folder is made when it is written), so a
+    bad path is one line now rather than a traceback after the twin runs."""
+    from pathlib import Path
+
+    if path is None:
+        return
+    out = Path(path)
+    if suffixes and out.suffix not in suffixes:
+        raise UsageError(f"{flag} {path}: must end in {' or '.join(suffixes)}")
+    if out.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give the file to write")
+    folder = next((p for p in out.absolute().parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise UsageError(f"{flag} {path}: {folder} is a file, not a folder")
+
+
 def _json_default(value: object) -> object:
     return float(value) if hasattr(value, "__float__") else str(value)
 
@@ -95,6 +116,7 @@ def cmd_design_propose(args: argparse.Namespace) -> int:
 
     if args.centre_points < 0:
         raise UsageError("--centre-points must be >= 0")
+    check_output(args.out, "--out")
     study = study_of(args)
     with user_errors(StudyError):
         sheet = propose(study, args.design, args.centre_points, args.replicates, args.runs, args.resolution,
@@ -155,6 +177,8 @@ def cmd_design_run(args: argparse.Namespace) -> int:
     """Execute the run sheet on the twin fleet (each run its own reactor and seed: run-to-run variability, assay
     errors), fit a response-surface model per response (effects, interactions, ANOVA, R², Q², lack of fit),
     find the goal's optimum under the constraints, and run the confirmation runs there."""
+    _check_analysis_options(args)
+    check_output(args.results, "--results", (".csv",))
     study = study_of(args)
     sheet = _read_sheet(study, args.sheet)
     observed = _run_on_twin(sheet, args)
@@ -170,6 +194,7 @@ def cmd_design_analyse(args: argparse.Namespace) -> int:
 
     from biopilot.cli.options import read_table
 
+    _check_analysis_options(args)
     study = study_of(args)
     sheet = _read_sheet(study, args.sheet)
     table = read_table(args.sheet)
@@ -182,6 +207,13 @@ def cmd_design_analyse(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError(f"{args.sheet}: column {r.name} must hold numbers") from None
     return _analyse_and_report(sheet, observed, args, run_confirmation=False)
+
+
+def _check_analysis_options(args: argparse.Namespace) -> None:
+    """--confirm and --report, before the sheet's runs on the twin (not after them)."""
+    if args.confirm < 0:
+        raise UsageError("--confirm must be >= 0")
+    check_output(args.report, "--report", (".html", ".pdf"))
 
 
 def _read_sheet(study: Study, path: str) -> RunSheet:
@@ -198,10 +230,12 @@ def _read_sheet(study: Study, path: str) -> RunSheet:
 
 def _write_results(sheet: RunSheet, observed: dict[str, np.ndarray], path: str) -> None:
     import csv
+    from pathlib import Path
 
     rows = sheet.rows()
     for i, row in enumerate(rows):
         row.update({name: round(float(v[i]), 6) for name, v in observed.items()})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # as the report and the plots do
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -214,10 +248,6 @@ def _analyse_and_report(sheet: RunSheet, observed: dict[str, np.ndarray], args: 
     from design.report import write_html, write_pdf
     from design.study import StudyError
 
-    if args.confirm < 0:
-        raise UsageError("--confirm must be >= 0")
-    if args.report and not args.report.endswith((".html", ".pdf")):
-        raise UsageError("--report must end in .html or .pdf")
     with user_errors(StudyError):
         analysis = analyse(sheet, observed, args.model, max(args.confirm, 1))
     verdict = None
@@ -289,6 +319,8 @@ def cmd_design_sequential(args: argparse.Namespace) -> int:
     from design.study import StudyError
     from design.twin import run_settings
 
+    check_output(args.results, "--results", (".csv",))
+    check_output(args.png, "--png", IMAGE_SUFFIXES)
     study = study_of(args)
     say = progress(args)
 
@@ -302,7 +334,9 @@ def cmd_design_sequential(args: argparse.Namespace) -> int:
                                                           f"{best:.4g}"))
     if args.results:
         import csv
+        from pathlib import Path
 
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         with open(args.results, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["run", "batch", *(x.name for x in study.factors), *res.responses])

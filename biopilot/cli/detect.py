@@ -10,8 +10,9 @@ from biopilot.cli.options import command, conditioning_options, detect_options, 
 from core.config import DetectOptions, load_settings
 
 MARGIN_DETECTORS = "pca,zscore"  # SKAB's measured default (docs/QUALITY.md)
-# static and dynamic MSPC and each signal's variance, fused under the budget (docs/DETECT.md)
-BUDGET_DETECTORS = "pca,dpca,cva,variance"
+# static and dynamic MSPC and each signal's variance, fused under the budget; cva and dpca also on the signals
+# before their EWMA, for the faults whose signature is spread, not level (docs/DETECT.md)
+BUDGET_DETECTORS = "pca,dpca,cva,variance,cva:raw,dpca:raw"
 
 
 def budget_options(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +47,7 @@ def add_detect(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-file", default=None, help="normal-operation data in a separate file instead")
     p.add_argument("--detectors", default=None,
                    help=f"comma-separated (default {MARGIN_DETECTORS}, with --far {BUDGET_DETECTORS}; dynamic: dpca, "
-                        "cva, lagged_ae; a signal's spread: variance)")
+                        "cva, lagged_ae; a signal's spread: variance; <name>:raw: on the signals before their EWMA)")
     conditioning_options(p)
     p.add_argument("--far", type=float, default=None,
                    help="false-alarm budget: the share of normal rows allowed to alarm (e.g. 0.01). Thresholds "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from biopilot.cli.errors import UsageError
 from biopilot.cli.options import command, group, lake_of, lake_option
@@ -21,7 +22,10 @@ def cmd_lake_optimize(args: argparse.Namespace) -> int:
     from sinks import delta
 
     lake = lake_of(args)
-    report = delta.optimize(lake, SCHEMAS)
+    # the tables written outside the event schemas too (knowledge_graph, trial_results...): else never compacted,
+    # and a lake of only those said to hold no Delta tables
+    found = sorted(p.parent.name for p in Path(lake).glob("*/_delta_log"))
+    report = delta.optimize(lake, [*SCHEMAS, *(n for n in found if n not in SCHEMAS)])
     if not report:
         raise UsageError(f"no Delta tables in {lake}")
     for name, metrics in report.items():

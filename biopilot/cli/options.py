@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -47,8 +48,8 @@ def positive(name: str, kind: type = float, allow_max: bool = False) -> Callable
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text}")
+        if not 0 < value < math.inf:  # NaN fails too; inf would start a run that never ends
+            raise argparse.ArgumentTypeError(f"{name} must be > 0 and finite, got {text}")
         return value
     return parse
 
@@ -78,8 +79,15 @@ def share(name: str) -> Callable[[str], float | int]:
 
 # a TCP port (the socket's own error for a larger one is a traceback)
 port = in_range("--port", int, 1, 65535)
-# a random seed: numpy refuses negative seeds; the runs table keeps the seed as int64
-seed = in_range("--seed", int, 0, 2**63 - 1, high_text="2**63 - 1")
+
+
+def seed_named(name: str) -> Callable[[str], float | int]:
+    """A random seed under another name (--sweep-seed, --plant-seed): numpy refuses negative seeds; the runs table
+    keeps the seed as int64."""
+    return in_range(name, int, 0, 2**63 - 1, high_text="2**63 - 1")
+
+
+seed = seed_named("--seed")
 
 
 def lake_option(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +113,7 @@ def conditioning_options(parser: argparse.ArgumentParser) -> None:
     d = DetectOptions()
     parser.add_argument("--smooth-rows", type=positive("--smooth-rows", int), default=d.smooth_rows,
                         help=f"causal EWMA span applied to every signal first; 1 = none (default {d.smooth_rows})")
-    parser.add_argument("--min-roughness", type=float, default=d.min_roughness,
+    parser.add_argument("--min-roughness", type=in_range("--min-roughness", float, 0, 10), default=d.min_roughness,
                         help="leave out signals whose level wanders on the training rows: roughness = "
                              "sd(differences) / (sqrt 2 sd) below this; 0 keeps every signal "
                              f"(default {d.min_roughness})")

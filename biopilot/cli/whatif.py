@@ -54,8 +54,10 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     """Re-simulate a stored run from its own state at --from (its scenario, seed and faults from the lake, the
     same random streams) with the change made, and compare the two runs: final titer, VCD, viability, HCP, peak
     lactate. The actual run is re-simulated too and checked against its stored assays."""
+    from biopilot.cli.design import IMAGE_SUFFIXES, check_output
     from design.whatif import Change, WhatIfError, load_run, what_if
 
+    check_output(args.png, "--png", IMAGE_SUFFIXES)  # before the re-simulation, not a traceback after it
     with user_errors(WhatIfError):
         run = load_run(lake_of(args), args.run)
         res = what_if(run, Change(args.without_fault, dict(args.set or [])), args.from_ts)

@@ -1,0 +1,132 @@
+"""Bad options of `biopilot bench ...`: one line, exit 2, refused before any work (in-process, each in well under a
+second: the refusal comes before the bench's imports and runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from biopilot.cli import main
+
+
+def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line `biopilot bench ...argv` answers with, having exited with 2."""
+    try:
+        code = main(["bench", *argv])
+    except SystemExit as exit_:  # argparse's own refusal
+        code = exit_.code
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv", [
+    ["simulate", "--seed", "-1"],
+    ["simulate", "--seed", str(2**64)],
+    ["simulate", "--plant", "patient", "--seed", "-3"],
+    ["twin", "--seed", "-1"],
+    ["trial", "--seed", "-1"],
+    ["cohort", "--seed", "-1"],
+    ["drift", "--seed", "-1"],
+    ["design", "--seed", "-1"],
+    ["predict", "--seed", "-1"],
+    ["detectors", "--sweep", "1", "--sweep-seed", "-1"],
+    ["agents", "--sweep", "1", "--sweep-seed", "-1"],
+    ["detect", "--make-plant", "x", "--plant-seed", "-1"],
+])
+def test_a_negative_or_huge_seed_is_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert "seed must be" in refused(argv, capsys)
+
+
+@pytest.mark.parametrize("argv", [
+    ["simulate", "--days", "inf"],
+    ["detectors", "--plant", "patient", "--normal-days", "inf"],
+    ["sse", "--duration-s", "inf"],
+    ["pipeline", "--live-rate", "inf"],
+    ["drift", "--admissions-per-h", "inf"],
+])
+def test_an_infinite_amount_is_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert "must be > 0 and finite, got inf" in refused(argv, capsys)
+
+
+@pytest.mark.parametrize("argv", [
+    ["detectors", "--grace-h", "nan"],
+    ["detectors", "--grace-h", "-5"],
+    ["agents", "--latency-alerts", "-5"],
+    ["sse", "--slow", "-1"],
+    ["predict", "--lake-misses", "-3"],
+    ["drift", "--margin", "nan"],
+    ["scale", "--live-s", "nan"],
+    ["scale", "--live-s", "-1"],
+    ["skab", "--min-roughness", "nan"],
+    ["detect", "--data", "x", "--min-roughness", "-1"],
+])
+def test_a_negative_or_nan_amount_is_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert "must be from" in refused(argv, capsys)
+
+
+@pytest.mark.parametrize(("argv", "option"), [
+    (["detectors", "--out", "{file}"], "--out"),
+    (["agents", "--out", "{file}"], "--out"),
+    (["trial", "--out", "{file}"], "--out"),
+    (["cohort", "--out", "{file}"], "--out"),
+    (["drift", "--out", "{file}"], "--out"),
+    (["drift", "--lake", "{file}"], "--lake"),
+    (["design", "--out", "{file}"], "--out"),
+    (["scale", "--out", "{file}"], "--out"),
+    (["scale", "--keep", "{file}"], "--keep"),
+    (["pipeline", "--keep", "{file}"], "--keep"),
+    (["simulate", "--lake", "{file}"], "--lake"),
+    (["detect", "--make-suite", "{file}"], "--make-suite"),
+])
+def test_an_output_folder_that_is_a_file_is_refused_before_the_run(argv: list[str], option: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    err = refused([a.format(file=file) for a in argv], capsys)
+    assert f"{option} {file} is a file" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["detectors", "--only", "nosuch"],
+    ["skab", "--detectors", "pca", "nosuch"],
+    ["skab", "--detectors", "pca,"],
+    ["detect", "--make-suite", "{dir}/suite", "--detectors", "pca,nosuch"],
+])
+def test_an_unknown_detector_is_refused_before_the_run(argv: list[str], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert "unknown detector" in refused([a.format(dir=tmp_path) for a in argv], capsys)
+    assert not (tmp_path / "suite").exists()  # nothing written
+
+
+def test_two_suites_to_bench_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(["detect", "--make-suite", str(tmp_path / "a"), "--make-plant", str(tmp_path / "b")], capsys)
+    assert "not --make-suite and --make-plant" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_more_slow_clients_than_clients_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--slow 5 is more than --clients 1" in refused(["sse", "--clients", "1", "--slow", "5"], capsys)
+
+
+@pytest.mark.parametrize("option", ["--processes", "--live-processes"])
+def test_a_thousand_flow_processes_are_refused(option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert f"{option}: each at most 64" in refused(["scale", option, "1,1000"], capsys)
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["trial", "--pool", "4"], "--pool 4 is too small"),
+    (["cohort", "--patients", "1"], "at least 20"),
+    (["drift", "--days", "1"], "--days 1 must be >= 9"),
+    (["predict", "--model", "/nonexistent/model.pt"], "no such checkpoint"),
+    (["design", "--budget-share", "5"], "--budget-share must be at most 1"),
+])
+def test_a_size_the_bench_cannot_use_is_refused_before_the_run(argv: list[str], says: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert says in refused(argv, capsys)
+
+
+def test_a_grid_too_large_to_hold_is_refused_before_it_is_built(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--levels 100000 makes a grid of" in refused(["design", "--levels", "100000"], capsys)
