@@ -220,3 +220,14 @@ def test_flow_prepare_refuses_a_file_or_empty_recovery_and_a_file_lake_writing_n
     assert message in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
+
+
+def test_streams_with_no_broker_listening_is_one_line_after_its_wait_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: the client retried for about two minutes, then a ConnectionRefusedError traceback."""
+    monkeypatch.setenv("BIOPILOT_NATS_URL", f"nats://admin:secret@127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    assert main(["streams", "--wait-s", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert time.monotonic() - started < 10 and len(err.strip().splitlines()) == 1, err
+    assert "no NATS node of nats://127.0.0.1:" in err and "secret" not in err and "Traceback" not in err

@@ -159,6 +159,7 @@ def test_no_sentence_for_a_run_still_going(lake: str, tmp_path: Path) -> None:
     (["--set", "do_setpoint_pct=nan", "--from", "2026-01-07T00:00Z"], "finite number"),
     (["--set", "do_setpoint_pct=1e400", "--from", "2026-01-07T00:00Z"], "finite number"),
     (["--set", "do_setpoint_pct=40", "--png", "plot.txt"], "--png plot.txt: must end in"),
+    (["--set", "do_setpoint_pct=40", "--set", "do_setpoint_pct=50"], "--set do_setpoint_pct given more than once"),
 ])
 def test_whatif_refuses_an_empty_change_an_out_of_range_mid_run_setting_and_a_bad_plot_path(
         lake: str, args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

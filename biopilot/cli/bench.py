@@ -11,6 +11,7 @@ from pathlib import Path
 
 from biopilot.cli.errors import UsageError, user_errors
 from biopilot.cli.options import (
+    MAX_REACTORS,
     command,
     conditioning_options,
     detect_options,
@@ -76,7 +77,8 @@ def add_simulate(benches: argparse._SubParsersAction) -> None:
     p = command(benches, "simulate", cmd_bench_simulate,
                 "fleet (or cohort) simulation into Delta vs a per-unit solve_ivp loop")
     p.add_argument("--plant", choices=["bioreactor", "patient"], default="bioreactor")
-    p.add_argument("--reactors", type=positive("--reactors", int), default=1000)
+    p.add_argument("--reactors", type=in_range("--reactors", int, 1, MAX_REACTORS), default=1000,
+                   help=f"reactors simulated at once (default 1000, at most {MAX_REACTORS:,})")
     p.add_argument("--patients", type=positive("--patients", int), default=1000, help="--plant patient (default 1000)")
     p.add_argument("--days", type=positive("--days"), default=None, help="default 14 (bioreactor), 84 (patient)")
     p.add_argument("--seed", type=seed, default=7)

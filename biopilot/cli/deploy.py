@@ -11,13 +11,16 @@ import tempfile
 from pathlib import Path
 
 from biopilot.cli.errors import UsageError
-from biopilot.cli.options import command, lake_of, lake_option, positive, settings_for
+from biopilot.cli.options import command, in_range, lake_of, lake_option, positive, settings_for
 
 
 def add_streams(subparsers: argparse._SubParsersAction) -> None:
     p = command(subparsers, "streams", cmd_streams, "create or update the broker's JetStream streams")
     p.add_argument("--replicas", type=positive("--replicas", int), default=None,
                    help="copies of each stream (default: 3 on a JetStream cluster of 3 nodes or more, else 1)")
+    p.add_argument("--wait-s", type=in_range("--wait-s", float, 0, 3600, unit=" s"), default=60.0,
+                   help="how long to wait for a node of the broker to listen, e.g. while the deployment starts it "
+                        "(default 60)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -25,11 +28,15 @@ def cmd_streams(args: argparse.Namespace) -> int:
     """Create (or update) TELEMETRY, ALERTS and DEADLETTER on the broker in BIOPILOT_NATS_URL (one URL or a
     cluster's comma-separated list; a user allowed to manage streams, e.g. `admin`). Safe to run again: a
     deployment runs it as a Job before the flow starts."""
-    from core.services import STREAMS, ensure_streams, without_credentials
+    from core.services import STREAMS, ensure_streams, wait_nats, without_credentials
 
     settings = settings_for(args)
     if not settings.nats_url:
         raise UsageError("no broker: set BIOPILOT_NATS_URL (its nodes, comma-separated)")
+    try:  # else the client retries for minutes and ends in a traceback
+        wait_nats(settings.nats_url, args.wait_s)
+    except TimeoutError as err:  # its message names the URL without credentials
+        raise UsageError(f"{err}: is the broker running? (--wait-s waits longer)") from None
     replicas = asyncio.run(ensure_streams(settings.nats_url, args.replicas))
     if args.json:
         print(json.dumps({"streams": list(STREAMS), "replicas": replicas}))

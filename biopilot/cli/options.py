@@ -54,6 +54,10 @@ def positive(name: str, kind: type = float, allow_max: bool = False) -> Callable
     return parse
 
 
+# a fleet this size simulates for tens of minutes; 10**12 ran with no end in sight
+MAX_REACTORS = 100_000
+
+
 def in_range(name: str, kind: type, low: float, high: float, high_text: str = "", unit: str = ""
              ) -> Callable[[str], float | int]:
     """An argparse type: a number (an integer if `kind` is int) from `low` to `high` (`high_text` says it; NaN

@@ -9,7 +9,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from biopilot.cli.errors import UsageError, user_errors
-from biopilot.cli.options import command, lake_of, lake_option, port, positive, seed, settings_for, share
+from biopilot.cli.options import (
+    MAX_REACTORS,
+    command,
+    in_range,
+    lake_of,
+    lake_option,
+    port,
+    positive,
+    seed,
+    settings_for,
+    share,
+)
 
 
 def add_scenarios(subparsers: argparse._SubParsersAction) -> None:
@@ -57,8 +68,8 @@ def add_simulate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scenario", default=None,
                    help="built-in name (see `biopilot scenarios [--plant patient]`) or a TOML file "
                         "(default: normal; warfarin_fixed_5mg for patients)")
-    p.add_argument("--reactors", type=positive("--reactors", int), default=None,
-                   help="number of reactors (default 1; bioreactor)")
+    p.add_argument("--reactors", type=in_range("--reactors", int, 1, MAX_REACTORS), default=None,
+                   help=f"number of reactors (default 1, at most {MAX_REACTORS:,}; bioreactor)")
     p.add_argument("--patients", type=positive("--patients", int), default=None,
                    help="number of patients (default 10; --plant patient)")
     p.add_argument("--days", type=positive("--days"), default=None, help="run length (default: scenario's)")

@@ -26,6 +26,14 @@ def _timestamp(text: str) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
+def settings(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """--set pairs as a mapping; a key given twice is refused rather than the last one silently winning."""
+    twice = sorted({k for k, _ in pairs if [p[0] for p in pairs].count(k) > 1})
+    if twice:
+        raise UsageError(f"--set {', '.join(twice)} given more than once; give each setting once")
+    return dict(pairs)
+
+
 def _setting(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key or not value:
@@ -58,9 +66,10 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     from design.whatif import Change, WhatIfError, load_run, what_if
 
     check_output(args.png, "--png", IMAGE_SUFFIXES)  # before the re-simulation, not a traceback after it
+    change = Change(args.without_fault, settings(args.set or []))
     with user_errors(WhatIfError):
         run = load_run(lake_of(args), args.run)
-        res = what_if(run, Change(args.without_fault, dict(args.set or [])), args.from_ts)
+        res = what_if(run, change, args.from_ts)
     if args.png:
         plot(res, args.png)
     out = res.as_json()
