@@ -154,6 +154,15 @@ def test_graph_query_command_and_its_errors(lake):
     assert missing.returncode == 2 and "no results file" in missing.stderr
 
 
+def test_a_build_on_a_lake_without_runs_says_the_graph_is_the_catalogue_alone(tmp_path, capsys):
+    from biopilot.cli import main
+
+    assert main(["graph", "build", "--lake", str(tmp_path / "typo")]) == 0  # the catalogue alone is a graph
+    captured = capsys.readouterr()
+    assert f"no runs in {tmp_path / 'typo'}: the graph holds the fault catalogue only" in captured.err
+    assert "stored in" in captured.out
+
+
 def test_questions_about_a_run_are_left_to_the_runs_findings():
     for question in ("why did DO drop?", "what caused the DO drop in this run?", "what happened to pH?"):
         assert kg.parse_question(question) is None

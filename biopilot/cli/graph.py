@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from biopilot.cli.errors import UsageError, user_errors
@@ -44,10 +45,14 @@ def cmd_graph_build(args: argparse.Namespace) -> int:
     read)."""
     from agents.knowledge_graph import build, store
     from design.study import StudyError
+    from sinks import delta
 
     for _, results in args.design:
         if not Path(results).is_file():
             raise UsageError(f"--design: no results file {results}")
+    if not delta.run_ids(lake_of(args)):  # a mistyped --lake: say so, the graph is the catalogue alone
+        print(f"biopilot: no runs in {lake_of(args)}: the graph holds the fault catalogue"
+              f"{' and the designs' if args.design else ''} only", file=sys.stderr)
     with user_errors(StudyError):
         graph = build(lake_of(args), args.design)
     edges = store(lake_of(args), graph)
