@@ -268,6 +268,25 @@ def test_design_run_names_an_edited_sheets_row_the_twin_refuses_before_any_run(
     assert len(captured.err.strip().splitlines()) == 1 and "running" not in captured.err  # no run started
 
 
+def test_design_analyse_refuses_an_infinite_result_naming_its_row(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: the row was left out of the fit as if the lab had no result, without a word."""
+    sheet = tmp_path / "lab.csv"
+    assert main(["design", "propose", *FLAGS, "--design", "full", "--centre-points", "0", "--out", str(sheet)]) == 0
+    with open(sheet) as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        row["final_titer"] = "inf" if i == 2 else str(2.0 + 0.1 * i)
+    with open(sheet, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    capsys.readouterr()
+    assert main(["design", "analyse", *FLAGS, "--sheet", str(sheet)]) == 2
+    err = capsys.readouterr().err
+    assert "row 3: final_titer is infinite" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_fast_prediction_matches_the_fitted_formula() -> None:
     rng = np.random.default_rng(2)
     x = rng.uniform(-1, 1, (30, 2))

@@ -206,6 +206,10 @@ def cmd_design_analyse(args: argparse.Namespace) -> int:
             observed[r.name] = np.array([np.nan if v in (None, "") else float(v) for v in table[r.name].to_pylist()])
         except ValueError:
             raise UsageError(f"{args.sheet}: column {r.name} must hold numbers") from None
+        infinite = np.flatnonzero(np.isinf(observed[r.name]))
+        if infinite.size:  # else left out of the fit as if it were missing, without a word
+            raise UsageError(f"{args.sheet}: row {infinite[0] + 1}: {r.name} is infinite; leave a missing "
+                             "result empty")
     return _analyse_and_report(sheet, observed, args, run_confirmation=False)
 
 
