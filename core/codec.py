@@ -246,3 +246,21 @@ def _nan_to_null(table: pa.Table, columns: dict[str, np.ndarray]) -> pa.Table:
 
 def decode_assays(payload: bytes) -> pa.Table:
     return decode_rows(payload, ASSAYS)
+
+
+def json_safe(value: object) -> object:
+    """`value` with every NaN or infinite float (a median not reached, a hazard ratio without events) as None, and
+    numpy scalars as Python ones: what `--json` prints is then strict JSON.
+
+    >>> json_safe({"a": [1.0, float("inf")], "b": np.float64("nan")})
+    {'a': [1.0, None], 'b': None}
+    """
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -287,6 +287,30 @@ def test_design_analyse_refuses_an_infinite_result_naming_its_row(tmp_path: Path
     assert "row 3: final_titer is infinite" in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_design_analyse_json_of_a_constant_result_is_strict_json(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A lab result that never moves has no R²: null in the JSON (before: -Infinity and NaN, which strict JSON
+    readers refuse)."""
+    sheet = tmp_path / "lab.csv"
+    assert main(["design", "propose", *FLAGS, "--design", "full", "--centre-points", "0", "--out", str(sheet)]) == 0
+    with open(sheet) as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["final_titer"] = "2.5"
+    with open(sheet, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    capsys.readouterr()
+    code = main(["design", "analyse", *FLAGS, "--sheet", str(sheet), "--json"])
+    out = capsys.readouterr().out
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} in --json")
+
+    assert code == 0 and json.loads(out, parse_constant=refuse)
+
+
 def test_fast_prediction_matches_the_fitted_formula() -> None:
     rng = np.random.default_rng(2)
     x = rng.uniform(-1, 1, (30, 2))

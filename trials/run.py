@@ -48,24 +48,6 @@ ENDPOINTS = {
 }
 
 
-def json_safe(value: object) -> object:
-    """`value` with every NaN or infinite float (a median not reached, a hazard ratio without events) as None, and
-    numpy scalars as Python ones: what `--json` prints is then strict JSON.
-
-    >>> json_safe({"a": [1.0, float("inf")], "b": np.float64("nan")})
-    {'a': [1.0, None], 'b': None}
-    """
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 def trial_id(design: Design, patients_per_arm: int, seed: int, population_note: str = "") -> str:
     """Deterministic: the same design, size and seed give the same id (and run ids)."""
     digest = hashlib.sha1(f"{design.model_dump_json()}|{patients_per_arm}|{seed}|{population_note}".encode())

@@ -445,8 +445,8 @@ def cmd_bench_trial(args: argparse.Namespace) -> int:
     if args.pool < need:
         raise UsageError(f"--pool {args.pool} is too small: two arms of {need // 2} need at least {need}")
     from biopilot.bench import trial as bench
+    from core.codec import json_safe
     from trials.power import plot_curve
-    from trials.run import json_safe
 
     res = json_safe(bench.run(args.patients_per_arm, args.n_trials, args.null_trials, args.pool, args.seed,
                               say=progress(args)))

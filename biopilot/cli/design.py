@@ -262,7 +262,9 @@ def _analyse_and_report(sheet: RunSheet, observed: dict[str, np.ndarray], args: 
     if args.report:
         (write_pdf if args.report.endswith(".pdf") else write_html)(analysis, args.report, verdict)
     result = as_json(analysis, verdict)
-    print(json.dumps(result, default=_json_default) if args.json else format_report(analysis, verdict))
+    from core.codec import json_safe
+
+    print(json.dumps(json_safe(result), default=_json_default) if args.json else format_report(analysis, verdict))
     if args.report and not args.json:
         print(f"report: {args.report}", file=sys.stderr)
     return 0
@@ -356,7 +358,9 @@ def cmd_design_sequential(args: argparse.Namespace) -> int:
            "goal": study.goal, "optimum": {"settings": res.optimum.settings, "predicted": res.optimum.predicted,
                                            "feasible": res.optimum.feasible}}
     if args.json:
-        print(json.dumps(out, default=_json_default))
+        from core.codec import json_safe
+
+        print(json.dumps(json_safe(out), default=_json_default))
     else:
         print(f"{out['runs']} runs in {out['batches']} batches after the space-filling start; recommended:")
         for name, value in {**res.optimum.settings, **res.optimum.predicted}.items():

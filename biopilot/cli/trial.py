@@ -58,9 +58,10 @@ def cmd_trial_run(args: argparse.Namespace) -> int:
     its 95 % CI and p-value."""
     from tqdm import tqdm
 
+    from core.codec import json_safe
     from trials import report
     from trials.design import DesignError
-    from trials.run import json_safe, run_trial
+    from trials.run import run_trial
 
     if args.report and not args.report.endswith((".html", ".pdf")):
         raise UsageError(f"--report must end in .html or .pdf, got {args.report}")
@@ -133,9 +134,9 @@ def cmd_trial_power(args: argparse.Namespace) -> int:
     when the design's arms do not differ."""
     from tqdm import tqdm
 
+    from core.codec import json_safe
     from trials import power
     from trials.design import DesignError
-    from trials.run import json_safe
 
     try:
         sizes = sorted({int(s) for s in args.patients_per_arm.split(",") if s.strip()})
