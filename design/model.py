@@ -132,6 +132,9 @@ def fit_response(factors: tuple[Factor, ...], coded: np.ndarray, y: np.ndarray, 
     terms = model_terms(factors, order)
     if len(terms) + 1 >= len(y):
         raise StudyError(f"{response}: {len(y)} runs cannot fit a {order} model of {len(terms) + 1} terms")
+    if np.ptp(y) == 0:  # nothing to fit: statsmodels would divide by zero and report R² = -inf
+        raise StudyError(f"{response}: every run gave {y[0]:g}; a response that does not vary has no effects "
+                         "to estimate")
     data = pd.DataFrame(coded, columns=factor_columns(factors)).assign(y=y)
     fit = smf.ols("y ~ " + " + ".join(terms), data).fit()
     coef = pd.DataFrame({"term": fit.params.index, "coefficient": fit.params.values, "std_err": fit.bse.values,

@@ -256,7 +256,7 @@ COMMANDS = [
     (["report", "{patient_run}", "--format", "md", "--out", "{out}"], ".md"),
     (["whatif", "--run", "{run}", "--without-fault", "overfeed"], "re-simulated run matches its stored assays: True"),
     (["twin", "fit", "--patient", "p000000", "--run", "{patient_run}"], "advice:"),
-    (["reference", "build", "--runs", "{run}"], "learned from 1 normal batch"),
+    (["reference", "build", "--runs", "{run}", "--include-faulted"], "learned from 1 normal batch"),
     (["graph", "build"], "stored in {lake}"),
     (["token", "create", "--role", "viewer"], "viewer token"),  # its audit row: `audit verify` below
     (["lake", "optimize"], "ticks"),
