@@ -165,11 +165,11 @@ def read_sheet(study: Study, path: str | Path) -> RunSheet:
             if not np.isfinite(coded[i, j]):  # NaN or inf: the fit's linear algebra would raise on it
                 raise StudyError(f"{path}: row {i + 1}: {factor.name} must be a finite number, got {value!r}")
     try:
-        seeds = np.array([int(r["seed"]) for r in rows])
+        seeds = [int(r["seed"]) for r in rows]
         std_order = np.array([int(r["std_order"]) for r in rows])
-    except (ValueError, TypeError, OverflowError):  # TypeError: a short row's missing cell (None)
+    except (ValueError, TypeError):  # TypeError: a short row's missing cell (None)
         raise StudyError(f"{path}: seed and std_order must be integers") from None
-    bad = next((i for i, r in enumerate(rows) if not 0 <= int(r["seed"]) <= 2**63 - 1), None)
+    bad = next((i for i, seed in enumerate(seeds) if not 0 <= seed <= 2**63 - 1), None)
     if bad is not None:  # the twin's random streams take a seed from 0 (numpy raises on a negative one)
-        raise StudyError(f"{path}: row {bad + 1}: seed must be from 0 to 2**63 - 1, got {rows[bad]['seed']}")
-    return RunSheet(study, "sheet", coded, std_order, [r["point_type"] for r in rows], seeds)
+        raise StudyError(f"{path}: row {bad + 1}: seed must be from 0 to 2**63 - 1, got {seeds[bad]}")
+    return RunSheet(study, "sheet", coded, std_order, [r["point_type"] for r in rows], np.array(seeds))

@@ -378,12 +378,10 @@ class NormalScores:
     streamed: dict[str, Streamed]
 
 
-def normal_scores(names: list[str], train: np.ndarray | Inputs, detectors_: list[str],
-                  settle_rows: int = 0) -> NormalScores:
-    """`train`: the training rows, or each detector's (`Conditioning.inputs`). `settle_rows`: the conditioning's
-    start-up (`Conditioning.settle_rows`), left out of the calibration with the first fold's lags (at most a
-    quarter of the rows)."""
-    inputs = train if isinstance(train, dict) else dict.fromkeys(detectors_, train)
+def normal_scores(names: list[str], inputs: Inputs, detectors_: list[str], settle_rows: int = 0) -> NormalScores:
+    """`inputs`: each detector's training rows (`Conditioning.inputs`). `settle_rows`: the conditioning's start-up
+    (`Conditioning.settle_rows`), left out of the calibration with the first fold's lags (at most a quarter of the
+    rows)."""
     n_rows = len(inputs[detectors_[0]])
     calibration_rows = n_rows - max(n_rows // 4, 1)
     checked, starts = zip(*(out_of_sample(n, names, inputs[n], calibration_rows) for n in detectors_), strict=True)
@@ -394,7 +392,7 @@ def normal_scores(names: list[str], train: np.ndarray | Inputs, detectors_: list
                         {n: stream(d, d.init_state(names), inputs[n]) for n, d in dets.items()})
 
 
-def fit_budget(names: list[str], train: np.ndarray | Inputs | None, detectors_: list[str], far: float,
+def fit_budget(names: list[str], train: Inputs | None, detectors_: list[str], far: float,
                rule: Persistence | None = None, normal: NormalScores | None = None,
                smooth_rows: int = DEFAULT_OPTIONS.stat_smooth_rows, settle_rows: int = 0) -> BudgetModel:
     """The budget's rules, setting and check (module doc): thresholds and rules set on the first three quarters'
@@ -417,12 +415,12 @@ def fit_budget(names: list[str], train: np.ndarray | Inputs | None, detectors_: 
     return BudgetModel(names, normal.streamed, budget, fused, smooth_rows)
 
 
-def go_on(streamed: dict[str, Streamed], X: np.ndarray | Inputs) -> dict[str, Streamed]:
-    """Each fitted detector over rows that follow the training rows (the fitted ones are left as they were); X:
-    the rows, or each detector's."""
+def go_on(streamed: dict[str, Streamed], inputs: Inputs) -> dict[str, Streamed]:
+    """Each fitted detector over its input's rows that follow the training rows (the fitted ones are left as they
+    were)."""
     import copy
 
-    return {name: stream(fitted.detector, copy.deepcopy(fitted.state), X[name] if isinstance(X, dict) else X)
+    return {name: stream(fitted.detector, copy.deepcopy(fitted.state), inputs[name])
             for name, fitted in streamed.items()}
 
 

@@ -320,7 +320,7 @@ def test_the_budget_leaves_out_the_smoothing_start_of_the_training_rows():
     names, X, _ = pp.run(pp.draw_plant(0), 600, None, 160, seed=5)
     conditioning = Conditioning.fit(names, X, DetectOptions(far=0.05))
     assert conditioning.settle_rows == 30 and replace(conditioning, smooth_rows=1).settle_rows == 0
-    normal = normal_scores(conditioning.scored, conditioning.apply(X), ["cva"], conditioning.settle_rows)
+    normal = normal_scores(conditioning.scored, conditioning.inputs(X, ["cva"]), ["cva"], conditioning.settle_rows)
     assert normal.start == conditioning.settle_rows + CONTEXT
     cva = normal.final["cva"]  # what it leaves out: an EWMA started from one reading scores above the rest
     assert cva[CONTEXT:normal.start].mean() > 1.3 * cva[normal.start:].mean()

@@ -20,9 +20,11 @@ from trials import analysis, power
 from trials.design import load_design
 from trials.run import run_trial
 
+CURVE_SIZES = (250, 500, 1000, 1500, 2000, 2500)  # patients per arm of the power curve, drawn from the pool
+
 
 def run(patients_per_arm: int = 200, n_trials: int = 1000, null_trials: int = 4000, pool: int = 6000, seed: int = 0,
-        curve_sizes: tuple[int, ...] = (250, 500, 1000, 1500, 2000, 2500), say: Callable[[str], None] = print) -> dict:
+        curve_sizes: tuple[int, ...] = CURVE_SIZES, say: Callable[[str], None] = print) -> dict:
     t0 = time.perf_counter()
     say(f"eu_pact_twin: {patients_per_arm} patients per arm")
     trial = run_trial(load_design("eu_pact_twin"), patients_per_arm, seed)

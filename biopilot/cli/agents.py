@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from biopilot.cli.errors import UsageError, user_errors
-from biopilot.cli.options import command, in_range, lake_of, lake_option
+from biopilot.cli.options import check_folder, command, in_range, lake_of, lake_option
 from core.config import load_settings
 
 
@@ -48,8 +48,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from agents.diagnose import RunNotFound
     from trials import run_report
 
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise UsageError(f"--out {args.out} is a file; give the folder the report goes in")
+    check_folder("--out", args.out, "the folder the report goes in")
     with user_errors(RunNotFound, report.UnsafeRunId):
         report.report_path(Path(args.out), args.run, args.format)  # an id before the lake is read
         trial = run_report.trial_row(lake_of(args), args.run)

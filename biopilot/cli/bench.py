@@ -12,6 +12,7 @@ from pathlib import Path
 from biopilot.cli.errors import UsageError, user_errors
 from biopilot.cli.options import (
     MAX_REACTORS,
+    check_folder,
     command,
     conditioning_options,
     detect_options,
@@ -26,13 +27,6 @@ from biopilot.cli.options import (
 # counts where 0 is meaningful (0 slow clients, 0 skips a part): a negative one ran on, or waited forever
 COUNT_OR_NONE = {name: in_range(name, int, 0, 10**6, high_text="1,000,000")
                  for name in ("--latency-alerts", "--slow", "--lake-misses")}
-
-
-def _folder(option: str, path: str | None) -> None:
-    """Before any work: a folder the bench writes into may be missing (it is made) but must not be a file (else a
-    FileExistsError traceback once the run is done)."""
-    if path and Path(path).exists() and not Path(path).is_dir():
-        raise UsageError(f"{option} {path} is a file; give a folder")
 
 
 def _known_detectors(specs: list[str]) -> None:
@@ -94,7 +88,7 @@ def add_simulate(benches: argparse._SubParsersAction) -> None:
 def cmd_bench_simulate(args: argparse.Namespace) -> int:
     """Simulate a fleet (noise, assays, faults) into Delta and time a per-reactor scipy solve_ivp loop of
     the same model on a sample."""
-    _folder("--lake", args.lake)
+    check_folder("--lake", args.lake)
     from biopilot.bench import simulate as bench
 
     if args.plant == "patient":
@@ -137,7 +131,7 @@ def add_pipeline(benches: argparse._SubParsersAction) -> None:
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     """Throughput of (a) a bare NATS->Delta copy, (b) our flow, (c) a naive per-event JSON + River HST
     flow; latency at a live rate; flow memory over a soak at full rate."""
-    _folder("--keep", args.keep)
+    check_folder("--keep", args.keep)
     from biopilot.bench import pipeline as bench
 
     result = bench.run(ticks=args.ticks, naive_ticks=args.naive_ticks, live_rate=args.live_rate,
@@ -174,7 +168,7 @@ def cmd_bench_detectors(args: argparse.Namespace) -> int:
 
     say = progress(args)
     _check_sweep(args)
-    _folder("--out", args.out)
+    check_folder("--out", args.out)
     if args.only:
         _known_detectors(args.only.split(","))
     if args.plant == "patient":
@@ -223,7 +217,7 @@ def cmd_bench_agents(args: argparse.Namespace) -> int:
     """Monitoring + troubleshooting over a labelled twin suite (top-1/top-3 per archetype, abstentions,
     incidents on normal runs) and the live latency from an alert to the first explanation chunk."""
     _check_sweep(args)
-    _folder("--out", args.out)
+    check_folder("--out", args.out)
     if args.plant == "patient":
         from agents import patient_benchmark as bench
 
@@ -374,8 +368,8 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
     if len(given) != 1:  # two of them: the one benched would silently be the last
         raise UsageError("give --data DIR, or --make-suite / --make-plant DIR to write a suite first"
                          + (f"; one of them, not {' and '.join(given)}" if given else ""))
-    _folder("--make-suite", args.make_suite)
-    _folder("--make-plant", args.make_plant)
+    check_folder("--make-suite", args.make_suite)
+    check_folder("--make-plant", args.make_plant)
     _known_detectors(args.detectors.split(","))
     bad = [f for f in args.far if not 0 < f < 1]
     if bad:
@@ -439,12 +433,13 @@ def cmd_bench_trial(args: argparse.Namespace) -> int:
     """One eu_pact_twin trial (TTR per arm: standard, genotype-guided, twin-guided), the type I error of the
     null design over --n-trials trials with and without PROCOVA, and PROCOVA's observed variance ratio and
     sample size saved on eu_pact (power curves over the trial size)."""
-    _folder("--out", args.out)
-    # the power curve draws two arms of up to 2,500 from the pool (else a ValueError after the whole trial)
-    need = 2 * max(args.patients_per_arm, 2500)
+    check_folder("--out", args.out)
+    from biopilot.bench import trial as bench
+
+    # the power curve draws two arms of its largest size from the pool (else a ValueError after the whole trial)
+    need = 2 * max(args.patients_per_arm, *bench.CURVE_SIZES)
     if args.pool < need:
         raise UsageError(f"--pool {args.pool} is too small: two arms of {need // 2} need at least {need}")
-    from biopilot.bench import trial as bench
     from core.codec import json_safe
     from trials.power import plot_curve
 
@@ -473,7 +468,7 @@ def cmd_bench_cohort(args: argparse.Namespace) -> int:
     sex)."""
     from cohorts.table import MIN_ROWS
 
-    _folder("--out", args.out)
+    check_folder("--out", args.out)
     if args.patients < MIN_ROWS:
         raise UsageError(f"--patients {args.patients}: at least {MIN_ROWS} are needed to learn from")
     from biopilot.bench import cohort as bench
@@ -550,8 +545,8 @@ def cmd_bench_drift(args: argparse.Namespace) -> int:
     share on amiodarone): the input drift monitor's delay in simulated hours, the drift incident in the agents'
     words, the champion's AUROC (INR >= 4 within 7 days) before and after the shift, the challenger trained on
     the shifted patients and evaluated in shadow, and the AUROC after its promotion (on held-out patients)."""
-    _folder("--out", args.out)
-    _folder("--lake", args.lake)
+    check_folder("--out", args.out)
+    check_folder("--lake", args.lake)
     if args.days < 9:
         raise UsageError(f"--days {args.days} must be >= 9 (a sample needs 2 days of history and 7 ahead)")
     from biopilot.bench import drift as bench
@@ -583,7 +578,7 @@ def cmd_bench_design(args: argparse.Namespace) -> int:
     whose constraints hold. Then the sequential design (Bayesian optimisation) on the twin as a lab sees it
     (run-to-run variability, assay errors), within the run budget; its recommendation's true response beside
     the grid's best, and the classical face-centred central composite design's."""
-    _folder("--out", args.out)
+    check_folder("--out", args.out)
     if args.budget_share > 1:  # more runs than the grid it is compared with
         raise UsageError(f"--budget-share must be at most 1 (a share of the grid's runs), "
                          f"got {args.budget_share:g}")
@@ -645,8 +640,8 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
     the NATS node leading the stream and the object store restarted, each checked for exactly-once (ticks =
     published, no duplicate (run_id, seq), scores = ticks, alert ids unique); live publish -> alert latency with
     1 and 2 processes."""
-    _folder("--out", args.out)
-    _folder("--keep", args.keep)
+    check_folder("--out", args.out)
+    check_folder("--keep", args.keep)
     processes = _counts("--processes", args.processes)
     live_processes = _counts("--live-processes", args.live_processes)
     from biopilot.bench import scale as bench

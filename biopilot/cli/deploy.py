@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from biopilot.cli.errors import UsageError
-from biopilot.cli.options import command, in_range, lake_of, lake_option, positive, settings_for
+from biopilot.cli.options import check_folder, command, in_range, lake_of, lake_option, positive, settings_for
 
 
 def add_streams(subparsers: argparse._SubParsersAction) -> None:
@@ -70,9 +70,8 @@ def cmd_flow_prepare(args: argparse.Namespace) -> int:
         raise UsageError(f"--processes: at most {RECOVERY_PARTITIONS} (the recovery store's partitions)")
     if not args.recovery.strip():  # else "" is the working directory, filled with the store's partitions
         raise UsageError("--recovery: give the process's recovery directory")
+    check_folder("--recovery", args.recovery, "a directory")
     recovery = Path(args.recovery)
-    if recovery.exists() and not recovery.is_dir():  # else mkdir's FileExistsError traceback
-        raise UsageError(f"--recovery {recovery} is a file; give a directory")
     lake_of(args)  # a lake that is a file: refused before the recovery store is made, not silently passed
     recovery.mkdir(parents=True, exist_ok=True)
     if not any(recovery.glob("*.sqlite3")):

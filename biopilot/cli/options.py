@@ -94,6 +94,13 @@ def seed_named(name: str) -> Callable[[str], float | int]:
 seed = seed_named("--seed")
 
 
+def check_folder(option: str, path: str | None, give: str = "a folder") -> None:
+    """Before any work: a folder the command writes into may be missing (it is made) but must not be a file (else
+    mkdir's FileExistsError traceback, often once the work is done)."""
+    if path and Path(path).exists() and not Path(path).is_dir():
+        raise UsageError(f"{option} {path} is a file; give {give}")
+
+
 def lake_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
 

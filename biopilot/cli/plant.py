@@ -11,6 +11,7 @@ from pathlib import Path
 from biopilot.cli.errors import UsageError, user_errors
 from biopilot.cli.options import (
     MAX_REACTORS,
+    check_folder,
     command,
     in_range,
     lake_of,
@@ -51,8 +52,7 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     if args.action == "propose":
         from agents.scenario_agent import write
 
-        if Path(args.out).exists() and not Path(args.out).is_dir():  # else mkdir's FileExistsError traceback
-            raise UsageError(f"--out {args.out} is a file; give the folder the scenarios go in")
+        check_folder("--out", args.out, "the folder the scenarios go in")
         for path in write(args.n, Path(args.out), args.seed):
             print(f"{path}  (labels: {path.with_suffix('.labels.json').name})")
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections import Counter
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,7 @@ def _timestamp(text: str) -> datetime:
 
 def settings(pairs: list[tuple[str, str]]) -> dict[str, str]:
     """--set pairs as a mapping; a key given twice is refused rather than the last one silently winning."""
-    twice = sorted({k for k, _ in pairs if [p[0] for p in pairs].count(k) > 1})
+    twice = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
     if twice:
         raise UsageError(f"--set {', '.join(twice)} given more than once; give each setting once")
     return dict(pairs)
