@@ -54,6 +54,10 @@ def ask(lake: str | Path, run_id: str | None, question: str, backend: Backend, i
     elif kind == "design":
         yield from designer.design_answer(question, backend)
     elif kind == "graph":
+        try:
+            kg.asked_day(question)
+        except kg.QuestionError as bad_day:  # answered for any day, and said so, rather than for a misread one
+            yield f"{bad_day}; this answer is for any day. "
         yield from graph_answer(lake, kg.parse_question(question), backend)
     elif run_id is None:
         yield "Name a run to ask about it, or ask about the process: \"what raises HCP?\"."

@@ -66,6 +66,9 @@ MIN_RHO = 0.6  # an association that counts (|Spearman rho|, p < 0.01)
 RUNS_PER_FAULT = 20  # labelled runs read per fault (and normal runs): the ticks of a few runs tell the shift
 ONSET_H = 24.0  # the ticks compared: a fault's first day
 DAY_SLACK = 0.5  # a cause seen until day 5.6 still counts for "day 6"
+# "day" and the number after it, whole ("day 1e400", "day -3", "day inf"), so that one which is not a day is
+# refused, not read as another ("day 1") or dropped; "day-5" is day 5
+DAY = re.compile(r"\bday(?:\s+|-)?([-+]?(?:\d+(?:\.\d*)?(?:e[-+]?\d+)?|\.\d+(?:e[-+]?\d+)?|nan\b|inf(?:inity)?\b))")
 
 WORDS: dict[str, str] = {  # what a question may call a node
     "hcp": "hcp_ng_ml", "host cell protein": "hcp_ng_ml", "titer": "titer_g_l", "titre": "titer_g_l",
@@ -488,6 +491,23 @@ def load_or_catalogue(lake: str | Path) -> KnowledgeGraph:
 
 
 # ---- questions and answers ----------------------------------------------------------------------------------
+class QuestionError(ValueError):
+    """A question the graph could answer but for a part that is wrong (a day that is no day of a run)."""
+
+
+def asked_day(question: str) -> float | None:
+    """The day of the run a question names ("on day 6", "day 9.5"); None if it names none; a QuestionError if it
+    names one that is not a day: negative, infinite, NaN or too large for a float ("day 1e400")."""
+    found = DAY.search(question.lower())
+    if found is None:
+        return None
+    day = float(found[1])
+    if found[1].startswith("-") or not day < math.inf:  # NaN fails too; "-0" is no day either
+        raise QuestionError(f'"day {found[1]}" is not a day of the run: give a number of days from 0, e.g. '
+                            '"on day 6"')
+    return day
+
+
 def parse_question(question: str) -> GraphQuestion | None:
     """"what raises HCP?", "what could cause low DO on day 6?": the node, the direction and the day; None if the
     question is not one the graph answers."""
@@ -510,8 +530,11 @@ def parse_question(question: str) -> GraphQuestion | None:
     target = after[0][1]  # the node the verb is about: "what do high temperatures do to the titer?" is the titer
     if words & RUN_WORDS:  # "what caused the DO drop in this run?": the run's findings answer that
         return None
-    day = re.search(r"\bday\s*(\d+(?:\.\d+)?)", text)
-    return GraphQuestion(target, direction, float(day[1]) if day else None)
+    try:
+        day = asked_day(text)
+    except QuestionError:  # the chat answers without it; `graph query` refuses it (biopilot/cli/graph.py)
+        day = None
+    return GraphQuestion(target, direction, day)
 
 
 def _verb(sign: int, direction: int) -> str:

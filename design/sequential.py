@@ -140,15 +140,22 @@ def _star(study: Study, gps: dict[str, GaussianProcessRegressor], x: np.ndarray,
     return np.array(points[:size])
 
 
-def run_sequential(study: Study, evaluate: Evaluate, budget: int, batch: int, initial: int | None = None,
-                   seed: int = 0, progress: Callable[[int, float], None] | None = None) -> SequentialResult:
-    """Spend `budget` runs: `initial` space-filling ones (default max(4k, batch)), then batches of `batch`, the
-    last a star around the surrogates' optimum.
-    `progress(runs_done, incumbent)` after each batch."""
-    k = len(study.factors)
-    initial = initial or max(4 * k, batch)
+def start_runs(study: Study, budget: int, batch: int, initial: int | None = None) -> int:
+    """The space-filling start's runs (`initial`, default max(4k, batch)); a StudyError if `budget` does not cover
+    them (callers check it before their own work too)."""
+    initial = initial or max(4 * len(study.factors), batch)
     if initial > budget:
         raise StudyError(f"the run budget ({budget}) must cover the space-filling start ({initial} runs)")
+    return initial
+
+
+def run_sequential(study: Study, evaluate: Evaluate, budget: int, batch: int, initial: int | None = None,
+                   seed: int = 0, progress: Callable[[int, float], None] | None = None) -> SequentialResult:
+    """Spend `budget` runs: `initial` space-filling ones (`start_runs`), then batches of `batch`, the last a star
+    around the surrogates' optimum.
+    `progress(runs_done, incumbent)` after each batch."""
+    k = len(study.factors)
+    initial = start_runs(study, budget, batch, initial)
     rng = np.random.default_rng([seed, 2803])
     x = _snap(study, qmc.LatinHypercube(d=k, seed=rng).random(initial) * 2 - 1)
     seeds = rng.choice(2**31 - 1, size=budget, replace=False)

@@ -171,9 +171,39 @@ def test_questions_about_a_run_are_left_to_the_runs_findings():
     assert kg.parse_question("what do you know?") is None  # "do", the verb, is not DO
 
 
+@pytest.mark.parametrize("day", ["1e400", "-3", "-0", "inf", "nan", "9" * 400])
+def test_graph_query_refuses_a_day_that_is_not_one(day, tmp_path, capsys):
+    from biopilot.cli import main
+
+    assert main(["graph", "query", f"what lowers titer on day {day}?", "--lake", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and f'"day {day}" is not a day of the run' in err
+    assert kg.parse_question(f"what lowers titer on day {day}?").day is None  # the chat answers without it
+
+
+def test_a_day_is_read_whole_and_valid_days_still_answer(tmp_path, capsys):
+    from biopilot.cli import main
+
+    for text, day in (("day 6.", 6.0), ("day 9.5?", 9.5), ("day 0", 0.0), ("day-5", 5.0), ("day 6th", 6.0),
+                      ("day 1e-400", 0.0), ("day to day", None), ("today 5", None)):
+        assert kg.asked_day(f"what lowers titer {text}") == day, text
+    assert main(["graph", "query", "what could cause low DO on day 6?", "--lake", str(tmp_path)]) == 0
+    assert "on day 6, from the knowledge graph" in capsys.readouterr().out
+
+
 def test_before_any_build_the_catalogue_alone_answers(tmp_path):
     graph = kg.load_or_catalogue(tmp_path / "empty")
     assert graph.build_id == "" and not [e for e in graph.evidence if e.kind not in ("signature", "catalogue")]
     origins = [c.origin for c in graph.causes("do_pct", -1)]
     assert origins[:2] == ["do_limitation", "contamination"]
     assert np.all([graph.graph.nodes[o]["kind"] == "anomaly" for o in origins])
+
+
+def test_the_chat_says_it_answers_for_any_day_when_the_day_asked_is_no_day(tmp_path: Path) -> None:
+    from agents.chat import ask
+    from agents.llm import OfflineBackend
+
+    text = " ".join(ask(str(tmp_path / "no-lake"), None, "what could cause low DO on day -3?", OfflineBackend()))
+    assert '"day -3" is not a day of the run' in text and "any day" in text
+    assert "not a day" not in " ".join(ask(str(tmp_path / "no-lake"), None, "what could cause low DO on day 6?",
+                                           OfflineBackend()))

@@ -22,7 +22,7 @@ import numpy as np
 
 from design.analysis import analyse
 from design.designs import propose
-from design.sequential import run_sequential
+from design.sequential import run_sequential, start_runs
 from design.study import Study, load_study
 from design.twin import run_settings
 
@@ -61,6 +61,8 @@ def run(study: str = "titer", levels: int = 11, budget_share: float = TARGET_SHA
     size = math.prod(2 if f.categorical else levels for f in st.factors)
     if size > MAX_GRID:  # checked before the grid is built: a few hundred levels would fill the memory
         raise ValueError(f"--levels {levels} makes a grid of {size:,} settings; at most {MAX_GRID:,}")
+    budget = int(budget_share * size)
+    start_runs(st, budget, batch)  # before the grid: a budget short of the design's start would refuse after it
     axes = [np.array([-1.0, 1.0]) if f.categorical else np.linspace(-1, 1, levels) for f in st.factors]
     grid = np.array(list(itertools.product(*axes)))
     say(f"grid: {len(grid)} noise-free runs")
@@ -71,7 +73,6 @@ def run(study: str = "titer", levels: int = 11, budget_share: float = TARGET_SHA
         raise ValueError(f"no grid setting of study {st.name} meets its constraints")
     best_i = int(np.argmax(np.where(ok, sign * truth[st.goal], -np.inf)))
     grid_best = float(truth[st.goal][best_i])
-    budget = int(budget_share * len(grid))
     grid_s = time.perf_counter() - started
 
     def evaluate(coded: np.ndarray, seeds: np.ndarray) -> dict[str, np.ndarray]:

@@ -310,7 +310,7 @@ def add_sequential(designs: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=positive("--budget", int), default=40, help="runs in all (default 40)")
     p.add_argument("--batch", type=positive("--batch", int), default=8, help="runs per batch (default 8)")
     p.add_argument("--initial", type=positive("--initial", int), default=None,
-                   help="space-filling runs first (default max(2 x factors + 2, batch))")
+                   help="space-filling runs first (default max(4 x factors, batch))")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--results", default=None, help="write every run (batch, settings, responses) as .csv")
     p.add_argument("--png", default=None, help="plot the runs and the best so far")

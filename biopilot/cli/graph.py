@@ -71,12 +71,14 @@ def cmd_graph_build(args: argparse.Namespace) -> int:
 def cmd_graph_query(args: argparse.Namespace) -> int:
     """Answer "what raises/lowers/causes X [on day N]?" from the newest stored graph (before any build: from the
     fault catalogue alone), every cause with the evidence it rests on."""
-    from agents.knowledge_graph import answer, load_or_catalogue, parse_question
+    from agents.knowledge_graph import QuestionError, answer, asked_day, load_or_catalogue, parse_question
 
     question = parse_question(args.question)
     if question is None:
         raise UsageError('ask what raises, lowers or causes a signal, assay or quality attribute: "what raises '
                          'HCP?", "what could cause low DO on day 6?"')
+    with user_errors(QuestionError):  # "day -3", "day 1e400": refused, not dropped or read as another day
+        asked_day(args.question)
     graph = load_or_catalogue(lake_of(args))
     if args.json:
         causes = graph.causes(question.target, question.direction, question.day)
