@@ -13,7 +13,10 @@ Every numeric column except the time, label and ignored columns is a signal. Two
 - a causal EWMA (`smooth_rows`) takes the sample noise off every signal, so a persistent shift stands out. A
   detector named `<name>:raw` (e.g. `cva:raw`) sees the signals before that EWMA, wander handled the same: a
   random variation or a faster oscillation, whose signature is spread rather than level, is what the EWMA
-  smooths away. Under a budget both kinds join the same union, each at its share.
+  smooths away. Under a budget both kinds join the same union, each at its share. A detector may also join it
+  beyond the margin, outside the budget (`beyond`): the smoothed signals vary slowly, so a training run of a few
+  hundred rows holds few independent stretches of them and cannot set their tail at a budget; past `margin`
+  times their largest out-of-fold score they still find a large fault (docs/DETECT.md).
 Detectors learn from the data in time order; the reference-window ones are fitted on the training rows (the
 first `train_rows`, or a separate training file prepended). Each detector's alarm threshold is set on the
 training rows, so `is_alarm` needs no labels, in one of two ways:
@@ -52,7 +55,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -70,6 +73,7 @@ from detectors.false_alarm_budget import (
     Calibrated,
     Persistence,
     Union,
+    beyond_margin,
     blocked_check,
     calibrate,
     threshold_for,
@@ -302,6 +306,15 @@ def check_detectors(specs: list[str]) -> None:
                          f"(each also as <name>{RAW}: on the signals before their EWMA)")
 
 
+def with_beyond(budgeted: list[str], beyond: Sequence[str]) -> list[str]:
+    """Every detector to score: those under the budget, then those beyond the margin (`fit_budget`); each once."""
+    both = [d for d in beyond if d in budgeted]
+    if both:
+        raise InputError(f"detector(s) {', '.join(both)} both under the budget and beyond the margin: name each once")
+    check_detectors([*budgeted, *beyond])
+    return [*budgeted, *dict.fromkeys(beyond)]
+
+
 def is_reference(name: str) -> bool:
     return issubclass(REGISTRY[detector_kind(name)], ReferenceWindowDetector)
 
@@ -394,24 +407,33 @@ def normal_scores(names: list[str], inputs: Inputs, detectors_: list[str], settl
 
 def fit_budget(names: list[str], train: Inputs | None, detectors_: list[str], far: float,
                rule: Persistence | None = None, normal: NormalScores | None = None,
-               smooth_rows: int = DEFAULT_OPTIONS.stat_smooth_rows, settle_rows: int = 0) -> BudgetModel:
+               smooth_rows: int = DEFAULT_OPTIONS.stat_smooth_rows, settle_rows: int = 0,
+               beyond: Sequence[str] = (), margin: float = DEFAULT_OPTIONS.margin) -> BudgetModel:
     """The budget's rules, setting and check (module doc): thresholds and rules set on the first three quarters'
     out-of-fold statistics and the rules picked on the last quarter; then, with each rule kept, the thresholds set
     again on the out-of-fold statistics of all the training rows, for the models fitted on all of them, and
-    checked on blocks of those statistics held back in turn. `normal`: the training rows' scores when already
-    computed (several budgets on one training run); else computed, leaving out the first `settle_rows`
-    (`normal_scores`)."""
+    checked on blocks of those statistics held back in turn. The detectors in `beyond` join the fusion outside the
+    budget, beyond `margin` times their largest out-of-fold statistic (`beyond_margin`). `normal`: the training
+    rows' scores when already computed (several budgets on one training run); else computed, leaving out the first
+    `settle_rows` (`normal_scores`)."""
+    budgeted = [n for n in detectors_ if n not in beyond]
+    if not budgeted:
+        raise InputError("every detector is beyond the margin: at least one must keep the budget")
     normal = normal or normal_scores(names, train, detectors_, settle_rows)
     cal = normal.calibration_rows - normal.start
     checked = {n: statistic(normal.checked[n][normal.start:], smooth_rows) for n in detectors_}
     final = {n: statistic(normal.final[n][normal.start:], smooth_rows) for n in detectors_}
-    budget = {n: calibrate(checked[n][:cal], checked[n][cal:], far, rule) for n in detectors_}
-    for n in detectors_:
+    budget = {n: calibrate(checked[n][:cal], checked[n][cal:], far, rule) for n in budgeted}
+    for n in budgeted:
         budget[n].threshold = threshold_for(final[n], far, budget[n].rule)
         budget[n].check = blocked_check({n: final[n]}, {n: budget[n].rule}, far)
-    fused = union(checked, final, cal, far, rule)
-    budget["fusion"] = fused.fusion
-    fused.fusion.check = blocked_check(final, {n: m.rule for n, m in fused.members.items()}, fused.share)
+    fused = union({n: checked[n] for n in budgeted}, {n: final[n] for n in budgeted}, cal, far, rule)
+    fused.fusion.check = blocked_check({n: final[n] for n in budgeted},
+                                       {n: m.rule for n, m in fused.members.items()}, fused.share)
+    for n in beyond:
+        budget[n] = beyond_margin(final[n], checked[n][cal:], margin)
+    fused.members = {n: fused.members.get(n) or budget[n] for n in detectors_}  # the scores' order
+    budget = {n: budget[n] for n in detectors_} | {"fusion": fused.fusion}
     return BudgetModel(names, normal.streamed, budget, fused, smooth_rows)
 
 
@@ -436,7 +458,10 @@ def drivers(names: list[str], ratios: np.ndarray, contributions: np.ndarray, ala
 
 
 def score(table: pa.Table, time_col: str, detectors_: list[str], train_rows: int, label_col: str | None = None,
-          ignore: set[str] | None = None, options: DetectOptions = DEFAULT_OPTIONS) -> Scored:
+          ignore: set[str] | None = None, options: DetectOptions = DEFAULT_OPTIONS,
+          beyond: Sequence[str] = ()) -> Scored:
+    """`beyond`: under a budget, detectors (also in `detectors_`) that join the fusion beyond `options.margin`
+    outside the budget (`fit_budget`)."""
     check_detectors(detectors_)
     skip = set(ignore or ())
     if label_col:
@@ -456,7 +481,8 @@ def score(table: pa.Table, time_col: str, detectors_: list[str], train_rows: int
     if options.far is not None:
         model = fit_budget(names, take_rows(inputs, None, train_rows), detectors_, options.far,
                            Persistence.parse(options.persist) if options.persist else None,
-                           smooth_rows=options.stat_smooth_rows, settle_rows=conditioning.settle_rows)
+                           smooth_rows=options.stat_smooth_rows, settle_rows=conditioning.settle_rows,
+                           beyond=beyond, margin=options.margin)
         after = go_on(model.streamed, take_rows(inputs, train_rows))
         # the training rows and the rows after are each smoothed from their own first row: on the training rows
         # the reference detectors score 0 while they collect their reference

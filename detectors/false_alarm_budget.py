@@ -26,6 +26,13 @@ detector added for the faults the others miss (a frozen reading) then takes its 
 others keep theirs, where a threshold on the largest of the detectors' score ratios had to rise with every
 detector added, at the others' cost (docs/DETECT.md).
 
+A detector may also join the union beyond a margin (`beyond_margin`), outside the budget: it alarms only where its
+score passes `margin` times the largest of its normal scores. This is for a statistic that varies so slowly that
+the training rows hold only a few independent stretches of it (a detector on EWMA-smoothed signals), whose tail
+at a budget the training rows cannot set: on the Tennessee Eastman process a normal run after a 500-row training
+run alarmed on a third of its rows under such thresholds, where a fault far beyond anything seen is still found
+past the margin (docs/DETECT.md).
+
 >>> rng = np.random.default_rng(0)
 >>> normal = rng.normal(size=20_000)
 >>> fit = calibrate(normal[:15_000], normal[15_000:], 0.01)
@@ -35,6 +42,9 @@ detector added, at the others' cost (docs/DETECT.md).
 >>> fused = union(both, both, 15_000, 0.01)
 >>> bool(0.005 <= fused.share <= 0.01), bool(fused.fusion.calibration_rate <= 0.01)
 (True, True)
+>>> far_beyond = beyond_margin(normal[:15_000], normal[15_000:], 2.0)
+>>> bool(far_beyond.threshold == 2 * normal[:15_000].max()), far_beyond.calibration_rate
+(True, 0.0)
 >>> check = blocked_check({"a": normal}, {"a": fit.rule}, 0.01)
 >>> str(check), check.warns(0.01)
 ('1.0 % ± 0.1 % over 10 blocks', False)
@@ -202,6 +212,14 @@ def short_of_rows(calibration_rows: int, held_back_rows: int, far: float) -> boo
 
 
 FUSED = Persistence(1, 1)  # a union's rules are its members': the largest held ratio alarms on its own
+
+
+def beyond_margin(scores: np.ndarray, held_back: np.ndarray, margin: float) -> Calibrated:
+    """A detector that alarms, outside the budget, only where its score passes `margin` times the largest of its
+    normal `scores` (module doc); its rates: on those scores (0 for a margin above 1) and on `held_back`."""
+    threshold = margin * float(scores.max())
+    return Calibrated(threshold, FUSED, alarm_rate(scores, threshold, FUSED), alarm_rate(held_back, threshold, FUSED),
+                      False)
 
 
 @dataclass

@@ -105,6 +105,9 @@ def test_two_suites_to_bench_are_refused(tmp_path: Path, capsys: pytest.CaptureF
     err = refused(["detect", "--make-suite", str(tmp_path / "a"), "--make-plant", str(tmp_path / "b")], capsys)
     assert "not --make-suite and --make-plant" in err
     assert not list(tmp_path.iterdir())
+    err = refused(["detect", "--make-te", str(tmp_path / "a"), "--data", str(tmp_path)], capsys)
+    assert "not --data and --make-te" in err
+    assert not list(tmp_path.iterdir())
 
 
 def test_more_slow_clients_than_clients_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,6 +125,8 @@ def test_a_thousand_flow_processes_are_refused(option: str, capsys: pytest.Captu
     (["drift", "--days", "1"], "--days 1 must be >= 9"),
     (["predict", "--model", "/nonexistent/model.pt"], "no such checkpoint"),
     (["design", "--budget-share", "5"], "--budget-share must be at most 1"),
+    # 5 % of 11**3 is 66 runs; 0.5 % is 6, short of the 12-run space-filling start (before: after the grid, ~7 s)
+    (["design", "--budget-share", "0.005"], "the run budget (6) must cover the space-filling start (12 runs)"),
 ])
 def test_a_size_the_bench_cannot_use_is_refused_before_the_run(argv: list[str], says: str,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,3 +135,26 @@ def test_a_size_the_bench_cannot_use_is_refused_before_the_run(argv: list[str], 
 
 def test_a_grid_too_large_to_hold_is_refused_before_it_is_built(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--levels 100000 makes a grid of" in refused(["design", "--levels", "100000"], capsys)
+
+
+def test_a_twin_suite_too_short_for_its_faults_is_refused_before_it_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    suite = tmp_path / "suite"
+    for days in ("0.2", "0.5", "1.2"):  # shorter than the 12 h left out; onsets (40-60 % in) inside those 12 h
+        err = refused(["detect", "--make-suite", str(suite), "--days", days], capsys)
+        assert f"--days {days} is too short for the suite" in err and "give at least 1.25" in err
+    assert not suite.exists()
+    from biopilot.bench import detect
+
+    made: list[tuple] = []
+    monkeypatch.setattr(detect, "make_suite", lambda *args, **_: made.append(args))  # writes nothing
+    refused(["detect", "--make-suite", str(suite), "--days", "1.25"], capsys)  # then finds no files to bench
+    assert len(made) == 1 and 1.25 in made[0]
+
+
+def test_a_detector_both_under_the_budget_and_beyond_the_margin_is_refused(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(["detect", "--make-plant", str(tmp_path / "suite"), "--detectors", "pca:raw,cva",
+                   "--margin-detectors", "cva"], capsys)
+    assert "cva both under the budget and beyond the margin" in err
+    assert not (tmp_path / "suite").exists()

@@ -71,6 +71,12 @@ def test_a_separate_training_file(historian, tmp_path):
                   "anomaly", "--detectors", "pca", "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert pq.read_table(out).num_rows == 900
+    # normal operation exported without the label column the test file has: trained on as it is
+    pq.write_table(table.slice(0, 600).drop_columns(["anomaly"]), train)
+    res = _detect("--input", str(test), "--train-file", str(train), "--time-col", "time", "--label-col",
+                  "anomaly", "--detectors", "pca", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert pq.read_table(out).num_rows == 900 and "F1" in res.stdout
 
 
 @pytest.mark.integration

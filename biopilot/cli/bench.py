@@ -315,6 +315,11 @@ def cmd_bench_skab(args: argparse.Namespace) -> int:
     return 0
 
 
+# `detect --far`'s defaults with the windowed autoencoder (too slow for `detect`'s default)
+BENCH_BUDGET_DETECTORS = "pca:raw,dpca:raw,cva:raw,lagged_ae:raw,variance"
+BENCH_BEYOND_MARGIN = "pca,dpca,cva,lagged_ae"
+
+
 def add_detect(benches: argparse._SubParsersAction) -> None:
     from biopilot.cli.detect import budget_options, one_character
 
@@ -330,9 +335,9 @@ def add_detect(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--ignore-cols", default="", help="comma-separated columns that are not signals (a run "
                    "number, a sample counter)")
     p.add_argument("--sep", type=one_character, default=",", help="CSV separator (default ,)")
-    p.add_argument("--detectors", default="pca,dpca,cva,lagged_ae,variance,cva:raw,dpca:raw",
-                   help="comma-separated; the fusion is added (default pca,dpca,cva,lagged_ae,variance,cva:raw,"
-                        "dpca:raw; <name>:raw: on the signals before their EWMA)")
+    p.add_argument("--detectors", default=None,
+                   help=f"comma-separated, under the budget; the fusion is added (default {BENCH_BUDGET_DETECTORS}, "
+                        f"and --margin-detectors {BENCH_BEYOND_MARGIN}; <name>:raw: on the signals before their EWMA)")
     p.add_argument("--far", type=float, nargs="+", default=[0.01, 0.05], help="budgets (default 0.01 0.05)")
     budget_options(p)
     conditioning_options(p)
@@ -342,8 +347,12 @@ def add_detect(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--make-plant", default=None, metavar="DIR",
                    help="instead: write the generated continuous plant's suite into DIR (19 faults, a 500-row "
                         "normal training run, a normal test run; biopilot/bench/process_plant.py), then bench it")
+    p.add_argument("--make-te", default=None, metavar="DIR",
+                   help="instead: write a Tennessee Eastman suite into DIR (IDV 1-20 from row 160 of 960, a "
+                        "500-row normal training run, a normal test run, a reading every 3 min; about 4 min on 2 "
+                        "cores; biopilot/bench/te_plant.py), then bench it")
     p.add_argument("--plant-seed", type=seed_named("--plant-seed"), default=0,
-                   help="with --make-plant: which plant (default 0)")
+                   help="with --make-plant: which plant; with --make-te: which noise seeds (default 0)")
     p.add_argument("--seeds", type=positive("--seeds", int), default=3, help="with --make-suite (default 3)")
     p.add_argument("--days", type=positive("--days"), default=2.5, help="with --make-suite: run length (default 2.5)")
     p.add_argument("--tick-s", type=positive("--tick-s"), default=300.0,
@@ -358,23 +367,31 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
     detection delay, for each detector and the fusion, each fitted on the normal training file under each
     false-alarm budget; then the means (docs/DETECT.md)."""
     from biopilot.bench import detect as bench
-    from biopilot.cli.detect import check_persist
+    from biopilot.cli.detect import beyond_margin, check_persist
     from detectors import external
     from detectors.false_alarm_budget import Persistence
     from sources.scenarios import FAULT_NAMES
 
-    given = [o for o, v in (("--data", args.data), ("--make-suite", args.make_suite), ("--make-plant", args.make_plant))
-             if v]
+    made = (("--make-suite", args.make_suite), ("--make-plant", args.make_plant), ("--make-te", args.make_te))
+    given = [o for o, v in (("--data", args.data), *made) if v]
     if len(given) != 1:  # two of them: the one benched would silently be the last
-        raise UsageError("give --data DIR, or --make-suite / --make-plant DIR to write a suite first"
+        raise UsageError("give --data DIR, or --make-suite / --make-plant / --make-te DIR to write a suite first"
                          + (f"; one of them, not {' and '.join(given)}" if given else ""))
-    check_folder("--make-suite", args.make_suite)
-    check_folder("--make-plant", args.make_plant)
-    _known_detectors(args.detectors.split(","))
+    for option, folder in made:
+        check_folder(option, folder)
+    detectors_ = (args.detectors or BENCH_BUDGET_DETECTORS).split(",")
+    beyond = beyond_margin(args, BENCH_BEYOND_MARGIN)
+    with user_errors(external.InputError):  # before any work: unknown names, or one in both lists
+        external.with_beyond(detectors_, beyond)
     bad = [f for f in args.far if not 0 < f < 1]
     if bad:
         raise UsageError(f"--far must be between 0 and 1 (a share of rows), got {bad[0]}")
     check_persist(args.persist)
+    if args.make_suite and args.days < bench.MIN_DAYS:  # else refused, or silently mislabelled, once written
+        first, last = (100 * s for s in bench.ONSET_SHARES)
+        raise UsageError(f"--days {args.days:g} is too short for the suite: its faults start {first:g}-{last:g} % "
+                         f"into the run and its first {bench.SKIP_H:g} h are left out; give at least "
+                         f"{bench.MIN_DAYS:g}")
     data = args.data
     if args.make_suite:
         bench.make_suite(args.make_suite, FAULT_NAMES, args.seeds, args.days, args.tick_s, args.train_runs,
@@ -385,12 +402,19 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
 
         process_plant.make_suite(args.make_plant, args.plant_seed, progress=progress(args))
         data = args.make_plant
+    if args.make_te:
+        from biopilot.bench import te_plant
+
+        if missing := te_plant.needs_tep_studio():
+            raise UsageError(missing)
+        te_plant.make_suite(args.make_te, args.plant_seed, progress=progress(args))
+        data = args.make_te
     with user_errors(external.InputError):
         options = replace(detect_options(args), wander=args.wander, stat_smooth_rows=args.stat_smooth_rows)
-        res = bench.run(data, args.detectors.split(","), args.far, args.train, args.time_col, args.label_col,
+        res = bench.run(data, detectors_, args.far, args.train, args.time_col, args.label_col,
                         args.sep, options, Persistence.parse(args.persist) if args.persist else None,
                         progress=progress(args),
-                        ignore=frozenset(c.strip() for c in args.ignore_cols.split(",") if c.strip()))
+                        ignore=frozenset(c.strip() for c in args.ignore_cols.split(",") if c.strip()), beyond=beyond)
     print(json.dumps(res) if args.json else bench.markdown(res))
     return 0
 
