@@ -143,6 +143,8 @@ def test_a_twin_suite_too_short_for_its_faults_is_refused_before_it_is_written(
     for days in ("0.2", "0.5", "1.2"):  # shorter than the 12 h left out; onsets (40-60 % in) inside those 12 h
         err = refused(["detect", "--make-suite", str(suite), "--days", days], capsys)
         assert f"--days {days} is too short for the suite" in err and "give at least 1.25" in err
+    err = refused(["detect", "--make-suite", str(suite), "--days", "1.25", "--tick-s", "7200"], capsys)
+    assert "--tick-s 7200 leaves 9 readings a run" in err  # (30 h - 12 h) / 2 h
     assert not suite.exists()
     from biopilot.bench import detect
 

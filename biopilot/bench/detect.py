@@ -52,6 +52,14 @@ ONSET_SHARES = (0.4, 0.6)  # a fault's onset, drawn in the middle fifth of the r
 # the shortest run whose faults all start after SKIP_H (1.25 days): a shorter one cuts a fault's onset off (its
 # delay counted from the wrong row) or all its rows (its file benched as a normal run)
 MIN_DAYS = SKIP_H / 24 / ONSET_SHARES[0]
+# readings a run keeps after SKIP_H at the least: 10 out-of-fold folds of the training runs and the dynamic
+# detectors' lags need rows (at 9 rows a run the bench printed figures of a few rows each)
+MIN_RUN_ROWS = 50
+
+
+def run_rows(days: float, tick_s: float) -> int:
+    """The readings a suite's run keeps after SKIP_H."""
+    return max(int((days * 24 - SKIP_H) * 3600 / tick_s), 0)
 
 
 def twin_run(scenario: str, seed: int, days: float, tick_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

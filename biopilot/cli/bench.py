@@ -392,6 +392,10 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
         raise UsageError(f"--days {args.days:g} is too short for the suite: its faults start {first:g}-{last:g} % "
                          f"into the run and its first {bench.SKIP_H:g} h are left out; give at least "
                          f"{bench.MIN_DAYS:g}")
+    if args.make_suite and bench.run_rows(args.days, args.tick_s) < bench.MIN_RUN_ROWS:
+        raise UsageError(f"--tick-s {args.tick_s:g} leaves {bench.run_rows(args.days, args.tick_s)} readings a run "
+                         f"after its first {bench.SKIP_H:g} h; the suite needs at least {bench.MIN_RUN_ROWS}: a "
+                         "shorter --tick-s or more --days")
     data = args.data
     if args.make_suite:
         bench.make_suite(args.make_suite, FAULT_NAMES, args.seeds, args.days, args.tick_s, args.train_runs,
