@@ -219,8 +219,10 @@ def test_a_loop_hunting_faster_than_the_smoothing_is_found_by_a_detector_on_the_
 def test_bench_detect_on_the_generated_plant(tmp_path):
     suite = tmp_path / "plant"
     res = subprocess.run([*BIOPILOT, "bench", "detect", "--make-plant", str(suite), "--detectors", "pca",
-                          "--far", "0.05", "--json"], capture_output=True, text=True, timeout=600)
+                          "--far", "0.05", "--json", "--png", str(tmp_path / "detect.png")],
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
+    assert (tmp_path / "detect.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = json.loads(res.stdout)
     assert len(list(suite.glob("*.csv"))) == 21  # training, a normal test run, 19 faults
     assert len(out["signals"]) == 36

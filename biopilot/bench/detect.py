@@ -251,3 +251,34 @@ def markdown(res: dict) -> str:
                              else f"({_pct(r['false_alarm_rate'])})")
             lines.append(f"| {stem} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot(res: dict, path: str | Path) -> Path:
+    """Detection % per fault file and detector (the fusion last), one panel per budget, each titled with the
+    fusion's mean and the normal runs' false-alarm rate."""
+    from design import plots
+
+    detectors_ = list(dict.fromkeys(r["detector"] for r in res["results"]))
+    fars = list(dict.fromkeys(r["far"] for r in res["results"]))
+    files = [f for f in dict.fromkeys(r["file"] for r in res["results"])
+             if any(r["file"] == f and r["detection_rate"] is not None for r in res["results"])]
+    fig, axes = plots.plt.subplots(1, len(fars), figsize=(1.0 + 0.62 * len(detectors_) * len(fars),
+                                                          1.6 + 0.27 * len(files)), squeeze=False)
+    for ax, far in zip(axes[0], fars, strict=True):
+        rate = {(r["file"], r["detector"]): r["detection_rate"] for r in res["results"] if r["far"] == far}
+        grid = np.array([[100 * rate[f, d] for d in detectors_] for f in files])
+        ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
+        beyond = {s["detector"] for s in res["summary"] if s.get("beyond_margin")}
+        ax.set_xticks(range(len(detectors_)), [f"{d} (beyond margin)" if d in beyond else d for d in detectors_],
+                      rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(files)), files, fontsize=8)
+        fused = next(s for s in res["summary"] if s["far"] == far and s["detector"] == "fusion")
+        normal = fused["normal_false_alarm_rate"]
+        ax.set_title(f"budget {100 * far:g} %: fusion {_pct(fused['mean_detection_rate'])} % of fault rows"
+                     + (f",\n{_pct(normal)} % of the normal runs' rows alarm" if normal is not None else ""),
+                     fontsize=9)
+    fig.suptitle(f"detection % per fault file ({res['train']}, {len(res['signals'])} signals)", fontsize=10)
+    fig.tight_layout()
+    return plots.save(fig, path)

@@ -359,6 +359,8 @@ def add_detect(benches: argparse._SubParsersAction) -> None:
                    help="with --make-suite: seconds between readings (default 300)")
     p.add_argument("--train-runs", type=positive("--train-runs", int), default=3,
                    help="with --make-suite: normal runs in the training file (default 3)")
+    p.add_argument("--png", default=None, help="also draw detection %% per fault file and detector, one panel per "
+                   "budget (.png, .svg, .pdf)")
     json_option(p)
 
 
@@ -367,6 +369,7 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
     detection delay, for each detector and the fusion, each fitted on the normal training file under each
     false-alarm budget; then the means (docs/DETECT.md)."""
     from biopilot.bench import detect as bench
+    from biopilot.cli.design import IMAGE_SUFFIXES, check_output
     from biopilot.cli.detect import beyond_margin, check_persist
     from detectors import external
     from detectors.false_alarm_budget import Persistence
@@ -387,6 +390,7 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
     if bad:
         raise UsageError(f"--far must be between 0 and 1 (a share of rows), got {bad[0]}")
     check_persist(args.persist)
+    check_output(args.png, "--png", IMAGE_SUFFIXES)
     if args.make_suite and args.days < bench.MIN_DAYS:  # else refused, or silently mislabelled, once written
         first, last = (100 * s for s in bench.ONSET_SHARES)
         raise UsageError(f"--days {args.days:g} is too short for the suite: its faults start {first:g}-{last:g} % "
@@ -419,6 +423,8 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
                         args.sep, options, Persistence.parse(args.persist) if args.persist else None,
                         progress=progress(args),
                         ignore=frozenset(c.strip() for c in args.ignore_cols.split(",") if c.strip()), beyond=beyond)
+    if args.png:
+        bench.plot(res, args.png)
     print(json.dumps(res) if args.json else bench.markdown(res))
     return 0
 
