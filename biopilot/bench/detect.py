@@ -188,7 +188,7 @@ def run(data: str | Path, detectors_: list[str], fars: Sequence[float], train: s
                              for n, b in model.budget.items()}
         budgets[str(far)]["fusion"]["share"] = model.union.share
         for n in beyond:
-            budgets[str(far)][n]["beyond_margin"] = options.margin
+            budgets[str(far)][n]["margin"] = options.margin  # its threshold: this x its largest training score
         for stem, (label, scores) in scored.items():
             stats = model.statistics(scores)
             alarms = {n: model.budget[n].alarms(s) for n, s in zip(detectors_, stats, strict=True)}

@@ -129,7 +129,8 @@ def conditioning_options(parser: argparse.ArgumentParser) -> None:
                              "sd(differences) / (sqrt 2 sd) below this; 0 keeps every signal "
                              f"(default {d.min_roughness})")
     parser.add_argument("--margin", type=positive("--margin"), default=d.margin,
-                        help="alarm threshold = this x the highest score held on the training rows "
+                        help="alarm threshold = this x the highest score held on the training rows; with a "
+                             "budget, that of --margin-detectors: this x their largest out-of-fold score "
                              f"(default {d.margin})")
 
 
