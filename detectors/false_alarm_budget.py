@@ -29,9 +29,9 @@ detector added, at the others' cost (docs/DETECT.md).
 A detector may also join the union beyond a margin (`beyond_margin`), outside the budget: it alarms only where its
 score passes `margin` times the largest of its normal scores. This is for a statistic that varies so slowly that
 the training rows hold only a few independent stretches of it (a detector on EWMA-smoothed signals), whose tail
-at a budget the training rows cannot set: on the Tennessee Eastman process a normal run after a 500-row training
-run alarmed on a third of its rows under such thresholds, where a fault far beyond anything seen is still found
-past the margin (docs/DETECT.md).
+at a budget the training rows cannot set (on the Tennessee Eastman process a new normal run passed such thresholds
+many times over the budget), while a fault far beyond anything seen is still found past the margin
+(docs/DETECT.md).
 
 >>> rng = np.random.default_rng(0)
 >>> normal = rng.normal(size=20_000)

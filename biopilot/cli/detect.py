@@ -12,8 +12,8 @@ from core.config import DetectOptions, load_settings
 MARGIN_DETECTORS = "pca,zscore"  # SKAB's measured default (docs/QUALITY.md)
 # static and dynamic MSPC on the signals before their EWMA and each signal's variance, fused under the budget;
 # the same MSPC on the smoothed signals beyond the margin, outside the budget: a few hundred training rows cannot
-# set a smoothed statistic's tail (on the Tennessee Eastman process it alarmed on a third of a normal run;
-# docs/DETECT.md)
+# set a smoothed statistic's tail where the plant wanders slowly, as the Tennessee Eastman process does
+# (docs/DETECT.md)
 BUDGET_DETECTORS = "pca:raw,dpca:raw,cva:raw,variance"
 BEYOND_MARGIN_DETECTORS = "pca,dpca,cva"
 
