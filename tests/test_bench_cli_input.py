@@ -160,3 +160,10 @@ def test_a_detector_both_under_the_budget_and_beyond_the_margin_is_refused(tmp_p
                    "--margin-detectors", "cva"], capsys)
     assert "cva both under the budget and beyond the margin" in err
     assert not (tmp_path / "suite").exists()
+
+
+def test_a_te_suite_seed_whose_runs_would_share_their_noise_is_refused(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(["detect", "--make-te", str(tmp_path / "te"), "--plant-seed", "2147483"], capsys)
+    assert "--plant-seed must be at most 2147482 with --make-te" in err
+    assert not (tmp_path / "te").exists()

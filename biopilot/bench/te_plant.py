@@ -39,6 +39,10 @@ MEASUREMENTS = 41
 MANIPULATED = 11
 FAULTS = tuple(range(1, 21))  # IDV(1)-IDV(20): the disturbances of Downs & Vogel's paper
 IDVS = 28  # the revision's disturbance vector
+RUN_SEEDS = 1000  # a suite's runs take the noise seeds 1000 x seed + 1, + 2, ...
+# the model's generator steps its seed in double precision (seed x 9228907 mod 2^32): runs whose seeds are a few
+# units apart above this would share their noise
+MAX_SEED = (2**31 - 1) // RUN_SEEDS - 1
 
 
 def signal_names() -> list[str]:
@@ -98,11 +102,13 @@ def make_suite(out: str | Path, seed: int = 0, faults: Sequence[int] = FAULTS, t
     missing = needs_tep_studio()
     if missing:
         raise RuntimeError(missing)
+    if not 0 <= seed <= MAX_SEED or len(faults) + 2 > RUN_SEEDS:
+        raise ValueError(f"a TE suite's seed must be from 0 to {MAX_SEED}, with fewer than {RUN_SEEDS - 2} faults")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = [(out / "normal_train.csv", None, train_rows), (out / "normal_test.csv", None, test_rows)]
     plan += [(out / f"fault_{idv:02d}.csv", idv, test_rows) for idv in faults]
-    jobs = [(path, idv, rows, onset, 1000 * seed + i + 1, settle_h) for i, (path, idv, rows) in enumerate(plan)]
+    jobs = [(path, idv, rows, onset, RUN_SEEDS * seed + i + 1, settle_h) for i, (path, idv, rows) in enumerate(plan)]
     written = []
     with ProcessPoolExecutor(min(workers or os.cpu_count() or 1, len(jobs))) as pool:
         for i, (path, rows, shut_down) in enumerate(pool.map(_write, jobs)):

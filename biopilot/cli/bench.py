@@ -415,6 +415,9 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
 
         if missing := te_plant.needs_tep_studio():
             raise UsageError(missing)
+        if args.plant_seed > te_plant.MAX_SEED:
+            raise UsageError(f"--plant-seed must be at most {te_plant.MAX_SEED} with --make-te (its runs' noise "
+                             "seeds must stay exact in the model's generator)")
         te_plant.make_suite(args.make_te, args.plant_seed, progress=progress(args))
         data = args.make_te
     with user_errors(external.InputError):
