@@ -40,8 +40,8 @@ MANIPULATED = 11
 FAULTS = tuple(range(1, 21))  # IDV(1)-IDV(20): the disturbances of Downs & Vogel's paper
 IDVS = 28  # the revision's disturbance vector
 RUN_SEEDS = 1000  # a suite's runs take the noise seeds 1000 x seed + 1, + 2, ...
-# the model's generator steps its seed in double precision (seed x 9228907 mod 2^32): runs whose seeds are a few
-# units apart above this would share their noise
+# the model's generator is g <- g x 9228907 mod 2^32 in doubles: seeds equal modulo 2^32, or too large to be exact
+# doubles, give the same noise; under this every run seed of every suite is its own below 2^31
 MAX_SEED = (2**31 - 1) // RUN_SEEDS - 1
 
 
