@@ -94,6 +94,9 @@ def test_a_separate_training_file(historian, tmp_path):
     ("time;a;b\n1;1;2\n3;2;3\n2;3;4\n4;1;2\n", ["--time-col", "time", "--train-rows", "3"],
      "time column 'time' goes back at row 3"),
     (None, ["--time-col", "time", "--sep", ";;"], "--sep must be one character"),
+    (None, ["--time-col", "time", "--margin-detectors", "pca"], "--margin-detectors go with a budget"),
+    (None, ["--time-col", "time", "--far", "0.01", "--detectors", "pca", "--margin-detectors", "pca"],
+     "pca both under the budget and beyond the margin"),
     (None, ["--time-col", "time", "--out", "/no/such/folder/o.parquet"], "no folder /no/such/folder"),
 ])
 def test_bad_input_is_one_line_and_exit_2(historian, tmp_path, content, args, needle):

@@ -127,6 +127,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     options = options_of(args)
     check_out(args.out)
     detectors_ = args.detectors or (BUDGET_DETECTORS if options.far is not None else MARGIN_DETECTORS)
+    if args.margin_detectors and options.far is None:  # else silently ignored: the margin mode has no budget
+        raise UsageError("--margin-detectors go with a budget (--far); without one every detector is at --margin")
     beyond = beyond_margin(args, BEYOND_MARGIN_DETECTORS) if options.far is not None else []
     with user_errors(external.InputError):
         table = external.read_table(args.input, args.sep)
