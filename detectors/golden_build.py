@@ -288,6 +288,8 @@ def tail_limit(maxima: np.ndarray, exceed: float) -> np.ndarray:
     with probability `exceed`: a Gumbel fit (moments) to the runs' maxima, extrapolated; never below the
     largest seen. The largest of n runs alone is exceeded by a new run with probability 1/(n+1) per signal
     (1 in 31 for 30 runs, so some of a dozen signals on most runs): the tail, not the worst run, sets it."""
+    if len(maxima) < 2:  # no spread to fit on one run (a reference learned from one batch): its own largest
+        return maxima.max(axis=0)
     beta = maxima.std(axis=0, ddof=1) * np.sqrt(6) / np.pi
     mode = maxima.mean(axis=0) - np.euler_gamma * beta
     return np.maximum(mode - beta * np.log(-np.log1p(-exceed)), maxima.max(axis=0))

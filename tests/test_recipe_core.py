@@ -260,6 +260,11 @@ def test_a_tail_limit_from_30_runs_maxima_is_crossed_by_new_runs_about_as_often_
     assert 0.005 < float(crossed.mean()) < 0.02 < 0.025 < float(crossed_worst.mean()) < 0.04
 
 
+def test_a_tail_limit_from_one_run_is_its_largest_not_nan():
+    # a reference learned from one batch: a NaN limit would never be crossed, a blind spot on the cascade signals
+    assert tail_limit(np.array([[2.0, 3.5]]), 0.01).tolist() == [2.0, 3.5]
+
+
 def test_a_cascade_stage_only_one_reference_run_reached_reads_below_the_golden_level():
     """One of 12 normal runs reaches the cascade's air stage (+20 sccm) for two hours while the others stay at the
     minimum: a new run doing the same must not read z ~100 against the other runs' tight spread. A probe (pH)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from biopilot.cli.errors import UsageError, user_errors
@@ -91,6 +92,9 @@ def cmd_reference_build(args: argparse.Namespace) -> int:
         path = str(stored)
         was_cached = False
         how, runs = f"learned from {len(run_ids)} normal batch(es) of the plant", len(run_ids)
+        if len(run_ids) < 3:  # the spread per culture age and the alarm limits come from the runs' differences
+            print(f"warning: a reference from {len(run_ids)} batch(es) knows little of how normal batches differ: "
+                  "expect more alarms; learn it again from several normal batches", file=sys.stderr)
     seconds = time.perf_counter() - started
     if args.json:
         print(json.dumps({"recipe_hash": recipe.hash, "source": "twin" if args.scenario else "learned",
