@@ -370,7 +370,7 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
     false-alarm budget; then the means (docs/DETECT.md)."""
     from biopilot.bench import detect as bench
     from biopilot.cli.design import IMAGE_SUFFIXES, check_output
-    from biopilot.cli.detect import beyond_margin, check_persist
+    from biopilot.cli.detect import check_persist, margin_detectors
     from detectors import external
     from detectors.false_alarm_budget import Persistence
     from sources.scenarios import FAULT_NAMES
@@ -383,7 +383,7 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
     for option, folder in made:
         check_folder(option, folder)
     detectors_ = (args.detectors or BENCH_BUDGET_DETECTORS).split(",")
-    beyond = beyond_margin(args, BENCH_BEYOND_MARGIN)
+    beyond = margin_detectors(args, BENCH_BEYOND_MARGIN)
     with user_errors(external.InputError):  # before any work: unknown names, or one in both lists
         external.with_beyond(detectors_, beyond)
     bad = [f for f in args.far if not 0 < f < 1]

@@ -77,7 +77,7 @@ def one_character(text: str) -> str:
     return text
 
 
-def beyond_margin(args: argparse.Namespace, default: str) -> list[str]:
+def margin_detectors(args: argparse.Namespace, default: str) -> list[str]:
     """--margin-detectors: as given, else `default` with the default --detectors, else none."""
     given = args.margin_detectors if args.margin_detectors is not None else "" if args.detectors else default
     return [d.strip() for d in given.split(",") if d.strip()]
@@ -129,7 +129,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     detectors_ = args.detectors or (BUDGET_DETECTORS if options.far is not None else MARGIN_DETECTORS)
     if args.margin_detectors and options.far is None:  # else silently ignored: the margin mode has no budget
         raise UsageError("--margin-detectors go with a budget (--far); without one every detector is at --margin")
-    beyond = beyond_margin(args, BEYOND_MARGIN_DETECTORS) if options.far is not None else []
+    beyond = margin_detectors(args, BEYOND_MARGIN_DETECTORS) if options.far is not None else []
     with user_errors(external.InputError):
         table = external.read_table(args.input, args.sep)
         train_rows = args.train_rows
