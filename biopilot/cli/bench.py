@@ -11,8 +11,10 @@ from pathlib import Path
 
 from biopilot.cli.errors import UsageError, user_errors
 from biopilot.cli.options import (
+    IMAGE_SUFFIXES,
     MAX_REACTORS,
     check_folder,
+    check_output,
     command,
     conditioning_options,
     detect_options,
@@ -369,7 +371,6 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
     detection delay, for each detector and the fusion, each fitted on the normal training file under each
     false-alarm budget; then the means (docs/DETECT.md)."""
     from biopilot.bench import detect as bench
-    from biopilot.cli.design import IMAGE_SUFFIXES, check_output
     from biopilot.cli.detect import check_persist, margin_detectors
     from detectors import external
     from detectors.false_alarm_budget import Persistence
@@ -400,6 +401,14 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
         raise UsageError(f"--tick-s {args.tick_s:g} leaves {bench.run_rows(args.days, args.tick_s)} readings a run "
                          f"after its first {bench.SKIP_H:g} h; the suite needs at least {bench.MIN_RUN_ROWS}: a "
                          "shorter --tick-s or more --days")
+    if args.make_te:
+        from biopilot.bench import te_plant
+
+        if missing := te_plant.needs_tep_studio():
+            raise UsageError(missing)
+        if args.plant_seed > te_plant.MAX_SEED:
+            raise UsageError(f"--plant-seed must be at most {te_plant.MAX_SEED} with --make-te (its runs' noise "
+                             "seeds must stay exact in the model's generator)")
     data = args.data
     if args.make_suite:
         bench.make_suite(args.make_suite, FAULT_NAMES, args.seeds, args.days, args.tick_s, args.train_runs,
@@ -411,13 +420,6 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
         process_plant.make_suite(args.make_plant, args.plant_seed, progress=progress(args))
         data = args.make_plant
     if args.make_te:
-        from biopilot.bench import te_plant
-
-        if missing := te_plant.needs_tep_studio():
-            raise UsageError(missing)
-        if args.plant_seed > te_plant.MAX_SEED:
-            raise UsageError(f"--plant-seed must be at most {te_plant.MAX_SEED} with --make-te (its runs' noise "
-                             "seeds must stay exact in the model's generator)")
         te_plant.make_suite(args.make_te, args.plant_seed, progress=progress(args))
         data = args.make_te
     with user_errors(external.InputError):

@@ -14,7 +14,7 @@ import textwrap
 from typing import TYPE_CHECKING
 
 from biopilot.cli.errors import UsageError, user_errors
-from biopilot.cli.options import command, group, positive, progress, seed
+from biopilot.cli.options import IMAGE_SUFFIXES, check_output, command, group, positive, progress, seed
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,27 +62,6 @@ def study_of(args: argparse.Namespace) -> Study:
             raise UsageError("give --study (a built-in: titer, or a TOML file) or at least one --factor")
         return build_study("cli", args.factor, args.response, args.constraint, args.goal, not args.minimize,
                            args.scenario)
-
-
-# what a plot may be written as (matplotlib picks the format by the suffix and raises on another)
-IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
-
-
-def check_output(path: str | None, flag: str, suffixes: tuple[str, ...] = ()) -> None:
-    """Before any run: an output file that can be written (a missing folder is made when it is written), so a
-    bad path is one line now rather than a traceback after the twin runs."""
-    from pathlib import Path
-
-    if path is None:
-        return
-    out = Path(path)
-    if suffixes and out.suffix not in suffixes:
-        raise UsageError(f"{flag} {path}: must end in {' or '.join(suffixes)}")
-    if out.is_dir():
-        raise UsageError(f"{flag} {path} is a folder; give the file to write")
-    folder = next((p for p in out.absolute().parents if p.exists()), None)
-    if folder is not None and not folder.is_dir():
-        raise UsageError(f"{flag} {path}: {folder} is a file, not a folder")
 
 
 def _json_default(value: object) -> object:

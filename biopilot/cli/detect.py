@@ -130,12 +130,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.margin_detectors and options.far is None:  # else silently ignored: the margin mode has no budget
         raise UsageError("--margin-detectors go with a budget (--far); without one every detector is at --margin")
     beyond = margin_detectors(args, BEYOND_MARGIN_DETECTORS) if options.far is not None else []
+    ignore = {c for c in args.ignore_cols.split(",") if c}
     with user_errors(external.InputError):
         table = external.read_table(args.input, args.sep)
         train_rows = args.train_rows
         if args.train_file:
             train = external.read_table(args.train_file, args.sep)
-            not_signals = {c for c in args.ignore_cols.split(",") if c} | {args.label_col}
+            not_signals = ignore | {args.label_col}
             for name in [c for c in table.column_names if c in not_signals and c not in train.column_names]:
                 # normal operation needs no label (nor an ignored column) to train on
                 train = train.append_column(name, pa.nulls(train.num_rows, table[name].type))
@@ -145,8 +146,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 raise external.InputError(f"--train-file columns do not match the input: {err}") from None
             train_rows = train.num_rows
         every = external.with_beyond(detectors_.split(","), beyond)
-        result = external.score(table, args.time_col, every, train_rows, args.label_col,
-                                set(args.ignore_cols.split(",")) if args.ignore_cols else set(), options, beyond)
+        result = external.score(table, args.time_col, every, train_rows, args.label_col, ignore, options, beyond)
     out = result.table.slice(train_rows) if args.train_file else result.table  # the user's rows only
     try:
         pq.write_table(out, args.out)

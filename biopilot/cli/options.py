@@ -101,6 +101,25 @@ def check_folder(option: str, path: str | None, give: str = "a folder") -> None:
         raise UsageError(f"{option} {path} is a file; give {give}")
 
 
+# what a plot may be written as (matplotlib picks the format by the suffix and raises on another)
+IMAGE_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
+
+
+def check_output(path: str | None, flag: str, suffixes: tuple[str, ...] = ()) -> None:
+    """Before any run: an output file that can be written (a missing folder is made when it is written), so a
+    bad path is one line now rather than a traceback after the twin runs."""
+    if path is None:
+        return
+    out = Path(path)
+    if suffixes and out.suffix not in suffixes:
+        raise UsageError(f"{flag} {path}: must end in {' or '.join(suffixes)}")
+    if out.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give the file to write")
+    folder = next((p for p in out.absolute().parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise UsageError(f"{flag} {path}: {folder} is a file, not a folder")
+
+
 def lake_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lake", default=None, help="Delta root (default: BIOPILOT_LAKE or ./lake)")
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from biopilot.cli.errors import UsageError, user_errors
-from biopilot.cli.options import command, lake_of, lake_option
+from biopilot.cli.options import IMAGE_SUFFIXES, check_output, command, lake_of, lake_option
 
 if TYPE_CHECKING:
     from design.whatif import WhatIf
@@ -63,7 +63,6 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     """Re-simulate a stored run from its own state at --from (its scenario, seed and faults from the lake, the
     same random streams) with the change made, and compare the two runs: final titer, VCD, viability, HCP, peak
     lactate. The actual run is re-simulated too and checked against its stored assays."""
-    from biopilot.cli.design import IMAGE_SUFFIXES, check_output
     from design.whatif import Change, WhatIfError, load_run, what_if
 
     check_output(args.png, "--png", IMAGE_SUFFIXES)  # before the re-simulation, not a traceback after it
