@@ -6,7 +6,8 @@
   patient's twin fitted to the doses taken and INRs reported by `as_of`, the doses going on as the last one;
   P(INR >= 4 within 7 days) is the posterior's share of forecasts reaching 4, `inr_3d` its median 72 h ahead.
   A refit costs ~0.1-1 s, so the twin is scored on a subsample of the test patients (`TWIN_SAMPLES`), and the
-  model's AUROC on that same subsample goes with it.
+  model's AUROC on that same subsample goes with it. For major bleeding, the twin's own bleeding forecast on
+  every test sample (`twin_bleed_auroc`).
 
 >>> import numpy as np
 >>> _auroc(np.array([0.0, 1.0, 1.0, np.nan]), np.array([0.2, 0.9, 0.1, 0.5]))  # unlabelled samples skipped
@@ -21,6 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from outcomes.contract import CLASS_HEADS
 from outcomes.dataset import OutcomeDataset
+from outcomes.features import STATIC
 from outcomes.linear_head import flatten, logistic_regression
 from outcomes.twin_features import continued_doses, twin_inputs
 from sources.patient.inr_events import OVER_INR
@@ -78,6 +80,12 @@ def twin_forecast(ds: OutcomeDataset, index: np.ndarray) -> tuple[np.ndarray, np
         except (ValueError, FloatingPointError, np.linalg.LinAlgError):
             continue
     return p_over, inr_3d
+
+
+def twin_bleed_auroc(test: OutcomeDataset) -> float:
+    """The twin's own bleeding forecast ranking `major_bleed_14d` on every test sample: the posterior mean of
+    ISCOAT's hazard along its 14-day INR forecast (`twin_features`: the grid, not a refit; no fit needed to rank)."""
+    return _auroc(test.labels["major_bleed_14d"], test.inputs.static[:, STATIC.index("twin_bleed_log_rr_14d")])
 
 
 def twin_baseline(model_p: np.ndarray, test: OutcomeDataset, seed: int = 0, n: int = TWIN_SAMPLES) -> dict:

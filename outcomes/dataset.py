@@ -44,6 +44,7 @@ from tqdm import tqdm
 from outcomes.contract import CLASS_HEADS, REGRESSION_HEADS
 from outcomes.features import Encoded, encode, metoprolol_group, warfarin_group
 from outcomes.patient_arrays import PatientArrays, epoch_hours
+from sources.patient.adverse_events import MAJOR_BLEED_RATE_PER_YEAR, major_bleed_relative_hazard
 from sources.patient.cohort_sim import PatientCohortSim
 from sources.patient.inr_events import OVER_INR
 from sources.patient.scenarios import load_patient_scenario
@@ -53,11 +54,7 @@ VITALS_EVERY_MIN = 30.0
 BLOCK_PATIENTS = 200  # patients simulated together (memory: a block's vitals are held until encoded)
 SAMPLES_PER_PATIENT = 8
 FIRST_SAMPLE_H = 48.0
-# the bleed hazard (Palareti et al. 1996, ISCOAT): per hour at INR <= 2.5, the rise per INR unit, the age factor
-BLEED_RATE_PER_YEAR = 0.011
-BLEED_RR_PER_INR = 7.91 ** 0.5
-BLEED_AGE_RR, BLEED_AGE_YEARS = 1.75, 70.0
-BLEED_ENRICHMENT = 40.0
+BLEED_ENRICHMENT = 40.0  # x ISCOAT's rate (`adverse_events.major_bleed_relative_hazard`): a case-enriched cohort
 BRADY_HR_BPM = 40.0
 HORIZON_H = {"inr_ge4_7d": 168.0, "major_bleed_14d": 336.0, "bradycardia_24h": 24.0, "inr_3d": 72.0,
              "ttr_12w": 84 * 24.0}
@@ -130,9 +127,8 @@ def outcome_scenario(days: float, ancestry: Mapping[str, float] | None, amiodaro
 def bleed_hours(true_inr_hourly: np.ndarray, age_years: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
     """Per patient the hour (since the run began) of their major bleed, NaN if none: the first time the
     cumulative hazard passes an exponential draw."""
-    rr = BLEED_RR_PER_INR ** np.clip(true_inr_hourly - 2.5, 0.0, None)
-    rr = rr * np.where(age_years >= BLEED_AGE_YEARS, BLEED_AGE_RR, 1.0)[:, None]
-    cumulative = np.cumsum(BLEED_RATE_PER_YEAR * BLEED_ENRICHMENT / HOURS_PER_YEAR * rr, axis=1)
+    rr = major_bleed_relative_hazard(true_inr_hourly, age_years)
+    cumulative = np.cumsum(MAJOR_BLEED_RATE_PER_YEAR * BLEED_ENRICHMENT / HOURS_PER_YEAR * rr, axis=1)
     draw = np.array([r.exponential() for r in rngs])
     hit = cumulative >= draw[:, None]
     return np.where(hit.any(axis=1), np.argmax(hit, axis=1) + 1.0, np.nan)

@@ -11,7 +11,7 @@ sorted numpy arrays (times in hours on one clock, epoch hours); `encode(arrays, 
   weekly warfarin dose, the INR history summarised (last three reported values, their ages, the slope), and the
   last day's heart rate (mean, min, max) and systolic pressure (mean, min) from the series (a skip path: the
   network need not rediscover a daily minimum through attention), then the INR's trend over the last week and
-  the patient twin's INR forecast over the horizon (`outcomes.twin_features`);
+  the patient twin's INR and bleeding forecasts over the horizons (`outcomes.twin_features`);
 - `categorical` [n, 4]: CYP2C9, VKORC1, CYP2D6 and ancestry as indices (the model embeds them).
 Every value is scaled by fixed physiological centres and spreads (no statistics learned from data), so a
 record is encoded the same way whatever it is trained or served with. The patient's true PK/PD parameters
@@ -23,7 +23,7 @@ record is encoded the same way whatever it is trained or served with. The patien
 ...        "vkorc1_1639": "A/A", "cyp2d6": "PM", "ancestry": "asian", "amiodarone": False, "enzyme_inducer": False}
 >>> x = encode(arrays, row, np.array([1000.0]))
 >>> x.series.shape, x.static.shape, x.categorical.tolist()
-((1, 120, 17), (1, 24), [[2, 2, 0, 2]])
+((1, 120, 17), (1, 25), [[2, 2, 0, 2]])
 """
 
 from __future__ import annotations

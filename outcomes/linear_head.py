@@ -8,17 +8,22 @@ regression's weights on those unscaled columns (the standard scaler folded in), 
 and its attributions are exact: each weight times its column's distance from the explanation's baseline
 patient, put back on the hours a summary reads (`attributions`).
 
+A served head is a bagged regression: `MEMBERS` fits on bootstrap resamples of the training patients (not
+samples: a patient's samples are correlated), their mean the head's weights. The members' logits stand in for
+the network's MC-dropout passes, so a risk served by regression keeps an ensemble's spread (`lo`, `hi`, the
+answer's confidence) where one fit would have none.
+
 >>> import numpy as np
 >>> from outcomes.features import encode
 >>> from outcomes.patient_arrays import PatientArrays
 >>> row = {"cyp2c9": "*1/*1", "vkorc1_1639": "G/G", "cyp2d6": "NM", "ancestry": "white"}
 >>> flatten(encode(PatientArrays.empty(), row, np.array([100.0]))).shape
-(1, 126)
+(1, 127)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -28,6 +33,7 @@ from sklearn.preprocessing import StandardScaler
 from outcomes.features import CATEGORICAL, Encoded
 
 SUMMARIES = 5  # per hourly series: the last day's mean, the window's mean, the last hour, the last day's min, max
+MEMBERS = 8  # bootstrap fits of a served head (the MC-dropout passes' count)
 DAY_H = 24
 
 
@@ -47,26 +53,58 @@ def logistic_regression() -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
 
 
+def _fit_unscaled(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Logistic regression's (weights, intercept) on the unscaled columns of `x`."""
+    pipe = logistic_regression().fit(x, y.astype(int))
+    scaler, lr = pipe[0], pipe[-1]
+    weights = lr.coef_[0] / scaler.scale_
+    return weights, float(lr.intercept_[0] - weights @ scaler.mean_)
+
+
 @dataclass(frozen=True)
 class LinearHead:
-    """Logistic regression's weights on the unscaled `flatten` columns and its intercept."""
+    """Logistic regression's weights on the unscaled `flatten` columns and its intercept; a bagged head's
+    members (rows of `member_weights`, `member_intercepts`) average to them."""
 
     weights: np.ndarray
     intercept: float
+    member_weights: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    member_intercepts: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @classmethod
-    def fit(cls, x: Encoded, y: np.ndarray) -> LinearHead | None:
-        """Fitted on the labelled samples (NaN: no label); None when either class is missing."""
+    def fit(cls, x: Encoded, y: np.ndarray, groups: np.ndarray | None = None, members: int = 0,
+            seed: int = 0) -> LinearHead | None:
+        """Fitted on the labelled samples (NaN: no label); None when either class is missing. `members` > 0:
+        bagged, each member on a bootstrap resample of the `groups` (patients; default: samples)."""
         keep = ~np.isnan(y)
         if not keep.any() or not 0 < y[keep].sum() < keep.sum():
             return None
-        pipe = logistic_regression().fit(flatten(x)[keep], y[keep].astype(int))
-        scaler, lr = pipe[0], pipe[-1]
-        weights = lr.coef_[0] / scaler.scale_
-        return cls(weights, float(lr.intercept_[0] - weights @ scaler.mean_))
+        flat, y = flatten(x)[keep], y[keep]
+        if not members:
+            return cls(*_fit_unscaled(flat, y))
+        groups = np.arange(len(y)) if groups is None else np.asarray(groups)[keep]
+        names, index = np.unique(groups, return_inverse=True)
+        by_group = np.split(np.argsort(index, kind="stable"), np.cumsum(np.bincount(index))[:-1])
+        rng = np.random.default_rng(seed)
+        fits = []
+        while len(fits) < members:
+            rows = np.concatenate([by_group[g] for g in rng.integers(0, len(names), len(names))])
+            if 0 < y[rows].sum() < len(rows):  # a resample holding one class only is drawn again
+                fits.append(_fit_unscaled(flat[rows], y[rows]))
+        w = np.stack([f[0] for f in fits])
+        b = np.array([f[1] for f in fits])
+        return cls(w.mean(axis=0), float(b.mean()), w, b)
 
     def logit(self, x: Encoded) -> np.ndarray:
         return flatten(x).astype(float) @ self.weights + self.intercept
+
+    def member_logits(self, x: Encoded, passes: int) -> np.ndarray:
+        """[passes, n]: the members' logits in turn (a head without members: its logit in every pass)."""
+        flat = flatten(x).astype(float)
+        if not len(self.member_intercepts):
+            return np.broadcast_to(flat @ self.weights + self.intercept, (passes, len(flat)))
+        k = np.arange(passes) % len(self.member_intercepts)
+        return self.member_weights[k] @ flat.T + self.member_intercepts[k, None]
 
     def attributions(self, x: Encoded, base: Encoded) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(series [n, W, S], static [n, F], per categorical [n, C]) shares of logit(x) - logit(base), exactly:
@@ -95,8 +133,11 @@ class LinearHead:
         return attr_s, attr_st, attr_e
 
     def to_blob(self) -> dict:
-        return {"weights": self.weights.tolist(), "intercept": self.intercept}
+        return {"weights": self.weights.tolist(), "intercept": self.intercept,
+                "member_weights": self.member_weights.tolist(), "member_intercepts": self.member_intercepts.tolist()}
 
     @classmethod
     def from_blob(cls, blob: dict) -> LinearHead:
-        return cls(np.asarray(blob["weights"], float), float(blob["intercept"]))
+        members = np.asarray(blob.get("member_weights", []), float)
+        return cls(np.asarray(blob["weights"], float), float(blob["intercept"]),
+                   members.reshape(-1, len(blob["weights"])), np.asarray(blob.get("member_intercepts", []), float))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,6 +51,7 @@ from outcomes.features import (
     warfarin_group,
 )
 from outcomes.linear_head import LinearHead
+from outcomes.twin_features import TWIN_STATIC
 
 CHECKPOINT = Path(__file__).parent / "outcome_model.pt"
 # regression targets are learned standardised: (y - centre) / spread
@@ -67,9 +68,13 @@ class OutcomeConfig:
     dropout: float = 0.1
     embed_dim: int = 4
     mc_samples: int = 8
-    # the static inputs include the INR trend and the twin's forecast (`outcomes.twin_features`); False: the
-    # checkpoints before them, which read STATIC_BASE
-    twin_features: bool = True
+    # how many of `features.STATIC` the model reads: they grow by appending, so an older checkpoint reads the
+    # columns of its day (`from_blob`); STATIC_BASE's alone: no twin forecast to compute
+    static_inputs: int = len(STATIC)
+
+    @property
+    def twin_features(self) -> bool:
+        return self.static_inputs > len(STATIC_BASE)
 
 
 class OutcomeNet(nn.Module):
@@ -80,7 +85,7 @@ class OutcomeNet(nn.Module):
         self.encoder = HybridEncoder(len(SERIES) * cfg.patch_h, WINDOW_H // cfg.patch_h, d, cfg.heads, cfg.layers,
                                      cfg.dropout)
         self.embeddings = nn.ModuleList([nn.Embedding(len(v), cfg.embed_dim) for v in CATEGORICAL.values()])
-        self.static_width = len(STATIC) if cfg.twin_features else len(STATIC_BASE)
+        self.static_width = cfg.static_inputs
         self.static = nn.Sequential(nn.Linear(self.static_width + len(CATEGORICAL) * cfg.embed_dim, d), nn.GELU())
         self.trunk = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Dropout(cfg.dropout))
         self.out = nn.Linear(d, len(CLASS_HEADS) + len(REGRESSION_HEADS))
@@ -142,6 +147,7 @@ class OutcomeModel:
         for k, head in sorted(self.linear_heads.items()):
             h.update(k.encode())
             h.update(head.weights.tobytes())
+            h.update(head.member_weights.tobytes())
         return h.hexdigest()[:8]
 
     @property
@@ -150,9 +156,15 @@ class OutcomeModel:
         return {h: "logistic_regression" if h in self.linear_heads else "hybrid" for h in CLASS_HEADS}
 
     # ---- the forward passes ------------------------------------------------------------------------------
+    def inputs(self, x: Encoded) -> Encoded:
+        """`x` as this model reads it: an older checkpoint reads the static inputs of its day (the first ones)."""
+        return x if x.static.shape[1] == self.net.static_width else replace(
+            x, static=x.static[:, :self.net.static_width])
+
     def _passes(self, x: Encoded, batch: int = 4096) -> np.ndarray:
         """[mc, n, 5] outputs with dropout on (reproducible: a fixed seed): the network's, a risk served by
         logistic regression its logit in every pass (no spread)."""
+        x = self.inputs(x)
         mc = self.net.cfg.mc_samples
         outs = []
         with torch.no_grad(), torch.random.fork_rng():
@@ -168,7 +180,7 @@ class OutcomeModel:
                 self.net.eval()
         y = np.concatenate(outs, axis=1) if outs else np.zeros((mc, 0, len(CLASS_HEADS) + len(REGRESSION_HEADS)))
         for h, head in self.linear_heads.items():
-            y[:, :, CLASS_HEADS.index(h)] = head.logit(x)
+            y[:, :, CLASS_HEADS.index(h)] = head.member_logits(x, mc)
         return y
 
     def raw(self, x: Encoded) -> Raw:
@@ -204,7 +216,7 @@ class OutcomeModel:
         """Risk for each record at its `as_of`: one batched pass (MC dropout, conformal, explanations)."""
         if not records:
             return []
-        x = encode_records(records, twin=self.net.cfg.twin_features)
+        x = self.inputs(encode_records(records, twin=self.net.cfg.twin_features))
         r = self.raw(x)
         groups = {h: np.array([metoprolol_group(rec.patient) if h == "bradycardia_24h" else
                                warfarin_group(rec.patient) for rec in records], dtype=object)
@@ -278,8 +290,18 @@ def data_watermark(rec: PatientRecord) -> datetime:
     return max(times) if times else rec.as_of
 
 
+def config_from_blob(config: dict) -> OutcomeConfig:
+    """The config a checkpoint was written with; one from before `static_inputs` says `twin_features` (absent:
+    False), whose inputs ended before the twin's bleeding forecast."""
+    config = dict(config)
+    if "static_inputs" not in config:
+        twin = config.pop("twin_features", False)
+        config["static_inputs"] = len(STATIC_BASE) + (TWIN_STATIC.index("twin_bleed_log_rr_14d") if twin else 0)
+    return OutcomeConfig(**config)
+
+
 def from_blob(blob: dict) -> OutcomeModel:
-    net = OutcomeNet(OutcomeConfig(**({"twin_features": False} | blob["config"])))  # older: no twin inputs
+    net = OutcomeNet(config_from_blob(blob["config"]))
     net.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
 
     def arrays(d: dict) -> tuple[np.ndarray, np.ndarray]:

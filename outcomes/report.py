@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from outcomes.baselines import tabular_baselines, twin_baseline
+from outcomes.baselines import tabular_baselines, twin_baseline, twin_bleed_auroc
 from outcomes.contract import CLASS_HEADS, REGRESSION_HEADS
 from outcomes.dataset import OutcomeDataset, label_counts, simulate_dataset
 from outcomes.features import STATIC_BASE
@@ -115,6 +115,8 @@ def train_and_report(patients: int, shift_patients: int, days: int, samples_per_
             # the twin was scored on a subsample: its margin over the model on that subsample, carried over
             others["mechanistic_twin"] = round(head["auroc"] - twin["model_auroc_same_samples"]
                                                + twin["twin_auroc_inr_ge4_7d"], 4)
+        if h == "major_bleed_14d":
+            others["mechanistic_twin"] = twin_bleed_auroc(test)
         valid = {k: v for k, v in others.items() if not np.isnan(v)}
         best = max(valid, key=valid.get) if valid else None
         head |= {"baselines": others, "baselines_without_twin_inputs": baselines_before[h], "best_baseline": best,

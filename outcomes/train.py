@@ -26,8 +26,9 @@ from outcomes.calibration import expected_calibration_error, fit_temperature, si
 from outcomes.conformal import ClassConformal, RegressionConformal
 from outcomes.contract import CLASS_HEADS, COVERAGE_TARGET, REGRESSION_HEADS
 from outcomes.dataset import OutcomeDataset
-from outcomes.linear_head import LinearHead
+from outcomes.linear_head import MEMBERS, LinearHead
 from outcomes.model import REGRESSION_SCALE, OutcomeConfig, OutcomeModel, OutcomeNet
+from outcomes.performance_drift import auroc_standard_error
 
 
 @dataclass(frozen=True)
@@ -49,18 +50,22 @@ def _auroc(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def choose_heads(model: OutcomeModel, train: OutcomeDataset, validation: OutcomeDataset) -> None:
-    """Per risk, serve whichever ranks the validation patients better (AUROC): the network, or logistic
-    regression on the flattened inputs fitted to the same training samples (`outcomes.linear_head`; the
-    baseline `train outcome` reports). Sets `model.linear_heads` and `model.validation_auroc`; the validation
-    patients are the calibration ones (never trained on; the test patients are never looked at)."""
+    """Per risk, serve logistic regression on the flattened inputs (`outcomes.linear_head`, bagged over the
+    training patients; the baseline `train outcome` reports) where it ranks the validation patients better than
+    the network by more than the network's AUROC standard error there (Hanley & McNeil): a tie keeps the
+    network. Sets `model.linear_heads` and `model.validation_auroc`; the validation patients are the
+    calibration ones (never trained on; the test patients are never looked at)."""
     p = sigmoid(model._passes(validation.inputs)[:, :, :len(CLASS_HEADS)]).mean(axis=0)
+    x_train, x_validation = model.inputs(train.inputs), model.inputs(validation.inputs)
     for i, h in enumerate(CLASS_HEADS):
-        linear = LinearHead.fit(train.inputs, train.labels[h])
+        linear = LinearHead.fit(x_train, train.labels[h], groups=train.run_id, members=MEMBERS)
         y = validation.labels[h]
         scores = {"hybrid": _auroc(y, p[:, i]),
-                  "logistic_regression": _auroc(y, linear.logit(validation.inputs)) if linear else float("nan")}
+                  "logistic_regression": _auroc(y, linear.logit(x_validation)) if linear else float("nan")}
         model.validation_auroc[h] = {k: round(v, 4) for k, v in scores.items()}
-        if scores["logistic_regression"] > scores["hybrid"]:  # NaN (a class missing) compares False
+        labelled = y[~np.isnan(y)]
+        se = auroc_standard_error(scores["hybrid"], int(labelled.sum()), int(len(labelled) - labelled.sum()))
+        if scores["logistic_regression"] > scores["hybrid"] + se:  # NaN (a class missing) compares False
             model.linear_heads[h] = linear
 
 

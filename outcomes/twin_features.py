@@ -11,12 +11,17 @@ refit (`fit_patient`: BFGS over six parameters, a Laplace approximation, importa
 samples or to serve within a cache miss's ~15 ms; the grid costs ~1-3 ms and forecasts the INR 72 h ahead
 nearly as well (docs/OUTCOMES.md, "Inputs").
 
+The forecast runs 14 days: the INR's over the first 7 (the INR >= 4 risk's horizon) and, over all 14 (the
+bleeding risk's), major bleeding's hazard along it, ISCOAT's (`adverse_events.major_bleed_relative_hazard`, the
+published rise with the INR and age): the bleeding risk the twin expects, where the INR readings alone show
+only where the INR was.
+
 `twin_features(arrays, patient, as_of_h)` returns `TWIN_STATIC`, scaled like the other static inputs.
 
 >>> import numpy as np
 >>> row = {"age_years": 70.0, "weight_kg": 70.0, "cyp2c9": "*1/*1", "vkorc1_1639": "G/G"}
->>> twin_features(PatientArrays.empty(), row, 100.0).tolist()  # no warfarin yet: nothing to forecast
-[0.0, -1.5, -1.5, -1.5, 0.0]
+>>> [round(float(v), 2) for v in twin_features(PatientArrays.empty(), row, 100.0)]  # no warfarin: no forecast; age 70
+[0.0, -1.5, -1.5, -1.5, 0.0, 0.56]
 """
 
 from __future__ import annotations
@@ -28,16 +33,19 @@ import numpy as np
 
 from outcomes.patient_arrays import PatientArrays
 from sources.patient import warfarin
+from sources.patient.adverse_events import major_bleed_relative_hazard
 from sources.patient.inr_events import OVER_INR
 from sources.patient.inr_variability import log_likelihood
 from sources.patient.twin_fit import ETA_KEYS, TwinFit, simulate_inr, weighted_quantiles
 
+# checkpoints before `twin_bleed_log_rr_14d` read the columns before it (`outcomes.model.from_blob`)
 TWIN_STATIC: tuple[str, ...] = ("inr_trend_7d_per_d", "twin_inr_3d", "twin_inr_max_7d", "twin_inr_now",
-                                "twin_p_inr_ge4_7d")
+                                "twin_p_inr_ge4_7d", "twin_bleed_log_rr_14d")
 GRID_POINTS = 7
 GRID_Z = np.linspace(-2.5, 2.5, GRID_POINTS)  # prior SDs along the sensitivity direction
 TREND_DAYS = 7.0
-HORIZON_H = 168.0
+HORIZON_H = 168.0  # INR >= 4 within 7 days
+BLEED_HORIZON_H = 336.0  # major bleeding within 14 days
 NO_INR = 1.0  # a drug-naive INR: the forecast before the first dose
 
 
@@ -79,7 +87,7 @@ def twin_inputs(arrays: PatientArrays, patient: dict, as_of_h: float) -> TwinInp
                       arrays.inr[known], as_of_h - t0, clearance)
 
 
-def continued_doses(t: TwinInputs, days: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def continued_doses(t: TwinInputs, days: int = 15) -> tuple[np.ndarray, np.ndarray]:
     """The doses taken plus `days` more of the last one (the median taken if the last was missed)."""
     future_t = t.dose_t_h[-1] + 24.0 * np.arange(1, days + 1)
     last = t.dose_mg[-1] if t.dose_mg[-1] > 0 else float(np.median(t.dose_mg))
@@ -96,15 +104,16 @@ def inr_trend_per_d(arrays: PatientArrays, as_of_h: float) -> float:
     return float(np.polyfit(t_d - t_d.mean(), inr, 1)[0])
 
 
-def twin_forecast(t: TwinInputs) -> tuple[float, float, float, float]:
-    """(INR now, 72 h ahead, the 7-day maximum: posterior medians; P(INR >= 4 within 7 days))."""
+def twin_forecast(t: TwinInputs, age_years: float = 0.0) -> tuple[float, float, float, float, float]:
+    """(INR now, 72 h ahead, the 7-day maximum: posterior medians; P(INR >= 4 within 7 days); the posterior mean
+    of major bleeding's relative hazard over 14 days at `age_years`)."""
     typical = warfarin.typical_params(t.cov)
     prior = TwinFit(typical, ETA_KEYS, np.zeros(len(ETA_KEYS)), np.eye(len(ETA_KEYS)), t.dose_t_h, t.dose_mg,
                     t.clearance, 1.0, t.inr_t_h, t.inr)
     omega = np.sqrt(np.log1p(np.array([warfarin.BPV_CV[k.split("_")[0]] for k in ETA_KEYS]) ** 2))
     direction = np.where(np.isin(ETA_KEYS, ("cl_l_h", "ec50_mg_l")), omega, 0.0) / np.sqrt(2.0)
     eta = GRID_Z[:, None] * direction[None, :]
-    horizon = t.now_h + np.arange(1.0, HORIZON_H + 1.0)
+    horizon = t.now_h + np.arange(1.0, BLEED_HORIZON_H + 1.0)
     times, doses = continued_doses(t)
     # one batch: the readings (the likelihood) and the horizon (the forecast); later doses do not move the past.
     # On one thread: for 7 trajectories numba's parallel workers gain nothing and, woken on every call, spin
@@ -123,14 +132,19 @@ def twin_forecast(t: TwinInputs) -> tuple[float, float, float, float]:
     w = np.exp(log_post - log_post.max())
     w /= w.sum()
     ahead = sims[:, n_obs + 1:]
-    now, in_3d, peak = weighted_quantiles(np.column_stack([sims[:, n_obs], ahead[:, 71], ahead.max(axis=1)]),
+    week = ahead[:, :int(HORIZON_H)]
+    now, in_3d, peak = weighted_quantiles(np.column_stack([sims[:, n_obs], ahead[:, 71], week.max(axis=1)]),
                                           (0.5,), w)[0]
-    return float(now), float(in_3d), float(peak), float(w @ (ahead.max(axis=1) >= OVER_INR))
+    bleed_rr = float(w @ major_bleed_relative_hazard(ahead, age_years).mean(axis=1))
+    return float(now), float(in_3d), float(peak), float(w @ (week.max(axis=1) >= OVER_INR)), bleed_rr
 
 
 def twin_features(arrays: PatientArrays, patient: dict, as_of_h: float) -> np.ndarray:
-    """`TWIN_STATIC` at `as_of_h`, scaled: the trend as is (clipped to +-2 INR a day), INRs less 2.5."""
+    """`TWIN_STATIC` at `as_of_h`, scaled: the trend as is (clipped to +-2 INR a day), INRs less 2.5, the
+    bleeding hazard's log."""
     t = twin_inputs(arrays, patient, as_of_h)
-    now, in_3d, peak, p_over = (NO_INR, NO_INR, NO_INR, 0.0) if t is None else twin_forecast(t)
+    age = float(patient.get("age_years") or 68.0)
+    now, in_3d, peak, p_over, bleed_rr = ((NO_INR, NO_INR, NO_INR, 0.0, float(major_bleed_relative_hazard(NO_INR, age)))
+                                          if t is None else twin_forecast(t, age))
     return np.array([float(np.clip(inr_trend_per_d(arrays, as_of_h), -2.0, 2.0)), in_3d - 2.5, peak - 2.5,
-                     now - 2.5, p_over], np.float32)
+                     now - 2.5, p_over, np.log(bleed_rr)], np.float32)

@@ -13,12 +13,13 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from biopilot.cli import main
 from outcomes.calibration import sigmoid
 from outcomes.conformal import ClassConformal, RegressionConformal
 from outcomes.contract import CLASS_HEADS, REGRESSION_HEADS, PatientRecord, RiskPrediction
-from outcomes.dataset import outcome_scenario
+from outcomes.dataset import outcome_scenario, simulate_dataset
 from outcomes.explain import baseline, explain_batch
 from outcomes.features import (
     CATEGORICAL,
@@ -30,9 +31,10 @@ from outcomes.features import (
     encode,
     encode_records,
 )
-from outcomes.linear_head import LinearHead, flatten, logistic_regression
+from outcomes.linear_head import MEMBERS, LinearHead, flatten, logistic_regression
 from outcomes.model import OutcomeConfig, OutcomeNet, from_blob, load_model
 from outcomes.patient_arrays import PatientArrays, epoch_hours
+from outcomes.train import TrainConfig, train_outcome
 from outcomes.twin_features import TwinInputs, twin_forecast
 from sources.patient import warfarin
 from sources.patient.cohort_sim import SimulatedCohort, simulate_cohort
@@ -209,12 +211,14 @@ def test_train_outcome_end_to_end_on_a_tiny_cohort(tmp_path, capsys) -> None:
     assert set(report["previous"]["heads"]) == set(CLASS_HEADS)
     model = load_model(tmp_path)
     assert model.version == report["version"] and model.metrics["patients"]["train"] >= 3
-    # per risk, the predictor served was chosen on the validation patients: logistic regression where it ranked
-    # them better than the network
+    # per risk, the predictor served was chosen on the validation patients: logistic regression only where it
+    # ranked them better than the network (by more than the network's standard error: the margin is checked in
+    # test_choose_heads_...)
     for h, head in report["heads"].items():
         scores = head["validation_auroc"]
         better = scores["logistic_regression"] is not None and scores["logistic_regression"] > scores["hybrid"]
-        assert head["served_by"] == model.served_by[h] == ("logistic_regression" if better else "hybrid")
+        assert head["served_by"] == model.served_by[h]
+        assert better or head["served_by"] == "hybrid"
 
 
 def test_train_outcome_says_where_it_wrote_the_model(tmp_path, capsys) -> None:
@@ -244,20 +248,24 @@ def test_the_twin_forecast_input_follows_the_patients_own_inr_readings() -> None
         inr = simulate_inr(truth, dose_t_h, doses_mg, inr_t_h)[0]
         truths[name] = simulate_inr(truth, future_t_h, np.full(len(future_t_h), 7.5), np.array([now_h + 72.0]))[0, 0]
         forecasts[name] = twin_forecast(TwinInputs(cov, dose_t_h, doses_mg, inr_t_h, inr, now_h, np.ones_like))
-    (s_now, s_3d, s_peak, s_p), (r_now, r_3d, r_peak, r_p) = forecasts["sensitive"], forecasts["resistant"]
-    assert s_now > r_now and s_3d > r_3d + 0.5 and s_peak > r_peak and s_p >= r_p
-    for name, (_, in_3d, _, _) in forecasts.items():
+    (s_now, s_3d, s_peak, s_p, s_bleed), (r_now, r_3d, r_peak, r_p, r_bleed) = forecasts["sensitive"], forecasts["resistant"]
+    assert s_now > r_now and s_3d > r_3d + 0.5 and s_peak > r_peak and s_p >= r_p and s_bleed > r_bleed >= 1.0
+    for name, (_, in_3d, _, _, _) in forecasts.items():
         assert abs(in_3d - truths[name]) < 0.25 * truths[name], (name, in_3d, truths[name])
 
 
-def test_a_checkpoint_from_before_the_twin_inputs_loads_and_predicts(cohort: SimulatedCohort, shipped) -> None:
+@pytest.mark.parametrize(("written", "reads"), [({}, len(STATIC_BASE)), ({"twin_features": False}, len(STATIC_BASE)),
+                                              ({"twin_features": True}, len(STATIC) - 1)])
+def test_a_checkpoint_from_before_the_twin_inputs_or_the_bleeding_forecast_loads_and_predicts(
+        cohort: SimulatedCohort, shipped, written: dict, reads: int) -> None:
+    """Configs as written before `static_inputs`: none (before the twin inputs), then `twin_features`."""
     blob = shipped.to_blob()
-    config = {k: v for k, v in blob["config"].items() if k != "twin_features"}  # as written before the field
-    old_net = OutcomeNet(OutcomeConfig(**config, twin_features=False))
+    config = {k: v for k, v in blob["config"].items() if k != "static_inputs"} | written
+    old_net = OutcomeNet(replace(OutcomeConfig(), static_inputs=reads))
     blob |= {"config": config, "state_dict": {k: v.half() if v.is_floating_point() else v
                                              for k, v in old_net.state_dict().items()}}
     old = from_blob(blob)
-    assert not old.net.cfg.twin_features and old.net.static_width == len(STATIC_BASE)
+    assert old.net.static_width == reads and old.net.cfg.twin_features == (reads > len(STATIC_BASE))
     (answer,) = old.predict([record(cohort, 0, 8 * 24 + 2.0)])
     assert all(np.isfinite(h.estimate) for h in answer.heads.values())
 
@@ -275,14 +283,16 @@ def test_a_linear_head_is_the_fitted_logistic_regression_and_its_attributions_ad
     base = baseline(x)
     attr_s, attr_st, attr_e = head.attributions(x, base)
     total = attr_s.sum(axis=(1, 2)) + attr_st.sum(axis=1) + attr_e.sum(axis=1)
-    np.testing.assert_allclose(total, head.logit(x) - head.logit(base), atol=1e-6)
+    np.testing.assert_allclose(total, head.logit(x) - head.logit(base), rtol=1e-5, atol=1e-6)  # float32 sums
     assert LinearHead.fit(x, np.zeros(n)) is None  # one class only: nothing to fit
 
 
 def test_a_risk_served_by_logistic_regression_is_predicted_explained_and_saved_as_such(
         cohort: SimulatedCohort, shipped, tmp_path) -> None:
     rec = [record(cohort, 0, 8 * 24 + 2.0)]
-    width = flatten(encode_records(rec)).shape[1]
+    x = encode_records(rec)
+    x = replace(x, static=x.static[:, :shipped.net.static_width])  # the inputs the shipped model reads
+    width = flatten(x).shape[1]
     weights = np.zeros(width)
     weights[5 * len(SERIES) + STATIC.index("age_years")] = 0.5  # the regression reads age alone
     # a new version: the served predictor is part of what it names
@@ -296,7 +306,7 @@ def test_a_risk_served_by_logistic_regression_is_predicted_explained_and_saved_a
     assert answer.extra["served_by"] == {"inr_ge4_7d": "logistic_regression", "major_bleed_14d": "hybrid",
                                          "bradycardia_24h": "hybrid"}
     # explained by the regression's own reason, not the network's
-    ((attributions, sentence),) = explain_batch(model.net, encode_records(rec), ["inr_ge4_7d"], [head.estimate],
+    ((attributions, sentence),) = explain_batch(model.net, x, ["inr_ge4_7d"], [head.estimate],
                                                 model.linear_heads)
     assert [(a.feature, a.share) for a in attributions] == [("age", 1.0)] and sentence.startswith("Age ")
     # the other risks as the network alone gives them
@@ -304,3 +314,29 @@ def test_a_risk_served_by_logistic_regression_is_predicted_explained_and_saved_a
     assert answer.heads["major_bleed_14d"] == hybrid.heads["major_bleed_14d"]
     again = load_model(model.save(tmp_path))
     assert again.served_by == model.served_by and again.predict(rec)[0].heads == answer.heads
+
+
+@pytest.mark.parametrize("static_inputs", [len(STATIC), len(STATIC) - 1])
+def test_choose_heads_serves_logistic_regression_where_it_ranks_the_validation_patients_better(
+        static_inputs: int) -> None:
+    """A risk set by age alone: the regression ranks it better than a network trained for one epoch, and then
+    serves it; a model reading fewer static inputs (an older checkpoint's, warm-started in retraining) too."""
+    ds = simulate_dataset(24, seed=3, days=10, samples_per_patient=4)
+    age = ds.inputs.static[:, STATIC.index("age_years")]
+    ds = replace(ds, labels=ds.labels | {"inr_ge4_7d": (age > np.median(age)).astype(float)})
+    train, validation = ds.split((0.5, 0.5), seed=0)
+    config = TrainConfig(epochs=1, choose_heads=True, model=replace(OutcomeConfig(), static_inputs=static_inputs))
+    model = train_outcome(train, validation, config=config)
+    scores = model.validation_auroc["inr_ge4_7d"]
+    assert scores["logistic_regression"] > scores["hybrid"] + 0.1
+    assert model.served_by["inr_ge4_7d"] == "logistic_regression"
+    served = model.predict_dataset(validation)["inr_ge4_7d"]
+    # the bagged regression's ranking, served, with its members' spread
+    assert roc_auc_score(validation.labels["inr_ge4_7d"], served["estimate"]) == pytest.approx(
+        scores["logistic_regression"], abs=0.02)
+    assert (served["hi"] - served["lo"] > 1e-3).mean() > 0.5
+    head = model.linear_heads["inr_ge4_7d"]
+    assert head.member_weights.shape[0] == MEMBERS
+    np.testing.assert_allclose(head.member_weights.mean(axis=0), head.weights)
+    again = from_blob(model.to_blob())
+    np.testing.assert_array_equal(again.linear_heads["inr_ge4_7d"].member_weights, head.member_weights)

@@ -12,6 +12,7 @@ from sources.patient.adverse_events import (
     PKPD_EVENTS,
     VITALS_EVENTS,
     event_effects,
+    major_bleed_relative_hazard,
     pkpd_modifiers,
 )
 from sources.patient.cohort import Cohort, draw_cohort
@@ -143,3 +144,9 @@ def test_catalogue_covers_every_event_and_rejects_unknown_names():
         assert event_effects(name, np.array([1.0]), 1.0) == {}
     with pytest.raises(ValueError, match="unknown adverse event 'stroke'"):
         event_effects("stroke", np.array([1.0]), 1.0)
+
+
+def test_major_bleeding_hazard_follows_iscoat_flat_in_range_7_91_at_inr_4_5_and_1_75_from_age_70() -> None:
+    rr = major_bleed_relative_hazard(np.array([[1.0, 2.5, 4.5], [1.0, 2.5, 4.5]]), np.array([69.0, 70.0]))
+    np.testing.assert_allclose(rr, [[1.0, 1.0, 7.91], [1.75, 1.75, 1.75 * 7.91]])
+    assert float(major_bleed_relative_hazard(3.5, 50.0)) == pytest.approx(7.91**0.5)

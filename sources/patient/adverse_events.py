@@ -51,6 +51,11 @@ HYPO_SBP_FALL_MMHG, HYPO_DBP_FALL_MMHG, HYPO_HR_RISE_BPM, HYPO_TAU_H = 38.0, 20.
 OVER_ANTICOAGULATION_CL_PER_MAGNITUDE = 3.0  # calibrated: magnitude 1 takes INR 2.3 past 4 in ~9 days
 SUBTHERAPEUTIC_CL_PER_MAGNITUDE = 1.0
 PKPD_ONSET_TAU_H = 12.0
+# major bleeding's hazard on warfarin (Palareti et al. 1996, ISCOAT, Lancet 348:423): 1.1 per 100 patient-years in
+# range, relative risk 7.91 at INR >= 4.5 (taken as log-linear from 2.5: x 2.81 per INR unit), 1.75 at age >= 70
+MAJOR_BLEED_RATE_PER_YEAR = 0.011
+MAJOR_BLEED_RR_PER_INR = 7.91 ** 0.5
+MAJOR_BLEED_AGE_RR, MAJOR_BLEED_AGE_YEARS = 1.75, 70.0
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,14 @@ def event_effects(name: str, hours_since_onset: np.ndarray, magnitude: float | n
         d["dbp_mmhg"] = -HYPO_DBP_FALL_MMHG * m * on
         d["hr_bpm"] = HYPO_HR_RISE_BPM * m * on
     return d
+
+
+def major_bleed_relative_hazard(inr: np.ndarray, age_years: np.ndarray | float) -> np.ndarray:
+    """Major bleeding's hazard relative to a patient under 70 in range (x `MAJOR_BLEED_RATE_PER_YEAR` for the
+    rate), at each `inr`; `age_years` broadcasts against `inr`'s leading axes (one age per row)."""
+    age_rr = np.where(np.asarray(age_years, float) >= MAJOR_BLEED_AGE_YEARS, MAJOR_BLEED_AGE_RR, 1.0)
+    rr = MAJOR_BLEED_RR_PER_INR ** np.clip(np.asarray(inr, float) - 2.5, 0.0, None)
+    return rr * age_rr.reshape(age_rr.shape + (1,) * (rr.ndim - age_rr.ndim))
 
 
 def pkpd_modifiers(name: str, hours_since_onset: np.ndarray, magnitude: float | np.ndarray
