@@ -40,7 +40,9 @@ def add_outcome(models: argparse._SubParsersAction) -> None:
                 "the patient outcome model (risks, calibrated, conformal) on simulated cohorts")
     p.add_argument("--patients", type=positive("--patients", int), default=1000,
                    help="virtual patients, split 60/20/20 by patient into train, calibration and test (at least 5; "
-                        "default 1000)")
+                        "default 1000, a few minutes; its ~200 test patients hold about 13 who bleed, so the bleeding "
+                        "risk's AUROC moves by +-0.1 from one cohort to the next: 3000 measure it on ~600, "
+                        "docs/OUTCOMES.md run E)")
     p.add_argument("--shift-patients", type=positive("--shift-patients", int), default=200,
                    help="patients of the held-out ancestry-shift set (mostly Asian and Black ancestry, 30 %% on "
                         "amiodarone; default 200)")
@@ -62,8 +64,9 @@ def add_outcome(models: argparse._SubParsersAction) -> None:
                         "this run's test patients (AUROC on every risk; ECE <= 0.05 and coverage in 0.88-0.92)")
     p.add_argument("--force-ship", action="store_true", help="with --ship: ship even if it does not beat it")
     p.add_argument("--choose-heads", action="store_true",
-                   help="per risk, serve logistic regression where it ranks the validation patients better than "
-                        "the hybrid (default: the hybrid on every risk; docs/OUTCOMES.md)")
+                   help="per risk, serve logistic regression (bagged over the training patients) where it ranks "
+                        "the validation patients better than the hybrid by more than the hybrid's standard error "
+                        "(default: the hybrid on every risk; worth it from ~3000 patients: docs/OUTCOMES.md runs D, E)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
