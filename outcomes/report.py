@@ -7,7 +7,8 @@ Coverage is a guarantee in expectation over calibration sets: a genotype group o
 +-0.1 from one split to the next. So the coverage figures a head reports (`coverage`, `min_group_coverage`,
 `max_group_coverage`, `coverage_by_group`) and its targets are the means over `RESPLITS` re-splits of the
 calibration and test patients (`outcomes.train.coverage_over_resplits`); the one test split's are kept beside
-them (`*_test_split`).
+them (`*_test_split`). Every coverage counts each patient once (`outcomes.train.patient_weights`), as the
+conformal is calibrated.
 
 `previous` (the model shipped before, say): scored on the same test patients, and `ship_ok` says whether the
 new model may replace it: on no risk an AUROC lower by more than its standard error (Hanley & McNeil) and on

@@ -23,7 +23,7 @@ False
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -146,7 +146,11 @@ def retrain(lake: str | Path, recent: OutcomeDataset, window: OutcomeDataset, *,
     champion_entry = ensure_champion(lake, actor)
     champion = registry.load(lake, champion_entry.version)
     fit, calibration = recent.split((0.75, 0.25), seed=seed)
-    challenger = train_outcome(fit, calibration, config=config or TrainConfig(), seed=seed, progress=progress,
+    config = config or TrainConfig()
+    if champion.linear_heads and not config.choose_heads:
+        # the champion serves regression on some risk, so it was trained choosing: the challenger chooses too
+        config = replace(config, choose_heads=True)
+    challenger = train_outcome(fit, calibration, config=config, seed=seed, progress=progress,
                                init=champion.net if warm_start else None)
     shadow = shadow_evaluate(champion, challenger, window, rule)
     # its metrics: its own on the shadow window, with the champion's there beside them

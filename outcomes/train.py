@@ -148,8 +148,20 @@ def train_outcome(train: OutcomeDataset, calibration: OutcomeDataset, *, config:
     return model
 
 
-def coverage_by_group(inside: np.ndarray, groups: np.ndarray) -> dict[str, float]:
-    return {str(g): round(float(inside[groups == g].mean()), 4) for g in sorted(set(groups)) if g != ""}
+def patient_weights(run_id: np.ndarray) -> np.ndarray:
+    """Each sample's weight in a coverage: 1 / its patient's sample count, so that every patient weighs one - the
+    conformal's exchangeable unit (it is calibrated on one sample per patient). Counted per sample instead, a
+    patient with more samples weighs more; one who bleeds has none after the bleed, so bleeds weigh less."""
+    _, inverse, counts = np.unique(run_id, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse]
+
+
+def _share(inside: np.ndarray, weights: np.ndarray) -> float:
+    return float(np.sum(weights * inside) / np.sum(weights))
+
+
+def coverage_by_group(inside: np.ndarray, groups: np.ndarray, weights: np.ndarray) -> dict[str, float]:
+    return {str(g): round(_share(inside[groups == g], weights[groups == g]), 4) for g in sorted(set(groups)) if g != ""}
 
 
 def classification_metrics(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -166,7 +178,8 @@ def classification_metrics(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 def evaluate(model: OutcomeModel, test: OutcomeDataset) -> dict:
     """Per head: classification - auroc, auprc, brier, ece, coverage of the conformal sets overall and per
-    genotype group and per ancestry, the mean set size; regression - MAE, coverage (same groups), mean width."""
+    genotype group and per ancestry, the mean set size; regression - MAE, coverage (same groups), mean width.
+    Coverage counts every patient once (`patient_weights`); the other figures count samples."""
     pred = model.predict_dataset(test)
     heads = {}
     for h in CLASS_HEADS:
@@ -174,9 +187,10 @@ def evaluate(model: OutcomeModel, test: OutcomeDataset) -> dict:
         keep = ~np.isnan(y)
         v = pred[h]
         inside = np.where(y[keep] == 1, v["in_set1"][keep], v["in_set0"][keep])
-        groups = coverage_by_group(inside, test.groups(h)[keep])
-        heads[h] = {**classification_metrics(v["estimate"], y), **_coverage(inside, groups),
-                    "coverage_by_ancestry": coverage_by_group(inside, test.ancestry[keep]),
+        w = patient_weights(test.run_id[keep])
+        groups = coverage_by_group(inside, test.groups(h)[keep], w)
+        heads[h] = {**classification_metrics(v["estimate"], y), **_coverage(inside, groups, w),
+                    "coverage_by_ancestry": coverage_by_group(inside, test.ancestry[keep], w),
                     "mean_set_size": round(float((v["in_set0"][keep].astype(int)
                                                   + v["in_set1"][keep].astype(int)).mean()), 4) if keep.any() else
                     float("nan"),
@@ -186,11 +200,12 @@ def evaluate(model: OutcomeModel, test: OutcomeDataset) -> dict:
         keep = ~np.isnan(y)
         v = pred[h]
         inside = (y[keep] >= v["lo"][keep]) & (y[keep] <= v["hi"][keep])
-        groups = coverage_by_group(inside, test.groups(h)[keep])
+        w = patient_weights(test.run_id[keep])
+        groups = coverage_by_group(inside, test.groups(h)[keep], w)
         heads[h] = {"n": int(keep.sum()),
                     "mae": round(float(np.abs(v["estimate"][keep] - y[keep]).mean()), 4) if keep.any() else
-                    float("nan"), **_coverage(inside, groups),
-                    "coverage_by_ancestry": coverage_by_group(inside, test.ancestry[keep]),
+                    float("nan"), **_coverage(inside, groups, w),
+                    "coverage_by_ancestry": coverage_by_group(inside, test.ancestry[keep], w),
                     "interval_width": round(float((v["hi"][keep] - v["lo"][keep]).mean()), 4) if keep.any() else
                     float("nan")}
     return {"samples": len(test), "patients": int(len(set(test.run_id))), "coverage_target": COVERAGE_TARGET,
@@ -231,7 +246,8 @@ def coverage_over_resplits(model: OutcomeModel, calibration: OutcomeDataset, tes
                                                                             groups[te])
                 inside = (y[te] >= lo) & (y[te] <= hi)
             if len(inside):
-                draws[h].append((float(inside.mean()), coverage_by_group(inside, groups[te])))
+                w = patient_weights(pool.run_id[te])
+                draws[h].append((_share(inside, w), coverage_by_group(inside, groups[te], w)))
     out = {}
     for h, d in draws.items():
         if not d:
@@ -249,8 +265,8 @@ def coverage_over_resplits(model: OutcomeModel, calibration: OutcomeDataset, tes
     return out
 
 
-def _coverage(inside: np.ndarray, groups: dict[str, float]) -> dict:
-    return {"coverage": round(float(inside.mean()), 4) if len(inside) else float("nan"),
+def _coverage(inside: np.ndarray, groups: dict[str, float], weights: np.ndarray) -> dict:
+    return {"coverage": round(_share(inside, weights), 4) if len(inside) else float("nan"),
             "coverage_by_group": groups,
             "min_group_coverage": min(groups.values()) if groups else float("nan"),
             "max_group_coverage": max(groups.values()) if groups else float("nan")}

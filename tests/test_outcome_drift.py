@@ -4,6 +4,7 @@ following the predictions, and a challenger that does not beat the champion by t
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -14,6 +15,7 @@ from outcomes import registry
 from outcomes.dataset import simulate_dataset
 from outcomes.drift import MONITORED, FeatureDrift, drift_incident, input_features
 from outcomes.features import Encoded, encode
+from outcomes.linear_head import LinearHead, flatten
 from outcomes.patient_arrays import PatientArrays
 from outcomes.performance_drift import PerformanceDrift
 from outcomes.retrain import PromotionRule, retrain
@@ -115,3 +117,19 @@ def test_a_challenger_short_of_the_margin_is_not_promoted(tmp_path):
     worse = PromotionRule(margin=0.0).decide({"heads": {"inr_ge4_7d": {"auroc": 0.8}}},
                                              {"heads": {"inr_ge4_7d": {"auroc": 0.79}}})
     assert not worse.promote and "kept as challenger" in worse.reason
+
+
+def test_the_challenger_of_a_champion_serving_regression_chooses_its_predictors_too(tmp_path):
+    lake = str(tmp_path / "lake")
+    ds = simulate_dataset(8, seed=5, days=12, samples_per_patient=3)
+    before, recent, window = ds.split((0.4, 0.3, 0.3), seed=0)
+    champion = train_outcome(*before.split((0.5, 0.5), seed=0), config=TrainConfig(epochs=1))
+    assert not champion.validation_auroc  # trained without the choice
+    regression = LinearHead(np.zeros(flatten(before.inputs).shape[1]), 0.0)
+    champion = replace(champion, version="", linear_heads={"inr_ge4_7d": regression})
+    registry.register(lake, champion, data_snapshot="test", metrics={}, actor="test", alias=None)
+    registry.promote(lake, champion.version, actor="test")
+    result = retrain(lake, recent, window, trigger="drift", data_snapshot="test", rule=PromotionRule(margin=1.0),
+                     config=TrainConfig(epochs=1))
+    challenger = registry.load(lake, result.challenger_version)
+    assert set(challenger.validation_auroc) == {"inr_ge4_7d", "major_bleed_14d", "bradycardia_24h"}

@@ -34,7 +34,7 @@ from outcomes.features import (
 from outcomes.linear_head import MEMBERS, LinearHead, flatten, logistic_regression
 from outcomes.model import OutcomeConfig, OutcomeNet, from_blob, load_model
 from outcomes.patient_arrays import PatientArrays, epoch_hours
-from outcomes.train import TrainConfig, train_outcome
+from outcomes.train import TrainConfig, coverage_by_group, patient_weights, train_outcome
 from outcomes.twin_features import TwinInputs, twin_forecast
 from sources.patient import warfarin
 from sources.patient.cohort_sim import SimulatedCohort, simulate_cohort
@@ -340,3 +340,10 @@ def test_choose_heads_serves_logistic_regression_where_it_ranks_the_validation_p
     np.testing.assert_allclose(head.member_weights.mean(axis=0), head.weights)
     again = from_blob(model.to_blob())
     np.testing.assert_array_equal(again.linear_heads["inr_ge4_7d"].member_weights, head.member_weights)
+
+
+def test_coverage_counts_every_patient_once_whatever_their_sample_count() -> None:
+    """The conformal is calibrated on one sample per patient: a patient with three covered samples and one with a
+    single uncovered sample cover half the patients, not three quarters of the samples."""
+    run_id, inside = np.array(["a", "a", "a", "b"]), np.array([True, True, True, False])
+    assert coverage_by_group(inside, np.full(4, "g"), patient_weights(run_id)) == {"g": 0.5}
