@@ -15,7 +15,7 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -145,7 +145,8 @@ def train_outcome(train: OutcomeDataset, calibration: OutcomeDataset, *, config:
         model.regression_conformal[h] = RegressionConformal.fit(calibration.labels[h], raw.value[:, i],
                                                                 raw.value_sd[:, i], calibration.groups(h),
                                                                 calibration.run_id)
-    return model
+    # the version was named before the choice: name it again, so that it names the predictors it serves
+    return replace(model, version="", created="") if model.linear_heads else model
 
 
 def patient_weights(run_id: np.ndarray) -> np.ndarray:
