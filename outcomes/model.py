@@ -11,9 +11,10 @@ Around the network, what makes its answers usable (`OutcomeModel`):
   classification head and an interval per regression head at 90 %;
 - an alert threshold per classification head (Youden's J on the calibration patients);
 - explanations (`outcomes.explain`: integrated gradients);
-- per risk, the predictor served: the network's head, or logistic regression on the flattened inputs
-  (`outcomes.linear_head`) where that ranked the validation patients better (opt-in, `TrainConfig.choose_heads`;
-  `linear_heads`, `served_by`; the temperature, threshold and conformal scores are then the regression's).
+- per risk, the predictor served: the network's head, or a bagged logistic regression on the flattened inputs
+  (`outcomes.linear_head`, its members standing in for the MC passes) where that ranked the validation patients
+  better by more than the network's standard error (opt-in, `TrainConfig.choose_heads`; `linear_heads`,
+  `served_by`; the temperature, threshold and conformal scores are then the regression's).
 
 `OutcomeModel.predict(records)` is the serving path (one batched forward pass); `predict_dataset(ds)` the
 evaluation's. `save(directory)` writes `<version>.pt`; `load_model()` loads the shipped checkpoint
@@ -163,7 +164,7 @@ class OutcomeModel:
 
     def _passes(self, x: Encoded, batch: int = 4096) -> np.ndarray:
         """[mc, n, 5] outputs with dropout on (reproducible: a fixed seed): the network's, a risk served by
-        logistic regression its logit in every pass (no spread)."""
+        logistic regression its members' logits (one fit: its logit in every pass, no spread)."""
         x = self.inputs(x)
         mc = self.net.cfg.mc_samples
         outs = []
