@@ -74,6 +74,10 @@ class RiskPrediction:
     extra: dict = field(default_factory=dict)
 
 
+class CheckpointError(ValueError):
+    """A saved model this code cannot serve (one from a newer version, say)."""
+
+
 class Predictor(Protocol):
     """A loaded model version; `predict` is batched (one forward pass for many patients)."""
 

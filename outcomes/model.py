@@ -38,7 +38,14 @@ from torch import nn
 from detectors.scorer_model import HybridEncoder
 from outcomes.calibration import sigmoid
 from outcomes.conformal import ClassConformal, RegressionConformal
-from outcomes.contract import CLASS_HEADS, REGRESSION_HEADS, HeadPrediction, PatientRecord, RiskPrediction
+from outcomes.contract import (
+    CLASS_HEADS,
+    REGRESSION_HEADS,
+    CheckpointError,
+    HeadPrediction,
+    PatientRecord,
+    RiskPrediction,
+)
 from outcomes.explain import explain_batch
 from outcomes.features import (
     CATEGORICAL,
@@ -298,6 +305,9 @@ def config_from_blob(config: dict) -> OutcomeConfig:
     if "static_inputs" not in config:
         twin = config.pop("twin_features", False)
         config["static_inputs"] = len(STATIC_BASE) + (TWIN_STATIC.index("twin_bleed_log_rr_14d") if twin else 0)
+    if not len(STATIC_BASE) <= config["static_inputs"] <= len(STATIC):
+        raise CheckpointError(f"the checkpoint reads {config['static_inputs']} static inputs, this code encodes "
+                         f"{len(STATIC_BASE)}-{len(STATIC)}: a checkpoint from a newer version of biopilot?")
     return OutcomeConfig(**config)
 
 

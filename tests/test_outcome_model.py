@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from biopilot.cli import main
 from outcomes.calibration import sigmoid
 from outcomes.conformal import ClassConformal, RegressionConformal
-from outcomes.contract import CLASS_HEADS, REGRESSION_HEADS, PatientRecord, RiskPrediction
+from outcomes.contract import CLASS_HEADS, REGRESSION_HEADS, CheckpointError, PatientRecord, RiskPrediction
 from outcomes.dataset import outcome_scenario, simulate_dataset
 from outcomes.explain import baseline, explain_batch
 from outcomes.features import (
@@ -350,3 +350,10 @@ def test_coverage_counts_every_patient_once_whatever_their_sample_count() -> Non
     single uncovered sample cover half the patients, not three quarters of the samples."""
     run_id, inside = np.array(["a", "a", "a", "b"]), np.array([True, True, True, False])
     assert coverage_by_group(inside, np.full(4, "g"), patient_weights(run_id)) == {"g": 0.5}
+
+
+def test_a_checkpoint_reading_more_inputs_than_this_code_encodes_is_refused_clearly(shipped, tmp_path) -> None:
+    blob = shipped.to_blob()
+    blob["config"] = blob["config"] | {"static_inputs": len(STATIC) + 1}
+    with pytest.raises(CheckpointError, match=f"reads {len(STATIC) + 1} static inputs.*newer version"):
+        from_blob(blob)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from dashboard.deps import Runtime, runtime, viewer
 from dashboard.routers.control import live_units
 from dashboard.routers.patients import PatientId
-from outcomes.contract import PatientRecord
+from outcomes.contract import CheckpointError, PatientRecord
 from outcomes.drift import open_drift_words
 from outcomes.serving import Champion, RecordStore, RiskCache, RiskService, Seen, read_lake_records
 
@@ -120,7 +120,7 @@ async def get_risk(patient_id: PatientId, request: Request, risk: RiskService = 
     latest) and kept."""
     try:
         answer = await risk.risk(patient_id)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, CheckpointError) as err:
         raise HTTPException(503, f"no outcome model to serve: {err}") from None
     if answer is None:
         raise HTTPException(404, f"no data of patient {patient_id!r}")
