@@ -83,12 +83,12 @@ class LinearHead:
         if not members:
             return cls(*_fit_unscaled(flat, y))
         groups = np.arange(len(y)) if groups is None else np.asarray(groups)[keep]
-        names, index = np.unique(groups, return_inverse=True)
+        _, index = np.unique(groups, return_inverse=True)
         by_group = np.split(np.argsort(index, kind="stable"), np.cumsum(np.bincount(index))[:-1])
         rng = np.random.default_rng(seed)
         fits = []
         while len(fits) < members:
-            rows = np.concatenate([by_group[g] for g in rng.integers(0, len(names), len(names))])
+            rows = np.concatenate([by_group[g] for g in rng.integers(0, len(by_group), len(by_group))])
             if 0 < y[rows].sum() < len(rows):  # a resample holding one class only is drawn again
                 fits.append(_fit_unscaled(flat[rows], y[rows]))
         w = np.stack([f[0] for f in fits])

@@ -47,6 +47,7 @@ TREND_DAYS = 7.0
 HORIZON_H = 168.0  # INR >= 4 within 7 days
 BLEED_HORIZON_H = 336.0  # major bleeding within 14 days
 NO_INR = 1.0  # a drug-naive INR: the forecast before the first dose
+UNKNOWN_AGE_YEARS, UNKNOWN_WEIGHT_KG = 68.0, 80.0  # a patient row without them: the cohort's typical patient
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ def twin_inputs(arrays: PatientArrays, patient: dict, as_of_h: float) -> TwinInp
         return None
     t0 = arrays.dose_h[warf][0]
     known = (arrays.lab_reported_h <= as_of_h) & ~np.isnan(arrays.inr) & (arrays.lab_sample_h > t0)
-    cov = warfarin.Covariates(np.array([float(patient.get("age_years") or 68.0)]),
-                              np.array([float(patient.get("weight_kg") or 80.0)]),
+    cov = warfarin.Covariates(np.array([float(patient.get("age_years") or UNKNOWN_AGE_YEARS)]),
+                              np.array([float(patient.get("weight_kg") or UNKNOWN_WEIGHT_KG)]),
                               np.array([patient.get("cyp2c9") or "*1/*1"]),
                               np.array([patient.get("vkorc1_1639") or "G/G"]),
                               np.array([bool(patient.get("amiodarone"))]),
@@ -104,9 +105,9 @@ def inr_trend_per_d(arrays: PatientArrays, as_of_h: float) -> float:
     return float(np.polyfit(t_d - t_d.mean(), inr, 1)[0])
 
 
-def twin_forecast(t: TwinInputs, age_years: float = 0.0) -> tuple[float, float, float, float, float]:
+def twin_forecast(t: TwinInputs) -> tuple[float, float, float, float, float]:
     """(INR now, 72 h ahead, the 7-day maximum: posterior medians; P(INR >= 4 within 7 days); the posterior mean
-    of major bleeding's relative hazard over 14 days at `age_years`)."""
+    of major bleeding's relative hazard over 14 days at the patient's age)."""
     typical = warfarin.typical_params(t.cov)
     prior = TwinFit(typical, ETA_KEYS, np.zeros(len(ETA_KEYS)), np.eye(len(ETA_KEYS)), t.dose_t_h, t.dose_mg,
                     t.clearance, 1.0, t.inr_t_h, t.inr)
@@ -135,7 +136,7 @@ def twin_forecast(t: TwinInputs, age_years: float = 0.0) -> tuple[float, float, 
     week = ahead[:, :int(HORIZON_H)]
     now, in_3d, peak = weighted_quantiles(np.column_stack([sims[:, n_obs], ahead[:, 71], week.max(axis=1)]),
                                           (0.5,), w)[0]
-    bleed_rr = float(w @ major_bleed_relative_hazard(ahead, age_years).mean(axis=1))
+    bleed_rr = float(w @ major_bleed_relative_hazard(ahead, t.cov.age_years[0]).mean(axis=1))
     return float(now), float(in_3d), float(peak), float(w @ (week.max(axis=1) >= OVER_INR)), bleed_rr
 
 
@@ -143,8 +144,10 @@ def twin_features(arrays: PatientArrays, patient: dict, as_of_h: float) -> np.nd
     """`TWIN_STATIC` at `as_of_h`, scaled: the trend as is (clipped to +-2 INR a day), INRs less 2.5, the
     bleeding hazard's log."""
     t = twin_inputs(arrays, patient, as_of_h)
-    age = float(patient.get("age_years") or 68.0)
-    now, in_3d, peak, p_over, bleed_rr = ((NO_INR, NO_INR, NO_INR, 0.0, float(major_bleed_relative_hazard(NO_INR, age)))
-                                          if t is None else twin_forecast(t, age))
+    if t is None:  # no warfarin yet: the INR stays drug-naive
+        age = float(patient.get("age_years") or UNKNOWN_AGE_YEARS)
+        now, in_3d, peak, p_over, bleed_rr = NO_INR, NO_INR, NO_INR, 0.0, float(major_bleed_relative_hazard(NO_INR, age))
+    else:
+        now, in_3d, peak, p_over, bleed_rr = twin_forecast(t)
     return np.array([float(np.clip(inr_trend_per_d(arrays, as_of_h), -2.0, 2.0)), in_3d - 2.5, peak - 2.5,
                      now - 2.5, p_over, np.log(bleed_rr)], np.float32)
