@@ -1,22 +1,28 @@
 """`GET /api/patients/{patient_id}/risk` on a real dashboard (nats-server, redis-server, the relay) with the
 shipped outcome model over a lake of simulated patients: typed answers, a hit the second time, the served
 model's drift incident in words, a lab arriving on NATS (before the lake has it) makes the next answer fresh with
-the lab's watermark, and the refusals (unknown patient, bad id, no token)."""
+the lab's watermark, the refusals (unknown patient, bad id, no token), and a champion this code cannot read
+answered as a 503 that says why."""
 
 from __future__ import annotations
 
 import asyncio
+import io
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
 import pyarrow as pa
 import pytest
+import torch
 
 from agents.risk_worker import drift_messages
 from core.events import AGENT_MESSAGES, INCIDENTS
+from outcomes import registry
 from outcomes.contract import CLASS_HEADS, REGRESSION_HEADS
 from outcomes.drift import Shift, drift_incident
+from outcomes.features import STATIC
 from outcomes.model import load_model
 from sinks import delta
 from sources.publish import publish_assays
@@ -93,3 +99,35 @@ def test_unknown_patient_404_bad_id_422_and_no_token_401(dash):
         assert c.get("/api/patients/p0.1/risk").status_code == 422
     with dash.client(None) as c:
         assert c.get(f"/api/patients/{PATIENT}/risk").status_code == 401
+
+
+@dataclass(frozen=True)
+class NewerCheckpoint:
+    """The shipped model as a newer biopilot would write it: reading one static input more than this code encodes."""
+
+    version: str = "outcome-29990101T000000Z-00000000"
+
+    def save(self, directory: Path) -> Path:
+        blob = load_model().to_blob() | {"version": self.version}
+        blob["config"] = blob["config"] | {"static_inputs": len(STATIC) + 1}
+        buf = io.BytesIO()
+        torch.save(blob, buf)
+        path = Path(directory) / f"{self.version}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buf.getvalue())
+        return path
+
+
+def test_a_champion_this_code_cannot_read_is_a_503_that_says_why(start_module_dashboard):
+    """Promoted by a newer version sharing the lake: refused at load (not a shape error at the first prediction),
+    and the API says so instead of failing with a 500."""
+    dash = start_module_dashboard(plant="patient")
+    write_patients(Path(dash.lake), patients=1)
+    newer = NewerCheckpoint()
+    registry.register(dash.lake, newer, data_snapshot="a newer biopilot's training", metrics={}, actor="test")
+    registry.promote(dash.lake, newer.version, actor="test")
+    with dash.client("viewer") as c:
+        answer = c.get(f"/api/patients/{PATIENT}/risk")
+    assert answer.status_code == 503, answer.text
+    assert f"reads {len(STATIC) + 1} static inputs" in answer.json()["detail"]
+    assert "newer version" in answer.json()["detail"]
