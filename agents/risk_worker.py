@@ -24,16 +24,23 @@ drift lasts the incident is updated when what drifted changes (explained again),
 has found no drift on `outcomes.drift.CLEAR_VERDICTS` checks in a row (`outcomes.drift.DriftLifecycle`). A new
 champion learns its reference again.
 
-Outcome drift, per head whose outcome the live data shows (`OUTCOME_HEADS`), each scored prediction resolved
-(`resolve`) once its outcome is known and fed to its head's `outcomes.performance_drift.PerformanceDrift`, whose
-drift opens, updates and resolves the head's outcome drift incident the same way:
+Outcome drift, per head whose outcome the live data shows (`outcomes.live_learning.LIVE_HEADS`), each scored
+prediction resolved (`resolve`) once its outcome is known (`outcomes.live_learning.live_outcome`) and fed to its
+head's `outcomes.performance_drift.PerformanceDrift`, whose drift opens, updates and resolves the head's outcome
+drift incident the same way:
 - bradycardia within 24 h: once the patient's vitals cover its 24 h; 1 if an hour's mean measured heart rate
-  fell below `BRADY_HR_BPM`;
-- INR >= 4 within 7 days: the INR labels arrive late, as lab results: once the vitals reach `INR_WAIT_H` past
-  the 7 days (a draw late in the week reported); 1 if an INR sampled within the 7 days reached
-  `inr_events.OVER_INR`, unresolved (dropped) if none was drawn. Drawn on some days only, the measured INR misses
+  fell below `outcomes.dataset.BRADY_HR_BPM`;
+- INR >= 4 within 7 days: the INR labels arrive late, as lab results: once the vitals reach
+  `outcomes.live_learning.INR_WAIT_H` past the 7 days (a draw late in the week reported); 1 if an INR sampled
+  within the 7 days reached `inr_events.OVER_INR`, unresolved (dropped) if none was drawn. Drawn on some days only, the measured INR misses
   excursions the true INR the model learnt from makes, so its observed rate sits below the predicted: this head
   is judged on its ranking only (AUROC against its first full window, `calibration=False`).
+
+Retraining from live traffic (`outcomes.live_learning.LiveLearning`): the scored patients are sampled (one a day
+each) until their outcomes are known; while a drift incident of the served model is open, or once the schedule
+says so, a challenger is fitted on them and registered, judged in shadow on the patients sampled after it, and
+promoted when it beats the champion by the rule's margin (the served model then swaps within
+`outcomes.serving.CHAMPION_CHECK_S`). Each step is logged and, through the registry, audited.
 
 One risk worker per stack (`biopilot agents` starts it for the patient plant): its open alerts, the last
 published risks and the drift monitor are its own.
@@ -51,8 +58,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 from nats.aio.msg import Msg
 
@@ -62,21 +67,18 @@ from core.events import VITALS
 from core.services import connect_nats, redis_client
 from detectors.unit_monitor import alarm_clear
 from outcomes.contract import PatientRecord
-from outcomes.dataset import BRADY_HR_BPM, HORIZON_H
 from outcomes.drift import MODEL_UNIT, MONITORED, DriftLifecycle, FeatureDrift, Shift, input_features
 from outcomes.features import encode_records
+from outcomes.live_learning import LIVE_HEADS, LiveLearning, live_outcome
 from outcomes.performance_drift import PerformanceDrift
 from outcomes.serving import Champion, RiskCache, RiskService, Seen, read_lake_records, to_us
 from sinks.nats_sink import alert_json
 from sinks.table_writer import TableWriter
-from sources.patient.inr_events import OVER_INR
 from sources.telemetry import KIND_HEADER
 
 log = logging.getLogger(__name__)
 DETECTOR = "outcome_model"
 HOUR_US = 3_600_000_000
-OUTCOME_HEADS = ("bradycardia_24h", "inr_ge4_7d")  # the heads whose outcomes the live data shows
-INR_WAIT_H = 24.0  # past the 7 days, for an INR drawn late in them to be reported (labs: ~6 h)
 MIN_CHANGE = 0.01  # a probability change worth an event on the page
 CRITICAL_SHARE = 2.0  # a probability at twice its head's threshold (or 0.9) makes the alert critical
 
@@ -141,6 +143,7 @@ class RiskWorker:
     pending: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)
     outcome_drift: dict[str, PerformanceDrift] = field(default_factory=dict)  # head -> its monitor
     outcome_model: str | None = None
+    learning: LiveLearning | None = None  # made at start (or given)
 
     async def start(self) -> None:
         """Load the model (FileNotFoundError when there is none), then connect and listen."""
@@ -152,6 +155,7 @@ class RiskWorker:
 
         self.writer = TableWriter(self.lake)
         self.writer.task = asyncio.create_task(self.writer.run())
+        self.learning = self.learning or LiveLearning(self.lake)
 
         async def records(patient_ids: Sequence[str], seen: Sequence[Seen]) -> dict[str, PatientRecord]:
             found = await read_lake_records(self.lake, patient_ids, seen)
@@ -163,6 +167,7 @@ class RiskWorker:
                     for head, pairs in self.resolve(patient, record).items():
                         resolved.setdefault(head, []).extend(pairs)
                 await self.watch_outcomes(resolved, version)
+                await asyncio.to_thread(self.learning.observe, found)
             except Exception:  # noqa: BLE001 - monitoring must not stop the scoring
                 log.exception("drift monitoring failed")
             return found
@@ -209,6 +214,8 @@ class RiskWorker:
         self.published.pop(patient, None)
         for by_patient in self.pending.values():
             by_patient.pop(patient, None)
+        if self.learning is not None:
+            self.learning.forget(patient)
 
     async def _score_loop(self) -> None:
         while True:
@@ -219,6 +226,12 @@ class RiskWorker:
                 raise
             except Exception:  # noqa: BLE001 - a lake or Redis hiccup: the patients stay due, tried again
                 log.exception("risk scoring failed")
+            try:
+                await self.learn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - learning must not stop the scoring
+                log.exception("live retraining failed")
 
     async def score_due(self) -> int:
         """Score the due patients in one batch; publish what changed. How many were scored."""
@@ -238,6 +251,20 @@ class RiskWorker:
                 self.note_prediction(answer)
                 self.scored += 1
         return len(answers)
+
+    async def learn(self) -> str | None:
+        """After a scoring batch: a waiting challenger judged, or one trained when due (`LiveLearning.step`, in
+        a thread: it may train); the data's time is the newest vitals seen, the drift any open incident of the
+        served model's."""
+        if self.learning is None or not self.hour_of:
+            return None
+        champion = await self.service.model()
+        drift = any(life.row is not None for (version, _), life in self.drift_lifecycles.items()
+                    if version == champion.version)
+        news = await asyncio.to_thread(self.learning.step, champion, max(self.hour_of.values()), drift)
+        if news:
+            log.warning("live retraining: %s", news)
+        return news
 
     async def publish(self, answer: dict) -> None:
         patient = answer["patient_id"]
@@ -281,10 +308,10 @@ class RiskWorker:
 
     # ---- outcome drift ----------------------------------------------------------------------------------
     def note_prediction(self, answer: dict) -> None:
-        """Keep the answer's probabilities of `OUTCOME_HEADS` until their outcomes show in the data."""
+        """Keep the answer's probabilities of `LIVE_HEADS` until their outcomes show in the data."""
         at_us = to_us(datetime.fromisoformat(answer["data_watermark"]))
         not_applicable = (answer.get("extra") or {}).get("not_applicable", [])
-        for name in OUTCOME_HEADS:
+        for name in LIVE_HEADS:
             head = answer["heads"].get(name)
             if head is not None and name not in not_applicable:
                 self.pending.setdefault(name, {}).setdefault(answer["patient_id"], []).append(
@@ -293,16 +320,13 @@ class RiskWorker:
     def resolve(self, patient: str, record: PatientRecord) -> dict[str, list[tuple[float, int]]]:
         """Per head, the patient's pending predictions whose outcome the record shows: (probability, outcome)."""
         out = {}
-        if record.vitals.num_rows == 0:
-            return out
-        newest_us = pc.max(record.vitals["ts"]).value
-        for head, resolve in (("bradycardia_24h", _bradycardia_outcome), ("inr_ge4_7d", _inr_over_outcome)):
+        for head in LIVE_HEADS:
             pending = self.pending.get(head, {}).get(patient)
             if not pending:
                 continue
             left, done = [], []
             for at_us, probability in pending:
-                outcome = resolve(record, at_us, newest_us)
+                outcome = live_outcome(head, record, at_us)
                 if outcome is None:
                     left.append((at_us, probability))
                 elif outcome >= 0:  # -1: the outcome cannot be known (no INR drawn): dropped
@@ -354,33 +378,6 @@ class RiskWorker:
         if self.writer is not None:
             self.writer.put("incidents", row)
         log.warning("drift of %s %s: %s", row["run_id"], row["event"], ", ".join(row["signals"]))
-
-
-def _bradycardia_outcome(record: PatientRecord, at_us: int, newest_us: int) -> int | None:
-    """1 if an hour's mean measured heart rate fell below `BRADY_HR_BPM` within the 24 h after `at_us`, 0 if not,
-    None while the vitals do not cover them yet."""
-    horizon_us = int(HORIZON_H["bradycardia_24h"]) * HOUR_US
-    if at_us + horizon_us > newest_us:
-        return None
-    ts_us = record.vitals["ts"].cast(pa.int64()).to_numpy()
-    hr = record.vitals["hr_bpm"].to_numpy(zero_copy_only=False).astype(float)
-    inside = (ts_us > at_us) & (ts_us <= at_us + horizon_us) & ~np.isnan(hr)
-    hours = ts_us // HOUR_US
-    return int(any(hr[inside & (hours == h)].mean() < BRADY_HR_BPM for h in np.unique(hours[inside])))
-
-
-def _inr_over_outcome(record: PatientRecord, at_us: int, newest_us: int) -> int | None:
-    """1 if an INR sampled within the 7 days after `at_us` reached `OVER_INR`, 0 if those drawn stayed below,
-    -1 if none was drawn, None while the vitals have not reached `INR_WAIT_H` past the 7 days."""
-    horizon_us = int(HORIZON_H["inr_ge4_7d"]) * HOUR_US
-    if at_us + horizon_us + int(INR_WAIT_H * HOUR_US) > newest_us:
-        return None
-    if record.labs.num_rows == 0:
-        return -1
-    sampled = record.labs["sample_ts"].cast(pa.int64()).to_numpy()
-    inr = record.labs["inr"].to_numpy(zero_copy_only=False).astype(float)
-    inside = (sampled > at_us) & (sampled <= at_us + horizon_us) & ~np.isnan(inr)
-    return int((inr[inside] >= OVER_INR).any()) if inside.any() else -1
 
 
 def drift_messages(row: dict, findings: dict, first_seq: int = 0) -> list[dict]:

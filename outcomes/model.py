@@ -241,7 +241,7 @@ class OutcomeModel:
                 p = float(v["estimate"][j])
                 preds[h] = HeadPrediction(h, "probability", p, float(v["lo"][j]), float(v["hi"][j]),
                                           tuple(c for c in (0, 1) if v[f"in_set{c}"][j]), self.thresholds[h],
-                                          bool(p >= self.thresholds[h] and _applies(h, rec)))
+                                          bool(p >= self.thresholds[h] and applies(h, rec)))
             for h in REGRESSION_HEADS:
                 v = heads[h]
                 preds[h] = HeadPrediction(h, "value", float(v["estimate"][j]), float(v["lo"][j]), float(v["hi"][j]))
@@ -252,12 +252,12 @@ class OutcomeModel:
                 str(rec.patient.get("patient_id", "")), str(rec.patient.get("run_id", "")), preds,
                 round(float(np.clip((1.0 - spread) * covered, 0.0, 1.0)), 3), attributions, sentence, self.version,
                 data_watermark(rec), {"explained_head": target[j], "served_by": self.served_by,
-                                      "not_applicable": [h for h in CLASS_HEADS if not _applies(h, rec)]}))
+                                      "not_applicable": [h for h in CLASS_HEADS if not applies(h, rec)]}))
         return out
 
     def _focus(self, heads: dict, j: int, rec: PatientRecord) -> str:
         """The classification head to explain: the one furthest past (or nearest to) its threshold."""
-        return max((h for h in CLASS_HEADS if _applies(h, rec)),
+        return max((h for h in CLASS_HEADS if applies(h, rec)),
                    key=lambda h: heads[h]["estimate"][j] / max(self.thresholds[h], 1e-6))
 
     # ---- persistence -------------------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ class OutcomeModel:
         return path
 
 
-def _applies(head: str, rec: PatientRecord) -> bool:
+def applies(head: str, rec: PatientRecord) -> bool:
     """Bradycardia is predicted for patients on metoprolol only (a dose row of it in the record)."""
     if head != "bradycardia_24h":
         return True

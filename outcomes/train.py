@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -133,20 +134,31 @@ def train_outcome(train: OutcomeDataset, calibration: OutcomeDataset, *, config:
     model = OutcomeModel(net, {h: 1.0 for h in CLASS_HEADS}, {h: 0.5 for h in CLASS_HEADS}, {}, {})
     if config.choose_heads:
         choose_heads(model, train, calibration)
-    passes = model._passes(calibration.inputs)
-    for i, h in enumerate(CLASS_HEADS):
-        model.temperatures[h] = fit_temperature(passes[:, :, i], calibration.labels[h])
-    raw = model.raw(calibration.inputs)
-    for i, h in enumerate(CLASS_HEADS):
-        y = calibration.labels[h]
-        model.thresholds[h] = youden_threshold(raw.p[:, i], y)
-        model.class_conformal[h] = ClassConformal.fit(y, raw.p[:, i], calibration.groups(h), calibration.run_id)
-    for i, h in enumerate(REGRESSION_HEADS):
-        model.regression_conformal[h] = RegressionConformal.fit(calibration.labels[h], raw.value[:, i],
-                                                                raw.value_sd[:, i], calibration.groups(h),
-                                                                calibration.run_id)
+    calibrate(model, calibration)
     # the version was named before the choice: name it again, so that it names the predictors it serves
     return replace(model, version="", created="") if model.linear_heads else model
+
+
+def calibrate(model: OutcomeModel, calibration: OutcomeDataset,
+              heads: Sequence[str] = (*CLASS_HEADS, *REGRESSION_HEADS)) -> None:
+    """On `calibration` (patients never trained on), each of `heads`: a risk's temperature, alert threshold and
+    conformal scores, a value's conformal scores."""
+    passes = model._passes(calibration.inputs)
+    for i, h in enumerate(CLASS_HEADS):
+        if h in heads:
+            model.temperatures[h] = fit_temperature(passes[:, :, i], calibration.labels[h])
+    raw = model.raw(calibration.inputs)
+    for i, h in enumerate(CLASS_HEADS):
+        if h in heads:
+            y = calibration.labels[h]
+            model.thresholds[h] = youden_threshold(raw.p[:, i], y)
+            model.class_conformal[h] = ClassConformal.fit(y, raw.p[:, i], calibration.groups(h),
+                                                          calibration.run_id)
+    for i, h in enumerate(REGRESSION_HEADS):
+        if h in heads:
+            model.regression_conformal[h] = RegressionConformal.fit(calibration.labels[h], raw.value[:, i],
+                                                                    raw.value_sd[:, i], calibration.groups(h),
+                                                                    calibration.run_id)
 
 
 def patient_weights(run_id: np.ndarray) -> np.ndarray:
