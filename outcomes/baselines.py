@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import roc_auc_score
 
 from outcomes.contract import CLASS_HEADS
 from outcomes.dataset import OutcomeDataset
 from outcomes.features import STATIC
 from outcomes.linear_head import flatten, logistic_regression
+from outcomes.performance_drift import labelled_auroc
 from outcomes.twin_features import continued_doses, twin_inputs
 from sources.patient.inr_events import OVER_INR
 from sources.patient.twin_fit import fit_patient, simulate_inr
@@ -34,9 +34,7 @@ TWIN_MAX_ITER = 40
 
 
 def _auroc(y: np.ndarray, p: np.ndarray) -> float:
-    keep = ~np.isnan(y)
-    y, p = y[keep], p[keep]
-    return round(float(roc_auc_score(y, p)), 4) if len(y) and 0 < y.sum() < len(y) else float("nan")
+    return round(labelled_auroc(y, p), 4)
 
 
 def tabular_baselines(train: OutcomeDataset, test: OutcomeDataset, seed: int = 0,

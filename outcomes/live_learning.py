@@ -28,6 +28,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +40,9 @@ from outcomes.dataset import BRADY_HR_BPM, HORIZON_H, OutcomeDataset
 from outcomes.features import Encoded, encode_records, metoprolol_group, warfarin_group
 from outcomes.retrain import PromotionRule, RetrainPolicy, shadow_evaluate
 from sources.patient.inr_events import OVER_INR
+
+if TYPE_CHECKING:
+    from outcomes.model import OutcomeModel
 
 log = logging.getLogger(__name__)
 HOUR_US = 3_600_000_000
@@ -114,13 +118,13 @@ def live_dataset(samples: Sequence[LiveSample]) -> OutcomeDataset:
         np.array([s.at_us / HOUR_US for s in samples]))
 
 
-def fit_challenger(champion, recent: OutcomeDataset, seed: int = 0):
+def fit_challenger(champion: OutcomeModel, recent: OutcomeDataset, seed: int = 0) -> OutcomeModel | None:
     """The champion with, on each live risk where it helps, a bagged logistic regression fitted on three quarters
     of `recent`'s patients and judged and recalibrated on the other quarter (module docstring); None when no risk
     gained."""
     from outcomes.linear_head import MEMBERS, LinearHead
-    from outcomes.performance_drift import auroc_standard_error
-    from outcomes.train import _auroc, calibrate
+    from outcomes.performance_drift import auroc_standard_error, labelled_auroc
+    from outcomes.train import calibrate
 
     fit, calibration = recent.split((0.75, 0.25), seed=seed)
     challenger = replace(champion, temperatures=dict(champion.temperatures), thresholds=dict(champion.thresholds),
@@ -136,7 +140,8 @@ def fit_challenger(champion, recent: OutcomeDataset, seed: int = 0):
         labelled = y[~np.isnan(y)]
         if head is None or not 0 < labelled.sum() < len(labelled):
             continue
-        before, after = _auroc(y, current[:, CLASS_HEADS.index(h)]), _auroc(y, head.logit(x_calibration))
+        before = labelled_auroc(y, current[:, CLASS_HEADS.index(h)])
+        after = labelled_auroc(y, head.logit(x_calibration))
         challenger.validation_auroc[h] = {"champion": round(before, 4), "live_regression": round(after, 4)}
         if after > before + auroc_standard_error(before, int(labelled.sum()), int(len(labelled) - labelled.sum())):
             challenger.linear_heads[h] = head
@@ -162,7 +167,7 @@ class LiveLearning:
     last_sampled_us: dict[str, int] = field(default_factory=dict)
     started_us: int | None = None  # the first sample: the schedule counts from it until a first training
     trained_us: int | None = None  # the data time of the last training
-    challenger: object | None = None  # the registered challenger awaiting its shadow verdict
+    challenger: OutcomeModel | None = None  # the registered challenger awaiting its shadow verdict
     waiting: dict[str, list[LiveSample]] = field(default_factory=dict)  # patient -> their samples still waiting
 
     def observe(self, records: dict[str, PatientRecord]) -> None:
@@ -220,7 +225,7 @@ class LiveLearning:
         new = {s.patient_id for s in self.known(self.trained_us)}
         return trigger if trigger and len(new) >= self.min_patients else None
 
-    def step(self, champion, now_us: int, drift: bool) -> str | None:
+    def step(self, champion: OutcomeModel, now_us: int, drift: bool) -> str | None:
         """Decide a waiting challenger once its window is full, else train one when due; what happened, if
         anything, in words."""
         if self.challenger is not None:
@@ -228,7 +233,7 @@ class LiveLearning:
         trigger = self.due(now_us, drift)
         return None if trigger is None else self.train(champion, now_us, trigger)
 
-    def train(self, champion, now_us: int, trigger: str) -> str:
+    def train(self, champion: OutcomeModel, now_us: int, trigger: str) -> str:
         samples = self.known(self.trained_us)
         self.trained_us = now_us
         challenger = fit_challenger(champion, live_dataset(samples))
@@ -246,7 +251,7 @@ class LiveLearning:
         return (f"retraining ({trigger}) on {patients} live patients: challenger {challenger.version} registered, "
                 "in shadow until its window's outcomes are known")
 
-    def decide(self, champion) -> str | None:
+    def decide(self, champion: OutcomeModel) -> str | None:
         window = self.known(self.trained_us)
         if len({s.patient_id for s in window}) < self.min_patients:
             return None

@@ -38,6 +38,12 @@ from sklearn.metrics import roc_auc_score
 from outcomes.calibration import expected_calibration_error
 
 
+def labelled_auroc(y: np.ndarray, p: np.ndarray) -> float:
+    """AUROC of `p` over the labelled samples of `y` (NaN: no label); NaN when a class is missing."""
+    keep = ~np.isnan(y)
+    return float(roc_auc_score(y[keep], p[keep])) if 0 < np.nansum(y) < keep.sum() else float("nan")
+
+
 def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
     """Hanley & McNeil (1982), Radiology 143:29, eq. 2; NaN without both classes (no AUROC to be unsure of).
 

@@ -29,7 +29,7 @@ from outcomes.contract import CLASS_HEADS, COVERAGE_TARGET, REGRESSION_HEADS
 from outcomes.dataset import OutcomeDataset
 from outcomes.linear_head import MEMBERS, LinearHead
 from outcomes.model import REGRESSION_SCALE, OutcomeConfig, OutcomeModel, OutcomeNet
-from outcomes.performance_drift import auroc_standard_error
+from outcomes.performance_drift import auroc_standard_error, labelled_auroc
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,6 @@ class TrainConfig:
     choose_heads: bool = False
 
 
-def _auroc(y: np.ndarray, p: np.ndarray) -> float:
-    keep = ~np.isnan(y)
-    return float(roc_auc_score(y[keep], p[keep])) if 0 < np.nansum(y) < keep.sum() else float("nan")
-
-
 def choose_heads(model: OutcomeModel, train: OutcomeDataset, validation: OutcomeDataset) -> None:
     """Per risk, serve logistic regression on the flattened inputs (`outcomes.linear_head`, bagged over the
     training patients; the baseline `train outcome` reports) where it ranks the validation patients better than
@@ -61,8 +56,8 @@ def choose_heads(model: OutcomeModel, train: OutcomeDataset, validation: Outcome
     for i, h in enumerate(CLASS_HEADS):
         linear = LinearHead.fit(x_train, train.labels[h], groups=train.run_id, members=MEMBERS)
         y = validation.labels[h]
-        scores = {"hybrid": _auroc(y, p[:, i]),
-                  "logistic_regression": _auroc(y, linear.logit(x_validation)) if linear else float("nan")}
+        scores = {"hybrid": labelled_auroc(y, p[:, i]),
+                  "logistic_regression": labelled_auroc(y, linear.logit(x_validation)) if linear else float("nan")}
         model.validation_auroc[h] = {k: round(v, 4) for k, v in scores.items()}
         labelled = y[~np.isnan(y)]
         se = auroc_standard_error(scores["hybrid"], int(labelled.sum()), int(len(labelled) - labelled.sum()))
