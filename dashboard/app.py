@@ -33,6 +33,7 @@ from dashboard.routers import (
     chat,
     control,
     graph,
+    models,
     patients,
     reactors,
     reports,
@@ -112,7 +113,8 @@ def create_app(settings: Settings, cors_origins: list[str] | None = None, relay:
                                           request.url.path, {"method": request.method}, f"422: {message}"[:2000])
         return JSONResponse({"message": message, "detail": jsonable_encoder(errors)}, status_code=422)
 
-    for module in (admin, runs, streams, control, reactors, patients, risk, chat, graph, subscriptions, reports):
+    for module in (admin, runs, streams, control, reactors, patients, risk, models, chat, graph, subscriptions,
+                   reports):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -53,6 +53,10 @@ class RegistryError(ValueError):
     """An unknown version, nothing to roll back to, a version registered twice: one line for the user."""
 
 
+class UnknownVersion(RegistryError):
+    """A version the registry does not hold."""
+
+
 class Savable(Protocol):
     version: str
 
@@ -75,6 +79,13 @@ class ModelEntry:
     promoted_by: str | None
     last_event: str
     seq: int
+
+    @property
+    def mean_auroc(self) -> float | None:
+        """The mean AUROC over the classification heads in its metrics (None if it has none)."""
+        aurocs = [m["auroc"] for m in (self.metrics.get("heads") or self.metrics).values()
+                  if isinstance(m, dict) and isinstance(m.get("auroc"), int | float)]
+        return sum(aurocs) / len(aurocs) if aurocs else None
 
     def as_json(self) -> dict:
         return {"version": self.version, "alias": self.alias, "data_snapshot": self.data_snapshot,
@@ -209,7 +220,7 @@ def promote(lake: str | Path, version: str, *, actor: str, reason: str = "", rol
         state = _state(rows)
         if version not in state:
             known = f"registered: {', '.join(sorted(state))}" if state else "none registered"
-            raise RegistryError(f"unknown model version {version!r} ({known})")
+            raise UnknownVersion(f"unknown model version {version!r} ({known})")
         if state[version]["alias"] == CHAMPION:
             raise RegistryError(f"model version {version} is already the champion")
         before = next((v for v, r in state.items() if r["alias"] == CHAMPION), None)
@@ -250,7 +261,7 @@ def rollback(lake: str | Path, *, actor: str, to: str | None = None, reason: str
                 raise RegistryError(f"nothing to roll back to: no earlier champion than {current}")
             to = earlier[-1]
         elif to not in state:
-            raise RegistryError(f"unknown model version {to!r} (registered: {', '.join(sorted(state))})")
+            raise UnknownVersion(f"unknown model version {to!r} (registered: {', '.join(sorted(state))})")
         elif to == current:  # not "promote it instead": promote refuses the champion
             raise RegistryError(f"model version {to} is already the champion")
         elif to not in earlier:
@@ -266,7 +277,7 @@ def load(lake: str | Path, version: str) -> OutcomeModel:
 
     state = _state(_rows(str(lake)))
     if version not in state:
-        raise RegistryError(f"unknown model version {version!r}")
+        raise UnknownVersion(f"unknown model version {version!r}")
     return load_model(_artefact(state[version]["artefact_uri"]))
 
 

@@ -15,13 +15,6 @@ def add_list(actions: argparse._SubParsersAction) -> None:
     json_option(p)
 
 
-def _mean_auroc(metrics: dict) -> float | None:
-    """The mean AUROC over the classification heads in a version's metrics (None if it has none)."""
-    aurocs = [m["auroc"] for m in (metrics.get("heads") or metrics).values()
-              if isinstance(m, dict) and isinstance(m.get("auroc"), int | float)]
-    return sum(aurocs) / len(aurocs) if aurocs else None
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     """List the registered outcome model versions, newest first: alias (champion, challenger), mean AUROC,
     training data snapshot, code hash, who created and promoted them, and when. Serving loads the champion
@@ -30,14 +23,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     found = registry.entries(lake_of(args))
     if args.json:
-        print(json.dumps({"models": [e.as_json() | {"mean_auroc": _mean_auroc(e.metrics)} for e in found]}))
+        print(json.dumps({"models": [e.as_json() | {"mean_auroc": e.mean_auroc} for e in found]}))
         return 0
     if not found:
         print("no model registered: serving uses the shipped checkpoint")
         return 0
     print(f"{'version':34s} {'alias':10s} {'AUROC':>6s}  {'created':16s} {'by':16s} {'promoted':16s} data")
     for e in found:
-        auroc = _mean_auroc(e.metrics)
+        auroc = e.mean_auroc
         promoted = f"{e.promoted_ts:%Y-%m-%d %H:%M}" if e.promoted_ts and e.alias == "champion" else ""
         print(f"{e.version:34s} {e.alias or '-':10s} {f'{auroc:.3f}' if auroc is not None else '-':>6s}  "
               f"{e.created_ts:%Y-%m-%d %H:%M} {e.created_by:16s} {promoted:16s} {e.data_snapshot}")
