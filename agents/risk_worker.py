@@ -143,6 +143,7 @@ class RiskWorker:
     pending: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)
     outcome_drift: dict[str, PerformanceDrift] = field(default_factory=dict)  # head -> its monitor
     outcome_model: str | None = None
+    live_retrain_patients: int = 200  # `LiveLearning.min_patients`; 0: no retraining from live traffic
     learning: LiveLearning | None = None  # made at start (or given)
 
     async def start(self) -> None:
@@ -155,7 +156,8 @@ class RiskWorker:
 
         self.writer = TableWriter(self.lake)
         self.writer.task = asyncio.create_task(self.writer.run())
-        self.learning = self.learning or LiveLearning(self.lake)
+        if self.live_retrain_patients > 0 and self.learning is None:
+            self.learning = LiveLearning(self.lake, min_patients=self.live_retrain_patients)
 
         async def records(patient_ids: Sequence[str], seen: Sequence[Seen]) -> dict[str, PatientRecord]:
             found = await read_lake_records(self.lake, patient_ids, seen)
@@ -167,7 +169,8 @@ class RiskWorker:
                     for head, pairs in self.resolve(patient, record).items():
                         resolved.setdefault(head, []).extend(pairs)
                 await self.watch_outcomes(resolved, version)
-                await asyncio.to_thread(self.learning.observe, found)
+                if self.learning is not None:
+                    await asyncio.to_thread(self.learning.observe, found)
             except Exception:  # noqa: BLE001 - monitoring must not stop the scoring
                 log.exception("drift monitoring failed")
             return found

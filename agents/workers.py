@@ -297,7 +297,7 @@ async def run_workers(nats_url: str, redis_url: str, lake: str, backend: Backend
     if workers.plant == "patient":
         from agents.risk_worker import RiskWorker  # torch: loaded for the patient plant only
 
-        risk = RiskWorker(nats_url, redis_url, lake)
+        risk = RiskWorker(nats_url, redis_url, lake, live_retrain_patients=load_settings().live_retrain_patients)
         try:
             await risk.start()
         except Exception:  # noqa: BLE001 - no model, or one this code cannot load: the other workers go on

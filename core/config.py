@@ -39,6 +39,9 @@ class Settings:
     chat_max_per_user: int = 2  # chat answers streaming at once per subject
     plant: str = "bioreactor"  # the plant kind a stack runs and its flow, agents and dashboard serve: bioreactor | patient
     event_horizon_h: int = 48  # watermarks and ticks further than this from a unit's recent event time: dead letters
+    # retraining from live traffic (outcomes/live_learning.py): patients with known outcomes a challenger is fitted
+    # on, and in its shadow window; 0: none
+    live_retrain_patients: int = 200
     # the monitoring flow (flows/monitor.py); `flows.launch` sets the lateness, consumer and recovery for its runs
     detector: str = "fusion"  # what the flow runs: fusion | zscore
     detect_far: float | None = None  # `biopilot detect`'s false-alarm budget when --far is not given

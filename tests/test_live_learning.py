@@ -3,7 +3,7 @@ sampled once a day and labelled from the measured data once their outcomes show;
 patients known, a challenger refits only the risks the live data labels (the rest stays the champion's, bit for
 bit), is registered, and the patients sampled after it decide its promotion in shadow; a population the
 champion already ranks as well as a refit would gives no challenger at all; the worker, started on a real
-nats-server and redis-server, samples the patients it scores."""
+nats-server and redis-server, samples the patients it scores (none when the setting turns the loop off)."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_the_worker_retrains_when_a_drift_incident_of_the_served_model_is_open(c
 
 
 
-def test_the_started_worker_samples_the_patients_it_scores(nats_server, redis_server, tmp_path):
+def test_the_started_worker_samples_the_patients_it_scores_unless_the_setting_turns_it_off(nats_server, redis_server, tmp_path):
     lake = tmp_path / "lake"
     write_patients(Path(lake))
     newest_us = pc.max(pc.cast(delta.read(str(lake), "vitals", columns=["ts"])["ts"], pa.int64())).as_py()
@@ -159,6 +159,10 @@ def test_the_started_worker_samples_the_patients_it_scores(nats_server, redis_se
             worker.settle_s = 0.0
             assert await worker.score_due() == 2
             assert await worker.learn() is None  # two patients, no drift: nothing to learn yet
+            off = RiskWorker(nats_server.url, redis_server.url, str(lake), live_retrain_patients=0)
+            await off.start()  # the setting `live_retrain_patients` 0: no retraining from live traffic
+            await off.stop()
+            assert off.learning is None
             return worker.learning.samples
         finally:
             await worker.stop()
