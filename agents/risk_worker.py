@@ -32,9 +32,10 @@ drift incident the same way:
   fell below `outcomes.dataset.BRADY_HR_BPM`;
 - INR >= 4 within 7 days: the INR labels arrive late, as lab results: once the vitals reach
   `outcomes.live_learning.INR_WAIT_H` past the 7 days (a draw late in the week reported); 1 if an INR sampled
-  within the 7 days reached `inr_events.OVER_INR`, unresolved (dropped) if none was drawn. Drawn on some days only, the measured INR misses
-  excursions the true INR the model learnt from makes, so its observed rate sits below the predicted: this head
-  is judged on its ranking only (AUROC against its first full window, `calibration=False`).
+  within the 7 days reached `inr_events.OVER_INR`, unresolved (dropped) if none was drawn. Drawn on some days
+  only, the measured INR misses excursions the true INR the model learnt from makes, so its observed rate sits
+  below the predicted: this head is judged on its ranking only (AUROC against its first full window,
+  `calibration=False`).
 
 Retraining from live traffic (`outcomes.live_learning.LiveLearning`): the scored patients are sampled (one a day
 each) until their outcomes are known; while a drift incident of the served model is open, or once the schedule
@@ -169,10 +170,13 @@ class RiskWorker:
                     for head, pairs in self.resolve(patient, record).items():
                         resolved.setdefault(head, []).extend(pairs)
                 await self.watch_outcomes(resolved, version)
-                if self.learning is not None:
-                    await asyncio.to_thread(self.learning.observe, found)
             except Exception:  # noqa: BLE001 - monitoring must not stop the scoring
                 log.exception("drift monitoring failed")
+            if self.learning is not None:
+                try:
+                    await asyncio.to_thread(self.learning.observe, found)
+                except Exception:  # noqa: BLE001 - nor learning
+                    log.exception("live retraining's sampling failed")
             return found
 
         self.service = RiskService(champion, RiskCache(self.redis), records)
