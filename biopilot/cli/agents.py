@@ -93,7 +93,11 @@ def add_agents(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_agents(args: argparse.Namespace) -> int:
     """Monitoring (alerts -> incidents) and troubleshooting (incidents -> streamed explanations) workers
-    in NATS queue groups; start several to share the load."""
+    in NATS queue groups; start several to share the load. For the patient plant (BIOPILOT_PLANT=patient) also
+    the live risk scoring: every patient scored at each closed hour, input and outcome drift watched, and the
+    risks the live data labels retrained on drift or weekly, in shadow, promoted by rule (the setting
+    BIOPILOT_LIVE_RETRAIN_PATIENTS sizes it; 0 turns it off). The risk scoring keeps its own state (alerts, drift,
+    samples): run one agents process per patient stack."""
     import asyncio
     import signal
 
