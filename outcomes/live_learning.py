@@ -9,8 +9,9 @@ When retraining is due (`retrain.RetrainPolicy`: a drift incident open, or the s
 patients sampled since the last training have known outcomes, a challenger is fitted on them (`fit_challenger`):
 per labelled risk a bagged logistic regression on the inputs (`linear_head.LinearHead`), kept only where it ranks
 other live patients better than the champion's predictor by more than the champion's standard error there, and
-recalibrated on them (temperature, threshold, Mondrian conformal). The network and the other risks (major
-bleeding, the INR values: no live label) are the champion's, unchanged: nothing seen live could correct them.
+recalibrated on them (temperature, threshold, Mondrian conformal). The network and everything else it serves
+(major bleeding: no live label; the INR values: its regression heads) are the champion's, unchanged: a network
+fine-tuned on two labels would move the heads it cannot check.
 The challenger is registered; the patients sampled after it are its shadow window, scored by both models once
 their outcomes are known (never served); `retrain.PromotionRule` decides, and a promotion is audited and rolled
 back like any (`biopilot models rollback`). The network's own retraining, warm-started on labelled cohorts, is
