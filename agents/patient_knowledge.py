@@ -24,7 +24,6 @@ diagnoses speak the same words.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -247,6 +246,15 @@ class VitalsWindow:
         return len(self.ts_us)
 
 
+def _nanmedian(a: np.ndarray, axis: int) -> np.ndarray:
+    """`np.nanmedian`, NaN where a slice holds no value (no previous day yet, a sensor off), without its
+    RuntimeWarning: silencing that with `warnings.catch_warnings` is not thread-safe, and the agents run this
+    in threads."""
+    empty = np.isnan(a).all(axis=axis, keepdims=True)
+    median = np.nanmedian(np.where(empty, 0.0, a), axis=axis)
+    return np.where(np.squeeze(empty, axis=axis), np.nan, median)
+
+
 def vitals_window(vitals: pa.Table, start: datetime, end: datetime) -> VitalsWindow | None:
     """The vitals in [start, end] of one run, against its own baseline; None when there are none there."""
     vitals = vitals.sort_by("ts")
@@ -263,11 +271,9 @@ def vitals_window(vitals: pa.Table, start: datetime, end: datetime) -> VitalsWin
     lag = np.stack(lags, axis=1)  # (n, k)
     valid = (lag >= 0) & (lag < first) & (ts[np.clip(lag, 0, len(ts) - 1)] < ts[idx, None] - 43_200_000_000)
     ref = np.where(valid[:, :, None], X[np.clip(lag, 0, len(ts) - 1)], np.nan)
-    with warnings.catch_warnings():  # all-NaN slices (no previous day yet, a sensor off) are expected
-        warnings.simplefilter("ignore", RuntimeWarning)
-        base = np.nanmedian(ref, axis=1)
-        # the first day has no previous one: the patient's readings so far stand in
-        early = np.nanmedian(X[:first], axis=0) if first > 0 else np.nanmedian(X[idx], axis=0)
+    base = _nanmedian(ref, axis=1)
+    # the first day has no previous one: the patient's readings so far stand in
+    early = _nanmedian(X[:first] if first > 0 else X[idx], axis=0)
     base = np.where(np.isnan(base), early, base)
     dev = X[idx] - base
     ok = ~np.isnan(dev)
