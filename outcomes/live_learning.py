@@ -91,15 +91,20 @@ def live_outcome(head: str, record: PatientRecord, at_us: int) -> int | None:
 
 @dataclass
 class LiveSample:
-    """A scored patient's inputs, waiting for the outcomes of `waiting` (the live risks that apply to them)."""
+    """A scored patient's inputs and the outcomes of the live risks that apply to them (`applies`), the ones not
+    known yet in `waiting`."""
 
     patient_id: str
     run_id: str
     at_us: int
     inputs: Encoded
     patient: dict
-    waiting: set[str]
+    applies: frozenset[str]
+    waiting: set[str] = field(init=False)
     labels: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LIVE_HEADS, math.nan))
+
+    def __post_init__(self) -> None:
+        self.waiting = set(self.applies)
 
 
 def live_dataset(samples: Sequence[LiveSample]) -> OutcomeDataset:
@@ -107,46 +112,28 @@ def live_dataset(samples: Sequence[LiveSample]) -> OutcomeDataset:
     n = len(samples)
     labels = {h: np.array([s.labels[h] for s in samples], float) if h in LIVE_HEADS else np.full(n, math.nan)
               for h in (*CLASS_HEADS, *REGRESSION_HEADS)}
-    on_metoprolol = ["bradycardia_24h" in s.waiting or not math.isnan(s.labels["bradycardia_24h"])
-                     for s in samples]
     return OutcomeDataset(
         Encoded.concat([s.inputs for s in samples]), labels,
         np.array([s.run_id for s in samples], dtype=object), np.array([s.patient_id for s in samples], dtype=object),
         np.array([s.patient.get("ancestry", "") for s in samples], dtype=object),
         np.array([warfarin_group(s.patient) for s in samples], dtype=object),
-        np.array([metoprolol_group(s.patient) if m else "" for s, m in zip(samples, on_metoprolol, strict=True)],
+        np.array([metoprolol_group(s.patient) if "bradycardia_24h" in s.applies else "" for s in samples],
                  dtype=object),
         np.array([s.at_us / HOUR_US for s in samples]))
 
 
 def fit_challenger(champion: OutcomeModel, recent: OutcomeDataset, seed: int = 0) -> OutcomeModel | None:
     """The champion with, on each live risk where it helps, a bagged logistic regression fitted on three quarters
-    of `recent`'s patients and judged and recalibrated on the other quarter (module docstring); None when no risk
-    gained."""
-    from outcomes.linear_head import MEMBERS, LinearHead
-    from outcomes.performance_drift import auroc_standard_error, labelled_auroc
-    from outcomes.train import calibrate
+    of `recent`'s patients and judged and recalibrated on the other quarter (`train.choose_heads`, `calibrate`;
+    module docstring); None when no risk gained."""
+    from outcomes.train import calibrate, choose_heads
 
     fit, calibration = recent.split((0.75, 0.25), seed=seed)
     challenger = replace(champion, temperatures=dict(champion.temperatures), thresholds=dict(champion.thresholds),
                          class_conformal=dict(champion.class_conformal),
                          regression_conformal=dict(champion.regression_conformal),
                          linear_heads=dict(champion.linear_heads), validation_auroc={}, metrics={})
-    x_fit, x_calibration = challenger.inputs(fit.inputs), challenger.inputs(calibration.inputs)
-    current = champion.raw(calibration.inputs).p
-    refit = []
-    for h in LIVE_HEADS:
-        head = LinearHead.fit(x_fit, fit.labels[h], groups=fit.run_id, members=MEMBERS, seed=seed)
-        y = calibration.labels[h]
-        labelled = y[~np.isnan(y)]
-        if head is None or not 0 < labelled.sum() < len(labelled):
-            continue
-        before = labelled_auroc(y, current[:, CLASS_HEADS.index(h)])
-        after = labelled_auroc(y, head.logit(x_calibration))
-        challenger.validation_auroc[h] = {"champion": round(before, 4), "live_regression": round(after, 4)}
-        if after > before + auroc_standard_error(before, int(labelled.sum()), int(len(labelled) - labelled.sum())):
-            challenger.linear_heads[h] = head
-            refit.append(h)
+    refit = choose_heads(challenger, fit, calibration, LIVE_HEADS, names=("champion", "live_regression"), seed=seed)
     if not refit:
         return None
     calibrate(challenger, calibration, refit)
@@ -169,7 +156,7 @@ class LiveLearning:
     started_us: int | None = None  # the first sample: the schedule counts from it until a first training
     trained_us: int | None = None  # the data time of the last training
     challenger: OutcomeModel | None = None  # the registered challenger awaiting its shadow verdict
-    waiting: dict[str, list[LiveSample]] = field(default_factory=dict)  # patient -> their samples still waiting
+    unresolved: dict[str, list[LiveSample]] = field(default_factory=dict)  # patient -> their samples waiting
 
     def observe(self, records: dict[str, PatientRecord]) -> None:
         """Scored patients' records: outcomes they now show, and a new sample of each patient due one."""
@@ -184,30 +171,30 @@ class LiveLearning:
         last = self.last_sampled_us.get(patient_id)
         if record.vitals.num_rows == 0 or (last is not None and at_us - last < self.sample_every_h * HOUR_US):
             return
-        waiting = {h for h in LIVE_HEADS if applies(h, record)}
         sample = LiveSample(patient_id, str(record.vitals["run_id"][0]), at_us, encode_records([record]),
-                            dict(record.patient), waiting)
+                            dict(record.patient), frozenset(h for h in LIVE_HEADS if applies(h, record)))
         self.samples.append(sample)
-        self.waiting.setdefault(patient_id, []).append(sample)
+        self.unresolved.setdefault(patient_id, []).append(sample)
         self.last_sampled_us[patient_id] = at_us
         self.started_us = at_us if self.started_us is None else self.started_us
         if len(self.samples) > self.max_samples:
-            known = next((i for i, s in enumerate(self.samples) if not s.waiting), 0)
-            del self.samples[known]
+            oldest = self.samples.pop(next((i for i, s in enumerate(self.samples) if not s.waiting), 0))
+            if oldest.waiting:
+                self.unresolved[oldest.patient_id].remove(oldest)
 
     def resolve(self, patient_id: str, record: PatientRecord) -> None:
-        for s in self.waiting.get(patient_id, []):
+        for s in self.unresolved.get(patient_id, []):
             for h in list(s.waiting):
                 outcome = live_outcome(h, record, s.at_us)
                 if outcome is not None:
                     s.waiting.discard(h)
                     s.labels[h] = float(outcome) if outcome >= 0 else math.nan
-        if patient_id in self.waiting:
-            self.waiting[patient_id] = [s for s in self.waiting[patient_id] if s.waiting]
+        if patient_id in self.unresolved:
+            self.unresolved[patient_id] = [s for s in self.unresolved[patient_id] if s.waiting]
 
     def forget(self, patient_id: str) -> None:
         """The patient's run ended: outcomes still awaited will not show; a sample with none known goes."""
-        for s in self.waiting.pop(patient_id, []):
+        for s in self.unresolved.pop(patient_id, []):
             s.waiting.clear()
         self.samples = [s for s in self.samples if s.waiting or any(not math.isnan(v) for v in s.labels.values())]
         self.last_sampled_us.pop(patient_id, None)

@@ -23,7 +23,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm import tqdm
 
-from outcomes.calibration import expected_calibration_error, fit_temperature, sigmoid
+from outcomes.calibration import expected_calibration_error, fit_temperature
 from outcomes.conformal import ClassConformal, RegressionConformal
 from outcomes.contract import CLASS_HEADS, COVERAGE_TARGET, REGRESSION_HEADS
 from outcomes.dataset import OutcomeDataset
@@ -45,24 +45,30 @@ class TrainConfig:
     choose_heads: bool = False
 
 
-def choose_heads(model: OutcomeModel, train: OutcomeDataset, validation: OutcomeDataset) -> None:
-    """Per risk, serve logistic regression on the flattened inputs (`outcomes.linear_head`, bagged over the
-    training patients; the baseline `train outcome` reports) where it ranks the validation patients better than
-    the network by more than the network's AUROC standard error there (Hanley & McNeil): a tie keeps the
-    network. Sets `model.linear_heads` and `model.validation_auroc`; the validation patients are the
-    calibration ones (never trained on; the test patients are never looked at)."""
-    p = sigmoid(model._passes(validation.inputs)[:, :, :len(CLASS_HEADS)]).mean(axis=0)
+def choose_heads(model: OutcomeModel, train: OutcomeDataset, validation: OutcomeDataset,
+                 heads: Sequence[str] = CLASS_HEADS, names: tuple[str, str] = ("hybrid", "logistic_regression"),
+                 seed: int = 0) -> list[str]:
+    """Per risk in `heads`, serve logistic regression on the flattened inputs (`outcomes.linear_head`, bagged
+    over the training patients; the baseline `train outcome` reports) where it ranks the validation patients
+    better than what the model serves now (in training: the network) by more than that predictor's AUROC
+    standard error there (Hanley & McNeil): a tie keeps what serves. Sets `model.linear_heads` and
+    `model.validation_auroc` (the two AUROCs under `names`); the risks now served by a new regression. The
+    validation patients are the calibration ones (never trained on; the test patients are never looked at)."""
+    p = model.raw(validation.inputs).p
     x_train, x_validation = model.inputs(train.inputs), model.inputs(validation.inputs)
-    for i, h in enumerate(CLASS_HEADS):
-        linear = LinearHead.fit(x_train, train.labels[h], groups=train.run_id, members=MEMBERS)
+    chosen = []
+    for h in heads:
+        linear = LinearHead.fit(x_train, train.labels[h], groups=train.run_id, members=MEMBERS, seed=seed)
         y = validation.labels[h]
-        scores = {"hybrid": labelled_auroc(y, p[:, i]),
-                  "logistic_regression": labelled_auroc(y, linear.logit(x_validation)) if linear else float("nan")}
-        model.validation_auroc[h] = {k: round(v, 4) for k, v in scores.items()}
+        served, refit = (labelled_auroc(y, p[:, CLASS_HEADS.index(h)]),
+                         labelled_auroc(y, linear.logit(x_validation)) if linear else float("nan"))
+        model.validation_auroc[h] = {names[0]: round(served, 4), names[1]: round(refit, 4)}
         labelled = y[~np.isnan(y)]
-        se = auroc_standard_error(scores["hybrid"], int(labelled.sum()), int(len(labelled) - labelled.sum()))
-        if scores["logistic_regression"] > scores["hybrid"] + se:  # NaN (a class missing) compares False
+        se = auroc_standard_error(served, int(labelled.sum()), int(len(labelled) - labelled.sum()))
+        if refit > served + se:  # NaN (a class missing) compares False
             model.linear_heads[h] = linear
+            chosen.append(h)
+    return chosen
 
 
 def _targets(ds: OutcomeDataset) -> tuple[np.ndarray, np.ndarray]:

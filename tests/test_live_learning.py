@@ -51,8 +51,12 @@ def _samples(ds: OutcomeDataset, genotype_outcome: bool = False) -> list[LiveSam
         labels = {h: float(ds.labels[h][i]) for h in LIVE_HEADS}
         if genotype_outcome:
             labels["inr_ge4_7d"] = float(patient["vkorc1_1639"] == "A/A")
-        out.append(LiveSample(str(ds.patient_id[i]), str(ds.run_id[i]), int(ds.as_of_h[i] * HOUR_US),
-                              ds.inputs.take(np.array([i])), patient, set(), labels))
+        sample = LiveSample(str(ds.patient_id[i]), str(ds.run_id[i]), int(ds.as_of_h[i] * HOUR_US),
+                            ds.inputs.take(np.array([i])), patient,
+                            frozenset(h for h in LIVE_HEADS if h != "bradycardia_24h" or ds.metoprolol_group[i]),
+                            labels)
+        sample.waiting.clear()
+        out.append(sample)
     return out
 
 

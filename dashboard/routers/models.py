@@ -6,6 +6,7 @@ the audit trail under the token's subject. The risk service swaps to a new champ
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
 
@@ -56,7 +57,8 @@ def _version(entry: registry.ModelEntry) -> dict:
     return entry.as_json() | {"mean_auroc": entry.mean_auroc}
 
 
-async def _change(change, *args, **kwargs) -> dict:  # noqa: ANN001 - registry.promote or registry.rollback
+async def _change(change: Callable[..., registry.ModelEntry], *args: object, **kwargs: object) -> dict:
+    """`registry.promote` or `registry.rollback` off the event loop, its refusals as 404 or 409."""
     try:
         return _version(await asyncio.to_thread(change, *args, **kwargs))
     except registry.UnknownVersion as err:
